@@ -1,0 +1,1 @@
+"""tokenvault: a distributed token vault."""
