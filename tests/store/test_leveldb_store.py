@@ -1,0 +1,274 @@
+"""LevelDBStore: durability across reopen, reads through the overlay, group commit, bounds."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from tokenvault.store.leveldb_store import LevelDBStore
+from tokenvault.store.storage import Storage, StorageError, StorageFull, Write
+
+GATE_TIMEOUT_S = 30.0  # only a safety net against a hung test; never reached when passing
+
+
+def _reopen(store: LevelDBStore, path: Path) -> LevelDBStore:
+    store.close()
+    return LevelDBStore(str(path))
+
+
+class _GatedWrites:
+    """Replaces a store's batch writer: each batch waits for the test to open the gate."""
+
+    def __init__(self, store: LevelDBStore, *, fail: bool = False) -> None:
+        self._write_batch = store._write_batch
+        self._fail = fail
+        self.entered = trio.Event()
+        self.gate = threading.Event()
+        self.batches: list[list[Write]] = []
+
+    def __call__(self, batch: Sequence[Write]) -> None:
+        self.batches.append(list(batch))
+        trio.from_thread.run_sync(self.entered.set)
+        if not self.gate.wait(GATE_TIMEOUT_S):
+            raise RuntimeError("gate never opened")
+        if self._fail:
+            raise OSError("disk on fire")
+        self._write_batch(batch)
+
+
+def test_is_a_storage(tmp_path: Path) -> None:
+    store: Storage = LevelDBStore(str(tmp_path / "db"))
+    store.close()
+
+
+async def test_wait_durable_then_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = LevelDBStore(str(path))
+    store.stage([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
+    store.stage([(b"b", None), (b"a", b"1b")])
+    await store.wait_durable()
+    stats = store.statistics()
+    assert stats.flushes == 1
+    assert stats.writes_flushed == 5
+    assert stats.largest_flush_writes == 5
+    assert stats.pending_writes == 0
+    store = _reopen(store, path)
+    try:
+        assert store.get(b"a") == b"1b"
+        assert store.get(b"b") is None
+        assert store.scan(b"", limit=10) == [(b"a", b"1b"), (b"c", b"3")]
+    finally:
+        store.close()
+
+
+async def test_wait_durable_with_nothing_pending_returns_at_once(tmp_path: Path) -> None:
+    store = LevelDBStore(str(tmp_path / "db"))
+    try:
+        await store.wait_durable()
+        assert store.statistics().flushes == 0
+    finally:
+        store.close()
+
+
+def test_staged_but_not_flushed_is_visible_and_lost_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = LevelDBStore(str(path))
+    store.stage([(b"k1", b"v1"), (b"k2", b"v2")])
+    assert store.get(b"k1") == b"v1"
+    assert store.scan(b"k", limit=10) == [(b"k1", b"v1"), (b"k2", b"v2")]
+    assert store.statistics().pending_writes == 2
+    store = _reopen(store, path)
+    try:
+        assert store.get(b"k1") is None
+    finally:
+        store.close()
+
+
+async def test_group_commit(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = LevelDBStore(str(path))
+    tasks_n = 200
+
+    async def one(i: int) -> None:
+        store.stage([(b"g/%04d" % i, b"v%d" % i)])
+        await store.wait_durable()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(tasks_n):
+            nursery.start_soon(one, i)
+    stats = store.statistics()
+    assert stats.flushes < 50
+    assert stats.writes_flushed == tasks_n
+    assert stats.pending_writes == 0
+    store = _reopen(store, path)
+    try:
+        rows = store.scan(b"g/", limit=1000)
+        assert rows == [(b"g/%04d" % i, b"v%d" % i) for i in range(tasks_n)]
+    finally:
+        store.close()
+
+
+async def test_later_write_during_flush_survives_in_overlay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "db"
+    store = LevelDBStore(str(path))
+    gated = _GatedWrites(store)
+    monkeypatch.setattr(store, "_write_batch", gated)
+    store.stage([(b"k", b"v1"), (b"other", b"x")])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.wait_durable)
+        await gated.entered.wait()
+        # the first flush is on its way to disk; stage a newer value of the same key
+        store.stage([(b"k", b"v2")])
+        assert store.get(b"k") == b"v2"
+        gated.gate.set()
+    # the first flush is done: v1 is on disk, v2 still staged and still what reads see
+    assert gated.batches == [[(b"k", b"v1"), (b"other", b"x")]]
+    assert store.statistics().pending_writes == 1
+    assert store.get(b"k") == b"v2"
+    assert store.scan(b"", limit=10) == [(b"k", b"v2"), (b"other", b"x")]
+    await store.wait_durable()
+    assert gated.batches[1] == [(b"k", b"v2")]
+    store = _reopen(store, path)
+    try:
+        assert store.get(b"k") == b"v2"
+    finally:
+        store.close()
+
+
+async def test_callers_arriving_during_a_flush_ride_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LevelDBStore(str(tmp_path / "db"))
+    gated = _GatedWrites(store)
+    monkeypatch.setattr(store, "_write_batch", gated)
+    store.stage([(b"a", b"1")])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.wait_durable)
+        await gated.entered.wait()
+        for i in range(5):
+            store.stage([(b"b%d" % i, b"2")])
+            nursery.start_soon(store.wait_durable)
+        await trio.testing.wait_all_tasks_blocked()
+        gated.gate.set()
+    assert len(gated.batches) == 2
+    assert len(gated.batches[1]) == 5
+    assert store.statistics().flushes == 2
+    store.close()
+
+
+async def test_failed_flush_raises_for_its_waiters_and_keeps_writes_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "db"
+    store = LevelDBStore(str(path))
+    gated = _GatedWrites(store, fail=True)
+    monkeypatch.setattr(store, "_write_batch", gated)
+    store.stage([(b"secret-key", b"secret-value")])
+    errors: list[StorageError] = []
+
+    async def waiter() -> None:
+        try:
+            await store.wait_durable()
+        except StorageError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        gated.gate.set()
+    assert len(errors) == 3
+    for exc in errors:
+        assert b"secret" not in str(exc).encode()
+        assert "secret" not in str(exc)
+    stats = store.statistics()
+    assert stats.flushes == 0
+    assert stats.pending_writes == 1
+    assert store.get(b"secret-key") == b"secret-value"
+    # the disk recovers: the writes that stayed pending go out with the next flush
+    monkeypatch.undo()
+    await store.wait_durable()
+    assert store.statistics().pending_writes == 0
+    store = _reopen(store, path)
+    try:
+        assert store.get(b"secret-key") == b"secret-value"
+    finally:
+        store.close()
+
+
+def test_storage_full_past_the_bound(tmp_path: Path) -> None:
+    store = LevelDBStore(str(tmp_path / "db"), pending_writes_max=3)
+    try:
+        store.stage([(b"a", b"1"), (b"b", b"2")])
+        with pytest.raises(StorageFull):
+            store.stage([(b"c", b"3"), (b"d", b"4")])
+        # a refused stage changes nothing
+        assert store.get(b"c") is None
+        assert store.statistics().pending_writes == 2
+        store.stage([(b"c", b"3")])
+        with pytest.raises(StorageFull):
+            store.stage([(b"d", b"4")])
+    finally:
+        store.close()
+
+
+async def test_bound_frees_up_once_durable(tmp_path: Path) -> None:
+    store = LevelDBStore(str(tmp_path / "db"), pending_writes_max=2)
+    try:
+        store.stage([(b"a", b"1"), (b"b", b"2")])
+        with pytest.raises(StorageFull):
+            store.stage([(b"c", b"3")])
+        await store.wait_durable()
+        store.stage([(b"c", b"3"), (b"d", b"4")])
+        assert store.statistics().pending_writes == 2
+    finally:
+        store.close()
+
+
+async def test_scan_merges_db_and_overlay_with_tombstones(tmp_path: Path) -> None:
+    store = LevelDBStore(str(tmp_path / "db"))
+    try:
+        store.stage([(b"p/%d" % i, b"disk%d" % i) for i in range(10)])
+        store.stage([(b"o", b"before"), (b"q", b"after"), (b"p", b"bare")])
+        await store.wait_durable()
+        store.stage(
+            [
+                (b"p/1", None),
+                (b"p/2", None),
+                (b"p/3", None),
+                (b"p/4", b"new4"),
+                (b"p/45", b"staged45"),
+                (b"p/9", None),
+                (b"p/91", None),  # tombstone for a key that never existed
+            ]
+        )
+        assert store.get(b"p/1") is None
+        assert store.get(b"p/4") == b"new4"
+        expected = [
+            (b"p/0", b"disk0"),
+            (b"p/4", b"new4"),
+            (b"p/45", b"staged45"),
+            (b"p/5", b"disk5"),
+            (b"p/6", b"disk6"),
+            (b"p/7", b"disk7"),
+            (b"p/8", b"disk8"),
+        ]
+        assert store.scan(b"p/", limit=100) == expected
+        assert store.scan(b"p/", limit=2) == expected[:2]
+        assert store.scan(b"p/", start_after=b"p/0", limit=3) == expected[1:4]
+        assert store.scan(b"p/", start_after=b"p/4", limit=100) == expected[2:]
+        assert store.scan(b"p/", start_after=b"p/8", limit=100) == []
+        assert store.scan(b"p/", start_after=b"a", limit=1) == expected[:1]
+        assert store.scan(b"p/", start_after=b"z", limit=1) == []
+        assert store.scan(b"", limit=100)[0] == (b"o", b"before")
+        assert store.scan(b"", limit=100)[-1] == (b"q", b"after")
+        assert store.scan(b"\xff", limit=5) == []
+    finally:
+        store.close()
