@@ -1,0 +1,99 @@
+"""Tokenize throughput and latency on a local 3-peer cluster of real processes.
+
+Usage: python bench/tokenize_bench.py [--clients 64] [--duration-s 10] [--records 1 100]
+
+Starts a fresh cluster (N=3, W=2, R=2) in a temporary directory, drives it with `--clients`
+concurrent keep-alive connections spread over the three peers, each sending tokenize requests of
+fresh values back to back, and prints requests/s, mappings/s and p50/p99 latency per request
+size. A benchmark, not a test: it asserts only that every answer was 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.e2e.harness import Cluster
+from tokenvault.http.client import HttpConnection
+
+
+async def drive(
+    cluster: Cluster, clients: int, duration_s: float, records: int
+) -> dict[str, float]:
+    latencies: list[float] = []
+    failures = 0
+    key = cluster.owner_keys["alice"]
+    deadline = trio.current_time() + duration_s
+
+    async def client(index: int) -> None:
+        nonlocal failures
+        host, port = cluster.url(cluster.peer_ids[index % 3])[len("http://") :].split(":")
+        connection = HttpConnection(host, int(port))
+        headers = (("authorization", f"Bearer {key}"), ("content-type", "application/json"))
+        sequence = 0
+        try:
+            while trio.current_time() < deadline:
+                batch = [
+                    {"ssn": f"{records}-{index}-{sequence}-{k}", "note": "bench"}
+                    for k in range(records)
+                ]
+                sequence += 1
+                body = json.dumps({"records": batch}).encode()
+                started = time.perf_counter()
+                status, _ = await connection.request(
+                    "POST", "/v1/tokenize", headers=headers, body=body, timeout_s=30.0
+                )
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    failures += 1
+        finally:
+            await connection.aclose()
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for index in range(clients):
+            nursery.start_soon(client, index)
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "records_per_request": records,
+        "requests": count,
+        "failures": failures,
+        "requests_per_s": count / elapsed,
+        "mappings_per_s": count * records / elapsed,
+        "p50_ms": 1000 * latencies[count // 2],
+        "p99_ms": 1000 * latencies[min(count - 1, int(count * 0.99))],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--records", type=int, nargs="+", default=[1, 100])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        cluster = Cluster(Path(directory) / "cluster")
+        try:
+            cluster.start_all()
+            for records in args.records:
+                result = trio.run(drive, cluster, args.clients, args.duration_s, records)
+                print(json.dumps(result))
+                if result["failures"]:
+                    return 1
+        finally:
+            cluster.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

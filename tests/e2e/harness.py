@@ -1,0 +1,144 @@
+"""Real peer processes on loopback for end-to-end tests: start, kill, pause, restart, clean up.
+
+Rules: every peer is its own OS process started with `python -m tokenvault node`; ports are free
+ports picked at start; `close()` kills every process it started, even after a failure; waiting
+is bounded and polls the peer's own /healthz, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tokenvault.cluster_init import init_cluster
+
+READY_TIMEOUT_S = 20.0
+
+
+def free_port_block(count: int) -> int:
+    """A base port such that base+1 .. base+count are free right now on 127.0.0.1."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1] - 1
+        if base + count >= 65535:
+            continue
+        sockets = []
+        try:
+            for offset in range(1, count + 1):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no block of free ports found")
+
+
+class Cluster:
+    def __init__(
+        self, directory: Path, *, nodes: int = 3, owners: tuple[str, ...] = ("alice", "bob")
+    ):
+        self.directory = directory
+        base = free_port_block(nodes)
+        self.init = init_cluster(directory, nodes=nodes, base_port=base, owners=owners)
+        keys = json.loads((directory / "keys.json").read_text())
+        self.admin_key: str = keys["admin"]
+        self.owner_keys: dict[str, str] = keys["owners"]
+        self.peer_ids = [p.id for p in self.init.peers]
+        self._addresses = {p.id: p.address for p in self.init.peers}
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        (directory / "logs").mkdir(exist_ok=True)
+
+    def url(self, peer_id: str) -> str:
+        return f"http://{self._addresses[peer_id]}"
+
+    def headers(self, owner: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.owner_keys[owner]}"}
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    def start(self, peer_id: str) -> None:
+        assert peer_id not in self._processes or self._processes[peer_id].poll() is not None
+        log = open(self.directory / "logs" / f"{peer_id}.log", "ab")  # noqa: SIM115
+        command = [
+            sys.executable,
+            "-m",
+            "tokenvault",
+            "node",
+            "--config",
+            str(self.init.config_path),
+            "--id",
+            peer_id,
+        ]
+        self._processes[peer_id] = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+    def start_all(self) -> None:
+        for peer_id in self.peer_ids:
+            self.start(peer_id)
+        for peer_id in self.peer_ids:
+            self.wait_ready(peer_id)
+
+    def wait_ready(self, peer_id: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            process = self._processes[peer_id]
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{peer_id} exited with {process.returncode}: {self.log(peer_id)[-2000:]}"
+                )
+            try:
+                if httpx.get(self.url(peer_id) + "/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{peer_id} not ready after {READY_TIMEOUT_S} s")
+
+    def kill(self, peer_id: str) -> None:
+        process = self._processes[peer_id]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def stop(self, peer_id: str) -> int:
+        process = self._processes[peer_id]
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=10)
+
+    def pause(self, peer_id: str) -> None:
+        self._processes[peer_id].send_signal(signal.SIGSTOP)
+
+    def resume(self, peer_id: str) -> None:
+        self._processes[peer_id].send_signal(signal.SIGCONT)
+
+    def pid(self, peer_id: str) -> int:
+        return self._processes[peer_id].pid
+
+    def log(self, peer_id: str) -> str:
+        return (self.directory / "logs" / f"{peer_id}.log").read_text(errors="replace")
+
+    def log_events(self, peer_id: str) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log(peer_id).splitlines() if line.startswith("{")]
+
+    def close(self) -> None:
+        for process in self._processes.values():
+            if process.poll() is None:
+                with_signal = signal.SIGCONT
+                os.kill(process.pid, with_signal)
+                process.kill()
+                process.wait(timeout=10)

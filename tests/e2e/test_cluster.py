@@ -1,0 +1,162 @@
+"""End-to-end: a real 3-peer cluster on loopback (N=3, W=2, R=2), through the public API only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import plyvel
+import pytest
+import trio
+
+from tests.e2e.harness import Cluster
+
+pytestmark = pytest.mark.e2e
+
+
+def tokenize(
+    cluster: Cluster, peer: str, owner: str, records: list[dict[str, object]]
+) -> httpx.Response:
+    return httpx.post(
+        cluster.url(peer) + "/v1/tokenize",
+        headers=cluster.headers(owner),
+        json={"records": records},
+        timeout=10.0,
+    )
+
+
+def detokenize(cluster: Cluster, peer: str, owner: str, tokens: list[str]) -> httpx.Response:
+    return httpx.post(
+        cluster.url(peer) + "/v1/detokenize",
+        headers=cluster.headers(owner),
+        json={"tokens": tokens},
+        timeout=10.0,
+    )
+
+
+def stored_mappings(data_dir: Path) -> dict[bytes, bytes]:
+    """Every mapping record in a stopped peer's LevelDB."""
+    db = plyvel.DB(str(data_dir / "leveldb"))
+    try:
+        return dict(db.iterator(prefix=b"m\x00"))
+    finally:
+        db.close()
+
+
+def test_same_token_on_every_peer_and_other_owners_see_nothing(cluster: Cluster) -> None:
+    record = {"ssn": "123-45-6789", "email": "a@example.com", "note": "left as is"}
+    answers = [tokenize(cluster, peer, "alice", [record]) for peer in cluster.peer_ids]
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    bodies = [a.json() for a in answers]
+    assert bodies[0] == bodies[1] == bodies[2]
+    tokenized = bodies[0]["records"][0]
+    assert bodies[0]["epoch"] == 1
+    assert tokenized["note"] == "left as is"
+    assert tokenized["ssn"].startswith("tok_") and tokenized["ssn"] != record["ssn"]
+    assert len(tokenized["ssn"]) <= 64 and "123" not in tokenized["ssn"]
+    for peer in cluster.peer_ids:
+        answer = detokenize(cluster, peer, "alice", [tokenized["ssn"], tokenized["email"]])
+        assert answer.status_code == 200
+        results = answer.json()["results"]
+        assert results[0] == {
+            "token": tokenized["ssn"],
+            "found": True,
+            "value": "123-45-6789",
+            "field": "ssn",
+            "epoch": 1,
+        }
+        assert results[1]["value"] == "a@example.com"
+    # Another owner, a missing token and a malformed one get the very same answer.
+    missing = "tok_" + "A" * 32
+    other = detokenize(cluster, "n2", "bob", [tokenized["ssn"], missing, "garbage"])
+    assert other.status_code == 200
+    assert [r["found"] for r in other.json()["results"]] == [False, False, False]
+    assert all(set(r) == {"token", "found"} for r in other.json()["results"])
+    not_found = [
+        httpx.get(cluster.url("n3") + f"/v1/tokens/{t}", headers=cluster.headers(owner), timeout=10)
+        for owner, t in (("bob", tokenized["ssn"]), ("alice", missing), ("alice", "garbage"))
+    ]
+    assert {(r.status_code, r.text) for r in not_found} == {(404, not_found[0].text)}
+    mine = httpx.get(
+        cluster.url("n3") + f"/v1/tokens/{tokenized['ssn']}",
+        headers=cluster.headers("alice"),
+        timeout=10,
+    )
+    assert mine.status_code == 200 and mine.json()["value"] == "123-45-6789"
+
+
+def test_survives_one_killed_peer_refuses_with_two_and_recovers_after_restart(
+    cluster: Cluster,
+) -> None:
+    before = tokenize(cluster, "n1", "alice", [{"ssn": f"before-{i}"} for i in range(20)])
+    assert before.status_code == 200
+    cluster.kill("n3")
+    during = tokenize(cluster, "n1", "alice", [{"ssn": f"during-{i}"} for i in range(20)])
+    assert during.status_code == 200, during.text
+    tokens = [r["ssn"] for r in before.json()["records"] + during.json()["records"]]
+    found = detokenize(cluster, "n2", "alice", tokens)
+    assert found.status_code == 200 and all(r["found"] for r in found.json()["results"])
+
+    cluster.kill("n2")
+    refused = tokenize(cluster, "n1", "alice", [{"ssn": "after-two-down"}])
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "unavailable"
+    assert "retry-after" in refused.headers
+
+    cluster.start("n2")
+    cluster.start("n3")
+    cluster.wait_ready("n2")
+    cluster.wait_ready("n3")
+    for peer in cluster.peer_ids:
+        answer = detokenize(cluster, peer, "alice", tokens)
+        assert answer.status_code == 200
+        assert all(r["found"] for r in answer.json()["results"]), peer
+    # Every acknowledged mapping is on W=2 replicas' disks even with n1 gone.
+    cluster.kill("n1")
+    answer = detokenize(cluster, "n2", "alice", tokens)
+    assert answer.status_code == 200 and all(r["found"] for r in answer.json()["results"])
+    events = [e["event"] for e in cluster.log_events("n3")]
+    assert events.count("peer_start") == 2
+
+
+async def test_concurrent_overlapping_tokenize_gives_one_mapping_per_token(
+    cluster: Cluster,
+) -> None:
+    values = [f"4111-0000-0000-{i:04d}" for i in range(40)]
+    answers: list[dict[str, str]] = []
+
+    async def client(index: int) -> None:
+        peer = cluster.peer_ids[index % 3]
+        chosen = [values[(index * 7 + k) % len(values)] for k in range(10)]
+        async with httpx.AsyncClient(timeout=20.0) as http:
+            response = await http.post(
+                cluster.url(peer) + "/v1/tokenize",
+                headers=cluster.headers("alice"),
+                json={"records": [{"card_number": v} for v in chosen]},
+            )
+        assert response.status_code == 200, response.text
+        for value, record in zip(chosen, response.json()["records"], strict=True):
+            answers.append({"value": value, "token": record["card_number"]})
+
+    async with trio.open_nursery() as nursery:
+        for index in range(50):
+            nursery.start_soon(client, index)
+
+    token_of: dict[str, str] = {}
+    for answer in answers:
+        assert token_of.setdefault(answer["value"], answer["token"]) == answer["token"]
+    assert len(set(token_of.values())) == len(values)
+    for peer in cluster.peer_ids:
+        cluster.stop(peer)
+    replicas = [stored_mappings(p.data_dir) for p in cluster.init.peers]
+    held_by = [
+        {key.split(b"\x00")[-1].decode(): json.loads(raw)["v"] for key, raw in r.items()}
+        for r in replicas
+    ]
+    for token_to_value in held_by:
+        for token, value in token_to_value.items():
+            assert token_of[value] == token  # no value under a foreign token
+    for value, token in token_of.items():
+        holders = sum(1 for r in held_by if r.get(token) == value)
+        assert holders >= 2, f"an acknowledged token is on {holders} replicas"

@@ -1,0 +1,271 @@
+"""End-to-end: every malformed request of API.md's error table gets its documented status and
+body, none gives a 500, and none changes stored data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.harness import Cluster
+from tests.e2e.test_cluster import stored_mappings
+
+pytestmark = pytest.mark.e2e
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    running = Cluster(Path(tmp_path_factory.mktemp("errors")) / "cluster")
+    try:
+        running.start_all()
+        yield running
+    finally:
+        running.close()
+
+
+def _cases(c: Cluster) -> list[tuple[str, str, str, dict[str, str], bytes, int, str]]:
+    alice, bob, admin = c.headers("alice"), c.headers("bob"), c.admin_headers()
+    big_value = "x" * (4 * 1024 + 1)
+    return [
+        ("malformed json", "POST", "/v1/tokenize", alice, b"{not json", 400, "invalid_request"),
+        (
+            "invalid utf-8",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": ["\xff"]}',
+            400,
+            "invalid_request",
+        ),
+        ("body not an object", "POST", "/v1/tokenize", alice, b"[]", 400, "invalid_request"),
+        (
+            "records not a list",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": {}}',
+            400,
+            "invalid_request",
+        ),
+        ("records missing", "POST", "/v1/tokenize", alice, b"{}", 400, "invalid_request"),
+        (
+            "record not an object",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": [1]}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "configured field not a string",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": [{"ssn": 123456789}]}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "configured field null",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": [{"ssn": "1"}, {"ssn": null}]}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "NaN constant",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": [{"n": NaN}]}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "lone surrogate in a configured field",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": [{"ssn": "\\ud800"}]}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "empty records",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": []}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "empty tokens",
+            "POST",
+            "/v1/detokenize",
+            alice,
+            b'{"tokens": []}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "tokens not strings",
+            "POST",
+            "/v1/detokenize",
+            alice,
+            b'{"tokens": [1]}',
+            400,
+            "invalid_request",
+        ),
+        (
+            "deeply nested",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b"[" * 100_000 + b"]" * 100_000,
+            400,
+            "invalid_request",
+        ),
+        (
+            "no key",
+            "POST",
+            "/v1/tokenize",
+            {},
+            b'{"records": [{"ssn": "1"}]}',
+            401,
+            "unauthenticated",
+        ),
+        (
+            "unknown key",
+            "POST",
+            "/v1/tokenize",
+            {"Authorization": "Bearer nope"},
+            b'{"records": [{"ssn": "1"}]}',
+            401,
+            "unauthenticated",
+        ),
+        (
+            "wrong scheme",
+            "GET",
+            "/v1/epoch",
+            {"Authorization": "Basic abc"},
+            b"",
+            401,
+            "unauthenticated",
+        ),
+        ("owner key on admin", "GET", "/v1/admin/node", alice, b"", 403, "forbidden"),
+        (
+            "admin key on tokenize",
+            "POST",
+            "/v1/tokenize",
+            admin,
+            b'{"records": [{"ssn": "1"}]}',
+            403,
+            "forbidden",
+        ),
+        ("other owner's ring view", "GET", "/v1/ring/owners/alice", bob, b"", 403, "forbidden"),
+        ("unknown route", "GET", "/v1/nothing-here", alice, b"", 404, "not_found"),
+        ("token not visible", "GET", "/v1/tokens/tok_" + "B" * 32, alice, b"", 404, "not_found"),
+        (
+            "body over 1 MiB",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": [{"note": "' + b"y" * MIB + b'"}]}',
+            413,
+            "payload_too_large",
+        ),
+        (
+            "over 1,000 records",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": [' + b",".join([b'{"ssn": "1"}'] * 1001) + b"]}",
+            413,
+            "payload_too_large",
+        ),
+        (
+            "over 1,000 tokens",
+            "POST",
+            "/v1/detokenize",
+            alice,
+            b'{"tokens": [' + b",".join([b'"t"'] * 1001) + b"]}",
+            413,
+            "payload_too_large",
+        ),
+        (
+            "value over 4 KiB",
+            "POST",
+            "/v1/tokenize",
+            alice,
+            b'{"records": [{"ssn": "' + big_value.encode() + b'"}]}',
+            413,
+            "payload_too_large",
+        ),
+        (
+            "peer endpoint with an owner key",
+            "POST",
+            "/internal/v1/messages",
+            alice,
+            b"{}",
+            401,
+            "unauthenticated",
+        ),
+    ]
+
+
+def test_every_documented_error_has_its_status_and_body_and_changes_nothing(
+    shared_cluster: Cluster,
+) -> None:
+    c = shared_cluster
+    good = httpx.post(
+        c.url("n1") + "/v1/tokenize",
+        headers=c.headers("alice"),
+        json={"records": [{"ssn": "kept"}]},
+        timeout=10,
+    )
+    assert good.status_code == 200
+    token = good.json()["records"][0]["ssn"]
+    with httpx.Client(timeout=10.0) as http:
+        for name, method, path, headers, body, status, code in _cases(c):
+            for peer in c.peer_ids:
+                answer = http.request(method, c.url(peer) + path, headers=headers, content=body)
+                assert answer.status_code == status, (name, answer.status_code, answer.text[:200])
+                assert answer.headers["content-type"].startswith("application/json"), name
+                error = answer.json()["error"]
+                assert error["code"] == code, name
+                assert isinstance(error["message"], str) and error["message"], name
+                assert set(answer.json()) == {"error"} and set(error) == {"code", "message"}
+    # A lone surrogate in a field that is not tokenized comes back as the client sent it.
+    echoed = httpx.post(
+        c.url("n1") + "/v1/tokenize",
+        headers=c.headers("alice"),
+        content=b'{"records": [{"note": "\\ud800"}]}',
+        timeout=10,
+    )
+    assert echoed.status_code == 200 and b"\\ud800" in echoed.content
+    # Nothing but the one good mapping was written anywhere, and it still reads back.
+    answer = httpx.post(
+        c.url("n2") + "/v1/detokenize",
+        headers=c.headers("alice"),
+        json={"tokens": [token]},
+        timeout=10,
+    )
+    assert answer.json()["results"][0]["value"] == "kept"
+    for peer in c.peer_ids:
+        c.stop(peer)
+    for peer in c.init.peers:
+        held = stored_mappings(peer.data_dir)
+        assert len(held) <= 1
+    assert sum(len(stored_mappings(p.data_dir)) for p in c.init.peers) >= 2
+    for peer in c.peer_ids:
+        events = c.log_events(peer)
+        assert not any(e.get("level") == "error" for e in events)
+        assert "kept" not in c.log(peer)

@@ -1,0 +1,451 @@
+"""The peer wire codec: every message type round-trips; every malformed batch is a CodecError."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenvault.http.peer_codec import CodecError, decode_batch, encode_batch, encode_message
+from tokenvault.quorum.messages import (
+    OWNER_ID_CHARS,
+    InsertOutcome,
+    InsertReply,
+    InsertRequest,
+    Mapping,
+    Message,
+    ReadReply,
+    ReadRequest,
+)
+
+OWNER = "acme"
+
+
+def mapping(token: str = "tok_A", value: str = "4111 1111", **changes: Any) -> Mapping:
+    fields: dict[str, Any] = {
+        "owner": OWNER,
+        "token": token,
+        "value": value,
+        "field": "card",
+        "epoch": 1,
+    }
+    fields.update(changes)
+    return Mapping(**fields)
+
+
+EXAMPLES: list[Message] = [
+    InsertRequest(op_id="op-1", owner=OWNER, mappings=(mapping(),)),
+    InsertRequest(
+        op_id="op-2",
+        owner=OWNER,
+        mappings=(mapping("tok_A", 'ä€😀"\\\n'), mapping("tok_B", "", epoch=7)),
+    ),
+    InsertReply(
+        op_id="op-1",
+        owner=OWNER,
+        tokens=("tok_A", "tok_B", "tok_C"),
+        outcomes=(InsertOutcome.STORED, InsertOutcome.IDENTICAL, InsertOutcome.CONFLICT),
+    ),
+    InsertReply(op_id="op-1", owner=OWNER, tokens=(), outcomes=()),
+    ReadRequest(op_id="op-3", owner=OWNER, tokens=("tok_A", "tok_B")),
+    ReadReply(
+        op_id="op-3",
+        owner=OWNER,
+        tokens=("tok_A", "tok_B"),
+        mappings=(mapping(), None),
+    ),
+    ReadReply(op_id="op-3", owner=OWNER, tokens=("tok_X",), mappings=(None,)),
+]
+
+
+def batch(messages: list[Any], source: Any = "peer-1") -> bytes:
+    return json.dumps({"source": source, "messages": messages}).encode()
+
+
+def roundtrip(source: str, messages: list[Message]) -> tuple[str, list[Message]]:
+    return decode_batch(encode_batch(source, [encode_message(m) for m in messages]))
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_message_type_round_trips(message: Message) -> None:
+    source, decoded = roundtrip("peer-1", [message])
+    assert source == "peer-1"
+    assert decoded == [message]
+    assert type(decoded[0]) is type(message)
+
+
+def test_a_batch_of_everything_round_trips_in_order() -> None:
+    assert roundtrip('péer "2"', EXAMPLES) == ('péer "2"', EXAMPLES)
+
+
+def test_empty_batch() -> None:
+    assert roundtrip("peer-1", []) == ("peer-1", [])
+    assert json.loads(encode_batch("peer-1", [])) == {"source": "peer-1", "messages": []}
+
+
+def test_encoded_message_is_compact_json_of_the_documented_shape() -> None:
+    raw = encode_message(InsertRequest(op_id="o", owner=OWNER, mappings=(mapping(),)))
+    assert b" " not in raw.replace(b"4111 1111", b"")
+    assert json.loads(raw) == {
+        "type": "insert",
+        "op": "o",
+        "owner": OWNER,
+        "mappings": [["tok_A", "4111 1111", "card", 1]],
+    }
+
+
+owners = st.text(alphabet=sorted(OWNER_ID_CHARS), min_size=1, max_size=64)
+plain_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+tokens = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Message:
+    owner = draw(owners)
+    op_id = draw(plain_text)
+    kind = draw(st.sampled_from(["insert", "insert_reply", "read", "read_reply"]))
+    token_list = draw(st.lists(tokens, min_size=1, max_size=5, unique=True))
+
+    def build(token: str) -> Mapping:
+        return Mapping(
+            owner=owner,
+            token=token,
+            value=draw(plain_text),
+            field=draw(tokens),
+            epoch=draw(st.integers(min_value=1, max_value=2**62)),
+        )
+
+    if kind == "insert":
+        return InsertRequest(op_id=op_id, owner=owner, mappings=tuple(build(t) for t in token_list))
+    if kind == "insert_reply":
+        outcomes = draw(
+            st.lists(
+                st.sampled_from(InsertOutcome),
+                min_size=len(token_list),
+                max_size=len(token_list),
+            )
+        )
+        return InsertReply(
+            op_id=op_id, owner=owner, tokens=tuple(token_list), outcomes=tuple(outcomes)
+        )
+    if kind == "read":
+        return ReadRequest(op_id=op_id, owner=owner, tokens=tuple(token_list))
+    held = tuple(build(t) if draw(st.booleans()) else None for t in token_list)
+    return ReadReply(op_id=op_id, owner=owner, tokens=tuple(token_list), mappings=held)
+
+
+@settings(max_examples=300, deadline=None)
+@given(source=plain_text, batch_messages=st.lists(messages(), max_size=5))
+def test_generated_messages_round_trip(source: str, batch_messages: list[Message]) -> None:
+    assert roundtrip(source, batch_messages) == (source, batch_messages)
+
+
+# -- malformed batches -------------------------------------------------------------------------
+
+GOOD_INSERT: dict[str, Any] = {
+    "type": "insert",
+    "op": "o",
+    "owner": OWNER,
+    "mappings": [["tok_A", "v", "card", 1]],
+}
+GOOD_READ: dict[str, Any] = {"type": "read", "op": "o", "owner": OWNER, "tokens": ["tok_A"]}
+GOOD_INSERT_REPLY: dict[str, Any] = {
+    "type": "insert_reply",
+    "op": "o",
+    "owner": OWNER,
+    "tokens": ["tok_A"],
+    "outcomes": ["stored"],
+}
+GOOD_READ_REPLY: dict[str, Any] = {
+    "type": "read_reply",
+    "op": "o",
+    "owner": OWNER,
+    "tokens": ["tok_A", "tok_B"],
+    "mappings": [["tok_A", "v", "card", 1], None],
+}
+GOOD = [GOOD_INSERT, GOOD_READ, GOOD_INSERT_REPLY, GOOD_READ_REPLY]
+
+
+def test_the_good_examples_decode() -> None:
+    source, decoded = decode_batch(batch(GOOD))
+    assert source == "peer-1"
+    assert [type(m) for m in decoded] == [InsertRequest, ReadRequest, InsertReply, ReadReply]
+
+
+def changed(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if value is DELETE:
+            del out[key]
+        else:
+            out[key] = value
+    return out
+
+
+DELETE = object()
+
+MALFORMED_BODIES: dict[str, bytes] = {
+    "not json": b"this is not json",
+    "empty body": b"",
+    "truncated": b'{"source": "p", "messages": [',
+    "not utf-8": b'{"source": "\xff\xfe", "messages": []}',
+    "json list": b"[]",
+    "json string": b'"source"',
+    "json number": b"17",
+    "json null": b"null",
+    "no source": json.dumps({"messages": []}).encode(),
+    "no messages": json.dumps({"source": "p"}).encode(),
+    "source int": batch([], source=1),
+    "source null": batch([], source=None),
+    "source list": batch([], source=["p"]),
+    "messages object": json.dumps({"source": "p", "messages": {}}).encode(),
+    "messages string": json.dumps({"source": "p", "messages": "abc"}).encode(),
+    "messages null": json.dumps({"source": "p", "messages": None}).encode(),
+    "message int": batch([1]),
+    "message string": batch(["insert"]),
+    "message list": batch([["insert", "o", OWNER]]),
+    "message null": batch([None]),
+    "no type": batch([changed(GOOD_READ, type=DELETE)]),
+    "no op": batch([changed(GOOD_READ, op=DELETE)]),
+    "no owner": batch([changed(GOOD_READ, owner=DELETE)]),
+    "op int": batch([changed(GOOD_READ, op=5)]),
+    "op null": batch([changed(GOOD_READ, op=None)]),
+    "owner int": batch([changed(GOOD_READ, owner=5)]),
+    "owner list": batch([changed(GOOD_INSERT, owner=[OWNER])]),
+    "unknown type": batch([changed(GOOD_READ, type="delete")]),
+    "type int": batch([changed(GOOD_READ, type=1)]),
+    "type list": batch([changed(GOOD_READ, type=["read"])]),
+    "type null": batch([changed(GOOD_READ, type=None)]),
+    # insert
+    "insert no mappings": batch([changed(GOOD_INSERT, mappings=DELETE)]),
+    "insert empty mappings": batch([changed(GOOD_INSERT, mappings=[])]),
+    "insert mappings null": batch([changed(GOOD_INSERT, mappings=None)]),
+    "insert mappings int": batch([changed(GOOD_INSERT, mappings=3)]),
+    "insert mappings string": batch([changed(GOOD_INSERT, mappings="abcd")]),
+    "insert mappings object": batch([changed(GOOD_INSERT, mappings={"a": 1})]),
+    "mapping row too short": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card"]])]),
+    "mapping row too long": batch(
+        [changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 1, "x"]])]
+    ),
+    "mapping row object": batch(
+        [changed(GOOD_INSERT, mappings=[{"t": 1, "v": 2, "f": 3, "e": 4}])]
+    ),
+    "mapping row 4-char string": batch([changed(GOOD_INSERT, mappings=["abcd"])]),
+    "mapping row null": batch([changed(GOOD_INSERT, mappings=[None])]),
+    "mapping row int": batch([changed(GOOD_INSERT, mappings=[7])]),
+    "mapping token int": batch([changed(GOOD_INSERT, mappings=[[1, "v", "card", 1]])]),
+    "mapping value null": batch([changed(GOOD_INSERT, mappings=[["tok_A", None, "card", 1]])]),
+    "mapping value int": batch([changed(GOOD_INSERT, mappings=[["tok_A", 4111, "card", 1]])]),
+    "mapping field list": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", ["c"], 1]])]),
+    "mapping epoch string": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", "1"]])]),
+    "mapping epoch float": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 1.5]])]),
+    "mapping epoch zero": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 0]])]),
+    "mapping epoch negative": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", -3]])]),
+    "mapping epoch huge": (
+        b'{"source":"p","messages":[{"type":"insert","op":"o","owner":"acme",'
+        b'"mappings":[["tok_A","v","card",' + b"9" * 5000 + b"]]}]}"
+    ),
+    "mapping epoch NaN": (
+        b'{"source":"p","messages":[{"type":"insert","op":"o","owner":"acme",'
+        b'"mappings":[["tok_A","v","card",NaN]]}]}'
+    ),
+    "mapping empty token": batch([changed(GOOD_INSERT, mappings=[["", "v", "card", 1]])]),
+    "mapping empty field": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "", 1]])]),
+    "insert repeats a token": batch(
+        [changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 1], ["tok_A", "w", "card", 1]])]
+    ),
+    "insert owner empty": batch([changed(GOOD_INSERT, owner="")]),
+    "insert owner with space": batch([changed(GOOD_INSERT, owner="ac me")]),
+    "insert owner with NUL": batch([changed(GOOD_INSERT, owner="acme\x00x")]),
+    "insert owner too long": batch([changed(GOOD_INSERT, owner="a" * 65)]),
+    "insert owner slash": batch([changed(GOOD_INSERT, owner="../acme")]),
+    # insert_reply
+    "reply bad outcome": batch([changed(GOOD_INSERT_REPLY, outcomes=["maybe"])]),
+    "reply outcome upper case": batch([changed(GOOD_INSERT_REPLY, outcomes=["STORED"])]),
+    "reply outcome int": batch([changed(GOOD_INSERT_REPLY, outcomes=[1])]),
+    "reply outcome null": batch([changed(GOOD_INSERT_REPLY, outcomes=[None])]),
+    "reply outcome list": batch([changed(GOOD_INSERT_REPLY, outcomes=[["stored"]])]),
+    "reply outcomes int": batch([changed(GOOD_INSERT_REPLY, outcomes=5)]),
+    "reply outcomes null": batch([changed(GOOD_INSERT_REPLY, outcomes=None)]),
+    "reply no outcomes": batch([changed(GOOD_INSERT_REPLY, outcomes=DELETE)]),
+    "reply tokens string": batch([changed(GOOD_INSERT_REPLY, tokens="tok_A")]),
+    "reply tokens ints": batch([changed(GOOD_INSERT_REPLY, tokens=[1])]),
+    "reply lengths differ": batch([changed(GOOD_INSERT_REPLY, outcomes=["stored", "identical"])]),
+    "reply lengths differ 2": batch([changed(GOOD_INSERT_REPLY, tokens=["a", "b"])]),
+    # read
+    "read no tokens": batch([changed(GOOD_READ, tokens=DELETE)]),
+    "read empty tokens": batch([changed(GOOD_READ, tokens=[])]),
+    "read tokens string": batch([changed(GOOD_READ, tokens="tok_A")]),
+    "read tokens mixed": batch([changed(GOOD_READ, tokens=["tok_A", None])]),
+    "read tokens object": batch([changed(GOOD_READ, tokens={"tok_A": 1})]),
+    # read_reply
+    "read reply lengths differ": batch([changed(GOOD_READ_REPLY, mappings=[None])]),
+    "read reply lengths differ 2": batch([changed(GOOD_READ_REPLY, tokens=["tok_A"])]),
+    "read reply mapping of another token": batch(
+        [changed(GOOD_READ_REPLY, mappings=[None, ["tok_A", "v", "card", 1]])]
+    ),
+    "read reply bad row": batch([changed(GOOD_READ_REPLY, mappings=[["tok_A", "v"], None])]),
+    "read reply row false": batch([changed(GOOD_READ_REPLY, mappings=[False, None])]),
+    "read reply mappings null": batch([changed(GOOD_READ_REPLY, mappings=None)]),
+    "read reply owner invalid with a mapping": batch([changed(GOOD_READ_REPLY, owner="a b")]),
+    # one bad message spoils the batch
+    "good then bad": batch([GOOD_READ, changed(GOOD_READ, type="nope")]),
+}
+
+
+@pytest.mark.parametrize("body", MALFORMED_BODIES.values(), ids=MALFORMED_BODIES.keys())
+def test_malformed_batches_raise_codec_error(body: bytes) -> None:
+    with pytest.raises(CodecError):
+        decode_batch(body)
+
+
+def test_codec_error_messages_never_echo_the_payload() -> None:
+    secret = "4111-1111-SECRET"
+    bodies = [
+        batch([changed(GOOD_INSERT, mappings=[["tok_A", secret, "card", "1"]])]),
+        batch([changed(GOOD_INSERT, mappings=[["tok_A", secret, "card", 0]])]),
+        batch([changed(GOOD_INSERT_REPLY, outcomes=[secret])]),
+        b"{" + secret.encode(),
+    ]
+    for body in bodies:
+        with pytest.raises(CodecError) as raised:
+            decode_batch(body)
+        assert secret not in str(raised.value)
+        assert raised.value.__cause__ is None or secret not in str(raised.value.__cause__)
+
+
+INVALID_OWNERS = ["", "a b", "acme\x00x", "a" * 65, "../acme", "ünï"]
+
+
+@pytest.mark.parametrize("owner", INVALID_OWNERS, ids=repr)
+@pytest.mark.parametrize(
+    "good",
+    [GOOD_READ, GOOD_INSERT_REPLY, changed(GOOD_READ_REPLY, mappings=[None, None])],
+    ids=["read", "insert_reply", "read_reply"],
+)
+def test_invalid_owner_id_is_refused_on_every_message_type(
+    good: dict[str, Any], owner: str
+) -> None:
+    with pytest.raises(CodecError):
+        decode_batch(batch([changed(good, owner=owner)]))
+
+
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+def test_deeply_nested_json_is_a_codec_error(depth: int) -> None:
+    body = b'{"source":"p","messages":' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(CodecError):
+        decode_batch(body)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        changed(GOOD_INSERT, mappings=[["tok_\ud800", "v", "card", 1]]),
+        changed(GOOD_INSERT, mappings=[["tok_A", "v\udfff", "card", 1]]),
+        changed(GOOD_READ, tokens=["\ud800"]),
+        changed(GOOD_READ, op="op\ud800"),
+    ],
+    ids=["token", "value", "read token", "op id"],
+)
+def test_lone_surrogates_are_a_codec_error(message: dict[str, Any]) -> None:
+    body = batch([message])  # json.dumps escapes the surrogate as \ud800: valid JSON text
+    with pytest.raises(CodecError):
+        decode_batch(body)
+
+
+# -- junk: CodecError and nothing else ---------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10)
+    | st.sampled_from(["insert", "insert_reply", "read", "read_reply"])
+    | st.sampled_from(["stored", "identical", "conflict", "tok_A", OWNER, "", "a b"])
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(
+            st.sampled_from(["source", "messages", "type", "op", "owner", "mappings", "tokens"])
+            | st.sampled_from(["outcomes"])
+            | st.text(max_size=5),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=30,
+)
+message_keys = ["type", "op", "owner", "mappings", "tokens", "outcomes"]
+mapping_rows = st.lists(
+    st.one_of(st.none(), st.text(max_size=4), st.integers(-2, 3), st.booleans()),
+    min_size=3,
+    max_size=5,
+)
+message_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["insert", "insert_reply", "read", "read_reply"]) | json_scalars,
+        "op": st.text(max_size=5) | json_scalars,
+        "owner": st.sampled_from([OWNER, "", "a b"]) | json_scalars,
+        "mappings": st.lists(mapping_rows | st.none() | json_values, max_size=3) | json_values,
+        "tokens": st.lists(st.sampled_from(["tok_A", "tok_B"]) | json_scalars, max_size=3)
+        | json_values,
+        "outcomes": st.lists(
+            st.sampled_from(["stored", "identical", "conflict"]) | json_scalars, max_size=3
+        )
+        | json_values,
+    },
+)
+batch_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "source": st.text(max_size=5) | json_values,
+        "messages": st.lists(message_like | json_values, max_size=3) | json_values,
+    },
+)
+
+
+def check_decode_contract(body: bytes) -> None:
+    try:
+        source, decoded = decode_batch(body)
+    except CodecError:
+        return
+    assert isinstance(source, str)
+    assert isinstance(decoded, list)
+    for message in decoded:
+        assert isinstance(message, InsertRequest | InsertReply | ReadRequest | ReadReply)
+    # whatever is accepted can be sent on again unchanged
+    assert roundtrip(source, decoded) == (source, decoded)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=json_values)
+def test_junk_json_values_decode_or_raise_codec_error(value: Any) -> None:
+    check_decode_contract(json.dumps(value).encode())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(value=batch_like)
+def test_junk_batches_decode_or_raise_codec_error(value: Any) -> None:
+    check_decode_contract(json.dumps(value).encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=60))
+def test_junk_bytes_decode_or_raise_codec_error(body: bytes) -> None:
+    check_decode_contract(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(good=st.sampled_from(GOOD), cut=st.integers(min_value=0, max_value=200))
+def test_truncated_good_batches_raise_codec_error(good: dict[str, Any], cut: int) -> None:
+    body = batch([good])
+    if cut < len(body):
+        with pytest.raises(CodecError):
+            decode_batch(body[:cut])

@@ -1,0 +1,689 @@
+"""The coordinator core with three replica cores on MemoryStores, messages delivered by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits
+from tokenvault.quorum.effects import (
+    ClientReply,
+    Effects,
+    Event,
+    Failure,
+    ReadDone,
+    Timer,
+    TimerKind,
+    WriteDone,
+)
+from tokenvault.quorum.messages import (
+    Envelope,
+    InsertOutcome,
+    InsertReply,
+    InsertRequest,
+    Mapping,
+    ReadReply,
+    ReadRequest,
+)
+from tokenvault.quorum.quorum_config import QuorumConfig
+from tokenvault.quorum.records import decode_mapping, encode_mapping, mapping_key
+from tokenvault.quorum.replica import Replica
+from tokenvault.store.memory_store import MemoryStore
+
+OWNER = "acme"
+COORD = "coord"
+REPLICAS = ("r1", "r2", "r3")
+N3_W2_R2 = QuorumConfig(replica_count=3, write_quorum=2, read_quorum=2)
+LIMITS = CoordinatorLimits(operation_timeout_s=2.5, resend_interval_s=1.0)
+
+
+def mapping(token: str = "tok_A", value: str = "secret-A") -> Mapping:
+    return Mapping(owner=OWNER, token=token, value=value, field="card", epoch=1)
+
+
+class Network:
+    """A coordinator and its replicas; the test decides what is delivered, dropped and fired.
+
+    Delivering to a replica runs the replica core, stages its writes, syncs the store and only
+    then queues the replica's replies (persist before send), as the node driver does. A replica
+    in `down` neither receives nor answers: messages to or from it are dropped on delivery.
+    """
+
+    def __init__(
+        self,
+        quorum: QuorumConfig = N3_W2_R2,
+        limits: CoordinatorLimits = LIMITS,
+        replicas: tuple[str, ...] = REPLICAS,
+    ) -> None:
+        self.quorum = quorum
+        self.replica_ids = replicas
+        self.stores = {r: MemoryStore() for r in replicas}
+        self.replicas = {r: Replica(peer_id=r, storage=self.stores[r]) for r in replicas}
+        self.coordinator = Coordinator(peer_id=COORD, quorum=quorum, limits=limits)
+        self.pending: list[Envelope] = []
+        self.timers: list[Timer] = []
+        self.replies: list[ClientReply] = []
+        self.events: list[Event] = []
+        self.sent: list[Envelope] = []  # every envelope the coordinator ever sent
+        self.down: set[str] = set()
+        self.dropped = 0
+        self.now = 0.0
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def absorb(self, effects: Effects) -> Effects:
+        assert effects.writes == [], "the coordinator never writes"
+        self.timers.extend(effects.timers)
+        self.pending.extend(effects.messages)
+        self.sent.extend(effects.messages)
+        self.replies.extend(effects.replies)
+        self.events.extend(effects.events)
+        for envelope in effects.messages:
+            assert envelope.source == COORD
+            assert envelope.destination in self.replica_ids
+        return effects
+
+    def write(self, op_id: str, *mappings: Mapping) -> Effects:
+        return self.absorb(
+            self.coordinator.start_write(
+                op_id=op_id,
+                owner=OWNER,
+                replicas=self.replica_ids,
+                mappings=mappings,
+                now=self.now,
+            )
+        )
+
+    def read(self, op_id: str, *tokens: str) -> Effects:
+        return self.absorb(
+            self.coordinator.start_read(
+                op_id=op_id, owner=OWNER, replicas=self.replica_ids, tokens=tokens, now=self.now
+            )
+        )
+
+    def deliver(self, envelope: Envelope) -> Effects | None:
+        """Deliver one pending envelope; returns the coordinator's Effects when it was the
+        destination, None otherwise (also when the envelope was dropped)."""
+        self.pending.remove(envelope)
+        if envelope.source in self.down or envelope.destination in self.down:
+            self.dropped += 1
+            return None
+        if envelope.destination == COORD:
+            return self.absorb(self.coordinator.on_message(envelope.source, envelope.message))
+        replica = envelope.destination
+        assert envelope.source == COORD
+        effects = self.replicas[replica].on_message(envelope.source, envelope.message)
+        assert effects.replies == [] and effects.timers == []
+        store = self.stores[replica]
+        store.stage(effects.writes)
+        store.sync()
+        self.events.extend(effects.events)
+        for out in effects.messages:
+            assert out.source == replica and out.destination == COORD
+        self.pending.extend(effects.messages)
+        return None
+
+    def deliver_where(self, predicate: Callable[[Envelope], bool]) -> int:
+        """Deliver every pending envelope matching predicate (once; not what they cause)."""
+        chosen = [e for e in self.pending if predicate(e)]
+        for envelope in chosen:
+            self.deliver(envelope)
+        return len(chosen)
+
+    def to(self, replica: str) -> Callable[[Envelope], bool]:
+        return lambda e: e.destination == replica
+
+    def replies_from(self, replica: str) -> Callable[[Envelope], bool]:
+        return lambda e: e.source == replica and e.destination == COORD
+
+    def exchange(self, replica: str) -> None:
+        """Deliver what is pending for replica, then its answers to the coordinator."""
+        self.deliver_where(self.to(replica))
+        self.deliver_where(self.replies_from(replica))
+
+    def run(self) -> None:
+        """Deliver until nothing is pending (timers are not fired)."""
+        while self.pending:
+            self.deliver(self.pending[0])
+
+    def fire(self, kind: TimerKind, op_id: str) -> Effects:
+        timer = next(t for t in self.timers if t.kind is kind and t.op_id == op_id)
+        self.timers.remove(timer)
+        self.now = max(self.now, timer.due)
+        return self.absorb(self.coordinator.on_timer(timer, self.now))
+
+    # -- observations -------------------------------------------------------------------------
+
+    def durable_holders(self, m: Mapping) -> set[str]:
+        key = mapping_key(m.owner, m.token)
+        holders = set()
+        for replica, store in self.stores.items():
+            durable = dict(store.durable_items(key))
+            raw = durable.get(key)
+            if raw is not None and decode_mapping(m.owner, m.token, raw) == m:
+                holders.add(replica)
+        return holders
+
+    def put_durably(self, replica: str, *mappings: Mapping) -> None:
+        store = self.stores[replica]
+        store.stage([(mapping_key(m.owner, m.token), encode_mapping(m)) for m in mappings])
+        store.sync()
+
+    def replies_for(self, op_id: str) -> list[ClientReply]:
+        return [r for r in self.replies if r.op_id == op_id]
+
+    def events_named(self, name: str) -> list[Event]:
+        return [e for e in self.events if e.name == name]
+
+
+def messages_of(envelopes: Iterable[Envelope], kind: type) -> list[Envelope]:
+    return [e for e in envelopes if isinstance(e.message, kind)]
+
+
+# -- writes ------------------------------------------------------------------------------------
+
+
+def test_write_fans_out_and_arms_both_timers() -> None:
+    net = Network()
+    net.now = 10.0
+    effects = net.write("w1", mapping())
+    assert sorted(e.destination for e in effects.messages) == list(REPLICAS)
+    for envelope in effects.messages:
+        assert isinstance(envelope.message, InsertRequest)
+        assert envelope.message.mappings == (mapping(),)
+        assert envelope.message.op_id == "w1"
+    kinds = {t.kind: t.due for t in effects.timers}
+    assert kinds == {TimerKind.DEADLINE: 12.5, TimerKind.RESEND: 11.0}
+    assert effects.replies == []
+    assert net.coordinator.operations_in_flight() == 1
+
+
+def test_write_succeeds_after_exactly_w_acks() -> None:
+    net = Network()
+    net.write("w1", mapping())
+    net.exchange("r1")
+    assert net.replies == []
+    assert net.coordinator.operations_in_flight() == 1
+    # the second replica stores it, but its ack has not arrived yet: still no answer
+    net.deliver_where(net.to("r2"))
+    assert net.replies == []
+    net.deliver_where(net.replies_from("r2"))
+    assert net.replies == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
+    assert net.durable_holders(mapping()) == {"r1", "r2"}
+    assert net.coordinator.operations_in_flight() == 0
+    # the third answer arrives late: ignored entirely
+    net.deliver_where(net.to("r3"))
+    (late,) = [e for e in net.pending if e.source == "r3"]
+    late_effects = net.deliver(late)
+    assert late_effects is not None and late_effects.is_empty()
+    assert len(net.replies) == 1
+
+
+def test_write_of_several_mappings_needs_w_acks_for_each() -> None:
+    net = Network()
+    a, b = mapping("tok_A", "va"), mapping("tok_B", "vb")
+    net.put_durably("r2", b)  # r2 already holds b only
+    net.write("w1", a, b)
+    net.exchange("r1")
+    assert net.replies == []
+    net.deliver_where(net.to("r2"))
+    (answer,) = [e for e in net.pending if e.source == "r2"]
+    assert isinstance(answer.message, InsertReply)
+    assert answer.message.tokens == ("tok_A", "tok_B")
+    assert answer.message.outcomes == (InsertOutcome.STORED, InsertOutcome.IDENTICAL)
+    net.deliver(answer)
+    assert net.replies_for("w1") == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
+    assert net.durable_holders(a) == net.durable_holders(b) == {"r1", "r2"}
+
+
+def test_duplicate_mappings_in_one_write_are_sent_once() -> None:
+    net = Network()
+    effects = net.write("w1", mapping(), mapping())
+    for envelope in effects.messages:
+        assert isinstance(envelope.message, InsertRequest)
+        assert envelope.message.mappings == (mapping(),)
+
+
+def test_write_with_two_replicas_unreachable_times_out() -> None:
+    net = Network()
+    net.down = {"r2", "r3"}
+    net.write("w1", mapping())
+    net.run()
+    assert net.replies == []
+    net.fire(TimerKind.RESEND, "w1")
+    net.run()
+    assert net.replies == []
+    assert net.events_named("quorum_failed") == []
+    effects = net.fire(TimerKind.DEADLINE, "w1")
+    assert effects.replies == [WriteDone(op_id="w1", owner=OWNER, failure=Failure.QUORUM_TIMEOUT)]
+    (failed,) = net.events_named("quorum_failed")
+    assert failed.owner == OWNER and failed.request_id == "w1"
+    assert dict(failed.details) == {"phase": "writing", "answered": 1}
+    assert net.coordinator.operations_in_flight() == 0
+    # once finished, its timers do nothing
+    assert net.fire(TimerKind.RESEND, "w1").is_empty()
+
+
+def test_write_resend_goes_only_to_replicas_that_did_not_answer() -> None:
+    net = Network()
+    net.down = {"r2", "r3"}
+    net.write("w1", mapping())
+    net.run()
+    assert net.dropped == 2
+    before = len(net.sent)
+    effects = net.fire(TimerKind.RESEND, "w1")
+    resent = net.sent[before:]
+    assert sorted(e.destination for e in resent) == ["r2", "r3"]
+    assert all(isinstance(e.message, InsertRequest) for e in resent)
+    assert [t.kind for t in effects.timers] == [TimerKind.RESEND]
+    assert effects.timers[0].due == pytest.approx(net.now + LIMITS.resend_interval_s)
+    # r2 comes back: the resent insert reaches it and the write succeeds
+    net.down = {"r3"}
+    net.run()
+    assert net.replies_for("w1") == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
+    # nothing more is resent for a finished write
+    before = len(net.sent)
+    assert net.fire(TimerKind.RESEND, "w1").is_empty()
+    assert len(net.sent) == before
+
+
+def test_read_resend_goes_only_to_replicas_that_did_not_answer() -> None:
+    net = Network()
+    net.down = {"r2", "r3"}
+    net.read("q1", "tok_A")
+    net.run()
+    before = len(net.sent)
+    net.fire(TimerKind.RESEND, "q1")
+    resent = net.sent[before:]
+    assert sorted(e.destination for e in resent) == ["r2", "r3"]
+    assert all(isinstance(e.message, ReadRequest) for e in resent)
+    net.down = set()
+    net.exchange("r3")
+    assert net.replies_for("q1") == [
+        ReadDone(op_id="q1", owner=OWNER, mappings=(None,), failure=None)
+    ]
+
+
+def test_conflict_from_a_replica_fails_the_write() -> None:
+    net = Network()
+    net.put_durably("r2", mapping(value="a different value"))
+    net.write("w1", mapping())
+    net.exchange("r1")
+    net.exchange("r2")
+    assert net.replies == [WriteDone(op_id="w1", owner=OWNER, failure=Failure.INTEGRITY_CONFLICT)]
+    (alarm,) = net.events_named("integrity_conflict")
+    assert alarm.request_id == "w1" and dict(alarm.details) == {"replica": "r2"}
+    assert len(net.events_named("mapping_conflict")) == 1
+    # the conflicting replica was not overwritten
+    assert net.durable_holders(mapping(value="a different value")) == {"r2"}
+    net.exchange("r3")
+    assert len(net.replies) == 1
+
+
+def test_coordinator_ignores_read_replies_to_a_write() -> None:
+    net = Network()
+    net.write("w1", mapping())
+    stray = ReadReply(op_id="w1", owner=OWNER, tokens=("tok_A",), mappings=(mapping(),))
+    assert net.coordinator.on_message("r1", stray).is_empty()
+    assert net.coordinator.on_message("r2", stray).is_empty()
+    assert net.coordinator.operations_in_flight() == 1
+
+
+def test_answers_from_peers_outside_the_preference_list_are_ignored() -> None:
+    net = Network()
+    net.write("w1", mapping())
+    ack = InsertReply(op_id="w1", owner=OWNER, tokens=("tok_A",), outcomes=(InsertOutcome.STORED,))
+    assert net.coordinator.on_message("r9", ack).is_empty()
+    assert net.coordinator.on_message("r8", ack).is_empty()
+    assert net.coordinator.operations_in_flight() == 1
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def test_read_after_write_finds_the_mapping() -> None:
+    net = Network()
+    net.write("w1", mapping())
+    net.run()
+    assert net.replies_for("w1") == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
+    net.read("q1", "tok_A", "tok_missing")
+    net.run()
+    assert net.replies_for("q1") == [
+        ReadDone(op_id="q1", owner=OWNER, mappings=(mapping(), None), failure=None)
+    ]
+
+
+def test_read_of_absent_token_is_none_and_repairs_nothing() -> None:
+    net = Network()
+    net.read("q1", "tok_nothing")
+    sent_reads = len(net.sent)
+    net.run()
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(None,), failure=None)]
+    assert len(net.sent) == sent_reads  # no insert was ever sent
+    assert net.events_named("read_repair") == []
+
+
+def test_read_decides_on_r_answers() -> None:
+    net = Network()
+    for r in REPLICAS:
+        net.put_durably(r, mapping())
+    net.read("q1", "tok_A")
+    net.exchange("r3")
+    assert net.replies == []
+    net.exchange("r1")
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(mapping(),), failure=None)]
+    assert net.events_named("read_repair") == []
+
+
+def test_blocking_read_repair_answers_only_after_a_second_durable_ack() -> None:
+    net = Network()
+    net.put_durably("r1", mapping())  # a write that reached only r1
+    net.down = {"r3"}
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    net.deliver_where(net.to("r2"))
+    before = len(net.sent)
+    net.deliver_where(net.replies_from("r2"))
+    # R answers are in: r1 holds it, r2 does not; repair before answering
+    assert net.replies == []
+    repairs = net.sent[before:]
+    assert sorted(e.destination for e in repairs) == ["r2", "r3"]
+    for envelope in repairs:
+        assert isinstance(envelope.message, InsertRequest)
+        assert envelope.message.mappings == (mapping(),)
+    (repair_event,) = net.events_named("read_repair")
+    assert dict(repair_event.details) == {"mappings": 1, "blocking": 1}
+    # r2 stores it (durably) but its ack is still on the way: no answer yet
+    net.deliver_where(net.to("r2"))
+    assert "r2" in net.durable_holders(mapping())
+    assert net.replies == []
+    net.deliver_where(net.replies_from("r2"))
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(mapping(),), failure=None)]
+    assert net.durable_holders(mapping()) == {"r1", "r2"}
+
+
+def test_blocking_read_repair_times_out_without_a_second_holder() -> None:
+    net = Network()
+    net.put_durably("r1", mapping())
+    net.down = {"r3"}
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    net.exchange("r2")
+    net.down = {"r2", "r3"}
+    net.run()  # the repair inserts are lost
+    assert net.replies == []
+    before = len(net.sent)
+    net.fire(TimerKind.RESEND, "q1")
+    assert sorted(e.destination for e in net.sent[before:]) == ["r2", "r3"]
+    assert all(isinstance(e.message, InsertRequest) for e in net.sent[before:])
+    net.run()
+    net.fire(TimerKind.DEADLINE, "q1")
+    assert net.replies == [
+        ReadDone(op_id="q1", owner=OWNER, mappings=(), failure=Failure.QUORUM_TIMEOUT)
+    ]
+    (failed,) = net.events_named("quorum_failed")
+    assert dict(failed.details)["phase"] == "repairing"
+
+
+def test_late_read_answer_counts_as_holder_and_triggers_background_repair() -> None:
+    net = Network()
+    net.put_durably("r1", mapping())
+    net.put_durably("r3", mapping())
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    net.exchange("r2")  # R answers: only r1 holds it -> blocking repair to r2 and r3
+    assert net.replies == []
+    net.deliver_where(lambda e: e.destination == "r3" and isinstance(e.message, ReadRequest))
+    before = len(net.sent)
+    net.deliver_where(net.replies_from("r3"))  # r3's late read answer: it holds the mapping
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(mapping(),), failure=None)]
+    background = net.sent[before:]
+    assert [e.destination for e in background] == ["r2"]
+    assert isinstance(background[0].message, InsertRequest)
+    assert background[0].message.mappings == (mapping(),)
+    (_, background_event) = net.events_named("read_repair")
+    assert dict(background_event.details) == {"replicas": 1, "blocking": 0}
+
+
+def test_background_repair_sends_inserts_to_responders_that_lacked_it() -> None:
+    quorum = QuorumConfig(replica_count=3, write_quorum=2, read_quorum=3)
+    net = Network(quorum=quorum)
+    net.put_durably("r1", mapping())
+    net.put_durably("r2", mapping())
+    net.read("q1", "tok_A")
+    before = len(net.sent)
+    net.exchange("r1")
+    net.exchange("r2")
+    net.exchange("r3")
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(mapping(),), failure=None)]
+    background = [e for e in net.sent[before:] if isinstance(e.message, InsertRequest)]
+    assert [e.destination for e in background] == ["r3"]
+    (event,) = net.events_named("read_repair")
+    assert dict(event.details) == {"replicas": 1, "blocking": 0}
+    net.run()
+    assert net.durable_holders(mapping()) == {"r1", "r2", "r3"}
+    assert len(net.replies) == 1
+
+
+def test_read_sees_conflicting_replicas_as_integrity_conflict() -> None:
+    net = Network()
+    net.put_durably("r1", mapping(value="one"))
+    net.put_durably("r2", mapping(value="two"))
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    net.exchange("r2")
+    assert net.replies == [
+        ReadDone(op_id="q1", owner=OWNER, mappings=(), failure=Failure.INTEGRITY_CONFLICT)
+    ]
+    assert len(net.events_named("integrity_conflict")) == 1
+
+
+def test_repair_insert_meeting_a_conflict_fails_the_read() -> None:
+    net = Network()
+    net.put_durably("r1", mapping(value="one"))
+    net.put_durably("r3", mapping(value="three"))
+    net.down = {"r3"}
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    net.exchange("r2")  # r1 and r2 answered: repair to r2 and r3
+    net.down = {"r2"}
+    net.run()
+    assert net.replies == [
+        ReadDone(op_id="q1", owner=OWNER, mappings=(), failure=Failure.INTEGRITY_CONFLICT)
+    ]
+
+
+def test_read_of_duplicate_tokens() -> None:
+    net = Network()
+    net.write("w1", mapping())
+    net.run()
+    effects = net.read("q1", "tok_A", "tok_A")
+    (first, *_) = effects.messages
+    assert isinstance(first.message, ReadRequest)
+    assert first.message.tokens == ("tok_A",)
+    net.run()
+    (done,) = net.replies_for("q1")
+    assert isinstance(done, ReadDone) and done.failure is None
+    assert mapping() in done.mappings
+
+
+# -- bookkeeping -------------------------------------------------------------------------------
+
+
+def test_duplicate_operation_ids_assert() -> None:
+    net = Network()
+    net.write("op", mapping())
+    with pytest.raises(AssertionError):
+        net.write("op", mapping("tok_B"))
+    with pytest.raises(AssertionError):
+        net.read("op", "tok_A")
+    assert net.coordinator.operations_in_flight() == 1
+
+
+def test_wrong_preference_list_asserts() -> None:
+    coordinator = Coordinator(peer_id=COORD, quorum=N3_W2_R2)
+    with pytest.raises(AssertionError):
+        coordinator.start_write(
+            op_id="w", owner=OWNER, replicas=("r1", "r2"), mappings=[mapping()], now=0.0
+        )
+    with pytest.raises(AssertionError):
+        coordinator.start_read(
+            op_id="q", owner=OWNER, replicas=("r1", "r1", "r2"), tokens=["t"], now=0.0
+        )
+    assert coordinator.operations_in_flight() == 0
+
+
+def test_late_replies_and_timers_after_finish_are_ignored() -> None:
+    net = Network()
+    net.write("w1", mapping())
+    net.read("q1", "tok_A")
+    # let every replica answer, but hold the answers
+    for r in REPLICAS:
+        net.deliver_where(lambda e, r=r: e.destination == r)
+    answers = list(net.pending)
+    assert len(answers) == 6
+    for envelope in answers:
+        net.deliver(envelope)
+    assert {r.op_id for r in net.replies} == {"w1", "q1"}
+    assert net.coordinator.operations_in_flight() == 0
+    for envelope in answers:
+        assert net.coordinator.on_message(envelope.source, envelope.message).is_empty()
+    for timer in list(net.timers):
+        assert net.coordinator.on_timer(timer, timer.due).is_empty()
+    assert len(net.replies) == 2
+
+
+def test_operations_max_answers_overloaded() -> None:
+    net = Network(limits=CoordinatorLimits(operations_max=2))
+    net.write("w1", mapping("tok_A"))
+    net.read("q1", "tok_A")
+    sent = len(net.sent)
+    timers = len(net.timers)
+    effects = net.write("w2", mapping("tok_B"))
+    assert effects.replies == [WriteDone(op_id="w2", owner=OWNER, failure=Failure.OVERLOADED)]
+    effects = net.read("q2", "tok_B")
+    assert effects.replies == [
+        ReadDone(op_id="q2", owner=OWNER, mappings=(), failure=Failure.OVERLOADED)
+    ]
+    assert len(net.sent) == sent and len(net.timers) == timers
+    assert net.coordinator.operations_in_flight() == 2
+    net.run()
+    assert net.coordinator.operations_in_flight() == 0
+    net.write("w2", mapping("tok_B"))
+    assert net.coordinator.operations_in_flight() == 1
+
+
+def test_insert_reply_to_a_read_in_progress_does_not_finish_it() -> None:
+    net = Network()
+    for r in REPLICAS:
+        net.put_durably(r, mapping())
+    net.read("q1", "tok_A")
+    stray = InsertReply(op_id="q1", owner=OWNER, tokens=(), outcomes=())
+    net.absorb(net.coordinator.on_message("r1", stray))
+    net.run()
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(mapping(),), failure=None)]
+
+
+# -- property: acknowledged means durable on W -------------------------------------------------
+
+TOKENS = ("tok_A", "tok_B", "tok_C")
+
+
+def candidate(token: str, variant: int) -> Mapping:
+    return mapping(token, f"value-{token}-{variant}")
+
+
+operation_strategy = st.tuples(
+    st.sampled_from(["write", "read"]),
+    st.lists(st.sampled_from(TOKENS), min_size=1, max_size=3),
+    st.sampled_from([0, 0, 0, 1]),  # mostly one value per token, sometimes a conflicting one
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    operations=st.lists(operation_strategy, min_size=1, max_size=6),
+    preload=st.lists(st.tuples(st.sampled_from(REPLICAS), st.sampled_from(TOKENS)), max_size=3),
+    data=st.data(),
+)
+def test_acknowledged_writes_and_returned_reads_are_durable_on_w(
+    operations: list[tuple[str, list[str], int]],
+    preload: list[tuple[str, str]],
+    data: st.DataObject,
+) -> None:
+    net = Network()
+    w = net.quorum.write_quorum
+    for replica, token in preload:  # leftovers of writes that failed or were never acked
+        if net.stores[replica].get(mapping_key(OWNER, token)) is None:
+            net.put_durably(replica, candidate(token, 0))
+    started: dict[str, tuple[Mapping, ...]] = {}
+    seen_replies = 0
+
+    def check_new_replies() -> None:
+        nonlocal seen_replies
+        for reply in net.replies[seen_replies:]:
+            if isinstance(reply, WriteDone) and reply.failure is None:
+                for m in started[reply.op_id]:
+                    assert len(net.durable_holders(m)) >= w
+            if isinstance(reply, ReadDone) and reply.failure is None:
+                for m in reply.mappings:
+                    if m is not None:
+                        assert len(net.durable_holders(m)) >= w
+        seen_replies = len(net.replies)
+
+    queue = list(operations)
+    for step in range(200):
+        actions = ["toggle"]
+        if queue:
+            actions.append("start")
+        if net.pending:
+            actions += ["deliver", "deliver", "deliver", "drop"]
+        if net.timers:
+            actions.append("timer")
+        if actions == ["toggle"]:
+            break
+        action = data.draw(st.sampled_from(actions), label=f"action {step}")
+        if action == "start":
+            kind, tokens, variant = queue.pop(0)
+            op_id = f"op{len(started)}"
+            if kind == "write":
+                mappings = tuple(candidate(t, variant) for t in dict.fromkeys(tokens))
+                started[op_id] = mappings
+                net.write(op_id, *mappings)
+            else:
+                started[op_id] = ()
+                net.read(op_id, *tokens)
+        elif action == "deliver":
+            envelope = data.draw(st.sampled_from(net.pending), label="deliver")
+            net.deliver(envelope)
+        elif action == "drop":
+            envelope = data.draw(st.sampled_from(net.pending), label="drop")
+            net.pending.remove(envelope)
+        elif action == "timer":
+            timer = data.draw(st.sampled_from(net.timers), label="timer")
+            net.timers.remove(timer)
+            net.now = max(net.now, timer.due)
+            net.absorb(net.coordinator.on_timer(timer, net.now))
+        else:
+            replica = data.draw(st.sampled_from(REPLICAS), label="toggle")
+            net.down ^= {replica}
+        check_new_replies()
+
+    # drain: every operation ends, by its deadline at the latest
+    for _ in range(1000):
+        if net.pending:
+            net.deliver(net.pending[0])
+        elif net.timers:
+            timer = min(net.timers, key=lambda t: t.due)
+            net.timers.remove(timer)
+            net.now = max(net.now, timer.due)
+            net.absorb(net.coordinator.on_timer(timer, net.now))
+        else:
+            break
+        check_new_replies()
+    assert net.coordinator.operations_in_flight() == 0
+    ended = [r.op_id for r in net.replies]
+    assert sorted(ended) == sorted(started), "every operation gets exactly one reply"

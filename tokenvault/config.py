@@ -1,0 +1,193 @@
+"""The cluster configuration: one TOML file every peer reads, validated once at startup.
+
+Rules:
+- Parsed and checked once; the result is frozen and the hot path never re-reads it.
+- A bad file is refused with a `ConfigError` whose message names the problem (never a secret).
+- Paths inside the file are relative to the file. The secret file must hold 32+ bytes.
+- Quorum sizes must be safe (see quorum_config): W + R > N and W > N / 2, N <= peers.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenvault.quorum.messages import is_valid_owner_id
+from tokenvault.quorum.quorum_config import QuorumConfig, quorum_problem
+
+SECRET_BYTES_MIN = 32
+_PEER_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class ConfigError(Exception):
+    """The cluster configuration is missing or invalid."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerConfig:
+    id: str
+    host: str
+    port: int
+    data_dir: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnerConfig:
+    id: str
+    key_sha256: str
+    fields: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    path: Path
+    name: str
+    quorum: QuorumConfig
+    vnodes_per_peer: int
+    secret: bytes
+    peers: tuple[PeerConfig, ...]
+    owners: tuple[OwnerConfig, ...]
+    admin_key_sha256: str
+
+    def peer(self, peer_id: str) -> PeerConfig:
+        for peer in self.peers:
+            if peer.id == peer_id:
+                return peer
+        raise ConfigError(f"no peer with id {peer_id!r} in {self.path}")
+
+    def owner(self, owner_id: str) -> OwnerConfig | None:
+        for owner in self.owners:
+            if owner.id == owner_id:
+                return owner
+        return None
+
+
+def load_config(path: Path) -> ClusterConfig:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise ConfigError(f"no cluster configuration at {path}") from error
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from error
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
+    base = path.parent
+    cluster = _table(raw, "cluster")
+    replica_count = _int(cluster, "replicas", 3)
+    write_quorum = _int(cluster, "write_quorum", 2)
+    read_quorum = _int(cluster, "read_quorum", 2)
+    problem = quorum_problem(replica_count, write_quorum, read_quorum)
+    if problem:
+        raise ConfigError(f"[cluster]: {problem}")
+    vnodes = _int(cluster, "vnodes_per_peer", 64)
+    if not 1 <= vnodes <= 4096:
+        raise ConfigError("[cluster] vnodes_per_peer must be between 1 and 4096")
+    peers = tuple(_peer(entry, base) for entry in _array(raw, "peer"))
+    if not peers:
+        raise ConfigError("the configuration lists no [[peer]]")
+    if len({p.id for p in peers}) != len(peers) or len({p.address for p in peers}) != len(peers):
+        raise ConfigError("peer ids and addresses must be unique")
+    if replica_count > len(peers):
+        raise ConfigError("[cluster] replicas (N) exceeds the number of peers")
+    owners = tuple(_owner(entry) for entry in _array(raw, "owner"))
+    if len({o.id for o in owners}) != len(owners):
+        raise ConfigError("owner ids must be unique")
+    admin = _table(raw, "admin")
+    admin_hash = _sha256(admin, "[admin]")
+    key_hashes = [admin_hash, *(o.key_sha256 for o in owners)]
+    if len(set(key_hashes)) != len(key_hashes):
+        raise ConfigError("every owner and the admin need a key of their own")
+    return ClusterConfig(
+        path=path,
+        name=str(cluster.get("name", "local")),
+        quorum=QuorumConfig(
+            replica_count=replica_count, write_quorum=write_quorum, read_quorum=read_quorum
+        ),
+        vnodes_per_peer=vnodes,
+        secret=_secret(cluster, base),
+        peers=peers,
+        owners=owners,
+        admin_key_sha256=admin_hash,
+    )
+
+
+def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    table = raw.get(name)
+    if not isinstance(table, dict):
+        raise ConfigError(f"the configuration has no [{name}] table")
+    return table
+
+
+def _array(raw: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    entries = raw.get(name, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"[[{name}]] must be an array of tables")
+    return entries
+
+
+def _int(table: dict[str, Any], key: str, default: int) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"[cluster] {key} must be an integer")
+    return value
+
+
+def _sha256(table: dict[str, Any], where: str) -> str:
+    value = table.get("key_sha256")
+    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+        raise ConfigError(f"{where} key_sha256 must be 64 lowercase hex characters")
+    return value
+
+
+def _peer(entry: dict[str, Any], base: Path) -> PeerConfig:
+    peer_id = entry.get("id")
+    if not isinstance(peer_id, str) or not _PEER_ID.fullmatch(peer_id):
+        raise ConfigError("[[peer]] id must be 1-32 letters, digits, '_' or '-'")
+    address = entry.get("address")
+    host, _, port_text = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"[[peer]] {peer_id}: address must be host:port")
+    data_dir = entry.get("data_dir", f"data/{peer_id}")
+    if not isinstance(data_dir, str) or not data_dir:
+        raise ConfigError(f"[[peer]] {peer_id}: data_dir must be a path")
+    return PeerConfig(id=peer_id, host=host, port=int(port_text), data_dir=base / data_dir)
+
+
+def _owner(entry: dict[str, Any]) -> OwnerConfig:
+    owner_id = entry.get("id")
+    if not isinstance(owner_id, str) or not is_valid_owner_id(owner_id):
+        raise ConfigError("[[owner]] id must be 1-64 letters, digits, '_', '-' or '.'")
+    fields = entry.get("fields")
+    if (
+        not isinstance(fields, list)
+        or not fields
+        or not all(isinstance(f, str) and _FIELD_NAME.fullmatch(f) for f in fields)
+    ):
+        raise ConfigError(f"[[owner]] {owner_id}: fields must be a non-empty list of field names")
+    return OwnerConfig(
+        id=owner_id, key_sha256=_sha256(entry, f"[[owner]] {owner_id}"), fields=frozenset(fields)
+    )
+
+
+def _secret(cluster: dict[str, Any], base: Path) -> bytes:
+    name = cluster.get("secret_file", "secret")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("[cluster] secret_file must be a path")
+    try:
+        secret = (base / name).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read the secret file: {error.strerror}") from error
+    if len(secret) < SECRET_BYTES_MIN:
+        raise ConfigError(f"the secret file must hold at least {SECRET_BYTES_MIN} bytes")
+    return secret

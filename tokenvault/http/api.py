@@ -1,0 +1,345 @@
+"""The public HTTP API of a peer (API.md) and its internal peer endpoint.
+
+Rules:
+- Every input is validated completely before anything is written: bad input gets its documented
+  error and changes nothing.
+- Authentication is a dictionary lookup of the key's SHA-256, built once from the config. An
+  owner key acts for that owner alone; the admin key acts for no owner; the peer key (derived
+  from the cluster secret) opens only the internal endpoint.
+- A token that does not exist, belongs to another owner, or is malformed gets one and the same
+  not-found answer: lookups are always made in the caller's own key space.
+- Errors map to statuses in errors.py only; values and keys never reach a log line or a message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tokenvault.config import OwnerConfig
+from tokenvault.http.errors import (
+    ApiError,
+    Forbidden,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
+    error_response,
+    json_response,
+)
+from tokenvault.http.peer_codec import CodecError
+from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
+from tokenvault.http.server import Request, Response
+from tokenvault.node import Node, OperationFailed
+from tokenvault.quorum.effects import Failure
+from tokenvault.quorum.messages import Mapping
+from tokenvault.tokens import derive_epoch_key, hash_api_key, is_well_formed_token, make_token
+
+RECORDS_MAX = 1_000
+TOKENS_MAX = 1_000
+VALUE_BYTES_MAX = 4 * 1024
+ADMIN = object()  # the admin principal: acts for no owner
+ACTIVE_EPOCH = 1  # epochs are agreed by Paxos in a later step; every owner is at epoch 1
+
+Principal = OwnerConfig | object
+RouteHandler = Callable[[Request, Principal | None, str], Awaitable[Response]]
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidRequest(f"{name} is not valid JSON")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The body is not valid UTF-8 JSON.") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    return payload
+
+
+def _bounded_list(payload: dict[str, Any], name: str, limit: int) -> list[Any]:
+    items = payload.get(name)
+    if not isinstance(items, list):
+        raise InvalidRequest(f"'{name}' must be a list.")
+    if not items:
+        raise InvalidRequest(f"'{name}' must not be empty.")
+    if len(items) > limit:
+        raise PayloadTooLarge(f"'{name}' holds more than {limit:,} items.")
+    return items
+
+
+class PublicApi:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        config = node.config
+        self._principals: dict[str, Principal] = {o.key_sha256: o for o in config.owners}
+        self._principals[config.admin_key_sha256] = ADMIN
+        self._peer_key = node.peer_key
+        self._epoch_keys = {
+            o.id: derive_epoch_key(config.secret, o.id, ACTIVE_EPOCH) for o in config.owners
+        }
+        self._exact: dict[tuple[str, str], tuple[str, RouteHandler]] = {
+            ("GET", "/healthz"): ("healthz", self._healthz),
+            ("GET", "/metrics"): ("metrics", self._metrics),
+            ("POST", "/v1/tokenize"): ("tokenize", self._tokenize),
+            ("POST", "/v1/detokenize"): ("detokenize", self._detokenize),
+            ("GET", "/v1/epoch"): ("epoch", self._epoch),
+            ("GET", "/v1/ring"): ("ring", self._ring),
+            ("GET", "/v1/admin/node"): ("admin_node", self._admin_node),
+            ("POST", PEER_MESSAGES_PATH): ("peer_messages", self._peer_messages),
+        }
+        self._exact_paths = {path for _, path in self._exact}
+        self._prefixed: tuple[tuple[str, str, str, RouteHandler], ...] = (
+            ("GET", "/v1/tokens/", "token", self._get_token),
+            ("GET", "/v1/ring/owners/", "ring_owner", self._ring_owner),
+        )
+        metrics = node.metrics
+        metrics.describe("tokenvault_http_requests_total", "HTTP requests by route and status.")
+        metrics.describe("tokenvault_http_request_seconds", "HTTP request latency by route.")
+        metrics.describe("tokenvault_events_total", "State changes reported by the cores.")
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        route, handler, argument = self._route(request)
+        try:
+            if handler is None:
+                raise argument_error(route)
+            principal = None if route in ("healthz", "metrics") else self._authenticate(request)
+            response = await handler(request, principal, argument)
+        except ApiError as error:
+            response = error_response(error)
+        metrics = self._node.metrics
+        metrics.inc(
+            "tokenvault_http_requests_total", (("route", route), ("status", str(response.status)))
+        )
+        metrics.observe(
+            "tokenvault_http_request_seconds", time.perf_counter() - started, (("route", route),)
+        )
+        return response
+
+    def _route(self, request: Request) -> tuple[str, RouteHandler | None, str]:
+        found = self._exact.get((request.method, request.path))
+        if found is not None:
+            return found[0], found[1], ""
+        if request.path in self._exact_paths:
+            return "method_not_allowed", None, ""
+        for method, prefix, name, handler in self._prefixed:
+            if request.path.startswith(prefix) and len(request.path) > len(prefix):
+                if request.method != method:
+                    return "method_not_allowed", None, ""
+                return name, handler, request.path[len(prefix) :]
+        return "unknown", None, ""
+
+    def _authenticate(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
+        key = key.strip()
+        if request.path == PEER_MESSAGES_PATH:
+            if hmac.compare_digest(key.encode(), self._peer_key.encode()):
+                return ADMIN
+            raise Unauthenticated("Only peers of this cluster may use this endpoint.")
+        principal = self._principals.get(hash_api_key(key))
+        if principal is None:
+            raise Unauthenticated("The key is not known.")
+        return principal
+
+    # -- owner endpoints -----------------------------------------------------------------------
+
+    async def _tokenize(self, request: Request, principal: Principal | None, _: str) -> Response:
+        owner = _owner_of(principal)
+        records = _bounded_list(parse_json_object(request.body), "records", RECORDS_MAX)
+        epoch_key = self._epoch_keys[owner.id]
+        mappings: dict[str, Mapping] = {}
+        answered: list[dict[str, Any]] = []
+        for record in records:
+            if not isinstance(record, dict):
+                raise InvalidRequest("Every record must be a JSON object.")
+            tokenized = dict(record)
+            for name in owner.fields.intersection(record):
+                value = record[name]
+                if not isinstance(value, str):
+                    raise InvalidRequest(
+                        f"The value of the configured field '{name}' must be a string."
+                    )
+                if value_bytes(value, name) > VALUE_BYTES_MAX:
+                    raise PayloadTooLarge(f"A value of '{name}' is over {VALUE_BYTES_MAX} bytes.")
+                token = make_token(epoch_key, name, value)
+                tokenized[name] = token
+                mappings[token] = Mapping(
+                    owner=owner.id, token=token, value=value, field=name, epoch=ACTIVE_EPOCH
+                )
+            answered.append(tokenized)
+        if mappings:
+            await self._run_quorum(
+                self._node.write_mappings(
+                    self._request_id(request), owner.id, list(mappings.values())
+                )
+            )
+        return json_response(200, {"epoch": ACTIVE_EPOCH, "records": answered})
+
+    async def _detokenize(self, request: Request, principal: Principal | None, _: str) -> Response:
+        owner = _owner_of(principal)
+        tokens = _bounded_list(parse_json_object(request.body), "tokens", TOKENS_MAX)
+        if not all(isinstance(t, str) for t in tokens):
+            raise InvalidRequest("Every token must be a string.")
+        found = await self._lookup(request, owner, tokens)
+        results: list[dict[str, Any]] = []
+        for token in tokens:
+            mapping = found.get(token)
+            if mapping is None:
+                results.append({"token": token, "found": False})
+            else:
+                results.append(
+                    {
+                        "token": token,
+                        "found": True,
+                        "value": mapping.value,
+                        "field": mapping.field,
+                        "epoch": mapping.epoch,
+                    }
+                )
+        return json_response(200, {"results": results})
+
+    async def _get_token(
+        self, request: Request, principal: Principal | None, token: str
+    ) -> Response:
+        owner = _owner_of(principal)
+        mapping = (await self._lookup(request, owner, [token])).get(token)
+        if mapping is None:
+            raise NotFound("No such token.")
+        return json_response(
+            200,
+            {
+                "token": token,
+                "value": mapping.value,
+                "field": mapping.field,
+                "epoch": mapping.epoch,
+            },
+        )
+
+    async def _lookup(
+        self, request: Request, owner: OwnerConfig, tokens: list[str]
+    ) -> dict[str, Mapping]:
+        wanted = [t for t in dict.fromkeys(tokens) if is_well_formed_token(t)]
+        if not wanted:
+            return {}
+        mappings = await self._run_quorum(
+            self._node.read_mappings(self._request_id(request), owner.id, wanted)
+        )
+        return {m.token: m for m in mappings if m is not None}
+
+    async def _epoch(self, request: Request, principal: Principal | None, _: str) -> Response:
+        owner = _owner_of(principal)
+        return json_response(200, {"owner": owner.id, "epoch": ACTIVE_EPOCH})
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    async def _ring(self, request: Request, principal: Principal | None, _: str) -> Response:
+        node = self._node
+        quorum = node.config.quorum
+        return json_response(
+            200,
+            {
+                "peer": node.peer_id,
+                "version": node.ring.version,
+                "replicas": quorum.replica_count,
+                "write_quorum": quorum.write_quorum,
+                "read_quorum": quorum.read_quorum,
+                "vnodes_per_peer": node.ring.vnodes_per_peer,
+                "peers": node.peer_views(),
+            },
+        )
+
+    async def _ring_owner(
+        self, request: Request, principal: Principal | None, owner_id: str
+    ) -> Response:
+        if principal is not ADMIN and (
+            not isinstance(principal, OwnerConfig) or principal.id != owner_id
+        ):
+            raise Forbidden("Only the admin key or the owner's own key may see this owner.")
+        if self._node.config.owner(owner_id) is None:
+            raise NotFound("No such owner.")
+        node = self._node
+        addresses = {p.id: p.address for p in node.config.peers}
+        return json_response(
+            200,
+            {
+                "owner": owner_id,
+                "position": node.ring.position(owner_id),
+                "ring_version": node.ring.version,
+                "preference_list": [
+                    {"id": p, "address": addresses[p]} for p in node.preference_list(owner_id)
+                ],
+            },
+        )
+
+    async def _admin_node(self, request: Request, principal: Principal | None, _: str) -> Response:
+        if principal is not ADMIN:
+            raise Forbidden("Only the admin key may see this.")
+        return json_response(200, self._node.node_view())
+
+    async def _healthz(self, request: Request, principal: Principal | None, _: str) -> Response:
+        return json_response(200, {"status": "serving", "peer": self._node.peer_id})
+
+    async def _metrics(self, request: Request, principal: Principal | None, _: str) -> Response:
+        body = self._node.render_metrics().encode()
+        return Response(status=200, body=body, content_type="text/plain; version=0.0.4")
+
+    # -- peers ---------------------------------------------------------------------------------
+
+    async def _peer_messages(
+        self, request: Request, principal: Principal | None, _: str
+    ) -> Response:
+        try:
+            await self._node.receive_peer_batch(request.body)
+        except CodecError as error:
+            raise InvalidRequest(str(error)) from None
+        return Response(status=204)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _request_id(self, request: Request) -> str:
+        return self._node.new_request_id()
+
+    async def _run_quorum(self, operation: Awaitable[Any]) -> Any:
+        try:
+            return await operation
+        except OperationFailed as error:
+            if error.failure is Failure.INTEGRITY_CONFLICT:
+                raise Unavailable(
+                    "Replicas disagree on a mapping; the conflict was logged for an operator."
+                ) from None
+            raise Unavailable("Too few replicas answered in time; nothing was claimed.") from None
+
+
+def value_bytes(value: str, field: str) -> int:
+    """The UTF-8 size of a value; a lone surrogate (legal as a JSON escape) is refused."""
+    if value.isascii():
+        return len(value)
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"A value of '{field}' is not valid Unicode text.") from None
+
+
+def _owner_of(principal: Principal | None) -> OwnerConfig:
+    if isinstance(principal, OwnerConfig):
+        return principal
+    raise Forbidden("The admin key acts for no owner; use an owner's key.")
+
+
+def argument_error(route: str) -> ApiError:
+    if route == "method_not_allowed":
+        return MethodNotAllowed()
+    return NotFound("No such route.")

@@ -1,0 +1,124 @@
+"""API errors and the one place they map to HTTP statuses and JSON bodies.
+
+Rules kept here:
+- every error body is ``{"error": {"code": "<snake_case>", "message": "<sentence>"}}``,
+  compact JSON encoded as UTF-8 with content type ``application/json``;
+- each error class owns its status and code; a message is a sentence for a person and
+  never carries secrets (no tokens' plaintext, keys or request bodies);
+- ``retry_after_s``, when set, becomes a ``Retry-After`` header (whole seconds).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from tokenvault.http.server import Response
+
+__all__ = [
+    "ApiError",
+    "Forbidden",
+    "InvalidRequest",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "Unauthenticated",
+    "Unavailable",
+    "error_response",
+    "json_response",
+]
+
+# One shared encoder: json.dumps() with non-default options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+class ApiError(Exception):
+    """Base of all errors a handler may raise to answer with an error body.
+
+    Used directly it means an internal error (500). Subclasses set ``status``, ``code``
+    and ``default_message``; any instance may carry a custom ``message``.
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    default_message: ClassVar[str] = "The server hit an unexpected error."
+    retry_after_s: int | None = None
+
+    message: str
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int | None = None) -> None:
+        self.message = self.default_message if message is None else message
+        if retry_after_s is not None:
+            if retry_after_s < 0:
+                raise ValueError("retry_after_s must be >= 0")
+            self.retry_after_s = retry_after_s
+        super().__init__(self.message)
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    code = "invalid_request"
+    default_message = "The request is malformed or invalid."
+
+
+class Unauthenticated(ApiError):
+    status = 401
+    code = "unauthenticated"
+    default_message = "The request lacks valid credentials."
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+    default_message = "The caller is not allowed to do this."
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+    default_message = "The requested resource does not exist."
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+    default_message = "The method is not allowed on this resource."
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+    default_message = "The request body is larger than the server accepts."
+
+
+class Unavailable(ApiError):
+    status = 503
+    code = "unavailable"
+    default_message = "The service is temporarily unavailable; retry later."
+    retry_after_s = 1
+
+
+def json_response(status: int, payload: object) -> Response:
+    """A Response with ``payload`` as compact UTF-8 JSON (``application/json``)."""
+    from tokenvault.http.server import Response  # deferred: server imports this module
+
+    try:
+        body = _ENCODER.encode(payload).encode("utf-8")
+    except UnicodeEncodeError:
+        # A client's own echoed text held a lone surrogate (legal as a JSON escape, not as
+        # UTF-8): answer with it escaped again, exactly as the client sent it.
+        body = _ASCII_ENCODER.encode(payload).encode("ascii")
+    return Response(status=status, body=body)
+
+
+def error_response(error: ApiError) -> Response:
+    """The Response for ``error``: its status, the JSON error body, Retry-After if set."""
+    from tokenvault.http.server import Response  # deferred: server imports this module
+
+    body = _ENCODER.encode({"error": {"code": error.code, "message": error.message}})
+    headers: tuple[tuple[str, str], ...] = ()
+    if error.retry_after_s is not None:
+        headers = (("retry-after", str(error.retry_after_s)),)
+    return Response(status=error.status, body=body.encode("utf-8"), headers=headers)

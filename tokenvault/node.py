@@ -1,0 +1,355 @@
+"""One peer: the one place where trio, the store, the transport and the sans-IO cores meet.
+
+Theory of operation:
+- Inputs reach the cores from three places: client operations (the public API), peer batches
+  (the internal endpoint, or straight from this peer to itself) and timers. Each core call is
+  synchronous, so no other input runs between a call and the staging of its writes.
+- Persist before send: the writes of every Effects are staged at once and made durable (one
+  group-committed LevelDB batch for everything pending) before any message or reply it produced
+  leaves. A replica's answer waits for durability even when it wrote nothing itself, because what
+  it read may have been staged by an insert that is not yet fsync'd.
+- Every state change the cores report is one JSON log line and one counter.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from tokenvault.config import ClusterConfig, PeerConfig
+from tokenvault.http.peer_codec import CodecError, decode_batch, encode_message
+from tokenvault.http.peer_transport import PeerLink
+from tokenvault.log import EventLog
+from tokenvault.metrics import Metrics
+from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits
+from tokenvault.quorum.effects import ClientReply, Effects, Failure, ReadDone, Timer, WriteDone
+from tokenvault.quorum.messages import (
+    InsertReply,
+    InsertRequest,
+    Mapping,
+    Message,
+    ReadReply,
+    ReadRequest,
+)
+from tokenvault.quorum.replica import Replica
+from tokenvault.ring.hash_ring import HashRing
+from tokenvault.store.leveldb_store import LevelDBStore
+from tokenvault.tokens import derive_peer_key
+
+TIMERS_MAX = 100_000
+
+
+class OperationFailed(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.value)
+        self.failure = failure
+
+
+@dataclass(slots=True)
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    reply: ClientReply | None = None
+
+
+class Node:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        peer_id: str,
+        *,
+        log: EventLog | None = None,
+        coordinator_limits: CoordinatorLimits = CoordinatorLimits(),
+    ) -> None:
+        self.config = config
+        self.peer: PeerConfig = config.peer(peer_id)
+        self.peer_id = peer_id
+        self.log = log if log is not None else EventLog(peer_id)
+        self.metrics = Metrics()
+        self.ring = HashRing((p.id for p in config.peers), config.vnodes_per_peer)
+        self.peer_key = derive_peer_key(config.secret)
+        self.peer.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = LevelDBStore(str(self.peer.data_dir / "leveldb"))
+        self.replica = Replica(peer_id=peer_id, storage=self.store)
+        self.coordinator = Coordinator(
+            peer_id=peer_id, quorum=config.quorum, limits=coordinator_limits
+        )
+        self.links: dict[str, PeerLink] = {
+            p.id: PeerLink(
+                local_peer_id=peer_id,
+                peer_id=p.id,
+                host=p.host,
+                port=p.port,
+                peer_key=self.peer_key,
+                on_batch_result=self._on_link_result,
+            )
+            for p in config.peers
+            if p.id != peer_id
+        }
+        self._incarnation = secrets.token_hex(4)
+        self._op_counter = itertools.count(1)
+        self._waiters: dict[str, _Waiter] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_sequence = itertools.count()
+        self._timer_wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.started_at = 0.0
+        # What the links last saw of each peer: (state, since). Heartbeats refine this later.
+        self._peer_states: dict[str, tuple[str, float]] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.started_at = trio.current_time()
+            nursery.start_soon(self._run_timers)
+            for link in self.links.values():
+                nursery.start_soon(link.run)
+            task_status.started()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def new_request_id(self) -> str:
+        return f"{self.peer_id}-{self._incarnation}-{next(self._op_counter)}"
+
+    # -- client operations ---------------------------------------------------------------------
+
+    def preference_list(self, owner: str) -> tuple[str, ...]:
+        return self.ring.preference_list(owner, self.config.quorum.replica_count)
+
+    async def write_mappings(
+        self, request_id: str, owner: str, mappings: Sequence[Mapping]
+    ) -> None:
+        """Returns once every mapping is durable on W replicas; raises OperationFailed."""
+        waiter = self._waiters[request_id] = _Waiter()
+        effects = self.coordinator.start_write(
+            op_id=request_id,
+            owner=owner,
+            replicas=self.preference_list(owner),
+            mappings=mappings,
+            now=trio.current_time(),
+        )
+        reply = await self._await_reply(request_id, waiter, effects)
+        assert isinstance(reply, WriteDone)
+        self.metrics.inc("tokenvault_quorum_writes_total", _outcome(reply.failure))
+        if reply.failure is not None:
+            raise OperationFailed(reply.failure)
+
+    async def read_mappings(
+        self, request_id: str, owner: str, tokens: Sequence[str]
+    ) -> tuple[Mapping | None, ...]:
+        waiter = self._waiters[request_id] = _Waiter()
+        effects = self.coordinator.start_read(
+            op_id=request_id,
+            owner=owner,
+            replicas=self.preference_list(owner),
+            tokens=tokens,
+            now=trio.current_time(),
+        )
+        reply = await self._await_reply(request_id, waiter, effects)
+        assert isinstance(reply, ReadDone)
+        self.metrics.inc("tokenvault_quorum_reads_total", _outcome(reply.failure))
+        if reply.failure is not None:
+            raise OperationFailed(reply.failure)
+        return reply.mappings
+
+    async def _await_reply(self, request_id: str, waiter: _Waiter, effects: Effects) -> ClientReply:
+        try:
+            await self._dispatch(effects, from_replica=False)
+            await waiter.event.wait()
+        finally:
+            self._waiters.pop(request_id, None)
+        assert waiter.reply is not None
+        return waiter.reply
+
+    # -- peer messages -------------------------------------------------------------------------
+
+    async def receive_peer_batch(self, body: bytes) -> None:
+        """Handles one authenticated batch from a peer; raises CodecError on a malformed one."""
+        source, messages = decode_batch(body)
+        if source not in self.ring.peer_ids:
+            raise CodecError("batch from an unknown peer")
+        await self._deliver(source, messages)
+
+    async def _deliver(self, source: str, messages: Sequence[Message]) -> None:
+        replica_effects = Effects()
+        for message in messages:
+            if isinstance(message, InsertRequest | ReadRequest):
+                effects = self.replica.on_message(source, message)
+                self.store.stage(effects.writes)
+                replica_effects.extend(effects)
+            elif isinstance(message, InsertReply | ReadReply):
+                await self._dispatch(
+                    self.coordinator.on_message(source, message), from_replica=False
+                )
+        if not replica_effects.is_empty():
+            await self._dispatch(replica_effects, from_replica=True, staged=True)
+
+    async def _deliver_locally(self, messages: list[Message]) -> None:
+        await self._deliver(self.peer_id, messages)
+
+    # -- the driver ----------------------------------------------------------------------------
+
+    async def _dispatch(
+        self, effects: Effects, *, from_replica: bool, staged: bool = False
+    ) -> None:
+        """Persist, arm, then send: the order of effects.py."""
+        if not staged:
+            self.store.stage(effects.writes)
+        for event in effects.events:
+            self.log.core_event(event)
+            self.metrics.inc("tokenvault_events_total", (("event", event.name),))
+        if effects.writes or from_replica:
+            await self.store.wait_durable()
+        for timer in effects.timers:
+            self._arm(timer)
+        local: list[Message] = []
+        for envelope in effects.messages:
+            if envelope.destination == self.peer_id:
+                local.append(envelope.message)
+            else:
+                self.links[envelope.destination].send_nowait(encode_message(envelope.message))
+        if local:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._deliver_locally, local)
+        for reply in effects.replies:
+            waiter = self._waiters.get(reply.op_id)
+            if waiter is not None:
+                waiter.reply = reply
+                waiter.event.set()
+
+    def _arm(self, timer: Timer) -> None:
+        if len(self._timers) >= TIMERS_MAX:
+            self.metrics.inc("tokenvault_timers_dropped_total")
+            return
+        heapq.heappush(self._timers, (timer.due, next(self._timer_sequence), timer))
+        if self._timers[0][2] is timer:
+            self._timer_wakeup.set()
+
+    async def _run_timers(self) -> None:
+        while True:
+            due = self._timers[0][0] if self._timers else float("inf")
+            with trio.move_on_at(due):
+                self._timer_wakeup = trio.Event()
+                await self._timer_wakeup.wait()
+            now = trio.current_time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, timer = heapq.heappop(self._timers)
+                effects = self.coordinator.on_timer(timer, now)
+                if not effects.is_empty():
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._dispatch_timer_effects, effects)
+
+    async def _dispatch_timer_effects(self, effects: Effects) -> None:
+        await self._dispatch(effects, from_replica=False)
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def _on_link_result(self, peer_id: str, ok: bool) -> None:
+        state = "up" if ok else "down"
+        previous = self._peer_states.get(peer_id)
+        if previous is None or previous[0] != state:
+            self._peer_states[peer_id] = (state, trio.current_time())
+            self.log.emit(f"peer_{state}", level="info" if ok else "warning", target=peer_id)
+            self.metrics.inc("tokenvault_peer_state_changes_total", (("state", state),))
+
+    def peer_views(self) -> list[dict[str, object]]:
+        now = trio.current_time()
+        views: list[dict[str, object]] = []
+        for peer in self.config.peers:
+            if peer.id == self.peer_id:
+                state, since = "up", self.started_at
+            else:
+                state, since = self._peer_states.get(peer.id, ("up", self.started_at))
+            views.append(
+                {
+                    "id": peer.id,
+                    "address": peer.address,
+                    "state": state,
+                    "for_s": round(now - since, 3),
+                    "self": peer.id == self.peer_id,
+                }
+            )
+        return views
+
+    def node_view(self) -> dict[str, object]:
+        store = self.store.statistics()
+        return {
+            "peer": self.peer_id,
+            "address": self.peer.address,
+            "uptime_s": round(trio.current_time() - self.started_at, 3),
+            "operations_in_flight": self.coordinator.operations_in_flight(),
+            "store": {
+                "flushes": store.flushes,
+                "writes_flushed": store.writes_flushed,
+                "largest_flush_writes": store.largest_flush_writes,
+                "pending_writes": store.pending_writes,
+            },
+            "links": [
+                {
+                    "peer": s.peer_id,
+                    "queued_messages": s.queued_messages,
+                    "batches_sent": s.batches_sent,
+                    "messages_sent": s.messages_sent,
+                    "batches_failed": s.batches_failed,
+                    "messages_dropped": s.messages_dropped,
+                }
+                for s in (link.statistics() for link in self.links.values())
+            ],
+            "peers": self.peer_views(),
+        }
+
+    def render_metrics(self) -> str:
+        store = self.store.statistics()
+        metrics = self.metrics
+        metrics.set_gauge("tokenvault_store_flushes", store.flushes)
+        metrics.set_gauge("tokenvault_store_writes_flushed", store.writes_flushed)
+        metrics.set_gauge("tokenvault_store_pending_writes", store.pending_writes)
+        metrics.set_gauge(
+            "tokenvault_operations_in_flight", self.coordinator.operations_in_flight()
+        )
+        for link in self.links.values():
+            s = link.statistics()
+            labels = (("peer", s.peer_id),)
+            metrics.set_gauge("tokenvault_link_queued_messages", s.queued_messages, labels)
+            metrics.set_gauge("tokenvault_link_batches_failed", s.batches_failed, labels)
+            metrics.set_gauge("tokenvault_link_messages_dropped", s.messages_dropped, labels)
+        return metrics.render()
+
+
+def _outcome(failure: Failure | None) -> tuple[tuple[str, str], ...]:
+    return (("outcome", "ok" if failure is None else failure.value),)
+
+
+def run_node(config: ClusterConfig, peer_id: str) -> None:
+    """Runs one peer in the foreground until SIGTERM or SIGINT."""
+    trio.run(_serve_until_signal, config, peer_id)
+
+
+async def _serve_until_signal(config: ClusterConfig, peer_id: str) -> None:
+    from tokenvault.http.api import PublicApi
+    from tokenvault.http.server import serve_http
+
+    node = Node(config, peer_id)
+    api = PublicApi(node)
+    recovered = node.store.scan(b"", limit=1)
+    node.log.emit("peer_start", address=node.peer.address, store_empty=not recovered)
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                await nursery.start(serve_http, api.handle, node.peer.host, node.peer.port)
+                node.log.emit("peer_serving", address=node.peer.address)
+                async for signum in signals:
+                    node.log.emit("peer_stop", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        node.close()

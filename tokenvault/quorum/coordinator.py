@@ -1,0 +1,350 @@
+"""The coordinator core: one client operation fanned out to an owner's replicas, sans-IO.
+
+Theory of operation:
+- A write sends every mapping to the owner's N replicas (its preference list) and succeeds when
+  each mapping has W durable acknowledgements (STORED or IDENTICAL). A CONFLICT is an integrity
+  alarm and fails the write. A write that misses its deadline fails and claims nothing: the
+  client gets no token, and whatever a minority stored is the same deterministic mapping a retry
+  would write.
+- A read asks all N replicas and decides on the first R answers. A mapping found on fewer than W
+  replicas is written back until W hold it (blocking read repair) before the read answers, so
+  once a read returned a token, every later read (R meets W) finds it too. Responders that lacked
+  a mapping W already hold are repaired in the background.
+- Replicas that have not answered get the request again every `resend_interval_s` (inserts and
+  reads are idempotent), until the operation's deadline.
+- Time arrives as `now`; the core has no clock, no randomness and no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tokenvault.quorum.effects import (
+    Effects,
+    Event,
+    Failure,
+    ReadDone,
+    Timer,
+    TimerKind,
+    WriteDone,
+)
+from tokenvault.quorum.messages import (
+    Envelope,
+    InsertReply,
+    InsertRequest,
+    Mapping,
+    Message,
+    ReadReply,
+    ReadRequest,
+)
+from tokenvault.quorum.quorum_config import QuorumConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoordinatorLimits:
+    operation_timeout_s: float = 2.5
+    resend_interval_s: float = 1.0
+    operations_max: int = 10_000  # operations in flight on this coordinator
+
+
+class _Phase(enum.Enum):
+    WRITING = "writing"
+    READING = "reading"
+    REPAIRING = "repairing"
+
+
+@dataclass(slots=True, kw_only=True)
+class _Operation:
+    op_id: str
+    owner: str
+    replicas: tuple[str, ...]
+    phase: _Phase
+    # writes and repairs: the mappings to make durable on W replicas, and who holds each.
+    mappings: dict[str, Mapping] = field(default_factory=dict)
+    holders: dict[str, set[str]] = field(default_factory=dict)
+    answered: set[str] = field(default_factory=set)
+    # reads: the tokens asked, in order, and the answers received.
+    tokens: tuple[str, ...] = ()
+    responses: dict[str, tuple[Mapping | None, ...]] = field(default_factory=dict)
+
+    def lacking(self, replica: str) -> tuple[Mapping, ...]:
+        return tuple(m for t, m in self.mappings.items() if replica not in self.holders[t])
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        peer_id: str,
+        quorum: QuorumConfig,
+        limits: CoordinatorLimits = CoordinatorLimits(),
+    ) -> None:
+        self._peer_id = peer_id
+        self._quorum = quorum
+        self._limits = limits
+        self._operations: dict[str, _Operation] = {}
+
+    def operations_in_flight(self) -> int:
+        return len(self._operations)
+
+    # -- client inputs -------------------------------------------------------------------------
+
+    def start_write(
+        self,
+        *,
+        op_id: str,
+        owner: str,
+        replicas: tuple[str, ...],
+        mappings: Sequence[Mapping],
+        now: float,
+    ) -> Effects:
+        assert op_id not in self._operations, "operation ids are unique"
+        assert len(replicas) == self._quorum.replica_count == len(set(replicas))
+        assert mappings, "a write carries at least one mapping"
+        if len(self._operations) >= self._limits.operations_max:
+            return Effects(
+                replies=[WriteDone(op_id=op_id, owner=owner, failure=Failure.OVERLOADED)]
+            )
+        unique = {m.token: m for m in mappings}
+        assert all(m.owner == owner for m in unique.values())
+        assert all(unique[m.token] == m for m in mappings), "one token, one mapping per write"
+        operation = _Operation(
+            op_id=op_id,
+            owner=owner,
+            replicas=replicas,
+            phase=_Phase.WRITING,
+            mappings=unique,
+            holders={token: set() for token in unique},
+        )
+        self._operations[op_id] = operation
+        effects = self._arm_timers(op_id, now)
+        self._send_inserts(operation, replicas, effects)
+        return effects
+
+    def start_read(
+        self,
+        *,
+        op_id: str,
+        owner: str,
+        replicas: tuple[str, ...],
+        tokens: Sequence[str],
+        now: float,
+    ) -> Effects:
+        assert op_id not in self._operations, "operation ids are unique"
+        assert len(replicas) == self._quorum.replica_count == len(set(replicas))
+        assert tokens, "a read asks for at least one token"
+        if len(self._operations) >= self._limits.operations_max:
+            return Effects(
+                replies=[
+                    ReadDone(op_id=op_id, owner=owner, mappings=(), failure=Failure.OVERLOADED)
+                ]
+            )
+        operation = _Operation(
+            op_id=op_id,
+            owner=owner,
+            replicas=replicas,
+            phase=_Phase.READING,
+            tokens=tuple(dict.fromkeys(tokens)),
+        )
+        self._operations[op_id] = operation
+        effects = self._arm_timers(op_id, now)
+        self._send_reads(operation, replicas, effects)
+        return effects
+
+    # -- peer and timer inputs -----------------------------------------------------------------
+
+    def on_message(self, source: str, message: Message) -> Effects:
+        operation = self._operations.get(message.op_id)
+        if operation is None or source not in operation.replicas:
+            return Effects()  # late or stray answer for a finished operation
+        if isinstance(message, InsertReply) and operation.phase is not _Phase.READING:
+            return self._on_insert_reply(operation, source, message)
+        if isinstance(message, ReadReply) and operation.phase is not _Phase.WRITING:
+            return self._on_read_reply(operation, source, message)
+        return Effects()
+
+    def on_timer(self, timer: Timer, now: float) -> Effects:
+        operation = self._operations.get(timer.op_id)
+        if operation is None:
+            return Effects()
+        if timer.kind is TimerKind.DEADLINE:
+            effects = Effects()
+            effects.events.append(
+                Event(
+                    name="quorum_failed",
+                    owner=operation.owner,
+                    request_id=operation.op_id,
+                    details=(
+                        ("phase", operation.phase.value),
+                        ("answered", len(operation.answered)),
+                    ),
+                )
+            )
+            self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
+            return effects
+        effects = Effects(
+            timers=[
+                Timer(
+                    kind=TimerKind.RESEND,
+                    op_id=timer.op_id,
+                    due=now + self._limits.resend_interval_s,
+                )
+            ]
+        )
+        if operation.phase is _Phase.READING:
+            silent = tuple(r for r in operation.replicas if r not in operation.responses)
+            self._send_reads(operation, silent, effects)
+        else:
+            self._send_inserts(operation, operation.replicas, effects)
+        return effects
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _arm_timers(self, op_id: str, now: float) -> Effects:
+        return Effects(
+            timers=[
+                Timer(
+                    kind=TimerKind.DEADLINE, op_id=op_id, due=now + self._limits.operation_timeout_s
+                ),
+                Timer(kind=TimerKind.RESEND, op_id=op_id, due=now + self._limits.resend_interval_s),
+            ]
+        )
+
+    def _send_inserts(
+        self, operation: _Operation, targets: Sequence[str], effects: Effects
+    ) -> None:
+        for replica in targets:
+            lacking = operation.lacking(replica)
+            if lacking:
+                request = InsertRequest(
+                    op_id=operation.op_id, owner=operation.owner, mappings=lacking
+                )
+                effects.messages.append(
+                    Envelope(source=self._peer_id, destination=replica, message=request)
+                )
+
+    def _send_reads(self, operation: _Operation, targets: Sequence[str], effects: Effects) -> None:
+        for replica in targets:
+            request = ReadRequest(
+                op_id=operation.op_id, owner=operation.owner, tokens=operation.tokens
+            )
+            effects.messages.append(
+                Envelope(source=self._peer_id, destination=replica, message=request)
+            )
+
+    def _on_insert_reply(self, operation: _Operation, source: str, reply: InsertReply) -> Effects:
+        effects = Effects()
+        operation.answered.add(source)
+        for token, outcome in zip(reply.tokens, reply.outcomes, strict=True):
+            if token not in operation.mappings:
+                continue
+            if outcome.is_durable_ack:
+                operation.holders[token].add(source)
+            else:
+                effects.events.append(
+                    Event(
+                        name="integrity_conflict",
+                        owner=operation.owner,
+                        request_id=operation.op_id,
+                        details=(("replica", source),),
+                    )
+                )
+                self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
+                return effects
+        if self._write_quorum_reached(operation):
+            self._finish(operation, None, effects)
+        return effects
+
+    def _on_read_reply(self, operation: _Operation, source: str, reply: ReadReply) -> Effects:
+        effects = Effects()
+        if operation.phase is _Phase.REPAIRING:
+            # A late answer: whoever already holds a mapping under repair counts as a holder.
+            for token, held in zip(reply.tokens, reply.mappings, strict=True):
+                if held is not None and operation.mappings.get(token) == held:
+                    operation.holders[token].add(source)
+            if self._write_quorum_reached(operation):
+                self._finish(operation, None, effects)
+            return effects
+        if reply.tokens != operation.tokens:
+            return effects  # not an answer to what we asked
+        operation.responses[source] = reply.mappings
+        operation.answered.add(source)
+        if len(operation.responses) < self._quorum.read_quorum:
+            return effects
+        for index, token in enumerate(operation.tokens):
+            seen = {r[index] for r in operation.responses.values()} - {None}
+            if len(seen) > 1:
+                effects.events.append(
+                    Event(
+                        name="integrity_conflict",
+                        owner=operation.owner,
+                        request_id=operation.op_id,
+                        details=(("phase", "read"),),
+                    )
+                )
+                self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
+                return effects
+            if seen:
+                (mapping,) = seen
+                assert mapping is not None
+                operation.mappings[token] = mapping
+                operation.holders[token] = {
+                    peer for peer, r in operation.responses.items() if r[index] == mapping
+                }
+        operation.phase = _Phase.REPAIRING
+        if self._write_quorum_reached(operation):
+            self._finish(operation, None, effects)
+            return effects
+        behind = sum(
+            1 for holders in operation.holders.values() if len(holders) < self._quorum.write_quorum
+        )
+        effects.events.append(
+            Event(
+                name="read_repair",
+                owner=operation.owner,
+                request_id=operation.op_id,
+                details=(("mappings", behind), ("blocking", 1)),
+            )
+        )
+        operation.answered.clear()
+        self._send_inserts(operation, operation.replicas, effects)
+        return effects
+
+    def _write_quorum_reached(self, operation: _Operation) -> bool:
+        quorum = self._quorum.write_quorum
+        return all(len(holders) >= quorum for holders in operation.holders.values())
+
+    def _finish(self, operation: _Operation, failure: Failure | None, effects: Effects) -> None:
+        del self._operations[operation.op_id]
+        if operation.phase is _Phase.WRITING:
+            effects.replies.append(
+                WriteDone(op_id=operation.op_id, owner=operation.owner, failure=failure)
+            )
+            return
+        if failure is not None:
+            effects.replies.append(
+                ReadDone(op_id=operation.op_id, owner=operation.owner, mappings=(), failure=failure)
+            )
+            return
+        # Background read repair: responders known to lack a mapping that W replicas now hold.
+        lagging = [r for r in operation.responses if operation.lacking(r)]
+        if lagging:
+            effects.events.append(
+                Event(
+                    name="read_repair",
+                    owner=operation.owner,
+                    request_id=operation.op_id,
+                    details=(("replicas", len(lagging)), ("blocking", 0)),
+                )
+            )
+            self._send_inserts(operation, lagging, effects)
+        effects.replies.append(
+            ReadDone(
+                op_id=operation.op_id,
+                owner=operation.owner,
+                mappings=tuple(operation.mappings.get(t) for t in operation.tokens),
+                failure=None,
+            )
+        )

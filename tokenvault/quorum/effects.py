@@ -1,0 +1,93 @@
+"""What a core asks its driver to do after one input.
+
+Theory of operation (as etcd's raft `Ready`): a core takes one input — a client request, a peer
+message, a timer firing — and returns `Effects`. The driver must, in this order:
+
+1. stage `writes` in the store before it gives the core any other input (so the core's next read
+   sees them), and make them durable (fsync) before step 3;
+2. arm `timers`;
+3. send `messages` and deliver `replies`.
+
+An acknowledgement a peer sends therefore always means "fsync'd" (persist before send).
+`events` are the state changes to log and count; they never carry values or keys.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from tokenvault.quorum.messages import Envelope, Mapping
+
+Write = tuple[bytes, bytes | None]
+
+
+class TimerKind(enum.Enum):
+    RESEND = "resend"  # resend to replicas that have not answered yet
+    DEADLINE = "deadline"  # give up on an operation
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timer:
+    kind: TimerKind
+    op_id: str
+    due: float  # virtual or monotonic seconds, the same clock as every `now`
+
+
+class Failure(enum.Enum):
+    """Why an operation failed: each maps to one documented HTTP error in one place."""
+
+    QUORUM_TIMEOUT = "quorum_timeout"  # too few replicas answered in time
+    INTEGRITY_CONFLICT = "integrity_conflict"  # replicas hold different values for a token
+    OVERLOADED = "overloaded"  # too many operations in flight on this coordinator
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteDone:
+    """A client write finished: every mapping durable on W replicas, or failed claiming nothing."""
+
+    op_id: str
+    owner: str
+    failure: Failure | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadDone:
+    """A client read finished; `mappings` follows the order of the tokens asked."""
+
+    op_id: str
+    owner: str
+    mappings: tuple[Mapping | None, ...]
+    failure: Failure | None
+
+
+ClientReply = WriteDone | ReadDone
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One state change, for one JSON log line and one counter. Never a value or a key."""
+
+    name: str
+    owner: str = ""
+    request_id: str = ""
+    details: tuple[tuple[str, str | int], ...] = ()
+
+
+@dataclass(slots=True)
+class Effects:
+    writes: list[Write] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)
+    messages: list[Envelope] = field(default_factory=list)
+    replies: list[ClientReply] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def extend(self, other: Effects) -> None:
+        self.writes.extend(other.writes)
+        self.timers.extend(other.timers)
+        self.messages.extend(other.messages)
+        self.replies.extend(other.replies)
+        self.events.extend(other.events)
+
+    def is_empty(self) -> bool:
+        return not (self.writes or self.timers or self.messages or self.replies or self.events)

@@ -1,0 +1,49 @@
+"""Deterministic tokens: an HMAC of (field, value) under a per-owner, per-epoch key.
+
+Rules:
+- The epoch key is HMAC-SHA256(cluster secret, label | owner | epoch | epoch salt); the salt is
+  part of the epoch's agreed parameters (empty for epoch 1), so every peer derives the same key.
+- A token is "tok_" + 32 URL-safe base64 characters of HMAC-SHA256(epoch key, field NUL value):
+  the same (owner, epoch, field, value) gives the same token on every peer, and the token reveals
+  nothing about the value.
+- Keys and values never leave this module except as tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+
+TOKEN_PREFIX = "tok_"
+TOKEN_DIGEST_BYTES = 24  # 192 bits: collisions are out of reach at any realistic volume
+TOKEN_LENGTH = len(TOKEN_PREFIX) + 32
+_TOKEN_PATTERN = re.compile(r"tok_[A-Za-z0-9_-]{32}")
+_EPOCH_KEY_LABEL = b"tokenvault/epoch-key/v1\x00"
+_PEER_KEY_LABEL = b"tokenvault/peer-auth/v1"
+
+
+def derive_epoch_key(secret: bytes, owner: str, epoch: int, salt: bytes = b"") -> bytes:
+    assert epoch >= 1
+    message = _EPOCH_KEY_LABEL + owner.encode() + b"\x00" + str(epoch).encode() + b"\x00" + salt
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def make_token(epoch_key: bytes, field: str, value: str) -> str:
+    digest = hmac.new(epoch_key, field.encode() + b"\x00" + value.encode(), hashlib.sha256).digest()
+    encoded = base64.urlsafe_b64encode(digest[:TOKEN_DIGEST_BYTES]).decode()
+    return TOKEN_PREFIX + encoded
+
+
+def is_well_formed_token(token: str) -> bool:
+    return len(token) == TOKEN_LENGTH and _TOKEN_PATTERN.fullmatch(token) is not None
+
+
+def derive_peer_key(secret: bytes) -> str:
+    """The bearer key peers present to each other's internal endpoint."""
+    return hmac.new(secret, _PEER_KEY_LABEL, hashlib.sha256).hexdigest()
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
