@@ -211,11 +211,16 @@ class Node:
         for timer in effects.timers:
             self._arm(timer)
         local: list[Message] = []
+        encoded: dict[int, bytes] = {}  # one message sent to several peers is encoded once
         for envelope in effects.messages:
+            message = envelope.message
             if envelope.destination == self.peer_id:
-                local.append(envelope.message)
-            else:
-                self.links[envelope.destination].send_nowait(encode_message(envelope.message))
+                local.append(message)
+                continue
+            wire = encoded.get(id(message))
+            if wire is None:
+                wire = encoded[id(message)] = encode_message(message)
+            self.links[envelope.destination].send_nowait(wire)
         if local:
             assert self._nursery is not None
             self._nursery.start_soon(self._deliver_locally, local)

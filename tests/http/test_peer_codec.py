@@ -248,6 +248,7 @@ MALFORMED_BODIES: dict[str, bytes] = {
         b'{"source":"p","messages":[{"type":"insert","op":"o","owner":"acme",'
         b'"mappings":[["tok_A","v","card",' + b"9" * 5000 + b"]]}]}"
     ),
+    "mapping epoch bool": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", True]])]),
     "mapping epoch NaN": (
         b'{"source":"p","messages":[{"type":"insert","op":"o","owner":"acme",'
         b'"mappings":[["tok_A","v","card",NaN]]}]}'
@@ -321,6 +322,16 @@ INVALID_OWNERS = ["", "a b", "acme\x00x", "a" * 65, "../acme", "ünï"]
 
 
 @pytest.mark.parametrize("owner", INVALID_OWNERS, ids=repr)
+def test_messages_refuse_an_invalid_owner_id(owner: str) -> None:
+    with pytest.raises(ValueError):
+        ReadRequest(op_id="o", owner=owner, tokens=("t",))
+    with pytest.raises(ValueError):
+        InsertReply(op_id="o", owner=owner, tokens=(), outcomes=())
+    with pytest.raises(ValueError):
+        ReadReply(op_id="o", owner=owner, tokens=("t",), mappings=(None,))
+
+
+@pytest.mark.parametrize("owner", INVALID_OWNERS, ids=repr)
 @pytest.mark.parametrize(
     "good",
     [GOOD_READ, GOOD_INSERT_REPLY, changed(GOOD_READ_REPLY, mappings=[None, None])],
@@ -329,12 +340,14 @@ INVALID_OWNERS = ["", "a b", "acme\x00x", "a" * 65, "../acme", "ünï"]
 def test_invalid_owner_id_is_refused_on_every_message_type(
     good: dict[str, Any], owner: str
 ) -> None:
+    """Regression: read, insert_reply and mapping-less read_reply once passed any owner."""
     with pytest.raises(CodecError):
         decode_batch(batch([changed(good, owner=owner)]))
 
 
 @pytest.mark.parametrize("depth", [5_000, 100_000])
 def test_deeply_nested_json_is_a_codec_error(depth: int) -> None:
+    """Regression: json.loads raises RecursionError on a ~10 kB body; it must not escape."""
     body = b'{"source":"p","messages":' + b"[" * depth + b"]" * depth + b"}"
     with pytest.raises(CodecError):
         decode_batch(body)
@@ -351,6 +364,8 @@ def test_deeply_nested_json_is_a_codec_error(depth: int) -> None:
     ids=["token", "value", "read token", "op id"],
 )
 def test_lone_surrogates_are_a_codec_error(message: dict[str, Any]) -> None:
+    """Regression: a JSON \\ud800 escape decodes to a lone surrogate that UTF-8 cannot carry;
+    accepted, it made the replica core raise UnicodeEncodeError in records.mapping_key."""
     body = batch([message])  # json.dumps escapes the surrogate as \ud800: valid JSON text
     with pytest.raises(CodecError):
         decode_batch(body)

@@ -577,6 +577,9 @@ def test_operations_max_answers_overloaded() -> None:
 
 
 def test_insert_reply_to_a_read_in_progress_does_not_finish_it() -> None:
+    """Regression: a read in its READING phase has no holders to wait for, so an InsertReply
+    carrying its op id once made _write_quorum_reached vacuously true and finished the read
+    with every mapping None, without R answers."""
     net = Network()
     for r in REPLICAS:
         net.put_durably(r, mapping())

@@ -28,8 +28,11 @@ class CodecError(Exception):
     """A peer batch that is not valid."""
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_message(message: Message) -> bytes:
-    return json.dumps(_encode(message), separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(_encode(message)).encode()
 
 
 def encode_batch(source: str, encoded_messages: Sequence[bytes]) -> bytes:

@@ -215,21 +215,23 @@ class Coordinator:
     def _send_inserts(
         self, operation: _Operation, targets: Sequence[str], effects: Effects
     ) -> None:
+        request: InsertRequest | None = None
         for replica in targets:
             lacking = operation.lacking(replica)
-            if lacking:
+            if not lacking:
+                continue
+            if request is None or request.mappings != lacking:
+                # Replicas that lack the same share one request object: encoded once.
                 request = InsertRequest(
                     op_id=operation.op_id, owner=operation.owner, mappings=lacking
                 )
-                effects.messages.append(
-                    Envelope(source=self._peer_id, destination=replica, message=request)
-                )
+            effects.messages.append(
+                Envelope(source=self._peer_id, destination=replica, message=request)
+            )
 
     def _send_reads(self, operation: _Operation, targets: Sequence[str], effects: Effects) -> None:
+        request = ReadRequest(op_id=operation.op_id, owner=operation.owner, tokens=operation.tokens)
         for replica in targets:
-            request = ReadRequest(
-                op_id=operation.op_id, owner=operation.owner, tokens=operation.tokens
-            )
             effects.messages.append(
                 Envelope(source=self._peer_id, destination=replica, message=request)
             )

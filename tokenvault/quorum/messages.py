@@ -11,12 +11,14 @@ Rules:
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 OWNER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 OWNER_ID_LENGTH_MAX = 64
 
 
+@functools.lru_cache(maxsize=4096)
 def is_valid_owner_id(owner: str) -> bool:
     return 0 < len(owner) <= OWNER_ID_LENGTH_MAX and all(c in OWNER_ID_CHARS for c in owner)
 

@@ -16,6 +16,7 @@ import json
 from tokenvault.quorum.messages import Mapping
 
 MAPPING_PREFIX = b"m\x00"
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class StorageCorrupt(Exception):
@@ -32,7 +33,7 @@ def mapping_key(owner: str, token: str) -> bytes:
 
 def encode_mapping(mapping: Mapping) -> bytes:
     record = {"v": mapping.value, "f": mapping.field, "e": mapping.epoch}
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(record).encode()
 
 
 def decode_mapping(owner: str, token: str, raw: bytes) -> Mapping:

@@ -49,7 +49,7 @@ class LevelDBStore:
         if pending_writes_max < 1:
             raise ValueError("pending_writes_max must be at least 1")
         try:
-            self._db = plyvel.DB(path, create_if_missing=True)
+            self._db = plyvel.DB(path, create_if_missing=True, bloom_filter_bits=10)
         except Exception as exc:
             raise StorageError("cannot open the LevelDB store") from exc
         self._pending_writes_max = pending_writes_max

@@ -15,8 +15,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sortedcontainers import SortedDict
-
 Write = tuple[bytes, bytes | None]
 """(key, value); a value of None deletes the key."""
 
@@ -103,12 +101,14 @@ class StagedOverlay:
     """Writes staged but not yet durable: key -> value, or None as a tombstone.
 
     Reads consult the overlay first; it shadows the durable state entirely for its keys.
+    A plain dict: staging and discarding are on the hot path (every insert), while ordered
+    access is needed only by scans, which sort the few staged keys in their range.
     """
 
     __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._entries: Any = SortedDict()
+        self._entries: dict[bytes, bytes | None] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -129,10 +129,7 @@ class StagedOverlay:
 
     def items(self) -> Iterator[tuple[bytes, bytes | None]]:
         """Every staged (key, value-or-tombstone), ascending by key."""
-        entries = self._entries
-        for key in entries:
-            staged: tuple[bytes, bytes | None] = (key, entries[key])
-            yield staged
+        yield from sorted(self._entries.items())
 
     def merge(
         self,
@@ -150,7 +147,13 @@ class StagedOverlay:
         """
         check_limit(limit)
         start, include_start = scan_start(prefix, start_after)
-        staged = sorted_range(self._entries, prefix, start_after)
+        staged = iter(
+            sorted(
+                (key, value)
+                for key, value in self._entries.items()
+                if key.startswith(prefix) and (key > start or (include_start and key == start))
+            )
+        )
         durable_it = iter(durable)
 
         def next_durable() -> tuple[bytes, bytes] | None:
