@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import sys
 import time
 import types
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -159,7 +160,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "ring",
         parents=[
             _connection_options(
-                "show this owner's ring position and preference list (with --dir, as that owner)"
+                "show this owner's ring position and preference list (with --dir, as that"
+                " owner unless --admin)",
+                owner_is_subject=True,
             )
         ],
         help="show the ring as a peer sees it",
@@ -186,7 +189,13 @@ def _add_cluster_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--read-quorum", type=int, default=2, help="R, replicas consulted per read")
 
 
-def _connection_options(owner_help: str) -> argparse.ArgumentParser:
+def _connection_options(
+    owner_help: str, *, owner_is_subject: bool = False
+) -> argparse.ArgumentParser:
+    """--url/--key/--dir, and which key of --dir to use: --owner NAME or --admin.
+
+    Where the owner is the subject of the command (ring), --owner and --admin go together.
+    """
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("connection")
     group.add_argument("--url", help="a peer's URL, e.g. http://127.0.0.1:7401")
@@ -197,7 +206,7 @@ def _connection_options(owner_help: str) -> argparse.ArgumentParser:
     group.add_argument(
         "--dir", type=Path, help="a cluster made by init: its first peer's URL, keys from keys.json"
     )
-    who = group.add_mutually_exclusive_group()
+    who = group if owner_is_subject else group.add_mutually_exclusive_group()
     who.add_argument("--owner", metavar="NAME", help=owner_help)
     who.add_argument("--admin", action="store_true", help="with --dir: use the admin key")
     return parent
@@ -209,15 +218,16 @@ def _connection_options(owner_help: str) -> argparse.ArgumentParser:
 def _run_init(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
     directory: Path = args.dir
     owners = [owner.strip() for owner in str(args.owners).split(",")]
-    result = _init(
-        directory,
-        nodes=args.nodes,
-        base_port=args.base_port,
-        owners=owners,
-        replicas=args.replicas,
-        write_quorum=args.write_quorum,
-        read_quorum=args.read_quorum,
-    )
+    with _init_errors(directory):
+        result = init_cluster(
+            directory,
+            nodes=args.nodes,
+            base_port=args.base_port,
+            owners=owners,
+            replicas=args.replicas,
+            write_quorum=args.write_quorum,
+            read_quorum=args.read_quorum,
+        )
     _print_init_result(result)
     first = result.peers[0].id
     print(f"start one peer:  tokenvault node --config {result.config_path} --id {first}")
@@ -225,15 +235,15 @@ def _run_init(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
     return EXIT_OK
 
 
-def _init(directory: Path, **parameters: Any) -> InitResult:
+@contextlib.contextmanager
+def _init_errors(directory: Path) -> Iterator[None]:
     try:
-        return init_cluster(directory, **parameters)
+        yield
     except InitError as error:
         raise CliError(f"init: {error}") from error
     except OSError as error:
-        raise CliError(f"init: cannot write {error.filename or directory}: {error.strerror}") from (
-            error
-        )
+        where = error.filename or directory
+        raise CliError(f"init: cannot write {where}: {error.strerror}") from error
 
 
 def _print_init_result(result: InitResult) -> None:
@@ -309,15 +319,16 @@ def _run_up(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
     else:
         nodes = UP_DEFAULT_NODES if args.nodes is None else args.nodes
         replicas = min(3, max(nodes, 1))
-        result = _init(
-            directory,
-            nodes=nodes,
-            base_port=UP_DEFAULT_BASE_PORT if args.base_port is None else args.base_port,
-            owners=UP_DEFAULT_OWNERS,
-            replicas=replicas,
-            write_quorum=majority(replicas),
-            read_quorum=majority(replicas),
-        )
+        with _init_errors(directory):
+            result = init_cluster(
+                directory,
+                nodes=nodes,
+                base_port=UP_DEFAULT_BASE_PORT if args.base_port is None else args.base_port,
+                owners=UP_DEFAULT_OWNERS,
+                replicas=replicas,
+                write_quorum=majority(replicas),
+                read_quorum=majority(replicas),
+            )
         _print_init_result(result)
     config = _load_config(config_path)
     keys = _load_keys_or_none(directory / KEYS_NAME)
@@ -632,9 +643,8 @@ def _request(
         with httpx.Client(timeout=REQUEST_TIMEOUT_S, transport=transport) as client:
             response = client.request(method, url, content=body, headers=headers)
     except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-        raise CliError(f"cannot connect to {target.url}: {error or type(error).__name__}") from (
-            error
-        )
+        reason = str(error) or type(error).__name__
+        raise CliError(f"cannot connect to {target.url}: {reason}") from error
     except httpx.TimeoutException as error:
         raise CliError(f"no answer from {target.url} within {REQUEST_TIMEOUT_S:.0f} s") from error
     except (httpx.HTTPError, httpx.InvalidURL) as error:

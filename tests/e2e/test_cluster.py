@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
@@ -11,6 +10,7 @@ import pytest
 import trio
 
 from tests.e2e.harness import Cluster
+from tokenvault.quorum.records import decode_mapping
 
 pytestmark = pytest.mark.e2e
 
@@ -151,7 +151,10 @@ async def test_concurrent_overlapping_tokenize_gives_one_mapping_per_token(
         cluster.stop(peer)
     replicas = [stored_mappings(p.data_dir) for p in cluster.init.peers]
     held_by = [
-        {key.split(b"\x00")[-1].decode(): json.loads(raw)["v"] for key, raw in r.items()}
+        {
+            token: decode_mapping("alice", token, raw).value
+            for token, raw in ((key.split(b"\x00")[-1].decode(), raw) for key, raw in r.items())
+        }
         for r in replicas
     ]
     for token_to_value in held_by:

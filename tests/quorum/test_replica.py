@@ -254,3 +254,23 @@ def test_replica_refuses_replies() -> None:
     reply = InsertReply(op_id="x", owner=OWNER, tokens=(), outcomes=())
     with pytest.raises(AssertionError):
         h.replica.on_message("coord", reply)
+
+
+def test_a_corrupt_record_is_an_alarm_never_overwritten_and_never_returned() -> None:
+    harness = Harness()
+    key = mapping_key(OWNER, "tok_corrupt")
+    harness.store.stage([(key, b"\x07garbage")])
+    harness.store.sync()
+    effects = harness.deliver(
+        "c", InsertRequest(op_id="op", owner=OWNER, mappings=(mapping("tok_corrupt"),))
+    )
+    reply = effects.messages[0].message
+    assert isinstance(reply, InsertReply)
+    assert reply.outcomes == (InsertOutcome.CONFLICT,)
+    assert not effects.writes
+    assert [e.name for e in effects.events] == ["storage_corrupt", "mapping_conflict"]
+    effects = harness.deliver("c", ReadRequest(op_id="op2", owner=OWNER, tokens=("tok_corrupt",)))
+    read = effects.messages[0].message
+    assert isinstance(read, ReadReply) and read.mappings == (None,)
+    assert [e.name for e in effects.events] == ["storage_corrupt"]
+    assert harness.store.get(key) == b"\x07garbage"

@@ -66,7 +66,7 @@ def _mapping_row(mapping: Mapping) -> list[Any]:
 
 def _text(raw: Any) -> str:
     """A string that UTF-8 can carry (JSON escapes may smuggle in lone surrogates)."""
-    if not isinstance(raw, str):
+    if type(raw) is not str:
         raise CodecError("expected a string")
     if not raw.isascii():
         raw.encode()  # UnicodeEncodeError is a ValueError: the batch is refused
@@ -75,7 +75,7 @@ def _text(raw: Any) -> str:
 
 def _mapping(owner: str, row: Any) -> Mapping:
     token, value, field, epoch = row
-    if not isinstance(epoch, int) or isinstance(epoch, bool):
+    if type(epoch) is not int:
         raise CodecError("mapping epoch must be an integer")
     return Mapping(
         owner=owner, token=_text(token), value=_text(value), field=_text(field), epoch=epoch

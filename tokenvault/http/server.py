@@ -83,6 +83,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerLimits:
     body_bytes_max: int = 1024 * 1024
+    # Peer batches carry many client requests at once: their path prefix gets a larger bound.
+    peer_path_prefix: bytes = b"/internal/"
+    peer_body_bytes_max: int = 32 * 1024 * 1024
     header_bytes_max: int = 16 * 1024  # h11 max_incomplete_event_size
     request_read_timeout_s: float = 10.0  # from first byte of a request to full body
     idle_timeout_s: float = 60.0  # keep-alive idle between requests
@@ -256,7 +259,11 @@ async def _receive_request(
     if not isinstance(event, h11.Request):
         return None  # ConnectionClosed before a request began
 
-    body_bytes_max = limits.body_bytes_max
+    body_bytes_max = (
+        limits.peer_body_bytes_max
+        if event.target.startswith(limits.peer_path_prefix)
+        else limits.body_bytes_max
+    )
     headers: dict[str, str] = {}
     # h11 bounds only a head still incomplete; bound a head that arrived whole here.
     head_bytes = len(event.target)

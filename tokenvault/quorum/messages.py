@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 OWNER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 OWNER_ID_LENGTH_MAX = 64
+TOKEN_LENGTH_MAX = 64
+FIELD_NAME_LENGTH_MAX = 64
+EPOCH_MAX = 2**32 - 1
 
 
 @functools.lru_cache(maxsize=4096)
@@ -38,10 +41,12 @@ class Mapping:
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
-        if not self.token or not self.field:
-            raise ValueError("mapping token and field must be non-empty")
-        if self.epoch < 1:
-            raise ValueError("mapping epoch must be >= 1")
+        if not 0 < len(self.token) <= TOKEN_LENGTH_MAX:
+            raise ValueError("mapping token must be 1-64 characters")
+        if not 0 < len(self.field) <= FIELD_NAME_LENGTH_MAX or not self.field.isascii():
+            raise ValueError("mapping field must be 1-64 ASCII characters")
+        if not 1 <= self.epoch <= EPOCH_MAX:
+            raise ValueError("mapping epoch out of range")
 
 
 class InsertOutcome(enum.Enum):

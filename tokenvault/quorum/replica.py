@@ -7,6 +7,8 @@ Rules:
 - The replica reads through a `StorageReader` that already shows every write it staged earlier
   (the driver stages each Effects' writes before the next input), so two inserts of one token
   can never both be STORED.
+- A stored record that does not decode is an integrity alarm: reported, answered CONFLICT to
+  an insert and "not held" to a read, and never overwritten.
 - Its replies leave only after the driver made all staged writes durable: a STORED or IDENTICAL
   answer means "fsync'd here".
 """
@@ -26,7 +28,10 @@ from tokenvault.quorum.messages import (
     ReadReply,
     ReadRequest,
 )
-from tokenvault.quorum.records import decode_mapping, encode_mapping, mapping_key
+from tokenvault.quorum.records import StorageCorrupt, decode_mapping, encode_mapping, mapping_key
+
+# Stands for a stored record that does not decode: never overwritten, never returned.
+UNREADABLE = Mapping(owner="-", token="-", value="", field="-", epoch=1)
 
 
 class StorageReader(Protocol):
@@ -42,6 +47,21 @@ class Replica:
         raw = self._storage.get(mapping_key(owner, token))
         return None if raw is None else decode_mapping(owner, token, raw)
 
+    def _held(self, owner: str, token: str, request_id: str, effects: Effects) -> Mapping | None:
+        """The held mapping; a record that does not decode is reported and held as UNREADABLE."""
+        try:
+            return self.read_mapping(owner, token)
+        except StorageCorrupt:
+            effects.events.append(
+                Event(
+                    name="storage_corrupt",
+                    owner=owner,
+                    request_id=request_id,
+                    details=(("token_prefix", token[:8]),),
+                )
+            )
+            return UNREADABLE
+
     def on_message(self, source: str, message: Message) -> Effects:
         if isinstance(message, InsertRequest):
             return self._on_insert(source, message)
@@ -54,7 +74,7 @@ class Replica:
         outcomes: list[InsertOutcome] = []
         stored = identical = 0
         for mapping in request.mappings:
-            held = self.read_mapping(mapping.owner, mapping.token)
+            held = self._held(mapping.owner, mapping.token, request.op_id, effects)
             if held is None:
                 effects.writes.append(
                     (mapping_key(mapping.owner, mapping.token), encode_mapping(mapping))
@@ -102,8 +122,13 @@ class Replica:
         return effects
 
     def _on_read(self, source: str, request: ReadRequest) -> Effects:
-        mappings = tuple(self.read_mapping(request.owner, token) for token in request.tokens)
+        effects = Effects()
+        held = (
+            self._held(request.owner, token, request.op_id, effects) for token in request.tokens
+        )
+        mappings = tuple(None if m is UNREADABLE else m for m in held)
         reply = ReadReply(
             op_id=request.op_id, owner=request.owner, tokens=request.tokens, mappings=mappings
         )
-        return Effects(messages=[Envelope(source=self._peer_id, destination=source, message=reply)])
+        effects.messages.append(Envelope(source=self._peer_id, destination=source, message=reply))
+        return effects

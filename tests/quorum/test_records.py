@@ -1,0 +1,58 @@
+"""The stored layout of mappings: round trips, ordering, and corrupt records refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tokenvault.quorum.messages import EPOCH_MAX, OWNER_ID_CHARS, Mapping
+from tokenvault.quorum.records import (
+    StorageCorrupt,
+    decode_mapping,
+    encode_mapping,
+    mapping_key,
+    owner_mapping_prefix,
+    token_from_mapping_key,
+)
+
+names = st.text(alphabet=sorted(OWNER_ID_CHARS), min_size=1, max_size=64)
+values = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
+
+
+@given(owner=names, token=names, field=names, value=values, epoch=st.integers(1, EPOCH_MAX))
+def test_mapping_round_trips(owner: str, token: str, field: str, value: str, epoch: int) -> None:
+    mapping = Mapping(owner=owner, token=token, value=value, field=field, epoch=epoch)
+    assert decode_mapping(owner, token, encode_mapping(mapping)) == mapping
+    key = mapping_key(owner, token)
+    assert key.startswith(owner_mapping_prefix(owner))
+    assert token_from_mapping_key(owner, key) == token
+
+
+def test_an_owners_keys_are_one_contiguous_range() -> None:
+    keys = sorted(mapping_key(o, t) for o in ("a", "a-b", "ab", "b") for t in ("x", "y", "zz"))
+    owners = [k.split(b"\x00")[1] for k in keys]
+    assert owners == sorted(owners)
+    assert not mapping_key("ab", "x").startswith(owner_mapping_prefix("a"))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x01",
+        b"\x02\x00\x00\x00\x01\x03ssnvalue",
+        b"\x01\x00\x00\x00\x01\x09ssn",
+        b"\x01\x00\x00\x00\x01\x03ss\xffvalue",
+        b"\x01\x00\x00\x00\x01\x03ssn\xff",
+        b'{"v":"x"}',
+    ],
+)
+def test_corrupt_records_are_refused(raw: bytes) -> None:
+    with pytest.raises(StorageCorrupt):
+        decode_mapping("alice", "tok_x", raw)
+
+
+def test_epoch_zero_on_disk_is_corrupt() -> None:
+    with pytest.raises(StorageCorrupt):
+        decode_mapping("alice", "tok_x", b"\x01\x00\x00\x00\x00\x03ssnvalue")

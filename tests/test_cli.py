@@ -1,0 +1,316 @@
+"""The command line: init's output and refusals, and the client commands' requests and errors.
+
+Client commands run against httpx.MockTransport (no sockets), except the unreachable-peer cases,
+which use a port from a socket closed just before.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tokenvault.cli import main
+from tokenvault.cluster_init import load_keys
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKENVAULT_KEY", raising=False)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+class FakePeer:
+    """Answers like a peer would, and remembers every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.answers: dict[tuple[str, str], httpx.Response] = {}
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self._handle)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.get((request.method, request.url.path))
+        if answer is None:
+            return httpx.Response(200, json={"echo": request.url.path})
+        return answer
+
+    def only_request(self) -> httpx.Request:
+        assert len(self.requests) == 1
+        return self.requests[0]
+
+
+@pytest.fixture
+def peer() -> FakePeer:
+    return FakePeer()
+
+
+def _init(directory: Path, *extra: str) -> int:
+    return main(["init", "--nodes", "3", "--base-port", "7400", "--dir", str(directory), *extra])
+
+
+# -- init --------------------------------------------------------------------------------------
+
+
+def test_init_writes_a_cluster_and_says_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "cluster"
+    assert _init(directory) == 0
+
+    out = capsys.readouterr().out
+    assert str(directory / "cluster.toml") in out
+    assert str(directory / "keys.json") in out
+    for peer_id in ("n1", "n2", "n3"):
+        assert str(directory / "data" / peer_id) in out
+    assert "127.0.0.1:7401" in out
+    keys = load_keys(directory / "keys.json")
+    assert not any(key in out for key in (keys.admin, *keys.owners.values()))
+
+
+def test_init_owners_option(tmp_path: Path) -> None:
+    assert _init(tmp_path, "--owners", "acme, globex") == 0
+    assert list(load_keys(tmp_path / "keys.json").owners) == ["acme", "globex"]
+
+
+def test_second_init_exits_1_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(tmp_path) == 0
+    before = (tmp_path / "keys.json").read_bytes()
+    capsys.readouterr()
+
+    assert _init(tmp_path) == 1
+
+    err = capsys.readouterr().err
+    assert "already exists" in err
+    assert err.count("\n") == 1
+    assert (tmp_path / "keys.json").read_bytes() == before
+
+
+def test_init_with_more_replicas_than_nodes_exits_1_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "cluster"
+    assert _init(directory, "--replicas", "5") == 1
+    assert "replicas" in capsys.readouterr().err
+    assert not directory.exists()
+
+
+def test_init_with_a_non_number_exits_2(tmp_path: Path) -> None:
+    assert _init(tmp_path / "cluster", "--replicas", "many") == 2
+    assert not (tmp_path / "cluster").exists()
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "tokenvault", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0
+    assert "tokenize" in completed.stdout
+
+
+# -- client commands ---------------------------------------------------------------------------
+
+
+def test_tokenize_sends_one_record_per_value(
+    peer: FakePeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = {"epoch": 1, "records": [{"email": "tok_a"}, {"email": "tok_b"}]}
+    peer.answers["POST", "/v1/tokenize"] = httpx.Response(200, json=answer)
+
+    code = main(
+        ["tokenize", "--url", "127.0.0.1:7401", "--key", "k1", "--field", "email", "a", "b"],
+        transport=peer.transport(),
+    )
+
+    assert code == 0
+    request = peer.only_request()
+    assert str(request.url) == "http://127.0.0.1:7401/v1/tokenize"
+    assert request.headers["authorization"] == "Bearer k1"
+    assert json.loads(request.content) == {"records": [{"email": "a"}, {"email": "b"}]}
+    assert json.loads(capsys.readouterr().out) == answer
+
+
+def test_tokenize_raw_body_from_json_and_file(tmp_path: Path, peer: FakePeer) -> None:
+    body = '{"records": [{"ssn": "1", "note": "x"}]}'
+    body_file = tmp_path / "body.json"
+    body_file.write_text(body)
+    connection = ["--url", "http://h:1", "--key", "k"]
+
+    assert main(["tokenize", *connection, "--json", body], transport=peer.transport()) == 0
+    assert (
+        main(["tokenize", *connection, "--file", str(body_file)], transport=peer.transport()) == 0
+    )
+
+    assert [json.loads(r.content) for r in peer.requests] == [json.loads(body)] * 2
+
+
+def test_tokenize_refuses_invalid_json_without_sending(
+    peer: FakePeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["tokenize", "--url", "h:1", "--key", "k", "--json", "{nope"], transport=peer.transport()
+    )
+    assert code == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert peer.requests == []
+
+
+def test_detokenize_rotate_epoch_and_ring_requests(peer: FakePeer) -> None:
+    connection = ["--url", "http://h:1/", "--key", "k"]
+    commands = [
+        ["detokenize", "tok_a", "tok_b"],
+        ["rotate", "--expected-epoch", "3"],
+        ["rotate"],
+        ["epoch"],
+        ["ring"],
+        ["ring", "--owner", "alice"],
+    ]
+    for command in commands:
+        assert main([*command, *connection], transport=peer.transport()) == 0
+
+    sent = [(r.method, r.url.path, r.content) for r in peer.requests]
+    assert sent == [
+        ("POST", "/v1/detokenize", b'{"tokens": ["tok_a", "tok_b"]}'),
+        ("POST", "/v1/epoch/rotate", b'{"expected_epoch": 3}'),
+        ("POST", "/v1/epoch/rotate", b""),
+        ("GET", "/v1/epoch", b""),
+        ("GET", "/v1/ring", b""),
+        ("GET", "/v1/ring/owners/alice", b""),
+    ]
+
+
+def test_error_answer_prints_its_message_and_exits_1(
+    peer: FakePeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = {"error": {"code": "unavailable", "message": "Too few replicas answered in time."}}
+    peer.answers["GET", "/v1/epoch"] = httpx.Response(503, json=error, headers={"Retry-After": "2"})
+
+    code = main(["epoch", "--url", "h:1", "--key", "k"], transport=peer.transport())
+
+    assert code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "503 unavailable: Too few replicas answered in time." in captured.err
+    assert "retry after 2 s" in captured.err
+
+
+def test_dir_picks_the_first_peer_and_the_chosen_key(tmp_path: Path, peer: FakePeer) -> None:
+    assert _init(tmp_path) == 0
+    keys = load_keys(tmp_path / "keys.json")
+    connection = ["--dir", str(tmp_path)]
+
+    assert main(["epoch", *connection], transport=peer.transport()) == 0
+    assert main(["epoch", *connection, "--owner", "bob"], transport=peer.transport()) == 0
+    assert main(["epoch", *connection, "--admin"], transport=peer.transport()) == 0
+    assert main(["ring", *connection, "--owner", "bob", "--admin"], transport=peer.transport()) == 0
+
+    assert {str(r.url.host) + ":" + str(r.url.port) for r in peer.requests} == {"127.0.0.1:7401"}
+    assert [r.headers["authorization"] for r in peer.requests] == [
+        f"Bearer {keys.owners['alice']}",
+        f"Bearer {keys.owners['bob']}",
+        f"Bearer {keys.admin}",
+        f"Bearer {keys.admin}",
+    ]
+    assert peer.requests[-1].url.path == "/v1/ring/owners/bob"
+
+
+def test_dir_with_an_unknown_owner_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(tmp_path) == 0
+    assert main(["epoch", "--dir", str(tmp_path), "--owner", "mallory"]) == 2
+    assert "mallory" in capsys.readouterr().err
+
+
+def test_status_prints_a_table_of_peers_with_the_admin_key(
+    tmp_path: Path, peer: FakePeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(tmp_path) == 0
+    capsys.readouterr()
+    ring = {
+        "peer": "n1",
+        "version": "abc",
+        "replicas": 3,
+        "write_quorum": 2,
+        "read_quorum": 2,
+        "peers": [
+            {"id": "n1", "address": "127.0.0.1:7401", "state": "up", "for_s": 12.5},
+            {"id": "n2", "address": "127.0.0.1:7402", "state": "suspect", "for_s": 1.0},
+            {"id": "n3", "address": "127.0.0.1:7403", "state": "down", "for_s": 30.0},
+        ],
+    }
+    peer.answers["GET", "/v1/ring"] = httpx.Response(200, json=ring)
+
+    assert main(["status", "--dir", str(tmp_path)], transport=peer.transport()) == 0
+
+    request = peer.only_request()
+    assert request.headers["authorization"] == f"Bearer {load_keys(tmp_path / 'keys.json').admin}"
+    lines = capsys.readouterr().out.splitlines()
+    assert "N=3 W=2 R=2" in lines[0]
+    assert lines[1].split() == ["ID", "ADDRESS", "STATE", "FOR"]
+    assert [line.split()[:3] for line in lines[2:]] == [
+        ["n1", "127.0.0.1:7401", "up"],
+        ["n2", "127.0.0.1:7402", "suspect"],
+        ["n3", "127.0.0.1:7403", "down"],
+    ]
+
+
+def test_client_without_url_or_key_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["epoch", "--url", "h:1"]) == 2
+    assert "--key" in capsys.readouterr().err
+
+
+def test_key_from_the_environment(peer: FakePeer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENVAULT_KEY", "from-env")
+    assert main(["epoch", "--url", "h:1"], transport=peer.transport()) == 0
+    assert peer.only_request().headers["authorization"] == "Bearer from-env"
+
+
+def test_unreachable_peer_exits_1_with_a_message(
+    closed_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["tokenize", "--url", f"http://127.0.0.1:{closed_port}", "--key", "k", "v"])
+
+    assert code == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"cannot connect to http://127.0.0.1:{closed_port}" in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_unreachable_cluster_from_dir_exits_1_without_showing_the_key(
+    tmp_path: Path, closed_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one_peer = ["--nodes", "1", "--replicas", "1", "--write-quorum", "1", "--read-quorum", "1"]
+    base_port = str(closed_port - 1)
+    assert main(["init", *one_peer, "--base-port", base_port, "--dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+
+    assert main(["status", "--dir", str(tmp_path)]) == 1
+
+    err = capsys.readouterr().err
+    assert "cannot connect" in err
+    assert load_keys(tmp_path / "keys.json").admin not in err
