@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 import secrets
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,13 +29,32 @@ from tokenvault.http.peer_codec import CodecError, decode_batch, encode_message
 from tokenvault.http.peer_transport import PeerLink
 from tokenvault.log import EventLog
 from tokenvault.metrics import Metrics
+from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits
-from tokenvault.quorum.effects import ClientReply, Effects, Failure, ReadDone, Timer, WriteDone
+from tokenvault.quorum.effects import (
+    ClientReply,
+    Effects,
+    EpochDone,
+    Failure,
+    ReadDone,
+    Timer,
+    WriteDone,
+)
+from tokenvault.quorum.epoch_coordinator import EpochCoordinator
 from tokenvault.quorum.messages import (
+    GENESIS,
+    Accept,
+    Accepted,
+    Decide,
+    EpochQuery,
+    EpochReport,
+    EpochValue,
     InsertReply,
     InsertRequest,
     Mapping,
     Message,
+    Prepare,
+    Promise,
     ReadReply,
     ReadRequest,
 )
@@ -76,9 +97,17 @@ class Node:
         self.peer.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LevelDBStore(str(self.peer.data_dir / "leveldb"))
         self.replica = Replica(peer_id=peer_id, storage=self.store)
+        self.acceptor = Acceptor(peer_id=peer_id, storage=self.store)
         self.coordinator = Coordinator(
             peer_id=peer_id, quorum=config.quorum, limits=coordinator_limits
         )
+        self.epoch_coordinator = EpochCoordinator(peer_id=peer_id, rng=random.SystemRandom())
+        # The highest epoch this peer knows per owner: what new tokens are computed under.
+        # Stale is safe: replicas fence old epochs and the tokenize learns and retries.
+        self._epochs: dict[str, EpochValue] = {}
+        for owner in config.owners:
+            if peer_id in self.preference_list(owner.id):
+                self._epochs[owner.id] = self.acceptor.active_epoch(owner.id)
         self.links: dict[str, PeerLink] = {
             p.id: PeerLink(
                 local_peer_id=peer_id,
@@ -160,6 +189,58 @@ class Node:
             raise OperationFailed(reply.failure)
         return reply.mappings
 
+    def known_epoch(self, owner: str) -> EpochValue:
+        return self._epochs.get(owner, GENESIS)
+
+    def _note_epoch(self, owner: str, value: EpochValue) -> None:
+        known = self._epochs.get(owner, GENESIS)
+        if value.epoch > known.epoch:
+            self._epochs[owner] = value
+            self.log.emit("epoch_known", owner=owner, epoch=value.epoch)
+
+    async def learn_epoch(self, request_id: str, owner: str) -> EpochValue:
+        """The active epoch per a majority of the owner's replicas; finishes half-done rounds."""
+        value, _ = await self._epoch_operation(
+            request_id,
+            owner,
+            self.epoch_coordinator.start_learn(
+                op_id=request_id,
+                owner=owner,
+                replicas=self.preference_list(owner),
+                now=trio.current_time(),
+            ),
+        )
+        return value
+
+    async def rotate_epoch(
+        self, request_id: str, owner: str, expected_epoch: int | None
+    ) -> tuple[EpochValue, bool]:
+        return await self._epoch_operation(
+            request_id,
+            owner,
+            self.epoch_coordinator.start_rotate(
+                op_id=request_id,
+                owner=owner,
+                replicas=self.preference_list(owner),
+                expected_epoch=expected_epoch,
+                requested_at_s=time.time(),
+                now=trio.current_time(),
+            ),
+        )
+
+    async def _epoch_operation(
+        self, request_id: str, owner: str, effects: Effects
+    ) -> tuple[EpochValue, bool]:
+        waiter = self._waiters[request_id] = _Waiter()
+        reply = await self._await_reply(request_id, waiter, effects)
+        assert isinstance(reply, EpochDone)
+        self.metrics.inc("tokenvault_epoch_operations_total", _outcome(reply.failure))
+        if reply.failure is not None:
+            raise OperationFailed(reply.failure)
+        assert reply.value is not None
+        self._note_epoch(owner, reply.value)
+        return reply.value, reply.rotated
+
     async def _await_reply(self, request_id: str, waiter: _Waiter, effects: Effects) -> ClientReply:
         try:
             await self._dispatch(effects, from_replica=False)
@@ -179,18 +260,28 @@ class Node:
         await self._deliver(source, messages)
 
     async def _deliver(self, source: str, messages: Sequence[Message]) -> None:
-        replica_effects = Effects()
+        storage_effects = Effects()  # from the cores that answer out of storage
         for message in messages:
             if isinstance(message, InsertRequest | ReadRequest):
                 effects = self.replica.on_message(source, message)
-                self.store.stage(effects.writes)
-                replica_effects.extend(effects)
+            elif isinstance(message, EpochQuery | Prepare | Accept | Decide):
+                effects = self.acceptor.on_message(source, message)
+                if isinstance(message, Decide):
+                    self._note_epoch(message.owner, message.value)
             elif isinstance(message, InsertReply | ReadReply):
                 await self._dispatch(
                     self.coordinator.on_message(source, message), from_replica=False
                 )
-        if not replica_effects.is_empty():
-            await self._dispatch(replica_effects, from_replica=True, staged=True)
+                continue
+            else:
+                assert isinstance(message, EpochReport | Promise | Accepted)
+                effects = self.epoch_coordinator.on_message(source, message, trio.current_time())
+                await self._dispatch(effects, from_replica=False)
+                continue
+            self.store.stage(effects.writes)
+            storage_effects.extend(effects)
+        if not storage_effects.is_empty():
+            await self._dispatch(storage_effects, from_replica=True, staged=True)
 
     async def _deliver_locally(self, messages: list[Message]) -> None:
         await self._deliver(self.peer_id, messages)
@@ -248,6 +339,7 @@ class Node:
             while self._timers and self._timers[0][0] <= now:
                 _, _, timer = heapq.heappop(self._timers)
                 effects = self.coordinator.on_timer(timer, now)
+                effects.extend(self.epoch_coordinator.on_timer(timer, now))
                 if not effects.is_empty():
                     assert self._nursery is not None
                     self._nursery.start_soon(self._dispatch_timer_effects, effects)

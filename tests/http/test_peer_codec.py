@@ -95,6 +95,7 @@ def test_encoded_message_is_compact_json_of_the_documented_shape() -> None:
         "op": "o",
         "owner": OWNER,
         "mappings": [["tok_A", "4111 1111", "card", 1]],
+        "repair": False,
     }
 
 

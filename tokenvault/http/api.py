@@ -17,7 +17,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenvault.config import OwnerConfig
 from tokenvault.http.errors import (
@@ -37,16 +37,18 @@ from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
 from tokenvault.http.server import Request, Response
 from tokenvault.node import Node, OperationFailed
 from tokenvault.quorum.effects import Failure
-from tokenvault.quorum.messages import Mapping
+from tokenvault.quorum.messages import EpochValue, Mapping
 from tokenvault.tokens import derive_epoch_key, hash_api_key, is_well_formed_token, make_token
 
 RECORDS_MAX = 1_000
 TOKENS_MAX = 1_000
 VALUE_BYTES_MAX = 4 * 1024
 ADMIN = object()  # the admin principal: acts for no owner
-ACTIVE_EPOCH = 1  # epochs are agreed by Paxos in a later step; every owner is at epoch 1
+TOKENIZE_ATTEMPTS_MAX = 3  # a fenced tokenize learns the new epoch and tries again
+EPOCH_KEYS_CACHED_MAX = 10_000
 
 Principal = OwnerConfig | object
+_T = TypeVar("_T")
 RouteHandler = Callable[[Request, Principal | None, str], Awaitable[Response]]
 
 
@@ -82,15 +84,15 @@ class PublicApi:
         self._principals: dict[str, Principal] = {o.key_sha256: o for o in config.owners}
         self._principals[config.admin_key_sha256] = ADMIN
         self._peer_key = node.peer_key
-        self._epoch_keys = {
-            o.id: derive_epoch_key(config.secret, o.id, ACTIVE_EPOCH) for o in config.owners
-        }
+        self._secret = config.secret
+        self._epoch_keys: dict[tuple[str, int, str], bytes] = {}
         self._exact: dict[tuple[str, str], tuple[str, RouteHandler]] = {
             ("GET", "/healthz"): ("healthz", self._healthz),
             ("GET", "/metrics"): ("metrics", self._metrics),
             ("POST", "/v1/tokenize"): ("tokenize", self._tokenize),
             ("POST", "/v1/detokenize"): ("detokenize", self._detokenize),
             ("GET", "/v1/epoch"): ("epoch", self._epoch),
+            ("POST", "/v1/epoch/rotate"): ("rotate", self._rotate),
             ("GET", "/v1/ring"): ("ring", self._ring),
             ("GET", "/v1/admin/node"): ("admin_node", self._admin_node),
             ("POST", PEER_MESSAGES_PATH): ("peer_messages", self._peer_messages),
@@ -159,13 +161,11 @@ class PublicApi:
     async def _tokenize(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)
         records = _bounded_list(parse_json_object(request.body), "records", RECORDS_MAX)
-        epoch_key = self._epoch_keys[owner.id]
-        mappings: dict[str, Mapping] = {}
-        answered: list[dict[str, Any]] = []
-        for record in records:
+        # Validate everything first: (record index, field, value) of every configured field.
+        sensitive: list[tuple[int, str, str]] = []
+        for index, record in enumerate(records):
             if not isinstance(record, dict):
                 raise InvalidRequest("Every record must be a JSON object.")
-            tokenized = dict(record)
             for name in owner.fields.intersection(record):
                 value = record[name]
                 if not isinstance(value, str):
@@ -174,19 +174,45 @@ class PublicApi:
                     )
                 if value_bytes(value, name) > VALUE_BYTES_MAX:
                     raise PayloadTooLarge(f"A value of '{name}' is over {VALUE_BYTES_MAX} bytes.")
-                token = make_token(epoch_key, name, value)
-                tokenized[name] = token
-                mappings[token] = Mapping(
-                    owner=owner.id, token=token, value=value, field=name, epoch=ACTIVE_EPOCH
+                sensitive.append((index, name, value))
+        epoch = self._node.known_epoch(owner.id)
+        for attempt in range(TOKENIZE_ATTEMPTS_MAX):
+            tokens = self._tokens_for(owner.id, epoch, sensitive)
+            if not sensitive:
+                break
+            mappings = {
+                token: Mapping(
+                    owner=owner.id, token=token, value=value, field=name, epoch=epoch.epoch
                 )
-            answered.append(tokenized)
-        if mappings:
-            await self._run_quorum(
-                self._node.write_mappings(
-                    self._request_id(request), owner.id, list(mappings.values())
+                for token, (_, name, value) in zip(tokens, sensitive, strict=True)
+            }
+            try:
+                await self._node.write_mappings(
+                    self._node.new_request_id(), owner.id, list(mappings.values())
                 )
+                break
+            except OperationFailed as error:
+                if error.failure is not Failure.FENCED or attempt + 1 == TOKENIZE_ATTEMPTS_MAX:
+                    raise _unavailable(error) from None
+            # A replica holds a later epoch: learn it from a majority, then tokenize again.
+            epoch = await self._run_quorum(
+                self._node.learn_epoch(self._node.new_request_id(), owner.id)
             )
-        return json_response(200, {"epoch": ACTIVE_EPOCH, "records": answered})
+        answered = [dict(record) for record in records]
+        for token, (index, name, _) in zip(tokens, sensitive, strict=True):
+            answered[index][name] = token
+        return json_response(200, {"epoch": epoch.epoch, "records": answered})
+
+    def _tokens_for(
+        self, owner: str, epoch: EpochValue, sensitive: list[tuple[int, str, str]]
+    ) -> list[str]:
+        key = self._epoch_keys.get((owner, epoch.epoch, epoch.salt))
+        if key is None:
+            if len(self._epoch_keys) >= EPOCH_KEYS_CACHED_MAX:
+                self._epoch_keys.clear()
+            key = derive_epoch_key(self._secret, owner, epoch.epoch, bytes.fromhex(epoch.salt))
+            self._epoch_keys[(owner, epoch.epoch, epoch.salt)] = key
+        return [make_token(key, name, value) for _, name, value in sensitive]
 
     async def _detokenize(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)
@@ -235,13 +261,29 @@ class PublicApi:
         if not wanted:
             return {}
         mappings = await self._run_quorum(
-            self._node.read_mappings(self._request_id(request), owner.id, wanted)
+            self._node.read_mappings(self._node.new_request_id(), owner.id, wanted)
         )
         return {m.token: m for m in mappings if m is not None}
 
     async def _epoch(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)
-        return json_response(200, {"owner": owner.id, "epoch": ACTIVE_EPOCH})
+        epoch = await self._run_quorum(
+            self._node.learn_epoch(self._node.new_request_id(), owner.id)
+        )
+        return json_response(200, {"owner": owner.id, "epoch": epoch.epoch})
+
+    async def _rotate(self, request: Request, principal: Principal | None, _: str) -> Response:
+        owner = _owner_of(principal)
+        expected: int | None = None
+        if request.body.strip():
+            payload = parse_json_object(request.body)
+            expected = payload.get("expected_epoch")
+            if expected is not None and (type(expected) is not int or expected < 1):
+                raise InvalidRequest("'expected_epoch' must be a positive integer.")
+        epoch, rotated = await self._run_quorum(
+            self._node.rotate_epoch(self._node.new_request_id(), owner.id, expected)
+        )
+        return json_response(200, {"owner": owner.id, "epoch": epoch.epoch, "rotated": rotated})
 
     # -- inspection ----------------------------------------------------------------------------
 
@@ -309,18 +351,21 @@ class PublicApi:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _request_id(self, request: Request) -> str:
-        return self._node.new_request_id()
-
-    async def _run_quorum(self, operation: Awaitable[Any]) -> Any:
+    async def _run_quorum(self, operation: Awaitable[_T]) -> _T:
         try:
             return await operation
         except OperationFailed as error:
-            if error.failure is Failure.INTEGRITY_CONFLICT:
-                raise Unavailable(
-                    "Replicas disagree on a mapping; the conflict was logged for an operator."
-                ) from None
-            raise Unavailable("Too few replicas answered in time; nothing was claimed.") from None
+            raise _unavailable(error) from None
+
+
+def _unavailable(error: OperationFailed) -> Unavailable:
+    if error.failure is Failure.INTEGRITY_CONFLICT:
+        return Unavailable(
+            "Replicas disagree on a mapping; the conflict was logged for an operator."
+        )
+    if error.failure is Failure.CONTENDED:
+        return Unavailable("Concurrent epoch changes kept colliding; retry the request.")
+    return Unavailable("Too few replicas answered in time; nothing was claimed.")
 
 
 def value_bytes(value: str, field: str) -> int:

@@ -10,17 +10,33 @@ Rules:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tokenvault.quorum.messages import (
+    Accept,
+    Accepted,
+    Ballot,
+    Decide,
+    EpochQuery,
+    EpochReport,
+    EpochValue,
     InsertOutcome,
     InsertReply,
     InsertRequest,
     Mapping,
     Message,
+    Prepare,
+    Promise,
     ReadReply,
     ReadRequest,
+)
+from tokenvault.quorum.records import (
+    StorageCorrupt,
+    ballot_from_json,
+    ballot_to_json,
+    epoch_value_from_json,
+    epoch_value_to_json,
 )
 
 
@@ -56,7 +72,14 @@ def decode_batch(body: bytes) -> tuple[str, list[Message]]:
         return source, [_decode(raw) for raw in raw_messages]
     except CodecError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+        StorageCorrupt,
+    ) as error:
         raise CodecError(f"malformed peer batch ({type(error).__name__})") from None
 
 
@@ -89,6 +112,7 @@ def _encode(message: Message) -> dict[str, Any]:
             "op": message.op_id,
             "owner": message.owner,
             "mappings": [_mapping_row(m) for m in message.mappings],
+            "repair": message.repair,
         }
     if isinstance(message, InsertReply):
         return {
@@ -105,13 +129,140 @@ def _encode(message: Message) -> dict[str, Any]:
             "owner": message.owner,
             "tokens": list(message.tokens),
         }
-    return {
-        "type": "read_reply",
-        "op": message.op_id,
-        "owner": message.owner,
-        "tokens": list(message.tokens),
-        "mappings": [None if m is None else _mapping_row(m) for m in message.mappings],
-    }
+    if isinstance(message, ReadReply):
+        return {
+            "type": "read_reply",
+            "op": message.op_id,
+            "owner": message.owner,
+            "tokens": list(message.tokens),
+            "mappings": [None if m is None else _mapping_row(m) for m in message.mappings],
+        }
+    return _encode_epoch_message(message)
+
+
+def _encode_epoch_message(message: Message) -> dict[str, Any]:
+    head: dict[str, Any] = {"op": message.op_id, "owner": message.owner}
+    if isinstance(message, EpochQuery):
+        return {"type": "epoch_query", **head}
+    if isinstance(message, EpochReport):
+        return {
+            "type": "epoch_report",
+            **head,
+            "decided": epoch_value_to_json(message.decided),
+            "accepted_slot": message.accepted_slot,
+        }
+    if isinstance(message, Prepare):
+        return {
+            "type": "prepare",
+            **head,
+            "slot": message.slot,
+            "ballot": ballot_to_json(message.ballot),
+        }
+    if isinstance(message, Promise):
+        return {
+            "type": "promise",
+            **head,
+            "slot": message.slot,
+            "ballot": ballot_to_json(message.ballot),
+            "granted": message.granted,
+            "promised": ballot_to_json(message.promised),
+            "accepted_ballot": _optional(message.accepted_ballot, ballot_to_json),
+            "accepted_value": _optional(message.accepted_value, epoch_value_to_json),
+            "decided": _optional(message.decided, epoch_value_to_json),
+        }
+    if isinstance(message, Accept):
+        return {
+            "type": "accept",
+            **head,
+            "slot": message.slot,
+            "ballot": ballot_to_json(message.ballot),
+            "value": epoch_value_to_json(message.value),
+        }
+    if isinstance(message, Accepted):
+        return {
+            "type": "accepted",
+            **head,
+            "slot": message.slot,
+            "ballot": ballot_to_json(message.ballot),
+            "granted": message.granted,
+            "promised": ballot_to_json(message.promised),
+            "decided": _optional(message.decided, epoch_value_to_json),
+        }
+    assert isinstance(message, Decide), type(message).__name__
+    return {"type": "decide", **head, "value": epoch_value_to_json(message.value)}
+
+
+def _optional(value: Any, encode: Callable[[Any], Any]) -> Any:
+    return None if value is None else encode(value)
+
+
+def _int(raw: Any) -> int:
+    if type(raw) is not int:
+        raise CodecError("expected an integer")
+    return raw
+
+
+def _bool(raw: Any) -> bool:
+    if type(raw) is not bool:
+        raise CodecError("expected a boolean")
+    return raw
+
+
+def _ballot(raw: Any) -> Ballot:
+    return ballot_from_json(raw)
+
+
+def _value(raw: Any) -> EpochValue:
+    return epoch_value_from_json(raw)
+
+
+def _decode_epoch_message(kind: Any, op_id: str, owner: str, raw: Any) -> Message:
+    if kind == "epoch_query":
+        return EpochQuery(op_id=op_id, owner=owner)
+    if kind == "epoch_report":
+        return EpochReport(
+            op_id=op_id,
+            owner=owner,
+            decided=_value(raw["decided"]),
+            accepted_slot=_int(raw["accepted_slot"]),
+        )
+    if kind == "prepare":
+        return Prepare(
+            op_id=op_id, owner=owner, slot=_int(raw["slot"]), ballot=_ballot(raw["ballot"])
+        )
+    if kind == "promise":
+        return Promise(
+            op_id=op_id,
+            owner=owner,
+            slot=_int(raw["slot"]),
+            ballot=_ballot(raw["ballot"]),
+            granted=_bool(raw["granted"]),
+            promised=_ballot(raw["promised"]),
+            accepted_ballot=_optional(raw["accepted_ballot"], _ballot),
+            accepted_value=_optional(raw["accepted_value"], _value),
+            decided=_optional(raw["decided"], _value),
+        )
+    if kind == "accept":
+        return Accept(
+            op_id=op_id,
+            owner=owner,
+            slot=_int(raw["slot"]),
+            ballot=_ballot(raw["ballot"]),
+            value=_value(raw["value"]),
+        )
+    if kind == "accepted":
+        return Accepted(
+            op_id=op_id,
+            owner=owner,
+            slot=_int(raw["slot"]),
+            ballot=_ballot(raw["ballot"]),
+            granted=_bool(raw["granted"]),
+            promised=_ballot(raw["promised"]),
+            decided=_optional(raw["decided"], _value),
+        )
+    if kind == "decide":
+        return Decide(op_id=op_id, owner=owner, value=_value(raw["value"]))
+    raise CodecError("unknown message type")
 
 
 def _strings(raw: Any) -> tuple[str, ...]:
@@ -124,7 +275,8 @@ def _decode(raw: Any) -> Message:
     kind, op_id, owner = raw["type"], _text(raw["op"]), _text(raw["owner"])
     if kind == "insert":
         mappings = tuple(_mapping(owner, row) for row in raw["mappings"])
-        return InsertRequest(op_id=op_id, owner=owner, mappings=mappings)
+        repair = _bool(raw.get("repair", False))
+        return InsertRequest(op_id=op_id, owner=owner, mappings=mappings, repair=repair)
     if kind == "insert_reply":
         outcomes = tuple(InsertOutcome(o) for o in raw["outcomes"])
         return InsertReply(
@@ -135,4 +287,4 @@ def _decode(raw: Any) -> Message:
     if kind == "read_reply":
         held = tuple(None if row is None else _mapping(owner, row) for row in raw["mappings"])
         return ReadReply(op_id=op_id, owner=owner, tokens=_strings(raw["tokens"]), mappings=held)
-    raise CodecError("unknown message type")
+    return _decode_epoch_message(kind, op_id, owner, raw)

@@ -10,6 +10,8 @@ Theory of operation:
   replicas is written back until W hold it (blocking read repair) before the read answers, so
   once a read returned a token, every later read (R meets W) finds it too. Responders that lacked
   a mapping W already hold are repaired in the background.
+- A FENCED answer fails the write at once: the owner moved to a later epoch, the caller learns
+  it and tokenizes again. Read repairs are marked as repairs and never fenced.
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
   reads are idempotent), until the operation's deadline.
 - Time arrives as `now`; the core has no clock, no randomness and no I/O.
@@ -32,6 +34,7 @@ from tokenvault.quorum.effects import (
 )
 from tokenvault.quorum.messages import (
     Envelope,
+    InsertOutcome,
     InsertReply,
     InsertRequest,
     Mapping,
@@ -223,7 +226,10 @@ class Coordinator:
             if request is None or request.mappings != lacking:
                 # Replicas that lack the same share one request object: encoded once.
                 request = InsertRequest(
-                    op_id=operation.op_id, owner=operation.owner, mappings=lacking
+                    op_id=operation.op_id,
+                    owner=operation.owner,
+                    mappings=lacking,
+                    repair=operation.phase is not _Phase.WRITING,
                 )
             effects.messages.append(
                 Envelope(source=self._peer_id, destination=replica, message=request)
@@ -244,6 +250,10 @@ class Coordinator:
                 continue
             if outcome.is_durable_ack:
                 operation.holders[token].add(source)
+            elif outcome is InsertOutcome.FENCED:
+                assert operation.phase is _Phase.WRITING, "repairs are never fenced"
+                self._finish(operation, Failure.FENCED, effects)
+                return effects
             else:
                 effects.events.append(
                     Event(

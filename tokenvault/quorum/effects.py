@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from tokenvault.quorum.messages import Envelope, Mapping
+from tokenvault.quorum.messages import Envelope, EpochValue, Mapping
 
 Write = tuple[bytes, bytes | None]
 
@@ -25,6 +25,7 @@ Write = tuple[bytes, bytes | None]
 class TimerKind(enum.Enum):
     RESEND = "resend"  # resend to replicas that have not answered yet
     DEADLINE = "deadline"  # give up on an operation
+    BACKOFF = "backoff"  # a preempted Paxos round tries again with a higher ballot
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +41,8 @@ class Failure(enum.Enum):
     QUORUM_TIMEOUT = "quorum_timeout"  # too few replicas answered in time
     INTEGRITY_CONFLICT = "integrity_conflict"  # replicas hold different values for a token
     OVERLOADED = "overloaded"  # too many operations in flight on this coordinator
+    FENCED = "fenced"  # a replica holds a later epoch for the owner: learn it and retry
+    CONTENDED = "contended"  # Paxos rounds kept being preempted until the attempts ran out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,7 +64,19 @@ class ReadDone:
     failure: Failure | None
 
 
-ClientReply = WriteDone | ReadDone
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochDone:
+    """An epoch operation finished: the owner's active epoch as learned, and for a rotate
+    whether this request's own value was the one chosen."""
+
+    op_id: str
+    owner: str
+    value: EpochValue | None
+    rotated: bool
+    failure: Failure | None
+
+
+ClientReply = WriteDone | ReadDone | EpochDone
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

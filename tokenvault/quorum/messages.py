@@ -55,19 +55,24 @@ class InsertOutcome(enum.Enum):
     STORED = "stored"  # newly written and fsync'd
     IDENTICAL = "identical"  # already held, identical: an idempotent retry
     CONFLICT = "conflict"  # a different mapping under the same token: integrity alarm
+    FENCED = "fenced"  # refused: this replica accepted or learned a later epoch for the owner
 
     @property
     def is_durable_ack(self) -> bool:
-        return self is not InsertOutcome.CONFLICT
+        return self is InsertOutcome.STORED or self is InsertOutcome.IDENTICAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InsertRequest:
-    """Coordinator -> replica: store these mappings of one owner, insert-once."""
+    """Coordinator -> replica: store these mappings of one owner, insert-once.
+
+    A tokenize is fenced by the owner's epoch; a repair (read repair, later hints and
+    anti-entropy) copies mappings that already exist and is never fenced."""
 
     op_id: str
     owner: str
     mappings: tuple[Mapping, ...]
+    repair: bool = False
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
@@ -129,7 +134,148 @@ class ReadReply:
                 raise ValueError("read reply: a mapping does not match its token")
 
 
-Message = InsertRequest | InsertReply | ReadRequest | ReadReply
+# -- epochs: single-decree Paxos per (owner, slot); slot e decides epoch e ---------------------
+
+GENESIS_EPOCH = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class Ballot:
+    """Unique and totally ordered: (round, peer id). Ballot() is below every real ballot."""
+
+    round: int = 0
+    peer: str = ""
+
+    def __post_init__(self) -> None:
+        if self.round < 0 or (self.round > 0) != bool(self.peer):
+            raise ValueError("a ballot has a round >= 1 and a peer, or is the zero ballot")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochValue:
+    """What one Paxos instance decides: an epoch and the parameters its token key derives from."""
+
+    epoch: int
+    salt: str  # hex, chosen by the proposer; "" for the genesis epoch
+    requested_by: str  # the request id of the rotate that proposed it
+    requested_at_s: float  # the proposer's wall clock (UNIX seconds) when it proposed
+
+    def __post_init__(self) -> None:
+        if not GENESIS_EPOCH <= self.epoch <= EPOCH_MAX:
+            raise ValueError("epoch out of range")
+        if len(self.salt) > 64 or not all(c in "0123456789abcdef" for c in self.salt):
+            raise ValueError("epoch salt must be at most 64 lowercase hex characters")
+        if (self.epoch == GENESIS_EPOCH) != (not self.salt):
+            raise ValueError("only the genesis epoch has no salt")
+
+
+ZERO_BALLOT = Ballot()
+GENESIS = EpochValue(epoch=GENESIS_EPOCH, salt="", requested_by="", requested_at_s=0.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochQuery:
+    """Learner -> acceptor: what have you decided and accepted for this owner? Changes nothing."""
+
+    op_id: str
+    owner: str
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochReport:
+    """Acceptor -> learner: its highest decided epoch and highest slot with an accepted value."""
+
+    op_id: str
+    owner: str
+    decided: EpochValue
+    accepted_slot: int
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prepare:
+    op_id: str
+    owner: str
+    slot: int
+    ballot: Ballot
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+        if not GENESIS_EPOCH < self.slot <= EPOCH_MAX or self.ballot.round < 1:
+            raise ValueError("prepare needs a slot above genesis and a real ballot")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Promise:
+    """Acceptor -> proposer. `granted` false means `promised` outranks the ballot asked, or the
+    slot is already decided here (`decided` then carries the value)."""
+
+    op_id: str
+    owner: str
+    slot: int
+    ballot: Ballot
+    granted: bool
+    promised: Ballot
+    accepted_ballot: Ballot | None
+    accepted_value: EpochValue | None
+    decided: EpochValue | None
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+        if (self.accepted_ballot is None) != (self.accepted_value is None):
+            raise ValueError("an accepted value comes with its ballot")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    op_id: str
+    owner: str
+    slot: int
+    ballot: Ballot
+    value: EpochValue
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+        if self.value.epoch != self.slot or self.ballot.round < 1:
+            raise ValueError("accept: the value's epoch is its slot, with a real ballot")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accepted:
+    op_id: str
+    owner: str
+    slot: int
+    ballot: Ballot
+    granted: bool
+    promised: Ballot
+    decided: EpochValue | None
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decide:
+    """Proposer -> every replica: this value was chosen for its slot (a majority accepted it)."""
+
+    op_id: str
+    owner: str
+    value: EpochValue
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+        if self.value.epoch <= GENESIS_EPOCH:
+            raise ValueError("the genesis epoch is never decided by a round")
+
+
+AcceptorMessage = EpochQuery | Prepare | Accept | Decide
+ProposerMessage = EpochReport | Promise | Accepted
+Message = InsertRequest | InsertReply | ReadRequest | ReadReply | AcceptorMessage | ProposerMessage
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,9 +13,23 @@ Rules:
 
 from __future__ import annotations
 
-from tokenvault.quorum.messages import Mapping
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tokenvault.quorum.messages import (
+    GENESIS,
+    GENESIS_EPOCH,
+    ZERO_BALLOT,
+    Ballot,
+    EpochValue,
+    Mapping,
+)
 
 MAPPING_PREFIX = b"m\x00"
+ACCEPTOR_PREFIX = b"a\x00"
+DECIDED_PREFIX = b"d\x00"
+EPOCH_META_PREFIX = b"e\x00"
 FIELD_BYTES_MAX = 255
 _MAPPING_FORMAT_V1 = b"\x01"
 
@@ -57,3 +71,148 @@ def token_from_mapping_key(owner: str, key: bytes) -> str:
     prefix = owner_mapping_prefix(owner)
     assert key.startswith(prefix), "key outside the owner's mapping range"
     return key[len(prefix) :].decode()
+
+
+# -- epochs -------------------------------------------------------------------------------------
+# Acceptor state and decided values are rare, small records: JSON, for readability on disk.
+
+
+class StorageReader(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochMeta:
+    """Per owner: the highest slot decided here and the highest slot this replica accepted a
+    value in. The fence is the higher of the two: mappings of epochs below it are refused."""
+
+    decided_slot: int = GENESIS_EPOCH
+    accepted_slot: int = GENESIS_EPOCH
+
+    @property
+    def fence_slot(self) -> int:
+        return max(self.decided_slot, self.accepted_slot)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptorSlot:
+    promised: Ballot = ZERO_BALLOT
+    accepted_ballot: Ballot | None = None
+    accepted_value: EpochValue | None = None
+
+
+def _slot_bytes(slot: int) -> bytes:
+    return slot.to_bytes(8, "big")
+
+
+def acceptor_key(owner: str, slot: int) -> bytes:
+    return ACCEPTOR_PREFIX + owner.encode() + b"\x00" + _slot_bytes(slot)
+
+
+def decided_key(owner: str, slot: int) -> bytes:
+    return DECIDED_PREFIX + owner.encode() + b"\x00" + _slot_bytes(slot)
+
+
+def epoch_meta_key(owner: str) -> bytes:
+    return EPOCH_META_PREFIX + owner.encode()
+
+
+def _load_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as error:
+        raise StorageCorrupt("an epoch record is not valid JSON") from error
+
+
+def _dump_json(record: object) -> bytes:
+    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+
+
+def epoch_value_to_json(value: EpochValue) -> dict[str, Any]:
+    return {
+        "epoch": value.epoch,
+        "salt": value.salt,
+        "requested_by": value.requested_by,
+        "requested_at_s": value.requested_at_s,
+    }
+
+
+def epoch_value_from_json(raw: Any) -> EpochValue:
+    try:
+        epoch, salt, by, at = raw["epoch"], raw["salt"], raw["requested_by"], raw["requested_at_s"]
+        if not (
+            type(epoch) is int
+            and isinstance(salt, str)
+            and isinstance(by, str)
+            and type(at) in (int, float)
+        ):
+            raise TypeError("epoch value fields of the wrong type")
+        return EpochValue(epoch=epoch, salt=salt, requested_by=by, requested_at_s=float(at))
+    except (KeyError, TypeError, ValueError) as error:
+        raise StorageCorrupt("an epoch value has the wrong shape") from error
+
+
+def ballot_to_json(ballot: Ballot) -> list[Any]:
+    return [ballot.round, ballot.peer]
+
+
+def ballot_from_json(raw: Any) -> Ballot:
+    try:
+        round_, peer = raw
+        if type(round_) is not int or not isinstance(peer, str):
+            raise TypeError("ballot fields of the wrong type")
+        return Ballot(round=round_, peer=peer)
+    except (TypeError, ValueError) as error:
+        raise StorageCorrupt("a ballot has the wrong shape") from error
+
+
+def read_epoch_meta(storage: StorageReader, owner: str) -> EpochMeta:
+    raw = storage.get(epoch_meta_key(owner))
+    if raw is None:
+        return EpochMeta()
+    record = _load_json(raw)
+    try:
+        return EpochMeta(decided_slot=int(record["decided"]), accepted_slot=int(record["accepted"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise StorageCorrupt("an epoch meta record has the wrong shape") from error
+
+
+def encode_epoch_meta(meta: EpochMeta) -> bytes:
+    return _dump_json({"decided": meta.decided_slot, "accepted": meta.accepted_slot})
+
+
+def read_acceptor_slot(storage: StorageReader, owner: str, slot: int) -> AcceptorSlot:
+    raw = storage.get(acceptor_key(owner, slot))
+    if raw is None:
+        return AcceptorSlot()
+    record = _load_json(raw)
+    try:
+        accepted = record["accepted"]
+        return AcceptorSlot(
+            promised=ballot_from_json(record["promised"]),
+            accepted_ballot=None if accepted is None else ballot_from_json(accepted["ballot"]),
+            accepted_value=None if accepted is None else epoch_value_from_json(accepted["value"]),
+        )
+    except (KeyError, TypeError) as error:
+        raise StorageCorrupt("an acceptor record has the wrong shape") from error
+
+
+def encode_acceptor_slot(state: AcceptorSlot) -> bytes:
+    accepted = None
+    if state.accepted_ballot is not None and state.accepted_value is not None:
+        accepted = {
+            "ballot": ballot_to_json(state.accepted_ballot),
+            "value": epoch_value_to_json(state.accepted_value),
+        }
+    return _dump_json({"promised": ballot_to_json(state.promised), "accepted": accepted})
+
+
+def read_decided(storage: StorageReader, owner: str, slot: int) -> EpochValue | None:
+    if slot == GENESIS_EPOCH:
+        return GENESIS
+    raw = storage.get(decided_key(owner, slot))
+    return None if raw is None else epoch_value_from_json(_load_json(raw))
+
+
+def encode_decided(value: EpochValue) -> bytes:
+    return _dump_json(epoch_value_to_json(value))

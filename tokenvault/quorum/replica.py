@@ -7,6 +7,10 @@ Rules:
 - The replica reads through a `StorageReader` that already shows every write it staged earlier
   (the driver stages each Effects' writes before the next input), so two inserts of one token
   can never both be STORED.
+- Fencing: a tokenize's mapping under an epoch below the owner's fence (the highest slot this
+  replica accepted or learned in, see acceptor.py) is refused FENCED, so once a majority
+  accepted epoch e+1 no write quorum (W + majority > N) can form under epoch e. Repairs copy
+  mappings that exist already and are not fenced.
 - A stored record that does not decode is an integrity alarm: reported, answered CONFLICT to
   an insert and "not held" to a read, and never overwritten.
 - Its replies leave only after the driver made all staged writes durable: a STORED or IDENTICAL
@@ -28,7 +32,13 @@ from tokenvault.quorum.messages import (
     ReadReply,
     ReadRequest,
 )
-from tokenvault.quorum.records import StorageCorrupt, decode_mapping, encode_mapping, mapping_key
+from tokenvault.quorum.records import (
+    StorageCorrupt,
+    decode_mapping,
+    encode_mapping,
+    mapping_key,
+    read_epoch_meta,
+)
 
 # Stands for a stored record that does not decode: never overwritten, never returned.
 UNREADABLE = Mapping(owner="-", token="-", value="", field="-", epoch=1)
@@ -73,7 +83,13 @@ class Replica:
         effects = Effects()
         outcomes: list[InsertOutcome] = []
         stored = identical = 0
+        fence = 0 if request.repair else read_epoch_meta(self._storage, request.owner).fence_slot
+        fenced = 0
         for mapping in request.mappings:
+            if mapping.epoch < fence:
+                outcomes.append(InsertOutcome.FENCED)
+                fenced += 1
+                continue
             held = self._held(mapping.owner, mapping.token, request.op_id, effects)
             if held is None:
                 effects.writes.append(
@@ -94,6 +110,15 @@ class Replica:
                         details=(("token_prefix", mapping.token[:8]), ("source", source)),
                     )
                 )
+        if fenced:
+            effects.events.append(
+                Event(
+                    name="mapping_fenced",
+                    owner=request.owner,
+                    request_id=request.op_id,
+                    details=(("count", fenced), ("fence_epoch", fence)),
+                )
+            )
         if stored:
             effects.events.append(
                 Event(

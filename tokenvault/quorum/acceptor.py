@@ -1,0 +1,204 @@
+"""The Paxos acceptor and learner of owners' epochs on one replica, sans-IO.
+
+Theory of operation: moving an owner from epoch e to e+1 is one single-decree Paxos instance,
+slot e+1, among the owner's N replicas. Per (owner, slot) an acceptor keeps the highest ballot
+it promised and the ballot and value it last accepted; per owner it keeps the highest decided
+slot and the highest slot it accepted in (their maximum is the owner's fence, see replica.py).
+
+Rules:
+- Promise and accept only ballots >= the promised one; a promise never decreases, across
+  restarts too, because the record is durable before the answer leaves (persist before send).
+- An accepted value's epoch is its slot. A decided value is final: a Decide that disagrees with
+  what is already decided is a safety alarm, reported, never applied.
+- An EpochQuery changes nothing: it reports the highest decided value and accepted slot.
+"""
+
+from __future__ import annotations
+
+from tokenvault.quorum.effects import Effects, Event
+from tokenvault.quorum.messages import (
+    Accept,
+    Accepted,
+    AcceptorMessage,
+    Ballot,
+    Decide,
+    Envelope,
+    EpochQuery,
+    EpochReport,
+    EpochValue,
+    Message,
+    Prepare,
+    Promise,
+)
+from tokenvault.quorum.records import (
+    AcceptorSlot,
+    EpochMeta,
+    StorageReader,
+    acceptor_key,
+    decided_key,
+    encode_acceptor_slot,
+    encode_decided,
+    encode_epoch_meta,
+    epoch_meta_key,
+    read_acceptor_slot,
+    read_decided,
+    read_epoch_meta,
+)
+
+
+class Acceptor:
+    def __init__(self, *, peer_id: str, storage: StorageReader) -> None:
+        self._peer_id = peer_id
+        self._storage = storage
+
+    def active_epoch(self, owner: str) -> EpochValue:
+        """The highest epoch decided here for the owner (the genesis epoch when none was)."""
+        meta = read_epoch_meta(self._storage, owner)
+        value = read_decided(self._storage, owner, meta.decided_slot)
+        assert value is not None, "the meta record names a decided slot that is stored"
+        return value
+
+    def slot_state(self, owner: str, slot: int) -> AcceptorSlot:
+        return read_acceptor_slot(self._storage, owner, slot)
+
+    def meta(self, owner: str) -> EpochMeta:
+        return read_epoch_meta(self._storage, owner)
+
+    def on_message(self, source: str, message: Message) -> Effects:
+        assert isinstance(message, EpochQuery | Prepare | Accept | Decide), type(message).__name__
+        return self._dispatch(source, message)
+
+    def _dispatch(self, source: str, message: AcceptorMessage) -> Effects:
+        if isinstance(message, EpochQuery):
+            return self._on_query(source, message)
+        if isinstance(message, Prepare):
+            return self._on_prepare(source, message)
+        if isinstance(message, Accept):
+            return self._on_accept(source, message)
+        return self._on_decide(message)
+
+    def _reply(self, destination: str, message: Message, effects: Effects) -> Effects:
+        effects.messages.append(
+            Envelope(source=self._peer_id, destination=destination, message=message)
+        )
+        return effects
+
+    def _on_query(self, source: str, query: EpochQuery) -> Effects:
+        meta = read_epoch_meta(self._storage, query.owner)
+        report = EpochReport(
+            op_id=query.op_id,
+            owner=query.owner,
+            decided=self.active_epoch(query.owner),
+            accepted_slot=meta.accepted_slot,
+        )
+        return self._reply(source, report, Effects())
+
+    def _on_prepare(self, source: str, prepare: Prepare) -> Effects:
+        effects = Effects()
+        owner, slot, ballot = prepare.owner, prepare.slot, prepare.ballot
+        decided = read_decided(self._storage, owner, slot)
+        state = read_acceptor_slot(self._storage, owner, slot)
+        granted = decided is None and ballot >= state.promised
+        if granted and ballot > state.promised:
+            state = AcceptorSlot(
+                promised=ballot,
+                accepted_ballot=state.accepted_ballot,
+                accepted_value=state.accepted_value,
+            )
+            effects.writes.append((acceptor_key(owner, slot), encode_acceptor_slot(state)))
+        effects.events.append(
+            self._step(
+                "paxos_promise" if granted else "paxos_reject_prepare",
+                prepare.op_id,
+                owner,
+                slot,
+                ballot,
+            )
+        )
+        promise = Promise(
+            op_id=prepare.op_id,
+            owner=owner,
+            slot=slot,
+            ballot=ballot,
+            granted=granted,
+            promised=state.promised,
+            accepted_ballot=state.accepted_ballot,
+            accepted_value=state.accepted_value,
+            decided=decided,
+        )
+        return self._reply(source, promise, effects)
+
+    def _on_accept(self, source: str, accept: Accept) -> Effects:
+        effects = Effects()
+        owner, slot, ballot = accept.owner, accept.slot, accept.ballot
+        assert accept.value.epoch == slot
+        decided = read_decided(self._storage, owner, slot)
+        state = read_acceptor_slot(self._storage, owner, slot)
+        granted = decided is None and ballot >= state.promised
+        if granted:
+            state = AcceptorSlot(
+                promised=ballot, accepted_ballot=ballot, accepted_value=accept.value
+            )
+            effects.writes.append((acceptor_key(owner, slot), encode_acceptor_slot(state)))
+            meta = read_epoch_meta(self._storage, owner)
+            if slot > meta.accepted_slot:
+                meta = EpochMeta(decided_slot=meta.decided_slot, accepted_slot=slot)
+                effects.writes.append((epoch_meta_key(owner), encode_epoch_meta(meta)))
+        effects.events.append(
+            self._step(
+                "paxos_accept" if granted else "paxos_reject_accept",
+                accept.op_id,
+                owner,
+                slot,
+                ballot,
+            )
+        )
+        reply = Accepted(
+            op_id=accept.op_id,
+            owner=owner,
+            slot=slot,
+            ballot=ballot,
+            granted=granted,
+            promised=state.promised,
+            decided=decided,
+        )
+        return self._reply(source, reply, effects)
+
+    def _on_decide(self, decide: Decide) -> Effects:
+        effects = Effects()
+        owner, value = decide.owner, decide.value
+        held = read_decided(self._storage, owner, value.epoch)
+        if held is not None:
+            if held != value:
+                effects.events.append(
+                    Event(
+                        name="paxos_disagreement",
+                        owner=owner,
+                        request_id=decide.op_id,
+                        details=(("slot", value.epoch),),
+                    )
+                )
+            return effects
+        effects.writes.append((decided_key(owner, value.epoch), encode_decided(value)))
+        meta = read_epoch_meta(self._storage, owner)
+        if value.epoch > meta.decided_slot:
+            meta = EpochMeta(decided_slot=value.epoch, accepted_slot=meta.accepted_slot)
+            effects.writes.append((epoch_meta_key(owner), encode_epoch_meta(meta)))
+        effects.events.append(
+            Event(
+                name="epoch_learned",
+                owner=owner,
+                request_id=decide.op_id,
+                details=(("epoch", value.epoch), ("requested_by", value.requested_by)),
+            )
+        )
+        return effects
+
+    @staticmethod
+    def _step(name: str, op_id: str, owner: str, slot: int, ballot: Ballot) -> Event:
+        return Event(
+            name=name,
+            owner=owner,
+            request_id=op_id,
+            details=(("slot", slot), ("ballot", f"{ballot.round}.{ballot.peer}")),
+        )

@@ -1,0 +1,422 @@
+"""The proposer and learner of owners' epochs: learn the active epoch, or rotate it, sans-IO.
+
+Theory of operation, per operation:
+1. QUERY: ask the owner's N replicas what they decided and accepted (changes nothing). With a
+   majority of reports: d = the highest decided epoch, a = the highest slot anyone accepted in.
+   If a > d a round may be half done: finish slot d+1 (step 2 with no value of our own).
+   Otherwise d is the active epoch: a learn answers it; a rotate with expected epoch e answers
+   "not rotated" unless d == e, and then proposes its own value for slot e+1. A rotate without
+   an expected epoch takes the first active epoch it learns as e, so it rotates at most once.
+2. PREPARE slot s with a fresh ballot (round above any seen, this peer's id). With a majority of
+   promises: adopt the accepted value of the highest ballot, else propose our own value (a
+   rotate at s == e+1), else nothing was chosen at s and d is the answer.
+3. ACCEPT: with a majority of acceptances the value is chosen; every replica is told (Decide)
+   and the operation goes back to QUERY, except a rotate whose own value won, which answers.
+A rejection (a higher promise) means a duel: back off for a jittered, growing delay drawn from
+the injected random source, then prepare again with a higher round, `attempts_max` times at most.
+An acceptor that already decided the slot answers with the value: it is learned (and spread).
+
+Invariants: at most one value is chosen per slot (Paxos), this core only counts answers to the
+ballot and slot of its current phase, and a rotate answers `rotated` only for its own value.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tokenvault.quorum.effects import Effects, EpochDone, Event, Failure, Timer, TimerKind
+from tokenvault.quorum.messages import (
+    Accept,
+    Accepted,
+    Ballot,
+    Decide,
+    Envelope,
+    EpochQuery,
+    EpochReport,
+    EpochValue,
+    Message,
+    Prepare,
+    Promise,
+)
+from tokenvault.quorum.quorum_config import majority
+
+
+class RandomSource(Protocol):
+    def random(self) -> float: ...
+
+    def getrandbits(self, k: int, /) -> int: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpochLimits:
+    operation_timeout_s: float = 5.0
+    resend_interval_s: float = 1.0
+    backoff_initial_s: float = 0.02
+    backoff_max_s: float = 0.5
+    attempts_max: int = 12  # preemptions and re-queries of one operation
+    operations_max: int = 1_000
+    salt_bits: int = 128
+
+
+class _Phase(enum.Enum):
+    QUERY = "query"
+    PREPARE = "prepare"
+    ACCEPT = "accept"
+    BACKOFF = "backoff"
+
+
+@dataclass(slots=True, kw_only=True)
+class _Operation:
+    op_id: str
+    owner: str
+    replicas: tuple[str, ...]
+    rotate: bool
+    expected: int | None
+    own_value_salt: str
+    requested_at_s: float
+    phase: _Phase = _Phase.QUERY
+    known: EpochValue | None = None  # the highest decided value learned so far
+    slot: int = 0
+    ballot: Ballot = field(default_factory=Ballot)
+    value: EpochValue | None = None  # what ACCEPT proposes
+    answered: dict[str, Message] = field(default_factory=dict)
+    highest_round: int = 0
+    attempts: int = 0
+
+
+class EpochCoordinator:
+    def __init__(
+        self, *, peer_id: str, rng: RandomSource, limits: EpochLimits = EpochLimits()
+    ) -> None:
+        self._peer_id = peer_id
+        self._rng = rng
+        self._limits = limits
+        self._operations: dict[str, _Operation] = {}
+
+    def operations_in_flight(self) -> int:
+        return len(self._operations)
+
+    # -- client inputs -------------------------------------------------------------------------
+
+    def start_learn(
+        self, *, op_id: str, owner: str, replicas: tuple[str, ...], now: float
+    ) -> Effects:
+        return self._start(op_id, owner, replicas, now, rotate=False, expected=None, at_s=0.0)
+
+    def start_rotate(
+        self,
+        *,
+        op_id: str,
+        owner: str,
+        replicas: tuple[str, ...],
+        expected_epoch: int | None,
+        requested_at_s: float,
+        now: float,
+    ) -> Effects:
+        return self._start(
+            op_id, owner, replicas, now, rotate=True, expected=expected_epoch, at_s=requested_at_s
+        )
+
+    def _start(
+        self,
+        op_id: str,
+        owner: str,
+        replicas: tuple[str, ...],
+        now: float,
+        *,
+        rotate: bool,
+        expected: int | None,
+        at_s: float,
+    ) -> Effects:
+        assert op_id not in self._operations, "operation ids are unique"
+        assert replicas and len(set(replicas)) == len(replicas)
+        if len(self._operations) >= self._limits.operations_max:
+            return Effects(replies=[self._done_reply(op_id, owner, None, Failure.OVERLOADED)])
+        salt = f"{self._rng.getrandbits(self._limits.salt_bits):0{self._limits.salt_bits // 4}x}"
+        operation = _Operation(
+            op_id=op_id,
+            owner=owner,
+            replicas=replicas,
+            rotate=rotate,
+            expected=expected,
+            own_value_salt=salt,
+            requested_at_s=at_s,
+        )
+        self._operations[op_id] = operation
+        effects = Effects(
+            timers=[
+                Timer(
+                    kind=TimerKind.DEADLINE, op_id=op_id, due=now + self._limits.operation_timeout_s
+                ),
+                Timer(kind=TimerKind.RESEND, op_id=op_id, due=now + self._limits.resend_interval_s),
+            ]
+        )
+        self._enter_query(operation, effects)
+        return effects
+
+    # -- peer and timer inputs -----------------------------------------------------------------
+
+    def on_message(self, source: str, message: Message, now: float) -> Effects:
+        operation = self._operations.get(message.op_id)
+        if operation is None or source not in operation.replicas:
+            return Effects()
+        effects = Effects()
+        if isinstance(message, EpochReport) and operation.phase is _Phase.QUERY:
+            operation.answered[source] = message
+            self._learn(operation, message.decided)
+            self._after_query(operation, effects)
+        elif isinstance(message, Promise) and self._is_current(operation, _Phase.PREPARE, message):
+            self._on_promise(operation, source, message, now, effects)
+        elif isinstance(message, Accepted) and self._is_current(operation, _Phase.ACCEPT, message):
+            self._on_accepted(operation, source, message, now, effects)
+        return effects
+
+    def on_timer(self, timer: Timer, now: float) -> Effects:
+        operation = self._operations.get(timer.op_id)
+        if operation is None:
+            return Effects()
+        effects = Effects()
+        if timer.kind is TimerKind.DEADLINE:
+            effects.events.append(
+                self._event(operation, "epoch_operation_failed", ("phase", operation.phase.value))
+            )
+            self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
+        elif timer.kind is TimerKind.BACKOFF:
+            if operation.phase is _Phase.BACKOFF:
+                self._enter_prepare(operation, operation.slot, effects)
+        else:
+            effects.timers.append(
+                Timer(
+                    kind=TimerKind.RESEND,
+                    op_id=operation.op_id,
+                    due=now + self._limits.resend_interval_s,
+                )
+            )
+            self._send_phase(operation, effects, only_silent=True)
+        return effects
+
+    # -- phases --------------------------------------------------------------------------------
+
+    def _enter_query(self, operation: _Operation, effects: Effects) -> None:
+        operation.phase = _Phase.QUERY
+        operation.answered = {}
+        self._send_phase(operation, effects, only_silent=False)
+
+    def _after_query(self, operation: _Operation, effects: Effects) -> None:
+        if len(operation.answered) < majority(len(operation.replicas)):
+            return
+        known = operation.known
+        assert known is not None, "a report always carries a decided value"
+        reports = [m for m in operation.answered.values() if isinstance(m, EpochReport)]
+        accepted_slot = max(r.accepted_slot for r in reports)
+        if accepted_slot > known.epoch:
+            self._enter_prepare(operation, known.epoch + 1, effects)  # finish a half-done round
+            return
+        if not operation.rotate:
+            self._finish(operation, None, effects)
+            return
+        if operation.expected is None:
+            operation.expected = known.epoch  # rotate from whatever is active, once
+        if known.epoch != operation.expected:
+            self._finish(operation, None, effects)
+            return
+        self._enter_prepare(operation, known.epoch + 1, effects)
+
+    def _enter_prepare(self, operation: _Operation, slot: int, effects: Effects) -> None:
+        operation.phase = _Phase.PREPARE
+        operation.slot = slot
+        operation.highest_round += 1
+        operation.ballot = Ballot(round=operation.highest_round, peer=self._peer_id)
+        operation.value = None
+        operation.answered = {}
+        effects.events.append(
+            self._event(
+                operation, "paxos_prepare", ("slot", slot), ("ballot", operation.highest_round)
+            )
+        )
+        self._send_phase(operation, effects, only_silent=False)
+
+    def _on_promise(
+        self, operation: _Operation, source: str, promise: Promise, now: float, effects: Effects
+    ) -> None:
+        if promise.decided is not None:
+            self._learned_decided(operation, promise.decided, effects)
+            return
+        if not promise.granted:
+            self._preempted(operation, promise.promised, now, effects)
+            return
+        operation.answered[source] = promise
+        if len(operation.answered) < majority(len(operation.replicas)):
+            return
+        promises = [m for m in operation.answered.values() if isinstance(m, Promise)]
+        accepted = [p for p in promises if p.accepted_ballot is not None]
+        if accepted:
+            best = max(accepted, key=lambda p: p.accepted_ballot or Ballot())
+            assert best.accepted_value is not None
+            value = best.accepted_value  # adopt: it may have been chosen
+        elif (
+            operation.rotate
+            and operation.expected is not None
+            and (operation.slot == operation.expected + 1)
+        ):
+            value = EpochValue(
+                epoch=operation.slot,
+                salt=operation.own_value_salt,
+                requested_by=operation.op_id,
+                requested_at_s=operation.requested_at_s,
+            )
+        else:
+            # A majority accepted nothing at this slot: nothing was chosen there.
+            self._finish(operation, None, effects)
+            return
+        assert value.epoch == operation.slot
+        operation.phase = _Phase.ACCEPT
+        operation.value = value
+        operation.answered = {}
+        self._send_phase(operation, effects, only_silent=False)
+
+    def _on_accepted(
+        self, operation: _Operation, source: str, accepted: Accepted, now: float, effects: Effects
+    ) -> None:
+        if accepted.decided is not None:
+            self._learned_decided(operation, accepted.decided, effects)
+            return
+        if not accepted.granted:
+            self._preempted(operation, accepted.promised, now, effects)
+            return
+        operation.answered[source] = accepted
+        if len(operation.answered) < majority(len(operation.replicas)):
+            return
+        value = operation.value
+        assert value is not None and value.epoch == operation.slot
+        effects.events.append(
+            self._event(
+                operation,
+                "epoch_chosen",
+                ("epoch", value.epoch),
+                ("own", int(value.requested_by == operation.op_id)),
+            )
+        )
+        self._learned_decided(operation, value, effects)
+
+    def _learned_decided(self, operation: _Operation, value: EpochValue, effects: Effects) -> None:
+        self._learn(operation, value)
+        for replica in operation.replicas:
+            decide = Decide(op_id=operation.op_id, owner=operation.owner, value=value)
+            effects.messages.append(
+                Envelope(source=self._peer_id, destination=replica, message=decide)
+            )
+        if operation.rotate and value.requested_by == operation.op_id:
+            self._finish(operation, None, effects, rotated=True)
+            return
+        if not self._spend_attempt(operation, effects):
+            return
+        self._enter_query(operation, effects)
+
+    def _preempted(
+        self, operation: _Operation, promised: Ballot, now: float, effects: Effects
+    ) -> None:
+        operation.highest_round = max(operation.highest_round, promised.round)
+        if not self._spend_attempt(operation, effects):
+            return
+        operation.phase = _Phase.BACKOFF
+        limits = self._limits
+        delay_s = min(limits.backoff_max_s, limits.backoff_initial_s * 2**operation.attempts)
+        delay_s *= 0.5 + self._rng.random()
+        effects.events.append(
+            self._event(
+                operation, "paxos_preempted", ("slot", operation.slot), ("by_round", promised.round)
+            )
+        )
+        effects.timers.append(
+            Timer(kind=TimerKind.BACKOFF, op_id=operation.op_id, due=now + delay_s)
+        )
+
+    def _spend_attempt(self, operation: _Operation, effects: Effects) -> bool:
+        operation.attempts += 1
+        if operation.attempts <= self._limits.attempts_max:
+            return True
+        effects.events.append(
+            self._event(operation, "epoch_operation_failed", ("phase", "contended"))
+        )
+        self._finish(operation, Failure.CONTENDED, effects)
+        return False
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _is_current(self, operation: _Operation, phase: _Phase, reply: Promise | Accepted) -> bool:
+        return (
+            operation.phase is phase
+            and reply.slot == operation.slot
+            and reply.ballot == operation.ballot
+        )
+
+    @staticmethod
+    def _learn(operation: _Operation, value: EpochValue) -> None:
+        if operation.known is None or value.epoch > operation.known.epoch:
+            operation.known = value
+
+    def _send_phase(self, operation: _Operation, effects: Effects, *, only_silent: bool) -> None:
+        message: Message
+        if operation.phase is _Phase.QUERY:
+            message = EpochQuery(op_id=operation.op_id, owner=operation.owner)
+        elif operation.phase is _Phase.PREPARE:
+            message = Prepare(
+                op_id=operation.op_id,
+                owner=operation.owner,
+                slot=operation.slot,
+                ballot=operation.ballot,
+            )
+        elif operation.phase is _Phase.ACCEPT:
+            assert operation.value is not None
+            message = Accept(
+                op_id=operation.op_id,
+                owner=operation.owner,
+                slot=operation.slot,
+                ballot=operation.ballot,
+                value=operation.value,
+            )
+        else:
+            return  # backing off: the BACKOFF timer sends the next prepare
+        for replica in operation.replicas:
+            if only_silent and replica in operation.answered:
+                continue
+            effects.messages.append(
+                Envelope(source=self._peer_id, destination=replica, message=message)
+            )
+
+    def _finish(
+        self,
+        operation: _Operation,
+        failure: Failure | None,
+        effects: Effects,
+        *,
+        rotated: bool = False,
+    ) -> None:
+        del self._operations[operation.op_id]
+        value = None if failure is not None else operation.known
+        assert failure is not None or value is not None
+        if rotated:
+            effects.events.append(
+                self._event(operation, "epoch_rotated", ("epoch", value.epoch if value else 0))
+            )
+        effects.replies.append(
+            EpochDone(
+                op_id=operation.op_id,
+                owner=operation.owner,
+                value=value,
+                rotated=rotated,
+                failure=failure,
+            )
+        )
+
+    def _done_reply(
+        self, op_id: str, owner: str, value: EpochValue | None, failure: Failure | None
+    ) -> EpochDone:
+        return EpochDone(op_id=op_id, owner=owner, value=value, rotated=False, failure=failure)
+
+    @staticmethod
+    def _event(operation: _Operation, name: str, *details: tuple[str, str | int]) -> Event:
+        return Event(name=name, owner=operation.owner, request_id=operation.op_id, details=details)
