@@ -46,6 +46,7 @@ from tokenvault.quorum.messages import (
     Accept,
     Accepted,
     Decide,
+    Envelope,
     EpochQuery,
     EpochReport,
     EpochValue,
@@ -53,6 +54,8 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    OwnerInspect,
+    OwnerView,
     Prepare,
     Promise,
     ReadReply,
@@ -64,6 +67,7 @@ from tokenvault.store.leveldb_store import LevelDBStore
 from tokenvault.tokens import derive_peer_key
 
 TIMERS_MAX = 100_000
+INSPECT_TIMEOUT_S = 2.0
 
 
 class OperationFailed(Exception):
@@ -76,6 +80,13 @@ class OperationFailed(Exception):
 class _Waiter:
     event: trio.Event = field(default_factory=trio.Event)
     reply: ClientReply | None = None
+
+
+@dataclass(slots=True)
+class _Inspection:
+    expected: int
+    views: dict[str, OwnerView] = field(default_factory=dict)
+    complete: trio.Event = field(default_factory=trio.Event)
 
 
 class Node:
@@ -123,6 +134,7 @@ class Node:
         self._incarnation = secrets.token_hex(4)
         self._op_counter = itertools.count(1)
         self._waiters: dict[str, _Waiter] = {}
+        self._inspections: dict[str, _Inspection] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_sequence = itertools.count()
         self._timer_wakeup = trio.Event()
@@ -262,12 +274,19 @@ class Node:
     async def _deliver(self, source: str, messages: Sequence[Message]) -> None:
         storage_effects = Effects()  # from the cores that answer out of storage
         for message in messages:
-            if isinstance(message, InsertRequest | ReadRequest):
+            if isinstance(message, InsertRequest | ReadRequest | OwnerInspect):
                 effects = self.replica.on_message(source, message)
             elif isinstance(message, EpochQuery | Prepare | Accept | Decide):
                 effects = self.acceptor.on_message(source, message)
                 if isinstance(message, Decide):
                     self._note_epoch(message.owner, message.value)
+            elif isinstance(message, OwnerView):
+                inspection = self._inspections.get(message.op_id)
+                if inspection is not None:
+                    inspection.views[source] = message
+                    if len(inspection.views) == inspection.expected:
+                        inspection.complete.set()
+                continue
             elif isinstance(message, InsertReply | ReadReply):
                 await self._dispatch(
                     self.coordinator.on_message(source, message), from_replica=False
@@ -348,6 +367,26 @@ class Node:
         await self._dispatch(effects, from_replica=False)
 
     # -- inspection ----------------------------------------------------------------------------
+
+    async def inspect_owner(
+        self, owner: str, timeout_s: float = INSPECT_TIMEOUT_S
+    ) -> dict[str, OwnerView]:
+        """Every replica's own view of the owner that answers within the timeout."""
+        request_id = self.new_request_id()
+        replicas = self.preference_list(owner)
+        inspection = self._inspections[request_id] = _Inspection(expected=len(replicas))
+        try:
+            inspect = OwnerInspect(op_id=request_id, owner=owner)
+            envelopes = [
+                Envelope(source=self.peer_id, destination=replica, message=inspect)
+                for replica in replicas
+            ]
+            await self._dispatch(Effects(messages=envelopes), from_replica=False)
+            with trio.move_on_after(timeout_s):
+                await inspection.complete.wait()
+        finally:
+            del self._inspections[request_id]
+        return inspection.views
 
     def _on_link_result(self, peer_id: str, ok: bool) -> None:
         state = "up" if ok else "down"

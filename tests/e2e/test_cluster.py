@@ -163,3 +163,36 @@ async def test_concurrent_overlapping_tokenize_gives_one_mapping_per_token(
     for value, token in token_of.items():
         holders = sum(1 for r in held_by if r.get(token) == value)
         assert holders >= 2, f"an acknowledged token is on {holders} replicas"
+
+
+def test_admin_owner_view_shows_every_replica_and_convergence(cluster: Cluster) -> None:
+    answer = tokenize(cluster, "n1", "alice", [{"ssn": f"view-{i}"} for i in range(30)])
+    assert answer.status_code == 200
+    view = {}
+    for _ in range(50):  # the third replica may still be storing: bounded wait on its own view
+        view = httpx.get(
+            cluster.url("n2") + "/v1/admin/owners/alice",
+            headers=cluster.admin_headers(),
+            timeout=10,
+        ).json()
+        if view["converged"]:
+            break
+    assert view["converged"] is True and view["epochs_agree"] is True
+    assert {r["peer"] for r in view["replicas"]} == set(cluster.peer_ids)
+    assert {r["token_count"] for r in view["replicas"]} == {30}
+    assert len({r["digest"] for r in view["replicas"]}) == 1
+    assert all(r["active_epoch"] == 1 for r in view["replicas"])
+    forbidden = httpx.get(
+        cluster.url("n2") + "/v1/admin/owners/alice", headers=cluster.headers("alice"), timeout=10
+    )
+    assert forbidden.status_code == 403
+    missing = httpx.get(
+        cluster.url("n2") + "/v1/admin/owners/nobody", headers=cluster.admin_headers(), timeout=10
+    )
+    assert missing.status_code == 404
+    cluster.kill("n3")
+    degraded = httpx.get(
+        cluster.url("n1") + "/v1/admin/owners/alice", headers=cluster.admin_headers(), timeout=10
+    ).json()
+    assert degraded["converged"] is False
+    assert [r["reachable"] for r in degraded["replicas"] if r["peer"] == "n3"] == [False]

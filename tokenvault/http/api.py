@@ -37,7 +37,7 @@ from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
 from tokenvault.http.server import Request, Response
 from tokenvault.node import Node, OperationFailed
 from tokenvault.quorum.effects import Failure
-from tokenvault.quorum.messages import EpochValue, Mapping
+from tokenvault.quorum.messages import Ballot, EpochValue, Mapping
 from tokenvault.tokens import derive_epoch_key, hash_api_key, is_well_formed_token, make_token
 
 RECORDS_MAX = 1_000
@@ -101,6 +101,7 @@ class PublicApi:
         self._prefixed: tuple[tuple[str, str, str, RouteHandler], ...] = (
             ("GET", "/v1/tokens/", "token", self._get_token),
             ("GET", "/v1/ring/owners/", "ring_owner", self._ring_owner),
+            ("GET", "/v1/admin/owners/", "admin_owner", self._admin_owner),
         )
         metrics = node.metrics
         metrics.describe("tokenvault_http_requests_total", "HTTP requests by route and status.")
@@ -331,6 +332,54 @@ class PublicApi:
             raise Forbidden("Only the admin key may see this.")
         return json_response(200, self._node.node_view())
 
+    async def _admin_owner(
+        self, request: Request, principal: Principal | None, owner_id: str
+    ) -> Response:
+        if principal is not ADMIN:
+            raise Forbidden("Only the admin key may see this.")
+        if self._node.config.owner(owner_id) is None:
+            raise NotFound("No such owner.")
+        views = await self._node.inspect_owner(owner_id)
+        replicas: list[dict[str, Any]] = []
+        for peer in self._node.preference_list(owner_id):
+            view = views.get(peer)
+            if view is None:
+                replicas.append({"peer": peer, "reachable": False})
+                continue
+            replicas.append(
+                {
+                    "peer": peer,
+                    "reachable": True,
+                    "active_epoch": view.decided_epoch,
+                    "token_count": view.token_count,
+                    "digest": view.digest,
+                    "complete": view.complete,
+                    "paxos": {
+                        "decided_epoch": view.decided_epoch,
+                        "highest_accepted_slot": view.accepted_slot,
+                        "next_slot": view.decided_epoch + 1,
+                        "next_slot_promised": _ballot_text(view.next_slot_promised),
+                        "next_slot_accepted": _ballot_text(view.next_slot_accepted),
+                    },
+                }
+            )
+        reachable = [r for r in replicas if r["reachable"]]
+        converged = len(reachable) == len(replicas) and all(
+            (r["digest"], r["active_epoch"], r["complete"])
+            == (reachable[0]["digest"], reachable[0]["active_epoch"], True)
+            for r in reachable
+        )
+        epochs_agree = len({r["active_epoch"] for r in reachable}) <= 1
+        return json_response(
+            200,
+            {
+                "owner": owner_id,
+                "replicas": replicas,
+                "converged": converged,
+                "epochs_agree": epochs_agree and len(reachable) == len(replicas),
+            },
+        )
+
     async def _healthz(self, request: Request, principal: Principal | None, _: str) -> Response:
         return json_response(200, {"status": "serving", "peer": self._node.peer_id})
 
@@ -366,6 +415,10 @@ def _unavailable(error: OperationFailed) -> Unavailable:
     if error.failure is Failure.CONTENDED:
         return Unavailable("Concurrent epoch changes kept colliding; retry the request.")
     return Unavailable("Too few replicas answered in time; nothing was claimed.")
+
+
+def _ballot_text(ballot: Ballot | None) -> str | None:
+    return None if ballot is None or ballot.round == 0 else f"{ballot.round}.{ballot.peer}"
 
 
 def value_bytes(value: str, field: str) -> int:

@@ -26,6 +26,8 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    OwnerInspect,
+    OwnerView,
     Prepare,
     Promise,
     ReadReply,
@@ -188,6 +190,20 @@ def _encode_epoch_message(message: Message) -> dict[str, Any]:
             "promised": ballot_to_json(message.promised),
             "decided": _optional(message.decided, epoch_value_to_json),
         }
+    if isinstance(message, OwnerInspect):
+        return {"type": "owner_inspect", **head}
+    if isinstance(message, OwnerView):
+        return {
+            "type": "owner_view",
+            **head,
+            "token_count": message.token_count,
+            "digest": message.digest,
+            "complete": message.complete,
+            "decided_epoch": message.decided_epoch,
+            "accepted_slot": message.accepted_slot,
+            "next_slot_promised": ballot_to_json(message.next_slot_promised),
+            "next_slot_accepted": _optional(message.next_slot_accepted, ballot_to_json),
+        }
     assert isinstance(message, Decide), type(message).__name__
     return {"type": "decide", **head, "value": epoch_value_to_json(message.value)}
 
@@ -262,6 +278,20 @@ def _decode_epoch_message(kind: Any, op_id: str, owner: str, raw: Any) -> Messag
         )
     if kind == "decide":
         return Decide(op_id=op_id, owner=owner, value=_value(raw["value"]))
+    if kind == "owner_inspect":
+        return OwnerInspect(op_id=op_id, owner=owner)
+    if kind == "owner_view":
+        return OwnerView(
+            op_id=op_id,
+            owner=owner,
+            token_count=_int(raw["token_count"]),
+            digest=_text(raw["digest"]),
+            complete=_bool(raw["complete"]),
+            decided_epoch=_int(raw["decided_epoch"]),
+            accepted_slot=_int(raw["accepted_slot"]),
+            next_slot_promised=_ballot(raw["next_slot_promised"]),
+            next_slot_accepted=_optional(raw["next_slot_accepted"], _ballot),
+        )
     raise CodecError("unknown message type")
 
 

@@ -273,9 +273,48 @@ class Decide:
             raise ValueError("the genesis epoch is never decided by a round")
 
 
+# -- inspection ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnerInspect:
+    """Admin view: a replica's own state for one owner. Changes nothing."""
+
+    op_id: str
+    owner: str
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OwnerView:
+    op_id: str
+    owner: str
+    token_count: int
+    digest: str  # hex SHA-256 over the owner's mappings in key order
+    complete: bool  # False when the scan stopped at its bound: count and digest are partial
+    decided_epoch: int
+    accepted_slot: int
+    next_slot_promised: Ballot
+    next_slot_accepted: Ballot | None
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
 AcceptorMessage = EpochQuery | Prepare | Accept | Decide
 ProposerMessage = EpochReport | Promise | Accepted
-Message = InsertRequest | InsertReply | ReadRequest | ReadReply | AcceptorMessage | ProposerMessage
+Message = (
+    InsertRequest
+    | InsertReply
+    | ReadRequest
+    | ReadReply
+    | AcceptorMessage
+    | ProposerMessage
+    | OwnerInspect
+    | OwnerView
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

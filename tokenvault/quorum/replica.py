@@ -19,6 +19,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 from tokenvault.quorum.effects import Effects, Event
@@ -29,6 +30,8 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    OwnerInspect,
+    OwnerView,
     ReadReply,
     ReadRequest,
 )
@@ -37,6 +40,8 @@ from tokenvault.quorum.records import (
     decode_mapping,
     encode_mapping,
     mapping_key,
+    owner_mapping_prefix,
+    read_acceptor_slot,
     read_epoch_meta,
 )
 
@@ -46,6 +51,14 @@ UNREADABLE = Mapping(owner="-", token="-", value="", field="-", epoch=1)
 
 class StorageReader(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(
+        self, prefix: bytes, *, start_after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]: ...
+
+
+INSPECT_MAPPINGS_MAX = 1_000_000  # an admin view scans at most this many mappings
+INSPECT_SCAN_BATCH = 4_096
 
 
 class Replica:
@@ -77,6 +90,8 @@ class Replica:
             return self._on_insert(source, message)
         if isinstance(message, ReadRequest):
             return self._on_read(source, message)
+        if isinstance(message, OwnerInspect):
+            return self._on_inspect(source, message)
         raise AssertionError(f"replica got a message it does not serve: {type(message).__name__}")
 
     def _on_insert(self, source: str, request: InsertRequest) -> Effects:
@@ -157,3 +172,42 @@ class Replica:
         )
         effects.messages.append(Envelope(source=self._peer_id, destination=source, message=reply))
         return effects
+
+    def owner_digest(self, owner: str) -> tuple[int, str, bool]:
+        """(mappings counted, hex SHA-256 of their keys and records in key order, complete)."""
+        digest = hashlib.sha256()
+        prefix = owner_mapping_prefix(owner)
+        count = 0
+        after: bytes | None = None
+        while count < INSPECT_MAPPINGS_MAX:
+            batch = self._storage.scan(
+                prefix,
+                start_after=after,
+                limit=min(INSPECT_SCAN_BATCH, INSPECT_MAPPINGS_MAX - count),
+            )
+            for key, value in batch:
+                digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big"))
+                digest.update(value)
+            count += len(batch)
+            if len(batch) < INSPECT_SCAN_BATCH:
+                return count, digest.hexdigest(), True
+            after = batch[-1][0]
+        more = self._storage.scan(prefix, start_after=after, limit=1)
+        return count, digest.hexdigest(), not more
+
+    def _on_inspect(self, source: str, inspect: OwnerInspect) -> Effects:
+        count, digest, complete = self.owner_digest(inspect.owner)
+        meta = read_epoch_meta(self._storage, inspect.owner)
+        next_slot = read_acceptor_slot(self._storage, inspect.owner, meta.decided_slot + 1)
+        view = OwnerView(
+            op_id=inspect.op_id,
+            owner=inspect.owner,
+            token_count=count,
+            digest=digest,
+            complete=complete,
+            decided_epoch=meta.decided_slot,
+            accepted_slot=meta.accepted_slot,
+            next_slot_promised=next_slot.promised,
+            next_slot_accepted=next_slot.accepted_ballot,
+        )
+        return Effects(messages=[Envelope(source=self._peer_id, destination=source, message=view)])
