@@ -41,6 +41,7 @@ from tokenvault.quorum.effects import (
     WriteDone,
 )
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator
+from tokenvault.quorum.failure_detector import FailureDetector, PeerState
 from tokenvault.quorum.messages import (
     GENESIS,
     Accept,
@@ -50,6 +51,7 @@ from tokenvault.quorum.messages import (
     EpochQuery,
     EpochReport,
     EpochValue,
+    Heartbeat,
     InsertReply,
     InsertRequest,
     Mapping,
@@ -126,7 +128,6 @@ class Node:
                 host=p.host,
                 port=p.port,
                 peer_key=self.peer_key,
-                on_batch_result=self._on_link_result,
             )
             for p in config.peers
             if p.id != peer_id
@@ -140,8 +141,9 @@ class Node:
         self._timer_wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.started_at = 0.0
-        # What the links last saw of each peer: (state, since). Heartbeats refine this later.
-        self._peer_states: dict[str, tuple[str, float]] = {}
+        self.failure_detector = FailureDetector(
+            peer_id=peer_id, peers=tuple(p.id for p in config.peers), now=trio.current_time()
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -150,6 +152,7 @@ class Node:
             self._nursery = nursery
             self.started_at = trio.current_time()
             nursery.start_soon(self._run_timers)
+            nursery.start_soon(self._run_heartbeats)
             for link in self.links.values():
                 nursery.start_soon(link.run)
             task_status.started()
@@ -176,6 +179,7 @@ class Node:
             replicas=self.preference_list(owner),
             mappings=mappings,
             now=trio.current_time(),
+            down=self.down_peers(),
         )
         reply = await self._await_reply(request_id, waiter, effects)
         assert isinstance(reply, WriteDone)
@@ -193,6 +197,7 @@ class Node:
             replicas=self.preference_list(owner),
             tokens=tokens,
             now=trio.current_time(),
+            down=self.down_peers(),
         )
         reply = await self._await_reply(request_id, waiter, effects)
         assert isinstance(reply, ReadDone)
@@ -267,13 +272,18 @@ class Node:
     async def receive_peer_batch(self, body: bytes) -> None:
         """Handles one authenticated batch from a peer; raises CodecError on a malformed one."""
         source, messages = decode_batch(body)
-        if source not in self.ring.peer_ids:
+        if source not in self.ring.peer_ids or source == self.peer_id:
             raise CodecError("batch from an unknown peer")
+        signs_of_life = self.failure_detector.heard_from(source, trio.current_time())
+        if not signs_of_life.is_empty():
+            await self._dispatch(signs_of_life, from_replica=False)
         await self._deliver(source, messages)
 
     async def _deliver(self, source: str, messages: Sequence[Message]) -> None:
         storage_effects = Effects()  # from the cores that answer out of storage
         for message in messages:
+            if isinstance(message, Heartbeat):
+                continue
             if isinstance(message, InsertRequest | ReadRequest | OwnerInspect):
                 effects = self.replica.on_message(source, message)
             elif isinstance(message, EpochQuery | Prepare | Accept | Decide):
@@ -388,29 +398,36 @@ class Node:
             del self._inspections[request_id]
         return inspection.views
 
-    def _on_link_result(self, peer_id: str, ok: bool) -> None:
-        state = "up" if ok else "down"
-        previous = self._peer_states.get(peer_id)
-        if previous is None or previous[0] != state:
-            self._peer_states[peer_id] = (state, trio.current_time())
-            self.log.emit(f"peer_{state}", level="info" if ok else "warning", target=peer_id)
-            self.metrics.inc("tokenvault_peer_state_changes_total", (("state", state),))
+    async def _run_heartbeats(self) -> None:
+        interval_s = self.failure_detector.limits.heartbeat_interval_s
+        while True:
+            await trio.sleep(interval_s)
+            await self._dispatch(
+                self.failure_detector.tick(trio.current_time()), from_replica=False
+            )
+
+    def down_peers(self) -> frozenset[str]:
+        return frozenset(v.peer for v in self.failure_detector.views() if v.state is PeerState.DOWN)
 
     def peer_views(self) -> list[dict[str, object]]:
         now = trio.current_time()
+        seen = {v.peer: v for v in self.failure_detector.views()}
         views: list[dict[str, object]] = []
+        heard: float | None
         for peer in self.config.peers:
-            if peer.id == self.peer_id:
-                state, since = "up", self.started_at
+            view = seen.get(peer.id)
+            if view is None:  # this peer itself
+                state, since, heard = "up", self.started_at, now
             else:
-                state, since = self._peer_states.get(peer.id, ("up", self.started_at))
+                state, since, heard = view.state.value, view.since, view.last_heard
             views.append(
                 {
                     "id": peer.id,
                     "address": peer.address,
                     "state": state,
                     "for_s": round(now - since, 3),
-                    "self": peer.id == self.peer_id,
+                    "last_heard_s_ago": None if heard is None else round(now - heard, 3),
+                    "self": view is None,
                 }
             )
         return views

@@ -21,6 +21,7 @@ from tokenvault.quorum.messages import (
     EpochQuery,
     EpochReport,
     EpochValue,
+    Heartbeat,
     InsertOutcome,
     InsertReply,
     InsertRequest,
@@ -108,6 +109,8 @@ def _mapping(owner: str, row: Any) -> Mapping:
 
 
 def _encode(message: Message) -> dict[str, Any]:
+    if isinstance(message, Heartbeat):
+        return {"type": "heartbeat", "sender": message.sender}
     if isinstance(message, InsertRequest):
         return {
             "type": "insert",
@@ -143,6 +146,7 @@ def _encode(message: Message) -> dict[str, Any]:
 
 
 def _encode_epoch_message(message: Message) -> dict[str, Any]:
+    assert not isinstance(message, Heartbeat)
     head: dict[str, Any] = {"op": message.op_id, "owner": message.owner}
     if isinstance(message, EpochQuery):
         return {"type": "epoch_query", **head}
@@ -302,7 +306,10 @@ def _strings(raw: Any) -> tuple[str, ...]:
 
 
 def _decode(raw: Any) -> Message:
-    kind, op_id, owner = raw["type"], _text(raw["op"]), _text(raw["owner"])
+    kind = raw["type"]
+    if kind == "heartbeat":
+        return Heartbeat(sender=_text(raw["sender"]))
+    op_id, owner = _text(raw["op"]), _text(raw["owner"])
     if kind == "insert":
         mappings = tuple(_mapping(owner, row) for row in raw["mappings"])
         repair = _bool(raw.get("repair", False))

@@ -12,6 +12,8 @@ Theory of operation:
   a mapping W already hold are repaired in the background.
 - A FENCED answer fails the write at once: the owner moved to a later epoch, the caller learns
   it and tokenizes again. Read repairs are marked as repairs and never fenced.
+- Replicas the failure detector holds down are not waited for: when fewer than the quorum are
+  left, the operation fails at once (REPLICAS_DOWN) instead of at its deadline.
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
   reads are idempotent), until the operation's deadline.
 - Time arrives as `now`; the core has no clock, no randomness and no I/O.
@@ -102,8 +104,14 @@ class Coordinator:
         replicas: tuple[str, ...],
         mappings: Sequence[Mapping],
         now: float,
+        down: frozenset[str] = frozenset(),
     ) -> Effects:
         assert op_id not in self._operations, "operation ids are unique"
+        if self._too_many_down(replicas, down, self._quorum.write_quorum):
+            return Effects(
+                replies=[WriteDone(op_id=op_id, owner=owner, failure=Failure.REPLICAS_DOWN)],
+                events=[Event(name="quorum_unreachable", owner=owner, request_id=op_id)],
+            )
         assert len(replicas) == self._quorum.replica_count == len(set(replicas))
         assert mappings, "a write carries at least one mapping"
         if len(self._operations) >= self._limits.operations_max:
@@ -134,7 +142,15 @@ class Coordinator:
         replicas: tuple[str, ...],
         tokens: Sequence[str],
         now: float,
+        down: frozenset[str] = frozenset(),
     ) -> Effects:
+        if self._too_many_down(replicas, down, self._quorum.read_quorum):
+            return Effects(
+                replies=[
+                    ReadDone(op_id=op_id, owner=owner, mappings=(), failure=Failure.REPLICAS_DOWN)
+                ],
+                events=[Event(name="quorum_unreachable", owner=owner, request_id=op_id)],
+            )
         assert op_id not in self._operations, "operation ids are unique"
         assert len(replicas) == self._quorum.replica_count == len(set(replicas))
         assert tokens, "a read asks for at least one token"
@@ -204,6 +220,11 @@ class Coordinator:
         return effects
 
     # -- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _too_many_down(replicas: tuple[str, ...], down: frozenset[str], quorum: int) -> bool:
+        """The failure detector's view says the quorum cannot be reached: do not wait for it."""
+        return sum(1 for r in replicas if r not in down) < quorum
 
     def _arm_timers(self, op_id: str, now: float) -> Effects:
         return Effects(

@@ -303,6 +303,17 @@ class OwnerView:
         _check_owner(self.owner)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    """Peer -> peer, every heartbeat interval: a sign of life for the failure detector."""
+
+    sender: str
+
+    @property
+    def op_id(self) -> str:
+        return ""
+
+
 AcceptorMessage = EpochQuery | Prepare | Accept | Decide
 ProposerMessage = EpochReport | Promise | Accepted
 Message = (
@@ -314,6 +325,7 @@ Message = (
     | ProposerMessage
     | OwnerInspect
     | OwnerView
+    | Heartbeat
 )
 
 
