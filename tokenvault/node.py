@@ -42,6 +42,7 @@ from tokenvault.quorum.effects import (
 )
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator
 from tokenvault.quorum.failure_detector import FailureDetector, PeerState
+from tokenvault.quorum.hinted_handoff import HintedHandoff
 from tokenvault.quorum.messages import (
     GENESIS,
     Accept,
@@ -111,8 +112,9 @@ class Node:
         self.store = LevelDBStore(str(self.peer.data_dir / "leveldb"))
         self.replica = Replica(peer_id=peer_id, storage=self.store)
         self.acceptor = Acceptor(peer_id=peer_id, storage=self.store)
+        self.hints = HintedHandoff(peer_id=peer_id, storage=self.store)
         self.coordinator = Coordinator(
-            peer_id=peer_id, quorum=config.quorum, limits=coordinator_limits
+            peer_id=peer_id, quorum=config.quorum, limits=coordinator_limits, hints=self.hints
         )
         self.epoch_coordinator = EpochCoordinator(peer_id=peer_id, rng=random.SystemRandom())
         # The highest epoch this peer knows per owner: what new tokens are computed under.
@@ -297,6 +299,9 @@ class Node:
                     if len(inspection.views) == inspection.expected:
                         inspection.complete.set()
                 continue
+            elif isinstance(message, InsertReply) and self.hints.owns(message.op_id):
+                await self._dispatch(self.hints.on_reply(source, message), from_replica=False)
+                continue
             elif isinstance(message, InsertReply | ReadReply):
                 await self._dispatch(
                     self.coordinator.on_message(source, message), from_replica=False
@@ -402,9 +407,10 @@ class Node:
         interval_s = self.failure_detector.limits.heartbeat_interval_s
         while True:
             await trio.sleep(interval_s)
-            await self._dispatch(
-                self.failure_detector.tick(trio.current_time()), from_replica=False
-            )
+            now = trio.current_time()
+            effects = self.failure_detector.tick(now)
+            effects.extend(self.hints.tick(now, self.down_peers()))
+            await self._dispatch(effects, from_replica=False)
 
     def down_peers(self) -> frozenset[str]:
         return frozenset(v.peer for v in self.failure_detector.views() if v.state is PeerState.DOWN)
@@ -439,6 +445,10 @@ class Node:
             "address": self.peer.address,
             "uptime_s": round(trio.current_time() - self.started_at, 3),
             "operations_in_flight": self.coordinator.operations_in_flight(),
+            "hints": [
+                {"target": h.target, "hints": h.hints, "bytes": h.bytes, "in_flight": h.in_flight}
+                for h in self.hints.statistics()
+            ],
             "store": {
                 "flushes": store.flushes,
                 "writes_flushed": store.writes_flushed,
@@ -468,6 +478,10 @@ class Node:
         metrics.set_gauge(
             "tokenvault_operations_in_flight", self.coordinator.operations_in_flight()
         )
+        metrics.set_gauge("tokenvault_hints_pending", self.hints.pending_total())
+        for state in ("up", "suspect", "down"):
+            count = sum(1 for v in self.failure_detector.views() if v.state.value == state)
+            metrics.set_gauge("tokenvault_peers", count, (("state", state),))
         for link in self.links.values():
             s = link.statistics()
             labels = (("peer", s.peer_id),)

@@ -213,13 +213,15 @@ def test_write_succeeds_after_exactly_w_acks() -> None:
     net.deliver_where(net.replies_from("r2"))
     assert net.replies == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
     assert net.durable_holders(mapping()) == {"r1", "r2"}
-    assert net.coordinator.operations_in_flight() == 0
-    # the third answer arrives late: ignored entirely
+    # answered, the write lingers to reach the third replica (or leave a hint for it)
+    assert net.coordinator.operations_in_flight() == 1
+    # the third answer arrives late: it completes the write silently, no second reply
     net.deliver_where(net.to("r3"))
     (late,) = [e for e in net.pending if e.source == "r3"]
     late_effects = net.deliver(late)
     assert late_effects is not None and late_effects.is_empty()
     assert len(net.replies) == 1
+    assert net.coordinator.operations_in_flight() == 0
 
 
 def test_write_of_several_mappings_needs_w_acks_for_each() -> None:
@@ -284,7 +286,13 @@ def test_write_resend_goes_only_to_replicas_that_did_not_answer() -> None:
     net.down = {"r3"}
     net.run()
     assert net.replies_for("w1") == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
-    # nothing more is resent for a finished write
+    # answered, it still resends to the replica that lags, and only to it
+    before = len(net.sent)
+    net.fire(TimerKind.RESEND, "w1")
+    assert [e.destination for e in net.sent[before:]] == ["r3"]
+    # at the deadline the lingering write ends: no second reply, and nothing is resent after
+    net.fire(TimerKind.DEADLINE, "w1")
+    assert net.replies_for("w1") == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
     before = len(net.sent)
     assert net.fire(TimerKind.RESEND, "w1").is_empty()
     assert len(net.sent) == before

@@ -12,6 +12,8 @@ Theory of operation:
   a mapping W already hold are repaired in the background.
 - A FENCED answer fails the write at once: the owner moved to a later epoch, the caller learns
   it and tokenizes again. Read repairs are marked as repairs and never fenced.
+- An answered write lingers until its deadline to reach the replicas that lag; whatever they
+  still lack then becomes hints (hinted_handoff.py) on this peer.
 - Replicas the failure detector holds down are not waited for: when fewer than the quorum are
   left, the operation fails at once (REPLICAS_DOWN) instead of at its deadline.
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
@@ -34,6 +36,7 @@ from tokenvault.quorum.effects import (
     TimerKind,
     WriteDone,
 )
+from tokenvault.quorum.hinted_handoff import HintedHandoff
 from tokenvault.quorum.messages import (
     Envelope,
     InsertOutcome,
@@ -56,6 +59,7 @@ class CoordinatorLimits:
 
 class _Phase(enum.Enum):
     WRITING = "writing"
+    LINGERING = "lingering"  # answered; still delivering to the replicas that lag, then hints
     READING = "reading"
     REPAIRING = "repairing"
 
@@ -85,7 +89,9 @@ class Coordinator:
         peer_id: str,
         quorum: QuorumConfig,
         limits: CoordinatorLimits = CoordinatorLimits(),
+        hints: HintedHandoff | None = None,
     ) -> None:
+        self._hints = hints
         self._peer_id = peer_id
         self._quorum = quorum
         self._limits = limits
@@ -188,6 +194,8 @@ class Coordinator:
         operation = self._operations.get(timer.op_id)
         if operation is None:
             return Effects()
+        if timer.kind is TimerKind.DEADLINE and operation.phase is _Phase.LINGERING:
+            return self._hand_off(operation)
         if timer.kind is TimerKind.DEADLINE:
             effects = Effects()
             effects.events.append(
@@ -271,6 +279,8 @@ class Coordinator:
                 continue
             if outcome.is_durable_ack:
                 operation.holders[token].add(source)
+            elif operation.phase is _Phase.LINGERING:
+                continue  # answered already; what a lagging replica refuses, hints cannot fix
             elif outcome is InsertOutcome.FENCED:
                 assert operation.phase is _Phase.WRITING, "repairs are never fenced"
                 self._finish(operation, Failure.FENCED, effects)
@@ -286,8 +296,23 @@ class Coordinator:
                 )
                 self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
                 return effects
-        if self._write_quorum_reached(operation):
+        if operation.phase is _Phase.LINGERING:
+            if not any(operation.lacking(r) for r in operation.replicas):
+                del self._operations[operation.op_id]  # every replica has it: nothing to hint
+        elif self._write_quorum_reached(operation):
             self._finish(operation, None, effects)
+        return effects
+
+    def _hand_off(self, operation: _Operation) -> Effects:
+        """The deadline of an answered write: leave hints for the replicas still lacking."""
+        del self._operations[operation.op_id]
+        effects = Effects()
+        if self._hints is None:
+            return effects
+        for replica in operation.replicas:
+            lacking = operation.lacking(replica)
+            if lacking and replica != self._peer_id:
+                effects.extend(self._hints.add(replica, operation.owner, lacking, operation.op_id))
         return effects
 
     def _on_read_reply(self, operation: _Operation, source: str, reply: ReadReply) -> Effects:
@@ -350,12 +375,16 @@ class Coordinator:
         return all(len(holders) >= quorum for holders in operation.holders.values())
 
     def _finish(self, operation: _Operation, failure: Failure | None, effects: Effects) -> None:
-        del self._operations[operation.op_id]
         if operation.phase is _Phase.WRITING:
             effects.replies.append(
                 WriteDone(op_id=operation.op_id, owner=operation.owner, failure=failure)
             )
+            if failure is None and any(operation.lacking(r) for r in operation.replicas):
+                operation.phase = _Phase.LINGERING  # until every replica has it, or hints
+            else:
+                del self._operations[operation.op_id]
             return
+        del self._operations[operation.op_id]
         if failure is not None:
             effects.replies.append(
                 ReadDone(op_id=operation.op_id, owner=operation.owner, mappings=(), failure=failure)

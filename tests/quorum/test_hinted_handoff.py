@@ -1,0 +1,102 @@
+"""Hinted handoff: durable hints, delivered when the target is back, deleted only on its
+durable acknowledgement, bounded per target with the oldest dropped first."""
+
+from __future__ import annotations
+
+from tokenvault.quorum.effects import Effects
+from tokenvault.quorum.hinted_handoff import HintedHandoff, HintLimits
+from tokenvault.quorum.messages import InsertOutcome, InsertReply, InsertRequest, Mapping
+from tokenvault.store.memory_store import MemoryStore
+
+
+def mapping(token: str) -> Mapping:
+    return Mapping(owner="alice", token=token, value=f"value-{token}", field="ssn", epoch=1)
+
+
+def apply(store: MemoryStore, effects: Effects) -> Effects:
+    store.stage(effects.writes)
+    store.sync()
+    return effects
+
+
+def test_hints_survive_a_restart_and_are_sent_only_to_targets_not_down() -> None:
+    store = MemoryStore()
+    hints = HintedHandoff(peer_id="n1", storage=store)
+    apply(store, hints.add("n3", "alice", [mapping("a"), mapping("b")], "r1"))
+    restarted = HintedHandoff(peer_id="n1", storage=store)
+    assert [(s.target, s.hints) for s in restarted.statistics()] == [("n3", 1)]
+    assert restarted.tick(1.0, frozenset({"n3"})).messages == []
+    (envelope,) = restarted.tick(2.0, frozenset()).messages
+    assert envelope.destination == "n3"
+    request = envelope.message
+    assert isinstance(request, InsertRequest) and request.repair
+    assert request.mappings == (mapping("a"), mapping("b"))
+    # unanswered: not resent before the resend interval, then resent
+    assert restarted.tick(2.5, frozenset()).messages == []
+    assert len(restarted.tick(3.1, frozenset()).messages) == 1
+    # a new hint after a restart never reuses a stored key
+    effects = restarted.add("n3", "alice", [mapping("c")], "r2")
+    assert effects.writes[0][0] not in {key for key, _ in store.durable_items(b"h\x00")}
+
+
+def test_a_hint_is_deleted_only_after_a_durable_ack_of_every_mapping() -> None:
+    store = MemoryStore()
+    hints = HintedHandoff(peer_id="n1", storage=store)
+    apply(store, hints.add("n3", "alice", [mapping("a"), mapping("b")], "r1"))
+    (envelope,) = hints.tick(1.0, frozenset()).messages
+    request = envelope.message
+    assert isinstance(request, InsertRequest)
+    # a reply from another peer, or for another op, changes nothing
+    stray = InsertReply(
+        op_id=request.op_id,
+        owner="alice",
+        tokens=("a", "b"),
+        outcomes=(InsertOutcome.STORED, InsertOutcome.STORED),
+    )
+    assert hints.on_reply("n2", stray).is_empty()
+    ack = InsertReply(
+        op_id=request.op_id,
+        owner="alice",
+        tokens=("a", "b"),
+        outcomes=(InsertOutcome.STORED, InsertOutcome.IDENTICAL),
+    )
+    effects = apply(store, hints.on_reply("n3", ack))
+    assert [e.name for e in effects.events] == ["hint_delivered"]
+    assert hints.pending_total() == 0
+    assert store.durable_items(b"h\x00") == []
+
+
+def test_a_conflicting_target_is_an_alarm_and_the_hint_is_not_retried() -> None:
+    store = MemoryStore()
+    hints = HintedHandoff(peer_id="n1", storage=store)
+    apply(store, hints.add("n3", "alice", [mapping("a")], "r1"))
+    (envelope,) = hints.tick(1.0, frozenset()).messages
+    reply = InsertReply(
+        op_id=envelope.message.op_id,
+        owner="alice",
+        tokens=("a",),
+        outcomes=(InsertOutcome.CONFLICT,),
+    )
+    effects = apply(store, hints.on_reply("n3", reply))
+    assert [e.name for e in effects.events] == ["hint_conflict"]
+    assert hints.tick(5.0, frozenset()).messages == []
+
+
+def test_bounds_drop_the_oldest_hints_first_and_say_so() -> None:
+    store = MemoryStore()
+    hints = HintedHandoff(
+        peer_id="n1", storage=store, limits=HintLimits(hints_per_target_max=3, batch_hints_max=10)
+    )
+    for index in range(5):
+        effects = apply(store, hints.add("n3", "alice", [mapping(f"t{index}")], f"r{index}"))
+    assert [e.name for e in effects.events] == ["hint_stored", "hint_dropped"]
+    assert hints.pending_total() == 3
+    sent = [e.message for e in hints.tick(1.0, frozenset()).messages]
+    assert [m.mappings[0].token for m in sent if isinstance(m, InsertRequest)] == ["t2", "t3", "t4"]
+    assert len(store.durable_items(b"h\x00")) == 3
+    by_bytes = HintedHandoff(
+        peer_id="n1", storage=MemoryStore(), limits=HintLimits(hint_bytes_per_target_max=100)
+    )
+    for index in range(5):
+        by_bytes.add("n2", "alice", [mapping(f"t{index}")], "r")
+    assert by_bytes.statistics()[0].bytes <= 100
