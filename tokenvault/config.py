@@ -57,6 +57,7 @@ class ClusterConfig:
     peers: tuple[PeerConfig, ...]
     owners: tuple[OwnerConfig, ...]
     admin_key_sha256: str
+    anti_entropy_interval_s: float = 1.0  # 0 turns anti-entropy off (for measurements)
 
     def peer(self, peer_id: str) -> PeerConfig:
         for peer in self.peers:
@@ -93,6 +94,13 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
     vnodes = _int(cluster, "vnodes_per_peer", 64)
     if not 1 <= vnodes <= 4096:
         raise ConfigError("[cluster] vnodes_per_peer must be between 1 and 4096")
+    anti_entropy_interval_s = cluster.get("anti_entropy_interval_s", 1.0)
+    if (
+        not isinstance(anti_entropy_interval_s, int | float)
+        or isinstance(anti_entropy_interval_s, bool)
+        or not 0 <= anti_entropy_interval_s <= 3600
+    ):
+        raise ConfigError("[cluster] anti_entropy_interval_s must be between 0 and 3600")
     peers = tuple(_peer(entry, base) for entry in _array(raw, "peer"))
     if not peers:
         raise ConfigError("the configuration lists no [[peer]]")
@@ -119,6 +127,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         peers=peers,
         owners=owners,
         admin_key_sha256=admin_hash,
+        anti_entropy_interval_s=float(anti_entropy_interval_s),
     )
 
 

@@ -30,6 +30,7 @@ from tokenvault.http.peer_transport import PeerLink
 from tokenvault.log import EventLog
 from tokenvault.metrics import Metrics
 from tokenvault.quorum.acceptor import Acceptor
+from tokenvault.quorum.anti_entropy import AntiEntropy, AntiEntropyLimits
 from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits
 from tokenvault.quorum.effects import (
     ClientReply,
@@ -47,6 +48,10 @@ from tokenvault.quorum.messages import (
     GENESIS,
     Accept,
     Accepted,
+    AeKeys,
+    AeKeysReply,
+    AeSummary,
+    AeSummaryReply,
     Decide,
     Envelope,
     EpochQuery,
@@ -113,6 +118,15 @@ class Node:
         self.replica = Replica(peer_id=peer_id, storage=self.store)
         self.acceptor = Acceptor(peer_id=peer_id, storage=self.store)
         self.hints = HintedHandoff(peer_id=peer_id, storage=self.store)
+        self.anti_entropy = AntiEntropy(
+            peer_id=peer_id,
+            storage=self.store,
+            digests=self.replica.digests,
+            decided=self.acceptor,
+            replicas_by_owner={o.id: self.preference_list(o.id) for o in config.owners},
+            limits=AntiEntropyLimits(pass_interval_s=config.anti_entropy_interval_s or 1.0),
+        )
+        self.anti_entropy_enabled = config.anti_entropy_interval_s > 0
         self.coordinator = Coordinator(
             peer_id=peer_id, quorum=config.quorum, limits=coordinator_limits, hints=self.hints
         )
@@ -299,6 +313,10 @@ class Node:
                     if len(inspection.views) == inspection.expected:
                         inspection.complete.set()
                 continue
+            elif isinstance(message, AeSummary | AeKeys | AeSummaryReply | AeKeysReply) or (
+                isinstance(message, InsertReply) and self.anti_entropy.owns(message.op_id)
+            ):
+                effects = self.anti_entropy.on_message(source, message, trio.current_time())
             elif isinstance(message, InsertReply) and self.hints.owns(message.op_id):
                 await self._dispatch(self.hints.on_reply(source, message), from_replica=False)
                 continue
@@ -409,7 +427,10 @@ class Node:
             await trio.sleep(interval_s)
             now = trio.current_time()
             effects = self.failure_detector.tick(now)
-            effects.extend(self.hints.tick(now, self.down_peers()))
+            down = self.down_peers()
+            effects.extend(self.hints.tick(now, down))
+            if self.anti_entropy_enabled:
+                effects.extend(self.anti_entropy.tick(now, down))
             await self._dispatch(effects, from_replica=False)
 
     def down_peers(self) -> frozenset[str]:
@@ -445,6 +466,7 @@ class Node:
             "address": self.peer.address,
             "uptime_s": round(trio.current_time() - self.started_at, 3),
             "operations_in_flight": self.coordinator.operations_in_flight(),
+            "anti_entropy": self._anti_entropy_view(),
             "hints": [
                 {"target": h.target, "hints": h.hints, "bytes": h.bytes, "in_flight": h.in_flight}
                 for h in self.hints.statistics()
@@ -469,6 +491,30 @@ class Node:
             "peers": self.peer_views(),
         }
 
+    def _anti_entropy_view(self) -> dict[str, object]:
+        stats = self.anti_entropy.statistics
+        last = stats.last_pass
+        now = trio.current_time()
+        return {
+            "enabled": self.anti_entropy_enabled,
+            "passes": stats.passes,
+            "passes_in_sync": stats.passes_in_sync,
+            "mappings_pushed": stats.mappings_pushed,
+            "epochs_learned": stats.epochs_learned,
+            "last_pass": None
+            if last is None
+            else {
+                "owner": last.owner,
+                "partner": last.partner,
+                "outcome": last.outcome,
+                "finished_s_ago": round(now - last.finished, 3),
+                "duration_s": round(last.finished - last.started, 3),
+                "differing_buckets": last.differing_buckets,
+                "pages": last.pages,
+                "mappings_pushed": last.mappings_pushed,
+            },
+        }
+
     def render_metrics(self) -> str:
         store = self.store.statistics()
         metrics = self.metrics
@@ -479,6 +525,10 @@ class Node:
             "tokenvault_operations_in_flight", self.coordinator.operations_in_flight()
         )
         metrics.set_gauge("tokenvault_hints_pending", self.hints.pending_total())
+        stats = self.anti_entropy.statistics
+        metrics.set_gauge("tokenvault_anti_entropy_passes", stats.passes)
+        metrics.set_gauge("tokenvault_anti_entropy_passes_in_sync", stats.passes_in_sync)
+        metrics.set_gauge("tokenvault_anti_entropy_mappings_pushed", stats.mappings_pushed)
         for state in ("up", "suspect", "down"):
             count = sum(1 for v in self.failure_detector.views() if v.state.value == state)
             metrics.set_gauge("tokenvault_peers", count, (("state", state),))

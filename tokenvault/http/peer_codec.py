@@ -16,6 +16,10 @@ from typing import Any
 from tokenvault.quorum.messages import (
     Accept,
     Accepted,
+    AeKeys,
+    AeKeysReply,
+    AeSummary,
+    AeSummaryReply,
     Ballot,
     Decide,
     EpochQuery,
@@ -194,6 +198,37 @@ def _encode_epoch_message(message: Message) -> dict[str, Any]:
             "promised": ballot_to_json(message.promised),
             "decided": _optional(message.decided, epoch_value_to_json),
         }
+    if isinstance(message, AeSummary):
+        return {
+            "type": "ae_summary",
+            **head,
+            "leaves": list(message.leaves),
+            "count": message.count,
+            "decided": epoch_value_to_json(message.decided),
+        }
+    if isinstance(message, AeSummaryReply):
+        return {
+            "type": "ae_summary_reply",
+            **head,
+            "differing": list(message.differing),
+            "decided": epoch_value_to_json(message.decided),
+        }
+    if isinstance(message, AeKeys):
+        return {
+            "type": "ae_keys",
+            **head,
+            "bucket": message.bucket,
+            "start_after": message.start_after,
+            "last": message.last,
+            "entries": [list(entry) for entry in message.entries],
+        }
+    if isinstance(message, AeKeysReply):
+        return {
+            "type": "ae_keys_reply",
+            **head,
+            "bucket": message.bucket,
+            "missing": list(message.missing),
+        }
     if isinstance(message, OwnerInspect):
         return {"type": "owner_inspect", **head}
     if isinstance(message, OwnerView):
@@ -284,6 +319,35 @@ def _decode_epoch_message(kind: Any, op_id: str, owner: str, raw: Any) -> Messag
         return Decide(op_id=op_id, owner=owner, value=_value(raw["value"]))
     if kind == "owner_inspect":
         return OwnerInspect(op_id=op_id, owner=owner)
+    if kind == "ae_summary":
+        return AeSummary(
+            op_id=op_id,
+            owner=owner,
+            leaves=_strings(raw["leaves"]),
+            count=_int(raw["count"]),
+            decided=_value(raw["decided"]),
+        )
+    if kind == "ae_summary_reply":
+        return AeSummaryReply(
+            op_id=op_id,
+            owner=owner,
+            differing=tuple(_int(b) for b in raw["differing"]),
+            decided=_value(raw["decided"]),
+        )
+    if kind == "ae_keys":
+        entries = tuple((_text(token), _text(digest)) for token, digest in raw["entries"])
+        return AeKeys(
+            op_id=op_id,
+            owner=owner,
+            bucket=_int(raw["bucket"]),
+            start_after=_optional(raw["start_after"], _text),
+            last=_optional(raw["last"], _text),
+            entries=entries,
+        )
+    if kind == "ae_keys_reply":
+        return AeKeysReply(
+            op_id=op_id, owner=owner, bucket=_int(raw["bucket"]), missing=_strings(raw["missing"])
+        )
     if kind == "owner_view":
         return OwnerView(
             op_id=op_id,

@@ -314,6 +314,67 @@ class Heartbeat:
         return ""
 
 
+# -- anti-entropy ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AeSummary:
+    """Initiator -> partner: my digest leaves and decided epoch for one owner."""
+
+    op_id: str
+    owner: str
+    leaves: tuple[str, ...]  # hex, one per bucket
+    count: int
+    decided: EpochValue
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AeSummaryReply:
+    """Partner -> initiator: the buckets whose leaves differ, and the partner's decided epoch."""
+
+    op_id: str
+    owner: str
+    differing: tuple[int, ...]
+    decided: EpochValue
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AeKeys:
+    """Initiator -> partner: my tokens (with record hashes) in one window of one bucket:
+    after `start_after` (or the bucket's start) up to `last` inclusive (or the bucket's end)."""
+
+    op_id: str
+    owner: str
+    bucket: int
+    start_after: str | None
+    last: str | None
+    entries: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AeKeysReply:
+    """Partner -> initiator: the tokens of the window the partner lacks (the initiator pushes
+    them); the partner pushes what the initiator lacks on its own."""
+
+    op_id: str
+    owner: str
+    bucket: int
+    missing: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+AntiEntropyMessage = AeSummary | AeSummaryReply | AeKeys | AeKeysReply
 AcceptorMessage = EpochQuery | Prepare | Accept | Decide
 ProposerMessage = EpochReport | Promise | Accepted
 Message = (
@@ -326,6 +387,7 @@ Message = (
     | OwnerInspect
     | OwnerView
     | Heartbeat
+    | AntiEntropyMessage
 )
 
 

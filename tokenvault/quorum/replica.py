@@ -19,10 +19,10 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 from tokenvault.quorum.effects import Effects, Event
+from tokenvault.quorum.merkle import OwnerDigests
 from tokenvault.quorum.messages import (
     Envelope,
     InsertOutcome,
@@ -40,7 +40,6 @@ from tokenvault.quorum.records import (
     decode_mapping,
     encode_mapping,
     mapping_key,
-    owner_mapping_prefix,
     read_acceptor_slot,
     read_epoch_meta,
 )
@@ -57,14 +56,14 @@ class StorageReader(Protocol):
     ) -> list[tuple[bytes, bytes]]: ...
 
 
-INSPECT_MAPPINGS_MAX = 1_000_000  # an admin view scans at most this many mappings
-INSPECT_SCAN_BATCH = 4_096
-
-
 class Replica:
     def __init__(self, *, peer_id: str, storage: StorageReader) -> None:
         self._peer_id = peer_id
         self._storage = storage
+        # Digests of what is held, kept with every stored mapping (rebuilt from the store at
+        # start: what a crash lost before its fsync is not counted).
+        self.digests = OwnerDigests()
+        self.digests.rebuild(storage)
 
     def read_mapping(self, owner: str, token: str) -> Mapping | None:
         raw = self._storage.get(mapping_key(owner, token))
@@ -107,9 +106,9 @@ class Replica:
                 continue
             held = self._held(mapping.owner, mapping.token, request.op_id, effects)
             if held is None:
-                effects.writes.append(
-                    (mapping_key(mapping.owner, mapping.token), encode_mapping(mapping))
-                )
+                key, record = mapping_key(mapping.owner, mapping.token), encode_mapping(mapping)
+                effects.writes.append((key, record))
+                self.digests.add(mapping.owner, mapping.token, key, record)
                 outcomes.append(InsertOutcome.STORED)
                 stored += 1
             elif held == mapping:
@@ -173,38 +172,15 @@ class Replica:
         effects.messages.append(Envelope(source=self._peer_id, destination=source, message=reply))
         return effects
 
-    def owner_digest(self, owner: str) -> tuple[int, str, bool]:
-        """(mappings counted, hex SHA-256 of their keys and records in key order, complete)."""
-        digest = hashlib.sha256()
-        prefix = owner_mapping_prefix(owner)
-        count = 0
-        after: bytes | None = None
-        while count < INSPECT_MAPPINGS_MAX:
-            batch = self._storage.scan(
-                prefix,
-                start_after=after,
-                limit=min(INSPECT_SCAN_BATCH, INSPECT_MAPPINGS_MAX - count),
-            )
-            for key, value in batch:
-                digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big"))
-                digest.update(value)
-            count += len(batch)
-            if len(batch) < INSPECT_SCAN_BATCH:
-                return count, digest.hexdigest(), True
-            after = batch[-1][0]
-        more = self._storage.scan(prefix, start_after=after, limit=1)
-        return count, digest.hexdigest(), not more
-
     def _on_inspect(self, source: str, inspect: OwnerInspect) -> Effects:
-        count, digest, complete = self.owner_digest(inspect.owner)
         meta = read_epoch_meta(self._storage, inspect.owner)
         next_slot = read_acceptor_slot(self._storage, inspect.owner, meta.decided_slot + 1)
         view = OwnerView(
             op_id=inspect.op_id,
             owner=inspect.owner,
-            token_count=count,
-            digest=digest,
-            complete=complete,
+            token_count=self.digests.count(inspect.owner),
+            digest=self.digests.root(inspect.owner),
+            complete=True,
             decided_epoch=meta.decided_slot,
             accepted_slot=meta.accepted_slot,
             next_slot_promised=next_slot.promised,

@@ -1,0 +1,392 @@
+"""Anti-entropy: replicas of an owner compare digests in the background and copy what is
+missing, both ways, mappings and decided epochs alike, sans-IO.
+
+Theory of operation, one pass (at most one in flight per peer, one started per
+`pass_interval_s`, round-robin over (owner, partner) pairs of the owners this peer replicates):
+1. SUMMARY: the initiator sends its digest leaves (merkle.py) and decided epoch. The partner
+   answers which buckets differ and its own decided epoch. Whoever is behind on the epoch learns
+   the other's decided value (a Decide to itself). Equal leaves end the pass: a quiet cluster
+   exchanges one summary per pass and reads nothing from disk.
+2. KEYS, per differing bucket, page by page: the initiator sends its tokens and record hashes of
+   one window; the partner pushes (repair inserts) what the initiator lacks in that window and
+   answers which tokens it lacks, which the initiator then pushes.
+A token held with different records on the two sides is an integrity alarm, never an overwrite
+(a repair insert answers CONFLICT and the replica reports it).
+
+Bounds: `buckets_per_pass_max`, `keys_per_page_max`, `pages_per_pass_max`, `pass_timeout_s`.
+Whatever a pass leaves undone still differs and is taken up by a later pass, at once after a
+pass that repaired something, else after `pass_interval_s` (the throttle of a quiet cluster).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tokenvault.quorum.effects import Effects, Event
+from tokenvault.quorum.merkle import BUCKETS, bucket_prefix, mapping_hash
+from tokenvault.quorum.messages import (
+    AeKeys,
+    AeKeysReply,
+    AeSummary,
+    AeSummaryReply,
+    Decide,
+    Envelope,
+    EpochValue,
+    InsertReply,
+    InsertRequest,
+    Mapping,
+    Message,
+)
+from tokenvault.quorum.records import StorageCorrupt, decode_mapping, mapping_key
+
+AE_OP_PREFIX = "ae:"
+
+
+class AntiEntropyStorage(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def scan(
+        self, prefix: bytes, *, start_after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]: ...
+
+
+class DigestSource(Protocol):
+    """What the replica and acceptor know: leaves, counts, decided epochs."""
+
+    def leaves(self, owner: str) -> tuple[int, ...]: ...
+
+    def count(self, owner: str) -> int: ...
+
+
+class DecidedSource(Protocol):
+    def active_epoch(self, owner: str) -> EpochValue: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AntiEntropyLimits:
+    pass_interval_s: float = 1.0
+    pass_timeout_s: float = 5.0
+    buckets_per_pass_max: int = 64
+    keys_per_page_max: int = 1_000
+    pages_per_pass_max: int = 128
+
+
+@dataclass(slots=True, kw_only=True)
+class _Pass:
+    op_id: str
+    owner: str
+    partner: str
+    started: float
+    buckets: collections.deque[int] = field(default_factory=collections.deque)
+    start_after: str | None = None
+    last: str | None = None
+    pages: int = 0
+    pushed: int = 0
+    differing: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PassReport:
+    owner: str
+    partner: str
+    started: float
+    finished: float
+    differing_buckets: int
+    pages: int
+    mappings_pushed: int
+    outcome: str  # "in_sync", "repaired", "timed_out", "partner_down"
+
+
+@dataclass(slots=True)
+class AntiEntropyStatistics:
+    passes: int = 0
+    passes_in_sync: int = 0
+    mappings_pushed: int = 0
+    mappings_repaired_here: int = 0
+    epochs_learned: int = 0
+    last_pass: PassReport | None = None
+
+
+def _hex(leaf: int) -> str:
+    return f"{leaf:032x}"
+
+
+class AntiEntropy:
+    def __init__(
+        self,
+        *,
+        peer_id: str,
+        storage: AntiEntropyStorage,
+        digests: DigestSource,
+        decided: DecidedSource,
+        replicas_by_owner: dict[str, tuple[str, ...]],
+        limits: AntiEntropyLimits = AntiEntropyLimits(),
+    ) -> None:
+        self._peer_id = peer_id
+        self._storage = storage
+        self._digests = digests
+        self._decided = decided
+        self._limits = limits
+        pairs = [
+            (owner, partner)
+            for owner, replicas in sorted(replicas_by_owner.items())
+            if peer_id in replicas
+            for partner in replicas
+            if partner != peer_id
+        ]
+        self._pairs = itertools.cycle(pairs) if pairs else None
+        self._pair_count = len(pairs)
+        self._replicas_by_owner = replicas_by_owner
+        self._current: _Pass | None = None
+        self._next_pass_at = 0.0
+        self._sequence = itertools.count(1)
+        self.statistics = AntiEntropyStatistics()
+
+    def owns(self, op_id: str) -> bool:
+        return op_id.startswith(AE_OP_PREFIX)
+
+    # -- initiator -----------------------------------------------------------------------------
+
+    def tick(self, now: float, down: frozenset[str]) -> Effects:
+        effects = Effects()
+        current = self._current
+        if current is not None:
+            if now - current.started < self._limits.pass_timeout_s:
+                return effects
+            self._end_pass(current, now, "timed_out", effects)
+        if self._pairs is None or now < self._next_pass_at:
+            return effects
+        self._next_pass_at = now + self._limits.pass_interval_s
+        for _ in range(self._pair_count):
+            owner, partner = next(self._pairs)
+            if partner not in down:
+                break
+        else:
+            return effects
+        op_id = f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
+        self._current = _Pass(op_id=op_id, owner=owner, partner=partner, started=now)
+        summary = AeSummary(
+            op_id=op_id,
+            owner=owner,
+            leaves=tuple(_hex(leaf) for leaf in self._digests.leaves(owner)),
+            count=self._digests.count(owner),
+            decided=self._decided.active_epoch(owner),
+        )
+        self._send(partner, summary, effects)
+        return effects
+
+    def on_message(self, source: str, message: Message, now: float) -> Effects:
+        effects = Effects()
+        replicas = self._replicas_by_owner.get(getattr(message, "owner", ""), ())
+        if source not in replicas or self._peer_id not in replicas:
+            return effects  # only an owner's replicas exchange its data
+        if isinstance(message, AeSummary):
+            self._on_summary(source, message, effects)
+        elif isinstance(message, AeKeys):
+            self._on_keys(source, message, effects)
+        elif isinstance(message, InsertReply):
+            self._on_push_reply(message, effects)
+        else:
+            current = self._current
+            if current is None or message.op_id != current.op_id or source != current.partner:
+                return effects
+            if isinstance(message, AeSummaryReply):
+                self._on_summary_reply(current, message, now, effects)
+            elif isinstance(message, AeKeysReply):
+                self._on_keys_reply(current, message, now, effects)
+        return effects
+
+    def _on_summary_reply(
+        self, current: _Pass, reply: AeSummaryReply, now: float, effects: Effects
+    ) -> None:
+        self._learn_epoch(reply.owner, reply.decided, effects)
+        differing = [b for b in reply.differing if 0 <= b < BUCKETS]
+        current.differing = len(differing)
+        current.buckets.extend(differing[: self._limits.buckets_per_pass_max])
+        if not current.buckets:
+            self._end_pass(current, now, "in_sync", effects)
+            return
+        self._send_page(current, effects)
+
+    def _send_page(self, current: _Pass, effects: Effects) -> None:
+        bucket = current.buckets[0]
+        prefix = bucket_prefix(current.owner, bucket)
+        after = (
+            None if current.start_after is None else mapping_key(current.owner, current.start_after)
+        )
+        page = self._storage.scan(prefix, start_after=after, limit=self._limits.keys_per_page_max)
+        entries = tuple(
+            (self._token(current.owner, key), f"{mapping_hash(key, record):032x}")
+            for key, record in page
+        )
+        full = len(page) == self._limits.keys_per_page_max
+        current.last = entries[-1][0] if full else None
+        current.pages += 1
+        keys = AeKeys(
+            op_id=current.op_id,
+            owner=current.owner,
+            bucket=bucket,
+            start_after=current.start_after,
+            last=current.last,
+            entries=entries,
+        )
+        self._send(current.partner, keys, effects)
+
+    def _on_keys_reply(
+        self, current: _Pass, reply: AeKeysReply, now: float, effects: Effects
+    ) -> None:
+        if not current.buckets or reply.bucket != current.buckets[0]:
+            return
+        current.pushed += self._push(current.owner, current.partner, reply.missing, effects)
+        if current.last is not None:
+            current.start_after = current.last  # the next page of the same bucket
+        else:
+            current.buckets.popleft()
+            current.start_after = None
+        if not current.buckets or current.pages >= self._limits.pages_per_pass_max:
+            self._end_pass(current, now, "repaired", effects)
+            return
+        self._send_page(current, effects)
+
+    def _end_pass(self, current: _Pass, now: float, outcome: str, effects: Effects) -> None:
+        self._current = None
+        report = PassReport(
+            owner=current.owner,
+            partner=current.partner,
+            started=current.started,
+            finished=now,
+            differing_buckets=current.differing,
+            pages=current.pages,
+            mappings_pushed=current.pushed,
+            outcome=outcome,
+        )
+        stats = self.statistics
+        stats.passes += 1
+        stats.passes_in_sync += outcome == "in_sync"
+        stats.last_pass = report
+        if outcome == "repaired":
+            self._next_pass_at = (
+                now  # more may differ: no pause while repairing        if outcome != "in_sync":
+            )
+            effects.events.append(
+                Event(
+                    name="anti_entropy_pass",
+                    owner=current.owner,
+                    request_id=current.op_id,
+                    details=(
+                        ("partner", current.partner),
+                        ("outcome", outcome),
+                        ("differing_buckets", current.differing),
+                        ("pages", current.pages),
+                        ("pushed", current.pushed),
+                    ),
+                )
+            )
+
+    # -- partner -------------------------------------------------------------------------------
+
+    def _on_summary(self, source: str, summary: AeSummary, effects: Effects) -> None:
+        self._learn_epoch(summary.owner, summary.decided, effects)
+        mine = self._digests.leaves(summary.owner)
+        theirs = summary.leaves
+        differing = tuple(
+            bucket
+            for bucket in range(BUCKETS)
+            if bucket >= len(theirs) or theirs[bucket] != _hex(mine[bucket])
+        )
+        reply = AeSummaryReply(
+            op_id=summary.op_id,
+            owner=summary.owner,
+            differing=differing,
+            decided=self._decided.active_epoch(summary.owner),
+        )
+        self._send(source, reply, effects)
+
+    def _on_keys(self, source: str, keys: AeKeys, effects: Effects) -> None:
+        if not 0 <= keys.bucket < BUCKETS:
+            return
+        owner = keys.owner
+        theirs = dict(keys.entries)
+        prefix = bucket_prefix(owner, keys.bucket)
+        after = None if keys.start_after is None else mapping_key(owner, keys.start_after)
+        mine: dict[str, str] = {}
+        # Bounded: twice a page of our own; what is beyond waits for a later pass.
+        for key, record in self._storage.scan(
+            prefix, start_after=after, limit=2 * self._limits.keys_per_page_max
+        ):
+            token = self._token(owner, key)
+            if keys.last is not None and token > keys.last:
+                break
+            mine[token] = f"{mapping_hash(key, record):032x}"
+        they_lack = [t for t in mine if t not in theirs]
+        we_lack = tuple(t for t in theirs if t not in mine)
+        for token in (t for t in mine if t in theirs and theirs[t] != mine[t]):
+            effects.events.append(
+                Event(
+                    name="anti_entropy_conflict",
+                    owner=owner,
+                    request_id=keys.op_id,
+                    details=(("partner", source), ("token_prefix", token[:8])),
+                )
+            )
+        self._push(owner, source, they_lack, effects, op_id=keys.op_id)
+        reply = AeKeysReply(op_id=keys.op_id, owner=owner, bucket=keys.bucket, missing=we_lack)
+        self._send(source, reply, effects)
+
+    # -- both ----------------------------------------------------------------------------------
+
+    def _push(
+        self,
+        owner: str,
+        target: str,
+        tokens: tuple[str, ...] | list[str],
+        effects: Effects,
+        op_id: str | None = None,
+    ) -> int:
+        mappings: list[Mapping] = []
+        for token in tokens[: self._limits.keys_per_page_max]:
+            raw = self._storage.get(mapping_key(owner, token))
+            if raw is None:
+                continue
+            try:
+                mappings.append(decode_mapping(owner, token, raw))
+            except StorageCorrupt:
+                continue
+        if mappings:
+            push_id = op_id or f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
+            request = InsertRequest(
+                op_id=push_id, owner=owner, mappings=tuple(mappings), repair=True
+            )
+            self._send(target, request, effects)
+            self.statistics.mappings_pushed += len(mappings)
+        return len(mappings)
+
+    def _on_push_reply(self, reply: InsertReply, effects: Effects) -> None:
+        stored = sum(1 for outcome in reply.outcomes if outcome.value == "stored")
+        if stored:
+            effects.events.append(
+                Event(
+                    name="anti_entropy_repaired",
+                    owner=reply.owner,
+                    request_id=reply.op_id,
+                    details=(("mappings", stored),),
+                )
+            )
+
+    def _learn_epoch(self, owner: str, theirs: EpochValue, effects: Effects) -> None:
+        if theirs.epoch > self._decided.active_epoch(owner).epoch:
+            self.statistics.epochs_learned += 1
+            decide = Decide(op_id=f"{AE_OP_PREFIX}epoch", owner=owner, value=theirs)
+            self._send(self._peer_id, decide, effects)
+
+    def _send(self, destination: str, message: Message, effects: Effects) -> None:
+        effects.messages.append(
+            Envelope(source=self._peer_id, destination=destination, message=message)
+        )
+
+    @staticmethod
+    def _token(owner: str, key: bytes) -> str:
+        return key[len(mapping_key(owner, "")) :].decode()
