@@ -1,0 +1,231 @@
+"""Anti-entropy between replicas in a hand-driven network: digests, repair both ways, epochs,
+bounds, and a quiet pass that reads nothing but the summary."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenvault.quorum.acceptor import Acceptor
+from tokenvault.quorum.anti_entropy import AntiEntropy, AntiEntropyLimits
+from tokenvault.quorum.effects import Effects
+from tokenvault.quorum.merkle import BUCKETS, OwnerDigests, bucket_of
+from tokenvault.quorum.messages import (
+    AeSummary,
+    Decide,
+    EpochValue,
+    InsertRequest,
+    Mapping,
+    Message,
+)
+from tokenvault.quorum.replica import Replica
+from tokenvault.store.memory_store import MemoryStore
+from tokenvault.tokens import derive_epoch_key, make_token
+
+OWNER = "alice"
+PEERS = ("a", "b", "c")
+KEY = derive_epoch_key(b"s" * 32, OWNER, 1)
+
+
+def mapping(index: int) -> Mapping:
+    value = f"value-{index}"
+    return Mapping(
+        owner=OWNER, token=make_token(KEY, "ssn", value), value=value, field="ssn", epoch=1
+    )
+
+
+class Peer:
+    def __init__(self, name: str, limits: AntiEntropyLimits) -> None:
+        self.name = name
+        self.store = MemoryStore()
+        self.limits = limits
+        self.restart()
+
+    def restart(self) -> None:
+        self.replica = Replica(peer_id=self.name, storage=self.store)
+        self.acceptor = Acceptor(peer_id=self.name, storage=self.store)
+        self.ae = AntiEntropy(
+            peer_id=self.name,
+            storage=self.store,
+            digests=self.replica.digests,
+            decided=self.acceptor,
+            replicas_by_owner={OWNER: PEERS},
+            limits=self.limits,
+        )
+
+    def hold(self, mappings: list[Mapping]) -> None:
+        effects = self.replica.on_message(
+            "x", InsertRequest(op_id="seed", owner=OWNER, mappings=tuple(mappings))
+        )
+        self.store.stage(effects.writes)
+        self.store.sync()
+
+    def tokens(self) -> set[str]:
+        return {key.split(b"\x00")[-1].decode() for key, _ in self.store.durable_items(b"m\x00")}
+
+
+class Net:
+    def __init__(self, limits: AntiEntropyLimits = AntiEntropyLimits()) -> None:
+        self.peers = {name: Peer(name, limits) for name in PEERS}
+        self.messages: list[tuple[str, str, Message]] = []
+        self.delivered = 0
+
+    def apply(self, peer: Peer, effects: Effects) -> None:
+        peer.store.stage(effects.writes)
+        peer.store.sync()
+        self.messages.extend((e.source, e.destination, e.message) for e in effects.messages)
+
+    def tick(self, name: str, now: float) -> None:
+        self.apply(self.peers[name], self.peers[name].ae.tick(now, frozenset()))
+
+    def run(self, now: float) -> None:
+        for _ in range(100_000):
+            if not self.messages:
+                return
+            source, destination, message = self.messages.pop(0)
+            self.delivered += 1
+            peer = self.peers[destination]
+            if isinstance(message, InsertRequest | Decide):
+                core = peer.replica if isinstance(message, InsertRequest) else peer.acceptor
+                effects = core.on_message(source, message)
+            else:
+                effects = peer.ae.on_message(source, message, now)
+            self.apply(peer, effects)
+        raise AssertionError("the exchange did not settle")
+
+    def converge(self, rounds: int = 20) -> int:
+        now = 0.0
+        for round_ in range(rounds):
+            for name in PEERS:
+                now += 10.0
+                self.tick(name, now)
+                self.run(now)
+            roots = {p.replica.digests.root(OWNER) for p in self.peers.values()}
+            if len(roots) == 1:
+                return round_ + 1
+        raise AssertionError("replicas did not converge")
+
+
+def test_digests_are_order_free_and_rebuilt_identically() -> None:
+    one, two = OwnerDigests(), OwnerDigests()
+    items = [(m.token, f"k{m.token}".encode(), m.value.encode()) for m in map(mapping, range(50))]
+    for token, key, record in items:
+        one.add(OWNER, token, key, record)
+    for token, key, record in reversed(items):
+        two.add(OWNER, token, key, record)
+    assert one.root(OWNER) == two.root(OWNER) and one.count(OWNER) == 50
+    two.add(OWNER, mapping(99).token, b"k", b"v")
+    assert one.root(OWNER) != two.root(OWNER)
+    assert bucket_of("tok_A" + "x" * 31) == 0 and bucket_of("odd") is None
+
+
+def test_missing_mappings_are_copied_both_ways() -> None:
+    net = Net()
+    a, b, c = (net.peers[p] for p in PEERS)
+    a.hold([mapping(i) for i in range(0, 300)])
+    b.hold([mapping(i) for i in range(200, 500)])
+    c.hold([mapping(i) for i in range(450, 460)])
+    net.converge()
+    expected = {mapping(i).token for i in range(500)}
+    assert a.tokens() == b.tokens() == c.tokens() == expected
+    for peer in net.peers.values():
+        peer.restart()  # rebuilt digests agree with what is on disk
+    assert len({p.replica.digests.root(OWNER) for p in net.peers.values()}) == 1
+
+
+def test_a_quiet_pass_is_one_summary_and_its_answer() -> None:
+    net = Net()
+    for peer in net.peers.values():
+        peer.hold([mapping(i) for i in range(100)])
+    net.tick("a", 100.0)
+    assert [type(m).__name__ for _, _, m in net.messages] == ["AeSummary"]
+    net.run(100.0)
+    assert net.delivered == 2
+    stats = net.peers["a"].ae.statistics
+    assert stats.passes == 1 and stats.passes_in_sync == 1 and stats.mappings_pushed == 0
+    # throttled: no new pass before the interval
+    net.tick("a", 100.5)
+    assert net.messages == []
+
+
+def test_pages_and_buckets_are_bounded_and_later_passes_finish_the_work() -> None:
+    limits = AntiEntropyLimits(buckets_per_pass_max=2, keys_per_page_max=3, pages_per_pass_max=4)
+    net = Net(limits)
+    net.peers["a"].hold([mapping(i) for i in range(200)])
+    net.tick("a", 10.0)
+    net.run(10.0)
+    pushed_first = net.peers["a"].ae.statistics.mappings_pushed
+    assert 0 < pushed_first <= limits.pages_per_pass_max * limits.keys_per_page_max
+    net.converge(rounds=400)
+    assert net.peers["b"].tokens() == net.peers["a"].tokens()
+
+
+def test_a_decided_epoch_travels_with_the_summary() -> None:
+    net = Net()
+    value = EpochValue(epoch=2, salt="ab" * 8, requested_by="r", requested_at_s=1.0)
+    a = net.peers["a"]
+    effects = a.acceptor.on_message("x", Decide(op_id="d", owner=OWNER, value=value))
+    a.store.stage(effects.writes)
+    a.store.sync()
+    net.tick("a", 10.0)
+    net.run(10.0)
+    assert net.peers["b"].acceptor.active_epoch(OWNER) == value
+    net.tick("c", 20.0)  # c starts with b or a, either way it learns
+    net.run(20.0)
+    net.tick("c", 30.0)
+    net.run(30.0)
+    assert net.peers["c"].acceptor.active_epoch(OWNER) == value
+
+
+def test_a_conflicting_record_is_reported_never_overwritten() -> None:
+    net = Net()
+    good = mapping(1)
+    bad = Mapping(owner=OWNER, token=good.token, value="forged", field="ssn", epoch=1)
+    net.peers["a"].hold([good])
+    net.peers["b"].hold([bad])
+    net.tick("a", 10.0)
+    events: list[str] = []
+    while net.messages:
+        source, destination, message = net.messages.pop(0)
+        peer = net.peers[destination]
+        effects = (
+            peer.replica.on_message(source, message)
+            if isinstance(message, InsertRequest)
+            else peer.ae.on_message(source, message, 10.0)
+        )
+        events.extend(e.name for e in effects.events)
+        net.apply(peer, effects)
+    assert "anti_entropy_conflict" in events
+    assert net.peers["b"].replica.read_mapping(OWNER, good.token) == bad
+    assert net.peers["a"].replica.read_mapping(OWNER, good.token) == good
+
+
+def test_only_the_owners_replicas_take_part() -> None:
+    net = Net()
+    summary = AeSummary(
+        op_id="ae:z:1",
+        owner=OWNER,
+        leaves=("0" * 32,) * BUCKETS,
+        count=0,
+        decided=net.peers["a"].acceptor.active_epoch(OWNER),
+    )
+    assert net.peers["a"].ae.on_message("zz", summary, 1.0).is_empty()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.sets(st.integers(0, 150), max_size=80), min_size=3, max_size=3),
+    st.integers(0, 2**16),
+)
+def test_any_start_converges_to_the_union(held: list[set[int]], seed: int) -> None:
+    net = Net(AntiEntropyLimits(keys_per_page_max=random.Random(seed).choice([1, 7, 1000])))
+    for peer, indices in zip(net.peers.values(), held, strict=True):
+        if indices:
+            peer.hold([mapping(i) for i in sorted(indices)])
+    net.converge(rounds=500)
+    union = {mapping(i).token for indices in held for i in indices}
+    assert all(p.tokens() == union for p in net.peers.values())
+
+
