@@ -175,7 +175,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="show the peers and their states (with --dir, uses the admin key)",
     )
     status.set_defaults(run=_run_status)
+
+    from tokenvault.sim.cli import add_sim_parser
+
+    add_sim_parser(commands).set_defaults(run=_run_sim)
     return parser
+
+
+def _run_sim(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    from tokenvault.sim.cli import run_sim_command
+
+    return run_sim_command(args)
 
 
 def _add_cluster_shape(parser: argparse.ArgumentParser) -> None:

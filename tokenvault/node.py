@@ -423,8 +423,7 @@ class Node:
 
     async def _run_heartbeats(self) -> None:
         interval_s = self.failure_detector.limits.heartbeat_interval_s
-        while True:
-            await trio.sleep(interval_s)
+        while True:  # the first beat goes out at once: a restarted peer is seen up quickly
             now = trio.current_time()
             effects = self.failure_detector.tick(now)
             down = self.down_peers()
@@ -432,6 +431,7 @@ class Node:
             if self.anti_entropy_enabled:
                 effects.extend(self.anti_entropy.tick(now, down))
             await self._dispatch(effects, from_replica=False)
+            await trio.sleep(interval_s)
 
     def down_peers(self) -> frozenset[str]:
         return frozenset(v.peer for v in self.failure_detector.views() if v.state is PeerState.DOWN)

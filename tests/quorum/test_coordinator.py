@@ -698,3 +698,23 @@ def test_acknowledged_writes_and_returned_reads_are_durable_on_w(
     assert net.coordinator.operations_in_flight() == 0
     ended = [r.op_id for r in net.replies]
     assert sorted(ended) == sorted(started), "every operation gets exactly one reply"
+
+
+def test_a_quorum_the_failure_detector_holds_down_gets_a_short_deadline() -> None:
+    coordinator = Coordinator(peer_id="c", quorum=N3_W2_R2, limits=LIMITS)
+    effects = coordinator.start_write(
+        op_id="w",
+        owner=OWNER,
+        replicas=REPLICAS,
+        mappings=[mapping()],
+        now=0.0,
+        down=frozenset({"r2", "r3"}),
+    )
+    deadlines = [t.due for t in effects.timers if t.kind is TimerKind.DEADLINE]
+    assert deadlines == [LIMITS.down_grace_s]
+    assert len(effects.messages) == 3  # still asked: a peer just back may answer in time
+    effects = coordinator.start_read(
+        op_id="r", owner=OWNER, replicas=REPLICAS, tokens=["tok_A"], now=0.0, down=frozenset({"r3"})
+    )
+    deadlines = [t.due for t in effects.timers if t.kind is TimerKind.DEADLINE]
+    assert deadlines == [LIMITS.operation_timeout_s]

@@ -15,7 +15,7 @@ Theory of operation:
 - An answered write lingers until its deadline to reach the replicas that lag; whatever they
   still lack then becomes hints (hinted_handoff.py) on this peer.
 - Replicas the failure detector holds down are not waited for: when fewer than the quorum are
-  left, the operation fails at once (REPLICAS_DOWN) instead of at its deadline.
+  left, the operation's deadline is a short grace (`down_grace_s`) instead of the full timeout.
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
   reads are idempotent), until the operation's deadline.
 - Time arrives as `now`; the core has no clock, no randomness and no I/O.
@@ -55,6 +55,7 @@ class CoordinatorLimits:
     operation_timeout_s: float = 2.5
     resend_interval_s: float = 1.0
     operations_max: int = 10_000  # operations in flight on this coordinator
+    down_grace_s: float = 0.5  # the deadline when the failure detector says the quorum is down
 
 
 class _Phase(enum.Enum):
@@ -113,11 +114,6 @@ class Coordinator:
         down: frozenset[str] = frozenset(),
     ) -> Effects:
         assert op_id not in self._operations, "operation ids are unique"
-        if self._too_many_down(replicas, down, self._quorum.write_quorum):
-            return Effects(
-                replies=[WriteDone(op_id=op_id, owner=owner, failure=Failure.REPLICAS_DOWN)],
-                events=[Event(name="quorum_unreachable", owner=owner, request_id=op_id)],
-            )
         assert len(replicas) == self._quorum.replica_count == len(set(replicas))
         assert mappings, "a write carries at least one mapping"
         if len(self._operations) >= self._limits.operations_max:
@@ -136,7 +132,8 @@ class Coordinator:
             holders={token: set() for token in unique},
         )
         self._operations[op_id] = operation
-        effects = self._arm_timers(op_id, now)
+        live = sum(1 for r in replicas if r not in down)
+        effects = self._arm_timers(op_id, now, live < self._quorum.write_quorum)
         self._send_inserts(operation, replicas, effects)
         return effects
 
@@ -150,13 +147,6 @@ class Coordinator:
         now: float,
         down: frozenset[str] = frozenset(),
     ) -> Effects:
-        if self._too_many_down(replicas, down, self._quorum.read_quorum):
-            return Effects(
-                replies=[
-                    ReadDone(op_id=op_id, owner=owner, mappings=(), failure=Failure.REPLICAS_DOWN)
-                ],
-                events=[Event(name="quorum_unreachable", owner=owner, request_id=op_id)],
-            )
         assert op_id not in self._operations, "operation ids are unique"
         assert len(replicas) == self._quorum.replica_count == len(set(replicas))
         assert tokens, "a read asks for at least one token"
@@ -174,7 +164,8 @@ class Coordinator:
             tokens=tuple(dict.fromkeys(tokens)),
         )
         self._operations[op_id] = operation
-        effects = self._arm_timers(op_id, now)
+        live = sum(1 for r in replicas if r not in down)
+        effects = self._arm_timers(op_id, now, live < self._quorum.read_quorum)
         self._send_reads(operation, replicas, effects)
         return effects
 
@@ -229,17 +220,15 @@ class Coordinator:
 
     # -- internals -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _too_many_down(replicas: tuple[str, ...], down: frozenset[str], quorum: int) -> bool:
-        """The failure detector's view says the quorum cannot be reached: do not wait for it."""
-        return sum(1 for r in replicas if r not in down) < quorum
-
-    def _arm_timers(self, op_id: str, now: float) -> Effects:
+    def _arm_timers(self, op_id: str, now: float, quorum_looks_down: bool) -> Effects:
+        # When the failure detector holds too many replicas down for the quorum, do not wait
+        # the whole timeout for them; a short grace still lets a peer just back answer.
+        timeout_s = (
+            self._limits.down_grace_s if quorum_looks_down else self._limits.operation_timeout_s
+        )
         return Effects(
             timers=[
-                Timer(
-                    kind=TimerKind.DEADLINE, op_id=op_id, due=now + self._limits.operation_timeout_s
-                ),
+                Timer(kind=TimerKind.DEADLINE, op_id=op_id, due=now + timeout_s),
                 Timer(kind=TimerKind.RESEND, op_id=op_id, due=now + self._limits.resend_interval_s),
             ]
         )

@@ -40,7 +40,6 @@ class Failure(enum.Enum):
 
     QUORUM_TIMEOUT = "quorum_timeout"  # too few replicas answered in time
     INTEGRITY_CONFLICT = "integrity_conflict"  # replicas hold different values for a token
-    REPLICAS_DOWN = "replicas_down"  # the failure detector holds too many replicas down
     OVERLOADED = "overloaded"  # too many operations in flight on this coordinator
     FENCED = "fenced"  # a replica holds a later epoch for the owner: learn it and retry
     CONTENDED = "contended"  # Paxos rounds kept being preempted until the attempts ran out

@@ -1,0 +1,164 @@
+"""Mutation tests: break one rule of the cores or of the driver on purpose, and the sweep must
+fail with a readable report whose replay command reproduces the same digest and violations.
+
+The mutations subclass the real classes inside the test (they reach into the coordinator's
+private quorum rule on purpose: that rule is what is being broken):
+- early-ack: a peer sends its replica's answers before the store is durable (the driver skips
+  "persist before send"), so an acknowledgement no longer means fsync'd;
+- write-quorum-one: the coordinator counts a write (or a repair) done after one durable
+  acknowledgement instead of W;
+- no-blocking-read-repair: a read answers as soon as R replicas did, without first writing a
+  mapping found on fewer than W replicas back to W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tokenvault.quorum.coordinator import Coordinator, _Phase
+from tokenvault.quorum.effects import Effects
+from tokenvault.sim import cluster as cluster_module
+from tokenvault.sim import peer as peer_module
+from tokenvault.sim.cli import main
+from tokenvault.sim.config import SimConfig
+from tokenvault.sim.peer import SimPeer
+from tokenvault.sim.runner import SimResult, run_simulation
+from tokenvault.sim.shrink import SHRINK_RUNS_MAX, shrink
+
+SWEEP_SEEDS = 200
+# Invariants a client could see without looking inside the peers.
+BLACK_BOX = {"acknowledged-write-visible", "reads-never-go-back", "convergence"}
+
+
+class EarlyAckPeer(SimPeer):
+    def _must_wait_for_sync(self, effects: Effects, *, from_replica: bool) -> bool:
+        return False
+
+
+class WriteQuorumOfOne(Coordinator):
+    def _write_quorum_reached(self, operation: Any) -> bool:
+        return all(len(holders) >= 1 for holders in operation.holders.values())
+
+
+class NoBlockingReadRepair(Coordinator):
+    def _write_quorum_reached(self, operation: Any) -> bool:
+        if operation.phase is _Phase.REPAIRING:
+            return True  # answer the read with what R replicas said, repair nothing first
+        return bool(super()._write_quorum_reached(operation))
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    apply: Callable[[pytest.MonkeyPatch], None]
+    expected: frozenset[str]  # the first failing seed shows at least one of these
+    black_box: bool  # a client-visible invariant also catches it within the sweep
+
+
+MUTATIONS = (
+    Mutation(
+        "early-ack",
+        lambda mp: mp.setattr(cluster_module, "SimPeer", EarlyAckPeer),
+        frozenset({"answers-are-durable", "acknowledged-write-visible", "convergence"}),
+        black_box=True,
+    ),
+    Mutation(
+        "write-quorum-one",
+        lambda mp: mp.setattr(peer_module, "Coordinator", WriteQuorumOfOne),
+        frozenset({"answers-are-durable", "acknowledged-write-visible"}),
+        black_box=True,
+    ),
+    Mutation(
+        "no-blocking-read-repair",
+        lambda mp: mp.setattr(peer_module, "Coordinator", NoBlockingReadRepair),
+        frozenset({"answers-are-durable", "reads-never-go-back"}),
+        black_box=False,
+    ),
+)
+
+
+def _first_failure(predicate: Callable[[SimResult], bool]) -> SimResult | None:
+    for seed in range(1, SWEEP_SEEDS + 1):
+        result = run_simulation(SimConfig(seed=seed))
+        if predicate(result):
+            return result
+    return None
+
+
+def _report_of(output: str, seed: int) -> tuple[str, list[str]]:
+    """The digest and the violation lines a run printed."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"seed {seed} digest "))
+    block = [lines[start]]
+    for line in lines[start + 1 :]:
+        if not line.startswith(" "):
+            break  # the next seed's line, or the sweep's summary
+        block.append(line)
+    violations = [line.strip() for line in block if line.strip().startswith("VIOLATION ")]
+    return block[0].split()[3], violations
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
+def test_the_sweep_catches_a_broken_rule_and_the_replay_reproduces_it(
+    mutation: Mutation, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mutation.apply(monkeypatch)
+    failed = _first_failure(lambda r: not r.passed)
+    assert failed is not None, f"{mutation.name}: no seed of 1..{SWEEP_SEEDS} failed"
+    assert {v.invariant for v in failed.violations} & mutation.expected
+
+    # The CLI sweep up to that seed fails, prints the report and a replay command.
+    seed = failed.seed
+    assert main(["--seed", "1", "--seeds", str(max(seed, 2))]) == 1
+    output = capsys.readouterr().out
+    digest, violations = _report_of(output, seed)
+    assert digest == failed.digest
+    assert violations == [f"VIOLATION {v.invariant}: {v.summary}" for v in failed.violations]
+    replay = f"tokenvault sim --seed {seed} --peers 5 --owners 3 --ops 200"
+    assert f"  replay: {replay}" in output.splitlines()
+    assert f"  failed seed {seed}: {replay}" in output.splitlines()
+    assert "    operations:" in output and "    events:" in output
+
+    # The replay command gives the same digest and the same violations.
+    assert main(replay.split()[2:]) == 1
+    replayed = capsys.readouterr().out
+    assert _report_of(replayed, seed) == (digest, violations)
+
+
+@pytest.mark.parametrize("mutation", [m for m in MUTATIONS if m.black_box], ids=lambda m: m.name)
+def test_a_client_visible_invariant_catches_it_too(
+    mutation: Mutation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mutation.apply(monkeypatch)
+    failed = _first_failure(lambda r: any(v.invariant in BLACK_BOX for v in r.violations))
+    assert failed is not None, f"{mutation.name}: no client-visible violation in the sweep"
+
+
+def test_the_unmutated_cores_pass_the_seeds_that_catch_the_mutations() -> None:
+    for seed in (1, 2, 3, 8, 10):
+        assert run_simulation(SimConfig(seed=seed)).passed
+
+
+def test_shrinking_keeps_the_failure_and_its_replay_reproduces_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    MUTATIONS[1].apply(monkeypatch)  # write-quorum-one
+    failed = _first_failure(lambda r: not r.passed)
+    assert failed is not None
+    shrunk = shrink(failed)
+    smallest = shrunk.smallest
+    assert smallest.config.operation_count < failed.config.operation_count
+    assert smallest.config.owner_count <= failed.config.owner_count
+    assert {v.invariant for v in smallest.violations} & {v.invariant for v in failed.violations}
+    assert shrunk.runs <= SHRINK_RUNS_MAX
+    assert main(smallest.replay_command().split()[2:]) == 1
+    digest, _ = _report_of(capsys.readouterr().out, smallest.seed)
+    assert digest == smallest.digest
+    assert main(["--seed", str(failed.seed), "--shrink"]) == 1
+    assert f"shrunk in {shrunk.runs} runs to: {smallest.replay_command()}" in (
+        capsys.readouterr().out
+    )

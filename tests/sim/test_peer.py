@@ -1,0 +1,215 @@
+"""One simulated peer keeps node.py's driver rules on virtual time."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenvault.quorum.coordinator import CoordinatorLimits
+from tokenvault.quorum.effects import Effects, ReadDone, WriteDone
+from tokenvault.quorum.messages import (
+    Envelope,
+    InsertOutcome,
+    InsertReply,
+    InsertRequest,
+    Mapping,
+    Message,
+    ReadReply,
+    ReadRequest,
+)
+from tokenvault.quorum.quorum_config import QuorumConfig
+from tokenvault.quorum.replica import Replica
+from tokenvault.ring.hash_ring import HashRing
+from tokenvault.sim import peer as peer_module
+from tokenvault.sim.engine import Engine
+from tokenvault.sim.peer import ClientAnswer, ClientRequest, PeerState, Refused, Reset, SimPeer
+
+OWNER = "acme"
+FSYNC_S = 0.01
+A = Mapping(owner=OWNER, token="tok_" + "A" * 32, value="alice", field="ssn", epoch=1)
+B = Mapping(owner=OWNER, token="tok_" + "B" * 32, value="bob", field="ssn", epoch=1)
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.engine = Engine(1)
+        self.sent: list[tuple[float, Envelope]] = []
+        self.answers: list[tuple[float, ClientAnswer]] = []
+        self.peer = SimPeer(
+            "p1",
+            engine=self.engine,
+            ring=HashRing(("p1", "p2", "p3"), 4),
+            quorum=QuorumConfig(replica_count=3, write_quorum=2, read_quorum=2),
+            limits=CoordinatorLimits(),
+            fsync_s=(FSYNC_S, FSYNC_S),
+            client_latency_s=0.001,
+            send=lambda e: self.sent.append((self.engine.now_s, e)),
+        )
+
+    def deliver(self, at_s: float, message: Message, source: str = "p2") -> None:
+        envelope = Envelope(source=source, destination="p1", message=message)
+        self.engine.at(at_s, lambda: self.peer.receive(envelope))
+
+    def request(self, at_s: float, request: ClientRequest) -> None:
+        sink = lambda answer: self.answers.append((self.engine.now_s, answer))  # noqa: E731
+        self.engine.at(at_s, lambda: self.peer.client_request(request, sink))
+
+    def run(self, until_s: float = 100.0) -> None:
+        self.engine.run(until_s=until_s, events_max=10_000)
+
+    def messages(self) -> list[tuple[float, Message]]:
+        return [(at_s, e.message) for at_s, e in self.sent]
+
+
+def insert(op_id: str, *mappings: Mapping) -> InsertRequest:
+    return InsertRequest(op_id=op_id, owner=OWNER, mappings=mappings)
+
+
+def read(op_id: str, *mappings: Mapping) -> ReadRequest:
+    return ReadRequest(op_id=op_id, owner=OWNER, tokens=tuple(m.token for m in mappings))
+
+
+def test_an_insert_is_answered_only_once_it_is_durable() -> None:
+    h = Harness()
+    h.deliver(1.0, insert("w1", A))
+    h.run(until_s=1.0)
+    assert h.sent == []
+    assert not h.peer.durably_holds(A)
+    h.run()
+    ((at_s, reply),) = h.messages()
+    assert at_s == pytest.approx(1.0 + FSYNC_S)
+    assert isinstance(reply, InsertReply) and reply.outcomes[0].value == "stored"
+    assert h.peer.durably_holds(A)
+
+
+def test_a_read_of_a_staged_mapping_waits_for_durability_though_it_wrote_nothing() -> None:
+    h = Harness()
+    h.deliver(1.0, insert("w1", A))
+    h.deliver(1.001, read("r1", A))
+    h.run()
+    assert [(round(at_s, 6), type(m).__name__) for at_s, m in h.messages()] == [
+        (1.01, "InsertReply"),
+        (1.01, "ReadReply"),
+    ]
+
+
+def test_a_read_of_durable_state_is_answered_at_once() -> None:
+    h = Harness()
+    h.deliver(1.0, insert("w1", A))
+    h.deliver(2.0, read("r1", A))
+    h.run()
+    at_s, reply = h.messages()[1]
+    assert at_s == 2.0
+    assert isinstance(reply, ReadReply) and reply.mappings == (A,)
+
+
+def test_one_sync_makes_every_staged_write_durable_group_commit() -> None:
+    h = Harness()
+    h.deliver(1.0, insert("w1", A))
+    h.deliver(1.005, insert("w2", B))
+    h.run()
+    assert [round(at_s, 6) for at_s, _ in h.messages()] == [1.01, 1.01]
+    assert h.peer.stats.syncs == 1
+
+
+def test_a_crash_loses_staged_writes_and_their_answers_and_a_restart_keeps_durable_ones() -> None:
+    h = Harness()
+    h.deliver(1.0, insert("w1", A))
+    h.deliver(2.0, insert("w2", B))
+    h.engine.at(2.005, h.peer.crash)
+    h.deliver(2.5, read("r-down", A))
+    h.engine.at(3.0, h.peer.restart)
+    h.deliver(4.0, read("r1", A, B))
+    h.run()
+    assert [m.op_id for _, m in h.messages()] == ["w1", "r1"]
+    last = h.messages()[-1][1]
+    assert isinstance(last, ReadReply) and last.mappings == (A, None)
+    assert (h.peer.stats.crashes, h.peer.stats.lost_writes, h.peer.stats.restarts) == (1, 1, 1)
+    assert h.peer.incarnation == 2
+    log = [line.text for line in h.engine.log()]
+    assert "stale sync p1" in log
+    assert any(text.startswith("drop-down deliver p2->p1 read op=r-down") for text in log)
+
+
+def test_a_paused_peer_runs_its_inputs_in_order_when_it_resumes() -> None:
+    h = Harness()
+    h.engine.at(0.5, h.peer.pause)
+    h.deliver(1.0, insert("w1", A))
+    h.deliver(1.5, read("r1", A))
+    h.engine.at(3.0, h.peer.resume)
+    h.run()
+    assert [(round(at_s, 6), m.op_id) for at_s, m in h.messages()] == [
+        (3.01, "w1"),
+        (3.01, "r1"),
+    ]
+    assert h.peer.stats.deferred_inputs == 2
+
+
+def test_clients_are_refused_by_a_down_peer_and_reset_by_a_crash() -> None:
+    h = Harness()
+    h.request(1.0, ClientRequest(op_id="c1-1", owner=OWNER, mappings=(A,)))
+    h.engine.at(1.0005, h.peer.crash)
+    h.request(2.0, ClientRequest(op_id="c1-2", owner=OWNER, tokens=(A.token,)))
+    h.run()
+    assert [(round(at_s, 6), answer) for at_s, answer in h.answers] == [
+        (1.0015, Reset(op_id="c1-1")),
+        (2.001, Refused(op_id="c1-2")),
+    ]
+    assert h.peer.state is PeerState.DOWN
+    assert h.peer.operations_in_flight() == 0
+
+
+def test_a_coordinated_write_answers_the_client_after_w_durable_acknowledgements() -> None:
+    h = Harness()
+    h.request(1.0, ClientRequest(op_id="c1-1", owner=OWNER, mappings=(A,)))
+    h.run(until_s=1.0)
+    inserts = [(e.destination, e.message) for _, e in h.sent]
+    assert sorted(destination for destination, _ in inserts) == ["p2", "p3"]
+    for destination in ("p2", "p3"):
+        reply = InsertReply(
+            op_id="c1-1", owner=OWNER, tokens=(A.token,), outcomes=(InsertOutcome.STORED,)
+        )
+        h.deliver(1.1, reply, source=destination)
+    h.run()
+    ((at_s, answer),) = h.answers
+    assert at_s == pytest.approx(1.101)
+    assert answer == WriteDone(op_id="c1-1", owner=OWNER, failure=None)
+
+
+def test_an_exception_from_a_core_is_recorded_and_crashes_the_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class BrokenReplica(Replica):
+        def on_message(self, source: str, message: Message) -> Effects:
+            raise AssertionError("broken on purpose")
+
+    monkeypatch.setattr(peer_module, "Replica", BrokenReplica)
+    h = Harness()
+    h.deliver(1.0, insert("w1", A))
+    h.run()
+    (error,) = h.peer.core_errors
+    assert (error.peer, error.at_s, error.input) == ("p1", 1.0, "replica")
+    assert error.error == "AssertionError: broken on purpose"
+    assert h.peer.state is PeerState.DOWN
+
+
+def test_read_done_is_what_a_detokenize_client_receives() -> None:
+    h = Harness()
+    h.request(1.0, ClientRequest(op_id="c1-1", owner=OWNER, tokens=(A.token,)))
+    h.run(until_s=1.0)
+    for destination in ("p2", "p3"):
+        h.deliver(
+            1.1,
+            ReadReply(op_id="c1-1", owner=OWNER, tokens=(A.token,), mappings=(None,)),
+            source=destination,
+        )
+    h.run()
+    assert [answer for _, answer in h.answers] == [
+        ReadDone(op_id="c1-1", owner=OWNER, mappings=(None,), failure=None)
+    ]
+
+
+def test_a_client_request_is_a_tokenize_or_a_detokenize() -> None:
+    with pytest.raises(ValueError):
+        ClientRequest(op_id="x", owner=OWNER)
+    with pytest.raises(ValueError):
+        ClientRequest(op_id="x", owner=OWNER, mappings=(A,), tokens=(A.token,))

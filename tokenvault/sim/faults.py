@@ -1,0 +1,234 @@
+"""The fault model: the seed picks a fault mix, then a schedule of faults for the run.
+
+Rules:
+- Two steps, as TigerBeetle's VOPR does: `choose_mix(seed)` draws how hostile this run is (loss,
+  duplication, reordering and delay of messages; how many crashes, pauses and partitions; how
+  slow fsync is), then `link_faults` and `plan_faults` draw the run's faults from that mix. Each
+  step has its own generator, so the schedule depends on nothing but the seed, the peers and
+  `faults_end_s`.
+- Every fault happens before `faults_end_s`. There the network heals (no loss, no partition),
+  every crashed peer restarts and every paused peer resumes; a liveness phase follows.
+- A peer is never in two faults at once (its crash, pause and restart intervals do not overlap);
+  at most one partition is active at a time.
+- Some crashes are "aimed" (FoundationDB's buggify): armed at a time, they strike right after the
+  peer's next staged write, inside the window where it is not yet durable.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenvault.sim.engine import rng_for
+
+FAULT_ACTIONS_MAX = 200  # per run: every kind of fault together
+
+
+class PartitionKind(enum.Enum):
+    HALVES = "halves"  # two groups that cannot reach each other
+    ISOLATE = "isolate"  # one peer cut off from all others, both ways
+    ONE_WAY = "one-way"  # one group's messages to the other are lost; the reverse gets through
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkFaults:
+    """How one directed link treats each message."""
+
+    loss: float = 0.0  # probability that a message is lost
+    duplicate: float = 0.0  # probability that a message is delivered twice
+    reorder: float = 0.0  # probability of an extra delay that lets later messages pass
+    delay_s: float = 0.001  # base one-way delay
+    jitter_s: float = 0.001  # uniform extra delay on every message
+    reorder_delay_s: float = 0.05  # the most extra delay a reordered message gets
+
+    def describe(self) -> str:
+        return (
+            f"loss={self.loss:.3f} dup={self.duplicate:.3f} reorder={self.reorder:.3f}"
+            f" delay={self.delay_s:.4f}+{self.jitter_s:.4f}"
+        )
+
+
+HEALTHY_LINK = LinkFaults()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultMix:
+    """How hostile one run is; drawn from the seed before anything else."""
+
+    link: LinkFaults  # a typical link
+    bad_link_share: float  # share of links that lose, duplicate and reorder twice as often
+    fsync_s: tuple[float, float]  # how long one group commit takes, uniform in this range
+    crash_count: int
+    aimed_crash_share: float
+    pause_count: int
+    partition_count: int
+    partition_kinds: tuple[PartitionKind, ...]
+
+    def describe(self) -> str:
+        kinds = ",".join(k.value for k in self.partition_kinds) or "-"
+        return (
+            f"link[{self.link.describe()}] bad_links={self.bad_link_share:.2f}"
+            f" fsync={self.fsync_s[0]:.4f}..{self.fsync_s[1]:.4f}"
+            f" crashes={self.crash_count} aimed={self.aimed_crash_share:.2f}"
+            f" pauses={self.pause_count} partitions={self.partition_count}[{kinds}]"
+        )
+
+
+def choose_mix(seed: int) -> FaultMix:
+    rng = rng_for(seed, "faults/mix")
+    link = LinkFaults(
+        loss=rng.choice((0.0, 0.0, 0.01, 0.05, 0.15, 0.3)),
+        duplicate=rng.choice((0.0, 0.01, 0.05, 0.2)),
+        reorder=rng.choice((0.0, 0.02, 0.1, 0.3)),
+        delay_s=rng.choice((0.0005, 0.001, 0.005, 0.02)),
+        jitter_s=rng.choice((0.0, 0.001, 0.01, 0.05)),
+        reorder_delay_s=rng.choice((0.02, 0.2, 1.0)),
+    )
+    slow_disk = rng.random() < 0.3
+    fsync_s = (0.005, 0.1) if slow_disk else (0.0002, 0.004)
+    kinds = tuple(k for k in PartitionKind if rng.random() < 0.6) or (
+        rng.choice(list(PartitionKind)),
+    )
+    return FaultMix(
+        link=link,
+        bad_link_share=rng.choice((0.0, 0.1, 0.3)),
+        fsync_s=fsync_s,
+        crash_count=rng.choice((0, 1, 2, 4, 8)),
+        aimed_crash_share=rng.choice((0.0, 0.5, 1.0)),
+        pause_count=rng.choice((0, 0, 1, 3)),
+        partition_count=rng.choice((0, 1, 2, 4)),
+        partition_kinds=kinds,
+    )
+
+
+def link_faults(
+    seed: int, mix: FaultMix, peer_ids: Sequence[str]
+) -> dict[tuple[str, str], LinkFaults]:
+    """Every directed link between two distinct peers, with its own fault parameters."""
+    rng = rng_for(seed, "faults/links")
+    links: dict[tuple[str, str], LinkFaults] = {}
+    for source in peer_ids:
+        for destination in peer_ids:
+            if source == destination:
+                continue
+            base = mix.link
+            if rng.random() < mix.bad_link_share:
+                base = LinkFaults(
+                    loss=min(0.5, 2 * base.loss + 0.05),
+                    duplicate=min(0.5, 2 * base.duplicate),
+                    reorder=min(0.5, 2 * base.reorder + 0.05),
+                    delay_s=base.delay_s,
+                    jitter_s=2 * base.jitter_s,
+                    reorder_delay_s=base.reorder_delay_s,
+                )
+            links[(source, destination)] = base
+    return links
+
+
+# -- the schedule ------------------------------------------------------------------------------
+
+
+class FaultKind(enum.Enum):
+    CRASH = "crash"
+    ARM_CRASH = "arm-crash"  # an aimed crash: strikes after the peer's next staged write
+    RESTART = "restart"
+    PAUSE = "pause"
+    RESUME = "resume"
+    PARTITION = "partition"
+    PARTITION_END = "partition-end"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Partition:
+    kind: PartitionKind
+    blocked: tuple[tuple[str, str], ...]  # directed (source, destination) pairs, sorted
+    label: str  # e.g. "p1,p2|p3,p4,p5"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultAction:
+    at_s: float
+    kind: FaultKind
+    peer: str = ""
+    partition: Partition | None = None
+
+    def describe(self) -> str:
+        if self.partition is not None:
+            return f"{self.kind.value} {self.partition.kind.value} {self.partition.label}"
+        return f"{self.kind.value} {self.peer}".rstrip()
+
+
+def plan_faults(
+    seed: int, mix: FaultMix, peer_ids: Sequence[str], faults_end_s: float
+) -> tuple[FaultAction, ...]:
+    """The run's faults in time order; every one starts and ends before faults_end_s."""
+    rng = rng_for(seed, "faults/schedule")
+    busy: dict[str, list[tuple[float, float]]] = {peer: [] for peer in peer_ids}
+    actions: list[FaultAction] = []
+    for _ in range(mix.crash_count):
+        peer = rng.choice(list(peer_ids))
+        start = rng.uniform(0.5, faults_end_s * 0.9)
+        end = min(start + rng.uniform(0.2, 5.0), faults_end_s)
+        aimed = rng.random() < mix.aimed_crash_share
+        if _claim(busy[peer], start, end):
+            kind = FaultKind.ARM_CRASH if aimed else FaultKind.CRASH
+            actions.append(FaultAction(at_s=start, kind=kind, peer=peer))
+            actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
+    for _ in range(mix.pause_count):
+        peer = rng.choice(list(peer_ids))
+        start = rng.uniform(0.5, faults_end_s * 0.9)
+        end = min(start + rng.uniform(0.1, 4.0), faults_end_s)
+        if _claim(busy[peer], start, end):
+            actions.append(FaultAction(at_s=start, kind=FaultKind.PAUSE, peer=peer))
+            actions.append(FaultAction(at_s=end, kind=FaultKind.RESUME, peer=peer))
+    actions.extend(_plan_partitions(rng, mix, peer_ids, faults_end_s))
+    actions.sort(key=lambda a: (a.at_s, a.kind.value, a.peer))
+    assert len(actions) <= FAULT_ACTIONS_MAX
+    return tuple(actions)
+
+
+def _claim(intervals: list[tuple[float, float]], start: float, end: float) -> bool:
+    """Take [start, end] for one peer unless it overlaps a fault it already has (with margin)."""
+    margin_s = 0.05
+    if any(start < e + margin_s and s < end + margin_s for s, e in intervals):
+        return False
+    intervals.append((start, end))
+    return True
+
+
+def _plan_partitions(
+    rng: random.Random, mix: FaultMix, peer_ids: Sequence[str], faults_end_s: float
+) -> list[FaultAction]:
+    """One partition per equal slot of the fault window, so at most one is active at a time."""
+    actions: list[FaultAction] = []
+    if mix.partition_count == 0 or len(peer_ids) < 2:
+        return actions
+    slot_s = faults_end_s / mix.partition_count
+    for index in range(mix.partition_count):
+        slot_start = index * slot_s
+        start = slot_start + rng.uniform(0.0, slot_s * 0.5)
+        end = min(start + rng.uniform(0.2, slot_s * 0.9), slot_start + slot_s * 0.99)
+        partition = _draw_partition(rng, rng.choice(mix.partition_kinds), peer_ids)
+        actions.append(FaultAction(at_s=start, kind=FaultKind.PARTITION, partition=partition))
+        actions.append(FaultAction(at_s=end, kind=FaultKind.PARTITION_END, partition=partition))
+    return actions
+
+
+def _draw_partition(rng: random.Random, kind: PartitionKind, peer_ids: Sequence[str]) -> Partition:
+    peers = list(peer_ids)
+    if kind is PartitionKind.ISOLATE:
+        alone = rng.choice(peers)
+        side_a, side_b = [alone], [p for p in peers if p != alone]
+    else:
+        shuffled = peers[:]
+        rng.shuffle(shuffled)
+        cut = rng.randint(1, len(peers) - 1)
+        side_a, side_b = sorted(shuffled[:cut]), sorted(shuffled[cut:])
+    blocked = {(a, b) for a in side_a for b in side_b}
+    if kind is not PartitionKind.ONE_WAY:
+        blocked |= {(b, a) for a, b in blocked}
+    arrow = "->" if kind is PartitionKind.ONE_WAY else "|"
+    label = ",".join(side_a) + arrow + ",".join(side_b)
+    return Partition(kind=kind, blocked=tuple(sorted(blocked)), label=label)
