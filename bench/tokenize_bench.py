@@ -80,14 +80,18 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--records", type=int, nargs="+", default=[1, 100])
+    parser.add_argument("--anti-entropy", choices=("on", "off"), default="on")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         cluster = Cluster(Path(directory) / "cluster")
+        cluster.set_cluster_option(
+            "anti_entropy_interval_s", 1.0 if args.anti_entropy == "on" else 0.0
+        )
         try:
             cluster.start_all()
             for records in args.records:
                 result = trio.run(drive, cluster, args.clients, args.duration_s, records)
-                print(json.dumps(result))
+                print(json.dumps({"anti_entropy": args.anti_entropy, **result}))
                 if result["failures"]:
                     return 1
         finally:

@@ -483,6 +483,7 @@ class Node:
                     "queued_messages": s.queued_messages,
                     "batches_sent": s.batches_sent,
                     "messages_sent": s.messages_sent,
+                    "bytes_sent": s.bytes_sent,
                     "batches_failed": s.batches_failed,
                     "messages_dropped": s.messages_dropped,
                 }
@@ -537,6 +538,7 @@ class Node:
             labels = (("peer", s.peer_id),)
             metrics.set_gauge("tokenvault_link_queued_messages", s.queued_messages, labels)
             metrics.set_gauge("tokenvault_link_batches_failed", s.batches_failed, labels)
+            metrics.set_gauge("tokenvault_link_bytes_sent", s.bytes_sent, labels)
             metrics.set_gauge("tokenvault_link_messages_dropped", s.messages_dropped, labels)
         return metrics.render()
 

@@ -61,6 +61,12 @@ class Cluster:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         (directory / "logs").mkdir(exist_ok=True)
 
+    def set_cluster_option(self, name: str, value: float) -> None:
+        """Add a [cluster] option to cluster.toml (before the peers start)."""
+        config = self.init.config_path
+        text = config.read_text()
+        config.write_text(text.replace("[cluster]\n", f"[cluster]\n{name} = {value}\n", 1))
+
     def url(self, peer_id: str) -> str:
         return f"http://{self._addresses[peer_id]}"
 

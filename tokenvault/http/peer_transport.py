@@ -41,6 +41,7 @@ class PeerLinkStatistics:
     queued_messages: int
     batches_sent: int
     messages_sent: int
+    bytes_sent: int
     batches_failed: int
     messages_dropped: int
     last_failure_at: float | None
@@ -72,6 +73,7 @@ class PeerLink:
         self._on_batch_result = on_batch_result
         self._batches_sent = 0
         self._messages_sent = 0
+        self._bytes_sent = 0
         self._batches_failed = 0
         self._messages_dropped = 0
         self._last_failure_at: float | None = None
@@ -89,6 +91,7 @@ class PeerLink:
             queued_messages=len(self._queue),
             batches_sent=self._batches_sent,
             messages_sent=self._messages_sent,
+            bytes_sent=self._bytes_sent,
             batches_failed=self._batches_failed,
             messages_dropped=self._messages_dropped,
             last_failure_at=self._last_failure_at,
@@ -125,6 +128,7 @@ class PeerLink:
                 if ok:
                     self._batches_sent += 1
                     self._messages_sent += count
+                    self._bytes_sent += len(body)
                     backoff_s = self._limits.backoff_initial_s
                     continue
                 self._batches_failed += 1
