@@ -70,6 +70,9 @@ class CliError(Exception):
 
 def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
     """Run one command; `transport` replaces the network for client commands (tests)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["sim"]:
+        return _main_sim(arguments)
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
@@ -176,15 +179,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(run=_run_status)
 
-    from tokenvault.sim.cli import add_sim_parser
-
-    add_sim_parser(commands).set_defaults(run=_run_sim)
+    # Listed for --help only: `main` hands `sim` to the simulator's own parser, so that a peer
+    # never imports the simulator.
+    commands.add_parser(
+        "sim", help="run the deterministic simulator (tokenvault sim --help)", add_help=False
+    )
     return parser
 
 
-def _run_sim(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
-    from tokenvault.sim.cli import run_sim_command
+def _main_sim(arguments: list[str]) -> int:
+    from tokenvault.sim.cli import add_sim_parser, run_sim_command
 
+    parser = argparse.ArgumentParser(prog="tokenvault")
+    add_sim_parser(parser.add_subparsers(dest="command", required=True))
+    try:
+        args = parser.parse_args(arguments)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     return run_sim_command(args)
 
 

@@ -15,6 +15,9 @@ from typing import TextIO
 
 from tokenvault.quorum.effects import Event
 
+# Safety and integrity alarms: an operator must look.
+ALARM_EVENTS = frozenset({"paxos_disagreement", "storage_corrupt", "integrity_conflict"})
+
 
 class EventLog:
     def __init__(self, peer_id: str, stream: TextIO | None = None) -> None:
@@ -46,7 +49,7 @@ class EventLog:
             self._stream.write(json.dumps(line, separators=(",", ":")) + "\n")
 
     def core_event(self, event: Event) -> None:
-        level = "error" if "conflict" in event.name else "info"
+        level = "error" if event.name in ALARM_EVENTS or "conflict" in event.name else "info"
         self.emit(
             event.name,
             level=level,

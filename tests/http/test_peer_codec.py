@@ -12,12 +12,22 @@ from hypothesis import strategies as st
 from tokenvault.http.peer_codec import CodecError, decode_batch, encode_batch, encode_message
 from tokenvault.quorum.messages import (
     EPOCH_MAX,
+    GENESIS,
     OWNER_ID_CHARS,
+    Accept,
+    Accepted,
+    Ballot,
+    Decide,
+    EpochQuery,
+    EpochReport,
+    EpochValue,
     InsertOutcome,
     InsertReply,
     InsertRequest,
     Mapping,
     Message,
+    Prepare,
+    Promise,
     ReadReply,
     ReadRequest,
 )
@@ -467,3 +477,385 @@ def test_truncated_good_batches_raise_codec_error(good: dict[str, Any], cut: int
     if cut < len(body):
         with pytest.raises(CodecError):
             decode_batch(body[:cut])
+
+
+# -- epoch messages (Paxos per owner and slot) --------------------------------------------------
+
+EPOCH_2 = EpochValue(
+    epoch=2, salt="0123456789abcdef" * 2, requested_by="n1-a1b2-17", requested_at_s=1.7e9 + 0.25
+)
+EPOCH_3 = EpochValue(epoch=3, salt="ff", requested_by='ä€😀"\\', requested_at_s=0.0)
+EPOCH_LAST = EpochValue(epoch=EPOCH_MAX, salt="f" * 64, requested_by="", requested_at_s=1e12)
+B1 = Ballot(round=1, peer="n1")
+B7 = Ballot(round=7, peer="péer-😀")
+
+EPOCH_EXAMPLES: list[Message] = [
+    EpochQuery(op_id="op-q", owner=OWNER),
+    EpochReport(op_id="op-q", owner=OWNER, decided=GENESIS, accepted_slot=1),
+    EpochReport(op_id="op-q", owner=OWNER, decided=EPOCH_2, accepted_slot=3),
+    Prepare(op_id="op-p", owner=OWNER, slot=2, ballot=B1),
+    Prepare(op_id="op-p", owner=OWNER, slot=EPOCH_MAX, ballot=B7),
+    Promise(
+        op_id="op-p",
+        owner=OWNER,
+        slot=2,
+        ballot=B1,
+        granted=True,
+        promised=B1,
+        accepted_ballot=None,
+        accepted_value=None,
+        decided=None,
+    ),
+    Promise(
+        op_id="op-p",
+        owner=OWNER,
+        slot=3,
+        ballot=B7,
+        granted=True,
+        promised=B7,
+        accepted_ballot=B1,
+        accepted_value=EPOCH_3,
+        decided=None,
+    ),
+    Promise(
+        op_id="op-p",
+        owner=OWNER,
+        slot=2,
+        ballot=B1,
+        granted=False,
+        promised=Ballot(),
+        accepted_ballot=None,
+        accepted_value=None,
+        decided=EPOCH_2,
+    ),
+    Accept(op_id="op-a", owner=OWNER, slot=2, ballot=B1, value=EPOCH_2),
+    Accept(op_id="op-a", owner=OWNER, slot=EPOCH_MAX, ballot=B7, value=EPOCH_LAST),
+    Accepted(op_id="op-a", owner=OWNER, slot=2, ballot=B1, granted=True, promised=B1, decided=None),
+    Accepted(
+        op_id="op-a", owner=OWNER, slot=2, ballot=B1, granted=False, promised=B7, decided=EPOCH_2
+    ),
+    Decide(op_id="op-d", owner=OWNER, value=EPOCH_2),
+    Decide(op_id="op-d", owner=OWNER, value=EPOCH_3),
+]
+
+
+@pytest.mark.parametrize("message", EPOCH_EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_epoch_message_round_trips(message: Message) -> None:
+    source, decoded = roundtrip("n2", [message])
+    assert source == "n2"
+    assert decoded == [message]
+    assert type(decoded[0]) is type(message)
+
+
+def test_epoch_messages_round_trip_in_one_batch_with_the_others() -> None:
+    mixed = [m for pair in zip(EPOCH_EXAMPLES, EXAMPLES * 2, strict=False) for m in pair]
+    assert roundtrip("n3", mixed) == ("n3", mixed)
+
+
+def test_epoch_messages_have_the_documented_shape() -> None:
+    assert json.loads(encode_message(Prepare(op_id="o", owner=OWNER, slot=2, ballot=B1))) == {
+        "type": "prepare",
+        "op": "o",
+        "owner": OWNER,
+        "slot": 2,
+        "ballot": [1, "n1"],
+    }
+    assert json.loads(encode_message(Decide(op_id="o", owner=OWNER, value=EPOCH_2))) == {
+        "type": "decide",
+        "op": "o",
+        "owner": OWNER,
+        "value": {
+            "epoch": 2,
+            "salt": EPOCH_2.salt,
+            "requested_by": "n1-a1b2-17",
+            "requested_at_s": 1.7e9 + 0.25,
+        },
+    }
+
+
+hex_salts = st.text(alphabet="0123456789abcdef", min_size=1, max_size=64)
+ballots = st.builds(
+    Ballot, round=st.integers(1, 2**40), peer=st.text(alphabet=sorted(OWNER_ID_CHARS), min_size=1)
+)
+finite_seconds = st.floats(allow_nan=False, allow_infinity=False, min_value=0.0, max_value=4e9)
+
+
+@st.composite
+def epoch_values(draw: st.DrawFn, epoch: int | None = None) -> EpochValue:
+    epoch = epoch if epoch is not None else draw(st.integers(2, EPOCH_MAX))
+    return EpochValue(
+        epoch=epoch,
+        salt=draw(hex_salts),
+        requested_by=draw(plain_text),
+        requested_at_s=draw(finite_seconds),
+    )
+
+
+@st.composite
+def epoch_messages(draw: st.DrawFn) -> Message:
+    owner, op_id = draw(owners), draw(plain_text)
+    slot = draw(st.integers(2, EPOCH_MAX))
+    ballot, promised = draw(ballots), draw(ballots)
+    decided = draw(st.none() | epoch_values())
+    kind = draw(st.sampled_from(["query", "report", "prepare", "promise", "accept", "accepted"]))
+    if kind == "query":
+        return EpochQuery(op_id=op_id, owner=owner)
+    if kind == "report":
+        report_value = draw(st.just(GENESIS) | epoch_values())
+        slot_seen = draw(st.integers(1, EPOCH_MAX))
+        return EpochReport(op_id=op_id, owner=owner, decided=report_value, accepted_slot=slot_seen)
+    if kind == "prepare":
+        return Prepare(op_id=op_id, owner=owner, slot=slot, ballot=ballot)
+    if kind == "accept":
+        value = draw(epoch_values(slot))
+        return Accept(op_id=op_id, owner=owner, slot=slot, ballot=ballot, value=value)
+    granted = draw(st.booleans())
+    if kind == "accepted":
+        return Accepted(
+            op_id=op_id,
+            owner=owner,
+            slot=slot,
+            ballot=ballot,
+            granted=granted,
+            promised=promised,
+            decided=decided,
+        )
+    accepted = draw(st.none() | st.tuples(ballots, epoch_values(slot)))
+    return Promise(
+        op_id=op_id,
+        owner=owner,
+        slot=slot,
+        ballot=ballot,
+        granted=granted,
+        promised=promised,
+        accepted_ballot=None if accepted is None else accepted[0],
+        accepted_value=None if accepted is None else accepted[1],
+        decided=decided,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(source=plain_text, batch_messages=st.lists(epoch_messages() | messages(), max_size=5))
+def test_generated_epoch_messages_round_trip(source: str, batch_messages: list[Message]) -> None:
+    assert roundtrip(source, batch_messages) == (source, batch_messages)
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=epoch_values())
+def test_generated_decides_round_trip(value: EpochValue) -> None:
+    decide = Decide(op_id="d", owner=OWNER, value=value)
+    assert roundtrip("p", [decide]) == ("p", [decide])
+
+
+GOOD_VALUE: dict[str, Any] = {
+    "epoch": 2,
+    "salt": "ab",
+    "requested_by": "n1-1",
+    "requested_at_s": 1.5,
+}
+GOOD_QUERY: dict[str, Any] = {"type": "epoch_query", "op": "o", "owner": OWNER}
+GOOD_REPORT: dict[str, Any] = {
+    "type": "epoch_report",
+    "op": "o",
+    "owner": OWNER,
+    "decided": GOOD_VALUE,
+    "accepted_slot": 2,
+}
+GOOD_PREPARE: dict[str, Any] = {
+    "type": "prepare",
+    "op": "o",
+    "owner": OWNER,
+    "slot": 2,
+    "ballot": [1, "n1"],
+}
+GOOD_PROMISE: dict[str, Any] = {
+    "type": "promise",
+    "op": "o",
+    "owner": OWNER,
+    "slot": 2,
+    "ballot": [1, "n1"],
+    "granted": True,
+    "promised": [1, "n1"],
+    "accepted_ballot": [1, "n0"],
+    "accepted_value": GOOD_VALUE,
+    "decided": None,
+}
+GOOD_ACCEPT: dict[str, Any] = {
+    "type": "accept",
+    "op": "o",
+    "owner": OWNER,
+    "slot": 2,
+    "ballot": [1, "n1"],
+    "value": GOOD_VALUE,
+}
+GOOD_ACCEPTED: dict[str, Any] = {
+    "type": "accepted",
+    "op": "o",
+    "owner": OWNER,
+    "slot": 2,
+    "ballot": [1, "n1"],
+    "granted": False,
+    "promised": [2, "n2"],
+    "decided": GOOD_VALUE,
+}
+GOOD_DECIDE: dict[str, Any] = {"type": "decide", "op": "o", "owner": OWNER, "value": GOOD_VALUE}
+GOOD_EPOCH = [
+    GOOD_QUERY,
+    GOOD_REPORT,
+    GOOD_PREPARE,
+    GOOD_PROMISE,
+    GOOD_ACCEPT,
+    GOOD_ACCEPTED,
+    GOOD_DECIDE,
+]
+
+
+def test_the_good_epoch_examples_decode() -> None:
+    source, decoded = decode_batch(batch(GOOD_EPOCH))
+    assert source == "peer-1"
+    assert [type(m) for m in decoded] == [
+        EpochQuery,
+        EpochReport,
+        Prepare,
+        Promise,
+        Accept,
+        Accepted,
+        Decide,
+    ]
+    value = EpochValue(epoch=2, salt="ab", requested_by="n1-1", requested_at_s=1.5)
+    promise = decoded[3]
+    assert isinstance(promise, Promise)
+    assert promise.accepted_ballot == Ballot(round=1, peer="n0")
+    assert promise.accepted_value == value and promise.decided is None
+    assert decoded[6] == Decide(op_id="o", owner=OWNER, value=value)
+
+
+def value_with(**changes: Any) -> dict[str, Any]:
+    return changed(GOOD_VALUE, **changes)
+
+
+MALFORMED_EPOCH_MESSAGES: dict[str, dict[str, Any]] = {
+    # ballots
+    "prepare zero ballot": changed(GOOD_PREPARE, ballot=[0, ""]),
+    "prepare round without peer": changed(GOOD_PREPARE, ballot=[1, ""]),
+    "prepare peer without round": changed(GOOD_PREPARE, ballot=[0, "n1"]),
+    "prepare negative round": changed(GOOD_PREPARE, ballot=[-1, "n1"]),
+    "prepare round bool": changed(GOOD_PREPARE, ballot=[True, "n1"]),
+    "prepare round string": changed(GOOD_PREPARE, ballot=["1", "n1"]),
+    "prepare round float": changed(GOOD_PREPARE, ballot=[1.0, "n1"]),
+    "prepare peer int": changed(GOOD_PREPARE, ballot=[1, 1]),
+    "prepare ballot short": changed(GOOD_PREPARE, ballot=[1]),
+    "prepare ballot long": changed(GOOD_PREPARE, ballot=[1, "n1", "x"]),
+    "prepare ballot object": changed(GOOD_PREPARE, ballot={"round": 1, "peer": "n1"}),
+    "prepare ballot string": changed(GOOD_PREPARE, ballot="1n"),
+    "prepare ballot null": changed(GOOD_PREPARE, ballot=None),
+    "prepare no ballot": changed(GOOD_PREPARE, ballot=DELETE),
+    # slots
+    "prepare genesis slot": changed(GOOD_PREPARE, slot=1),
+    "prepare slot zero": changed(GOOD_PREPARE, slot=0),
+    "prepare slot negative": changed(GOOD_PREPARE, slot=-2),
+    "prepare slot past the last epoch": changed(GOOD_PREPARE, slot=EPOCH_MAX + 1),
+    "prepare slot string": changed(GOOD_PREPARE, slot="2"),
+    "prepare slot float": changed(GOOD_PREPARE, slot=2.0),
+    "prepare slot bool": changed(GOOD_PREPARE, slot=True),
+    "prepare no slot": changed(GOOD_PREPARE, slot=DELETE),
+    # epoch values
+    "accept value for another slot": changed(GOOD_ACCEPT, slot=3),
+    "accept zero ballot": changed(GOOD_ACCEPT, ballot=[0, ""]),
+    "accept no value": changed(GOOD_ACCEPT, value=DELETE),
+    "accept value null": changed(GOOD_ACCEPT, value=None),
+    "accept value list": changed(GOOD_ACCEPT, value=[2, "ab", "n1-1", 1.5]),
+    "accept value string": changed(GOOD_ACCEPT, value="2"),
+    "value epoch string": changed(GOOD_ACCEPT, value=value_with(epoch="2")),
+    "value epoch float": changed(GOOD_ACCEPT, value=value_with(epoch=2.0)),
+    "value epoch bool": changed(GOOD_DECIDE, value=value_with(epoch=True)),
+    "value epoch zero": changed(GOOD_DECIDE, value=value_with(epoch=0)),
+    "value epoch past the last": changed(GOOD_DECIDE, value=value_with(epoch=EPOCH_MAX + 1)),
+    "value no epoch": changed(GOOD_DECIDE, value=value_with(epoch=DELETE)),
+    "value salt upper case": changed(GOOD_ACCEPT, value=value_with(salt="AB")),
+    "value salt not hex": changed(GOOD_ACCEPT, value=value_with(salt="zz")),
+    "value salt too long": changed(GOOD_ACCEPT, value=value_with(salt="a" * 65)),
+    "value salt empty after genesis": changed(GOOD_ACCEPT, value=value_with(salt="")),
+    "value salt int": changed(GOOD_ACCEPT, value=value_with(salt=171)),
+    "value salt null": changed(GOOD_ACCEPT, value=value_with(salt=None)),
+    "value no salt": changed(GOOD_ACCEPT, value=value_with(salt=DELETE)),
+    "value requested_by int": changed(GOOD_ACCEPT, value=value_with(requested_by=1)),
+    "value requested_by null": changed(GOOD_ACCEPT, value=value_with(requested_by=None)),
+    "value no requested_by": changed(GOOD_ACCEPT, value=value_with(requested_by=DELETE)),
+    "value requested_at_s string": changed(GOOD_ACCEPT, value=value_with(requested_at_s="1")),
+    "value requested_at_s bool": changed(GOOD_ACCEPT, value=value_with(requested_at_s=True)),
+    "value requested_at_s null": changed(GOOD_ACCEPT, value=value_with(requested_at_s=None)),
+    "value no requested_at_s": changed(GOOD_ACCEPT, value=value_with(requested_at_s=DELETE)),
+    "decide of the genesis epoch": changed(
+        GOOD_DECIDE, value={"epoch": 1, "salt": "", "requested_by": "", "requested_at_s": 0.0}
+    ),
+    "genesis epoch with a salt": changed(GOOD_REPORT, decided=value_with(epoch=1)),
+    "decide no value": changed(GOOD_DECIDE, value=DELETE),
+    "decide value null": changed(GOOD_DECIDE, value=None),
+    # promises and acceptances
+    "promise granted string": changed(GOOD_PROMISE, granted="true"),
+    "promise granted int": changed(GOOD_PROMISE, granted=1),
+    "promise granted null": changed(GOOD_PROMISE, granted=None),
+    "promise no granted": changed(GOOD_PROMISE, granted=DELETE),
+    "promise ballot without its value": changed(GOOD_PROMISE, accepted_value=None),
+    "promise value without its ballot": changed(GOOD_PROMISE, accepted_ballot=None),
+    "promise no accepted_ballot": changed(GOOD_PROMISE, accepted_ballot=DELETE),
+    "promise no decided": changed(GOOD_PROMISE, decided=DELETE),
+    "promise promised null": changed(GOOD_PROMISE, promised=None),
+    "promise promised short": changed(GOOD_PROMISE, promised=[1]),
+    "promise decided wrong shape": changed(GOOD_PROMISE, decided={"epoch": 2}),
+    "promise decided list": changed(GOOD_PROMISE, decided=[2]),
+    "promise slot string": changed(GOOD_PROMISE, slot="2"),
+    "accepted granted string": changed(GOOD_ACCEPTED, granted="no"),
+    "accepted no promised": changed(GOOD_ACCEPTED, promised=DELETE),
+    "accepted promised string": changed(GOOD_ACCEPTED, promised="2.n2"),
+    "accepted decided int": changed(GOOD_ACCEPTED, decided=2),
+    "accepted slot bool": changed(GOOD_ACCEPTED, slot=False),
+    # reports and queries
+    "report accepted_slot string": changed(GOOD_REPORT, accepted_slot="2"),
+    "report accepted_slot float": changed(GOOD_REPORT, accepted_slot=2.5),
+    "report accepted_slot bool": changed(GOOD_REPORT, accepted_slot=True),
+    "report accepted_slot null": changed(GOOD_REPORT, accepted_slot=None),
+    "report no accepted_slot": changed(GOOD_REPORT, accepted_slot=DELETE),
+    "report decided null": changed(GOOD_REPORT, decided=None),
+    "report no decided": changed(GOOD_REPORT, decided=DELETE),
+    "query op int": changed(GOOD_QUERY, op=3),
+    "query no owner": changed(GOOD_QUERY, owner=DELETE),
+    "query owner with space": changed(GOOD_QUERY, owner="ac me"),
+    "decide owner too long": changed(GOOD_DECIDE, owner="a" * 65),
+    "epoch type misspelt": changed(GOOD_PREPARE, type="Prepare"),
+}
+
+
+@pytest.mark.parametrize(
+    "message", MALFORMED_EPOCH_MESSAGES.values(), ids=MALFORMED_EPOCH_MESSAGES.keys()
+)
+def test_malformed_epoch_messages_raise_codec_error(message: dict[str, Any]) -> None:
+    with pytest.raises(CodecError):
+        decode_batch(batch([message]))
+    with pytest.raises(CodecError):  # one bad message spoils a batch of good ones
+        decode_batch(batch([*GOOD_EPOCH, message]))
+
+
+@pytest.mark.parametrize("owner", INVALID_OWNERS, ids=repr)
+@pytest.mark.parametrize("good", GOOD_EPOCH, ids=lambda m: m["type"])
+def test_invalid_owner_id_is_refused_on_every_epoch_message(
+    good: dict[str, Any], owner: str
+) -> None:
+    with pytest.raises(CodecError):
+        decode_batch(batch([changed(good, owner=owner)]))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        changed(GOOD_DECIDE, value=value_with(requested_by="n1-\ud800")),
+        changed(GOOD_PREPARE, ballot=[1, "n\udfff"]),
+        changed(GOOD_PROMISE, promised=[3, "\ud800"]),
+    ],
+    ids=["requested_by", "prepare ballot peer", "promised ballot peer"],
+)
+def test_lone_surrogates_in_epoch_messages_are_a_codec_error(message: dict[str, Any]) -> None:
+    body = batch([message])  # json.dumps escapes the surrogate: valid JSON text
+    with pytest.raises(CodecError):
+        decode_batch(body)

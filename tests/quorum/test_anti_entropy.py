@@ -227,5 +227,3 @@ def test_any_start_converges_to_the_union(held: list[set[int]], seed: int) -> No
     net.converge(rounds=500)
     union = {mapping(i).token for indices in held for i in indices}
     assert all(p.tokens() == union for p in net.peers.values())
-
-

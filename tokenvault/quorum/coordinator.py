@@ -10,8 +10,10 @@ Theory of operation:
   replicas is written back until W hold it (blocking read repair) before the read answers, so
   once a read returned a token, every later read (R meets W) finds it too. Responders that lacked
   a mapping W already hold are repaired in the background.
-- A FENCED answer fails the write at once: the owner moved to a later epoch, the caller learns
-  it and tokenizes again. Read repairs are marked as repairs and never fenced.
+- FENCED answers fail the write once W unfenced replicas are out of reach: the owner moved to a
+  later epoch, the caller learns it and tokenizes again. (A single fenced replica, e.g. one that
+  accepted an orphaned proposal, does not block writes the others can still take.) Read
+  repairs are marked as repairs and never fenced.
 - An answered write lingers until its deadline to reach the replicas that lag; whatever they
   still lack then becomes hints (hinted_handoff.py) on this peer.
 - Replicas the failure detector holds down are not waited for: when fewer than the quorum are
@@ -75,6 +77,7 @@ class _Operation:
     mappings: dict[str, Mapping] = field(default_factory=dict)
     holders: dict[str, set[str]] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
+    fenced: set[str] = field(default_factory=set)  # replicas holding a later epoch
     # reads: the tokens asked, in order, and the answers received.
     tokens: tuple[str, ...] = ()
     responses: dict[str, tuple[Mapping | None, ...]] = field(default_factory=dict)
@@ -272,8 +275,10 @@ class Coordinator:
                 continue  # answered already; what a lagging replica refuses, hints cannot fix
             elif outcome is InsertOutcome.FENCED:
                 assert operation.phase is _Phase.WRITING, "repairs are never fenced"
-                self._finish(operation, Failure.FENCED, effects)
-                return effects
+                operation.fenced.add(source)
+                if len(operation.replicas) - len(operation.fenced) < self._quorum.write_quorum:
+                    self._finish(operation, Failure.FENCED, effects)
+                    return effects
             else:
                 effects.events.append(
                     Event(

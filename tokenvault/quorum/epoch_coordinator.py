@@ -7,13 +7,15 @@ Theory of operation, per operation:
    Otherwise d is the active epoch: a learn answers it; a rotate with expected epoch e answers
    "not rotated" unless d == e, and then proposes its own value for slot e+1. A rotate without
    an expected epoch takes the first active epoch it learns as e, so it rotates at most once.
-2. PREPARE slot s with a fresh ballot (round above any seen, this peer's id). With a majority of
+2. PREPARE slot s with a fresh ballot (a round above any seen, and this operation's id, unique
+   across peers, operations and restarts, so no two proposals share a ballot). With a majority of
    promises: adopt the accepted value of the highest ballot, else propose our own value (a
    rotate at s == e+1), else nothing was chosen at s and d is the answer.
 3. ACCEPT: with a majority of acceptances the value is chosen; every replica is told (Decide)
    and the operation goes back to QUERY, except a rotate whose own value won, which answers.
-A rejection (a higher promise) means a duel: back off for a jittered, growing delay drawn from
-the injected random source, then prepare again with a higher round, `attempts_max` times at most.
+Refusals (higher promises) from more acceptors than a majority can spare mean a duel: back off
+for a jittered, growing delay drawn from the injected random source, then prepare again with a
+higher round, `attempts_max` times at most.
 An acceptor that already decided the slot answers with the value: it is learned (and spread).
 
 Invariants: at most one value is chosen per slot (Paxos), this core only counts answers to the
@@ -82,6 +84,7 @@ class _Operation:
     ballot: Ballot = field(default_factory=Ballot)
     value: EpochValue | None = None  # what ACCEPT proposes
     answered: dict[str, Message] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)  # acceptors that refused this phase's ballot
     highest_round: int = 0
     attempts: int = 0
 
@@ -202,6 +205,7 @@ class EpochCoordinator:
     def _enter_query(self, operation: _Operation, effects: Effects) -> None:
         operation.phase = _Phase.QUERY
         operation.answered = {}
+        operation.refused = set()
         self._send_phase(operation, effects, only_silent=False)
 
     def _after_query(self, operation: _Operation, effects: Effects) -> None:
@@ -211,14 +215,14 @@ class EpochCoordinator:
         assert known is not None, "a report always carries a decided value"
         reports = [m for m in operation.answered.values() if isinstance(m, EpochReport)]
         accepted_slot = max(r.accepted_slot for r in reports)
+        if operation.rotate and operation.expected is None:
+            operation.expected = known.epoch  # rotate from whatever is active, once
         if accepted_slot > known.epoch:
             self._enter_prepare(operation, known.epoch + 1, effects)  # finish a half-done round
             return
         if not operation.rotate:
             self._finish(operation, None, effects)
             return
-        if operation.expected is None:
-            operation.expected = known.epoch  # rotate from whatever is active, once
         if known.epoch != operation.expected:
             self._finish(operation, None, effects)
             return
@@ -228,9 +232,12 @@ class EpochCoordinator:
         operation.phase = _Phase.PREPARE
         operation.slot = slot
         operation.highest_round += 1
-        operation.ballot = Ballot(round=operation.highest_round, peer=self._peer_id)
+        # The proposer part of a ballot is the operation id: unique across operations on one
+        # peer and across restarts, so no two proposals ever share a ballot.
+        operation.ballot = Ballot(round=operation.highest_round, peer=operation.op_id)
         operation.value = None
         operation.answered = {}
+        operation.refused = set()
         effects.events.append(
             self._event(
                 operation, "paxos_prepare", ("slot", slot), ("ballot", operation.highest_round)
@@ -245,7 +252,7 @@ class EpochCoordinator:
             self._learned_decided(operation, promise.decided, effects)
             return
         if not promise.granted:
-            self._preempted(operation, promise.promised, now, effects)
+            self._refused(operation, source, promise.promised, now, effects)
             return
         operation.answered[source] = promise
         if len(operation.answered) < majority(len(operation.replicas)):
@@ -275,6 +282,7 @@ class EpochCoordinator:
         operation.phase = _Phase.ACCEPT
         operation.value = value
         operation.answered = {}
+        operation.refused = set()
         self._send_phase(operation, effects, only_silent=False)
 
     def _on_accepted(
@@ -284,7 +292,7 @@ class EpochCoordinator:
             self._learned_decided(operation, accepted.decided, effects)
             return
         if not accepted.granted:
-            self._preempted(operation, accepted.promised, now, effects)
+            self._refused(operation, source, accepted.promised, now, effects)
             return
         operation.answered[source] = accepted
         if len(operation.answered) < majority(len(operation.replicas)):
@@ -314,6 +322,16 @@ class EpochCoordinator:
         if not self._spend_attempt(operation, effects):
             return
         self._enter_query(operation, effects)
+
+    def _refused(
+        self, operation: _Operation, source: str, promised: Ballot, now: float, effects: Effects
+    ) -> None:
+        """A refusal preempts the round only once a majority of grants is out of reach."""
+        operation.highest_round = max(operation.highest_round, promised.round)
+        operation.refused.add(source)
+        replicas = len(operation.replicas)
+        if len(operation.refused) > replicas - majority(replicas):
+            self._preempted(operation, promised, now, effects)
 
     def _preempted(
         self, operation: _Operation, promised: Ballot, now: float, effects: Effects

@@ -137,11 +137,24 @@ def epoch_value_to_json(value: EpochValue) -> dict[str, Any]:
     }
 
 
+def _utf8_text(raw: Any) -> bool:
+    """A str that UTF-8 can carry (JSON escapes may smuggle in lone surrogates)."""
+    if not isinstance(raw, str):
+        return False
+    try:
+        raw.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def epoch_value_from_json(raw: Any) -> EpochValue:
     try:
         epoch, salt, by, at = raw["epoch"], raw["salt"], raw["requested_by"], raw["requested_at_s"]
         if not (
-            type(epoch) is int
+            _utf8_text(salt)
+            and _utf8_text(by)
+            and type(epoch) is int
             and isinstance(salt, str)
             and isinstance(by, str)
             and type(at) in (int, float)
@@ -159,7 +172,7 @@ def ballot_to_json(ballot: Ballot) -> list[Any]:
 def ballot_from_json(raw: Any) -> Ballot:
     try:
         round_, peer = raw
-        if type(round_) is not int or not isinstance(peer, str):
+        if type(round_) is not int or not _utf8_text(peer):
             raise TypeError("ballot fields of the wrong type")
         return Ballot(round=round_, peer=peer)
     except (TypeError, ValueError) as error:
