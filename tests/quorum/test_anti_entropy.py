@@ -227,3 +227,17 @@ def test_any_start_converges_to_the_union(held: list[set[int]], seed: int) -> No
     net.converge(rounds=500)
     union = {mapping(i).token for indices in held for i in indices}
     assert all(p.tokens() == union for p in net.peers.values())
+
+
+def test_two_values_for_one_epoch_are_a_safety_alarm() -> None:
+    net = Net()
+    for name, salt in (("a", "ab" * 8), ("b", "cd" * 8)):
+        value = EpochValue(epoch=2, salt=salt, requested_by=name, requested_at_s=1.0)
+        peer = net.peers[name]
+        effects = peer.acceptor.on_message("x", Decide(op_id="d", owner=OWNER, value=value))
+        peer.store.stage(effects.writes)
+        peer.store.sync()
+    net.tick("a", 10.0)
+    (source, destination, summary) = net.messages.pop(0)
+    effects = net.peers[destination].ae.on_message(source, summary, 10.0)
+    assert "paxos_disagreement" in [e.name for e in effects.events]

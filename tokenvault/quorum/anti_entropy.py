@@ -377,7 +377,16 @@ class AntiEntropy:
             )
 
     def _learn_epoch(self, owner: str, theirs: EpochValue, effects: Effects) -> None:
-        if theirs.epoch > self._decided.active_epoch(owner).epoch:
+        mine = self._decided.active_epoch(owner)
+        if theirs.epoch == mine.epoch and theirs != mine:
+            effects.events.append(
+                Event(
+                    name="paxos_disagreement",
+                    owner=owner,
+                    details=(("slot", mine.epoch), ("found_by", "anti_entropy")),
+                )
+            )
+        if theirs.epoch > mine.epoch:
             self.statistics.epochs_learned += 1
             decide = Decide(op_id=f"{AE_OP_PREFIX}epoch", owner=owner, value=theirs)
             self._send(self._peer_id, decide, effects)
