@@ -572,8 +572,47 @@ def _run_ring(args: argparse.Namespace, transport: httpx.BaseTransport | None) -
 def _run_status(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
     target = _target(args, admin_by_default=True)
     answer = _request(target, "GET", "/v1/ring", None, transport)
-    _print_status(answer, sys.stdout)
+    _print_status(answer, sys.stdout, _cluster_details(target, answer, transport))
     return EXIT_OK
+
+
+@dataclass(frozen=True)
+class _ClusterDetails:
+    """What the admin views add to the ring: per peer its own view, per owner convergence."""
+
+    nodes: dict[str, Any]  # peer id -> its /v1/admin/node answer, or None when unreachable
+    owners: list[Any]  # /v1/admin/owners/{owner} answers
+
+
+def _cluster_details(
+    target: _Target, ring: Any, transport: httpx.BaseTransport | None
+) -> _ClusterDetails | None:
+    """None unless the key is the admin key (an owner key sees the ring only)."""
+    try:
+        first = _request(target, "GET", "/v1/admin/node", None, transport)
+    except CliError:
+        return None
+    nodes: dict[str, Any] = {}
+    for peer in ring.get("peers", []) if isinstance(ring, dict) else []:
+        peer_id, address = str(peer.get("id", "?")), str(peer.get("address", ""))
+        if peer_id == first.get("peer"):
+            nodes[peer_id] = first
+            continue
+        try:
+            nodes[peer_id] = _request(
+                _Target(url=f"http://{address}", key=target.key),
+                "GET",
+                "/v1/admin/node",
+                None,
+                transport,
+            )
+        except CliError:
+            nodes[peer_id] = None
+    owners = [
+        _request(target, "GET", f"/v1/admin/owners/{owner}", None, transport)
+        for owner in first.get("owners", [])
+    ]
+    return _ClusterDetails(nodes=nodes, owners=owners)
 
 
 def _raw_body(data: bytes, source: str) -> bytes:
@@ -695,7 +734,7 @@ def _error_line(response: httpx.Response) -> str:
     return line
 
 
-def _print_status(answer: Any, out: TextIO) -> None:
+def _print_status(answer: Any, out: TextIO, details: _ClusterDetails | None = None) -> None:
     if not isinstance(answer, dict):
         raise CliError("the ring answer is not a JSON object")
     peers = answer.get("peers")
@@ -707,17 +746,53 @@ def _print_status(answer: Any, out: TextIO) -> None:
         f" R={answer.get('read_quorum', '?')}",
         file=out,
     )
-    rows = [("ID", "ADDRESS", "STATE", "FOR")]
+    header: tuple[str, ...] = ("ID", "ADDRESS", "STATE", "FOR")
+    if details is not None:
+        header += ("HINTS HELD", "ANTI-ENTROPY")
+    rows: list[tuple[str, ...]] = [header]
     for peer in peers:
         since = peer.get("for_s")
-        rows.append(
+        row: tuple[str, ...] = (
+            str(peer.get("id", "?")),
+            str(peer.get("address", "?")),
+            str(peer.get("state", "?")),
+            f"{since:.0f}s" if isinstance(since, int | float) else "",
+        )
+        if details is not None:
+            row += _node_columns(details.nodes.get(str(peer.get("id"))))
+        rows.append(row)
+    _print_table(rows, out)
+    if details is None or not details.owners:
+        return
+    print("", file=out)
+    owner_rows: list[tuple[str, ...]] = [("OWNER", "CONVERGED", "EPOCHS", "TOKENS PER REPLICA")]
+    for view in details.owners:
+        replicas = view.get("replicas", [])
+        owner_rows.append(
             (
-                str(peer.get("id", "?")),
-                str(peer.get("address", "?")),
-                str(peer.get("state", "?")),
-                f"{since:.0f}s" if isinstance(since, int | float) else "",
+                str(view.get("owner", "?")),
+                "yes" if view.get("converged") else "NO",
+                ",".join(str(r.get("active_epoch", "-")) for r in replicas),
+                " ".join(
+                    f"{r.get('peer')}={r['token_count'] if r.get('reachable') else 'unreachable'}"
+                    for r in replicas
+                ),
             )
         )
+    _print_table(owner_rows, out)
+
+
+def _node_columns(node: Any) -> tuple[str, str]:
+    if not isinstance(node, dict):
+        return ("unreachable", "")
+    hints = node.get("hints", [])
+    held = ", ".join(f"{h['hints']} for {h['target']}" for h in hints) or "0"
+    last = (node.get("anti_entropy") or {}).get("last_pass")
+    pass_text = "" if not last else f"{last['outcome']} {last['finished_s_ago']:.0f}s ago"
+    return (held, pass_text)
+
+
+def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
         print(

@@ -466,6 +466,7 @@ class Node:
             "address": self.peer.address,
             "uptime_s": round(trio.current_time() - self.started_at, 3),
             "operations_in_flight": self.coordinator.operations_in_flight(),
+            "owners": [o.id for o in self.config.owners],
             "anti_entropy": self._anti_entropy_view(),
             "hints": [
                 {"target": h.target, "hints": h.hints, "bytes": h.bytes, "in_flight": h.in_flight}
