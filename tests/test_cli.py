@@ -263,19 +263,67 @@ def test_status_prints_a_table_of_peers_with_the_admin_key(
         ],
     }
     peer.answers["GET", "/v1/ring"] = httpx.Response(200, json=ring)
+    peer.answers["GET", "/v1/admin/node"] = httpx.Response(
+        200,
+        json={
+            "peer": "n1",
+            "owners": ["alice"],
+            "hints": [{"target": "n3", "hints": 4, "bytes": 100, "in_flight": 0}],
+            "anti_entropy": {"last_pass": {"outcome": "in_sync", "finished_s_ago": 2.0}},
+        },
+    )
+    peer.answers["GET", "/v1/admin/owners/alice"] = httpx.Response(
+        200,
+        json={
+            "owner": "alice",
+            "converged": False,
+            "replicas": [
+                {"peer": "n1", "reachable": True, "active_epoch": 2, "token_count": 7},
+                {"peer": "n3", "reachable": False},
+            ],
+        },
+    )
 
     assert main(["status", "--dir", str(tmp_path)], transport=peer.transport()) == 0
 
-    request = peer.only_request()
-    assert request.headers["authorization"] == f"Bearer {load_keys(tmp_path / 'keys.json').admin}"
+    admin_key = load_keys(tmp_path / "keys.json").admin
+    assert {r.headers["authorization"] for r in peer.requests} == {f"Bearer {admin_key}"}
+    # the ring once, every peer's own view, then each owner's convergence
+    assert {r.url.port for r in peer.requests if r.url.path == "/v1/admin/node"} == {
+        7401,
+        7402,
+        7403,
+    }
     lines = capsys.readouterr().out.splitlines()
     assert "N=3 W=2 R=2" in lines[0]
-    assert lines[1].split() == ["ID", "ADDRESS", "STATE", "FOR"]
-    assert [line.split()[:3] for line in lines[2:]] == [
+    assert lines[1].split() == ["ID", "ADDRESS", "STATE", "FOR", "HINTS", "HELD", "ANTI-ENTROPY"]
+    assert [line.split()[:3] for line in lines[2:5]] == [
         ["n1", "127.0.0.1:7401", "up"],
         ["n2", "127.0.0.1:7402", "suspect"],
         ["n3", "127.0.0.1:7403", "down"],
     ]
+    assert "4 for n3" in lines[2] and "in_sync 2s ago" in lines[2]
+    assert lines[6].split() == ["OWNER", "CONVERGED", "EPOCHS", "TOKENS", "PER", "REPLICA"]
+    assert lines[7].split() == ["alice", "NO", "2,-", "n1=7", "n3=unreachable"]
+
+
+def test_status_with_an_owner_key_shows_the_ring_only(
+    tmp_path: Path, peer: FakePeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(tmp_path) == 0
+    capsys.readouterr()
+    ring = {"peer": "n1", "peers": [{"id": "n1", "address": "127.0.0.1:7401", "state": "up"}]}
+    peer.answers["GET", "/v1/ring"] = httpx.Response(200, json=ring)
+    peer.answers["GET", "/v1/admin/node"] = httpx.Response(
+        403, json={"error": {"code": "forbidden", "message": "Only the admin key may see this."}}
+    )
+    assert (
+        main(["status", "--dir", str(tmp_path), "--owner", "alice"], transport=peer.transport())
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["ID", "ADDRESS", "STATE", "FOR"]
+    assert len(lines) == 3
 
 
 def test_client_without_url_or_key_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
