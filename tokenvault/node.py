@@ -13,13 +13,14 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import random
 import secrets
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -69,9 +70,11 @@ from tokenvault.quorum.messages import (
     ReadReply,
     ReadRequest,
 )
+from tokenvault.quorum.records import StorageCorrupt
 from tokenvault.quorum.replica import Replica
 from tokenvault.ring.hash_ring import HashRing
 from tokenvault.store.leveldb_store import LevelDBStore
+from tokenvault.store.storage import StorageError
 from tokenvault.tokens import derive_peer_key
 
 TIMERS_MAX = 100_000
@@ -336,7 +339,18 @@ class Node:
             await self._dispatch(storage_effects, from_replica=True, staged=True)
 
     async def _deliver_locally(self, messages: list[Message]) -> None:
-        await self._deliver(self.peer_id, messages)
+        with self._store_failures_logged():
+            await self._deliver(self.peer_id, messages)
+
+    @contextlib.contextmanager
+    def _store_failures_logged(self) -> Iterator[None]:
+        """A background task whose store write or read fails is dropped, logged and counted;
+        the peer stays up (what it was doing is retried by resends, hints or anti-entropy)."""
+        try:
+            yield
+        except (StorageError, StorageCorrupt) as error:
+            self.log.emit("storage_error", level="error", kind=type(error).__name__)
+            self.metrics.inc("tokenvault_storage_errors_total")
 
     # -- the driver ----------------------------------------------------------------------------
 
@@ -397,7 +411,8 @@ class Node:
                     self._nursery.start_soon(self._dispatch_timer_effects, effects)
 
     async def _dispatch_timer_effects(self, effects: Effects) -> None:
-        await self._dispatch(effects, from_replica=False)
+        with self._store_failures_logged():
+            await self._dispatch(effects, from_replica=False)
 
     # -- inspection ----------------------------------------------------------------------------
 
@@ -428,9 +443,10 @@ class Node:
             effects = self.failure_detector.tick(now)
             down = self.down_peers()
             effects.extend(self.hints.tick(now, down))
-            if self.anti_entropy_enabled:
-                effects.extend(self.anti_entropy.tick(now, down))
-            await self._dispatch(effects, from_replica=False)
+            with self._store_failures_logged():
+                if self.anti_entropy_enabled:
+                    effects.extend(self.anti_entropy.tick(now, down))
+                await self._dispatch(effects, from_replica=False)
             await trio.sleep(interval_s)
 
     def down_peers(self) -> frozenset[str]:

@@ -38,6 +38,8 @@ from tokenvault.http.server import Request, Response
 from tokenvault.node import Node, OperationFailed
 from tokenvault.quorum.effects import Failure
 from tokenvault.quorum.messages import Ballot, EpochValue, Mapping
+from tokenvault.quorum.records import StorageCorrupt
+from tokenvault.store.storage import StorageError
 from tokenvault.tokens import derive_epoch_key, hash_api_key, is_well_formed_token, make_token
 
 RECORDS_MAX = 1_000
@@ -120,6 +122,11 @@ class PublicApi:
             response = await handler(request, principal, argument)
         except ApiError as error:
             response = error_response(error)
+        except (StorageError, StorageCorrupt) as error:
+            self._node.log.emit("storage_error", level="error", kind=type(error).__name__)
+            response = error_response(
+                Unavailable("This peer's store failed; try another peer or retry later.")
+            )
         metrics = self._node.metrics
         metrics.inc(
             "tokenvault_http_requests_total", (("route", route), ("status", str(response.status)))
@@ -136,7 +143,7 @@ class PublicApi:
         if request.path in self._exact_paths:
             return "method_not_allowed", None, ""
         for method, prefix, name, handler in self._prefixed:
-            if request.path.startswith(prefix) and len(request.path) > len(prefix):
+            if request.path.startswith(prefix):
                 if request.method != method:
                     return "method_not_allowed", None, ""
                 return name, handler, request.path[len(prefix) :]

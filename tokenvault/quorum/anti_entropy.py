@@ -97,7 +97,7 @@ class PassReport:
     differing_buckets: int
     pages: int
     mappings_pushed: int
-    outcome: str  # "in_sync", "repaired", "timed_out", "partner_down"
+    outcome: str  # "in_sync", "repaired", "timed_out"
 
 
 @dataclass(slots=True)
@@ -268,9 +268,8 @@ class AntiEntropy:
         stats.passes_in_sync += outcome == "in_sync"
         stats.last_pass = report
         if outcome == "repaired":
-            self._next_pass_at = (
-                now  # more may differ: no pause while repairing        if outcome != "in_sync":
-            )
+            self._next_pass_at = now  # more may differ: no pause while repairing
+        if outcome != "in_sync":
             effects.events.append(
                 Event(
                     name="anti_entropy_pass",

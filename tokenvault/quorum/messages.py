@@ -141,7 +141,8 @@ GENESIS_EPOCH = 1
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
 class Ballot:
-    """Unique and totally ordered: (round, peer id). Ballot() is below every real ballot."""
+    """Unique and totally ordered: (round, proposer). The proposer is the id of the operation
+    that prepares (unique across peers, operations and restarts). Ballot() is below all."""
 
     round: int = 0
     peer: str = ""
@@ -292,7 +293,7 @@ class OwnerView:
     op_id: str
     owner: str
     token_count: int
-    digest: str  # hex SHA-256 over the owner's mappings in key order
+    digest: str  # hex root of the owner's digest tree (merkle.py: 128-bit BLAKE2b)
     complete: bool  # False when the scan stopped at its bound: count and digest are partial
     decided_epoch: int
     accepted_slot: int
