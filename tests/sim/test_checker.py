@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from tokenvault.quorum.messages import Mapping
+from tokenvault.quorum.messages import EpochValue, Mapping
 from tokenvault.sim.checker import CheckInput, ContextQuery, Violation, check
 from tokenvault.sim.cluster import ReplicaState
 from tokenvault.sim.history import History, Operation, OperationKind, Outcome
+from tokenvault.sim.observer import Observation
 from tokenvault.sim.peer import CoreError
 
 OWNER = "acme"
@@ -293,3 +294,180 @@ def test_violations_of_one_invariant_are_capped() -> None:
         many.detokenize(float(index), index + 0.5, {ghost.token: ghost})
     capped = [v.summary for v in many.check() if v.invariant == "no-uninserted-value"]
     assert len(capped) == 1  # one token: one violation, whatever the number of reads
+
+
+# -- epochs ------------------------------------------------------------------------------------
+
+E2 = EpochValue(epoch=2, salt="aa" * 8, requested_by="c1-1", requested_at_s=1.0)
+E2_OTHER = EpochValue(epoch=2, salt="bb" * 8, requested_by="c1-2", requested_at_s=1.0)
+E3 = EpochValue(epoch=3, salt="cc" * 8, requested_by="c1-3", requested_at_s=2.0)
+
+
+def _epoch_op(
+    s: Scenario,
+    start: float,
+    end: float,
+    kind: OperationKind,
+    value: EpochValue | None,
+    *,
+    expected: int | None = None,
+    rotated: bool = False,
+    group: str = "",
+    mappings: tuple[Mapping, ...] = (),
+) -> Operation:
+    op = s._invoke(start, kind)
+    op.expected_epoch = expected
+    op.group = group
+    if value is None:
+        return s.history.complete(op.op_id, at_s=end, outcome=Outcome.FAIL, reason="x")
+    return s.history.complete(
+        op.op_id,
+        at_s=end,
+        outcome=Outcome.OK,
+        epoch_value=value,
+        rotated=rotated,
+        mappings=mappings,
+        copies_at_answer=tuple(3 for _ in mappings),
+    )
+
+
+def _with_decided(
+    s: Scenario, decided: dict[str, dict[tuple[str, int], EpochValue]]
+) -> tuple[ReplicaState, ...]:
+    return tuple(
+        ReplicaState(
+            peer=peer,
+            up=True,
+            mappings=held,
+            operations_in_flight=0,
+            unsynced=False,
+            held_effects=0,
+            decided=decided.get(peer, {}),
+        )
+        for peer, held in s.stores.items()
+    )
+
+
+def test_a_good_rotation_history_passes() -> None:
+    s = Scenario()
+    _epoch_op(s, 1.0, 1.5, OperationKind.ROTATE, E2, expected=1, rotated=True)  # c1-1
+    _epoch_op(s, 1.0, 1.6, OperationKind.ROTATE, E2, expected=1)  # c1-2, lost the duel
+    _epoch_op(s, 2.0, 2.1, OperationKind.EPOCH, E2)
+    decided = {p: {(OWNER, 2): E2} for p in PEERS}
+    assert s.check(replicas=_with_decided(s, decided)) == []
+
+
+def test_two_values_decided_for_one_slot() -> None:
+    s = Scenario()
+    _epoch_op(s, 1.0, 1.5, OperationKind.ROTATE, E2, expected=1, rotated=True)
+    _epoch_op(s, 1.0, 1.6, OperationKind.ROTATE, E2_OTHER, expected=1, rotated=True)
+    decided = {"p1": {(OWNER, 2): E2}, "p2": {(OWNER, 2): E2_OTHER}}
+    violations = s.check(replicas=_with_decided(s, decided))
+    assert {"one-value-per-slot", "rotations-agree"} <= set(invariants(violations))
+    text = next(v for v in violations if v.invariant == "one-value-per-slot").summary
+    assert text.startswith(f"epoch 2 of {OWNER} has 2 values")
+
+
+def test_a_decided_value_that_names_no_rotate() -> None:
+    s = Scenario()
+    _epoch_op(s, 2.0, 2.1, OperationKind.EPOCH, E2)  # c1-1 is an epoch read, not a rotate
+    violations = s.check(replicas=_with_decided(s, {"p1": {(OWNER, 2): E2}}))
+    assert invariants(violations) == ["values-were-proposed"]
+
+
+def test_a_tokenize_after_a_rotation_answered_an_older_epoch() -> None:
+    s = Scenario()
+    _epoch_op(s, 1.0, 1.5, OperationKind.ROTATE, E3, expected=2, rotated=False)
+    old = Mapping(owner=OWNER, token=TOKEN_A, value="alice", field="ssn", epoch=2)
+    s.hold(old, "p1", "p2", "p3")
+    tokenize = _epoch_op(s, 2.0, 2.1, OperationKind.TOKENIZE, E2, mappings=(old,))
+    s.detokenize(3.0, 3.1, {TOKEN_A: old}, kind=OperationKind.CHECK)
+    violations = [v for v in s.check() if v.invariant == "epochs-never-go-back"]
+    assert len(violations) == 1
+    assert f"op {tokenize.op_id} (tokenize)" in violations[0].summary
+    assert "answered epoch 2" in violations[0].summary
+
+
+def test_one_input_with_two_tokens() -> None:
+    s = Scenario()
+    one = Mapping(owner=OWNER, token=TOKEN_A, value="alice", field="ssn", epoch=2)
+    two = Mapping(owner=OWNER, token=TOKEN_B, value="alice", field="ssn", epoch=2)
+    s.hold(one, "p1", "p2", "p3")
+    s.hold(two, "p1", "p2", "p3")
+    s.tokenize(1.0, 1.1, one)
+    s.tokenize(2.0, 2.1, two)
+    violations = [v for v in s.check() if v.invariant == "same-input-same-token"]
+    assert len(violations) == 1 and "has 2 tokens" in violations[0].summary
+
+
+def test_rotations_that_disagree() -> None:
+    s = Scenario()
+    stolen = EpochValue(epoch=2, salt="aa" * 8, requested_by="someone", requested_at_s=1.0)
+    _epoch_op(s, 1.0, 1.5, OperationKind.ROTATE, stolen, expected=1, rotated=True)
+    _epoch_op(s, 2.0, 2.5, OperationKind.ROTATE, E3, expected=1, rotated=True)
+    # A burst expecting epoch 3 whose answers differ, with no other rotate to explain it.
+    e4 = EpochValue(epoch=4, salt="dd" * 8, requested_by="c1-3", requested_at_s=3.0)
+    e5 = EpochValue(epoch=5, salt="ee" * 8, requested_by="c1-9", requested_at_s=3.0)
+    _epoch_op(s, 3.0, 3.5, OperationKind.ROTATE, e4, expected=3, group="b1")
+    _epoch_op(s, 3.0, 3.6, OperationKind.ROTATE, e5, expected=3, group="b1")
+    summaries = [v.summary for v in s.check() if v.invariant == "rotations-agree"]
+    assert any("a value it did not propose" in text for text in summaries)
+    assert any("expected epoch 1 and answered rotated to epoch 3" in text for text in summaries)
+    assert any(
+        "burst b1 (expecting epoch 3) answered different epochs" in text for text in summaries
+    )
+
+
+def test_what_the_observer_saw_is_reported_with_its_operations() -> None:
+    s = Scenario()
+    rotate = _epoch_op(s, 1.0, 1.5, OperationKind.ROTATE, E2, expected=1, rotated=True)
+    seen = Observation(
+        invariant="promise-never-decreases",
+        summary="p2 had promised ballot 2.c1-1 ...",
+        at_s=1.2,
+        peers=("p2",),
+        op_ids=("c1-1", "c9-9/l1"),
+    )
+    decided = {p: {(OWNER, 2): E2} for p in PEERS}
+    violations = s.check(
+        replicas=_with_decided(s, decided),
+        observations=(seen,),
+        chosen_value_violations=("owner slot 2: ...",),
+    )
+    assert invariants(violations) == ["chosen-value-kept", "promise-never-decreases"]
+    promise = next(v for v in violations if v.invariant == "promise-never-decreases")
+    assert promise.summary == "at 1.200000 s: p2 had promised ballot 2.c1-1 ..."
+    assert promise.operations == (rotate.describe(),)
+
+
+def test_full_convergence_needs_one_root_one_epoch_no_hint_and_the_bound() -> None:
+    s = good_scenario()
+    s.hold(B, "p3")
+    base = s.check(require_full_convergence=True)
+    assert base == []
+    replicas = tuple(
+        ReplicaState(
+            peer=peer,
+            up=True,
+            mappings=held,
+            operations_in_flight=0,
+            unsynced=False,
+            held_effects=0,
+            merkle_roots={OWNER: "root-a" if peer == "p1" else "root-b"},
+            active_epochs={OWNER: E2 if peer == "p1" else E3},
+            hints_pending=2 if peer == "p2" else 0,
+        )
+        for peer, held in s.stores.items()
+    )
+    violations = s.check(
+        require_full_convergence=True,
+        replicas=replicas,
+        converged=False,
+        convergence_bound_s=60.0,
+        liveness_started_s=40.0,
+    )
+    summaries = [v.summary for v in violations if v.invariant == "convergence"]
+    assert summaries[0].startswith("the cluster did not converge within 60 virtual s")
+    assert "peer p2 still holds 2 hint(s) at the end" in summaries
+    assert any("different merkle roots" in text for text in summaries)
+    assert any("different decided epochs" in text for text in summaries)

@@ -97,3 +97,28 @@ def test_the_log_finds_lines_by_needle_and_by_first_word_in_a_window() -> None:
     assert [line.text for line in found] == ["invoke op=c1-1 x", "op=c1-1"]
     crashes = engine.lines_starting(["crash"], window_s=(2.0, 3.0), lines_max=10)
     assert [line.render() for line in crashes] == ["#3 3.000000 crash p3"]
+
+
+def test_stop_ends_the_run_after_the_current_event() -> None:
+    engine = Engine(1)
+    ran: list[float] = []
+    for index in range(5):
+        engine.at(float(index), lambda: ran.append(engine.now_s))
+    engine.at(2.0, engine.stop)
+    stop = engine.run(until_s=10.0, events_max=100)
+    assert stop.stopped and not stop.drained
+    assert ran == [0.0, 1.0, 2.0]
+    again = engine.run(until_s=10.0, events_max=100)  # stop() held for one run only
+    assert again.drained and not again.stopped and ran == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_watch_runs_once_right_after_the_first_matching_line() -> None:
+    engine = Engine(1)
+    ran: list[str] = []
+    engine.watch(lambda text: "crash" in text, lambda: ran.append(f"struck {engine.now_s}"))
+    engine.at(1.0, lambda: (engine.record("deliver a"), ran.append("deliver")))
+    engine.at(2.0, lambda: (engine.record("crash p2"), ran.append("crash")))
+    engine.at(2.0, lambda: ran.append("same instant, scheduled earlier"))
+    engine.at(3.0, lambda: engine.record("crash p3"))
+    engine.run(until_s=10.0, events_max=100)
+    assert ran == ["deliver", "crash", "same instant, scheduled earlier", "struck 2.0"]

@@ -1,11 +1,19 @@
-"""Every kind of fault actually happens in the sweep, and faults stop where they should."""
+"""Every kind of fault actually happens in the sweep, and faults stop where they should; a
+replayed seed shows a crash during a write, a crash during a repair and a long isolation."""
 
 from __future__ import annotations
 
 import pytest
 
 from tokenvault.sim.config import SimConfig
-from tokenvault.sim.faults import FaultKind, PartitionKind, choose_mix, plan_faults
+from tokenvault.sim.faults import (
+    LONG_ISOLATION_S,
+    FaultKind,
+    PartitionKind,
+    StrikeOn,
+    choose_mix,
+    plan_faults,
+)
 from tokenvault.sim.runner import SimResult, SimStats, run_simulation
 
 FAULT_KINDS = (
@@ -25,6 +33,20 @@ FAULT_KINDS = (
     "reset",  # a peer crashed with a client's operation in flight
     "indeterminate",
     "read_repairs_blocking",
+    "cut_long_isolate",  # a peer isolated for 20 s and more
+    "crashes_on_staged_write",  # aimed crashes, by the moment they struck
+    "crashes_during_write",
+    "crashes_during_repair",
+    "hints_lost_in_flight",
+    # and what the epochs, hints and anti-entropy did about it
+    "rotated",
+    "bursts",
+    "paxos_preempted",
+    "tokenize_fenced",
+    "hints_stored",
+    "hints_delivered",
+    "ae_repairs",
+    "epochs_learned_by_ae",
 )
 
 
@@ -56,6 +78,9 @@ def test_every_fault_is_over_before_the_network_heals(seed: int) -> None:
     assert all(0.0 <= a.at_s <= config.faults_end_s for a in schedule)
     assert [a.at_s for a in schedule] == sorted(a.at_s for a in schedule)
     starts = {FaultKind.CRASH, FaultKind.ARM_CRASH, FaultKind.PAUSE}
+    assert all((a.kind is FaultKind.ARM_CRASH) == (a.strike_on is not None) for a in schedule), (
+        "every aimed crash, and only they, says when it strikes"
+    )
     for peer in config.peer_ids:
         mine = [a for a in schedule if a.peer == peer]
         kinds = [a.kind in starts for a in mine]
@@ -77,13 +102,16 @@ def test_the_schedule_depends_on_the_seed_not_on_the_workload() -> None:
     assert a.mix == b.mix
 
 
-def test_each_partition_kind_is_drawn() -> None:
+def test_each_partition_kind_and_each_aimed_crash_is_drawn() -> None:
     kinds: set[PartitionKind] = set()
+    strikes: set[StrikeOn] = set()
     for seed in range(1, 30):
         config = SimConfig(seed=seed)
         schedule = plan_faults(seed, choose_mix(seed), config.peer_ids, config.faults_end_s)
         kinds |= {a.partition.kind for a in schedule if a.partition is not None}
+        strikes |= {a.strike_on for a in schedule if a.strike_on is not None}
     assert kinds == set(PartitionKind)
+    assert strikes == set(StrikeOn)
 
 
 def test_after_healing_every_peer_is_up_and_the_liveness_phase_runs() -> None:
@@ -93,4 +121,68 @@ def test_after_healing_every_peer_is_up_and_the_liveness_phase_runs() -> None:
     liveness = texts.index("liveness phase")
     assert heal < liveness
     assert any(text.startswith("answer check-owner-") for text in texts[liveness:])
+    assert any(text.startswith("converged after ") for text in texts[liveness:])
     assert result.passed
+
+
+def _first(sweep: list[SimResult], kind: str) -> SimResult:
+    """The first seed of the sweep where kind happened, replayed with its log."""
+    seed = next(r.seed for r in sweep if getattr(r.stats, kind) > 0)
+    replayed = run_simulation(SimConfig(seed=seed), keep_log=True)
+    assert replayed.digest == sweep[seed - 1].digest
+    return replayed
+
+
+def _texts(result: SimResult) -> list[str]:
+    return [line.split(" ", 2)[2] for line in result.log]  # without number and time
+
+
+def _strike(texts: list[str], trigger: StrikeOn) -> tuple[int, str, str]:
+    """The first aimed crash of a kind: its line, its peer and the operation it struck in."""
+    index, text = next(
+        (i, t)
+        for i, t in enumerate(texts)
+        if t.startswith("aimed-crash ") and f" {trigger.value} during op=" in t
+    )
+    return index, text.split()[1], text.split("op=")[1]
+
+
+def test_a_crash_during_a_write_it_coordinates(sweep: list[SimResult]) -> None:
+    result = _first(sweep, "crashes_during_write")
+    texts = _texts(result)
+    strike, peer, op_id = _strike(texts, StrikeOn.CLIENT_WRITE)
+    assert texts[strike + 1].startswith(f"crash {peer} ")
+    assert " ops_reset=0 " not in texts[strike + 1], "the client's write was in flight"
+    client_op = op_id.split("/")[0]
+    assert any(t.startswith(f"request {peer} tokenize op={client_op} ") for t in texts[:strike])
+    # Its inserts were on the wire when it crashed; the client saw the connection reset.
+    assert any(f"{peer}->" in t and f" op={op_id} " in t for t in texts[strike:])
+    assert any(t.startswith("answer ") and f"reset op={client_op}" in t for t in texts[strike:])
+    assert result.passed
+
+
+def test_a_crash_during_a_repair(sweep: list[SimResult]) -> None:
+    result = _first(sweep, "crashes_during_repair")
+    texts = _texts(result)
+    strike, peer, op_id = _strike(texts, StrikeOn.REPAIR)
+    assert op_id.startswith(("ae:", "hint:"))
+    assert texts[strike + 1].startswith(f"crash {peer} ")
+    # The repair was in flight: pushed by the peer (delivered after its crash, or lost) or
+    # staged by it (received just before).
+    assert any(f"insert-repair op={op_id} " in t and peer in t for t in texts)
+    assert result.passed
+
+
+def test_a_long_isolation_heals_and_converges(sweep: list[SimResult]) -> None:
+    result = _first(sweep, "long_isolations")
+    assert result.stats.longest_partition_s >= LONG_ISOLATION_S[0]
+    texts = _texts(result)
+    start = next(t for t in texts if t.startswith("partition long-isolate "))
+    alone = start.split()[2].split("|")[0]
+    end = next(i for i, t in enumerate(texts) if t.startswith(f"partition-end {alone}|"))
+    during, after = texts[:end], texts[end:]
+    # The others held it down and kept hints for it, then handed them off once it was back.
+    assert any(t.startswith("event ") and f"peer_down op= target={alone}" in t for t in during)
+    assert any("hint_stored" in t and f"target={alone}" in t for t in during)
+    assert any("hint_delivered" in t and f"target={alone}" in t for t in after)
+    assert result.passed and result.stats.converged_after_s >= 0.0

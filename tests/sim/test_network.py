@@ -122,3 +122,56 @@ def test_the_draws_of_one_link_do_not_shift_another() -> None:
 def test_messages_are_described_canonically() -> None:
     text = describe_message(_envelope("p1", "p2", "c1-3").message)
     assert text == "read op=c1-3 acme [AAAAAAAA]"
+
+
+def test_epoch_and_background_messages_are_described_canonically() -> None:
+    from tokenvault.quorum.messages import (
+        Accept,
+        Ballot,
+        EpochValue,
+        Heartbeat,
+        Prepare,
+        Promise,
+    )
+
+    value = EpochValue(epoch=2, salt="ab" * 8, requested_by="c1-4", requested_at_s=1.0)
+    ballot = Ballot(round=3, peer="c1-4")
+    assert describe_message(Heartbeat(sender="p1")) == "heartbeat"
+    assert (
+        describe_message(Prepare(op_id="c1-4", owner="acme", slot=2, ballot=ballot))
+        == "prepare op=c1-4 acme slot=2 ballot=3.c1-4"
+    )
+    assert (
+        describe_message(Accept(op_id="c1-4", owner="acme", slot=2, ballot=ballot, value=value))
+        == "accept op=c1-4 acme slot=2 ballot=3.c1-4 value=2/abababab/c1-4"
+    )
+    promise = Promise(
+        op_id="c1-4",
+        owner="acme",
+        slot=2,
+        ballot=ballot,
+        granted=False,
+        promised=Ballot(round=4, peer="c2-1"),
+        accepted_ballot=None,
+        accepted_value=None,
+        decided=None,
+    )
+    assert describe_message(promise) == (
+        "promise op=c1-4 acme slot=2 ballot=3.c1-4 granted=0 promised=4.c2-1 accepted=-:- decided=-"
+    )
+
+
+def test_drop_when_loses_the_chosen_messages_until_healing() -> None:
+    engine, network, received = _network()
+    network.drop_when(lambda e: e.message.op_id.startswith("x"), "x-only")
+    network.send(_envelope("p1", "p2", "x1"))
+    network.send(_envelope("p1", "p2", "y1"))
+    engine.run(until_s=1.0, events_max=10)
+    network.heal()
+    network.send(_envelope("p1", "p2", "x2"))
+    engine.run(until_s=2.0, events_max=10)
+    assert [op for _, op in received] == ["y1", "x2"]
+    assert network.stats.filtered == 1
+    assert any(
+        line.text.startswith("drop-filter x-only p1->p2 read op=x1") for line in engine.log()
+    )

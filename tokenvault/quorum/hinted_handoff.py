@@ -201,9 +201,12 @@ class HintedHandoff:
         hint = state.hints.get(key)
         if hint is None:
             return effects
-        if all(outcome.is_durable_ack for outcome in reply.outcomes) and len(reply.outcomes) == len(
-            hint.mappings
-        ):
+        # Match on the tokens, not the op id alone: after a restart a sequence number (and so
+        # an op id) can be reused, and a late reply to the old hint must not delete the new one.
+        if reply.tokens != tuple(m.token for m in hint.mappings):
+            state.in_flight[reply.op_id] = key  # not an answer to this hint: keep waiting
+            return effects
+        if all(outcome.is_durable_ack for outcome in reply.outcomes):
             self._forget(state, key, effects)
             effects.events.append(
                 Event(

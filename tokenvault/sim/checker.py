@@ -14,22 +14,45 @@ Invariants (docs/simulation.md explains each):
 - convergence: after the liveness phase every replica that holds a token holds the same mapping,
   every acknowledged mapping is durable on at least W replicas of its preference list, every
   peer is up with nothing in flight, nothing unsynced and no output held. With
-  `require_full_convergence` (off until anti-entropy and hinted handoff exist) every owner's N
-  replicas must also hold identical mappings.
+  `require_full_convergence` (on in every run) the cluster also converged within the bound:
+  every owner's N replicas hold identical mappings (and merkle roots) and one decided active
+  epoch, no replica outside the preference list holds any, and no hint is pending anywhere.
 - no-core-exception: no exception escaped a core.
-- liveness: the run quiesced within its bounds, every operation completed, and every liveness
-  read succeeded.
+- liveness: the clients finished within the run's bounds, every operation completed, and every
+  liveness read succeeded.
+Epochs (single-decree Paxos per owner and slot), judged on the acceptors' durable records over the
+whole run (observer.py) and at the end, and on what clients were answered:
+- one-value-per-slot: at most one value is ever decided per (owner, slot) on any acceptor, and
+  every answer, decided record and tokenize of one (owner, epoch) names that same value.
+- values-were-proposed: every value accepted or decided was carried by an Accept a proposer sent,
+  and names (requested_by) a rotate some client asked for.
+- chosen-value-kept: once a majority accepted a value at a ballot, every acceptance at a higher
+  ballot of that slot carries the same value.
+- promise-never-decreases: an acceptor's promised (and accepted) ballot of a slot never goes down,
+  across restarts too.
+- active-epoch-never-goes-back: a peer's decided epoch and fence of an owner never go down.
+- hints-kept-until-acknowledged: a hint is deleted only once its target durably holds it.
+- epochs-never-go-back: an ok tokenize, epoch read or rotate invoked after one of them answered
+  epoch e answers e or later.
+- same-input-same-token: one (owner, epoch, field, value) always gives one token.
+- rotations-agree: per (owner, epoch) at most one rotate answered rotated; a rotated answer is the
+  rotate's own value, at expected + 1; a rotate expecting a known epoch e answers e + 1 or later;
+  and the rotates of a burst with one expected epoch answer one epoch, unless another rotate
+  that could move the epoch further (expecting e + 1, or nothing) was asked meanwhile.
 Each violation names its operations with their virtual times, and the log lines that show it.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from tokenvault.quorum.messages import Mapping
+from tokenvault.quorum.messages import GENESIS, EpochValue, Mapping
 from tokenvault.sim.cluster import ReplicaState
 from tokenvault.sim.history import History, Operation, OperationKind, Outcome
+from tokenvault.sim.network import describe_value
+from tokenvault.sim.observer import Observation, WriteAttempt
 from tokenvault.sim.peer import CoreError
 
 VIOLATIONS_PER_INVARIANT_MAX = 5
@@ -76,9 +99,18 @@ class CheckInput:
     preference_lists: dict[str, tuple[str, ...]]
     write_quorum: int
     core_errors: tuple[CoreError, ...] = ()
-    quiesced: bool = True
+    quiesced: bool = True  # the clients finished within the run's bounds
     require_full_convergence: bool = False
     context: EventContext | None = None  # log lines mentioning needles in a time window
+    # What the observer saw inside the peers (observer.py).
+    observations: tuple[Observation, ...] = ()
+    write_attempts: tuple[WriteAttempt, ...] = ()
+    decided_over_run: tuple[tuple[str, int, EpochValue, tuple[str, ...]], ...] = ()
+    chosen_value_violations: tuple[str, ...] = ()
+    # The liveness phase: whether full convergence was reached within the bound, and when.
+    converged: bool = True
+    convergence_bound_s: float = 0.0
+    liveness_started_s: float | None = None
 
 
 def no_context(query: ContextQuery) -> tuple[str, ...]:
@@ -101,6 +133,8 @@ class _Report:
         *,
         tokens: Iterable[str] = (),
         peers: Iterable[str] = (),
+        window_s: tuple[float, float] | None = None,
+        more_op_ids: Iterable[str] = (),
     ) -> None:
         count = self._counts.get(invariant, 0) + 1
         self._counts[invariant] = count
@@ -110,8 +144,10 @@ class _Report:
         ops = sorted(unique.values(), key=lambda op: (op.invoke_s, op.op_id))
         times = [op.invoke_s for op in ops] + [op.complete_s or op.invoke_s for op in ops]
         window = (min(times), max(times)) if times else (0.0, float("inf"))
+        if window_s is not None:
+            window = window_s
         query = ContextQuery(
-            op_ids=tuple(op.op_id for op in ops),
+            op_ids=tuple(dict.fromkeys([*(op.op_id for op in ops), *more_op_ids])),
             tokens=tuple(tokens),
             peers=tuple(peers),
             window_s=window,
@@ -145,6 +181,11 @@ def check(state: CheckInput) -> list[Violation]:
     _check_convergence(state, ops, report)
     _check_core_errors(state, report)
     _check_liveness(state, ops, report)
+    _check_observations(state, ops, report)
+    _check_slots(state, ops, report)
+    _check_client_epochs(ops, report)
+    _check_same_input_same_token(state, ops, report)
+    _check_rotations(ops, report)
     return report.finish()
 
 
@@ -155,6 +196,9 @@ def _check_values(state: CheckInput, ops: list[Operation], report: _Report) -> N
     attempted: dict[Key, set[Mapping]] = {}
     for op in ops:
         for m in op.mappings:
+            attempted.setdefault((m.owner, m.token), set()).add(m)
+    for attempt in state.write_attempts:
+        for m in attempt.mappings:
             attempted.setdefault((m.owner, m.token), set()).add(m)
     seen: dict[Key, dict[Mapping, list[str]]] = {}  # mapping -> where it was seen
     answering: dict[Key, list[Operation]] = {}
@@ -331,11 +375,71 @@ def _check_convergence(state: CheckInput, ops: list[Operation], report: _Report)
                     peers=state.preference_lists.get(m.owner, ()),
                 )
     if state.require_full_convergence:
-        _check_full_convergence(state, report)
+        _check_full_convergence(state, ops, report)
 
 
-def _check_full_convergence(state: CheckInput, report: _Report) -> None:
+def _writers(state: CheckInput, ops: list[Operation]) -> dict[Key, list[Operation]]:
+    """The tokenizes that tried to write each (owner, token)."""
+    by_id = {op.op_id: op for op in ops}
+    found: dict[Key, list[Operation]] = {}
+    for attempt in state.write_attempts:
+        op = by_id.get(attempt.client_op)
+        if op is not None:
+            for m in attempt.mappings:
+                found.setdefault((m.owner, m.token), []).append(op)
+    for op in ops:
+        if op.kind is OperationKind.TOKENIZE:
+            for m in op.mappings:
+                found.setdefault((m.owner, m.token), []).append(op)
+    return found
+
+
+def _check_full_convergence(state: CheckInput, ops: list[Operation], report: _Report) -> None:
     replicas = {r.peer: r for r in state.replicas}
+    writers = _writers(state, ops)
+    if not state.converged:
+        started = state.liveness_started_s
+        since = "" if started is None else f" (the liveness phase began at {started:.6f} s)"
+        report.add(
+            "convergence",
+            f"the cluster did not converge within {state.convergence_bound_s:.0f} virtual s"
+            f"{since}: see what differs below",
+            window_s=None if started is None else (started, started + state.convergence_bound_s),
+        )
+    for replica in state.replicas:
+        if replica.hints_pending:
+            report.add(
+                "convergence",
+                f"peer {replica.peer} still holds {replica.hints_pending} hint(s) at the end",
+                peers=[replica.peer],
+            )
+    for owner, preference_list in sorted(state.preference_lists.items()):
+        roots = {
+            peer: replicas[peer].merkle_roots[owner]
+            for peer in preference_list
+            if owner in replicas[peer].merkle_roots
+        }
+        if len(set(roots.values())) > 1:
+            listed = ", ".join(f"{peer}:{root[:12]}" for peer, root in sorted(roots.items()))
+            report.add(
+                "convergence",
+                f"the replicas of {owner} end with different merkle roots: {listed}",
+                peers=preference_list,
+            )
+        epochs = {
+            peer: replicas[peer].active_epochs[owner]
+            for peer in preference_list
+            if owner in replicas[peer].active_epochs
+        }
+        if len(set(epochs.values())) > 1:
+            listed = ", ".join(
+                f"{peer}:{describe_value(value)}" for peer, value in sorted(epochs.items())
+            )
+            report.add(
+                "convergence",
+                f"the replicas of {owner} end with different decided epochs: {listed}",
+                peers=preference_list,
+            )
     for owner, preference_list in sorted(state.preference_lists.items()):
         views = {
             peer: {k: m for k, m in replicas[peer].mappings.items() if k[0] == owner}
@@ -349,7 +453,9 @@ def _check_full_convergence(state: CheckInput, report: _Report) -> None:
                     "convergence",
                     f"token {key[1]} of {owner} is missing on {','.join(lacking)} (full"
                     " convergence: every replica of the preference list holds it)",
+                    writers.get(key, [])[:3],
                     tokens=[key[1]],
+                    peers=preference_list,
                 )
         strays = [
             (r.peer, key)
@@ -390,4 +496,230 @@ def _check_liveness(state: CheckInput, ops: list[Operation], report: _Report) ->
                 f"the liveness read {op.op_id} through {op.peer} failed after healing"
                 f" ({op.reason})",
                 [op],
+            )
+
+
+# -- epochs: inside the peers --------------------------------------------------------------------
+
+
+def _check_observations(state: CheckInput, ops: list[Operation], report: _Report) -> None:
+    by_id = {op.op_id: op for op in ops}
+    writers: dict[str, list[str]] = {}  # token -> the client operations that tried to write it
+    for attempt in state.write_attempts:
+        for m in attempt.mappings:
+            writers.setdefault(m.token, []).append(attempt.client_op)
+    for observation in state.observations:
+        # A core operation of a tokenize ("c1-5/l1") belongs to the client's operation c1-5.
+        op_ids = [op_id.split("/")[0] for op_id in observation.op_ids]
+        op_ids += [op_id for token in observation.tokens for op_id in writers.get(token, ())]
+        involved = [by_id.get(op_id) for op_id in op_ids]
+        report.add(
+            observation.invariant,
+            f"at {observation.at_s:.6f} s: {observation.summary}",
+            [op for op in involved if op is not None],
+            tokens=observation.tokens,
+            peers=observation.peers,
+            window_s=(observation.at_s - 1.0, observation.at_s),
+            more_op_ids=observation.op_ids,
+        )
+    for text in state.chosen_value_violations:
+        report.add("chosen-value-kept", text)
+
+
+def _check_slots(state: CheckInput, ops: list[Operation], report: _Report) -> None:
+    """One value per (owner, epoch) across decided records (over the run and at the end), the
+    clients' answers and the tokenizes' epochs; and every decided value names a rotate."""
+    values: dict[tuple[str, int], dict[EpochValue, list[str]]] = {}
+    answering: dict[tuple[str, int], list[Operation]] = {}
+
+    def note(owner: str, value: EpochValue, where: str) -> None:
+        values.setdefault((owner, value.epoch), {}).setdefault(value, []).append(where)
+
+    for owner, _, value, peers in state.decided_over_run:
+        note(owner, value, "decided on " + ",".join(peers))
+    for replica in state.replicas:
+        for (owner, _), value in sorted(replica.decided.items()):
+            note(owner, value, f"decided on {replica.peer}")
+    for attempt in state.write_attempts:
+        if attempt.epoch.epoch > GENESIS.epoch:
+            note(attempt.mappings[0].owner, attempt.epoch, f"tokenize {attempt.op_id}")
+    for op in ops:
+        if op.outcome is Outcome.OK and op.epoch_value is not None:
+            if op.epoch_value.epoch > GENESIS.epoch:
+                note(op.owner, op.epoch_value, f"answer {op.op_id}")
+                answering.setdefault((op.owner, op.epoch_value.epoch), []).append(op)
+            elif op.epoch_value != GENESIS:
+                report.add(
+                    "one-value-per-slot",
+                    f"op {op.op_id} answered epoch 1 of {op.owner} with another value than the"
+                    f" genesis one: {describe_value(op.epoch_value)}",
+                    [op],
+                )
+    rotates = {op.op_id for op in ops if op.kind is OperationKind.ROTATE}
+    for (owner, epoch), seen in sorted(values.items()):
+        if len(seen) > 1:
+            listed = "; ".join(
+                f"{describe_value(value)} ({', '.join(sorted(set(where))[:4])})"
+                for value, where in sorted(seen.items(), key=lambda item: item[0].salt)
+            )
+            report.add(
+                "one-value-per-slot",
+                f"epoch {epoch} of {owner} has {len(seen)} values: {listed}",
+                answering.get((owner, epoch), []),
+            )
+        for value, where in sorted(seen.items(), key=lambda item: item[0].salt):
+            decided = any(w.startswith("decided") for w in where)
+            if decided and value.requested_by not in rotates:
+                report.add(
+                    "values-were-proposed",
+                    f"epoch {epoch} of {owner} was decided as {describe_value(value)}, which"
+                    " names no rotate a client asked for",
+                    answering.get((owner, epoch), []),
+                )
+
+
+# -- epochs: what clients were answered ----------------------------------------------------------
+
+
+def _check_client_epochs(ops: list[Operation], report: _Report) -> None:
+    """An ok tokenize, epoch read or rotate invoked after one of them answered epoch e answers
+    e or later (a decided epoch is fenced on a majority: W meets it)."""
+    by_owner: dict[str, list[Operation]] = {}
+    for op in ops:
+        if op.outcome is Outcome.OK and op.epoch_value is not None:
+            by_owner.setdefault(op.owner, []).append(op)
+    for owner, answered in sorted(by_owner.items()):
+        done = sorted(answered, key=lambda op: (op.complete_s or 0.0, op.op_id))
+        times = [op.complete_s or 0.0 for op in done]
+        best: list[Operation] = []  # best[i]: the highest epoch answered among done[: i + 1]
+        for op in done:
+            if not best or (op.epoch or 0) > (best[-1].epoch or 0):
+                best.append(op)
+            else:
+                best.append(best[-1])
+        for op in sorted(answered, key=lambda op: (op.invoke_s, op.op_id)):
+            index = bisect.bisect_left(times, op.invoke_s) - 1
+            if index < 0:
+                continue
+            earlier = best[index]
+            if (op.epoch or 0) < (earlier.epoch or 0):
+                report.add(
+                    "epochs-never-go-back",
+                    f"op {op.op_id} ({op.kind.value}) of {owner} invoked at {op.invoke_s:.6f} s"
+                    f" answered epoch {op.epoch}, but op {earlier.op_id} ({earlier.kind.value})"
+                    f" had answered epoch {earlier.epoch} at {earlier.complete_s:.6f} s",
+                    [earlier, op],
+                )
+
+
+def _check_same_input_same_token(state: CheckInput, ops: list[Operation], report: _Report) -> None:
+    tokens: dict[tuple[str, int, str, str], dict[str, list[str]]] = {}
+
+    def note(m: Mapping, where: str) -> None:
+        tokens.setdefault((m.owner, m.epoch, m.field, m.value), {}).setdefault(m.token, []).append(
+            where
+        )
+
+    for attempt in state.write_attempts:
+        for m in attempt.mappings:
+            note(m, attempt.op_id)
+    for op in ops:
+        if op.outcome is Outcome.OK:
+            for m in op.mappings:
+                note(m, op.op_id)
+            for found in op.found:
+                if found is not None:
+                    note(found, op.op_id)
+    for replica in state.replicas:
+        for m in replica.mappings.values():
+            note(m, replica.peer)
+    for (owner, epoch, field_name, value), seen in sorted(tokens.items()):
+        if len(seen) > 1:
+            listed = "; ".join(
+                f"{token} ({', '.join(sorted(set(where))[:3])})"
+                for token, where in sorted(seen.items())
+            )
+            report.add(
+                "same-input-same-token",
+                f"{value!r}/{field_name} of {owner} at epoch {epoch} has {len(seen)} tokens:"
+                f" {listed}",
+                tokens=list(seen),
+            )
+
+
+def _check_rotations(ops: list[Operation], report: _Report) -> None:
+    rotates = [op for op in ops if op.kind is OperationKind.ROTATE]
+    ok = [op for op in rotates if op.outcome is Outcome.OK and op.epoch_value is not None]
+    winners: dict[tuple[str, int], list[Operation]] = {}
+    for op in ok:
+        value = op.epoch_value
+        assert value is not None
+        if op.rotated:
+            winners.setdefault((op.owner, value.epoch), []).append(op)
+            if value.requested_by != op.op_id:
+                report.add(
+                    "rotations-agree",
+                    f"rotate {op.op_id} answered rotated with {describe_value(value)}, a value it"
+                    " did not propose",
+                    [op],
+                )
+            if op.expected_epoch is not None and value.epoch != op.expected_epoch + 1:
+                report.add(
+                    "rotations-agree",
+                    f"rotate {op.op_id} expected epoch {op.expected_epoch} and answered rotated"
+                    f" to epoch {value.epoch}",
+                    [op],
+                )
+    for (owner, epoch), won in sorted(winners.items()):
+        if len(won) > 1:
+            report.add(
+                "rotations-agree",
+                f"{len(won)} rotates of {owner} answered rotated to epoch {epoch}:"
+                f" {', '.join(op.op_id for op in won)}",
+                won,
+            )
+    # A rotate expecting an epoch some answer had shown (so decided) answers a later one.
+    known: dict[str, list[tuple[float, int]]] = {}
+    for op in ops:
+        if op.outcome is Outcome.OK and op.epoch_value is not None and op.complete_s is not None:
+            known.setdefault(op.owner, []).append((op.complete_s, op.epoch_value.epoch))
+    for op in ok:
+        expected = op.expected_epoch
+        if expected is None or op.epoch is None:
+            continue
+        shown = any(at < op.invoke_s and e >= expected for at, e in known.get(op.owner, ()))
+        if shown and op.epoch <= expected:
+            report.add(
+                "rotations-agree",
+                f"rotate {op.op_id} expected epoch {expected}, already decided, and answered"
+                f" epoch {op.epoch}",
+                [op],
+            )
+    bursts: dict[str, list[Operation]] = {}
+    for op in rotates:
+        if op.group and op.expected_epoch is not None:
+            bursts.setdefault(op.group, []).append(op)
+    for group, members in sorted(bursts.items()):
+        answered = [op for op in members if op.outcome is Outcome.OK]
+        epochs = {op.epoch for op in answered}
+        if len(epochs) <= 1:
+            continue
+        expected = members[0].expected_epoch
+        assert expected is not None
+        last = max(op.complete_s or op.invoke_s for op in members)
+        interfering = [
+            op
+            for op in rotates
+            if op.owner == members[0].owner
+            and op.group != group
+            and op.invoke_s < last
+            and (op.expected_epoch is None or op.expected_epoch == expected + 1)
+        ]
+        if not interfering:
+            listed = ", ".join(f"{op.op_id}:{op.epoch}" for op in answered)
+            report.add(
+                "rotations-agree",
+                f"the rotates of burst {group} (expecting epoch {expected}) answered different"
+                f" epochs with no other rotate that could move it: {listed}",
+                members,
             )

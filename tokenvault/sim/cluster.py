@@ -6,21 +6,27 @@ Rules:
   fixed latency (client-side faults are a peer that is down, paused or crashes mid-operation).
 - A fault action is applied as scheduled; `heal()` ends every fault at once: the network heals,
   crashed peers restart from their durable state, paused peers resume, aimed crashes disarm.
-- `snapshot()` is what the checker sees of the peers at the end: durable mappings, operations in
-  flight, unsynced writes and held outputs.
+- `snapshot()` is what the checker sees of the peers at the end: durable mappings, decided
+  values and acceptor records, merkle roots, active epochs, hints pending, operations in flight,
+  unsynced writes and held outputs.
+- `converged()` is the liveness phase's goal: every peer up with nothing in flight, unsynced or
+  held, no hint pending anywhere, and every owner's replicas with one merkle root and one
+  decided active epoch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tokenvault.quorum.messages import Envelope, Mapping
+from tokenvault.quorum.messages import Envelope, EpochValue, Mapping
+from tokenvault.quorum.records import AcceptorSlot
 from tokenvault.ring.hash_ring import HashRing
 from tokenvault.sim.config import SimConfig
 from tokenvault.sim.engine import Engine
-from tokenvault.sim.faults import FaultAction, FaultKind, FaultMix, LinkFaults
+from tokenvault.sim.faults import FaultAction, FaultKind, FaultMix, LinkFaults, StrikeOn
 from tokenvault.sim.network import Network
+from tokenvault.sim.observer import Observer
 from tokenvault.sim.peer import ClientAnswer, ClientRequest, CoreError, PeerState, SimPeer
 
 PeerFactory = Callable[..., SimPeer]
@@ -36,6 +42,11 @@ class ReplicaState:
     operations_in_flight: int
     unsynced: bool
     held_effects: int
+    decided: dict[tuple[str, int], EpochValue] = field(default_factory=dict)  # (owner, slot)
+    acceptor_slots: dict[tuple[str, int], AcceptorSlot] = field(default_factory=dict)
+    active_epochs: dict[str, EpochValue] = field(default_factory=dict)  # owners it replicates
+    merkle_roots: dict[str, str] = field(default_factory=dict)  # owners it replicates
+    hints_pending: int = 0
 
 
 class SimCluster:
@@ -47,11 +58,15 @@ class SimCluster:
         mix: FaultMix,
         links: dict[tuple[str, str], LinkFaults],
         peer_factory: PeerFactory | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self._config = config
         self._engine = engine
         self.ring = HashRing(config.peer_ids, config.vnodes_per_peer)
         self.network = Network(engine, links, self._deliver)
+        self.observer = (
+            observer if observer is not None else Observer(replica_count=config.replica_count)
+        )
         factory = SimPeer if peer_factory is None else peer_factory
         self.peers: dict[str, SimPeer] = {
             peer_id: factory(
@@ -63,9 +78,19 @@ class SimCluster:
                 fsync_s=mix.fsync_s,
                 client_latency_s=config.client_latency_s,
                 send=self.network.send,
+                owners=config.owner_ids,
+                observer=self.observer,
+                epoch_limits=config.epoch_limits,
+                detector_limits=config.detector_limits,
+                hint_limits=config.hint_limits,
+                anti_entropy_limits=config.anti_entropy_limits,
             )
             for peer_id in config.peer_ids
         }
+        self.observer.attach(
+            lambda peer, owner, token: self.peers[peer].durable_mapping(owner, token)
+        )
+        self.healed = False
 
     def preference_list(self, owner: str) -> tuple[str, ...]:
         return self.ring.preference_list(owner, self._config.replica_count)
@@ -82,6 +107,10 @@ class SimCluster:
         self._engine.after(
             self._config.client_latency_s, lambda: peer.client_request(request, sink)
         )
+
+    def attempted_tokens(self, op_id: str) -> tuple[str, ...]:
+        """The tokens the peers tried to write for a client's tokenize (the observer's)."""
+        return self.observer.attempted_tokens(op_id)
 
     def durable_copies(self, mapping: Mapping) -> int:
         return sum(
@@ -101,9 +130,11 @@ class SimCluster:
             self.network.end_partition()
         else:
             peer = self.peers[action.peer]
+            if kind is FaultKind.ARM_CRASH:
+                peer.arm_crash(action.strike_on or StrikeOn.STAGED_WRITE)
+                return
             {
                 FaultKind.CRASH: peer.crash,
-                FaultKind.ARM_CRASH: peer.arm_crash,
                 FaultKind.RESTART: peer.disarm_and_restart,
                 FaultKind.PAUSE: peer.pause,
                 FaultKind.RESUME: peer.resume,
@@ -111,11 +142,34 @@ class SimCluster:
 
     def heal(self) -> None:
         self._engine.record("heal")
+        self.healed = True
         self.network.heal()
         for peer in self.peers.values():
             peer.disarm()
             peer.restart()
             peer.resume()
+
+    def quiet(self) -> bool:
+        """Every peer up, with nothing in flight, unsynced or held."""
+        return all(
+            peer.state is PeerState.UP
+            and not peer.store.has_unsynced()
+            and not peer.held_effects()
+            and not peer.operations_in_flight()
+            for peer in self.peers.values()
+        )
+
+    def converged(self) -> bool:
+        """Every peer idle and up, no hint pending, every owner's replicas alike."""
+        if not self.quiet() or any(p.hints.pending_total() for p in self.peers.values()):
+            return False
+        for owner in self._config.owner_ids:
+            replicas = [self.peers[p] for p in self.preference_list(owner)]
+            if len({peer.replica.digests.root(owner) for peer in replicas}) != 1:
+                return False
+            if len({peer.acceptor.active_epoch(owner) for peer in replicas}) != 1:
+                return False
+        return True
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -123,14 +177,21 @@ class SimCluster:
         return [error for peer in self.peers.values() for error in peer.core_errors]
 
     def snapshot(self) -> tuple[ReplicaState, ...]:
-        return tuple(
-            ReplicaState(
-                peer=peer.peer_id,
-                up=peer.state is PeerState.UP,
-                mappings=peer.durable_mappings(),
-                operations_in_flight=peer.operations_in_flight(),
-                unsynced=peer.store.has_unsynced(),
-                held_effects=peer.held_effects(),
-            )
-            for peer in self.peers.values()
+        return tuple(self._state_of(peer) for peer in self.peers.values())
+
+    def _state_of(self, peer: SimPeer) -> ReplicaState:
+        up = peer.state is PeerState.UP
+        replicated = [o for o in self._config.owner_ids if peer.peer_id in self.preference_list(o)]
+        return ReplicaState(
+            peer=peer.peer_id,
+            up=up,
+            mappings=peer.durable_mappings(),
+            operations_in_flight=peer.operations_in_flight(),
+            unsynced=peer.store.has_unsynced(),
+            held_effects=peer.held_effects(),
+            decided=peer.durable_decided(),
+            acceptor_slots=peer.durable_acceptor_slots(),
+            active_epochs={o: peer.acceptor.active_epoch(o) for o in replicated} if up else {},
+            merkle_roots={o: peer.replica.digests.root(o) for o in replicated} if up else {},
+            hints_pending=peer.hints.pending_total() if up else 0,
         )

@@ -2,9 +2,10 @@
 
 Rules:
 - A run is a pure function of its SimConfig: the same config gives the same digest.
-- Only seed, peer_count, owner_count and operation_count (and require_full_convergence) are on
-  the command line; every other field keeps its default in a replay, so a replay command with
-  those flags reproduces the run exactly.
+- Only seed, peer_count, owner_count and operation_count (and require_full_convergence, on by
+  default: `--no-full-convergence` turns it off) are on the command line; every other field
+  keeps its default in a replay, so a replay command with those flags reproduces the run
+  exactly.
 - The fault schedule depends only on the seed, the peers and faults_end_s, never on the
   workload: replaying with fewer operations keeps the same faults (that is how a failure is
   shrunk).
@@ -14,7 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tokenvault.quorum.anti_entropy import AntiEntropyLimits
 from tokenvault.quorum.coordinator import CoordinatorLimits
+from tokenvault.quorum.epoch_coordinator import EpochLimits
+from tokenvault.quorum.failure_detector import DetectorLimits
+from tokenvault.quorum.hinted_handoff import HintLimits
 from tokenvault.quorum.quorum_config import QuorumConfig, quorum_problem
 
 
@@ -29,14 +34,21 @@ class SimConfig:
     write_quorum: int = 2  # W
     read_quorum: int = 2  # R
     vnodes_per_peer: int = 8
-    faults_end_s: float = 20.0  # faults stop here; the network heals and liveness follows
+    faults_end_s: float = 30.0  # faults stop here; the network heals and liveness follows
     attempts_max: int = 3  # attempts per client operation, the first included
-    client_timeout_s: float = 4.0  # a client gives up on an attempt (longer than a quorum's)
+    client_timeout_s: float = 6.0  # a client gives up on an attempt (longer than an epoch op's)
     client_latency_s: float = 0.001  # one way, client <-> peer
     coordinator_limits: CoordinatorLimits = field(default_factory=CoordinatorLimits)
-    run_s_max: float = 600.0  # virtual seconds: a run that has not quiesced by then is stuck
+    epoch_limits: EpochLimits = field(default_factory=EpochLimits)
+    detector_limits: DetectorLimits = field(default_factory=DetectorLimits)
+    hint_limits: HintLimits = field(default_factory=HintLimits)
+    anti_entropy_limits: AntiEntropyLimits = field(default_factory=AntiEntropyLimits)
+    run_s_max: float = 600.0  # virtual seconds: a run whose clients are not done by then is stuck
     events_max: int = 5_000_000
-    require_full_convergence: bool = False  # all N replicas identical: needs anti-entropy
+    # All N replicas of every owner identical (mappings, merkle roots, decided epoch) and no hint
+    # pending, within convergence_bound_s of the start of the liveness phase.
+    require_full_convergence: bool = True
+    convergence_bound_s: float = 60.0
 
     def __post_init__(self) -> None:
         problem = quorum_problem(self.replica_count, self.write_quorum, self.read_quorum)
@@ -50,6 +62,8 @@ class SimConfig:
             raise ValueError("operations must be >= 0 and attempts >= 1")
         if not 0.0 < self.faults_end_s < self.run_s_max:
             raise ValueError("faults must end within the run")
+        if self.convergence_bound_s <= 0.0:
+            raise ValueError("the convergence bound must be positive")
 
     @property
     def quorum(self) -> QuorumConfig:
@@ -72,6 +86,6 @@ class SimConfig:
             f"tokenvault sim --seed {self.seed} --peers {self.peer_count}"
             f" --owners {self.owner_count} --ops {self.operation_count}"
         )
-        if self.require_full_convergence:
-            command += " --require-full-convergence"
+        if not self.require_full_convergence:
+            command += " --no-full-convergence"
         return command

@@ -10,7 +10,11 @@ Rules:
 - Every event that runs writes canonical lines (`record`) into a running SHA-256 digest and into
   the run's log. A line is built from ids, counts and virtual times only, never from Python ids
   or `hash()`, so the same seed gives the same digest, byte for byte, in any process.
-- Every run is bounded: `run` stops at a virtual time and after a number of events.
+- Every run is bounded: `run` stops at a virtual time and after a number of events, or as soon
+  as an event calls `stop()` (the runner's phase probes do, once a phase's goal is reached).
+- `watch(predicate, action)` runs action (as a new event, once) right after the first log line
+  that matches: scenario tests use it to strike at an exact moment ("crash p4 when p2's promise
+  reaches it"). The random runs use no watch.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class RunStop:
 
     drained: bool
     events_run: int
+    stopped: bool = False  # an event called stop()
 
 
 class Engine:
@@ -60,6 +65,8 @@ class Engine:
         self._digest = hashlib.sha256()
         self._log: list[LogLine] = []
         self._log_times: list[float] = []
+        self._watches: list[tuple[Callable[[str], bool], Action]] = []
+        self._stopped = False
         self.events_run = 0
 
     @property
@@ -84,11 +91,16 @@ class Engine:
     def pending(self) -> int:
         return len(self._queue)
 
+    def stop(self) -> None:
+        """End the current `run` after the event that calls this."""
+        self._stopped = True
+
     def run(self, *, until_s: float, events_max: int) -> RunStop:
-        """Run events due at or before until_s, at most events_max of them."""
+        """Run events due at or before until_s, at most events_max of them, until stop()."""
         queue = self._queue
         run = 0
-        while queue and run < events_max:
+        self._stopped = False
+        while queue and run < events_max and not self._stopped:
             if queue[0][0] > until_s:
                 break
             time_s, _, action = heapq.heappop(queue)
@@ -96,7 +108,12 @@ class Engine:
             run += 1
             action()
         self.events_run += run
-        return RunStop(drained=not queue, events_run=run)
+        stopped, self._stopped = self._stopped, False
+        return RunStop(drained=not queue, events_run=run, stopped=stopped)
+
+    def watch(self, predicate: Callable[[str], bool], action: Action) -> None:
+        """Run action once, as a new event, right after the first line that matches."""
+        self._watches.append((predicate, action))
 
     # -- digest and log ------------------------------------------------------------------------
 
@@ -106,6 +123,11 @@ class Engine:
         self._log.append(line)
         self._log_times.append(self._now_s)
         self._digest.update(f"{self._now_s:.6f} {text}\n".encode())
+        if self._watches:
+            for watch in list(self._watches):
+                if watch[0](text):
+                    self._watches.remove(watch)
+                    self.after(0.0, watch[1])
 
     def digest(self) -> str:
         return self._digest.hexdigest()

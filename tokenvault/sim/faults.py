@@ -10,8 +10,15 @@ Rules:
   every crashed peer restarts and every paused peer resumes; a liveness phase follows.
 - A peer is never in two faults at once (its crash, pause and restart intervals do not overlap);
   at most one partition is active at a time.
-- Some crashes are "aimed" (FoundationDB's buggify): armed at a time, they strike right after the
-  peer's next staged write, inside the window where it is not yet durable.
+- Some crashes are "aimed" (FoundationDB's buggify): armed at a time, they strike at the next
+  moment of one kind (`StrikeOn`): right after the peer's next staged write, inside the window
+  where it is not yet durable; right after it sent the inserts of a client write it coordinates
+  (crash during a write); or right after it sent or staged a repair of anti-entropy or hinted
+  handoff (crash during repair: the pass or the hint delivery is in flight). An aimed crash that
+  found no such moment before its interval ended is called off.
+- Some runs isolate one peer for a long time (`LONG_ISOLATION_S`, 20 virtual seconds and more)
+  instead of drawing short partitions: the others hold it down, hints pile up for it, and after
+  healing hinted handoff and anti-entropy must bring it back within the convergence bound.
 """
 
 from __future__ import annotations
@@ -24,12 +31,23 @@ from dataclasses import dataclass
 from tokenvault.sim.engine import rng_for
 
 FAULT_ACTIONS_MAX = 200  # per run: every kind of fault together
+LONG_ISOLATION_S = (20.0, 24.0)  # how long a long isolation lasts
+LONG_ISOLATION_SHARE = 0.2  # of runs
+
+
+class StrikeOn(enum.Enum):
+    """When an aimed crash strikes."""
+
+    STAGED_WRITE = "staged-write"  # right after the peer's next staged write (not yet durable)
+    CLIENT_WRITE = "client-write"  # right after it sent the inserts of a write it coordinates
+    REPAIR = "repair"  # right after it sent or staged an anti-entropy or hint repair
 
 
 class PartitionKind(enum.Enum):
     HALVES = "halves"  # two groups that cannot reach each other
     ISOLATE = "isolate"  # one peer cut off from all others, both ways
     ONE_WAY = "one-way"  # one group's messages to the other are lost; the reverse gets through
+    LONG_ISOLATE = "long-isolate"  # one peer cut off from all others for 20 s and more
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,14 +83,20 @@ class FaultMix:
     pause_count: int
     partition_count: int
     partition_kinds: tuple[PartitionKind, ...]
+    long_isolation: bool = False  # one long isolation instead of the short partitions
 
     def describe(self) -> str:
         kinds = ",".join(k.value for k in self.partition_kinds) or "-"
+        partitions = (
+            "partitions=1[long-isolate]"
+            if self.long_isolation
+            else f"partitions={self.partition_count}[{kinds}]"
+        )
         return (
             f"link[{self.link.describe()}] bad_links={self.bad_link_share:.2f}"
             f" fsync={self.fsync_s[0]:.4f}..{self.fsync_s[1]:.4f}"
             f" crashes={self.crash_count} aimed={self.aimed_crash_share:.2f}"
-            f" pauses={self.pause_count} partitions={self.partition_count}[{kinds}]"
+            f" pauses={self.pause_count} {partitions}"
         )
 
 
@@ -88,9 +112,8 @@ def choose_mix(seed: int) -> FaultMix:
     )
     slow_disk = rng.random() < 0.3
     fsync_s = (0.005, 0.1) if slow_disk else (0.0002, 0.004)
-    kinds = tuple(k for k in PartitionKind if rng.random() < 0.6) or (
-        rng.choice(list(PartitionKind)),
-    )
+    short_kinds = [k for k in PartitionKind if k is not PartitionKind.LONG_ISOLATE]
+    kinds = tuple(k for k in short_kinds if rng.random() < 0.6) or (rng.choice(short_kinds),)
     return FaultMix(
         link=link,
         bad_link_share=rng.choice((0.0, 0.1, 0.3)),
@@ -100,6 +123,7 @@ def choose_mix(seed: int) -> FaultMix:
         pause_count=rng.choice((0, 0, 1, 3)),
         partition_count=rng.choice((0, 1, 2, 4)),
         partition_kinds=kinds,
+        long_isolation=rng.random() < LONG_ISOLATION_SHARE,
     )
 
 
@@ -153,11 +177,13 @@ class FaultAction:
     kind: FaultKind
     peer: str = ""
     partition: Partition | None = None
+    strike_on: StrikeOn | None = None  # an aimed crash's moment
 
     def describe(self) -> str:
         if self.partition is not None:
             return f"{self.kind.value} {self.partition.kind.value} {self.partition.label}"
-        return f"{self.kind.value} {self.peer}".rstrip()
+        strike = "" if self.strike_on is None else f" {self.strike_on.value}"
+        return f"{self.kind.value} {self.peer}{strike}".rstrip()
 
 
 def plan_faults(
@@ -172,9 +198,16 @@ def plan_faults(
         start = rng.uniform(0.5, faults_end_s * 0.9)
         end = min(start + rng.uniform(0.2, 5.0), faults_end_s)
         aimed = rng.random() < mix.aimed_crash_share
+        strike_on = rng.choice(list(StrikeOn))
         if _claim(busy[peer], start, end):
-            kind = FaultKind.ARM_CRASH if aimed else FaultKind.CRASH
-            actions.append(FaultAction(at_s=start, kind=kind, peer=peer))
+            if aimed:
+                actions.append(
+                    FaultAction(
+                        at_s=start, kind=FaultKind.ARM_CRASH, peer=peer, strike_on=strike_on
+                    )
+                )
+            else:
+                actions.append(FaultAction(at_s=start, kind=FaultKind.CRASH, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
     for _ in range(mix.pause_count):
         peer = rng.choice(list(peer_ids))
@@ -203,7 +236,19 @@ def _plan_partitions(
 ) -> list[FaultAction]:
     """One partition per equal slot of the fault window, so at most one is active at a time."""
     actions: list[FaultAction] = []
-    if mix.partition_count == 0 or len(peer_ids) < 2:
+    if len(peer_ids) < 2:
+        return actions
+    if mix.long_isolation:
+        duration = rng.uniform(*LONG_ISOLATION_S)
+        duration = min(duration, faults_end_s * 0.95)
+        start = rng.uniform(0.0, max(0.0, faults_end_s - duration - 0.05))
+        partition = _draw_partition(rng, PartitionKind.LONG_ISOLATE, peer_ids)
+        actions.append(FaultAction(at_s=start, kind=FaultKind.PARTITION, partition=partition))
+        actions.append(
+            FaultAction(at_s=start + duration, kind=FaultKind.PARTITION_END, partition=partition)
+        )
+        return actions
+    if mix.partition_count == 0:
         return actions
     slot_s = faults_end_s / mix.partition_count
     for index in range(mix.partition_count):
@@ -218,7 +263,7 @@ def _plan_partitions(
 
 def _draw_partition(rng: random.Random, kind: PartitionKind, peer_ids: Sequence[str]) -> Partition:
     peers = list(peer_ids)
-    if kind is PartitionKind.ISOLATE:
+    if kind in (PartitionKind.ISOLATE, PartitionKind.LONG_ISOLATE):
         alone = rng.choice(peers)
         side_a, side_b = [alone], [p for p in peers if p != alone]
     else:

@@ -6,6 +6,10 @@ Rules:
   or refused it) or indeterminate (a timeout or a reset: it may or may not have happened).
 - When a client receives a successful answer, the runner notes how many replicas durably held
   each mapping the answer shows (`copies_at_answer`): the checker holds that to W.
+- A tokenize names its (field, value) items; the peer computes the tokens, so `mappings` holds
+  what an ok answer showed (the tokens of failed attempts are the observer's to know). Its
+  answered epoch, an epoch read's and a rotate's (with `rotated`) are `epoch_value`. A rotate
+  names the epoch it expects (or none), and the burst of concurrent rotates it was part of.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tokenvault.quorum.messages import Mapping
-from tokenvault.sim.network import short_token
+from tokenvault.quorum.messages import EpochValue, Mapping
+from tokenvault.sim.network import describe_value, short_token
 
 
 class OperationKind(enum.Enum):
     TOKENIZE = "tokenize"
     DETOKENIZE = "detokenize"
     CHECK = "check"  # the liveness phase's detokenize of every acknowledged token
+    EPOCH = "epoch"  # an epoch read (a learn)
+    ROTATE = "rotate"
 
 
 class Outcome(enum.Enum):
@@ -40,17 +46,26 @@ class Operation:
     peer: str
     attempt: int  # 1 for the first attempt
     invoke_s: float
-    mappings: tuple[Mapping, ...] = ()  # a tokenize's input
+    items: tuple[tuple[str, str], ...] = ()  # a tokenize's input: (field, value)
+    mappings: tuple[Mapping, ...] = ()  # what a tokenize's ok answer showed
     tokens: tuple[str, ...] = ()  # a detokenize's input
+    expected_epoch: int | None = None  # a rotate's
+    group: str = ""  # the burst of concurrent rotates this one belongs to
     complete_s: float | None = None
     outcome: Outcome = Outcome.PENDING
     reason: str = ""  # why it failed or is indeterminate
     found: tuple[Mapping | None, ...] = ()  # a detokenize's answer, in the order of tokens
     copies_at_answer: tuple[int, ...] = field(default=())  # durable copies per shown mapping
+    epoch_value: EpochValue | None = None  # the epoch an ok tokenize, epoch read or rotate gave
+    rotated: bool = False  # a rotate's answer: its own value was chosen
 
     @property
     def is_read(self) -> bool:
-        return self.kind is not OperationKind.TOKENIZE
+        return self.kind in (OperationKind.DETOKENIZE, OperationKind.CHECK)
+
+    @property
+    def epoch(self) -> int | None:
+        return None if self.epoch_value is None else self.epoch_value.epoch
 
     def describe(self) -> str:
         end = "..." if self.complete_s is None else f"{self.complete_s:.6f}"
@@ -61,7 +76,21 @@ class Operation:
         if self.reason:
             head += f" ({self.reason})"
         if self.kind is OperationKind.TOKENIZE:
-            body = ",".join(f"{short_token(m.token)}={m.value}" for m in self.mappings)
+            if self.mappings:
+                body = ",".join(f"{short_token(m.token)}={m.value}" for m in self.mappings)
+            else:
+                body = ",".join(f"{f}:{v}" for f, v in self.items)
+            if self.epoch_value is not None:
+                body += f" epoch {self.epoch}"
+        elif self.kind in (OperationKind.EPOCH, OperationKind.ROTATE):
+            body = "" if self.kind is OperationKind.EPOCH else f"expected={self.expected_epoch}"
+            if self.group:
+                body += f" burst={self.group}"
+            if self.epoch_value is not None:
+                body += f" -> {describe_value(self.epoch_value)}"
+                if self.kind is OperationKind.ROTATE:
+                    body += " rotated" if self.rotated else " not-rotated"
+            body = body.strip()
         elif self.outcome is Outcome.OK:
             body = ",".join(
                 f"{short_token(t)}={'-' if m is None else m.value}"
@@ -100,6 +129,9 @@ class History:
         reason: str = "",
         found: tuple[Mapping | None, ...] = (),
         copies_at_answer: tuple[int, ...] = (),
+        mappings: tuple[Mapping, ...] | None = None,
+        epoch_value: EpochValue | None = None,
+        rotated: bool = False,
     ) -> Operation:
         operation = self._operations[op_id]
         assert operation.outcome is Outcome.PENDING, "an operation completes once"
@@ -109,6 +141,10 @@ class History:
         operation.reason = reason
         operation.found = found
         operation.copies_at_answer = copies_at_answer
+        if mappings is not None:
+            operation.mappings = mappings
+        operation.epoch_value = epoch_value
+        operation.rotated = rotated
         return operation
 
     def pending(self) -> list[Operation]:

@@ -9,6 +9,8 @@ Rules:
 - A peer's messages to itself do not cross the network; the peer delivers them (peer.py).
 - `heal()` ends every partition and makes every link healthy: no loss, duplication or reordering
   from then on, only the base delay. Messages already on their way still arrive.
+- `drop_when(predicate, label)` drops every message a predicate picks (scenario tests use it to
+  lose exactly the Accepts of one proposer, say); healing ends it too.
 - Every send, drop and delivery is one line of the digest.
 """
 
@@ -19,10 +21,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenvault.quorum.messages import (
+    Accept,
+    Accepted,
+    AeKeys,
+    AeKeysReply,
+    AeSummary,
+    AeSummaryReply,
+    Ballot,
+    Decide,
     Envelope,
+    EpochQuery,
+    EpochReport,
+    EpochValue,
+    Heartbeat,
     InsertReply,
     InsertRequest,
     Message,
+    Prepare,
+    Promise,
     ReadReply,
     ReadRequest,
 )
@@ -30,6 +46,7 @@ from tokenvault.sim.engine import Engine
 from tokenvault.sim.faults import HEALTHY_LINK, LinkFaults, Partition, PartitionKind
 
 Receiver = Callable[[Envelope], None]
+DropPredicate = Callable[[Envelope], bool]
 
 
 def short_token(token: str) -> str:
@@ -37,8 +54,21 @@ def short_token(token: str) -> str:
     return token[4:12]
 
 
+def describe_ballot(ballot: Ballot | None) -> str:
+    return "-" if ballot is None else f"{ballot.round}.{ballot.peer}"
+
+
+def describe_value(value: EpochValue | None) -> str:
+    """An epoch value as the log shows it: epoch, salt prefix and the rotate that proposed it."""
+    if value is None:
+        return "-"
+    return f"{value.epoch}/{value.salt[:8] or '-'}/{value.requested_by or '-'}"
+
+
 def describe_message(message: Message) -> str:
     """A canonical one-line text of a message: ids, short tokens and outcomes, nothing else."""
+    if isinstance(message, Heartbeat):
+        return "heartbeat"
     if isinstance(message, InsertRequest):
         tokens = ",".join(short_token(m.token) for m in message.mappings)
         kind = "insert-repair" if message.repair else "insert"
@@ -58,7 +88,52 @@ def describe_message(message: Message) -> str:
             for t, m in zip(message.tokens, message.mappings, strict=True)
         )
         return f"read-reply op={message.op_id} {message.owner} [{found}]"
-    return f"{type(message).__name__} op={getattr(message, 'op_id', '-')}"
+    return _describe_epoch_or_ae(message)
+
+
+def _describe_epoch_or_ae(message: Message) -> str:
+    head = f"op={getattr(message, 'op_id', '-')} {getattr(message, 'owner', '-')}"
+    if isinstance(message, EpochQuery):
+        return f"epoch-query {head}"
+    if isinstance(message, EpochReport):
+        return (
+            f"epoch-report {head} decided={describe_value(message.decided)}"
+            f" accepted_slot={message.accepted_slot}"
+        )
+    if isinstance(message, Prepare):
+        return f"prepare {head} slot={message.slot} ballot={describe_ballot(message.ballot)}"
+    if isinstance(message, Promise):
+        return (
+            f"promise {head} slot={message.slot} ballot={describe_ballot(message.ballot)}"
+            f" granted={int(message.granted)} promised={describe_ballot(message.promised)}"
+            f" accepted={describe_ballot(message.accepted_ballot)}:"
+            f"{describe_value(message.accepted_value)} decided={describe_value(message.decided)}"
+        )
+    if isinstance(message, Accept):
+        return (
+            f"accept {head} slot={message.slot} ballot={describe_ballot(message.ballot)}"
+            f" value={describe_value(message.value)}"
+        )
+    if isinstance(message, Accepted):
+        return (
+            f"accepted {head} slot={message.slot} ballot={describe_ballot(message.ballot)}"
+            f" granted={int(message.granted)} promised={describe_ballot(message.promised)}"
+            f" decided={describe_value(message.decided)}"
+        )
+    if isinstance(message, Decide):
+        return f"decide {head} value={describe_value(message.value)}"
+    if isinstance(message, AeSummary):
+        return f"ae-summary {head} count={message.count} decided={describe_value(message.decided)}"
+    if isinstance(message, AeSummaryReply):
+        return (
+            f"ae-summary-reply {head} differing={len(message.differing)}"
+            f" decided={describe_value(message.decided)}"
+        )
+    if isinstance(message, AeKeys):
+        return f"ae-keys {head} bucket={message.bucket} entries={len(message.entries)}"
+    if isinstance(message, AeKeysReply):
+        return f"ae-keys-reply {head} bucket={message.bucket} missing={len(message.missing)}"
+    return f"{type(message).__name__} {head}"
 
 
 @dataclass(slots=True)
@@ -73,6 +148,8 @@ class NetworkStats:
     cut_halves: int = 0
     cut_isolate: int = 0
     cut_one_way: int = 0
+    cut_long_isolate: int = 0
+    filtered: int = 0  # dropped by a scenario's drop_when
 
 
 class Network:
@@ -90,6 +167,7 @@ class Network:
         self._delivered_sequence: dict[tuple[str, str], int] = {}
         self._partition: Partition | None = None
         self._blocked: frozenset[tuple[str, str]] = frozenset()
+        self._filters: list[tuple[DropPredicate, str]] = []
         self.stats = NetworkStats()
 
     # -- partitions ----------------------------------------------------------------------------
@@ -105,8 +183,13 @@ class Network:
         self._partition = None
         self._blocked = frozenset()
 
+    def drop_when(self, predicate: DropPredicate, label: str) -> None:
+        """Drop every message predicate picks, from now until healing."""
+        self._filters.append((predicate, label))
+
     def heal(self) -> None:
         self.end_partition()
+        self._filters.clear()
         self._links = {link: HEALTHY_LINK for link in self._links}
         self._engine.record("network healed")
 
@@ -128,6 +211,14 @@ class Network:
             self._count_cut()
             engine.record(f"cut {source}->{destination} {describe_message(envelope.message)}")
             return
+        for predicate, label in self._filters:
+            if predicate(envelope):
+                stats.filtered += 1
+                engine.record(
+                    f"drop-filter {label} {source}->{destination}"
+                    f" {describe_message(envelope.message)}"
+                )
+                return
         faults = self._links[link]
         rng = self._rng(link)
         if rng.random() < faults.loss:
@@ -178,5 +269,7 @@ class Network:
             self.stats.cut_halves += 1
         elif kind is PartitionKind.ISOLATE:
             self.stats.cut_isolate += 1
+        elif kind is PartitionKind.LONG_ISOLATE:
+            self.stats.cut_long_isolate += 1
         else:
             self.stats.cut_one_way += 1

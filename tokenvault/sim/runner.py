@@ -4,14 +4,21 @@ Phases:
 1. The seed picks the fault mix, then the link faults and the fault schedule.
 2. Faults and workload run together until `faults_end_s`; there the cluster heals (network
    healthy, crashed peers restarted, paused peers resumed). Clients finish their operations.
-3. When the queue has drained, the liveness phase reads back, through a random (healthy) peer,
-   every token a tokenize acknowledged or a read returned, and runs until the queue drains again.
-4. The checker judges the history and the peers' final state. The digest covers every event,
-   the final state of every peer and the names of the violations found.
+   The peers tick (heartbeats, hints, anti-entropy) all along, so the queue never drains: a
+   probe every `PROBE_INTERVAL_S` watches for the end of each phase.
+3. When the cluster has healed and every client is done, the liveness phase begins: it reads
+   back, through a random peer, every token a tokenize acknowledged or a read returned, and
+   waits for the cluster to converge (cluster.py `converged`: every owner's replicas identical,
+   one decided epoch, no hint pending, nothing in flight). It has `convergence_bound_s` virtual
+   seconds for both; the run stops as soon as they are done, or at the bound.
+4. The checker judges the history, what the observer saw inside the peers and the peers' final
+   state. The digest covers every event, the final state of every peer and the names of the
+   violations found.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 from dataclasses import dataclass
@@ -20,11 +27,20 @@ from tokenvault.sim.checker import CheckInput, ContextQuery, Violation, check
 from tokenvault.sim.cluster import PeerFactory, SimCluster
 from tokenvault.sim.config import SimConfig
 from tokenvault.sim.engine import Engine, LogLine
-from tokenvault.sim.faults import FaultAction, FaultKind, choose_mix, link_faults, plan_faults
-from tokenvault.sim.history import History, Outcome
+from tokenvault.sim.faults import (
+    FaultAction,
+    FaultKind,
+    PartitionKind,
+    StrikeOn,
+    choose_mix,
+    link_faults,
+    plan_faults,
+)
+from tokenvault.sim.history import History, OperationKind, Outcome
 from tokenvault.sim.network import short_token
 from tokenvault.sim.workload import Workload
 
+PROBE_INTERVAL_S = 0.25  # how often the runner looks whether a phase reached its goal
 # Lines shown as context of a violation when they fall in its time window.
 FAULT_WORDS = (
     "crash",
@@ -64,11 +80,18 @@ class SimStats:
     cut_halves: int
     cut_isolate: int
     cut_one_way: int
+    cut_long_isolate: int
     partitions: int
+    long_isolations: int  # partitions isolating one peer for LONG_ISOLATION_S
+    longest_partition_s: float
     crashes: int
     restarts: int
     lost_writes: int
     dropped_outputs: int  # held Effects (unsent answers) a crash threw away
+    crashes_on_staged_write: int  # aimed crashes that struck by kind
+    crashes_during_write: int
+    crashes_during_repair: int
+    hints_lost_in_flight: int  # hint deliveries in flight when their peer crashed
     pauses: int
     deferred_inputs: int
     syncs: int
@@ -76,6 +99,21 @@ class SimStats:
     reset: int
     read_repairs_blocking: int
     read_repairs_background: int
+    rotates: int  # rotate attempts
+    rotated: int  # rotates answered rotated
+    bursts: int  # bursts of concurrent rotates
+    epoch_reads: int
+    epochs_decided: int  # (owner, slot) decided anywhere
+    paxos_preempted: int
+    tokenize_fenced: int  # fenced tokenize writes that learned the epoch and tried again
+    hints_stored: int
+    hints_delivered: int
+    ae_passes_repaired: int
+    ae_repairs: int  # anti-entropy pushes that stored something
+    epochs_learned_by_ae: int
+    converged_after_s: float  # from the start of the liveness phase; -1 when not reached
+    liveness_started_s: float  # virtual time the clients were done (after healing); -1: never
+    converged_since_heal_s: float  # from healing to the first probe that saw it converged
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +124,8 @@ class SimResult:
     stats: SimStats
     mix: str
     log: tuple[str, ...] = ()  # every event line, when asked for (keep_log)
+    history: History | None = None  # when asked for (keep_log)
+    cluster: SimCluster | None = None  # when asked for (keep_log)
 
     @property
     def seed(self) -> int:
@@ -119,17 +159,95 @@ def run_simulation(
     history = History()
     workload = Workload(config=config, engine=engine, history=history, gateway=cluster)
     workload.start()
+    return finish_run(
+        config=config,
+        engine=engine,
+        cluster=cluster,
+        history=history,
+        workload=workload,
+        mix=mix.describe(),
+        schedule=schedule,
+        keep_log=keep_log,
+    )
 
-    first = engine.run(until_s=config.run_s_max, events_max=config.events_max)
-    quiesced = first.drained and workload.finished()
-    if quiesced:
-        engine.record("liveness phase")
-        workload.start_checks()
-        second = engine.run(
-            until_s=config.run_s_max, events_max=config.events_max - first.events_run
-        )
-        quiesced = second.drained
+
+class _Phase(enum.Enum):
+    WORKLOAD = "workload"
+    LIVENESS = "liveness"
+    DONE = "done"
+
+
+class Phases:
+    """The probe that moves a run from its workload to its liveness phase, and ends it once the
+    liveness reads are done and the cluster converged (or the bound is reached)."""
+
+    def __init__(
+        self, *, config: SimConfig, engine: Engine, cluster: SimCluster, workload: Workload
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._cluster = cluster
+        self._workload = workload
+        self.phase = _Phase.WORKLOAD
+        self.liveness_started_s: float | None = None
+        self.converged_after_s: float | None = None
+        self.converged_at_s: float | None = None  # first probe after healing that saw it
+
+    def start(self) -> None:
+        self._engine.after(PROBE_INTERVAL_S, self._probe)
+
+    @property
+    def clients_done(self) -> bool:
+        return self.phase is not _Phase.WORKLOAD
+
+    def _probe(self) -> None:
+        engine, cluster, workload = self._engine, self._cluster, self._workload
+        if self.converged_at_s is None and cluster.healed and self._settled():
+            self.converged_at_s = engine.now_s
+        if self.phase is _Phase.WORKLOAD and cluster.healed and workload.finished():
+            self.phase = _Phase.LIVENESS
+            now = self.liveness_started_s = engine.now_s
+            engine.record("liveness phase")
+            workload.start_checks()
+            engine.at(now + self._config.convergence_bound_s, self._bound_reached)
+        elif self.phase is _Phase.LIVENESS and workload.checks_done() and self._settled():
+            assert self.liveness_started_s is not None
+            self.converged_after_s = engine.now_s - self.liveness_started_s
+            engine.record(f"converged after {self.converged_after_s:.6f} s")
+            self.phase = _Phase.DONE
+            engine.stop()
+            return
+        engine.after(PROBE_INTERVAL_S, self._probe)
+
+    def _settled(self) -> bool:
+        if self._config.require_full_convergence:
+            return self._cluster.converged()
+        return self._cluster.quiet()
+
+    def _bound_reached(self) -> None:
+        if self.phase is _Phase.LIVENESS:
+            self._engine.record("convergence bound reached")
+            self.phase = _Phase.DONE
+            self._engine.stop()
+
+
+def finish_run(
+    *,
+    config: SimConfig,
+    engine: Engine,
+    cluster: SimCluster,
+    history: History,
+    workload: Workload,
+    mix: str,
+    schedule: tuple[FaultAction, ...],
+    keep_log: bool,
+) -> SimResult:
+    """Run the phases, then judge the run."""
+    phases = Phases(config=config, engine=engine, cluster=cluster, workload=workload)
+    phases.start()
+    engine.run(until_s=config.run_s_max, events_max=config.events_max)
     replicas = cluster.snapshot()
+    observer = cluster.observer
     violations = check(
         CheckInput(
             history=history,
@@ -137,9 +255,16 @@ def run_simulation(
             preference_lists={o: cluster.preference_list(o) for o in config.owner_ids},
             write_quorum=config.write_quorum,
             core_errors=tuple(cluster.core_errors()),
-            quiesced=quiesced,
+            quiesced=phases.clients_done,
             require_full_convergence=config.require_full_convergence,
             context=functools.partial(_context, engine),
+            observations=tuple(observer.observations),
+            write_attempts=tuple(observer.write_attempts),
+            decided_over_run=tuple(observer.decided_values()),
+            chosen_value_violations=tuple(observer.chosen_value_violations()),
+            converged=phases.converged_after_s is not None,
+            convergence_bound_s=config.convergence_bound_s,
+            liveness_started_s=phases.liveness_started_s,
         )
     )
     for replica in replicas:
@@ -148,7 +273,13 @@ def run_simulation(
             for (owner, token), m in sorted(replica.mappings.items())
         )
         fingerprint = hashlib.sha256(state.encode()).hexdigest()[:16]
-        engine.record(f"final {replica.peer} mappings={len(replica.mappings)} sha={fingerprint}")
+        epochs = ",".join(
+            f"{owner}:{value.epoch}" for owner, value in sorted(replica.active_epochs.items())
+        )
+        engine.record(
+            f"final {replica.peer} mappings={len(replica.mappings)} sha={fingerprint}"
+            f" epochs={epochs or '-'} hints={replica.hints_pending}"
+        )
     engine.record(
         f"verdict violations={len(violations)} "
         + ",".join(sorted({v.invariant for v in violations}))
@@ -157,9 +288,11 @@ def run_simulation(
         config=config,
         digest=engine.digest(),
         violations=tuple(violations),
-        stats=_stats(config, engine, cluster, history, schedule),
-        mix=mix.describe(),
+        stats=_stats(config, engine, cluster, history, schedule, phases),
+        mix=mix,
         log=tuple(line.render() for line in engine.log()) if keep_log else (),
+        history=history if keep_log else None,
+        cluster=cluster if keep_log else None,
     )
 
 
@@ -200,9 +333,22 @@ def _stats(
     cluster: SimCluster,
     history: History,
     schedule: tuple[FaultAction, ...],
+    phases: Phases,
 ) -> SimStats:
     net = cluster.network.stats
     peers = [peer.stats for peer in cluster.peers.values()]
+
+    def events(name: str) -> int:
+        return sum(p.core_events.get(name, 0) for p in cluster.peers.values())
+
+    def strikes(trigger: StrikeOn) -> int:
+        return sum(p.strikes.get(trigger.value, 0) for p in peers)
+
+    partitions = [a for a in schedule if a.kind is FaultKind.PARTITION]
+    ends = {id(a.partition): a.at_s for a in schedule if a.kind is FaultKind.PARTITION_END}
+    lengths = [ends.get(id(a.partition), a.at_s) - a.at_s for a in partitions]
+    ops = list(history)
+    rotates = [op for op in ops if op.kind is OperationKind.ROTATE]
     return SimStats(
         operations=config.operation_count,
         attempts=len(history),
@@ -220,20 +366,46 @@ def _stats(
         cut_halves=net.cut_halves,
         cut_isolate=net.cut_isolate,
         cut_one_way=net.cut_one_way,
-        partitions=sum(1 for a in schedule if a.kind is FaultKind.PARTITION),
+        cut_long_isolate=net.cut_long_isolate,
+        partitions=len(partitions),
+        long_isolations=sum(
+            1
+            for a in partitions
+            if a.partition is not None and a.partition.kind is PartitionKind.LONG_ISOLATE
+        ),
+        longest_partition_s=max(lengths, default=0.0),
         crashes=sum(p.crashes for p in peers),
         restarts=sum(p.restarts for p in peers),
         lost_writes=sum(p.lost_writes for p in peers),
         dropped_outputs=sum(p.dropped_held for p in peers),
+        crashes_on_staged_write=strikes(StrikeOn.STAGED_WRITE),
+        crashes_during_write=strikes(StrikeOn.CLIENT_WRITE),
+        crashes_during_repair=strikes(StrikeOn.REPAIR),
+        hints_lost_in_flight=sum(p.hints_lost_in_flight for p in peers),
         pauses=sum(p.pauses for p in peers),
         deferred_inputs=sum(p.deferred_inputs for p in peers),
         syncs=sum(p.syncs for p in peers),
         refused=sum(p.refused for p in peers),
         reset=sum(p.reset for p in peers),
-        read_repairs_blocking=sum(
-            p.core_events.get("read_repair_blocking", 0) for p in cluster.peers.values()
+        read_repairs_blocking=events("read_repair_blocking"),
+        read_repairs_background=events("read_repair_background"),
+        rotates=len(rotates),
+        rotated=sum(1 for op in rotates if op.outcome is Outcome.OK and op.rotated),
+        bursts=len({op.group for op in rotates if op.group}),
+        epoch_reads=sum(1 for op in ops if op.kind is OperationKind.EPOCH),
+        epochs_decided=len({(o, s) for o, s, _, _ in cluster.observer.decided_values()}),
+        paxos_preempted=events("paxos_preempted"),
+        tokenize_fenced=sum(p.tokenize_relearned for p in peers),
+        hints_stored=events("hint_stored"),
+        hints_delivered=events("hint_delivered"),
+        ae_passes_repaired=events("anti_entropy_pass"),
+        ae_repairs=events("anti_entropy_repaired"),
+        epochs_learned_by_ae=sum(
+            p.anti_entropy.statistics.epochs_learned for p in cluster.peers.values()
         ),
-        read_repairs_background=sum(
-            p.core_events.get("read_repair_background", 0) for p in cluster.peers.values()
-        ),
+        converged_after_s=-1.0 if phases.converged_after_s is None else phases.converged_after_s,
+        liveness_started_s=-1.0 if phases.liveness_started_s is None else phases.liveness_started_s,
+        converged_since_heal_s=-1.0
+        if phases.converged_at_s is None
+        else phases.converged_at_s - config.faults_end_s,
     )

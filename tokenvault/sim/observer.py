@@ -1,0 +1,374 @@
+"""What the simulator sees inside the peers over a whole run: never what a client could see.
+
+The checker judges clients' histories; some rules can only be judged from inside, over time, and
+the observer keeps what that takes:
+- Every write the API layer of a peer attempted (`WriteAttempt`: the tokenize it serves, the
+  epoch it computed the tokens under, the mappings). A client never learns the tokens of a
+  tokenize that failed; the workload asks the observer for them (to read them back, the way a
+  test harness would), and the checker counts them as "tried to insert".
+- Every epoch value an Accept carried when a peer sent it.
+- The durable stream of every peer: at each sync, the records it made durable, in the order they
+  were staged (`on_durable`), for the kinds the invariants watch: acceptor slots (`a`), decided
+  values (`d`), epoch metas (`e`) and hints (`h`). A crash throws away what was staged, so only
+  what a peer could have answered from is seen, across restarts too.
+
+Invariants judged as the stream arrives (each becomes an `Observation`; the checker reports it):
+- promise-never-decreases: per (peer, owner, slot) the promised ballot, and the accepted ballot,
+  never go down.
+- active-epoch-never-goes-back: per (peer, owner) the decided slot and the fence never go down.
+- one-value-per-slot: per (owner, slot) at most one value is ever decided, on every peer.
+- values-were-proposed: every value accepted or decided was carried by an Accept some proposer
+  sent (and, judged by the checker, names a rotate a client asked for).
+- hints-kept-until-acknowledged: a peer deletes a hint only once its target durably holds every
+  mapping of it (or holds another mapping under its token: a conflict the hint cannot fix).
+And at the end (`chosen_value_violations`), Paxos's own: a ballot carries one value, and once a
+majority accepted a value at a ballot, every acceptance at a higher ballot of that slot carries
+the same value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tokenvault.quorum.hinted_handoff import HINT_PREFIX, decode_hint
+from tokenvault.quorum.messages import ZERO_BALLOT, Ballot, EpochValue, Mapping
+from tokenvault.quorum.quorum_config import majority
+from tokenvault.quorum.records import (
+    ACCEPTOR_PREFIX,
+    DECIDED_PREFIX,
+    EPOCH_META_PREFIX,
+    EpochMeta,
+    read_acceptor_slot,
+    read_decided,
+    read_epoch_meta,
+)
+from tokenvault.sim.network import describe_ballot, describe_value, short_token
+
+Write = tuple[bytes, bytes | None]
+WATCHED_PREFIXES = frozenset((ACCEPTOR_PREFIX, DECIDED_PREFIX, EPOCH_META_PREFIX, HINT_PREFIX))
+DurableMapping = Callable[[str, str, str], Mapping | None]  # (peer, owner, token)
+
+
+def is_watched(key: bytes) -> bool:
+    return key[:2] in WATCHED_PREFIXES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteAttempt:
+    """One write the API layer of a peer started for a client's tokenize."""
+
+    client_op: str
+    op_id: str  # the coordinator's operation
+    peer: str
+    at_s: float
+    epoch: EpochValue
+    mappings: tuple[Mapping, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observation:
+    """A rule broken inside a peer, seen when it happened."""
+
+    invariant: str
+    summary: str
+    at_s: float
+    peers: tuple[str, ...] = ()
+    op_ids: tuple[str, ...] = ()  # operations it involves (the proposers of ballots and values)
+    tokens: tuple[str, ...] = ()  # tokens it involves
+
+
+def _proposers(*items: Ballot | EpochValue | None) -> tuple[str, ...]:
+    """The operations that proposed ballots (their proposer part) and values."""
+    found: dict[str, None] = {}
+    for item in items:
+        if isinstance(item, Ballot) and item.peer:
+            found[item.peer] = None
+        elif isinstance(item, EpochValue) and item.requested_by:
+            found[item.requested_by] = None
+    return tuple(found)
+
+
+@dataclass(slots=True)
+class _Slot:
+    """What happened to one (owner, slot) on every acceptor."""
+
+    accepts: dict[Ballot, dict[EpochValue, set[str]]] = field(default_factory=dict)
+    decided: dict[EpochValue, list[str]] = field(default_factory=dict)
+    reported_split: bool = False
+
+
+class _OneRecord:
+    """A StorageReader holding one record: to decode it with the records helpers."""
+
+    __slots__ = ("_key", "_raw")
+
+    def __init__(self, key: bytes, raw: bytes | None) -> None:
+        self._key, self._raw = key, raw
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._raw if key == self._key else None
+
+
+def _owner_and_slot(key: bytes) -> tuple[str, int]:
+    return key[2:-9].decode(), int.from_bytes(key[-8:], "big")
+
+
+class Observer:
+    def __init__(self, *, replica_count: int) -> None:
+        self._majority = majority(replica_count)
+        self._durable_mapping: DurableMapping = lambda peer, owner, token: None
+        self.write_attempts: list[WriteAttempt] = []
+        self._attempts_by_client_op: dict[str, list[WriteAttempt]] = {}
+        self.accept_values: set[tuple[str, EpochValue]] = set()
+        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._promised: dict[tuple[str, str, int], Ballot] = {}
+        self._accepted_ballot: dict[tuple[str, str, int], Ballot] = {}
+        self._meta: dict[tuple[str, str], EpochMeta] = {}
+        self._hints: dict[tuple[str, bytes], tuple[str, str, tuple[Mapping, ...]]] = {}
+        self.observations: list[Observation] = []
+        self.hints_written = 0
+        self.hints_deleted = 0
+        self.promises_seen = 0
+
+    def attach(self, durable_mapping: DurableMapping) -> None:
+        """How to read a peer's durable mapping (the cluster, once its peers exist)."""
+        self._durable_mapping = durable_mapping
+
+    # -- what the API layer and the proposers did ----------------------------------------------
+
+    def on_write_attempt(self, attempt: WriteAttempt) -> None:
+        self.write_attempts.append(attempt)
+        self._attempts_by_client_op.setdefault(attempt.client_op, []).append(attempt)
+
+    def attempted_tokens(self, client_op: str) -> tuple[str, ...]:
+        """Every token the peers tried to write for one client operation, in order."""
+        tokens: dict[str, None] = {}
+        for attempt in self._attempts_by_client_op.get(client_op, ()):
+            tokens.update(dict.fromkeys(m.token for m in attempt.mappings))
+        return tuple(tokens)
+
+    def on_accept_sent(self, owner: str, value: EpochValue) -> None:
+        self.accept_values.add((owner, value))
+
+    # -- the durable stream --------------------------------------------------------------------
+
+    def on_durable(self, peer: str, writes: Iterable[Write], at_s: float) -> None:
+        """Records that just became durable on peer, in the order they were staged."""
+        for key, raw in writes:
+            prefix = key[:2]
+            if prefix == ACCEPTOR_PREFIX:
+                self._on_acceptor(peer, key, raw, at_s)
+            elif prefix == DECIDED_PREFIX:
+                self._on_decided(peer, key, raw, at_s)
+            elif prefix == EPOCH_META_PREFIX:
+                self._on_meta(peer, key, raw, at_s)
+            elif prefix == HINT_PREFIX:
+                self._on_hint(peer, key, raw, at_s)
+
+    def _observe(
+        self,
+        invariant: str,
+        summary: str,
+        at_s: float,
+        *peers: str,
+        op_ids: tuple[str, ...] = (),
+        tokens: tuple[str, ...] = (),
+    ) -> None:
+        self.observations.append(
+            Observation(
+                invariant=invariant,
+                summary=summary,
+                at_s=at_s,
+                peers=tuple(peers),
+                op_ids=op_ids,
+                tokens=tokens,
+            )
+        )
+
+    def _slot(self, owner: str, slot: int) -> _Slot:
+        found = self._slots.get((owner, slot))
+        if found is None:
+            found = self._slots[(owner, slot)] = _Slot()
+        return found
+
+    def _on_acceptor(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
+        owner, slot = _owner_and_slot(key)
+        state = read_acceptor_slot(_OneRecord(key, raw), owner, slot)
+        where = (peer, owner, slot)
+        self.promises_seen += 1
+        before = self._promised.get(where, ZERO_BALLOT)
+        if state.promised < before:
+            self._observe(
+                "promise-never-decreases",
+                f"{peer} had promised ballot {describe_ballot(before)} for {owner} slot {slot},"
+                f" then durably promised {describe_ballot(state.promised)}",
+                at_s,
+                peer,
+                op_ids=_proposers(before, state.promised),
+            )
+        self._promised[where] = state.promised
+        ballot, value = state.accepted_ballot, state.accepted_value
+        if ballot is None or value is None:
+            if where in self._accepted_ballot:
+                self._observe(
+                    "promise-never-decreases",
+                    f"{peer} forgot the value it had accepted for {owner} slot {slot}",
+                    at_s,
+                    peer,
+                )
+            return
+        accepted_before = self._accepted_ballot.get(where)
+        if accepted_before is not None and ballot < accepted_before:
+            self._observe(
+                "promise-never-decreases",
+                f"{peer} had accepted at ballot {describe_ballot(accepted_before)} for {owner}"
+                f" slot {slot}, then at {describe_ballot(ballot)}",
+                at_s,
+                peer,
+                op_ids=_proposers(accepted_before, ballot),
+            )
+        self._accepted_ballot[where] = ballot
+        self._slot(owner, slot).accepts.setdefault(ballot, {}).setdefault(value, set()).add(peer)
+        if (owner, value) not in self.accept_values:
+            self._observe(
+                "values-were-proposed",
+                f"{peer} accepted {describe_value(value)} for {owner} slot {slot}, a value no"
+                " proposer sent in an Accept",
+                at_s,
+                peer,
+                op_ids=_proposers(ballot, value),
+            )
+
+    def _on_decided(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
+        owner, slot = _owner_and_slot(key)
+        value = read_decided(_OneRecord(key, raw), owner, slot)
+        if value is None:
+            self._observe(
+                "one-value-per-slot",
+                f"{peer} erased the value it had decided for {owner} slot {slot}",
+                at_s,
+                peer,
+            )
+            return
+        record = self._slot(owner, slot)
+        record.decided.setdefault(value, []).append(peer)
+        if len(record.decided) > 1 and not record.reported_split:
+            record.reported_split = True
+            values = "; ".join(
+                f"{describe_value(v)} on {','.join(sorted(set(peers)))}"
+                for v, peers in sorted(record.decided.items(), key=lambda item: item[0].salt)
+            )
+            self._observe(
+                "one-value-per-slot",
+                f"{owner} slot {slot} was decided with {len(record.decided)} values: {values}",
+                at_s,
+                *sorted({p for peers in record.decided.values() for p in peers}),
+                op_ids=_proposers(*sorted(record.decided, key=lambda v: v.salt)),
+            )
+        if (owner, value) not in self.accept_values:
+            self._observe(
+                "values-were-proposed",
+                f"{peer} decided {describe_value(value)} for {owner} slot {slot}, a value no"
+                " proposer sent in an Accept",
+                at_s,
+                peer,
+                op_ids=_proposers(value),
+            )
+
+    def _on_meta(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
+        owner = key[2:].decode()
+        meta = read_epoch_meta(_OneRecord(key, raw), owner)
+        before = self._meta.get((peer, owner), EpochMeta())
+        if meta.decided_slot < before.decided_slot or meta.fence_slot < before.fence_slot:
+            self._observe(
+                "active-epoch-never-goes-back",
+                f"{peer}'s active epoch of {owner} went from {before.decided_slot} (fence"
+                f" {before.fence_slot}) back to {meta.decided_slot} (fence {meta.fence_slot})",
+                at_s,
+                peer,
+            )
+        self._meta[(peer, owner)] = meta
+
+    def _on_hint(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
+        if raw is not None:
+            target = key[len(HINT_PREFIX) : -9].decode()
+            owner, mappings = decode_hint(raw)
+            self._hints[(peer, key)] = (target, owner, mappings)
+            self.hints_written += 1
+            return
+        found = self._hints.pop((peer, key), None)
+        if found is None:
+            return
+        self.hints_deleted += 1
+        target, owner, mappings = found
+        lacking = [m for m in mappings if self._durable_mapping(target, owner, m.token) is None]
+        if lacking:
+            tokens = ",".join(short_token(m.token) for m in lacking)
+            self._observe(
+                "hints-kept-until-acknowledged",
+                f"{peer} deleted its hint for {target} ({owner}: {len(mappings)} mapping(s)) while"
+                f" {target} did not hold {len(lacking)} of them durably [{tokens}]",
+                at_s,
+                peer,
+                target,
+                tokens=tuple(m.token for m in lacking),
+            )
+
+    # -- at the end ----------------------------------------------------------------------------
+
+    def decided_values(self) -> list[tuple[str, int, EpochValue, tuple[str, ...]]]:
+        """(owner, slot, value, peers that decided it) for every value ever decided."""
+        return [
+            (owner, slot, value, tuple(sorted(set(peers))))
+            for (owner, slot), record in sorted(self._slots.items())
+            for value, peers in sorted(record.decided.items(), key=lambda item: item[0].salt)
+        ]
+
+    def chosen_value_violations(self) -> list[str]:
+        """Paxos: once a majority accepted a value at a ballot, every higher ballot of the slot
+        that anyone accepted carries the same value."""
+        found: list[str] = []
+        for (owner, slot), record in sorted(self._slots.items()):
+            for ballot, values in sorted(record.accepts.items(), key=lambda item: item[0]):
+                if len(values) > 1:
+                    listed = "; ".join(
+                        f"{describe_value(v)} on {','.join(sorted(peers))}"
+                        for v, peers in sorted(values.items(), key=lambda item: item[0].salt)
+                    )
+                    found.append(
+                        f"{owner} slot {slot}: ballot {describe_ballot(ballot)} carried"
+                        f" {len(values)} values: {listed}"
+                    )
+            chosen = sorted(
+                [
+                    (ballot, value)
+                    for ballot, values in record.accepts.items()
+                    for value, peers in values.items()
+                    if len(peers) >= self._majority
+                ],
+                key=lambda item: item[0],
+            )
+            if not chosen:
+                continue
+            ballot, value = chosen[0]
+            for later, values in sorted(record.accepts.items(), key=lambda item: item[0]):
+                if later <= ballot:
+                    continue
+                for other, peers in values.items():
+                    if other != value:
+                        found.append(
+                            f"{owner} slot {slot}: {describe_value(value)} was chosen at ballot"
+                            f" {describe_ballot(ballot)}, yet {','.join(sorted(peers))} accepted"
+                            f" {describe_value(other)} at the higher ballot"
+                            f" {describe_ballot(later)}"
+                        )
+        return found
+
+    def accept_count(self) -> int:
+        return sum(
+            len(peers)
+            for record in self._slots.values()
+            for values in record.accepts.values()
+            for peers in values.values()
+        )
