@@ -2,9 +2,9 @@
 
 Usage: python bench/quiet_cost.py [--mappings 10000] [--idle-s 60] [--anti-entropy on|off]
 
-Starts a 3-peer cluster, tokenizes `--mappings` values for each owner, waits until the replicas
-converged, then leaves it idle for `--idle-s` seconds and reports, per peer, the CPU time it used
-(from /proc) and the bytes it sent to other peers (from /v1/admin/node), scaled to a minute.
+Starts a 3-peer cluster, tokenizes `--mappings` values for each owner, lets writes and hints
+settle for 5 s, then leaves it idle for `--idle-s` seconds and reports, per peer, the CPU time
+it used (from /proc) and the bytes it sent to other peers (from /v1/admin/node), per minute.
 A measurement, not a test.
 """
 

@@ -14,8 +14,8 @@ Theory of operation:
   later epoch, the caller learns it and tokenizes again. (A single fenced replica, e.g. one that
   accepted an orphaned proposal, does not block writes the others can still take.) Read
   repairs are marked as repairs and never fenced.
-- An answered write lingers until its deadline to reach the replicas that lag; whatever they
-  still lack then becomes hints (hinted_handoff.py) on this peer.
+- An answered write lingers until its deadline for the replicas that lag (no more resends);
+  whatever they still lack then becomes hints (hinted_handoff.py) on this peer.
 - Replicas the failure detector holds down are not waited for: when fewer than the quorum are
   left, the operation's deadline is a short grace (`down_grace_s`) instead of the full timeout.
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
@@ -205,6 +205,10 @@ class Coordinator:
             )
             self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
             return effects
+        if operation.phase is _Phase.LINGERING:
+            # Answered: a lagging replica is usually just busy, and resending would add to its
+            # load (measured: a third more inserts under saturation). A hint covers a loss.
+            return Effects()
         effects = Effects(
             timers=[
                 Timer(

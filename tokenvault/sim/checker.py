@@ -82,13 +82,12 @@ class Violation:
     events: tuple[str, ...] = ()  # log lines that show it
 
     def render(self) -> str:
-        lines = [f"VIOLATION {self.invariant}: {self.summary}"]
-        if self.operations:
-            lines.append("  operations:")
-            lines.extend(f"    {text}" for text in self.operations)
-        if self.events:
-            lines.append("  events:")
-            lines.extend(f"    {text}" for text in self.events)
+        lines = [f"VIOLATION {self.invariant}: {self.summary}", "  operations:"]
+        lines.extend(
+            f"    {text}" for text in self.operations or ("(no client operation shows it)",)
+        )
+        lines.append("  events:")
+        lines.extend(f"    {text}" for text in self.events or ("(no logged event shows it)",))
         return "\n".join(lines)
 
 
