@@ -40,6 +40,7 @@ from tokenvault.quorum.records import (
     decode_mapping,
     encode_mapping,
     mapping_key,
+    owner_mapping_prefix,
     read_acceptor_slot,
     read_epoch_meta,
 )
@@ -69,10 +70,15 @@ class Replica:
         raw = self._storage.get(mapping_key(owner, token))
         return None if raw is None else decode_mapping(owner, token, raw)
 
-    def _held(self, owner: str, token: str, request_id: str, effects: Effects) -> Mapping | None:
+    def _held(
+        self, owner: str, token: str, request_id: str, effects: Effects, key: bytes | None = None
+    ) -> Mapping | None:
         """The held mapping; a record that does not decode is reported and held as UNREADABLE."""
+        raw = self._storage.get(mapping_key(owner, token) if key is None else key)
+        if raw is None:
+            return None
         try:
-            return self.read_mapping(owner, token)
+            return decode_mapping(owner, token, raw)
         except StorageCorrupt:
             effects.events.append(
                 Event(
@@ -99,14 +105,16 @@ class Replica:
         stored = identical = 0
         fence = 0 if request.repair else read_epoch_meta(self._storage, request.owner).fence_slot
         fenced = 0
+        prefix = owner_mapping_prefix(request.owner)  # the hot loop: one key build per mapping
         for mapping in request.mappings:
             if mapping.epoch < fence:
                 outcomes.append(InsertOutcome.FENCED)
                 fenced += 1
                 continue
-            held = self._held(mapping.owner, mapping.token, request.op_id, effects)
+            key = prefix + mapping.token.encode()
+            held = self._held(mapping.owner, mapping.token, request.op_id, effects, key)
             if held is None:
-                key, record = mapping_key(mapping.owner, mapping.token), encode_mapping(mapping)
+                record = encode_mapping(mapping)
                 effects.writes.append((key, record))
                 self.digests.add(mapping.owner, mapping.token, key, record)
                 outcomes.append(InsertOutcome.STORED)
