@@ -47,31 +47,18 @@ from tokenvault.quorum.failure_detector import FailureDetector, PeerState
 from tokenvault.quorum.hinted_handoff import HintedHandoff
 from tokenvault.quorum.messages import (
     GENESIS,
-    Accept,
-    Accepted,
-    AeKeys,
-    AeKeysReply,
-    AeSummary,
-    AeSummaryReply,
     Decide,
     Envelope,
-    EpochQuery,
-    EpochReport,
     EpochValue,
-    Heartbeat,
     InsertReply,
-    InsertRequest,
     Mapping,
     Message,
     OwnerInspect,
     OwnerView,
-    Prepare,
-    Promise,
-    ReadReply,
-    ReadRequest,
 )
 from tokenvault.quorum.records import StorageCorrupt
 from tokenvault.quorum.replica import Replica
+from tokenvault.quorum.routing import Destination, route
 from tokenvault.ring.hash_ring import HashRing
 from tokenvault.store.leveldb_store import LevelDBStore
 from tokenvault.store.storage import StorageError
@@ -300,43 +287,50 @@ class Node:
 
     async def _deliver(self, source: str, messages: Sequence[Message]) -> None:
         storage_effects = Effects()  # from the cores that answer out of storage
+        now = trio.current_time()
         for message in messages:
-            if isinstance(message, Heartbeat):
+            destination = route(message)
+            if destination is Destination.NONE:
                 continue
-            if isinstance(message, InsertRequest | ReadRequest | OwnerInspect):
-                effects = self.replica.on_message(source, message)
-            elif isinstance(message, EpochQuery | Prepare | Accept | Decide):
-                effects = self.acceptor.on_message(source, message)
-                if isinstance(message, Decide):
-                    self._note_epoch(message.owner, message.value)
-            elif isinstance(message, OwnerView):
-                inspection = self._inspections.get(message.op_id)
-                if inspection is not None:
-                    inspection.views[source] = message
-                    if len(inspection.views) == inspection.expected:
-                        inspection.complete.set()
+            if destination is Destination.INSPECTION:
+                assert isinstance(message, OwnerView)
+                self._note_inspection(source, message)
                 continue
-            elif isinstance(message, AeSummary | AeKeys | AeSummaryReply | AeKeysReply) or (
-                isinstance(message, InsertReply) and self.anti_entropy.owns(message.op_id)
-            ):
-                effects = self.anti_entropy.on_message(source, message, trio.current_time())
-            elif isinstance(message, InsertReply) and self.hints.owns(message.op_id):
-                await self._dispatch(self.hints.on_reply(source, message), from_replica=False)
-                continue
-            elif isinstance(message, InsertReply | ReadReply):
-                await self._dispatch(
-                    self.coordinator.on_message(source, message), from_replica=False
-                )
-                continue
+            effects = self._core_effects(destination, source, message, now)
+            if destination.answers_from_storage:
+                self.store.stage(effects.writes)
+                storage_effects.extend(effects)
             else:
-                assert isinstance(message, EpochReport | Promise | Accepted)
-                effects = self.epoch_coordinator.on_message(source, message, trio.current_time())
                 await self._dispatch(effects, from_replica=False)
-                continue
-            self.store.stage(effects.writes)
-            storage_effects.extend(effects)
         if not storage_effects.is_empty():
             await self._dispatch(storage_effects, from_replica=True, staged=True)
+
+    def _core_effects(
+        self, destination: Destination, source: str, message: Message, now: float
+    ) -> Effects:
+        if destination is Destination.REPLICA:
+            return self.replica.on_message(source, message)
+        if destination is Destination.ACCEPTOR:
+            effects = self.acceptor.on_message(source, message)
+            if isinstance(message, Decide):
+                self._note_epoch(message.owner, message.value)
+            return effects
+        if destination is Destination.ANTI_ENTROPY:
+            return self.anti_entropy.on_message(source, message, now)
+        if destination is Destination.HINTS:
+            assert isinstance(message, InsertReply)
+            return self.hints.on_reply(source, message)
+        if destination is Destination.COORDINATOR:
+            return self.coordinator.on_message(source, message)
+        assert destination is Destination.EPOCH_COORDINATOR
+        return self.epoch_coordinator.on_message(source, message, now)
+
+    def _note_inspection(self, source: str, view: OwnerView) -> None:
+        inspection = self._inspections.get(view.op_id)
+        if inspection is not None:
+            inspection.views[source] = view
+            if len(inspection.views) == inspection.expected:
+                inspection.complete.set()
 
     async def _deliver_locally(self, messages: list[Message]) -> None:
         with self._store_failures_logged():

@@ -69,27 +69,13 @@ from tokenvault.quorum.hinted_handoff import HINT_OP_PREFIX, HintedHandoff, Hint
 from tokenvault.quorum.messages import (
     GENESIS,
     Accept,
-    Accepted,
-    AeKeys,
-    AeKeysReply,
-    AeSummary,
-    AeSummaryReply,
     Decide,
     Envelope,
-    EpochQuery,
-    EpochReport,
     EpochValue,
-    Heartbeat,
     InsertReply,
     InsertRequest,
     Mapping,
     Message,
-    OwnerInspect,
-    OwnerView,
-    Prepare,
-    Promise,
-    ReadReply,
-    ReadRequest,
 )
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import (
@@ -103,6 +89,7 @@ from tokenvault.quorum.records import (
     read_decided,
 )
 from tokenvault.quorum.replica import Replica
+from tokenvault.quorum.routing import Destination, route
 from tokenvault.ring.hash_ring import HashRing
 from tokenvault.sim.engine import Action, Engine
 from tokenvault.sim.faults import StrikeOn
@@ -365,9 +352,13 @@ class SimPeer:
                 return
             if not signs.is_empty():
                 self._after_core(signs, from_replica=False)
-        if isinstance(message, Heartbeat):
+        destination = route(message)
+        if destination is Destination.NONE:
             return
-        if isinstance(message, InsertRequest | ReadRequest | OwnerInspect):
+        if destination is Destination.INSPECTION:
+            self._engine.record(f"unrouted {self.peer_id} owner-view op={message.op_id}")
+            return
+        if destination is Destination.REPLICA:
             repair_write = (
                 message.op_id
                 if isinstance(message, InsertRequest)
@@ -380,33 +371,29 @@ class SimPeer:
                 from_replica=True,
                 repair_write=repair_write,
             )
-        elif isinstance(message, EpochQuery | Prepare | Accept | Decide):
+        elif destination is Destination.ACCEPTOR:
             if self._run_core(
                 "acceptor", lambda: self.acceptor.on_message(source, message), from_replica=True
             ) and isinstance(message, Decide):
                 self._note_epoch(message.owner, message.value)
-        elif isinstance(message, OwnerView):
-            self._engine.record(f"unrouted {self.peer_id} owner-view op={message.op_id}")
-        elif isinstance(message, AeSummary | AeKeys | AeSummaryReply | AeKeysReply) or (
-            isinstance(message, InsertReply) and self.anti_entropy.owns(message.op_id)
-        ):
+        elif destination is Destination.ANTI_ENTROPY:
             self._run_core(
                 "anti_entropy",
                 lambda: self.anti_entropy.on_message(source, message, now),
                 from_replica=True,
             )
-        elif isinstance(message, InsertReply) and self.hints.owns(message.op_id):
+        elif destination is Destination.HINTS:
+            assert isinstance(message, InsertReply)
             self._run_core(
                 "hints", lambda: self.hints.on_reply(source, message), from_replica=False
             )
-        elif isinstance(message, InsertReply | ReadReply):
+        elif destination is Destination.COORDINATOR:
             self._run_core(
                 "coordinator",
                 lambda: self.coordinator.on_message(source, message),
                 from_replica=False,
             )
         else:
-            assert isinstance(message, EpochReport | Promise | Accepted), type(message).__name__
             self._run_core(
                 "epoch_coordinator",
                 lambda: self.epoch_coordinator.on_message(source, message, now),

@@ -1,0 +1,77 @@
+"""Which core takes a peer message: the one routing table both drivers use (node.py and the
+simulator), so a routing mistake the simulator would find is the production one.
+
+Rules: pure and total — every message type has exactly one destination; replies are told apart
+by their op id's owner (hints and anti-entropy name their operations with their own prefixes).
+`answers_from_storage` says whether the destination reads the store to answer: its replies then
+wait for durability even when it wrote nothing (persist before send).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from tokenvault.quorum.anti_entropy import AE_OP_PREFIX
+from tokenvault.quorum.hinted_handoff import HINT_OP_PREFIX
+from tokenvault.quorum.messages import (
+    Accept,
+    Accepted,
+    AeKeys,
+    AeKeysReply,
+    AeSummary,
+    AeSummaryReply,
+    Decide,
+    EpochQuery,
+    EpochReport,
+    Heartbeat,
+    InsertReply,
+    InsertRequest,
+    Message,
+    OwnerInspect,
+    OwnerView,
+    Prepare,
+    Promise,
+    ReadReply,
+    ReadRequest,
+)
+
+
+class Destination(enum.Enum):
+    NONE = "none"  # a heartbeat: a sign of life only
+    REPLICA = "replica"
+    ACCEPTOR = "acceptor"
+    ANTI_ENTROPY = "anti_entropy"
+    HINTS = "hints"
+    COORDINATOR = "coordinator"
+    EPOCH_COORDINATOR = "epoch_coordinator"
+    INSPECTION = "inspection"  # an admin view's answer, for whoever asked
+
+    @property
+    def answers_from_storage(self) -> bool:
+        return self in _FROM_STORAGE
+
+
+_FROM_STORAGE = frozenset({Destination.REPLICA, Destination.ACCEPTOR, Destination.ANTI_ENTROPY})
+
+
+def route(message: Message) -> Destination:
+    if isinstance(message, Heartbeat):
+        return Destination.NONE
+    if isinstance(message, InsertRequest | ReadRequest | OwnerInspect):
+        return Destination.REPLICA
+    if isinstance(message, EpochQuery | Prepare | Accept | Decide):
+        return Destination.ACCEPTOR
+    if isinstance(message, AeSummary | AeKeys | AeSummaryReply | AeKeysReply):
+        return Destination.ANTI_ENTROPY
+    if isinstance(message, OwnerView):
+        return Destination.INSPECTION
+    if isinstance(message, InsertReply):
+        if message.op_id.startswith(AE_OP_PREFIX):
+            return Destination.ANTI_ENTROPY
+        if message.op_id.startswith(HINT_OP_PREFIX):
+            return Destination.HINTS
+        return Destination.COORDINATOR
+    if isinstance(message, ReadReply):
+        return Destination.COORDINATOR
+    assert isinstance(message, EpochReport | Promise | Accepted), type(message).__name__
+    return Destination.EPOCH_COORDINATOR
