@@ -41,9 +41,6 @@ class Metrics:
         counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         counts[-1] += seconds
 
-    def counter_value(self, name: str, labels: Labels = ()) -> float:
-        return self._counters.get(name, {}).get(labels, 0.0)
-
     def render(self) -> str:
         lines: list[str] = []
         for name, series in sorted(self._counters.items()):

@@ -8,7 +8,6 @@ is bounded and polls the peer's own /healthz, never a fixed sleep.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -144,7 +143,6 @@ class Cluster:
     def close(self) -> None:
         for process in self._processes.values():
             if process.poll() is None:
-                with_signal = signal.SIGCONT
-                os.kill(process.pid, with_signal)
+                process.send_signal(signal.SIGCONT)  # a paused peer dies at once, not on resume
                 process.kill()
                 process.wait(timeout=10)

@@ -117,7 +117,7 @@ class PublicApi:
         route, handler, argument = self._route(request)
         try:
             if handler is None:
-                raise argument_error(route)
+                raise route_error(route)
             principal = None if route in ("healthz", "metrics") else self._authenticate(request)
             response = await handler(request, principal, argument)
         except ApiError as error:
@@ -444,7 +444,7 @@ def _owner_of(principal: Principal | None) -> OwnerConfig:
     raise Forbidden("The admin key acts for no owner; use an owner's key.")
 
 
-def argument_error(route: str) -> ApiError:
+def route_error(route: str) -> ApiError:
     if route == "method_not_allowed":
         return MethodNotAllowed()
     return NotFound("No such route.")

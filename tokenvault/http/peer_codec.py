@@ -20,11 +20,9 @@ from tokenvault.quorum.messages import (
     AeKeysReply,
     AeSummary,
     AeSummaryReply,
-    Ballot,
     Decide,
     EpochQuery,
     EpochReport,
-    EpochValue,
     Heartbeat,
     InsertOutcome,
     InsertReply,
@@ -263,14 +261,6 @@ def _bool(raw: Any) -> bool:
     return raw
 
 
-def _ballot(raw: Any) -> Ballot:
-    return ballot_from_json(raw)
-
-
-def _value(raw: Any) -> EpochValue:
-    return epoch_value_from_json(raw)
-
-
 def _decode_epoch_message(kind: Any, op_id: str, owner: str, raw: Any) -> Message:
     if kind == "epoch_query":
         return EpochQuery(op_id=op_id, owner=owner)
@@ -278,45 +268,45 @@ def _decode_epoch_message(kind: Any, op_id: str, owner: str, raw: Any) -> Messag
         return EpochReport(
             op_id=op_id,
             owner=owner,
-            decided=_value(raw["decided"]),
+            decided=epoch_value_from_json(raw["decided"]),
             accepted_slot=_int(raw["accepted_slot"]),
         )
     if kind == "prepare":
         return Prepare(
-            op_id=op_id, owner=owner, slot=_int(raw["slot"]), ballot=_ballot(raw["ballot"])
+            op_id=op_id, owner=owner, slot=_int(raw["slot"]), ballot=ballot_from_json(raw["ballot"])
         )
     if kind == "promise":
         return Promise(
             op_id=op_id,
             owner=owner,
             slot=_int(raw["slot"]),
-            ballot=_ballot(raw["ballot"]),
+            ballot=ballot_from_json(raw["ballot"]),
             granted=_bool(raw["granted"]),
-            promised=_ballot(raw["promised"]),
-            accepted_ballot=_optional(raw["accepted_ballot"], _ballot),
-            accepted_value=_optional(raw["accepted_value"], _value),
-            decided=_optional(raw["decided"], _value),
+            promised=ballot_from_json(raw["promised"]),
+            accepted_ballot=_optional(raw["accepted_ballot"], ballot_from_json),
+            accepted_value=_optional(raw["accepted_value"], epoch_value_from_json),
+            decided=_optional(raw["decided"], epoch_value_from_json),
         )
     if kind == "accept":
         return Accept(
             op_id=op_id,
             owner=owner,
             slot=_int(raw["slot"]),
-            ballot=_ballot(raw["ballot"]),
-            value=_value(raw["value"]),
+            ballot=ballot_from_json(raw["ballot"]),
+            value=epoch_value_from_json(raw["value"]),
         )
     if kind == "accepted":
         return Accepted(
             op_id=op_id,
             owner=owner,
             slot=_int(raw["slot"]),
-            ballot=_ballot(raw["ballot"]),
+            ballot=ballot_from_json(raw["ballot"]),
             granted=_bool(raw["granted"]),
-            promised=_ballot(raw["promised"]),
-            decided=_optional(raw["decided"], _value),
+            promised=ballot_from_json(raw["promised"]),
+            decided=_optional(raw["decided"], epoch_value_from_json),
         )
     if kind == "decide":
-        return Decide(op_id=op_id, owner=owner, value=_value(raw["value"]))
+        return Decide(op_id=op_id, owner=owner, value=epoch_value_from_json(raw["value"]))
     if kind == "owner_inspect":
         return OwnerInspect(op_id=op_id, owner=owner)
     if kind == "ae_summary":
@@ -325,14 +315,14 @@ def _decode_epoch_message(kind: Any, op_id: str, owner: str, raw: Any) -> Messag
             owner=owner,
             leaves=_strings(raw["leaves"]),
             count=_int(raw["count"]),
-            decided=_value(raw["decided"]),
+            decided=epoch_value_from_json(raw["decided"]),
         )
     if kind == "ae_summary_reply":
         return AeSummaryReply(
             op_id=op_id,
             owner=owner,
             differing=tuple(_int(b) for b in raw["differing"]),
-            decided=_value(raw["decided"]),
+            decided=epoch_value_from_json(raw["decided"]),
         )
     if kind == "ae_keys":
         entries = tuple((_text(token), _text(digest)) for token, digest in raw["entries"])
@@ -357,8 +347,8 @@ def _decode_epoch_message(kind: Any, op_id: str, owner: str, raw: Any) -> Messag
             complete=_bool(raw["complete"]),
             decided_epoch=_int(raw["decided_epoch"]),
             accepted_slot=_int(raw["accepted_slot"]),
-            next_slot_promised=_ballot(raw["next_slot_promised"]),
-            next_slot_accepted=_optional(raw["next_slot_accepted"], _ballot),
+            next_slot_promised=ballot_from_json(raw["next_slot_promised"]),
+            next_slot_accepted=_optional(raw["next_slot_accepted"], ballot_from_json),
         )
     raise CodecError("unknown message type")
 

@@ -14,7 +14,6 @@ Rules:
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -57,7 +56,6 @@ class PeerLink:
         port: int,
         peer_key: str,
         limits: PeerLinkLimits = PeerLinkLimits(),
-        on_batch_result: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._local_peer_id = local_peer_id
         self.peer_id = peer_id
@@ -70,7 +68,6 @@ class PeerLink:
         self._limits = limits
         self._queue: collections.deque[bytes] = collections.deque()
         self._wakeup = trio.Event()
-        self._on_batch_result = on_batch_result
         self._batches_sent = 0
         self._messages_sent = 0
         self._bytes_sent = 0
@@ -123,8 +120,6 @@ class PeerLink:
                     await self._wakeup.wait()
                 body, count = self._take_batch()
                 ok = await self._post(connection, body)
-                if self._on_batch_result is not None:
-                    self._on_batch_result(self.peer_id, ok)
                 if ok:
                     self._batches_sent += 1
                     self._messages_sent += count

@@ -40,17 +40,9 @@ from tokenvault.quorum.messages import (
     Mapping,
     Message,
 )
-from tokenvault.quorum.records import StorageCorrupt, decode_mapping, mapping_key
+from tokenvault.quorum.records import StorageCorrupt, StorageView, decode_mapping, mapping_key
 
 AE_OP_PREFIX = "ae:"
-
-
-class AntiEntropyStorage(Protocol):
-    def get(self, key: bytes) -> bytes | None: ...
-
-    def scan(
-        self, prefix: bytes, *, start_after: bytes | None = None, limit: int
-    ) -> list[tuple[bytes, bytes]]: ...
 
 
 class DigestSource(Protocol):
@@ -119,7 +111,7 @@ class AntiEntropy:
         self,
         *,
         peer_id: str,
-        storage: AntiEntropyStorage,
+        storage: StorageView,
         digests: DigestSource,
         decided: DecidedSource,
         replicas_by_owner: dict[str, tuple[str, ...]],

@@ -136,7 +136,10 @@ class EpochCoordinator:
         assert op_id not in self._operations, "operation ids are unique"
         assert replicas and len(set(replicas)) == len(replicas)
         if len(self._operations) >= self._limits.operations_max:
-            return Effects(replies=[self._done_reply(op_id, owner, None, Failure.OVERLOADED)])
+            overloaded = EpochDone(
+                op_id=op_id, owner=owner, value=None, rotated=False, failure=Failure.OVERLOADED
+            )
+            return Effects(replies=[overloaded])
         salt = f"{self._rng.getrandbits(self._limits.salt_bits):0{self._limits.salt_bits // 4}x}"
         operation = _Operation(
             op_id=op_id,
@@ -429,11 +432,6 @@ class EpochCoordinator:
                 failure=failure,
             )
         )
-
-    def _done_reply(
-        self, op_id: str, owner: str, value: EpochValue | None, failure: Failure | None
-    ) -> EpochDone:
-        return EpochDone(op_id=op_id, owner=owner, value=value, rotated=False, failure=failure)
 
     @staticmethod
     def _event(operation: _Operation, name: str, *details: tuple[str, str | int]) -> Event:

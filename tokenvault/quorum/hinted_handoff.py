@@ -21,19 +21,14 @@ import collections
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from tokenvault.quorum.effects import Effects, Event
 from tokenvault.quorum.messages import Envelope, InsertReply, InsertRequest, Mapping
+from tokenvault.quorum.records import StorageView
 
 HINT_PREFIX = b"h\x00"
 HINT_OP_PREFIX = "hint:"
-
-
-class HintStorage(Protocol):
-    def scan(
-        self, prefix: bytes, *, start_after: bytes | None = None, limit: int
-    ) -> list[tuple[bytes, bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +85,7 @@ def decode_hint(raw: bytes) -> tuple[str, tuple[Mapping, ...]]:
 
 class HintedHandoff:
     def __init__(
-        self, *, peer_id: str, storage: HintStorage, limits: HintLimits = HintLimits()
+        self, *, peer_id: str, storage: StorageView, limits: HintLimits = HintLimits()
     ) -> None:
         self._peer_id = peer_id
         self._limits = limits
@@ -99,7 +94,7 @@ class HintedHandoff:
         self._unreadable = 0
         self._load(storage)
 
-    def _load(self, storage: HintStorage) -> None:
+    def _load(self, storage: StorageView) -> None:
         after: bytes | None = None
         while True:
             batch = storage.scan(HINT_PREFIX, start_after=after, limit=self._limits.load_scan_batch)

@@ -14,9 +14,8 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
 
-from tokenvault.quorum.records import MAPPING_PREFIX, owner_mapping_prefix
+from tokenvault.quorum.records import MAPPING_PREFIX, StorageView, owner_mapping_prefix
 
 BUCKETS = 64
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -24,12 +23,6 @@ BUCKET_CHARS = tuple(_ALPHABET)
 _BUCKET_OF_CHAR = {c: i for i, c in enumerate(_ALPHABET)}
 _TOKEN_BODY_OFFSET = len("tok_")
 REBUILD_SCAN_BATCH = 4_096
-
-
-class MappingScanner(Protocol):
-    def scan(
-        self, prefix: bytes, *, start_after: bytes | None = None, limit: int
-    ) -> list[tuple[bytes, bytes]]: ...
 
 
 def bucket_of(token: str) -> int | None:
@@ -78,7 +71,7 @@ class OwnerDigests:
             digest.update(leaf.to_bytes(16, "big"))
         return digest.hexdigest()
 
-    def rebuild(self, storage: MappingScanner) -> int:
+    def rebuild(self, storage: StorageView) -> int:
         """Recompute every owner's digests from the stored mappings; returns how many."""
         self._leaves.clear()
         self._counts.clear()

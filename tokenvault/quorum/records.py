@@ -81,6 +81,14 @@ class StorageReader(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
 
 
+class StorageView(StorageReader, Protocol):
+    """What the cores read: keys, and ordered scans, both showing staged writes."""
+
+    def scan(
+        self, prefix: bytes, *, start_after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EpochMeta:
     """Per owner: the highest slot decided here and the highest slot this replica accepted a

@@ -4,7 +4,7 @@ Rules:
 - An insert answers, per mapping, STORED (new), IDENTICAL (already held, equal: a retry) or
   CONFLICT (a different mapping under the same token). A conflict is an integrity alarm: it is
   reported and counted and the held mapping is never overwritten.
-- The replica reads through a `StorageReader` that already shows every write it staged earlier
+- The replica reads through a `StorageView` that already shows every write it staged earlier
   (the driver stages each Effects' writes before the next input), so two inserts of one token
   can never both be STORED.
 - Fencing: a tokenize's mapping under an epoch below the owner's fence (the highest slot this
@@ -18,8 +18,6 @@ Rules:
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 from tokenvault.quorum.effects import Effects, Event
 from tokenvault.quorum.merkle import OwnerDigests
@@ -37,6 +35,7 @@ from tokenvault.quorum.messages import (
 )
 from tokenvault.quorum.records import (
     StorageCorrupt,
+    StorageView,
     decode_mapping,
     encode_mapping,
     mapping_key,
@@ -49,16 +48,8 @@ from tokenvault.quorum.records import (
 UNREADABLE = Mapping(owner="-", token="-", value="", field="-", epoch=1)
 
 
-class StorageReader(Protocol):
-    def get(self, key: bytes) -> bytes | None: ...
-
-    def scan(
-        self, prefix: bytes, *, start_after: bytes | None = None, limit: int
-    ) -> list[tuple[bytes, bytes]]: ...
-
-
 class Replica:
-    def __init__(self, *, peer_id: str, storage: StorageReader) -> None:
+    def __init__(self, *, peer_id: str, storage: StorageView) -> None:
         self._peer_id = peer_id
         self._storage = storage
         # Digests of what is held, kept with every stored mapping (rebuilt from the store at
