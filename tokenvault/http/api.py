@@ -40,7 +40,7 @@ from tokenvault.quorum.effects import Failure
 from tokenvault.quorum.messages import Ballot, EpochValue, Mapping
 from tokenvault.quorum.records import StorageCorrupt
 from tokenvault.store.storage import StorageError
-from tokenvault.tokens import derive_epoch_key, hash_api_key, is_well_formed_token, make_token
+from tokenvault.tokens import TokenMaker, derive_epoch_key, hash_api_key, is_well_formed_token
 
 RECORDS_MAX = 1_000
 TOKENS_MAX = 1_000
@@ -87,7 +87,7 @@ class PublicApi:
         self._principals[config.admin_key_sha256] = ADMIN
         self._peer_key = node.peer_key
         self._secret = config.secret
-        self._epoch_keys: dict[tuple[str, int, str], bytes] = {}
+        self._token_makers: dict[tuple[str, int, str], TokenMaker] = {}
         self._exact: dict[tuple[str, str], tuple[str, RouteHandler]] = {
             ("GET", "/healthz"): ("healthz", self._healthz),
             ("GET", "/metrics"): ("metrics", self._metrics),
@@ -214,13 +214,13 @@ class PublicApi:
     def _tokens_for(
         self, owner: str, epoch: EpochValue, sensitive: list[tuple[int, str, str]]
     ) -> list[str]:
-        key = self._epoch_keys.get((owner, epoch.epoch, epoch.salt))
-        if key is None:
-            if len(self._epoch_keys) >= EPOCH_KEYS_CACHED_MAX:
-                self._epoch_keys.clear()
+        maker = self._token_makers.get((owner, epoch.epoch, epoch.salt))
+        if maker is None:
+            if len(self._token_makers) >= EPOCH_KEYS_CACHED_MAX:
+                self._token_makers.clear()
             key = derive_epoch_key(self._secret, owner, epoch.epoch, bytes.fromhex(epoch.salt))
-            self._epoch_keys[(owner, epoch.epoch, epoch.salt)] = key
-        return [make_token(key, name, value) for _, name, value in sensitive]
+            maker = self._token_makers[(owner, epoch.epoch, epoch.salt)] = TokenMaker(key)
+        return [maker.token(name, value) for _, name, value in sensitive]
 
     async def _detokenize(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)

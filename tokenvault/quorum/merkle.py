@@ -14,6 +14,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from tokenvault.quorum.records import MAPPING_PREFIX, StorageView, owner_mapping_prefix
 
@@ -49,14 +50,20 @@ class OwnerDigests:
         self._counts: dict[str, int] = {}
 
     def add(self, owner: str, token: str, key: bytes, record: bytes) -> None:
-        bucket = bucket_of(token)
-        if bucket is None:
-            return
+        self.add_many(owner, ((token, key, record),))
+
+    def add_many(self, owner: str, mappings: Iterable[tuple[str, bytes, bytes]]) -> None:
+        """Adds newly held (token, key, record) mappings of one owner."""
         leaves = self._leaves.get(owner)
         if leaves is None:
             leaves = self._leaves[owner] = [0] * BUCKETS
-        leaves[bucket] ^= mapping_hash(key, record)
-        self._counts[owner] = self._counts.get(owner, 0) + 1
+        added = 0
+        for token, key, record in mappings:
+            bucket = bucket_of(token)
+            if bucket is not None:
+                leaves[bucket] ^= mapping_hash(key, record)
+                added += 1
+        self._counts[owner] = self._counts.get(owner, 0) + added
 
     def count(self, owner: str) -> int:
         return self._counts.get(owner, 0)

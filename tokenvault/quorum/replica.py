@@ -93,24 +93,26 @@ class Replica:
     def _on_insert(self, source: str, request: InsertRequest) -> Effects:
         effects = Effects()
         outcomes: list[InsertOutcome] = []
-        stored = identical = 0
+        identical = 0
         fence = 0 if request.repair else read_epoch_meta(self._storage, request.owner).fence_slot
         fenced = 0
-        prefix = owner_mapping_prefix(request.owner)  # the hot loop: one key build per mapping
+        # The hot loop (measured): one key build and one read per mapping; a token not held
+        # yet (the common case) costs no decode, and its digest is updated for all at once.
+        prefix = owner_mapping_prefix(request.owner)
+        read = self._storage.get
+        new: list[tuple[str, bytes, bytes]] = []  # (token, key, record)
         for mapping in request.mappings:
             if mapping.epoch < fence:
                 outcomes.append(InsertOutcome.FENCED)
                 fenced += 1
                 continue
             key = prefix + mapping.token.encode()
-            held = self._held(mapping.owner, mapping.token, request.op_id, effects, key)
-            if held is None:
-                record = encode_mapping(mapping)
-                effects.writes.append((key, record))
-                self.digests.add(mapping.owner, mapping.token, key, record)
+            if read(key) is None:
+                new.append((mapping.token, key, encode_mapping(mapping)))
                 outcomes.append(InsertOutcome.STORED)
-                stored += 1
-            elif held == mapping:
+                continue
+            held = self._held(mapping.owner, mapping.token, request.op_id, effects, key)
+            if held == mapping:
                 outcomes.append(InsertOutcome.IDENTICAL)
                 identical += 1
             else:
@@ -123,6 +125,9 @@ class Replica:
                         details=(("token_prefix", mapping.token[:8]), ("source", source)),
                     )
                 )
+        effects.writes.extend((key, record) for _, key, record in new)
+        self.digests.add_many(request.owner, new)
+        stored = len(new)
         if fenced:
             effects.events.append(
                 Event(
