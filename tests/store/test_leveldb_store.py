@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tokenvault.store.leveldb_store import LevelDBStore
 from tokenvault.store.storage import Storage, StorageError, StorageFull, Write
@@ -272,3 +276,87 @@ async def test_scan_merges_db_and_overlay_with_tombstones(tmp_path: Path) -> Non
         assert store.scan(b"\xff", limit=5) == []
     finally:
         store.close()
+
+
+class _CountingDB:
+    """Stands in front of the plyvel DB and counts the point reads that reach it."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+        self.gets = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        self.gets += 1
+        value: bytes | None = self._db.get(key)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+async def test_reads_of_keys_never_held_skip_leveldb(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    store = LevelDBStore(str(path))
+    store.stage([(b"m/%d" % i, b"v%d" % i) for i in range(1_000)])
+    await store.wait_durable()
+    store = _reopen(store, path)  # the filter is rebuilt from the disk
+    counting = _CountingDB(store._db)
+    store._db = counting
+    try:
+        assert all(store.get(b"m/%d" % i) == b"v%d" % i for i in range(1_000))
+        assert counting.gets == 1_000
+        assert all(store.get(b"absent/%d" % i) is None for i in range(10_000))
+        assert counting.gets < 1_000 + 300  # only the filter's false positives read
+    finally:
+        store._db = counting._db
+        store.close()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.lists(
+                st.tuples(st.binary(max_size=3), st.none() | st.binary(max_size=3)), max_size=6
+            ),
+            st.just("durable"),
+            st.just("reopen"),
+        ),
+        max_size=16,
+    )
+)
+def test_reads_agree_with_a_dict_model_across_reopens(
+    tmp_path: Path, steps: list[list[tuple[bytes, bytes | None]] | str]
+) -> None:
+    path = tmp_path / f"db-{uuid.uuid4().hex}"
+    model: dict[bytes, bytes] = {}
+
+    async def run() -> None:
+        store = LevelDBStore(str(path))
+        try:
+            for step in steps:
+                if step == "durable":
+                    await store.wait_durable()
+                elif step == "reopen":
+                    await store.wait_durable()
+                    store = _reopen(store, path)
+                else:
+                    assert not isinstance(step, str)
+                    store.stage(step)
+                    for key, value in step:
+                        if value is None:
+                            model.pop(key, None)
+                        else:
+                            model[key] = value
+                for key in (
+                    {bytes([b]) for b in range(4)}
+                    | set(model)
+                    | {k for s in steps if not isinstance(s, str) for k, _ in s}
+                ):
+                    assert store.get(key) == model.get(key)
+        finally:
+            store.close()
+
+    trio.run(run)

@@ -12,6 +12,8 @@ Rules it keeps:
 - tuned for insert-once mappings under random tokens (measured with bench/tokenize_bench.py):
   no block compression (random tokens do not compress; snappy only burnt compaction CPU),
   a 32 MiB memtable and 16 MiB tables (fewer level-0 files per read, fewer compactions).
+- reads of keys never held (every new mapping's insert-once check) are answered by an in-memory
+  KeyFilter of every key, built at open and fed by stage(), without a LevelDB read.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 import plyvel
 import trio
 
+from tokenvault.store.key_filter import KeyFilter
 from tokenvault.store.storage import (
     StagedOverlay,
     StorageError,
@@ -64,6 +67,9 @@ class LevelDBStore:
             )
         except Exception as exc:
             raise StorageError("cannot open the LevelDB store") from exc
+        self._keys = KeyFilter()
+        with self._db.iterator(include_value=False) as every_key:
+            self._keys.add_many(every_key)
         self._pending_writes_max = pending_writes_max
         self._overlay = StagedOverlay()
         self._pending: list[Write] = []
@@ -83,6 +89,8 @@ class LevelDBStore:
         hit, value = self._overlay.get(key)
         if hit:
             return value
+        if not self._keys.might_contain(key):
+            return None
         durable: bytes | None = self._db.get(key)
         return durable
 
@@ -108,6 +116,7 @@ class LevelDBStore:
             return
         if self._staged_seq - self._durable_seq + len(writes) > self._pending_writes_max:
             raise StorageFull("too many writes wait to become durable")
+        self._keys.add_many(key for key, _ in writes)
         self._overlay.put(writes)
         self._pending.extend(writes)
         self._staged_seq += len(writes)
