@@ -66,6 +66,7 @@ from tokenvault.tokens import derive_peer_key
 
 TIMERS_MAX = 100_000
 INSPECT_TIMEOUT_S = 2.0
+PREFERENCE_LISTS_CACHED_MAX = 100_000
 
 
 class OperationFailed(Exception):
@@ -102,6 +103,7 @@ class Node:
         self.log = log if log is not None else EventLog(peer_id)
         self.metrics = Metrics()
         self.ring = HashRing((p.id for p in config.peers), config.vnodes_per_peer)
+        self._preference_lists: dict[str, tuple[str, ...]] = {}
         self.peer_key = derive_peer_key(config.secret)
         self.peer.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LevelDBStore(str(self.peer.data_dir / "leveldb"))
@@ -172,7 +174,13 @@ class Node:
     # -- client operations ---------------------------------------------------------------------
 
     def preference_list(self, owner: str) -> tuple[str, ...]:
-        return self.ring.preference_list(owner, self.config.quorum.replica_count)
+        """The owner's replicas; the ring is static, so each owner's list is computed once."""
+        replicas = self._preference_lists.get(owner)
+        if replicas is None:
+            replicas = self.ring.preference_list(owner, self.config.quorum.replica_count)
+            if len(self._preference_lists) < PREFERENCE_LISTS_CACHED_MAX:
+                self._preference_lists[owner] = replicas
+        return replicas
 
     async def write_mappings(
         self, request_id: str, owner: str, mappings: Sequence[Mapping]
