@@ -1,7 +1,11 @@
 """Structured logs: one JSON line per state change, on stderr.
 
 Rules:
-- Every line has ts, level, peer and event; owner and request_id when there is one.
+- Every line has ts, level, peer and event; owner, epoch and request_id when there is one. A
+  line about an owner always names an epoch: the one the change is about, else the owner's
+  active epoch as this peer knows it.
+- Levels: error for safety and integrity alarms, warning for failures an operator should see
+  (a quorum not reached, a peer down, a hint dropped, an epoch operation failed), info else.
 - Values, tokens in full and keys are never logged: callers pass counts, ids and prefixes only.
 """
 
@@ -17,6 +21,8 @@ from tokenvault.quorum.effects import Event
 
 # Safety and integrity alarms: an operator must look.
 ALARM_EVENTS = frozenset({"paxos_disagreement", "storage_corrupt", "integrity_conflict"})
+# Failures the system handles by itself, but an operator should see.
+WARNING_EVENTS = frozenset({"quorum_failed", "peer_down", "hint_dropped", "epoch_operation_failed"})
 
 
 class EventLog:
@@ -30,6 +36,7 @@ class EventLog:
         *,
         level: str = "info",
         owner: str = "",
+        epoch: int = 0,
         request_id: str = "",
         **details: str | int | float | bool,
     ) -> None:
@@ -41,6 +48,8 @@ class EventLog:
         }
         if owner:
             line["owner"] = owner
+        if epoch:
+            line["epoch"] = epoch
         if request_id:
             line["request_id"] = request_id
         line.update(details)
@@ -48,12 +57,19 @@ class EventLog:
         with contextlib.suppress(OSError, ValueError):
             self._stream.write(json.dumps(line, separators=(",", ":")) + "\n")
 
-    def core_event(self, event: Event) -> None:
-        level = "error" if event.name in ALARM_EVENTS or "conflict" in event.name else "info"
+    def core_event(self, event: Event, *, active_epoch: int = 0) -> None:
+        """One core event; `active_epoch` is named when the event names no epoch of its own."""
+        if event.name in ALARM_EVENTS or "conflict" in event.name:
+            level = "error"
+        elif event.name in WARNING_EVENTS:
+            level = "warning"
+        else:
+            level = "info"
         self.emit(
             event.name,
             level=level,
             owner=event.owner,
+            epoch=event.epoch or active_epoch,
             request_id=event.request_id,
             **dict(event.details),
         )

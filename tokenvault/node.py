@@ -363,7 +363,8 @@ class Node:
         if not staged:
             self.store.stage(effects.writes)
         for event in effects.events:
-            self.log.core_event(event)
+            active = self.known_epoch(event.owner).epoch if event.owner else 0
+            self.log.core_event(event, active_epoch=active)
             self.metrics.inc("tokenvault_events_total", (("event", event.name),))
         if effects.writes or from_replica:
             await self.store.wait_durable()

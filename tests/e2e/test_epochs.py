@@ -156,6 +156,13 @@ def test_tokenizes_started_after_a_rotate_answered_never_use_an_older_epoch(
     # every peer computes the same tokens for the active epoch
     tokens = {tuple(tokenize(cluster, peer, ["same", "values"])[1]) for peer in cluster.peer_ids}
     assert len(tokens) == 1
+    # every log line about an owner names an epoch; mapping lines name their mappings' epoch
+    for peer in cluster.peer_ids:
+        lines = [line for line in cluster.log_events(peer) if "owner" in line]
+        assert lines and all(isinstance(line.get("epoch"), int) for line in lines), peer
+        stored = [line for line in lines if line["event"] == "mapping_stored"]
+        assert {line["epoch"] for line in stored} == {2, 3, 4, 5}, peer
+        assert all(line.get("request_id") for line in stored), peer
 
 
 def test_rotation_with_a_peer_killed_and_its_restart_catches_up(cluster: Cluster) -> None:

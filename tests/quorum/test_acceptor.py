@@ -381,7 +381,7 @@ def test_decide_persists_the_value_and_the_meta() -> None:
     assert effects.messages == []
     (event,) = effects.events
     assert event.name == "epoch_learned" and event.request_id == "d"
-    assert dict(event.details) == {"epoch": 2, "requested_by": "rotate-1"}
+    assert event.epoch == 2 and dict(event.details) == {"requested_by": "rotate-1"}
     h.store.sync()
     h.restart()
     assert h.acceptor.active_epoch(OWNER) == value()

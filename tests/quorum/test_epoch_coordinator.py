@@ -288,10 +288,10 @@ def test_simple_rotate_from_1_to_2_is_decided_everywhere() -> None:
         assert net.acceptors[replica].active_epoch(OWNER) == proposed
         assert read_epoch_meta(net.stores[replica], OWNER).decided_slot == 2
     (chosen,) = net.named("epoch_chosen")
-    assert dict(chosen.details) == {"epoch": 2, "own": 1}
+    assert chosen.epoch == 2 and dict(chosen.details) == {"own": 1}
     (rotated,) = net.named("epoch_rotated")
-    assert rotated.request_id == "rot" and dict(rotated.details) == {"epoch": 2}
-    assert len(net.named("epoch_learned")) == 3
+    assert rotated.request_id == "rot" and rotated.epoch == 2 and not rotated.details
+    assert [e.epoch for e in net.named("epoch_learned")] == [2, 2, 2]
     # r3 never got the accept: it learned from the Decide alone
     assert read_acceptor_slot(net.stores["r3"], OWNER, 2).accepted_value is None
 
@@ -476,7 +476,7 @@ def test_a_later_learn_finishes_the_value_a_dead_proposer_left_behind() -> None:
     )
     assert net.decided(2) == {r: orphan for r in REPLICAS}
     (chosen,) = net.named("epoch_chosen")
-    assert dict(chosen.details) == {"epoch": 2, "own": 0}
+    assert chosen.epoch == 2 and dict(chosen.details) == {"own": 0}
 
 
 def test_a_later_rotate_adopts_the_dead_proposers_value_instead_of_its_own() -> None:

@@ -175,6 +175,7 @@ class Acceptor:
                         name="paxos_disagreement",
                         owner=owner,
                         request_id=decide.op_id,
+                        epoch=value.epoch,
                         details=(("slot", value.epoch),),
                     )
                 )
@@ -189,7 +190,8 @@ class Acceptor:
                 name="epoch_learned",
                 owner=owner,
                 request_id=decide.op_id,
-                details=(("epoch", value.epoch), ("requested_by", value.requested_by)),
+                epoch=value.epoch,
+                details=(("requested_by", value.requested_by),),
             )
         )
         return effects
@@ -200,5 +202,6 @@ class Acceptor:
             name=name,
             owner=owner,
             request_id=op_id,
+            epoch=slot,
             details=(("slot", slot), ("ballot", f"{ballot.round}.{ballot.peer}")),
         )

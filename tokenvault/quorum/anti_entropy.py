@@ -374,6 +374,7 @@ class AntiEntropy:
                 Event(
                     name="paxos_disagreement",
                     owner=owner,
+                    epoch=mine.epoch,
                     details=(("slot", mine.epoch), ("found_by", "anti_entropy")),
                 )
             )

@@ -48,6 +48,7 @@ from tokenvault.quorum.messages import (
     Message,
     ReadReply,
     ReadRequest,
+    highest_epoch,
 )
 from tokenvault.quorum.quorum_config import QuorumConfig
 
@@ -84,6 +85,11 @@ class _Operation:
 
     def lacking(self, replica: str) -> tuple[Mapping, ...]:
         return tuple(m for t, m in self.mappings.items() if replica not in self.holders[t])
+
+
+def _epoch_of(operation: _Operation) -> int:
+    """The epoch its log lines name: of its mappings; 0 for a read that found none yet."""
+    return highest_epoch(operation.mappings.values())
 
 
 class Coordinator:
@@ -197,6 +203,7 @@ class Coordinator:
                     name="quorum_failed",
                     owner=operation.owner,
                     request_id=operation.op_id,
+                    epoch=_epoch_of(operation),
                     details=(
                         ("phase", operation.phase.value),
                         ("answered", len(operation.answered)),
@@ -289,6 +296,7 @@ class Coordinator:
                         name="integrity_conflict",
                         owner=operation.owner,
                         request_id=operation.op_id,
+                        epoch=_epoch_of(operation),
                         details=(("replica", source),),
                     )
                 )
@@ -337,6 +345,7 @@ class Coordinator:
                         name="integrity_conflict",
                         owner=operation.owner,
                         request_id=operation.op_id,
+                        epoch=_epoch_of(operation),
                         details=(("phase", "read"),),
                     )
                 )
@@ -361,6 +370,7 @@ class Coordinator:
                 name="read_repair",
                 owner=operation.owner,
                 request_id=operation.op_id,
+                epoch=_epoch_of(operation),
                 details=(("mappings", behind), ("blocking", 1)),
             )
         )
@@ -396,6 +406,7 @@ class Coordinator:
                     name="read_repair",
                     owner=operation.owner,
                     request_id=operation.op_id,
+                    epoch=_epoch_of(operation),
                     details=(("replicas", len(lagging)), ("blocking", 0)),
                 )
             )

@@ -79,6 +79,10 @@ class EpochDone:
 ClientReply = WriteDone | ReadDone | EpochDone
 
 
+# The fields every log line has of its own: an event's details may not reuse these names.
+RESERVED_LOG_FIELDS = frozenset({"ts", "level", "peer", "event", "owner", "epoch", "request_id"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """One state change, for one JSON log line and one counter. Never a value or a key."""
@@ -86,7 +90,14 @@ class Event:
     name: str
     owner: str = ""
     request_id: str = ""
+    # The epoch the change is about (of the mappings, the Paxos slot); 0 where a core has no
+    # single one, and the driver logs the owner's active epoch instead.
+    epoch: int = 0
     details: tuple[tuple[str, str | int], ...] = ()
+
+    def __post_init__(self) -> None:
+        reserved = RESERVED_LOG_FIELDS.intersection(name for name, _ in self.details)
+        assert not reserved, f"event details may not be named {sorted(reserved)}"
 
 
 @dataclass(slots=True)

@@ -306,7 +306,6 @@ class EpochCoordinator:
             self._event(
                 operation,
                 "epoch_chosen",
-                ("epoch", value.epoch),
                 ("own", int(value.requested_by == operation.op_id)),
             )
         )
@@ -421,7 +420,7 @@ class EpochCoordinator:
         assert failure is not None or value is not None
         if rotated:
             effects.events.append(
-                self._event(operation, "epoch_rotated", ("epoch", value.epoch if value else 0))
+                self._event(operation, "epoch_rotated", epoch=value.epoch if value else None)
             )
         effects.replies.append(
             EpochDone(
@@ -434,5 +433,13 @@ class EpochCoordinator:
         )
 
     @staticmethod
-    def _event(operation: _Operation, name: str, *details: tuple[str, str | int]) -> Event:
-        return Event(name=name, owner=operation.owner, request_id=operation.op_id, details=details)
+    def _event(
+        operation: _Operation, name: str, *details: tuple[str, str | int], epoch: int | None = None
+    ) -> Event:
+        return Event(
+            name=name,
+            owner=operation.owner,
+            request_id=operation.op_id,
+            epoch=operation.slot if epoch is None else epoch,
+            details=details,
+        )

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenvault.quorum.effects import Effects, Event
-from tokenvault.quorum.messages import Envelope, InsertReply, InsertRequest, Mapping
+from tokenvault.quorum.messages import (
+    Envelope,
+    InsertReply,
+    InsertRequest,
+    Mapping,
+    highest_epoch,
+)
 from tokenvault.quorum.records import StorageView
 
 HINT_PREFIX = b"h\x00"
@@ -148,6 +154,7 @@ class HintedHandoff:
                 name="hint_stored",
                 owner=owner,
                 request_id=request_id,
+                epoch=highest_epoch(mappings),
                 details=(("target", target), ("mappings", len(mappings))),
             )
         )
@@ -161,6 +168,7 @@ class HintedHandoff:
                 Event(
                     name="hint_dropped",
                     owner=oldest.owner,
+                    epoch=highest_epoch(oldest.mappings),
                     details=(("target", target), ("reason", "overflow")),
                 )
             )
@@ -207,6 +215,8 @@ class HintedHandoff:
                 Event(
                     name="hint_delivered",
                     owner=hint.owner,
+                    request_id=reply.op_id,
+                    epoch=highest_epoch(hint.mappings),
                     details=(("target", source), ("mappings", len(hint.mappings))),
                 )
             )
@@ -215,7 +225,13 @@ class HintedHandoff:
             # cannot be delivered; anti-entropy and the admin view show the conflict.
             self._forget(state, key, effects)
             effects.events.append(
-                Event(name="hint_conflict", owner=hint.owner, details=(("target", source),))
+                Event(
+                    name="hint_conflict",
+                    owner=hint.owner,
+                    request_id=reply.op_id,
+                    epoch=highest_epoch(hint.mappings),
+                    details=(("target", source),),
+                )
             )
         return effects
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 OWNER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -47,6 +48,11 @@ class Mapping:
             raise ValueError("mapping field must be 1-64 ASCII characters")
         if not 1 <= self.epoch <= EPOCH_MAX:
             raise ValueError("mapping epoch out of range")
+
+
+def highest_epoch(mappings: Iterable[Mapping]) -> int:
+    """The epoch a log line about these mappings names; 0 for none."""
+    return max((m.epoch for m in mappings), default=0)
 
 
 class InsertOutcome(enum.Enum):
@@ -85,6 +91,11 @@ class InsertRequest:
             tokens.add(mapping.token)
         if len(tokens) != len(self.mappings):
             raise ValueError("insert request repeats a token")
+
+    @property
+    def epoch(self) -> int:
+        """The highest epoch of its mappings (one for a tokenize; a repair may mix epochs)."""
+        return highest_epoch(self.mappings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

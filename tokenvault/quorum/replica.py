@@ -122,6 +122,7 @@ class Replica:
                         name="mapping_conflict",
                         owner=request.owner,
                         request_id=request.op_id,
+                        epoch=mapping.epoch,
                         details=(("token_prefix", mapping.token[:8]), ("source", source)),
                     )
                 )
@@ -134,6 +135,7 @@ class Replica:
                     name="mapping_fenced",
                     owner=request.owner,
                     request_id=request.op_id,
+                    epoch=request.epoch,
                     details=(("count", fenced), ("fence_epoch", fence)),
                 )
             )
@@ -143,6 +145,7 @@ class Replica:
                     name="mapping_stored",
                     owner=request.owner,
                     request_id=request.op_id,
+                    epoch=request.epoch,
                     details=(("count", stored),),
                 )
             )
@@ -152,6 +155,7 @@ class Replica:
                     name="mapping_identical",
                     owner=request.owner,
                     request_id=request.op_id,
+                    epoch=request.epoch,
                     details=(("count", identical),),
                 )
             )
