@@ -239,6 +239,7 @@ class Node:
                 owner=owner,
                 replicas=self.preference_list(owner),
                 now=trio.current_time(),
+                down=self.down_peers(),
             ),
         )
         return value
@@ -256,6 +257,7 @@ class Node:
                 expected_epoch=expected_epoch,
                 requested_at_s=time.time(),
                 now=trio.current_time(),
+                down=self.down_peers(),
             ),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -86,6 +87,12 @@ def test_same_token_on_every_peer_and_other_owners_see_nothing(cluster: Cluster)
     assert mine.status_code == 200 and mine.json()["value"] == "123-45-6789"
 
 
+def _peer_states(cluster: Cluster, peer: str) -> dict[str, str]:
+    view = httpx.get(cluster.url(peer) + "/v1/admin/node", headers=cluster.admin_headers())
+    assert view.status_code == 200, view.text
+    return {p["id"]: p["state"] for p in view.json()["peers"]}
+
+
 def test_survives_one_killed_peer_refuses_with_two_and_recovers_after_restart(
     cluster: Cluster,
 ) -> None:
@@ -103,6 +110,15 @@ def test_survives_one_killed_peer_refuses_with_two_and_recovers_after_restart(
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "unavailable"
     assert "retry-after" in refused.headers
+    # once n1's failure detector holds both down, an epoch read gives up at the short grace
+    deadline = time.monotonic() + 15.0
+    while _peer_states(cluster, "n1") != {"n1": "up", "n2": "down", "n3": "down"}:
+        assert time.monotonic() < deadline, _peer_states(cluster, "n1")
+        time.sleep(0.1)
+    started = time.monotonic()
+    epoch = httpx.get(cluster.url("n1") + "/v1/epoch", headers=cluster.headers("alice"), timeout=10)
+    assert epoch.status_code == 503 and epoch.json()["error"]["code"] == "unavailable"
+    assert time.monotonic() - started < 2.5  # the grace (0.5 s), not the 5 s deadline
 
     cluster.start("n2")
     cluster.start("n3")

@@ -971,3 +971,36 @@ def test_at_most_one_value_per_slot_under_any_delivery(
     failed_in = sorted(dict(e.details)["phase"] for e in net.named("epoch_operation_failed"))
     event(f"failed in phases: {failed_in}")
     assert len({r.value.epoch for r in rotated if r.value}) == len(rotated), "one winner a slot"
+
+
+@pytest.mark.parametrize(
+    ("down", "deadline_s"),
+    [
+        (frozenset(), LIMITS.operation_timeout_s),
+        (frozenset({"r3"}), LIMITS.operation_timeout_s),  # a majority is still up: wait
+        (frozenset({"r2", "r3"}), LIMITS.down_grace_s),  # no majority up: give up soon
+    ],
+)
+def test_the_deadline_is_short_when_the_failure_detector_holds_no_majority_up(
+    down: frozenset[str], deadline_s: float
+) -> None:
+    for start in ("learn", "rotate"):
+        coordinator = EpochCoordinator(peer_id="c1", rng=random.Random(0), limits=LIMITS)
+        if start == "learn":
+            effects = coordinator.start_learn(
+                op_id="op", owner=OWNER, replicas=REPLICAS, now=10.0, down=down
+            )
+        else:
+            effects = coordinator.start_rotate(
+                op_id="op",
+                owner=OWNER,
+                replicas=REPLICAS,
+                expected_epoch=None,
+                requested_at_s=0.0,
+                now=10.0,
+                down=down,
+            )
+        (deadline,) = [t for t in effects.timers if t.kind is TimerKind.DEADLINE]
+        assert deadline.due == 10.0 + deadline_s
+        # the operation still asks every replica: a peer just back may answer in the grace
+        assert {e.destination for e in effects.messages} == set(REPLICAS)

@@ -54,6 +54,7 @@ class RandomSource(Protocol):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EpochLimits:
     operation_timeout_s: float = 5.0
+    down_grace_s: float = 0.5  # the deadline when the failure detector says no majority is up
     resend_interval_s: float = 1.0
     backoff_initial_s: float = 0.02
     backoff_max_s: float = 0.5
@@ -104,9 +105,15 @@ class EpochCoordinator:
     # -- client inputs -------------------------------------------------------------------------
 
     def start_learn(
-        self, *, op_id: str, owner: str, replicas: tuple[str, ...], now: float
+        self,
+        *,
+        op_id: str,
+        owner: str,
+        replicas: tuple[str, ...],
+        now: float,
+        down: frozenset[str] = frozenset(),
     ) -> Effects:
-        return self._start(op_id, owner, replicas, now, rotate=False, expected=None, at_s=0.0)
+        return self._start(op_id, owner, replicas, now, down, rotate=False, expected=None, at_s=0.0)
 
     def start_rotate(
         self,
@@ -117,9 +124,17 @@ class EpochCoordinator:
         expected_epoch: int | None,
         requested_at_s: float,
         now: float,
+        down: frozenset[str] = frozenset(),
     ) -> Effects:
         return self._start(
-            op_id, owner, replicas, now, rotate=True, expected=expected_epoch, at_s=requested_at_s
+            op_id,
+            owner,
+            replicas,
+            now,
+            down,
+            rotate=True,
+            expected=expected_epoch,
+            at_s=requested_at_s,
         )
 
     def _start(
@@ -128,6 +143,7 @@ class EpochCoordinator:
         owner: str,
         replicas: tuple[str, ...],
         now: float,
+        down: frozenset[str],
         *,
         rotate: bool,
         expected: int | None,
@@ -151,11 +167,15 @@ class EpochCoordinator:
             requested_at_s=at_s,
         )
         self._operations[op_id] = operation
+        # When the failure detector holds no majority up, do not wait the whole timeout for
+        # it; a short grace still lets a peer just back answer.
+        live = sum(1 for replica in replicas if replica not in down)
+        no_majority = live < majority(len(replicas))
+        limits = self._limits
+        timeout_s = limits.down_grace_s if no_majority else limits.operation_timeout_s
         effects = Effects(
             timers=[
-                Timer(
-                    kind=TimerKind.DEADLINE, op_id=op_id, due=now + self._limits.operation_timeout_s
-                ),
+                Timer(kind=TimerKind.DEADLINE, op_id=op_id, due=now + timeout_s),
                 Timer(kind=TimerKind.RESEND, op_id=op_id, due=now + self._limits.resend_interval_s),
             ]
         )

@@ -458,7 +458,7 @@ class SimPeer:
                 op_id,
                 "start_learn",
                 lambda: self.epoch_coordinator.start_learn(
-                    op_id=op_id, owner=owner, replicas=replicas, now=now
+                    op_id=op_id, owner=owner, replicas=replicas, now=now, down=self.down_peers()
                 ),
                 functools.partial(self._answer_epoch_or_read, op_id),
             )
@@ -473,6 +473,7 @@ class SimPeer:
                     expected_epoch=request.expected_epoch,
                     requested_at_s=now,
                     now=now,
+                    down=self.down_peers(),
                 ),
                 functools.partial(self._answer_epoch_or_read, op_id),
             )
@@ -543,6 +544,7 @@ class SimPeer:
                     owner=request.owner,
                     replicas=self.preference_list(request.owner),
                     now=now,
+                    down=self.down_peers(),
                 ),
                 functools.partial(self._on_tokenize_learned, tokenize),
             )
