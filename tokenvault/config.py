@@ -5,10 +5,14 @@ Rules:
 - A bad file is refused with a `ConfigError` whose message names the problem (never a secret).
 - Paths inside the file are relative to the file. The secret file must hold 32+ bytes.
 - Quorum sizes must be safe (see quorum_config): W + R > N and W > N / 2, N <= peers.
+- `cluster_fingerprint` hashes what every peer of one cluster must agree on (what places and
+  tokenizes data): peers send it with every batch and refuse a batch that carries another.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -70,6 +74,25 @@ class ClusterConfig:
             if owner.id == owner_id:
                 return owner
         return None
+
+
+def cluster_fingerprint(config: ClusterConfig) -> str:
+    """32 hex digits over the name, N/W/R, vnodes, peer ids and owners' fields: what decides
+    where a mapping lives and which fields become tokens. Addresses, data directories, keys
+    and local tuning may differ between peers' files; the secret is checked by the peer key."""
+    agreed = {
+        "name": config.name,
+        "quorum": [
+            config.quorum.replica_count,
+            config.quorum.write_quorum,
+            config.quorum.read_quorum,
+        ],
+        "vnodes_per_peer": config.vnodes_per_peer,
+        "peers": sorted(p.id for p in config.peers),
+        "owners": sorted([o.id, sorted(o.fields)] for o in config.owners),
+    }
+    canonical = json.dumps(agreed, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()[:32]
 
 
 def load_config(path: Path) -> ClusterConfig:

@@ -17,6 +17,7 @@ import contextlib
 import heapq
 import itertools
 import random
+import re
 import secrets
 import signal
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from tokenvault.config import ClusterConfig, PeerConfig
+from tokenvault.config import ClusterConfig, PeerConfig, cluster_fingerprint
 from tokenvault.http.peer_codec import CodecError, decode_batch, encode_message
 from tokenvault.http.peer_transport import PeerLink
 from tokenvault.log import EventLog
@@ -67,6 +68,9 @@ from tokenvault.tokens import derive_peer_key
 TIMERS_MAX = 100_000
 INSPECT_TIMEOUT_S = 2.0
 PREFERENCE_LISTS_CACHED_MAX = 100_000
+CONFIG_MISMATCH_LOG_INTERVAL_S = 60.0
+CONFIG_MISMATCH_SENDERS_MAX = 1_000
+_FINGERPRINT = re.compile(r"[0-9a-f]{32}")
 
 
 class OperationFailed(Exception):
@@ -105,6 +109,8 @@ class Node:
         self.ring = HashRing((p.id for p in config.peers), config.vnodes_per_peer)
         self._preference_lists: dict[str, tuple[str, ...]] = {}
         self.peer_key = derive_peer_key(config.secret)
+        self.cluster_fingerprint = cluster_fingerprint(config)
+        self._mismatch_logged_at: dict[str, float] = {}  # sender address -> last alarm
         self.peer.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LevelDBStore(str(self.peer.data_dir / "leveldb"))
         self.replica = Replica(peer_id=peer_id, storage=self.store)
@@ -136,6 +142,7 @@ class Node:
                 host=p.host,
                 port=p.port,
                 peer_key=self.peer_key,
+                cluster_fingerprint=self.cluster_fingerprint,
             )
             for p in config.peers
             if p.id != peer_id
@@ -284,6 +291,26 @@ class Node:
         return waiter.reply
 
     # -- peer messages -------------------------------------------------------------------------
+
+    def refuse_foreign_batch(self, sender: str, fingerprint: str) -> None:
+        """A batch from a peer whose cluster configuration differs: an alarm (at most one
+        line per sender per CONFIG_MISMATCH_LOG_INTERVAL_S) and a counter; the caller refuses
+        it, so such a peer is never heard and its writes never land here."""
+        self.metrics.inc("tokenvault_config_mismatches_total")
+        now = trio.current_time()
+        last = self._mismatch_logged_at.get(sender)
+        if last is not None and now - last < CONFIG_MISMATCH_LOG_INTERVAL_S:
+            return
+        if len(self._mismatch_logged_at) >= CONFIG_MISMATCH_SENDERS_MAX:
+            self._mismatch_logged_at.clear()
+        self._mismatch_logged_at[sender] = now
+        self.log.emit(
+            "config_mismatch",
+            level="error",
+            sender=sender,
+            theirs=fingerprint if _FINGERPRINT.fullmatch(fingerprint) else "missing-or-malformed",
+            ours=self.cluster_fingerprint,
+        )
 
     async def receive_peer_batch(self, body: bytes) -> None:
         """Handles one authenticated batch from a peer; raises CodecError on a malformed one."""
@@ -485,6 +512,7 @@ class Node:
         return {
             "peer": self.peer_id,
             "address": self.peer.address,
+            "cluster_fingerprint": self.cluster_fingerprint,
             "uptime_s": round(trio.current_time() - self.started_at, 3),
             "operations_in_flight": self.coordinator.operations_in_flight(),
             "owners": [o.id for o in self.config.owners],

@@ -75,7 +75,7 @@ class Cluster:
     def admin_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key}"}
 
-    def start(self, peer_id: str) -> None:
+    def start(self, peer_id: str, config_path: Path | None = None) -> None:
         assert peer_id not in self._processes or self._processes[peer_id].poll() is not None
         log = open(self.directory / "logs" / f"{peer_id}.log", "ab")  # noqa: SIM115
         command = [
@@ -84,7 +84,7 @@ class Cluster:
             "tokenvault",
             "node",
             "--config",
-            str(self.init.config_path),
+            str(config_path or self.init.config_path),
             "--id",
             peer_id,
         ]

@@ -212,3 +212,43 @@ def test_admin_owner_view_shows_every_replica_and_convergence(cluster: Cluster) 
     ).json()
     assert degraded["converged"] is False
     assert [r["reachable"] for r in degraded["replicas"] if r["peer"] == "n3"] == [False]
+
+
+def test_a_peer_reading_another_configuration_is_refused_and_raises_an_alarm(
+    cluster: Cluster,
+) -> None:
+    assert cluster.stop("n3") == 0
+    other = cluster.directory / "cluster-n3.toml"  # other vnodes: other preference lists
+    text = cluster.init.config_path.read_text()
+    assert text.count("vnodes_per_peer = 64") == 1
+    other.write_text(text.replace("vnodes_per_peer = 64", "vnodes_per_peer = 65"))
+    cluster.start("n3", config_path=other)
+    cluster.wait_ready("n3")
+    restarted_at = len(cluster.log_events("n3"))
+    answer = tokenize(cluster, "n1", "alice", [{"ssn": f"while-n3-differs-{i}"} for i in range(5)])
+    assert answer.status_code == 200, answer.text  # n1 and n2 still form W=2
+    deadline = time.monotonic() + 15.0
+    while _peer_states(cluster, "n1")["n3"] != "down" or _peer_states(cluster, "n3") != {
+        "n1": "down",
+        "n2": "down",
+        "n3": "up",
+    }:
+        assert time.monotonic() < deadline, (
+            _peer_states(cluster, "n1"),
+            _peer_states(cluster, "n3"),
+        )
+        time.sleep(0.2)
+    for peer in ("n1", "n3"):
+        alarms = [e for e in cluster.log_events(peer) if e["event"] == "config_mismatch"]
+        assert alarms and all(a["level"] == "error" for a in alarms), peer
+        assert alarms[0]["ours"] != alarms[0]["theirs"]
+    fingerprints = {
+        peer: httpx.get(
+            cluster.url(peer) + "/v1/admin/node", headers=cluster.admin_headers()
+        ).json()["cluster_fingerprint"]
+        for peer in cluster.peer_ids
+    }
+    assert fingerprints["n1"] == fingerprints["n2"] != fingerprints["n3"]
+    # n3 took no write from the others, and wrote nothing of its own through them
+    after = cluster.log_events("n3")[restarted_at:]
+    assert not [e for e in after if e["event"] == "mapping_stored" and e["request_id"][:2] != "n3"]

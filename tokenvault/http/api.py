@@ -33,7 +33,7 @@ from tokenvault.http.errors import (
     json_response,
 )
 from tokenvault.http.peer_codec import CodecError
-from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
+from tokenvault.http.peer_transport import CLUSTER_FINGERPRINT_HEADER, PEER_MESSAGES_PATH
 from tokenvault.http.server import Request, Response
 from tokenvault.node import Node, OperationFailed
 from tokenvault.quorum.effects import Failure
@@ -399,6 +399,13 @@ class PublicApi:
     async def _peer_messages(
         self, request: Request, principal: Principal | None, _: str
     ) -> Response:
+        fingerprint = request.headers.get(CLUSTER_FINGERPRINT_HEADER, "")
+        if fingerprint != self._node.cluster_fingerprint:
+            self._node.refuse_foreign_batch(request.client.rpartition(":")[0], fingerprint)
+            raise InvalidRequest(
+                "The batch comes from a peer whose cluster configuration differs from this "
+                "peer's (peers, quorums, vnodes or owners' fields)."
+            )
         try:
             await self._node.receive_peer_batch(request.body)
         except CodecError as error:

@@ -7,6 +7,8 @@ Rules:
   counted. Losing a message is always safe: coordinators resend to replicas that are silent.
 - A failed request drops its batch (counted) and the link backs off before trying again, so a
   dead peer costs little. The link never blocks its callers.
+- Every batch names the sender's cluster fingerprint (config.py); a peer whose configuration
+  differs refuses it, and the batch counts as failed.
 - Measured choice: an h11 client on trio streams, not httpx, because httpx's pool bookkeeping
   capped peer traffic at a fraction of what the server can take on this machine.
 """
@@ -22,6 +24,7 @@ from tokenvault.http.client import HttpConnection, PeerUnreachable
 from tokenvault.http.peer_codec import encode_batch
 
 PEER_MESSAGES_PATH = "/internal/v1/messages"
+CLUSTER_FINGERPRINT_HEADER = "x-tokenvault-cluster"  # config.cluster_fingerprint of the sender
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +58,7 @@ class PeerLink:
         host: str,
         port: int,
         peer_key: str,
+        cluster_fingerprint: str,
         limits: PeerLinkLimits = PeerLinkLimits(),
     ) -> None:
         self._local_peer_id = local_peer_id
@@ -64,6 +68,7 @@ class PeerLink:
         self._headers = (
             ("authorization", f"Bearer {peer_key}"),
             ("content-type", "application/json"),
+            (CLUSTER_FINGERPRINT_HEADER, cluster_fingerprint),
         )
         self._limits = limits
         self._queue: collections.deque[bytes] = collections.deque()
