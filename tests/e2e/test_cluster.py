@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import trio
 
 from tests.e2e.harness import Cluster
-from tokenvault.quorum.records import decode_mapping
+from tokenvault.quorum.records import decided_key, decode_mapping, encode_decided, read_decided
 
 pytestmark = pytest.mark.e2e
 
@@ -252,3 +253,30 @@ def test_a_peer_reading_another_configuration_is_refused_and_raises_an_alarm(
     # n3 took no write from the others, and wrote nothing of its own through them
     after = cluster.log_events("n3")[restarted_at:]
     assert not [e for e in after if e["event"] == "mapping_stored" and e["request_id"][:2] != "n3"]
+
+
+def test_epochs_agree_compares_decided_values_not_just_numbers(cluster: Cluster) -> None:
+    rotated = httpx.post(
+        cluster.url("n1") + "/v1/epoch/rotate", headers=cluster.headers("alice"), timeout=10
+    )
+    assert rotated.status_code == 200 and rotated.json()["epoch"] == 2
+    assert cluster.stop("n3") == 0
+    # Tamper with n3's disk: epoch 2 decided with another salt (what Paxos must never allow).
+    db = plyvel.DB(str(cluster.init.peers[2].data_dir / "leveldb"))
+    try:
+        held = read_decided(db, "alice", 2)
+        assert held is not None
+        forged = dataclasses.replace(held, salt="ff" * 16)
+        db.put(decided_key("alice", 2), encode_decided(forged), sync=True)
+    finally:
+        db.close()
+    cluster.start("n3")
+    cluster.wait_ready("n3")
+    view = httpx.get(
+        cluster.url("n1") + "/v1/admin/owners/alice", headers=cluster.admin_headers(), timeout=10
+    ).json()
+    by_peer = {r["peer"]: r for r in view["replicas"]}
+    assert {r["active_epoch"] for r in by_peer.values()} == {2}
+    assert by_peer["n1"]["active_epoch_id"] == by_peer["n2"]["active_epoch_id"]
+    assert by_peer["n3"]["active_epoch_id"] != by_peer["n1"]["active_epoch_id"]
+    assert view["epochs_agree"] is False and view["converged"] is False

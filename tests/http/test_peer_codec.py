@@ -26,6 +26,8 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    OwnerInspect,
+    OwnerView,
     Prepare,
     Promise,
     ReadReply,
@@ -536,6 +538,29 @@ EPOCH_EXAMPLES: list[Message] = [
     ),
     Decide(op_id="op-d", owner=OWNER, value=EPOCH_2),
     Decide(op_id="op-d", owner=OWNER, value=EPOCH_3),
+    OwnerInspect(op_id="op-i", owner=OWNER),
+    OwnerView(
+        op_id="op-i",
+        owner=OWNER,
+        token_count=12,
+        digest="ab" * 16,
+        complete=True,
+        decided=EPOCH_3,
+        accepted_slot=4,
+        next_slot_promised=B7,
+        next_slot_accepted=B1,
+    ),
+    OwnerView(
+        op_id="op-i",
+        owner=OWNER,
+        token_count=0,
+        digest="",
+        complete=False,
+        decided=GENESIS,
+        accepted_slot=1,
+        next_slot_promised=Ballot(),
+        next_slot_accepted=None,
+    ),
 ]
 
 

@@ -77,7 +77,7 @@ def test_each_message_goes_to_one_core() -> None:
                 token_count=0,
                 digest="",
                 complete=True,
-                decided_epoch=1,
+                decided=GENESIS,
                 accepted_slot=1,
                 next_slot_promised=Ballot(),
                 next_slot_accepted=None,

@@ -13,6 +13,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import time
@@ -357,26 +358,30 @@ class PublicApi:
                 {
                     "peer": peer,
                     "reachable": True,
-                    "active_epoch": view.decided_epoch,
+                    "active_epoch": view.decided.epoch,
+                    "active_epoch_id": _epoch_value_id(view.decided),
                     "token_count": view.token_count,
                     "digest": view.digest,
                     "complete": view.complete,
                     "paxos": {
-                        "decided_epoch": view.decided_epoch,
+                        "decided_epoch": view.decided.epoch,
                         "highest_accepted_slot": view.accepted_slot,
-                        "next_slot": view.decided_epoch + 1,
+                        "next_slot": view.decided.epoch + 1,
                         "next_slot_promised": _ballot_text(view.next_slot_promised),
                         "next_slot_accepted": _ballot_text(view.next_slot_accepted),
                     },
                 }
             )
         reachable = [r for r in replicas if r["reachable"]]
-        converged = len(reachable) == len(replicas) and all(
-            (r["digest"], r["active_epoch"], r["complete"])
-            == (reachable[0]["digest"], reachable[0]["active_epoch"], True)
-            for r in reachable
+        # Epochs agree when every replica holds the same decided value, not just the same number.
+        epochs_agree = len({(r["active_epoch"], r["active_epoch_id"]) for r in reachable}) <= 1
+        converged = (
+            len(reachable) == len(replicas)
+            and epochs_agree
+            and all(
+                (r["digest"], r["complete"]) == (reachable[0]["digest"], True) for r in reachable
+            )
         )
-        epochs_agree = len({r["active_epoch"] for r in reachable}) <= 1
         return json_response(
             200,
             {
@@ -419,6 +424,12 @@ class PublicApi:
             return await operation
         except OperationFailed as error:
             raise _unavailable(error) from None
+
+
+def _epoch_value_id(value: EpochValue) -> str:
+    """12 hex digits naming one decided epoch value (its salt stays out of the view)."""
+    identity = f"{value.epoch}\x00{value.salt}\x00{value.requested_by}".encode()
+    return hashlib.sha256(identity).hexdigest()[:12]
 
 
 def _unavailable(error: OperationFailed) -> Unavailable:

@@ -41,6 +41,7 @@ from tokenvault.quorum.records import (
     encode_epoch_meta,
     epoch_meta_key,
     read_acceptor_slot,
+    read_active_epoch,
     read_decided,
     read_epoch_meta,
 )
@@ -53,10 +54,7 @@ class Acceptor:
 
     def active_epoch(self, owner: str) -> EpochValue:
         """The highest epoch decided here for the owner (the genesis epoch when none was)."""
-        meta = read_epoch_meta(self._storage, owner)
-        value = read_decided(self._storage, owner, meta.decided_slot)
-        assert value is not None, "the meta record names a decided slot that is stored"
-        return value
+        return read_active_epoch(self._storage, owner)
 
     def slot_state(self, owner: str, slot: int) -> AcceptorSlot:
         return read_acceptor_slot(self._storage, owner, slot)

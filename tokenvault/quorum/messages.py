@@ -306,7 +306,7 @@ class OwnerView:
     token_count: int
     digest: str  # hex root of the owner's digest tree (merkle.py: 128-bit BLAKE2b)
     complete: bool  # False when the scan stopped at its bound: count and digest are partial
-    decided_epoch: int
+    decided: EpochValue  # the highest epoch decided here: the active one
     accepted_slot: int
     next_slot_promised: Ballot
     next_slot_accepted: Ballot | None

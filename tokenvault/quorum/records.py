@@ -235,5 +235,12 @@ def read_decided(storage: StorageReader, owner: str, slot: int) -> EpochValue | 
     return None if raw is None else epoch_value_from_json(_load_json(raw))
 
 
+def read_active_epoch(storage: StorageReader, owner: str) -> EpochValue:
+    """The highest epoch decided here for the owner (the genesis epoch when none was)."""
+    value = read_decided(storage, owner, read_epoch_meta(storage, owner).decided_slot)
+    assert value is not None, "the meta record names a decided slot that is stored"
+    return value
+
+
 def encode_decided(value: EpochValue) -> bytes:
     return _dump_json(epoch_value_to_json(value))

@@ -41,6 +41,7 @@ from tokenvault.quorum.records import (
     mapping_key,
     owner_mapping_prefix,
     read_acceptor_slot,
+    read_active_epoch,
     read_epoch_meta,
 )
 
@@ -189,7 +190,7 @@ class Replica:
             token_count=self.digests.count(inspect.owner),
             digest=self.digests.root(inspect.owner),
             complete=True,
-            decided_epoch=meta.decided_slot,
+            decided=read_active_epoch(self._storage, inspect.owner),
             accepted_slot=meta.accepted_slot,
             next_slot_promised=next_slot.promised,
             next_slot_accepted=next_slot.accepted_ballot,
