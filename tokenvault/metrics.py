@@ -3,6 +3,7 @@
 Rules:
 - Label values are route names, statuses, event names and peer ids: never values, tokens or keys.
 - The number of series is bounded: labels come from fixed sets (routes, events, peers).
+- Numbers are rendered exactly: counts as integers, other values as Python's shortest repr.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ class Metrics:
         lines: list[str] = []
         for name, series in sorted(self._counters.items()):
             self._header(lines, name, "counter")
-            lines.extend(f"{name}{_labels(lb)} {v:g}" for lb, v in sorted(series.items()))
+            lines.extend(f"{name}{_labels(lb)} {_number(v)}" for lb, v in sorted(series.items()))
         for name, series in sorted(self._gauges.items()):
             self._header(lines, name, "gauge")
-            lines.extend(f"{name}{_labels(lb)} {v:g}" for lb, v in sorted(series.items()))
+            lines.extend(f"{name}{_labels(lb)} {_number(v)}" for lb, v in sorted(series.items()))
         for name, hseries in sorted(self._histograms.items()):
             self._header(lines, name, "histogram")
             for labels, counts in sorted(hseries.items()):
@@ -56,8 +57,9 @@ class Metrics:
                 for bound, count in zip((*LATENCY_BUCKETS_S, None), counts[:-1], strict=True):
                     cumulative += count
                     le = "+Inf" if bound is None else f"{bound:g}"
-                    lines.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {cumulative:g}")
-                lines.append(f"{name}_count{_labels(labels)} {cumulative:g}")
+                    bucket = _labels((*labels, ("le", le)))
+                    lines.append(f"{name}_bucket{bucket} {_number(cumulative)}")
+                lines.append(f"{name}_count{_labels(labels)} {_number(cumulative)}")
                 lines.append(f"{name}_sum{_labels(labels)} {counts[-1]:.6f}")
         return "\n".join(lines) + "\n"
 
@@ -65,6 +67,11 @@ class Metrics:
         if name in self._help:
             lines.append(f"# HELP {name} {self._help[name]}")
         lines.append(f"# TYPE {name} {kind}")
+
+
+def _number(value: float) -> str:
+    """Exact: a count stays an integer however large (`:g` would round 1234567 to 1.23457e+06)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _labels(labels: Labels) -> str:

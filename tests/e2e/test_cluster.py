@@ -280,3 +280,30 @@ def test_epochs_agree_compares_decided_values_not_just_numbers(cluster: Cluster)
     assert by_peer["n1"]["active_epoch_id"] == by_peer["n2"]["active_epoch_id"]
     assert by_peer["n3"]["active_epoch_id"] != by_peer["n1"]["active_epoch_id"]
     assert view["epochs_agree"] is False and view["converged"] is False
+
+
+def test_metrics_count_requests_by_route_and_status_and_never_show_values(
+    cluster: Cluster,
+) -> None:
+    secret_value = "987-65-4329"
+    answer = tokenize(cluster, "n1", "alice", [{"ssn": secret_value}])
+    assert answer.status_code == 200
+    token = answer.json()["records"][0]["ssn"]
+    missing = httpx.get(
+        cluster.url("n1") + "/v1/tokens/tok_" + "A" * 32, headers=cluster.headers("alice")
+    )
+    assert missing.status_code == 404
+    metrics = httpx.get(cluster.url("n1") + "/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    series = dict(
+        line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#")
+    )
+    assert series['tokenvault_http_requests_total{route="tokenize",status="200"}'] == "1"
+    assert series['tokenvault_http_requests_total{route="token",status="404"}'] == "1"
+    assert series['tokenvault_http_request_seconds_count{route="tokenize",status="200"}'] == "1"
+    assert series['tokenvault_http_request_seconds_count{route="token",status="404"}'] == "1"
+    assert series['tokenvault_quorum_writes_total{outcome="ok"}'] == "1"
+    assert int(series['tokenvault_events_total{event="mapping_stored"}']) >= 1
+    for secret in (secret_value, token, cluster.owner_keys["alice"], cluster.admin_key):
+        assert secret not in metrics.text

@@ -108,7 +108,9 @@ class PublicApi:
         )
         metrics = node.metrics
         metrics.describe("tokenvault_http_requests_total", "HTTP requests by route and status.")
-        metrics.describe("tokenvault_http_request_seconds", "HTTP request latency by route.")
+        metrics.describe(
+            "tokenvault_http_request_seconds", "HTTP request latency by route and status."
+        )
         metrics.describe("tokenvault_events_total", "State changes reported by the cores.")
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -129,12 +131,9 @@ class PublicApi:
                 Unavailable("This peer's store failed; try another peer or retry later.")
             )
         metrics = self._node.metrics
-        metrics.inc(
-            "tokenvault_http_requests_total", (("route", route), ("status", str(response.status)))
-        )
-        metrics.observe(
-            "tokenvault_http_request_seconds", time.perf_counter() - started, (("route", route),)
-        )
+        labels = (("route", route), ("status", str(response.status)))
+        metrics.inc("tokenvault_http_requests_total", labels)
+        metrics.observe("tokenvault_http_request_seconds", time.perf_counter() - started, labels)
         return response
 
     def _route(self, request: Request) -> tuple[str, RouteHandler | None, str]:
