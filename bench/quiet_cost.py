@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -23,11 +22,6 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.harness import Cluster
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bytes_sent(cluster: Cluster, peer: str) -> int:
@@ -61,13 +55,13 @@ def main() -> int:
                     )
                     assert answer.status_code == 200, answer.text
             time.sleep(5)  # let lingering writes and hints settle before measuring
-            cpu0 = {p: cpu_seconds(cluster.pid(p)) for p in cluster.peer_ids}
+            cpu0 = {p: cluster.cpu_seconds(p) for p in cluster.peer_ids}
             sent0 = {p: bytes_sent(cluster, p) for p in cluster.peer_ids}
             time.sleep(args.idle_s)
             scale = 60.0 / args.idle_s
             report = {
                 p: {
-                    "cpu_s_per_min": round((cpu_seconds(cluster.pid(p)) - cpu0[p]) * scale, 3),
+                    "cpu_s_per_min": round((cluster.cpu_seconds(p) - cpu0[p]) * scale, 3),
                     "peer_bytes_per_min": round((bytes_sent(cluster, p) - sent0[p]) * scale),
                 }
                 for p in cluster.peer_ids

@@ -8,6 +8,7 @@ is bounded and polls the peer's own /healthz, never a fixed sleep.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -130,6 +131,12 @@ class Cluster:
 
     def resume(self, peer_id: str) -> None:
         self._processes[peer_id].send_signal(signal.SIGCONT)
+
+    def cpu_seconds(self, peer_id: str) -> float:
+        """User + system CPU the peer's process used so far (Linux /proc)."""
+        stat = Path(f"/proc/{self.pid(peer_id)}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def pid(self, peer_id: str) -> int:
         return self._processes[peer_id].pid
