@@ -37,7 +37,7 @@ def free_port_block(count: int) -> int:
                 s = socket.socket()
                 sockets.append(s)
                 s.bind(("127.0.0.1", base + offset))
-            return base
+            return int(base)
         except OSError:
             continue
         finally:

@@ -300,13 +300,13 @@ class NetnsCluster(Cluster):
         self._processes = {}
         (directory / "logs").mkdir(exist_ok=True)
 
-    def start(self, peer_id: str) -> None:
+    def start(self, peer_id: str, config_path: Path | None = None) -> None:
         assert peer_id not in self._processes or self._processes[peer_id].poll() is not None
         log = open(self.directory / "logs" / f"{peer_id}.log", "ab")  # noqa: SIM115
         command = [
             "ip", "netns", "exec", self.network.namespaces[peer_id],
             sys.executable, "-m", "tokenvault", "node",
-            "--config", str(self.init.config_path), "--id", peer_id,
+            "--config", str(config_path or self.init.config_path), "--id", peer_id,
         ]  # fmt: skip
         self._processes[peer_id] = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL

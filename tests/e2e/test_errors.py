@@ -261,8 +261,8 @@ def test_every_documented_error_has_its_status_and_body_and_changes_nothing(
     assert answer.json()["results"][0]["value"] == "kept"
     for peer in c.peer_ids:
         c.stop(peer)
-    for peer in c.init.peers:
-        held = stored_mappings(peer.data_dir)
+    for stopped in c.init.peers:
+        held = stored_mappings(stopped.data_dir)
         assert len(held) <= 1
     assert sum(len(stored_mappings(p.data_dir)) for p in c.init.peers) >= 2
     for peer in c.peer_ids:

@@ -112,8 +112,8 @@ def test_encoded_message_is_compact_json_of_the_documented_shape() -> None:
 
 
 owners = st.text(alphabet=sorted(OWNER_ID_CHARS), min_size=1, max_size=64)
-plain_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
-tokens = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+plain_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=30)
+tokens = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=20)
 field_names = st.text(alphabet=sorted(OWNER_ID_CHARS), min_size=1, max_size=64)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -177,6 +178,10 @@ class Network:
 
     def events_named(self, name: str) -> list[Event]:
         return [e for e in self.events if e.name == name]
+
+
+def _is_for(replica: str, envelope: Envelope) -> bool:
+    return envelope.destination == replica
 
 
 def messages_of(envelopes: Iterable[Envelope], kind: type) -> list[Envelope]:
@@ -549,7 +554,7 @@ def test_late_replies_and_timers_after_finish_are_ignored() -> None:
     net.read("q1", "tok_A")
     # let every replica answer, but hold the answers
     for r in REPLICAS:
-        net.deliver_where(lambda e, r=r: e.destination == r)
+        net.deliver_where(functools.partial(_is_for, r))
     answers = list(net.pending)
     assert len(answers) == 6
     for envelope in answers:
@@ -639,9 +644,9 @@ def test_acknowledged_writes_and_returned_reads_are_durable_on_w(
                 for m in started[reply.op_id]:
                     assert len(net.durable_holders(m)) >= w
             if isinstance(reply, ReadDone) and reply.failure is None:
-                for m in reply.mappings:
-                    if m is not None:
-                        assert len(net.durable_holders(m)) >= w
+                for held in reply.mappings:
+                    if held is not None:
+                        assert len(net.durable_holders(held)) >= w
         seen_replies = len(net.replies)
 
     queue = list(operations)

@@ -268,8 +268,11 @@ def test_simple_rotate_from_1_to_2_is_decided_everywhere() -> None:
     prepares = net.sent_of(Prepare, "rot")
     assert len(prepares) == 3
     assert all(
-        p.message.slot == 2 and p.message.ballot == Ballot(round=1, peer="rot") for p in prepares
-    )  # type: ignore[union-attr]
+        isinstance(p.message, Prepare)
+        and p.message.slot == 2
+        and p.message.ballot == Ballot(round=1, peer="rot")
+        for p in prepares
+    )
     net.step("rot", Prepare)
     (accept, *_) = net.sent_of(Accept, "rot")
     assert isinstance(accept.message, Accept)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -141,7 +142,7 @@ def test_same_mapping_again_is_identical_and_writes_nothing(harness: Harness) ->
     ids=["value", "field", "epoch"],
 )
 def test_different_mapping_under_same_token_is_a_conflict(
-    harness: Harness, changes: dict[str, object]
+    harness: Harness, changes: dict[str, Any]
 ) -> None:
     original = mapping()
     harness.insert(original)

@@ -15,6 +15,7 @@ from tokenvault.quorum.messages import (
     InsertReply,
     InsertRequest,
     Mapping,
+    Message,
     OwnerInspect,
     OwnerView,
     Promise,
@@ -34,7 +35,7 @@ def reply(op_id: str) -> InsertReply:
 
 def test_each_message_goes_to_one_core() -> None:
     value = EpochValue(epoch=2, salt="ab", requested_by="r", requested_at_s=0.0)
-    cases = [
+    cases: list[tuple[Message, Destination]] = [
         (Heartbeat(sender="n2"), Destination.NONE),
         (InsertRequest(op_id="o", owner="alice", mappings=(M,)), Destination.REPLICA),
         (ReadRequest(op_id="o", owner="alice", tokens=("tok_A",)), Destination.REPLICA),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import pytest
 
@@ -116,8 +117,16 @@ def test_a_watch_runs_once_right_after_the_first_matching_line() -> None:
     engine = Engine(1)
     ran: list[str] = []
     engine.watch(lambda text: "crash" in text, lambda: ran.append(f"struck {engine.now_s}"))
-    engine.at(1.0, lambda: (engine.record("deliver a"), ran.append("deliver")))
-    engine.at(2.0, lambda: (engine.record("crash p2"), ran.append("crash")))
+
+    def record_and_note(line: str, note: str) -> Callable[[], None]:
+        def step() -> None:
+            engine.record(line)
+            ran.append(note)
+
+        return step
+
+    engine.at(1.0, record_and_note("deliver a", "deliver"))
+    engine.at(2.0, record_and_note("crash p2", "crash"))
     engine.at(2.0, lambda: ran.append("same instant, scheduled earlier"))
     engine.at(3.0, lambda: engine.record("crash p3"))
     engine.run(until_s=10.0, events_max=100)
