@@ -1,9 +1,9 @@
 """An in-memory filter of the keys a store holds: a read of a key it never held skips LevelDB.
 
 Rules:
-- No false negatives: every key the store holds was added (all keys at open, every staged key
-  after), so `might_contain(key) is False` proves the key is absent. A deleted key stays in the
-  filter; a positive answer is only "maybe" and the caller reads the store.
+- No false negatives: every key the store holds was added (all keys at open, every key staged
+  with a value after), so `might_contain(key) is False` proves the key is absent. A deleted
+  key stays in the filter; a positive answer is only "maybe" and the caller reads the store.
 - A scalable Bloom filter: layers of `BITS_PER_KEY` bits per key of capacity and `PROBES` probes
   by double hashing; when the newest layer is full a layer twice its capacity is added, so the
   false-positive rate stays within a few percent however many keys arrive, without a rescan.

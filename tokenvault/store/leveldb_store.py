@@ -116,7 +116,7 @@ class LevelDBStore:
             return
         if self._staged_seq - self._durable_seq + len(writes) > self._pending_writes_max:
             raise StorageFull("too many writes wait to become durable")
-        self._keys.add_many(key for key, _ in writes)
+        self._keys.add_many(key for key, value in writes if value is not None)
         self._overlay.put(writes)
         self._pending.extend(writes)
         self._staged_seq += len(writes)
