@@ -129,37 +129,22 @@ class Replica:
                 )
         effects.writes.extend((key, record) for _, key, record in new)
         self.digests.add_many(request.owner, new)
-        stored = len(new)
-        if fenced:
-            effects.events.append(
-                Event(
-                    name="mapping_fenced",
-                    owner=request.owner,
-                    request_id=request.op_id,
-                    epoch=request.epoch,
-                    details=(("count", fenced), ("fence_epoch", fence)),
+        counts = (
+            ("mapping_fenced", fenced, (("fence_epoch", fence),)),
+            ("mapping_stored", len(new), ()),
+            ("mapping_identical", identical, ()),
+        )
+        for name, count, extra in counts:
+            if count:
+                effects.events.append(
+                    Event(
+                        name=name,
+                        owner=request.owner,
+                        request_id=request.op_id,
+                        epoch=request.epoch,
+                        details=(("count", count), *extra),
+                    )
                 )
-            )
-        if stored:
-            effects.events.append(
-                Event(
-                    name="mapping_stored",
-                    owner=request.owner,
-                    request_id=request.op_id,
-                    epoch=request.epoch,
-                    details=(("count", stored),),
-                )
-            )
-        if identical:
-            effects.events.append(
-                Event(
-                    name="mapping_identical",
-                    owner=request.owner,
-                    request_id=request.op_id,
-                    epoch=request.epoch,
-                    details=(("count", identical),),
-                )
-            )
         reply = InsertReply(
             op_id=request.op_id,
             owner=request.owner,
