@@ -48,7 +48,7 @@ TOKENS_MAX = 1_000
 VALUE_BYTES_MAX = 4 * 1024
 ADMIN = object()  # the admin principal: acts for no owner
 TOKENIZE_ATTEMPTS_MAX = 3  # a fenced tokenize learns the new epoch and tries again
-EPOCH_KEYS_CACHED_MAX = 10_000
+TOKEN_MAKERS_CACHED_MAX = 10_000
 
 Principal = OwnerConfig | object
 _T = TypeVar("_T")
@@ -216,7 +216,7 @@ class PublicApi:
     ) -> list[str]:
         maker = self._token_makers.get((owner, epoch.epoch, epoch.salt))
         if maker is None:
-            if len(self._token_makers) >= EPOCH_KEYS_CACHED_MAX:
+            if len(self._token_makers) >= TOKEN_MAKERS_CACHED_MAX:
                 self._token_makers.clear()
             key = derive_epoch_key(self._secret, owner, epoch.epoch, bytes.fromhex(epoch.salt))
             maker = self._token_makers[(owner, epoch.epoch, epoch.salt)] = TokenMaker(key)
