@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import plyvel
@@ -87,6 +88,15 @@ def test_same_token_on_every_peer_and_other_owners_see_nothing(cluster: Cluster)
         timeout=10,
     )
     assert mine.status_code == 200 and mine.json()["value"] == "123-45-6789"
+
+
+def _owner_view(cluster: Cluster, owner: str) -> dict[str, Any]:
+    view = httpx.get(
+        cluster.url("n1") + f"/v1/admin/owners/{owner}", headers=cluster.admin_headers(), timeout=10
+    )
+    assert view.status_code == 200, view.text
+    payload: dict[str, Any] = view.json()
+    return payload
 
 
 def _peer_states(cluster: Cluster, peer: str) -> dict[str, str]:
@@ -263,6 +273,12 @@ def test_epochs_agree_compares_decided_values_not_just_numbers(cluster: Cluster)
         cluster.url("n1") + "/v1/epoch/rotate", headers=cluster.headers("alice"), timeout=10
     )
     assert rotated.status_code == 200 and rotated.json()["epoch"] == 2
+    # the rotate answered once a majority decided: wait for n3 to learn epoch 2 as well
+    deadline = time.monotonic() + 15.0
+    while not _owner_view(cluster, "alice")["epochs_agree"]:
+        assert time.monotonic() < deadline, _owner_view(cluster, "alice")
+        time.sleep(0.1)
+    assert {r["active_epoch"] for r in _owner_view(cluster, "alice")["replicas"]} == {2}
     assert cluster.stop("n3") == 0
     # Tamper with n3's disk: epoch 2 decided with another salt (what Paxos must never allow).
     db = plyvel.DB(str(cluster.init.peers[2].data_dir / "leveldb"))
@@ -275,9 +291,7 @@ def test_epochs_agree_compares_decided_values_not_just_numbers(cluster: Cluster)
         db.close()
     cluster.start("n3")
     cluster.wait_ready("n3")
-    view = httpx.get(
-        cluster.url("n1") + "/v1/admin/owners/alice", headers=cluster.admin_headers(), timeout=10
-    ).json()
+    view = _owner_view(cluster, "alice")
     by_peer = {r["peer"]: r for r in view["replicas"]}
     assert {r["active_epoch"] for r in by_peer.values()} == {2}
     assert by_peer["n1"]["active_epoch_id"] == by_peer["n2"]["active_epoch_id"]
@@ -296,12 +310,19 @@ def test_metrics_count_requests_by_route_and_status_and_never_show_values(
         cluster.url("n1") + "/v1/tokens/tok_" + "A" * 32, headers=cluster.headers("alice")
     )
     assert missing.status_code == 404
-    metrics = httpx.get(cluster.url("n1") + "/metrics")
-    assert metrics.status_code == 200
+    # n1's own replica may store after W others acknowledged: wait for its event (bounded)
+    deadline = time.monotonic() + 10.0
+    while True:
+        metrics = httpx.get(cluster.url("n1") + "/metrics")
+        assert metrics.status_code == 200
+        series = dict(
+            line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#")
+        )
+        if 'tokenvault_events_total{event="mapping_stored"}' in series:
+            break
+        assert time.monotonic() < deadline, metrics.text
+        time.sleep(0.1)
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
-    series = dict(
-        line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#")
-    )
     assert series['tokenvault_http_requests_total{route="tokenize",status="200"}'] == "1"
     assert series['tokenvault_http_requests_total{route="token",status="404"}'] == "1"
     assert series['tokenvault_http_request_seconds_count{route="tokenize",status="200"}'] == "1"

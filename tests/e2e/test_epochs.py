@@ -8,6 +8,7 @@ earlier epochs still detokenize.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -157,10 +158,16 @@ def test_tokenizes_started_after_a_rotate_answered_never_use_an_older_epoch(
     tokens = {tuple(tokenize(cluster, peer, ["same", "values"])[1]) for peer in cluster.peer_ids}
     assert len(tokens) == 1
     # every log line about an owner names an epoch; mapping lines name their mappings' epoch
+    # (a replica may store a write after it was answered: the wait for that is bounded)
+    deadline = time.monotonic() + 10.0
     for peer in cluster.peer_ids:
-        lines = [line for line in cluster.log_events(peer) if "owner" in line]
+        while True:
+            lines = [line for line in cluster.log_events(peer) if "owner" in line]
+            stored = [line for line in lines if line["event"] == "mapping_stored"]
+            if {line["epoch"] for line in stored} == {2, 3, 4, 5} or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert lines and all(isinstance(line.get("epoch"), int) for line in lines), peer
-        stored = [line for line in lines if line["event"] == "mapping_stored"]
         assert {line["epoch"] for line in stored} == {2, 3, 4, 5}, peer
         assert all(line.get("request_id") for line in stored), peer
 
