@@ -762,6 +762,8 @@ def _print_status(answer: Any, out: TextIO, details: _ClusterDetails | None = No
             row += _node_columns(details.nodes.get(str(peer.get("id"))))
         rows.append(row)
     _print_table(rows, out)
+    if details is not None:
+        _print_configuration_mismatch(details.nodes, out)
     if details is None or not details.owners:
         return
     print("", file=out)
@@ -780,6 +782,25 @@ def _print_status(answer: Any, out: TextIO, details: _ClusterDetails | None = No
             )
         )
     _print_table(owner_rows, out)
+
+
+def _print_configuration_mismatch(nodes: dict[str, Any], out: TextIO) -> None:
+    """A warning when the peers that answered read different cluster configurations."""
+    readers: dict[str, list[str]] = {}
+    for peer_id, node in nodes.items():
+        fingerprint = node.get("cluster_fingerprint") if isinstance(node, dict) else None
+        if isinstance(fingerprint, str):
+            readers.setdefault(fingerprint, []).append(peer_id)
+    if len(readers) > 1:
+        groups = "; ".join(
+            f"{', '.join(sorted(ids))} read {fingerprint[:8]}"
+            for fingerprint, ids in sorted(readers.items(), key=lambda item: sorted(item[1]))
+        )
+        print(
+            f"CONFIGURATION DIFFERS between peers ({groups}): they refuse each other's"
+            " messages. Give every peer the same cluster.toml.",
+            file=out,
+        )
 
 
 def _node_columns(node: Any) -> tuple[str, str]:

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from tests.e2e.harness import Cluster
+from tokenvault.cli import main
 from tokenvault.quorum.records import decided_key, decode_mapping, encode_decided, read_decided
 
 pytestmark = pytest.mark.e2e
@@ -227,7 +228,7 @@ def test_admin_owner_view_shows_every_replica_and_convergence(cluster: Cluster) 
 
 
 def test_a_peer_reading_another_configuration_is_refused_and_raises_an_alarm(
-    cluster: Cluster,
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cluster.stop("n3") == 0
     other = cluster.directory / "cluster-n3.toml"  # other vnodes: other preference lists
@@ -261,6 +262,11 @@ def test_a_peer_reading_another_configuration_is_refused_and_raises_an_alarm(
         for peer in cluster.peer_ids
     }
     assert fingerprints["n1"] == fingerprints["n2"] != fingerprints["n3"]
+    # the operator's view says so too
+    assert main(["status", "--url", cluster.url("n1"), "--key", cluster.admin_key]) == 0
+    status = capsys.readouterr().out
+    assert "CONFIGURATION DIFFERS between peers (n1, n2 read " in status
+    assert f"; n3 read {fingerprints['n3'][:8]})" in status
     # n3 took no write from the others, and wrote nothing of its own through them
     after = cluster.log_events("n3")[restarted_at:]
     assert not [
