@@ -13,7 +13,9 @@ from tokenvault.quorum.anti_entropy import AntiEntropy, AntiEntropyLimits
 from tokenvault.quorum.effects import Effects
 from tokenvault.quorum.merkle import BUCKETS, OwnerDigests, bucket_of
 from tokenvault.quorum.messages import (
+    AeKeysReply,
     AeSummary,
+    AeSummaryReply,
     Decide,
     EpochValue,
     InsertRequest,
@@ -241,3 +243,44 @@ def test_two_values_for_one_epoch_are_a_safety_alarm() -> None:
     (source, destination, summary) = net.messages.pop(0)
     effects = net.peers[destination].ae.on_message(source, summary, 10.0)
     assert "paxos_disagreement" in [e.name for e in effects.events]
+
+
+def _deliver_one(net: Net, now: float) -> None:
+    """Deliver only the oldest pending message, at `now`."""
+    source, destination, message = net.messages.pop(0)
+    peer = net.peers[destination]
+    if isinstance(message, InsertRequest):
+        net.apply(peer, peer.replica.on_message(source, message))
+    else:
+        net.apply(peer, peer.ae.on_message(source, message, now))
+
+
+def test_a_pass_whose_partner_is_silent_times_out() -> None:
+    limits = AntiEntropyLimits(pass_timeout_s=5.0)
+    net = Net(limits)
+    net.peers["a"].hold([mapping(i) for i in range(10)])
+    net.tick("a", 100.0)  # the summary is never delivered
+    net.messages.clear()
+    net.tick("a", 104.9)
+    stats = net.peers["a"].ae.statistics
+    assert stats.passes == 0  # still waiting
+    net.tick("a", 105.0)
+    assert stats.passes == 1 and stats.last_pass is not None
+    assert stats.last_pass.outcome == "timed_out"
+
+
+def test_a_pass_that_keeps_getting_answers_is_not_cut_short_however_slow() -> None:
+    limits = AntiEntropyLimits(keys_per_page_max=5, pass_timeout_s=5.0)
+    net = Net(limits)
+    net.peers["a"].hold([mapping(i) for i in range(60)])
+    now = 100.0
+    net.tick("a", now)
+    # every answer takes 4 s (under the timeout), the pass as a whole far longer than 5 s
+    while net.peers["a"].ae.statistics.passes == 0:
+        assert net.messages, "the pass stalled"
+        now += 4.0 if isinstance(net.messages[0][2], AeSummaryReply | AeKeysReply) else 0.0
+        net.tick("a", now)
+        _deliver_one(net, now)
+    report = net.peers["a"].ae.statistics.last_pass
+    assert report is not None and report.outcome == "repaired"
+    assert report.finished - report.started > 5.0

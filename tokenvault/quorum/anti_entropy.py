@@ -13,7 +13,9 @@ Theory of operation, one pass (at most one in flight per peer, one started per
 A token held with different records on the two sides is an integrity alarm, never an overwrite
 (a repair insert answers CONFLICT and the replica reports it).
 
-Bounds: `buckets_per_pass_max`, `keys_per_page_max`, `pages_per_pass_max`, `pass_timeout_s`.
+Bounds: `buckets_per_pass_max`, `keys_per_page_max`, `pages_per_pass_max`, and
+`pass_timeout_s`: a pass whose partner stays silent that long ends `timed_out` (a pass that
+gets answers goes on, however slow they are under load, up to its page bound).
 Whatever a pass leaves undone still differs and is taken up by a later pass, at once after a
 pass that repaired something, else after `pass_interval_s` (the throttle of a quiet cluster).
 """
@@ -72,6 +74,7 @@ class _Pass:
     owner: str
     partner: str
     started: float
+    last_answer: float  # when the partner last answered this pass (or it started)
     buckets: collections.deque[int] = field(default_factory=collections.deque)
     start_after: str | None = None
     last: str | None = None
@@ -146,7 +149,7 @@ class AntiEntropy:
         effects = Effects()
         current = self._current
         if current is not None:
-            if now - current.started < self._limits.pass_timeout_s:
+            if now - current.last_answer < self._limits.pass_timeout_s:
                 return effects
             self._end_pass(current, now, "timed_out", effects)
         if self._pairs is None or now < self._next_pass_at:
@@ -159,7 +162,9 @@ class AntiEntropy:
         else:
             return effects
         op_id = f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
-        self._current = _Pass(op_id=op_id, owner=owner, partner=partner, started=now)
+        self._current = _Pass(
+            op_id=op_id, owner=owner, partner=partner, started=now, last_answer=now
+        )
         summary = AeSummary(
             op_id=op_id,
             owner=owner,
@@ -185,6 +190,7 @@ class AntiEntropy:
             current = self._current
             if current is None or message.op_id != current.op_id or source != current.partner:
                 return effects
+            current.last_answer = now
             if isinstance(message, AeSummaryReply):
                 self._on_summary_reply(current, message, now, effects)
             elif isinstance(message, AeKeysReply):
