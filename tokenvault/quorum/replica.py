@@ -62,13 +62,15 @@ class Replica:
         raw = self._storage.get(mapping_key(owner, token))
         return None if raw is None else decode_mapping(owner, token, raw)
 
-    def _held(
-        self, owner: str, token: str, request_id: str, effects: Effects, key: bytes | None = None
-    ) -> Mapping | None:
+    def _held(self, owner: str, token: str, request_id: str, effects: Effects) -> Mapping | None:
         """The held mapping; a record that does not decode is reported and held as UNREADABLE."""
-        raw = self._storage.get(mapping_key(owner, token) if key is None else key)
-        if raw is None:
-            return None
+        raw = self._storage.get(mapping_key(owner, token))
+        return None if raw is None else self._decode_held(owner, token, raw, request_id, effects)
+
+    @staticmethod
+    def _decode_held(
+        owner: str, token: str, raw: bytes, request_id: str, effects: Effects
+    ) -> Mapping:
         try:
             return decode_mapping(owner, token, raw)
         except StorageCorrupt:
@@ -108,11 +110,12 @@ class Replica:
                 fenced += 1
                 continue
             key = prefix + mapping.token.encode()
-            if read(key) is None:
+            raw = read(key)
+            if raw is None:
                 new.append((mapping.token, key, encode_mapping(mapping)))
                 outcomes.append(InsertOutcome.STORED)
                 continue
-            held = self._held(mapping.owner, mapping.token, request.op_id, effects, key)
+            held = self._decode_held(mapping.owner, mapping.token, raw, request.op_id, effects)
             if held == mapping:
                 outcomes.append(InsertOutcome.IDENTICAL)
                 identical += 1

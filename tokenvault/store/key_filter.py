@@ -4,7 +4,7 @@ Rules:
 - No false negatives: every key the store holds was added (all keys at open, every key staged
   with a value after), so `might_contain(key) is False` proves the key is absent. A deleted
   key stays in the filter; a positive answer is only "maybe" and the caller reads the store.
-- A scalable Bloom filter: layers of `BITS_PER_KEY` bits per key of capacity and `PROBES` probes
+- A scalable Bloom filter: layers of `BITS_PER_KEY` bits per key of capacity and three probes
   by double hashing; when the newest layer is full a layer twice its capacity is added, so the
   false-positive rate stays within a few percent however many keys arrive, without a rescan.
 - Probes come from Python's `hash()`, salted per process: the filter lives only in this process
@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 BITS_PER_KEY = 10
-PROBES = 3
 INITIAL_CAPACITY = 1 << 20
 _HASH_MASK = (1 << 64) - 1
 
@@ -55,7 +54,7 @@ class KeyFilter:
             layer.count += 1
             h = hash(key) & _HASH_MASK
             step = (h >> 32) | 1
-            index = h & mask  # PROBES (3) probes, unrolled: this runs for every staged write
+            index = h & mask  # three probes, unrolled: this runs for every staged write
             bits[index >> 3] |= 1 << (index & 7)
             index = (h + step) & mask
             bits[index >> 3] |= 1 << (index & 7)
