@@ -284,7 +284,7 @@ def _run_node(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
         config.peer(peer_id)
     except ConfigError as error:
         raise CliError(str(error), EXIT_USAGE) from error
-    from tokenvault.node import run_node  # lazily: the client commands need none of it
+    from tokenvault.peer_process import run_node  # lazily: the client commands need none of it
 
     run_node(config, peer_id)
     return EXIT_OK

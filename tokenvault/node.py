@@ -19,7 +19,6 @@ import itertools
 import random
 import re
 import secrets
-import signal
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -595,30 +594,3 @@ class Node:
 
 def _outcome(failure: Failure | None) -> tuple[tuple[str, str], ...]:
     return (("outcome", "ok" if failure is None else failure.value),)
-
-
-def run_node(config: ClusterConfig, peer_id: str) -> None:
-    """Runs one peer in the foreground until SIGTERM or SIGINT."""
-    trio.run(_serve_until_signal, config, peer_id)
-
-
-async def _serve_until_signal(config: ClusterConfig, peer_id: str) -> None:
-    from tokenvault.http.api import PublicApi
-    from tokenvault.http.server import serve_http
-
-    node = Node(config, peer_id)
-    api = PublicApi(node)
-    recovered = node.store.scan(b"", limit=1)
-    node.log.emit("peer_start", address=node.peer.address, store_empty=not recovered)
-    try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                await nursery.start(serve_http, api.handle, node.peer.host, node.peer.port)
-                node.log.emit("peer_serving", address=node.peer.address)
-                async for signum in signals:
-                    node.log.emit("peer_stop", signal=signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
-    finally:
-        node.close()
