@@ -30,6 +30,10 @@ class Metrics:
         series = self._counters[name]
         series[labels] = series.get(labels, 0.0) + amount
 
+    def set_total(self, name: str, value: float, labels: Labels = ()) -> None:
+        """A counter whose running total is kept elsewhere (a core's statistics)."""
+        self._counters[name][labels] = value
+
     def set_gauge(self, name: str, value: float, labels: Labels = ()) -> None:
         self._gauges[name][labels] = value
 

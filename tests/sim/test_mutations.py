@@ -1,9 +1,10 @@
-"""Mutation tests: break one rule of the cores or of the driver on purpose, and the sweep must
-fail with a readable report whose replay command reproduces the same digest and violations.
+"""Mutation tests: break one rule of production code on purpose, and the sweep must fail with a
+readable report whose replay command reproduces the same digest and violations.
 
-The mutations subclass the real classes inside the test (they reach into the cores' private
-methods on purpose: the rule they hold is what is being broken):
-- early-ack: a peer sends its replica's answers before the store is durable (the driver skips
+Every mutation patches a module under tokenvault/quorum/ (the cores and the peer core that both
+node.py and the simulator run), never the simulator: a rule the sweep holds is a rule production
+holds. They reach into private methods on purpose: the rule they hold is what is being broken.
+- early-ack: the peer core releases its replica's answers before the store is durable (it skips
   "persist before send"), so an acknowledgement no longer means fsync'd;
 - write-quorum-one: the coordinator counts a write (or a repair) done after one durable
   acknowledgement instead of W;
@@ -31,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.anti_entropy import AntiEntropy
 from tokenvault.quorum.coordinator import Coordinator, _Phase
@@ -38,11 +40,9 @@ from tokenvault.quorum.effects import Effects
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator
 from tokenvault.quorum.hinted_handoff import HintedHandoff
 from tokenvault.quorum.messages import AeSummaryReply, Prepare, Promise
-from tokenvault.sim import cluster as cluster_module
-from tokenvault.sim import peer as peer_module
+from tokenvault.quorum.peer_core import PeerCore
 from tokenvault.sim.cli import main
 from tokenvault.sim.config import SimConfig
-from tokenvault.sim.peer import SimPeer
 from tokenvault.sim.runner import SimResult, run_simulation
 from tokenvault.sim.shrink import SHRINK_RUNS_MAX, shrink
 
@@ -58,9 +58,8 @@ BLACK_BOX = {
 }
 
 
-class EarlyAckPeer(SimPeer):
-    def _must_wait_for_sync(self, effects: Effects, *, from_replica: bool) -> bool:
-        return False
+def _never_wait_for_durability(self: PeerCore, effects: Effects, *, from_storage: bool) -> bool:
+    return False
 
 
 class WriteQuorumOfOne(Coordinator):
@@ -137,43 +136,43 @@ class Mutation:
 MUTATIONS = (
     Mutation(
         "early-ack",
-        lambda mp: mp.setattr(cluster_module, "SimPeer", EarlyAckPeer),
+        lambda mp: mp.setattr(PeerCore, "_needs_durability", _never_wait_for_durability),
         frozenset({"answers-are-durable", "acknowledged-write-visible", "convergence"}),
         black_box=False,
     ),
     Mutation(
         "write-quorum-one",
-        lambda mp: mp.setattr(peer_module, "Coordinator", WriteQuorumOfOne),
+        lambda mp: mp.setattr(peer_core_module, "Coordinator", WriteQuorumOfOne),
         frozenset({"answers-are-durable", "acknowledged-write-visible"}),
         black_box=True,
     ),
     Mutation(
         "no-blocking-read-repair",
-        lambda mp: mp.setattr(peer_module, "Coordinator", NoBlockingReadRepair),
+        lambda mp: mp.setattr(peer_core_module, "Coordinator", NoBlockingReadRepair),
         frozenset({"answers-are-durable", "reads-never-go-back"}),
         black_box=False,
     ),
     Mutation(
         "forgetful-acceptor",
-        lambda mp: mp.setattr(peer_module, "Acceptor", ForgetfulAcceptor),
+        lambda mp: mp.setattr(peer_core_module, "Acceptor", ForgetfulAcceptor),
         frozenset({"promise-never-decreases"}),
         black_box=True,
     ),
     Mutation(
         "proposer-skips-adoption",
-        lambda mp: mp.setattr(peer_module, "EpochCoordinator", ProposerSkipsAdoption),
+        lambda mp: mp.setattr(peer_core_module, "EpochCoordinator", ProposerSkipsAdoption),
         frozenset({"chosen-value-kept", "one-value-per-slot"}),
         black_box=True,
     ),
     Mutation(
         "hints-deleted-early",
-        lambda mp: mp.setattr(peer_module, "HintedHandoff", HintsDeletedEarly),
+        lambda mp: mp.setattr(peer_core_module, "HintedHandoff", HintsDeletedEarly),
         frozenset({"hints-kept-until-acknowledged"}),
         black_box=False,
     ),
     Mutation(
         "anti-entropy-skips-a-bucket",
-        lambda mp: mp.setattr(peer_module, "AntiEntropy", AntiEntropySkipsABucket),
+        lambda mp: mp.setattr(peer_core_module, "AntiEntropy", AntiEntropySkipsABucket),
         frozenset({"convergence"}),
         black_box=True,
     ),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tokenvault.quorum import peer_core as peer_core_module
+from tokenvault.quorum.client_operations import Tokenized
 from tokenvault.quorum.coordinator import CoordinatorLimits
 from tokenvault.quorum.effects import Effects, EpochDone, ReadDone
 from tokenvault.quorum.messages import (
@@ -24,19 +26,16 @@ from tokenvault.quorum.messages import (
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.replica import Replica
 from tokenvault.ring.hash_ring import HashRing
-from tokenvault.sim import peer as peer_module
-from tokenvault.sim.engine import Engine
-from tokenvault.sim.peer import (
+from tokenvault.sim.client import (
     ClientAnswer,
     ClientRequest,
-    PeerState,
     Refused,
     RequestKind,
     Reset,
-    SimPeer,
-    Tokenized,
     epoch_key,
 )
+from tokenvault.sim.engine import Engine
+from tokenvault.sim.peer import PeerState, SimPeer
 from tokenvault.tokens import make_token
 
 OWNER = "acme"
@@ -112,12 +111,12 @@ def test_an_insert_is_answered_only_once_it_is_durable() -> None:
     h.deliver(1.0, insert("w1", A))
     h.run(until_s=1.0)
     assert h.sent == []
-    assert not h.peer.durably_holds(A)
+    assert not h.peer.durable.holds(A)
     h.run()
     ((at_s, reply),) = h.messages()
     assert at_s == pytest.approx(1.0 + FSYNC_S)
     assert isinstance(reply, InsertReply) and reply.outcomes[0].value == "stored"
-    assert h.peer.durably_holds(A)
+    assert h.peer.durable.holds(A)
 
 
 def test_a_read_of_a_staged_mapping_waits_for_durability_though_it_wrote_nothing() -> None:
@@ -262,7 +261,7 @@ def test_routing_follows_node_py() -> None:
     # p3 stays silent: down; p2 came back with its heartbeat.
     assert "p3" in h.peer.down_peers() and "p2" not in h.peer.down_peers()
     assert h.peer.known_epoch(OWNER) == value
-    assert h.peer.acceptor.active_epoch(OWNER) == value
+    assert h.peer.core.acceptor.active_epoch(OWNER) == value
     assert any(line.startswith("event p1 epoch_learned op=r-9") for line in log)
     assert h.peer.stats.ticks >= 10
 
@@ -278,26 +277,35 @@ def test_a_restart_rebuilds_every_core_from_the_durable_store() -> None:
     peer = h.peer
     assert peer.incarnation == 2 and peer.state is PeerState.UP
     assert peer.known_epoch(OWNER) == value  # rebuilt from the acceptor's durable record
-    assert peer.replica.digests.count(OWNER) == 1
-    assert peer.failure_detector.views()[0].last_heard is None  # a new view
+    assert peer.core.replica.digests.count(OWNER) == 1
+    assert peer.core.failure_detector.views()[0].last_heard is None  # a new view
     assert peer.operations_in_flight() == 0
 
 
-def test_an_exception_from_a_core_is_recorded_and_crashes_the_peer(
+def test_an_exception_from_a_core_is_recorded_and_contained(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The input that made a core raise is dropped; the peer stays up and serves the next one."""
+
     class BrokenReplica(Replica):
         def on_message(self, source: str, message: Message) -> Effects:
-            raise AssertionError("broken on purpose")
+            if isinstance(message, InsertRequest):
+                raise AssertionError("broken on purpose")
+            return super().on_message(source, message)
 
-    monkeypatch.setattr(peer_module, "Replica", BrokenReplica)
+    monkeypatch.setattr(peer_core_module, "Replica", BrokenReplica)
     h = Harness()
     h.deliver(1.0, insert("w1", A))
+    h.deliver(1.5, ReadRequest(op_id="r1", owner=OWNER, tokens=(A.token,)), source="p2")
     h.run()
     (error,) = h.peer.core_errors
-    assert (error.peer, error.at_s, error.input) == ("p1", 1.0, "replica")
+    assert (error.peer, error.at_s, error.input) == ("p1", 1.0, "replica InsertRequest")
     assert error.error == "AssertionError: broken on purpose"
-    assert h.peer.state is PeerState.DOWN
+    assert "test_peer.py:" in error.location
+    assert h.peer.state is PeerState.UP
+    assert not h.peer.durable.holds(A)
+    replies = [e.message for _, e in h.sent if isinstance(e.message, ReadReply)]
+    assert replies == [ReadReply(op_id="r1", owner=OWNER, tokens=(A.token,), mappings=(None,))]
 
 
 def test_read_done_is_what_a_detokenize_client_receives() -> None:

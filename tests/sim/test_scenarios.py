@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import pytest
 
+from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.effects import Effects
 from tokenvault.quorum.messages import Accept, InsertRequest, Prepare
-from tokenvault.sim import peer as peer_module
+from tokenvault.sim.client import RequestKind
 from tokenvault.sim.config import SimConfig
 from tokenvault.sim.history import Operation, Outcome
-from tokenvault.sim.peer import RequestKind
 from tokenvault.sim.runner import SimResult
 from tokenvault.sim.scenario import Scenario
 
@@ -45,7 +45,7 @@ def _decided(result: SimResult, slot: int) -> set[str]:
     return {
         value.requested_by
         for peer in result.cluster.peers.values()
-        for (owner, at), value in peer.durable_decided().items()
+        for (owner, at), value in peer.durable.decided().items()
         if owner == OWNER and at == slot
     }
 
@@ -164,7 +164,7 @@ def test_a_promise_survives_a_crash_between_promise_and_accept() -> None:
 
 
 def test_an_acceptor_forgetting_its_promise_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(peer_module, "Acceptor", ForgetfulAcceptor)
+    monkeypatch.setattr(peer_core_module, "Acceptor", ForgetfulAcceptor)
     scenario, proposer, replicas = _cluster_of_four()
     _promise_then_crash(scenario, proposer, replicas)
     result = scenario.run(heal_at_s=20.0)
@@ -191,7 +191,7 @@ def test_a_partition_during_a_rotation() -> None:
     assert all(m.epoch == 2 for m in tokenized.mappings)
     assert result.cluster is not None
     epochs = {
-        result.cluster.peers[p].acceptor.active_epoch(OWNER).epoch
+        result.cluster.peers[p].core.acceptor.active_epoch(OWNER).epoch
         for p in scenario.preference_list(OWNER)
     }
     assert epochs == {2}  # r1 caught up after the partition
@@ -208,7 +208,7 @@ def test_a_stale_coordinator_is_fenced_learns_and_writes_again() -> None:
     assert _op(result, before).epoch == 1 and _op(result, rotate).epoch == 2
     # The outsider is no replica: nobody told it; its first write used epoch 1 and was fenced.
     assert _lines(result, "mapping_fenced", f"op={stale}/w1")
-    assert _lines(result, f"epoch-known {outsider} {OWNER} 2/")
+    assert _lines(result, f"epoch-known {outsider} {OWNER} 2")
     answer = _lines(result, f"answer script tokenized op={stale} ok epoch=2 writes=2")
     assert answer
     tokenized = _op(result, stale)

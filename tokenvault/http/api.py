@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from tokenvault.config import OwnerConfig
+from tokenvault.http.config_mismatch import ConfigMismatchAlarm
 from tokenvault.http.errors import (
     ApiError,
     Forbidden,
@@ -36,22 +37,30 @@ from tokenvault.http.errors import (
 from tokenvault.http.peer_codec import CodecError
 from tokenvault.http.peer_transport import CLUSTER_FINGERPRINT_HEADER, PEER_MESSAGES_PATH
 from tokenvault.http.server import Request, Response
-from tokenvault.node import Node, OperationFailed
-from tokenvault.quorum.effects import Failure
+from tokenvault.node import Node
+from tokenvault.quorum.client_operations import (
+    ClientAnswer,
+    ClientOperation,
+    Detokenize,
+    Inspected,
+    InspectOwner,
+    LearnEpoch,
+    RotateEpoch,
+    Tokenize,
+    Tokenized,
+)
+from tokenvault.quorum.effects import EpochDone, Failure, ReadDone
 from tokenvault.quorum.messages import Ballot, EpochValue, Mapping
-from tokenvault.quorum.records import StorageCorrupt
-from tokenvault.store.storage import StorageError
-from tokenvault.tokens import TokenMaker, derive_epoch_key, hash_api_key, is_well_formed_token
+from tokenvault.tokens import hash_api_key, is_well_formed_token
+from tokenvault.views import node_view, peer_views, render_metrics
 
 RECORDS_MAX = 1_000
 TOKENS_MAX = 1_000
 VALUE_BYTES_MAX = 4 * 1024
 ADMIN = object()  # the admin principal: acts for no owner
-TOKENIZE_ATTEMPTS_MAX = 3  # a fenced tokenize learns the new epoch and tries again
-TOKEN_MAKERS_CACHED_MAX = 10_000
 
 Principal = OwnerConfig | object
-_T = TypeVar("_T")
+_Answer = TypeVar("_Answer", Tokenized, ReadDone, EpochDone, Inspected)
 RouteHandler = Callable[[Request, Principal | None, str], Awaitable[Response]]
 
 
@@ -87,8 +96,9 @@ class PublicApi:
         self._principals: dict[str, Principal] = {o.key_sha256: o for o in config.owners}
         self._principals[config.admin_key_sha256] = ADMIN
         self._peer_key = node.peer_key
-        self._secret = config.secret
-        self._token_makers: dict[tuple[str, int, str], TokenMaker] = {}
+        self._config_mismatch = ConfigMismatchAlarm(
+            ours=node.cluster_fingerprint, log=node.log, metrics=node.metrics
+        )
         self._exact: dict[tuple[str, str], tuple[str, RouteHandler]] = {
             ("GET", "/healthz"): ("healthz", self._healthz),
             ("GET", "/metrics"): ("metrics", self._metrics),
@@ -125,11 +135,6 @@ class PublicApi:
             response = await handler(request, principal, argument)
         except ApiError as error:
             response = error_response(error)
-        except (StorageError, StorageCorrupt) as error:
-            self._node.log.emit("storage_error", level="error", kind=type(error).__name__)
-            response = error_response(
-                Unavailable("This peer's store failed; try another peer or retry later.")
-            )
         metrics = self._node.metrics
         labels = (("route", route), ("status", str(response.status)))
         metrics.inc("tokenvault_http_requests_total", labels)
@@ -183,44 +188,19 @@ class PublicApi:
                 if value_bytes(value, name) > VALUE_BYTES_MAX:
                     raise PayloadTooLarge(f"A value of '{name}' is over {VALUE_BYTES_MAX} bytes.")
                 sensitive.append((index, name, value))
-        epoch = self._node.known_epoch(owner.id)
-        for attempt in range(TOKENIZE_ATTEMPTS_MAX):
-            tokens = self._tokens_for(owner.id, epoch, sensitive)
-            if not sensitive:
-                break
-            mappings = {
-                token: Mapping(
-                    owner=owner.id, token=token, value=value, field=name, epoch=epoch.epoch
-                )
-                for token, (_, name, value) in zip(tokens, sensitive, strict=True)
-            }
-            try:
-                await self._node.write_mappings(
-                    self._node.new_request_id(), owner.id, list(mappings.values())
-                )
-                break
-            except OperationFailed as error:
-                if error.failure is not Failure.FENCED or attempt + 1 == TOKENIZE_ATTEMPTS_MAX:
-                    raise _unavailable(error) from None
-            # A replica holds a later epoch: learn it from a majority, then tokenize again.
-            epoch = await self._run_quorum(
-                self._node.learn_epoch(self._node.new_request_id(), owner.id)
-            )
+        answer = await self._perform(
+            Tokenize(
+                op_id=self._node.new_request_id(),
+                owner=owner.id,
+                items=tuple((name, value) for _, name, value in sensitive),
+            ),
+            Tokenized,
+        )
+        assert answer.epoch is not None
         answered = [dict(record) for record in records]
-        for token, (index, name, _) in zip(tokens, sensitive, strict=True):
+        for token, (index, name, _) in zip(answer.tokens, sensitive, strict=True):
             answered[index][name] = token
-        return json_response(200, {"epoch": epoch.epoch, "records": answered})
-
-    def _tokens_for(
-        self, owner: str, epoch: EpochValue, sensitive: list[tuple[int, str, str]]
-    ) -> list[str]:
-        maker = self._token_makers.get((owner, epoch.epoch, epoch.salt))
-        if maker is None:
-            if len(self._token_makers) >= TOKEN_MAKERS_CACHED_MAX:
-                self._token_makers.clear()
-            key = derive_epoch_key(self._secret, owner, epoch.epoch, bytes.fromhex(epoch.salt))
-            maker = self._token_makers[(owner, epoch.epoch, epoch.salt)] = TokenMaker(key)
-        return [maker.token(name, value) for _, name, value in sensitive]
+        return json_response(200, {"epoch": answer.epoch.epoch, "records": answered})
 
     async def _detokenize(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)
@@ -268,17 +248,18 @@ class PublicApi:
         wanted = [t for t in dict.fromkeys(tokens) if is_well_formed_token(t)]
         if not wanted:
             return {}
-        mappings = await self._run_quorum(
-            self._node.read_mappings(self._node.new_request_id(), owner.id, wanted)
+        operation = Detokenize(
+            op_id=self._node.new_request_id(), owner=owner.id, tokens=tuple(wanted)
         )
-        return {m.token: m for m in mappings if m is not None}
+        answer = await self._perform(operation, ReadDone)
+        return {m.token: m for m in answer.mappings if m is not None}
 
     async def _epoch(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)
-        epoch = await self._run_quorum(
-            self._node.learn_epoch(self._node.new_request_id(), owner.id)
-        )
-        return json_response(200, {"owner": owner.id, "epoch": epoch.epoch})
+        operation = LearnEpoch(op_id=self._node.new_request_id(), owner=owner.id)
+        answer = await self._perform(operation, EpochDone)
+        assert answer.value is not None
+        return json_response(200, {"owner": owner.id, "epoch": answer.value.epoch})
 
     async def _rotate(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)
@@ -288,26 +269,33 @@ class PublicApi:
             expected = payload.get("expected_epoch")
             if expected is not None and (type(expected) is not int or expected < 1):
                 raise InvalidRequest("'expected_epoch' must be a positive integer.")
-        epoch, rotated = await self._run_quorum(
-            self._node.rotate_epoch(self._node.new_request_id(), owner.id, expected)
+        operation = RotateEpoch(
+            op_id=self._node.new_request_id(),
+            owner=owner.id,
+            expected_epoch=expected,
+            requested_at_s=time.time(),
         )
-        return json_response(200, {"owner": owner.id, "epoch": epoch.epoch, "rotated": rotated})
+        answer = await self._perform(operation, EpochDone)
+        assert answer.value is not None
+        return json_response(
+            200, {"owner": owner.id, "epoch": answer.value.epoch, "rotated": answer.rotated}
+        )
 
     # -- inspection ----------------------------------------------------------------------------
 
     async def _ring(self, request: Request, principal: Principal | None, _: str) -> Response:
         node = self._node
-        quorum = node.config.quorum
+        quorum, ring = node.config.quorum, node.core.ring
         return json_response(
             200,
             {
                 "peer": node.peer_id,
-                "version": node.ring.version,
+                "version": ring.version,
                 "replicas": quorum.replica_count,
                 "write_quorum": quorum.write_quorum,
                 "read_quorum": quorum.read_quorum,
-                "vnodes_per_peer": node.ring.vnodes_per_peer,
-                "peers": node.peer_views(),
+                "vnodes_per_peer": ring.vnodes_per_peer,
+                "peers": peer_views(node),
             },
         )
 
@@ -326,10 +314,10 @@ class PublicApi:
             200,
             {
                 "owner": owner_id,
-                "position": node.ring.position(owner_id),
-                "ring_version": node.ring.version,
+                "position": node.core.ring.position(owner_id),
+                "ring_version": node.core.ring.version,
                 "preference_list": [
-                    {"id": p, "address": addresses[p]} for p in node.preference_list(owner_id)
+                    {"id": p, "address": addresses[p]} for p in node.core.preference_list(owner_id)
                 ],
             },
         )
@@ -337,7 +325,7 @@ class PublicApi:
     async def _admin_node(self, request: Request, principal: Principal | None, _: str) -> Response:
         if principal is not ADMIN:
             raise Forbidden("Only the admin key may see this.")
-        return json_response(200, self._node.node_view())
+        return json_response(200, node_view(self._node))
 
     async def _admin_owner(
         self, request: Request, principal: Principal | None, owner_id: str
@@ -346,9 +334,10 @@ class PublicApi:
             raise Forbidden("Only the admin key may see this.")
         if self._node.config.owner(owner_id) is None:
             raise NotFound("No such owner.")
-        views = await self._node.inspect_owner(owner_id)
+        operation = InspectOwner(op_id=self._node.new_request_id(), owner=owner_id)
+        views = (await self._perform(operation, Inspected)).views
         replicas: list[dict[str, Any]] = []
-        for peer in self._node.preference_list(owner_id):
+        for peer in self._node.core.preference_list(owner_id):
             view = views.get(peer)
             if view is None:
                 replicas.append({"peer": peer, "reachable": False})
@@ -395,7 +384,7 @@ class PublicApi:
         return json_response(200, {"status": "serving", "peer": self._node.peer_id})
 
     async def _metrics(self, request: Request, principal: Principal | None, _: str) -> Response:
-        body = self._node.render_metrics().encode()
+        body = render_metrics(self._node).encode()
         return Response(status=200, body=body, content_type="text/plain; version=0.0.4")
 
     # -- peers ---------------------------------------------------------------------------------
@@ -405,7 +394,7 @@ class PublicApi:
     ) -> Response:
         fingerprint = request.headers.get(CLUSTER_FINGERPRINT_HEADER, "")
         if fingerprint != self._node.cluster_fingerprint:
-            self._node.refuse_foreign_batch(request.client.rpartition(":")[0], fingerprint)
+            self._config_mismatch.refused(request.client.rpartition(":")[0], fingerprint)
             raise InvalidRequest(
                 "The batch comes from a peer whose cluster configuration differs from this "
                 "peer's (peers, quorums, vnodes or owners' fields)."
@@ -418,11 +407,13 @@ class PublicApi:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _run_quorum(self, operation: Awaitable[_T]) -> _T:
-        try:
-            return await operation
-        except OperationFailed as error:
-            raise _unavailable(error) from None
+    async def _perform(self, operation: ClientOperation, kind: type[_Answer]) -> _Answer:
+        """Runs a client operation on this peer; a failed one is a 503 naming why."""
+        answer: ClientAnswer = await self._node.perform(operation)
+        assert isinstance(answer, kind)
+        if answer.failure is not None:
+            raise Unavailable(_FAILURE_TEXT[answer.failure])
+        return answer
 
 
 def _epoch_value_id(value: EpochValue) -> str:
@@ -431,14 +422,17 @@ def _epoch_value_id(value: EpochValue) -> str:
     return hashlib.sha256(identity).hexdigest()[:12]
 
 
-def _unavailable(error: OperationFailed) -> Unavailable:
-    if error.failure is Failure.INTEGRITY_CONFLICT:
-        return Unavailable(
-            "Replicas disagree on a mapping; the conflict was logged for an operator."
-        )
-    if error.failure is Failure.CONTENDED:
-        return Unavailable("Concurrent epoch changes kept colliding; retry the request.")
-    return Unavailable("Too few replicas answered in time; nothing was claimed.")
+_FAILURE_TEXT = {
+    Failure.QUORUM_TIMEOUT: "Too few replicas answered in time; nothing was claimed.",
+    Failure.INTEGRITY_CONFLICT: (
+        "Replicas disagree on a mapping; the conflict was logged for an operator."
+    ),
+    Failure.OVERLOADED: "Too few replicas answered in time; nothing was claimed.",
+    Failure.FENCED: "Too few replicas answered in time; nothing was claimed.",
+    Failure.CONTENDED: "Concurrent epoch changes kept colliding; retry the request.",
+    Failure.STORE_FAILED: "This peer's store failed; try another peer or retry later.",
+    Failure.INTERNAL_ERROR: "This peer failed an internal check (logged); try another peer.",
+}
 
 
 def _ballot_text(ballot: Ballot | None) -> str | None:

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from tokenvault.quorum.messages import Envelope, EpochValue, Mapping
 from tokenvault.quorum.records import AcceptorSlot
 from tokenvault.ring.hash_ring import HashRing
+from tokenvault.sim.client import ClientAnswer, ClientRequest
 from tokenvault.sim.config import SimConfig
 from tokenvault.sim.engine import Engine
 from tokenvault.sim.faults import FaultAction, FaultKind, FaultMix, LinkFaults, StrikeOn
 from tokenvault.sim.network import Network
 from tokenvault.sim.observer import Observer
-from tokenvault.sim.peer import ClientAnswer, ClientRequest, CoreError, PeerState, SimPeer
+from tokenvault.sim.peer import CoreError, PeerState, SimPeer
 
 PeerFactory = Callable[..., SimPeer]
 
@@ -88,7 +89,7 @@ class SimCluster:
             for peer_id in config.peer_ids
         }
         self.observer.attach(
-            lambda peer, owner, token: self.peers[peer].durable_mapping(owner, token)
+            lambda peer, owner, token: self.peers[peer].durable.mapping(owner, token)
         )
         self.healed = False
 
@@ -116,7 +117,7 @@ class SimCluster:
         return sum(
             1
             for peer_id in self.preference_list(mapping.owner)
-            if self.peers[peer_id].durably_holds(mapping)
+            if self.peers[peer_id].durable.holds(mapping)
         )
 
     # -- faults --------------------------------------------------------------------------------
@@ -161,13 +162,13 @@ class SimCluster:
 
     def converged(self) -> bool:
         """Every peer idle and up, no hint pending, every owner's replicas alike."""
-        if not self.quiet() or any(p.hints.pending_total() for p in self.peers.values()):
+        if not self.quiet() or any(p.core.hints.pending_total() for p in self.peers.values()):
             return False
         for owner in self._config.owner_ids:
             replicas = [self.peers[p] for p in self.preference_list(owner)]
-            if len({peer.replica.digests.root(owner) for peer in replicas}) != 1:
+            if len({peer.core.replica.digests.root(owner) for peer in replicas}) != 1:
                 return False
-            if len({peer.acceptor.active_epoch(owner) for peer in replicas}) != 1:
+            if len({peer.core.acceptor.active_epoch(owner) for peer in replicas}) != 1:
                 return False
         return True
 
@@ -185,13 +186,13 @@ class SimCluster:
         return ReplicaState(
             peer=peer.peer_id,
             up=up,
-            mappings=peer.durable_mappings(),
+            mappings=peer.durable.mappings(),
             operations_in_flight=peer.operations_in_flight(),
             unsynced=peer.store.has_unsynced(),
             held_effects=peer.held_effects(),
-            decided=peer.durable_decided(),
-            acceptor_slots=peer.durable_acceptor_slots(),
-            active_epochs={o: peer.acceptor.active_epoch(o) for o in replicated} if up else {},
-            merkle_roots={o: peer.replica.digests.root(o) for o in replicated} if up else {},
-            hints_pending=peer.hints.pending_total() if up else 0,
+            decided=peer.durable.decided(),
+            acceptor_slots=peer.durable.acceptor_slots(),
+            active_epochs={o: peer.core.acceptor.active_epoch(o) for o in replicated} if up else {},
+            merkle_roots={o: peer.core.replica.digests.root(o) for o in replicated} if up else {},
+            hints_pending=peer.core.hints.pending_total() if up else 0,
         )

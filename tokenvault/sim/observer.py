@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from tokenvault.quorum.client_operations import TokenizeAttempt
 from tokenvault.quorum.hinted_handoff import HINT_PREFIX, decode_hint
 from tokenvault.quorum.messages import ZERO_BALLOT, Ballot, EpochValue, Mapping
 from tokenvault.quorum.quorum_config import majority
@@ -54,16 +55,8 @@ def is_watched(key: bytes) -> bool:
     return key[:2] in WATCHED_PREFIXES
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WriteAttempt:
-    """One write the API layer of a peer started for a client's tokenize."""
-
-    client_op: str
-    op_id: str  # the coordinator's operation
-    peer: str
-    at_s: float
-    epoch: EpochValue
-    mappings: tuple[Mapping, ...]
+# One write a peer's tokenize started: the peer core reports it in its step.
+WriteAttempt = TokenizeAttempt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

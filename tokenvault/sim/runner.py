@@ -401,7 +401,7 @@ def _stats(
         ae_passes_repaired=events("anti_entropy_pass"),
         ae_repairs=events("anti_entropy_repaired"),
         epochs_learned_by_ae=sum(
-            p.anti_entropy.statistics.epochs_learned for p in cluster.peers.values()
+            p.core.anti_entropy.statistics.epochs_learned for p in cluster.peers.values()
         ),
         converged_after_s=-1.0 if phases.converged_after_s is None else phases.converged_after_s,
         liveness_started_s=-1.0 if phases.liveness_started_s is None else phases.liveness_started_s,

@@ -18,12 +18,12 @@ import itertools
 from collections.abc import Callable
 
 from tokenvault.quorum.messages import Envelope
+from tokenvault.sim.client import ClientAnswer, ClientRequest, RequestKind
 from tokenvault.sim.cluster import PeerFactory, SimCluster
 from tokenvault.sim.config import SimConfig
 from tokenvault.sim.engine import Action, Engine
 from tokenvault.sim.faults import HEALTHY_LINK, FaultMix, Partition, PartitionKind
 from tokenvault.sim.history import History, Operation, OperationKind
-from tokenvault.sim.peer import ClientAnswer, ClientRequest, RequestKind
 from tokenvault.sim.runner import SimResult, finish_run
 from tokenvault.sim.workload import Workload, record_answer, record_timeout
 

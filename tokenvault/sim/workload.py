@@ -28,21 +28,21 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tokenvault.quorum.client_operations import Tokenized
 from tokenvault.quorum.effects import EpochDone, ReadDone
 from tokenvault.quorum.messages import Mapping
-from tokenvault.sim.config import SimConfig
-from tokenvault.sim.engine import Engine
-from tokenvault.sim.history import History, Operation, OperationKind, Outcome
-from tokenvault.sim.peer import (
+from tokenvault.sim.client import (
     ClientAnswer,
     ClientRequest,
     Refused,
     RequestKind,
     Reset,
-    Tokenized,
     describe_answer,
     epoch_key,
 )
+from tokenvault.sim.config import SimConfig
+from tokenvault.sim.engine import Engine
+from tokenvault.sim.history import History, Operation, OperationKind, Outcome
 from tokenvault.tokens import make_token
 
 FIELDS = ("ssn", "email")

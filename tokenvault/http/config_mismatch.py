@@ -1,0 +1,45 @@
+"""The alarm for peer batches from another cluster configuration (a peer started on a stale or
+foreign cluster.toml): the peer endpoint refuses them, and this says so to an operator.
+
+Rules: every refusal is counted; at most one `config_mismatch` line (level error) per sender per
+`CONFIG_MISMATCH_LOG_INTERVAL_S`, remembering at most `CONFIG_MISMATCH_SENDERS_MAX` senders. The
+line names the sender's address and both fingerprints (a malformed one is not echoed).
+"""
+
+from __future__ import annotations
+
+import re
+
+import trio
+
+from tokenvault.log import EventLog
+from tokenvault.metrics import Metrics
+
+CONFIG_MISMATCH_LOG_INTERVAL_S = 60.0
+CONFIG_MISMATCH_SENDERS_MAX = 1_000
+_FINGERPRINT = re.compile(r"[0-9a-f]{32}")
+
+
+class ConfigMismatchAlarm:
+    def __init__(self, *, ours: str, log: EventLog, metrics: Metrics) -> None:
+        self._ours = ours
+        self._log = log
+        self._metrics = metrics
+        self._logged_at: dict[str, float] = {}  # sender address -> last alarm
+
+    def refused(self, sender: str, fingerprint: str) -> None:
+        self._metrics.inc("tokenvault_config_mismatches_total")
+        now = trio.current_time()
+        last = self._logged_at.get(sender)
+        if last is not None and now - last < CONFIG_MISMATCH_LOG_INTERVAL_S:
+            return
+        if len(self._logged_at) >= CONFIG_MISMATCH_SENDERS_MAX:
+            self._logged_at.clear()
+        self._logged_at[sender] = now
+        self._log.emit(
+            "config_mismatch",
+            level="error",
+            sender=sender,
+            theirs=fingerprint if _FINGERPRINT.fullmatch(fingerprint) else "missing-or-malformed",
+            ours=self._ours,
+        )

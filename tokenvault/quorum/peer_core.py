@@ -1,0 +1,747 @@
+"""One whole peer as a sans-IO state machine: every protocol core wired together, the one thing
+both drivers run (node.py on trio, LevelDB and sockets; sim/peer.py on virtual time and a
+MemoryStore). It is to this project what `RawNode` is to etcd's raft.
+
+Theory of operation:
+- Inputs: `receive` (a batch of peer messages, or messages this peer sent itself), `start` (a
+  client operation), `advance` (time passed: due timers and the heartbeat tick), and the driver's
+  report on the store, `on_durable` or `on_durability_failed`. Each returns a `Step`.
+- A `Step` says what to log and count (`events`), what to send now (`messages`; `local` are
+  messages to this peer itself, which the driver gives back through `receive` as a new input),
+  which client operations finished (`answers`) and, in `sync_ticket`, that something waits for
+  durability: the driver makes everything staged so far durable, then calls `on_durable(ticket)`.
+  `next_due()` is when the driver must call `advance` next.
+- Writes: the writes of each core call are staged in the store at once, before the next core
+  call, so the next read sees them.
+- Persist before send: the output of a core call that wrote, or that answers out of storage
+  (replica, acceptor, anti-entropy: what it read may be staged and not yet durable), is held
+  until everything staged up to then is durable; everything else leaves at once. An
+  acknowledgement therefore always means fsync'd.
+- Timers are kept here, bounded, each routed back to the core that set it.
+- Client operations are small state machines: a tokenize computes its tokens under the epoch
+  this peer knows, writes them, and when a replica answers FENCED learns the epoch from a
+  majority and writes again, at most `tokenize_attempts_max` writes. Every successful epoch
+  operation and every Decide raises the known epoch; it never goes back.
+- Containment: an exception from a core (a violated invariant, a failed store) drops the input
+  that caused it. It is one `core_error` or `storage_error` event (level error) and one entry of
+  `Step.faults`; a client operation it interrupts is answered with a failure; the peer goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from tokenvault.quorum.acceptor import Acceptor
+from tokenvault.quorum.anti_entropy import AntiEntropy, AntiEntropyLimits
+from tokenvault.quorum.client_operations import (
+    ClientAnswer,
+    ClientOperation,
+    Detokenize,
+    Inspected,
+    InspectOwner,
+    LearnEpoch,
+    RotateEpoch,
+    Tokenize,
+    TokenizeAttempt,
+    Tokenized,
+    failed_answer,
+)
+from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits
+from tokenvault.quorum.effects import (
+    ClientReply,
+    Effects,
+    EpochDone,
+    Event,
+    Failure,
+    ReadDone,
+    Timer,
+    TimerKind,
+    Write,
+    WriteDone,
+)
+from tokenvault.quorum.epoch_coordinator import EpochCoordinator, EpochLimits, RandomSource
+from tokenvault.quorum.failure_detector import DetectorLimits, FailureDetector, PeerState
+from tokenvault.quorum.hinted_handoff import HintedHandoff, HintLimits
+from tokenvault.quorum.messages import (
+    GENESIS,
+    Decide,
+    Envelope,
+    EpochValue,
+    InsertReply,
+    Mapping,
+    Message,
+    OwnerInspect,
+    OwnerView,
+)
+from tokenvault.quorum.quorum_config import QuorumConfig
+from tokenvault.quorum.records import StorageCorrupt
+from tokenvault.quorum.replica import Replica
+from tokenvault.quorum.routing import Destination, route
+from tokenvault.ring.hash_ring import HashRing
+from tokenvault.store.storage import Storage, StorageError
+from tokenvault.tokens import TokenMaker, derive_epoch_key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerLimits:
+    coordinator: CoordinatorLimits = field(default_factory=CoordinatorLimits)
+    epoch: EpochLimits = field(default_factory=EpochLimits)
+    detector: DetectorLimits = field(default_factory=DetectorLimits)
+    hints: HintLimits = field(default_factory=HintLimits)
+    anti_entropy: AntiEntropyLimits = field(default_factory=AntiEntropyLimits)
+    anti_entropy_enabled: bool = True
+    tokenize_attempts_max: int = 3  # writes of one tokenize: the first, and one per FENCED
+    inspect_timeout_s: float = 2.0  # an owner inspection answers with the views it has by then
+    timers_max: int = 100_000  # pending timers; more are dropped and counted
+    held_outputs_max: int = 100_000  # outputs waiting for durability; beyond, their messages
+    # are dropped (and counted): peers resend, and client answers are always kept
+    client_operations_max: int = 100_000  # client operations in flight; more are OVERLOADED
+    preference_lists_cached_max: int = 100_000
+    token_makers_cached_max: int = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreFault:
+    """An exception a core raised; the input that caused it was dropped. `message` is for
+    tests and the simulator only: drivers log the type and location, never the text."""
+
+    core: str
+    input: str
+    error_type: str
+    message: str
+    location: str
+    storage: bool  # a store failure (an operating error), not a bug
+
+
+@dataclass(slots=True)
+class Step:
+    """What one input produced; the driver acts on it in this order: log and count `events`;
+    send `messages`; give `local` back to `receive` as a new input; deliver `answers`; when
+    `sync_ticket` is set, make the store durable, then call `on_durable(sync_ticket)`."""
+
+    messages: list[Envelope] = field(default_factory=list)
+    local: list[Message] = field(default_factory=list)
+    answers: list[ClientAnswer] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    finished: list[ClientReply] = field(default_factory=list)  # coordinated operations done
+    writes: list[Write] = field(default_factory=list)  # staged by this step
+    attempts: list[TokenizeAttempt] = field(default_factory=list)
+    faults: list[CoreFault] = field(default_factory=list)
+    sync_ticket: int | None = None
+    ticked: bool = False  # the heartbeat tick ran in this step
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCoreStatistics:
+    timers_pending: int
+    timers_dropped: int
+    held_outputs: int
+    held_messages_dropped: int
+    client_operations: int
+    tokenize_relearned: int  # fenced tokenize writes that learned the epoch and tried again
+    core_errors: int
+    storage_errors: int
+
+
+# -- internals --------------------------------------------------------------------------------
+
+
+class _Core:
+    """Which core set a timer (timers go back to it) or produced an output."""
+
+    COORDINATOR = "coordinator"
+    EPOCH_COORDINATOR = "epoch_coordinator"
+    INSPECTION = "inspection"
+
+
+@dataclass(slots=True)
+class _Held:
+    """The output of one core call, waiting until everything staged up to `ticket` is durable."""
+
+    ticket: int
+    core: str
+    messages: list[Envelope]
+    timers: list[Timer]
+    replies: list[ClientReply]
+
+
+@dataclass(slots=True)
+class _Tokenizing:
+    operation: Tokenize
+    epoch: EpochValue
+    writes: int = 0
+    tokens: tuple[str, ...] = ()
+    mappings: tuple[Mapping, ...] = ()
+
+
+@dataclass(slots=True)
+class _Inspecting:
+    operation: InspectOwner
+    expected: frozenset[str]
+    views: dict[str, OwnerView] = field(default_factory=dict)
+
+
+_ClientState = _Tokenizing | _Inspecting | ClientOperation
+_DESTINATION_CORE = {
+    Destination.COORDINATOR: _Core.COORDINATOR,
+    Destination.EPOCH_COORDINATOR: _Core.EPOCH_COORDINATOR,
+}
+
+
+class PeerCore:
+    def __init__(
+        self,
+        *,
+        peer_id: str,
+        ring: HashRing,
+        quorum: QuorumConfig,
+        owners: Sequence[str],
+        storage: Storage,
+        secret: bytes,
+        rng: RandomSource,
+        now: float,
+        limits: PeerLimits = field(default_factory=PeerLimits),
+    ) -> None:
+        """Builds every core from the store: what a peer is when its process starts."""
+        assert peer_id in ring.peer_ids, "a peer runs on its own ring"
+        self.peer_id = peer_id
+        self.ring = ring
+        self.quorum = quorum
+        self.limits = limits
+        self._storage = storage
+        self._secret = secret
+        self._preference_lists: dict[str, tuple[str, ...]] = {}
+        self.replica = Replica(peer_id=peer_id, storage=storage)
+        self.acceptor = Acceptor(peer_id=peer_id, storage=storage)
+        self.hints = HintedHandoff(peer_id=peer_id, storage=storage, limits=limits.hints)
+        self.coordinator = Coordinator(
+            peer_id=peer_id, quorum=quorum, limits=limits.coordinator, hints=self.hints
+        )
+        self.epoch_coordinator = EpochCoordinator(peer_id=peer_id, rng=rng, limits=limits.epoch)
+        self.failure_detector = FailureDetector(
+            peer_id=peer_id, peers=ring.peer_ids, now=now, limits=limits.detector
+        )
+        self.anti_entropy = AntiEntropy(
+            peer_id=peer_id,
+            storage=storage,
+            digests=self.replica.digests,
+            decided=self.acceptor,
+            replicas_by_owner={owner: self.preference_list(owner) for owner in owners},
+            limits=limits.anti_entropy,
+        )
+        # The highest epoch this peer knows per owner: what new tokens are computed under.
+        # Stale is safe: replicas fence old epochs and the tokenize learns and retries.
+        self._epochs: dict[str, EpochValue] = {
+            owner: self.acceptor.active_epoch(owner)
+            for owner in owners
+            if peer_id in self.preference_list(owner)
+        }
+        self._token_makers: dict[tuple[str, int, str], TokenMaker] = {}
+        self._clients: dict[str, _ClientState] = {}  # client op id -> its state
+        self._core_ops: dict[str, str] = {}  # core op id -> the client op it serves
+        self._timers: list[tuple[float, int, str, Timer]] = []
+        self._timer_sequence = itertools.count()
+        self._next_tick = now  # the first heartbeat goes out at once
+        self._held: deque[_Held] = deque()
+        self._staged_ticket = 0  # core calls that staged writes, so far
+        self._durable_ticket = 0  # the highest ticket the driver reported durable
+        self._now = now
+        self._timers_dropped = 0
+        self._held_messages_dropped = 0
+        self._tokenize_relearned = 0
+        self._core_errors = 0
+        self._storage_errors = 0
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def preference_list(self, owner: str) -> tuple[str, ...]:
+        """The owner's replicas; the ring is static, so each list is computed once."""
+        replicas = self._preference_lists.get(owner)
+        if replicas is None:
+            replicas = self.ring.preference_list(owner, self.quorum.replica_count)
+            if len(self._preference_lists) < self.limits.preference_lists_cached_max:
+                self._preference_lists[owner] = replicas
+        return replicas
+
+    def known_epoch(self, owner: str) -> EpochValue:
+        return self._epochs.get(owner, GENESIS)
+
+    def down_peers(self) -> frozenset[str]:
+        return frozenset(v.peer for v in self.failure_detector.views() if v.state is PeerState.DOWN)
+
+    def is_peer(self, peer_id: str) -> bool:
+        """Another peer of this ring: the only source a batch may name."""
+        return peer_id != self.peer_id and peer_id in self.ring.peer_ids
+
+    def next_due(self) -> float:
+        """When `advance` must run next: the earliest timer or the next heartbeat tick."""
+        due = self._next_tick
+        if self._timers and self._timers[0][0] < due:
+            due = self._timers[0][0]
+        return due
+
+    @property
+    def staged_ticket(self) -> int:
+        """The ticket of everything staged so far (what a completed sync makes durable)."""
+        return self._staged_ticket
+
+    def operations_in_flight(self) -> int:
+        return (
+            self.coordinator.operations_in_flight() + self.epoch_coordinator.operations_in_flight()
+        )
+
+    def statistics(self) -> PeerCoreStatistics:
+        return PeerCoreStatistics(
+            timers_pending=len(self._timers),
+            timers_dropped=self._timers_dropped,
+            held_outputs=len(self._held),
+            held_messages_dropped=self._held_messages_dropped,
+            client_operations=len(self._clients),
+            tokenize_relearned=self._tokenize_relearned,
+            core_errors=self._core_errors,
+            storage_errors=self._storage_errors,
+        )
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def receive(self, source: str, messages: Sequence[Message], now: float) -> Step:
+        """Messages from `source` (a ring peer, or this peer's own `local` output)."""
+        assert source in self.ring.peer_ids, "the driver admits batches of ring peers only"
+        self._now = now
+        step = Step()
+        if source != self.peer_id:  # any message is a sign of life
+            self._call(
+                step,
+                "failure_detector",
+                "heard_from",
+                lambda: self.failure_detector.heard_from(source, now),
+            )
+        for message in messages:
+            destination = route(message)
+            if destination is Destination.NONE:
+                continue
+            if destination is Destination.INSPECTION:
+                assert isinstance(message, OwnerView)
+                self._note_inspection(step, source, message)
+                continue
+            core = _DESTINATION_CORE.get(destination, destination.value)
+            call = self._message_call(destination, source, message, now)
+            done = self._call(
+                step,
+                core,
+                type(message).__name__,
+                call,
+                from_storage=destination.answers_from_storage,
+            )
+            if done and isinstance(message, Decide):
+                self._note_epoch(step, message.owner, message.value)
+        return self._finish(step)
+
+    def start(self, operation: ClientOperation, now: float) -> Step:
+        """A client operation; its answer comes in this step or a later one, by `op_id`."""
+        self._now = now
+        step = Step()
+        op_id = operation.op_id
+        if op_id in self._clients:
+            raise ValueError("client operation ids are unique while in flight")
+        if len(self._clients) >= self.limits.client_operations_max:
+            step.answers.append(failed_answer(operation, Failure.OVERLOADED))
+            return self._finish(step)
+        if isinstance(operation, Tokenize):
+            if not operation.items:  # nothing to store: the answer needs no replica
+                step.answers.append(self._tokenized(operation, self.known_epoch(operation.owner)))
+                return self._finish(step)
+            state = _Tokenizing(operation=operation, epoch=self.known_epoch(operation.owner))
+            self._clients[op_id] = state
+            self._write_tokens(step, state)
+        elif isinstance(operation, InspectOwner):
+            self._start_inspection(step, operation)
+        else:
+            self._clients[op_id] = operation
+            self._start_core_op(step, op_id, op_id, operation)
+        return self._finish(step)
+
+    def advance(self, now: float) -> Step:
+        """Time passed: every due timer fires, then the heartbeat tick if it is due."""
+        self._now = now
+        step = Step()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, core, timer = heapq.heappop(timers)
+            self._fire(step, core, timer, now)
+        if now >= self._next_tick:
+            self._next_tick = now + self.limits.detector.heartbeat_interval_s
+            step.ticked = True
+            self._tick(step, now)
+        return self._finish(step)
+
+    def on_durable(self, ticket: int, now: float) -> Step:
+        """Everything staged up to `ticket` is durable: release what waited for it."""
+        assert ticket <= self._staged_ticket, "nothing is durable before it is staged"
+        self._now = now
+        self._durable_ticket = max(self._durable_ticket, ticket)
+        step = Step()
+        held = self._held
+        while held and held[0].ticket <= self._durable_ticket:
+            self._release(step, held.popleft())
+        return self._finish(step)
+
+    def on_durability_failed(self, ticket: int, now: float) -> Step:
+        """The sync that was to make `ticket` durable failed: what waited for it never leaves.
+        Its messages are dropped (peers resend), its timers armed (operations still end), the
+        client operations it would have answered fail."""
+        self._now = now
+        step = Step()
+        held = self._held
+        while held and held[0].ticket <= ticket:
+            output = held.popleft()
+            for timer in output.timers:
+                self._arm(output.core, timer)
+            for reply in output.replies:
+                self._fail_client(step, reply.op_id, Failure.STORE_FAILED)
+        return self._finish(step)
+
+    # -- the core calls ------------------------------------------------------------------------
+
+    def _message_call(
+        self, destination: Destination, source: str, message: Message, now: float
+    ) -> Callable[[], Effects]:
+        if destination is Destination.REPLICA:
+            return lambda: self.replica.on_message(source, message)
+        if destination is Destination.ACCEPTOR:
+            return lambda: self.acceptor.on_message(source, message)
+        if destination is Destination.ANTI_ENTROPY:
+            return lambda: self.anti_entropy.on_message(source, message, now)
+        if destination is Destination.HINTS:
+            assert isinstance(message, InsertReply)
+            reply = message
+            return lambda: self.hints.on_reply(source, reply)
+        if destination is Destination.COORDINATOR:
+            return lambda: self.coordinator.on_message(source, message)
+        assert destination is Destination.EPOCH_COORDINATOR
+        return lambda: self.epoch_coordinator.on_message(source, message, now)
+
+    def _call(
+        self,
+        step: Step,
+        core: str,
+        what: str,
+        call: Callable[[], Effects],
+        *,
+        from_storage: bool = False,
+    ) -> bool:
+        """One core call: stage its writes, then hold or release its output. False when the
+        core raised (the input is dropped)."""
+        try:
+            effects = call()
+            if effects.writes:
+                self._storage.stage(effects.writes)
+        except Exception as error:  # contained: see the module's rules
+            self._contain(step, core, what, error)
+            return False
+        writes = effects.writes
+        if writes:
+            self._staged_ticket += 1
+            step.writes.extend(writes)
+        self._note_events(step, effects.events)
+        output = _Held(
+            ticket=self._staged_ticket,
+            core=core,
+            messages=effects.messages,
+            timers=effects.timers,
+            replies=effects.replies,
+        )
+        if self._needs_durability(effects, from_storage=from_storage) and (
+            output.ticket > self._durable_ticket
+        ):
+            self._hold(output)
+        else:
+            self._release(step, output)
+        return True
+
+    def _needs_durability(self, effects: Effects, *, from_storage: bool) -> bool:
+        """Persist before send: an output waits when its core wrote, or answered out of
+        storage (what it read may be staged, not yet durable)."""
+        return from_storage or bool(effects.writes)
+
+    def _contain(self, step: Step, core: str, what: str, error: Exception) -> None:
+        storage = isinstance(error, StorageError | StorageCorrupt)
+        frame = error.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        location = (
+            "?" if frame is None else f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}"
+        )
+        error_type = type(error).__name__
+        step.faults.append(
+            CoreFault(
+                core=core,
+                input=what,
+                error_type=error_type,
+                message=str(error),
+                location=location,
+                storage=storage,
+            )
+        )
+        if storage:
+            self._storage_errors += 1
+            name = "storage_error"
+        else:
+            self._core_errors += 1
+            name = "core_error"
+        details: tuple[tuple[str, str | int], ...] = (
+            ("core", core),
+            ("input", what),
+            ("kind", error_type),
+        )
+        if not storage:
+            details += (("location", location.rpartition("tokenvault/")[2]),)
+        step.events.append(Event(name=name, details=details))
+
+    def _hold(self, output: _Held) -> None:
+        if len(self._held) >= self.limits.held_outputs_max and output.messages:
+            self._held_messages_dropped += len(output.messages)
+            output.messages = []
+        self._held.append(output)
+
+    def _release(self, step: Step, output: _Held) -> None:
+        """Arm, send, answer: everything the output depends on is durable."""
+        for timer in output.timers:
+            self._arm(output.core, timer)
+        peer_id = self.peer_id
+        for envelope in output.messages:
+            assert envelope.source == peer_id, "a peer sends only as itself"
+            if envelope.destination == peer_id:
+                step.local.append(envelope.message)
+            else:
+                step.messages.append(envelope)
+        for reply in output.replies:
+            self._on_core_reply(step, reply)
+
+    def _arm(self, core: str, timer: Timer) -> None:
+        if len(self._timers) >= self.limits.timers_max:
+            self._timers_dropped += 1
+            return
+        heapq.heappush(self._timers, (timer.due, next(self._timer_sequence), core, timer))
+
+    def _fire(self, step: Step, core: str, timer: Timer, now: float) -> None:
+        if core == _Core.INSPECTION:
+            state = self._clients.get(timer.op_id)
+            if isinstance(state, _Inspecting):
+                self._answer_inspection(step, state)
+            return
+        if core == _Core.COORDINATOR:
+            self._call(step, core, "timer", lambda: self.coordinator.on_timer(timer, now))
+        else:
+            assert core == _Core.EPOCH_COORDINATOR, core
+            self._call(step, core, "timer", lambda: self.epoch_coordinator.on_timer(timer, now))
+
+    def _tick(self, step: Step, now: float) -> None:
+        """Heartbeats, then hinted handoff and anti-entropy with the peers held down."""
+        self._call(step, "failure_detector", "tick", lambda: self.failure_detector.tick(now))
+        down = self.down_peers()
+        self._call(step, "hints", "tick", lambda: self.hints.tick(now, down))
+        if self.limits.anti_entropy_enabled:
+            self._call(step, "anti_entropy", "tick", lambda: self.anti_entropy.tick(now, down))
+
+    def _note_events(self, step: Step, events: list[Event]) -> None:
+        """Every event about an owner names an epoch: its own, else the owner's known one."""
+        for event in events:
+            if event.owner and not event.epoch:
+                event = replace(event, epoch=self.known_epoch(event.owner).epoch)
+            step.events.append(event)
+
+    def _note_epoch(self, step: Step, owner: str, value: EpochValue) -> None:
+        if value.epoch > self.known_epoch(owner).epoch:
+            self._epochs[owner] = value
+            step.events.append(Event(name="epoch_known", owner=owner, epoch=value.epoch))
+
+    def _finish(self, step: Step) -> Step:
+        if step.writes or (self._held and self._held[-1].ticket > self._durable_ticket):
+            step.sync_ticket = self._staged_ticket
+        return step
+
+    # -- client operations ---------------------------------------------------------------------
+
+    def _start_core_op(
+        self,
+        step: Step,
+        client_op: str,
+        op_id: str,
+        operation: Detokenize | LearnEpoch | RotateEpoch | Tokenize,
+        mappings: Sequence[Mapping] = (),
+    ) -> None:
+        """Starts the coordinated operation `op_id` on behalf of the client's `client_op`."""
+        self._core_ops[op_id] = client_op
+        core, start, arguments = self._core_start(operation, mappings)
+        call = functools.partial(
+            start,
+            op_id=op_id,
+            owner=operation.owner,
+            replicas=self.preference_list(operation.owner),
+            now=self._now,
+            down=self.down_peers(),
+            **arguments,
+        )
+        if not self._call(step, core, f"start_{type(operation).__name__}", call):
+            self._fail_client(step, op_id, Failure.INTERNAL_ERROR)
+
+    def _core_start(
+        self,
+        operation: Detokenize | LearnEpoch | RotateEpoch | Tokenize,
+        mappings: Sequence[Mapping],
+    ) -> tuple[str, Callable[..., Effects], dict[str, object]]:
+        """Which core starts an operation, how, and with what beyond the common arguments."""
+        if isinstance(operation, Tokenize):
+            return _Core.COORDINATOR, self.coordinator.start_write, {"mappings": mappings}
+        if isinstance(operation, Detokenize):
+            tokens = tuple(dict.fromkeys(operation.tokens))
+            return _Core.COORDINATOR, self.coordinator.start_read, {"tokens": tokens}
+        if isinstance(operation, LearnEpoch):
+            return _Core.EPOCH_COORDINATOR, self.epoch_coordinator.start_learn, {}
+        arguments: dict[str, object] = {
+            "expected_epoch": operation.expected_epoch,
+            "requested_at_s": operation.requested_at_s,
+        }
+        return _Core.EPOCH_COORDINATOR, self.epoch_coordinator.start_rotate, arguments
+
+    def _on_core_reply(self, step: Step, reply: ClientReply) -> None:
+        step.finished.append(reply)
+        client_op = self._core_ops.pop(reply.op_id, None)
+        state = None if client_op is None else self._clients.get(client_op)
+        if state is None or client_op is None:
+            return  # its client operation already ended
+        if isinstance(state, _Tokenizing):
+            if isinstance(reply, WriteDone):
+                self._on_tokens_written(step, state, reply)
+            else:
+                assert isinstance(reply, EpochDone)
+                self._on_tokenize_learned(step, state, reply)
+            return
+        if isinstance(reply, EpochDone) and reply.failure is None:
+            assert reply.value is not None
+            self._note_epoch(step, reply.owner, reply.value)
+        assert isinstance(reply, ReadDone | EpochDone)
+        del self._clients[client_op]
+        step.answers.append(replace(reply, op_id=client_op))
+
+    def _write_tokens(self, step: Step, state: _Tokenizing) -> None:
+        operation, epoch = state.operation, state.epoch
+        state.writes += 1
+        maker = self._token_maker(operation.owner, epoch)
+        tokens = tuple(maker.token(name, value) for name, value in operation.items)
+        mappings = {
+            token: Mapping(
+                owner=operation.owner, token=token, value=value, field=name, epoch=epoch.epoch
+            )
+            for token, (name, value) in zip(tokens, operation.items, strict=True)
+        }
+        state.tokens, state.mappings = tokens, tuple(mappings.values())
+        op_id = f"{operation.op_id}/w{state.writes}"
+        step.attempts.append(
+            TokenizeAttempt(
+                client_op=operation.op_id,
+                op_id=op_id,
+                peer=self.peer_id,
+                at_s=self._now,
+                epoch=epoch,
+                mappings=state.mappings,
+            )
+        )
+        self._start_core_op(step, operation.op_id, op_id, operation, state.mappings)
+
+    def _on_tokens_written(self, step: Step, state: _Tokenizing, reply: WriteDone) -> None:
+        operation = state.operation
+        if reply.failure is Failure.FENCED and state.writes < self.limits.tokenize_attempts_max:
+            # A replica holds a later epoch: learn it from a majority, then write again.
+            self._tokenize_relearned += 1
+            learn = LearnEpoch(op_id=operation.op_id, owner=operation.owner)
+            self._start_core_op(step, operation.op_id, f"{operation.op_id}/l{state.writes}", learn)
+            return
+        del self._clients[operation.op_id]
+        if reply.failure is not None:
+            step.answers.append(failed_answer(operation, reply.failure, state.epoch, state.writes))
+        else:
+            step.answers.append(self._tokenized(operation, state.epoch, state))
+
+    def _on_tokenize_learned(self, step: Step, state: _Tokenizing, reply: EpochDone) -> None:
+        operation = state.operation
+        if reply.failure is not None:
+            del self._clients[operation.op_id]
+            step.answers.append(failed_answer(operation, reply.failure, None, state.writes))
+            return
+        assert reply.value is not None
+        self._note_epoch(step, operation.owner, reply.value)
+        state.epoch = reply.value
+        self._write_tokens(step, state)
+
+    def _tokenized(
+        self, operation: Tokenize, epoch: EpochValue, state: _Tokenizing | None = None
+    ) -> Tokenized:
+        return Tokenized(
+            op_id=operation.op_id,
+            owner=operation.owner,
+            epoch=epoch,
+            tokens=() if state is None else state.tokens,
+            mappings=() if state is None else state.mappings,
+            failure=None,
+            writes=0 if state is None else state.writes,
+        )
+
+    def _token_maker(self, owner: str, epoch: EpochValue) -> TokenMaker:
+        cache_key = (owner, epoch.epoch, epoch.salt)
+        maker = self._token_makers.get(cache_key)
+        if maker is None:
+            if len(self._token_makers) >= self.limits.token_makers_cached_max:
+                self._token_makers.clear()
+            key = derive_epoch_key(self._secret, owner, epoch.epoch, bytes.fromhex(epoch.salt))
+            maker = self._token_makers[cache_key] = TokenMaker(key)
+        return maker
+
+    def _fail_client(self, step: Step, core_op: str, failure: Failure) -> None:
+        """The client operation that `core_op` serves ends with `failure`."""
+        client_op = self._core_ops.pop(core_op, core_op)
+        state = self._clients.pop(client_op, None)
+        if state is None:
+            return
+        operation = state.operation if isinstance(state, _Tokenizing | _Inspecting) else state
+        writes = state.writes if isinstance(state, _Tokenizing) else 0
+        step.answers.append(failed_answer(operation, failure, None, writes))
+
+    # -- owner inspection ----------------------------------------------------------------------
+
+    def _start_inspection(self, step: Step, operation: InspectOwner) -> None:
+        replicas = self.preference_list(operation.owner)
+        state = _Inspecting(operation=operation, expected=frozenset(replicas))
+        self._clients[operation.op_id] = state
+        inspect = OwnerInspect(op_id=operation.op_id, owner=operation.owner)
+        due = self._now + self.limits.inspect_timeout_s
+        self._arm(_Core.INSPECTION, Timer(kind=TimerKind.DEADLINE, op_id=operation.op_id, due=due))
+        for replica in replicas:
+            envelope = Envelope(source=self.peer_id, destination=replica, message=inspect)
+            if replica == self.peer_id:
+                step.local.append(inspect)
+            else:
+                step.messages.append(envelope)
+
+    def _note_inspection(self, step: Step, source: str, view: OwnerView) -> None:
+        state = self._clients.get(view.op_id)
+        if not isinstance(state, _Inspecting) or source not in state.expected:
+            return  # late, stray or forged
+        if view.owner != state.operation.owner:
+            return
+        state.views[source] = view
+        if len(state.views) == len(state.expected):
+            self._answer_inspection(step, state)
+
+    def _answer_inspection(self, step: Step, state: _Inspecting) -> None:
+        operation = state.operation
+        del self._clients[operation.op_id]
+        step.answers.append(
+            Inspected(op_id=operation.op_id, owner=operation.owner, views=dict(state.views))
+        )

@@ -1,0 +1,73 @@
+"""What a simulated peer holds on its disk: the durable records of its MemoryStore, decoded
+through the same records helpers the cores use. What the checker and the observer judge.
+
+Rules: read-only, durable state only (staged writes are not on the disk yet).
+"""
+
+from __future__ import annotations
+
+from tokenvault.quorum.messages import EpochValue, Mapping
+from tokenvault.quorum.records import (
+    ACCEPTOR_PREFIX,
+    DECIDED_PREFIX,
+    MAPPING_PREFIX,
+    AcceptorSlot,
+    decode_mapping,
+    mapping_key,
+    read_acceptor_slot,
+    read_decided,
+)
+from tokenvault.store.memory_store import MemoryStore
+
+
+class DurableView:
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def mapping(self, owner: str, token: str) -> Mapping | None:
+        key = mapping_key(owner, token)
+        for found_key, raw in self._store.durable_items(key):
+            if found_key == key:
+                return decode_mapping(owner, token, raw)
+        return None
+
+    def holds(self, mapping: Mapping) -> bool:
+        return self.mapping(mapping.owner, mapping.token) == mapping
+
+    def mappings(self) -> dict[tuple[str, str], Mapping]:
+        """Every mapping this peer holds durably, by (owner, token)."""
+        held: dict[tuple[str, str], Mapping] = {}
+        for key, raw in self._store.durable_items(MAPPING_PREFIX):
+            owner_raw, _, token_raw = key[len(MAPPING_PREFIX) :].partition(b"\x00")
+            owner, token = owner_raw.decode(), token_raw.decode()
+            held[(owner, token)] = decode_mapping(owner, token, raw)
+        return held
+
+    def decided(self) -> dict[tuple[str, int], EpochValue]:
+        """Every value this peer durably decided, by (owner, slot), via the records helpers."""
+        found: dict[tuple[str, int], EpochValue] = {}
+        for key, raw in self._store.durable_items(DECIDED_PREFIX):
+            owner, slot = key[2:-9].decode(), int.from_bytes(key[-8:], "big")
+            value = read_decided(_Record(key, raw), owner, slot)
+            assert value is not None
+            found[(owner, slot)] = value
+        return found
+
+    def acceptor_slots(self) -> dict[tuple[str, int], AcceptorSlot]:
+        found: dict[tuple[str, int], AcceptorSlot] = {}
+        for key, raw in self._store.durable_items(ACCEPTOR_PREFIX):
+            owner, slot = key[2:-9].decode(), int.from_bytes(key[-8:], "big")
+            found[(owner, slot)] = read_acceptor_slot(_Record(key, raw), owner, slot)
+        return found
+
+
+class _Record:
+    """A StorageReader over one durable record."""
+
+    __slots__ = ("_key", "_raw")
+
+    def __init__(self, key: bytes, raw: bytes) -> None:
+        self._key, self._raw = key, raw
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._raw if key == self._key else None

@@ -1,0 +1,122 @@
+"""What a peer shows of itself: the JSON of /v1/ring and /v1/admin/node, and the gauges of
+/metrics. Read-only: nothing here changes the peer.
+
+Rules: views carry ids, counts, durations and states only; never a value, a token or a key.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from tokenvault.node import Node
+
+
+def peer_views(node: Node) -> list[dict[str, object]]:
+    now = trio.current_time()
+    seen = {v.peer: v for v in node.core.failure_detector.views()}
+    views: list[dict[str, object]] = []
+    heard: float | None
+    for peer in node.config.peers:
+        view = seen.get(peer.id)
+        if view is None:  # this peer itself
+            state, since, heard = "up", node.started_at, now
+        else:
+            state, since, heard = view.state.value, view.since, view.last_heard
+        views.append(
+            {
+                "id": peer.id,
+                "address": peer.address,
+                "state": state,
+                "for_s": round(now - since, 3),
+                "last_heard_s_ago": None if heard is None else round(now - heard, 3),
+                "self": view is None,
+            }
+        )
+    return views
+
+
+def node_view(node: Node) -> dict[str, object]:
+    store = node.store.statistics()
+    return {
+        "peer": node.peer_id,
+        "address": node.peer.address,
+        "cluster_fingerprint": node.cluster_fingerprint,
+        "uptime_s": round(trio.current_time() - node.started_at, 3),
+        "operations_in_flight": node.core.operations_in_flight(),
+        "owners": [o.id for o in node.config.owners],
+        "anti_entropy": _anti_entropy_view(node),
+        "hints": [
+            {"target": h.target, "hints": h.hints, "bytes": h.bytes, "in_flight": h.in_flight}
+            for h in node.core.hints.statistics()
+        ],
+        "store": {
+            "flushes": store.flushes,
+            "writes_flushed": store.writes_flushed,
+            "largest_flush_writes": store.largest_flush_writes,
+            "pending_writes": store.pending_writes,
+        },
+        "links": [
+            {
+                "peer": s.peer_id,
+                "queued_messages": s.queued_messages,
+                "batches_sent": s.batches_sent,
+                "messages_sent": s.messages_sent,
+                "bytes_sent": s.bytes_sent,
+                "batches_failed": s.batches_failed,
+                "messages_dropped": s.messages_dropped,
+            }
+            for s in (link.statistics() for link in node.links.values())
+        ],
+        "peers": peer_views(node),
+    }
+
+
+def _anti_entropy_view(node: Node) -> dict[str, object]:
+    stats = node.core.anti_entropy.statistics
+    last = stats.last_pass
+    now = trio.current_time()
+    return {
+        "enabled": node.core.limits.anti_entropy_enabled,
+        "passes": stats.passes,
+        "passes_in_sync": stats.passes_in_sync,
+        "mappings_pushed": stats.mappings_pushed,
+        "epochs_learned": stats.epochs_learned,
+        "last_pass": None
+        if last is None
+        else {
+            "owner": last.owner,
+            "partner": last.partner,
+            "outcome": last.outcome,
+            "finished_s_ago": round(now - last.finished, 3),
+            "duration_s": round(last.finished - last.started, 3),
+            "differing_buckets": last.differing_buckets,
+            "pages": last.pages,
+            "mappings_pushed": last.mappings_pushed,
+        },
+    }
+
+
+def render_metrics(node: Node) -> str:
+    store = node.store.statistics()
+    metrics = node.metrics
+    metrics.set_gauge("tokenvault_store_flushes", store.flushes)
+    metrics.set_gauge("tokenvault_store_writes_flushed", store.writes_flushed)
+    metrics.set_gauge("tokenvault_store_pending_writes", store.pending_writes)
+    metrics.set_gauge("tokenvault_operations_in_flight", node.core.operations_in_flight())
+    metrics.set_total("tokenvault_timers_dropped_total", node.core.statistics().timers_dropped)
+    metrics.set_gauge("tokenvault_hints_pending", node.core.hints.pending_total())
+    stats = node.core.anti_entropy.statistics
+    metrics.set_gauge("tokenvault_anti_entropy_passes", stats.passes)
+    metrics.set_gauge("tokenvault_anti_entropy_passes_in_sync", stats.passes_in_sync)
+    metrics.set_gauge("tokenvault_anti_entropy_mappings_pushed", stats.mappings_pushed)
+    for state in ("up", "suspect", "down"):
+        count = sum(1 for v in node.core.failure_detector.views() if v.state.value == state)
+        metrics.set_gauge("tokenvault_peers", count, (("state", state),))
+    for link in node.links.values():
+        s = link.statistics()
+        labels = (("peer", s.peer_id),)
+        metrics.set_gauge("tokenvault_link_queued_messages", s.queued_messages, labels)
+        metrics.set_gauge("tokenvault_link_batches_failed", s.batches_failed, labels)
+        metrics.set_gauge("tokenvault_link_bytes_sent", s.bytes_sent, labels)
+        metrics.set_gauge("tokenvault_link_messages_dropped", s.messages_dropped, labels)
+    return metrics.render()
