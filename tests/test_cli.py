@@ -362,3 +362,23 @@ def test_unreachable_cluster_from_dir_exits_1_without_showing_the_key(
     err = capsys.readouterr().err
     assert "cannot connect" in err
     assert load_keys(tmp_path / "keys.json").admin not in err
+
+
+def test_the_command_line_loads_neither_the_peer_nor_the_simulator() -> None:
+    """`node` and `sim` import their code lazily: the client commands start without it."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, tokenvault.cli; print(' '.join(sorted(sys.modules)))",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = set(completed.stdout.split())
+    assert "tokenvault.cli.parser" in loaded
+    lazy = ("tokenvault.peer_process", "tokenvault.node", "tokenvault.sim", "trio", "plyvel")
+    assert sorted(module for module in loaded if module.startswith(lazy)) == []

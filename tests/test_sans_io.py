@@ -8,7 +8,6 @@ interpreter loads none of the I/O libraries nor the node's I/O layers.
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import tokenvault
+from tests.import_graph import imported_modules, module_name
 
 PACKAGE_ROOT = Path(tokenvault.__file__).resolve().parent
 CORE_PACKAGES = ("ring", "quorum")
@@ -61,51 +61,6 @@ NOT_LOADED = (
 def core_files(package_root: Path = PACKAGE_ROOT) -> list[Path]:
     files = sorted(path for name in CORE_PACKAGES for path in (package_root / name).rglob("*.py"))
     return files
-
-
-def module_name(path: Path, package_root: Path) -> str:
-    parts = list(path.relative_to(package_root.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def _dynamic_import_target(call: ast.Call) -> str | None:
-    """The constant module name of `__import__("x")` or `importlib.import_module("x")`."""
-    func = call.func
-    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-    if name not in ("__import__", "import_module") or not call.args:
-        return None
-    first = call.args[0]
-    if isinstance(first, ast.Constant) and isinstance(first.value, str):
-        return first.value
-    return None
-
-
-def imported_modules(path: Path, package_root: Path) -> list[tuple[int, str]]:
-    """Every module an import statement of path names, absolute, with its line."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    this_module = module_name(path, package_root)
-    this_package = this_module if path.name == "__init__.py" else this_module.rpartition(".")[0]
-    found: list[tuple[int, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.extend((node.lineno, alias.name) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base_parts = this_package.split(".")
-                if node.level > 1:
-                    base_parts = base_parts[: -(node.level - 1)]
-                base = ".".join(base_parts)
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
-            found.append((node.lineno, module))
-            # `from tokenvault import node` names tokenvault.node
-            found.extend((node.lineno, f"{module}.{alias.name}") for alias in node.names)
-        elif isinstance(node, ast.Call) and _dynamic_import_target(node) is not None:
-            found.append((node.lineno, str(_dynamic_import_target(node))))
-    return found
 
 
 def is_forbidden(module: str) -> bool:

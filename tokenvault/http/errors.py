@@ -5,16 +5,17 @@ Rules kept here:
   compact JSON encoded as UTF-8 with content type ``application/json``;
 - each error class owns its status and code; a message is a sentence for a person and
   never carries secrets (no tokens' plaintext, keys or request bodies);
-- ``retry_after_s``, when set, becomes a ``Retry-After`` header (whole seconds).
+- ``retry_after_s``, when set, becomes a ``Retry-After`` header (whole seconds);
+- the responses are messages.py's Response: this module never imports server.py, which
+  imports it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-if TYPE_CHECKING:
-    from tokenvault.http.server import Response
+from tokenvault.http.messages import Response
 
 __all__ = [
     "ApiError",
@@ -102,8 +103,6 @@ class Unavailable(ApiError):
 
 def json_response(status: int, payload: object) -> Response:
     """A Response with ``payload`` as compact UTF-8 JSON (``application/json``)."""
-    from tokenvault.http.server import Response  # deferred: server imports this module
-
     try:
         body = _ENCODER.encode(payload).encode("utf-8")
     except UnicodeEncodeError:
@@ -115,8 +114,6 @@ def json_response(status: int, payload: object) -> Response:
 
 def error_response(error: ApiError) -> Response:
     """The Response for ``error``: its status, the JSON error body, Retry-After if set."""
-    from tokenvault.http.server import Response  # deferred: server imports this module
-
     body = _ENCODER.encode({"error": {"code": error.code, "message": error.message}})
     headers: tuple[tuple[str, str], ...] = ()
     if error.retry_after_s is not None:

@@ -13,6 +13,9 @@ Rules kept here:
   response; any other exception -> logged by type name and origin only (never bodies or
   messages, which may hold secrets) and answered 500 ``internal``;
 - peers that vanish, reset or stall are dropped quietly; no task outlives its connection.
+
+Request, Response and Handler live in messages.py (and are re-exported here), so that errors.py
+builds its responses without importing this module: the imports go one way, server -> errors.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import unquote
@@ -35,6 +38,7 @@ from tokenvault.http.errors import (
     Unavailable,
     error_response,
 )
+from tokenvault.http.messages import Handler, Request, Response
 
 __all__ = ["Handler", "Request", "Response", "ServerLimits", "serve_http"]
 
@@ -57,27 +61,6 @@ _RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "content-t
 _METHODS: dict[bytes, str] = {
     m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Request:
-    method: str  # "GET", "POST", ...
-    path: str  # percent-decoded target path without query, e.g. "/v1/tokens/tok_abc"
-    query: str  # raw query string ("" if none)
-    headers: Mapping[str, str]  # lower-cased names, latin-1; repeats joined with ", "
-    body: bytes
-    client: str  # "host:port" of the peer, for logs
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

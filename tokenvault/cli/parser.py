@@ -1,0 +1,175 @@
+"""The argument parser of the `tokenvault` command line: its commands, their options and help.
+
+Rules:
+- Parsing does no I/O and imports no peer code; each command's parser sets `run`, the Command
+  that carries it out.
+- `sim` is listed for --help only: `main` hands it to the simulator's own parser, so that a
+  peer never imports the simulator.
+- Client commands share one set of connection options (--url, --key, --dir, --owner, --admin).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tokenvault.cli.client_commands import (
+    detokenize_command,
+    epoch_command,
+    ring_command,
+    rotate_command,
+    tokenize_command,
+)
+from tokenvault.cli.cluster_commands import init_command, node_command
+from tokenvault.cli.status import status_command
+from tokenvault.cli.target import KEY_ENVIRONMENT_VARIABLE
+from tokenvault.cli.up import (
+    UP_DEFAULT_BASE_PORT,
+    UP_DEFAULT_DIR,
+    UP_DEFAULT_NODES,
+    UP_DEFAULT_OWNERS,
+    up_command,
+)
+
+# Carries out one parsed command; `transport` replaces the network of client commands (tests).
+Command = Callable[[argparse.Namespace, httpx.BaseTransport | None], int]
+
+_FIELD_DEFAULT = "ssn"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenvault",
+        description="A distributed token vault: make a cluster, run its peers, use its API.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_cluster_commands(commands)
+    _add_client_commands(commands)
+    commands.add_parser(
+        "sim", help="run the deterministic simulator (tokenvault sim --help)", add_help=False
+    )
+    return parser
+
+
+def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = commands.add_parser("init", help="write a new cluster into a directory")
+    init.add_argument("--nodes", type=int, required=True, help="number of peers")
+    init.add_argument(
+        "--base-port", type=int, required=True, help="peer i listens on BASE_PORT + i"
+    )
+    init.add_argument("--dir", type=Path, required=True, help="directory to write the cluster to")
+    _add_cluster_shape(init)
+    init.set_defaults(run=init_command)
+
+    node = commands.add_parser("node", help="run one peer in the foreground")
+    node.add_argument("--config", type=Path, required=True, help="the cluster.toml")
+    node.add_argument("--id", required=True, help="this peer's id in the configuration")
+    node.set_defaults(run=node_command)
+
+    up = commands.add_parser(
+        "up", help="run a local cluster: init if needed, start every peer, stop all on Ctrl-C"
+    )
+    up.add_argument("--nodes", type=int, help=f"peers of a new cluster ({UP_DEFAULT_NODES})")
+    up.add_argument(
+        "--dir", type=Path, default=UP_DEFAULT_DIR, help=f"cluster directory ({UP_DEFAULT_DIR})"
+    )
+    up.add_argument(
+        "--base-port", type=int, help=f"ports of a new cluster ({UP_DEFAULT_BASE_PORT} + i)"
+    )
+    up.set_defaults(run=up_command)
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    as_owner = "act as this owner: its key from --dir's keys.json (default: the first owner)"
+    tokenize = commands.add_parser(
+        "tokenize",
+        parents=[_connection_options(as_owner)],
+        help="replace values by tokens",
+        description="Tokenize one record per VALUE, or send a raw request body.",
+    )
+    source = tokenize.add_mutually_exclusive_group(required=True)
+    source.add_argument("values", nargs="*", default=[], metavar="VALUE", help="values to tokenize")
+    source.add_argument("--json", help='raw request body, e.g. \'{"records": [{"ssn": "..."}]}\'')
+    source.add_argument("--file", type=Path, help="read the raw request body from a file (- stdin)")
+    tokenize.add_argument(
+        "--field", default=_FIELD_DEFAULT, help=f"field of each VALUE ({_FIELD_DEFAULT})"
+    )
+    tokenize.set_defaults(run=tokenize_command)
+
+    detokenize = commands.add_parser(
+        "detokenize", parents=[_connection_options(as_owner)], help="look tokens up"
+    )
+    detokenize.add_argument("tokens", nargs="+", metavar="TOKEN")
+    detokenize.set_defaults(run=detokenize_command)
+
+    rotate = commands.add_parser(
+        "rotate", parents=[_connection_options(as_owner)], help="move the owner to a new epoch"
+    )
+    rotate.add_argument(
+        "--expected-epoch",
+        type=int,
+        help="rotate only if this is still the active epoch (safe to retry)",
+    )
+    rotate.set_defaults(run=rotate_command)
+
+    epoch = commands.add_parser(
+        "epoch", parents=[_connection_options(as_owner)], help="show the owner's active epoch"
+    )
+    epoch.set_defaults(run=epoch_command)
+
+    ring = commands.add_parser(
+        "ring",
+        parents=[
+            _connection_options(
+                "show this owner's ring position and preference list (with --dir, as that"
+                " owner unless --admin)",
+                owner_is_subject=True,
+            )
+        ],
+        help="show the ring as a peer sees it",
+    )
+    ring.set_defaults(run=ring_command)
+
+    status = commands.add_parser(
+        "status",
+        parents=[_connection_options("use this owner's key instead of the admin key")],
+        help="show the peers and their states (with --dir, uses the admin key)",
+    )
+    status.set_defaults(run=status_command)
+
+
+def _add_cluster_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--owners",
+        default=",".join(UP_DEFAULT_OWNERS),
+        help="comma-separated owner ids (%(default)s)",
+    )
+    parser.add_argument("--replicas", type=int, default=3, help="N, copies of each owner's data")
+    parser.add_argument("--write-quorum", type=int, default=2, help="W, durable acks per write")
+    parser.add_argument("--read-quorum", type=int, default=2, help="R, replicas consulted per read")
+
+
+def _connection_options(
+    owner_help: str, *, owner_is_subject: bool = False
+) -> argparse.ArgumentParser:
+    """--url/--key/--dir, and which key of --dir to use: --owner NAME or --admin.
+
+    Where the owner is the subject of the command (ring), --owner and --admin go together.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument("--url", help="a peer's URL, e.g. http://127.0.0.1:7401")
+    group.add_argument(
+        "--key",
+        help=f"API key (default: ${KEY_ENVIRONMENT_VARIABLE}; arguments are visible to others)",
+    )
+    group.add_argument(
+        "--dir", type=Path, help="a cluster made by init: its first peer's URL, keys from keys.json"
+    )
+    who = group if owner_is_subject else group.add_mutually_exclusive_group()
+    who.add_argument("--owner", metavar="NAME", help=owner_help)
+    who.add_argument("--admin", action="store_true", help="with --dir: use the admin key")
+    return parent
