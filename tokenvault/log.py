@@ -20,9 +20,25 @@ from typing import TextIO
 from tokenvault.quorum.effects import Event
 
 # Safety and integrity alarms: an operator must look.
-ALARM_EVENTS = frozenset({"paxos_disagreement", "storage_corrupt", "integrity_conflict"})
+ALARM_EVENTS = frozenset(
+    {
+        "paxos_disagreement",
+        "storage_corrupt",
+        "integrity_conflict",
+        "core_error",  # a core raised (a violated invariant): the input was dropped
+        "storage_error",  # the store failed to stage or read: the input was dropped
+    }
+)
 # Failures the system handles by itself, but an operator should see.
-WARNING_EVENTS = frozenset({"quorum_failed", "peer_down", "hint_dropped", "epoch_operation_failed"})
+WARNING_EVENTS = frozenset(
+    {
+        "quorum_failed",
+        "peer_down",
+        "hint_dropped",
+        "epoch_operation_failed",
+        "client_operation_expired",
+    }
+)
 
 
 class EventLog:

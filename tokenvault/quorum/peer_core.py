@@ -101,6 +101,10 @@ class PeerLimits:
     held_outputs_max: int = 100_000  # outputs waiting for durability; beyond, their messages
     # are dropped (and counted): peers resend, and client answers are always kept
     client_operations_max: int = 100_000  # client operations in flight; more are OVERLOADED
+    # A client operation still unanswered this long after its start answers INTERNAL_ERROR: a
+    # last resort (the cores' own deadlines end every operation far sooner) so that no request
+    # waits forever, not even when a core failed or timers were dropped.
+    client_deadline_s: float = 60.0
     preference_lists_cached_max: int = 100_000
     token_makers_cached_max: int = 10_000
 
@@ -157,6 +161,7 @@ class _Core:
     COORDINATOR = "coordinator"
     EPOCH_COORDINATOR = "epoch_coordinator"
     INSPECTION = "inspection"
+    CLIENT = "client"  # a client operation's last-resort deadline
 
 
 @dataclass(slots=True)
@@ -352,10 +357,15 @@ class PeerCore:
         if len(self._clients) >= self.limits.client_operations_max:
             step.answers.append(failed_answer(operation, Failure.OVERLOADED))
             return self._finish(step)
+        if isinstance(operation, Tokenize) and not operation.items:
+            # nothing to store: the answer needs no replica
+            step.answers.append(self._tokenized(operation, self.known_epoch(operation.owner)))
+            return self._finish(step)
+        # Not bounded by timers_max: client operations are bounded by themselves.
+        due = now + self.limits.client_deadline_s
+        deadline = Timer(kind=TimerKind.DEADLINE, op_id=op_id, due=due)
+        heapq.heappush(self._timers, (due, next(self._timer_sequence), _Core.CLIENT, deadline))
         if isinstance(operation, Tokenize):
-            if not operation.items:  # nothing to store: the answer needs no replica
-                step.answers.append(self._tokenized(operation, self.known_epoch(operation.owner)))
-                return self._finish(step)
             state = _Tokenizing(operation=operation, epoch=self.known_epoch(operation.owner))
             self._clients[op_id] = state
             self._write_tokens(step, state)
@@ -530,6 +540,10 @@ class PeerCore:
         heapq.heappush(self._timers, (timer.due, next(self._timer_sequence), core, timer))
 
     def _fire(self, step: Step, core: str, timer: Timer, now: float) -> None:
+        if core == _Core.CLIENT:
+            if timer.op_id in self._clients:
+                self._expire_client(step, timer.op_id)
+            return
         if core == _Core.INSPECTION:
             state = self._clients.get(timer.op_id)
             if isinstance(state, _Inspecting):
@@ -712,6 +726,27 @@ class PeerCore:
         operation = state.operation if isinstance(state, _Tokenizing | _Inspecting) else state
         writes = state.writes if isinstance(state, _Tokenizing) else 0
         step.answers.append(failed_answer(operation, failure, None, writes))
+
+    def _expire_client(self, step: Step, client_op: str) -> None:
+        """A client operation outlived `client_deadline_s`: it fails, and the coordinated
+        operations it waited for are forgotten here (their late replies are ignored)."""
+        for core_op in [c for c, client in self._core_ops.items() if client == client_op]:
+            del self._core_ops[core_op]
+        operation = self._clients[client_op]
+        owner = (
+            operation.operation.owner
+            if isinstance(operation, _Tokenizing | _Inspecting)
+            else operation.owner
+        )
+        step.events.append(
+            Event(
+                name="client_operation_expired",
+                owner=owner,
+                epoch=self.known_epoch(owner).epoch,
+                request_id=client_op,
+            )
+        )
+        self._fail_client(step, client_op, Failure.INTERNAL_ERROR)
 
     # -- owner inspection ----------------------------------------------------------------------
 
