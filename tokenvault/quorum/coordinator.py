@@ -21,6 +21,13 @@ Theory of operation:
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
   reads are idempotent), until the operation's deadline.
 - Time arrives as `now`; the core has no clock, no randomness and no I/O.
+- A FENCED answer to a repair breaks the protocol (repairs are never fenced): a buggy or
+  hostile replica. It is refused, the replica counts as no holder, and it is reported
+  (`peer_protocol_conflict`).
+
+Invariant (invariants.py): success is answered only with W durable acknowledgements. When the
+core answers a write or a read as successful, every mapping of the write, and every mapping the
+read returns, is durably held by at least W distinct replicas of the owner's preference list.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from tokenvault.quorum.effects import (
     WriteDone,
 )
 from tokenvault.quorum.hinted_handoff import HintedHandoff
+from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.messages import (
     Envelope,
     InsertOutcome,
@@ -277,6 +285,16 @@ class Coordinator:
     def _on_insert_reply(self, operation: _Operation, source: str, reply: InsertReply) -> Effects:
         effects = Effects()
         operation.answered.add(source)
+        if operation.phase is _Phase.REPAIRING and InsertOutcome.FENCED in reply.outcomes:
+            effects.events.append(
+                Event(
+                    name="peer_protocol_conflict",
+                    owner=operation.owner,
+                    request_id=operation.op_id,
+                    epoch=_epoch_of(operation),
+                    details=(("source", source), ("what", "fenced_repair")),
+                )
+            )
         for token, outcome in zip(reply.tokens, reply.outcomes, strict=True):
             if token not in operation.mappings:
                 continue
@@ -285,7 +303,8 @@ class Coordinator:
             elif operation.phase is _Phase.LINGERING:
                 continue  # answered already; what a lagging replica refuses, hints cannot fix
             elif outcome is InsertOutcome.FENCED:
-                assert operation.phase is _Phase.WRITING, "repairs are never fenced"
+                if operation.phase is not _Phase.WRITING:
+                    continue  # a fenced repair, reported above: no holder
                 operation.fenced.add(source)
                 if len(operation.replicas) - len(operation.fenced) < self._quorum.write_quorum:
                     self._finish(operation, Failure.FENCED, effects)
@@ -382,7 +401,22 @@ class Coordinator:
         quorum = self._quorum.write_quorum
         return all(len(holders) >= quorum for holders in operation.holders.values())
 
+    def _require_write_quorum(self, operation: _Operation) -> None:
+        """A success needs every mapping held durably by W distinct replicas of the owner."""
+        quorum = self._quorum.write_quorum
+        replicas = frozenset(operation.replicas)
+        for token in operation.mappings:
+            holders = operation.holders.get(token, set())
+            if len(holders & replicas) < quorum:
+                raise InvariantViolation(
+                    f"coordinator would answer success below W ({operation.phase.value}):"
+                    f" owner {operation.owner} token prefix {token[:8]}"
+                    f" epoch {_epoch_of(operation)}: {len(holders & replicas)} of {quorum}"
+                )
+
     def _finish(self, operation: _Operation, failure: Failure | None, effects: Effects) -> None:
+        if failure is None:
+            self._require_write_quorum(operation)
         if operation.phase is _Phase.WRITING:
             effects.replies.append(
                 WriteDone(op_id=operation.op_id, owner=operation.owner, failure=failure)
