@@ -100,6 +100,17 @@ def _epoch_of(operation: _Operation) -> int:
     return highest_epoch(operation.mappings.values())
 
 
+def _event(operation: _Operation, name: str, *details: tuple[str, str | int]) -> Event:
+    """A log line about an operation: its owner, its id and the epoch of its mappings."""
+    return Event(
+        name=name,
+        owner=operation.owner,
+        request_id=operation.op_id,
+        epoch=_epoch_of(operation),
+        details=details,
+    )
+
+
 class Coordinator:
     def __init__(
         self,
@@ -207,15 +218,11 @@ class Coordinator:
         if timer.kind is TimerKind.DEADLINE:
             effects = Effects()
             effects.events.append(
-                Event(
-                    name="quorum_failed",
-                    owner=operation.owner,
-                    request_id=operation.op_id,
-                    epoch=_epoch_of(operation),
-                    details=(
-                        ("phase", operation.phase.value),
-                        ("answered", len(operation.answered)),
-                    ),
+                _event(
+                    operation,
+                    "quorum_failed",
+                    ("phase", operation.phase.value),
+                    ("answered", len(operation.answered)),
                 )
             )
             self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
@@ -287,12 +294,11 @@ class Coordinator:
         operation.answered.add(source)
         if operation.phase is _Phase.REPAIRING and InsertOutcome.FENCED in reply.outcomes:
             effects.events.append(
-                Event(
-                    name="peer_protocol_conflict",
-                    owner=operation.owner,
-                    request_id=operation.op_id,
-                    epoch=_epoch_of(operation),
-                    details=(("source", source), ("what", "fenced_repair")),
+                _event(
+                    operation,
+                    "peer_protocol_conflict",
+                    ("source", source),
+                    ("what", "fenced_repair"),
                 )
             )
         for token, outcome in zip(reply.tokens, reply.outcomes, strict=True):
@@ -310,15 +316,7 @@ class Coordinator:
                     self._finish(operation, Failure.FENCED, effects)
                     return effects
             else:
-                effects.events.append(
-                    Event(
-                        name="integrity_conflict",
-                        owner=operation.owner,
-                        request_id=operation.op_id,
-                        epoch=_epoch_of(operation),
-                        details=(("replica", source),),
-                    )
-                )
+                effects.events.append(_event(operation, "integrity_conflict", ("replica", source)))
                 self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
                 return effects
         if operation.phase is _Phase.LINGERING:
@@ -359,15 +357,7 @@ class Coordinator:
         for index, token in enumerate(operation.tokens):
             seen = {r[index] for r in operation.responses.values()} - {None}
             if len(seen) > 1:
-                effects.events.append(
-                    Event(
-                        name="integrity_conflict",
-                        owner=operation.owner,
-                        request_id=operation.op_id,
-                        epoch=_epoch_of(operation),
-                        details=(("phase", "read"),),
-                    )
-                )
+                effects.events.append(_event(operation, "integrity_conflict", ("phase", "read")))
                 self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
                 return effects
             if seen:
@@ -385,13 +375,7 @@ class Coordinator:
             1 for holders in operation.holders.values() if len(holders) < self._quorum.write_quorum
         )
         effects.events.append(
-            Event(
-                name="read_repair",
-                owner=operation.owner,
-                request_id=operation.op_id,
-                epoch=_epoch_of(operation),
-                details=(("mappings", behind), ("blocking", 1)),
-            )
+            _event(operation, "read_repair", ("mappings", behind), ("blocking", 1))
         )
         operation.answered.clear()
         self._send_inserts(operation, operation.replicas, effects)
@@ -436,13 +420,7 @@ class Coordinator:
         lagging = [r for r in operation.responses if operation.lacking(r)]
         if lagging:
             effects.events.append(
-                Event(
-                    name="read_repair",
-                    owner=operation.owner,
-                    request_id=operation.op_id,
-                    epoch=_epoch_of(operation),
-                    details=(("replicas", len(lagging)), ("blocking", 0)),
-                )
+                _event(operation, "read_repair", ("replicas", len(lagging)), ("blocking", 0))
             )
             self._send_inserts(operation, lagging, effects)
         effects.replies.append(
