@@ -1031,12 +1031,18 @@ def own_value(op_id: str = "r", epoch: int = 2) -> EpochValue:
     )
 
 
+def rotate_queried() -> Network:
+    """A rotate "r" from epoch 1 on a FixedRandom proposer, its query answered: preparing."""
+    net = Network(rngs={"c1": FixedRandom()})
+    net.rotate("r", expected=1)
+    net.step("r", EpochQuery)
+    return net
+
+
 def test_a_proposer_counting_answers_to_another_ballot_is_stopped_before_chosen(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    net = Network()
-    net.rotate("r", expected=1)
-    net.step("r", EpochQuery)
+    net = rotate_queried()
     net.step("r", Prepare)
     monkeypatch.setattr(  # the bug: an answer's ballot is no longer compared
         EpochCoordinator,
@@ -1065,9 +1071,7 @@ def test_a_proposer_counting_answers_to_another_ballot_is_stopped_before_chosen(
 def test_a_rotate_that_did_not_learn_its_own_value_cannot_answer_rotated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    net = Network()
-    net.rotate("r", expected=1)
-    net.step("r", EpochQuery)
+    net = rotate_queried()
     monkeypatch.setattr(EpochCoordinator, "_learn", staticmethod(lambda operation, value: None))
     net.step("r", Prepare)
     with pytest.raises(
@@ -1079,9 +1083,7 @@ def test_a_rotate_that_did_not_learn_its_own_value_cannot_answer_rotated(
 
 
 def test_a_ballot_carries_one_value() -> None:
-    net = Network()
-    net.rotate("r", expected=1)
-    net.step("r", EpochQuery)
+    net = rotate_queried()
     net.coordinators["c1"]._operations["r"].value = own_value("other")  # corrupted state
     with pytest.raises(InvariantViolation, match=r"second value at owner acme slot 2 ballot 1\.r$"):
         net.step("r", Prepare)
@@ -1089,12 +1091,10 @@ def test_a_ballot_carries_one_value() -> None:
 
 
 def test_a_proposed_value_is_of_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
-    net = Network()
+    net = rotate_queried()
     monkeypatch.setattr(
         EpochCoordinator, "_own_value", staticmethod(lambda operation: own_value(epoch=3))
     )
-    net.rotate("r", expected=1)
-    net.step("r", EpochQuery)
     with pytest.raises(
         InvariantViolation, match=r"^proposer would propose epoch 3 at owner acme slot 2"
     ):
@@ -1128,9 +1128,7 @@ def test_an_answer_with_a_foreign_value_is_refused_and_reported(
     forged: EpochValue, decided: bool
 ) -> None:
     """The acceptor's misbehaviour, not ours: reported, ignored; the round goes on."""
-    net = Network(rngs={"c1": FixedRandom()})
-    net.rotate("r", expected=1)
-    net.step("r", EpochQuery)
+    net = rotate_queried()
     net.deliver_where(lambda e: isinstance(e.message, Prepare))
     promise = forged_promise(forged, decided=decided)
     effects = net.absorb("c1", net.coordinators["c1"].on_message("r1", promise, net.now))
