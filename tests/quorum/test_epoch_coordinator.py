@@ -1049,15 +1049,8 @@ def test_a_proposer_counting_answers_to_another_ballot_is_stopped_before_chosen(
         "_is_current",
         lambda self, operation, phase, reply: operation.phase is phase,
     )
-    stale = Accepted(
-        op_id="r",
-        owner=OWNER,
-        slot=2,
-        ballot=Ballot(round=7, peer="old"),
-        granted=True,
-        promised=Ballot(round=7, peer="old"),
-        decided=None,
-    )
+    old = Ballot(round=7, peer="old")
+    stale = as_accepted(forged_promise(accepted=None, decided=None, ballot=old, promised=old))
     net.coordinators["c1"].on_message("r1", stale, net.now)
     with pytest.raises(InvariantViolation) as raised:
         net.coordinators["c1"].on_message("r2", stale, net.now)
@@ -1101,36 +1094,58 @@ def test_a_proposed_value_is_of_its_slot(monkeypatch: pytest.MonkeyPatch) -> Non
         net.step("r", Prepare)
 
 
-def forged_promise(value: EpochValue, *, decided: bool) -> Promise:
+CURRENT = Ballot(round=1, peer="r")  # the ballot of rotate_queried()'s first prepare
+
+
+def forged_promise(
+    *,
+    accepted: EpochValue | None,
+    decided: EpochValue | None,
+    granted: bool = True,
+    ballot: Ballot = CURRENT,
+    promised: Ballot = CURRENT,
+) -> Promise:
     return Promise(
         op_id="r",
         owner=OWNER,
         slot=2,
-        ballot=Ballot(round=1, peer="r"),
-        granted=not decided,
-        promised=Ballot(round=1, peer="r"),
-        accepted_ballot=None if decided else Ballot(round=1, peer="old"),
-        accepted_value=None if decided else value,
-        decided=value if decided else None,
+        ballot=ballot,
+        granted=granted,
+        promised=promised,
+        accepted_ballot=None if accepted is None else Ballot(round=1, peer="old"),
+        accepted_value=accepted,
+        decided=decided,
     )
 
 
+def as_accepted(promise: Promise) -> Accepted:
+    """The Accepted answer with the promise's ballot, grant, promise and decided value."""
+    return Accepted(
+        op_id=promise.op_id,
+        owner=promise.owner,
+        slot=promise.slot,
+        ballot=promise.ballot,
+        granted=promise.granted,
+        promised=promise.promised,
+        decided=promise.decided,
+    )
+
+
+FOREIGN = EpochValue(epoch=2, salt="ff", requested_by="r", requested_at_s=0.0)
+
+
 @pytest.mark.parametrize(
-    ("forged", "decided"),
-    [
-        (own_value("old", epoch=3), False),
-        (own_value("old", epoch=3), True),
-        (EpochValue(epoch=2, salt="ff", requested_by="r", requested_at_s=0.0), True),
-    ],
+    ("accepted", "decided"),
+    [(own_value("old", epoch=3), None), (None, own_value("old", epoch=3)), (None, FOREIGN)],
     ids=["accepted-of-another-slot", "decided-of-another-slot", "decided-naming-it-not-its-own"],
 )
 def test_an_answer_with_a_foreign_value_is_refused_and_reported(
-    forged: EpochValue, decided: bool
+    accepted: EpochValue | None, decided: EpochValue | None
 ) -> None:
     """The acceptor's misbehaviour, not ours: reported, ignored; the round goes on."""
     net = rotate_queried()
     net.deliver_where(lambda e: isinstance(e.message, Prepare))
-    promise = forged_promise(forged, decided=decided)
+    promise = forged_promise(accepted=accepted, decided=decided, granted=decided is None)
     effects = net.absorb("c1", net.coordinators["c1"].on_message("r1", promise, net.now))
     (event,) = effects.events
     assert event.name == "peer_protocol_conflict" and event.request_id == "r"
@@ -1149,7 +1164,7 @@ forged_values = st.sampled_from(
         own_value(epoch=3),
         own_value("other"),
         own_value("other", epoch=3),
-        EpochValue(epoch=2, salt="ff", requested_by="r", requested_at_s=0.0),
+        FOREIGN,
     ]
 )
 forged_ballots = st.sampled_from([Ballot(round=1, peer="r"), Ballot(round=2, peer="r")])
@@ -1166,30 +1181,14 @@ def forged_answers(draw: st.DrawFn) -> EpochReport | Promise | Accepted:
             decided=decided or GENESIS,
             accepted_slot=draw(st.integers(1, 3)),
         )
-    ballot, promised = draw(forged_ballots), draw(forged_ballots)
-    if kind == "accepted":
-        granted = draw(st.booleans())
-        return Accepted(
-            op_id="r",
-            owner=OWNER,
-            slot=2,
-            ballot=ballot,
-            granted=granted,
-            promised=promised,
-            decided=decided,
-        )
-    accepted = draw(forged_values)
-    return Promise(
-        op_id="r",
-        owner=OWNER,
-        slot=2,
-        ballot=ballot,
-        granted=draw(st.booleans()),
-        promised=promised,
-        accepted_ballot=None if accepted is None else Ballot(round=1, peer="old"),
-        accepted_value=accepted,
+    promise = forged_promise(
+        accepted=draw(forged_values),
         decided=decided,
+        granted=draw(st.booleans()),
+        ballot=draw(forged_ballots),
+        promised=draw(forged_ballots),
     )
+    return as_accepted(promise) if kind == "accepted" else promise
 
 
 @settings(max_examples=300, deadline=None)
