@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.quorum.helpers import FirstReadMisses
 from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.effects import Effects, Event
+from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.messages import (
     GENESIS,
     ZERO_BALLOT,
@@ -31,6 +33,9 @@ from tokenvault.quorum.messages import (
     Promise,
 )
 from tokenvault.quorum.records import (
+    ACCEPTOR_PREFIX,
+    DECIDED_PREFIX,
+    EPOCH_META_PREFIX,
     AcceptorSlot,
     EpochMeta,
     acceptor_key,
@@ -447,3 +452,127 @@ def test_prepare_and_accept_on_a_decided_slot_answer_with_the_decided_value() ->
     assert h.acceptor.active_epoch(OWNER) == value()
     # the next slot is open
     assert h.prepare(ballot(1), slot=3).granted
+
+
+# -- invariants: asserted at every record write, never tripped by a peer -------------------------
+
+
+def lying_about(h: Harness, prefix: bytes) -> None:
+    """From now on the acceptor's handlers read a lie: a record under prefix looks absent."""
+    h.acceptor = Acceptor(peer_id=PEER, storage=FirstReadMisses(h.store, prefix))
+
+
+def test_a_handler_that_would_lower_the_promise_is_stopped_at_the_write() -> None:
+    h = Harness()
+    h.prepare(ballot(5, "c2"))
+    lying_about(h, ACCEPTOR_PREFIX)
+    before = h.store.durable_items()
+    with pytest.raises(InvariantViolation, match="lower its promise: owner acme slot 2") as raised:
+        h.prepare(ballot(1))
+    assert "ballot 1.c1 below 5.c2" in str(raised.value)
+    assert h.store.durable_items() == before and not h.store.has_unsynced()
+
+
+def test_a_handler_that_would_forget_an_accepted_value_is_stopped_at_the_write() -> None:
+    h = Harness()
+    h.accept(ballot(2))
+    lying_about(h, ACCEPTOR_PREFIX)
+    with pytest.raises(InvariantViolation, match="forget the value it accepted at owner acme"):
+        h.prepare(ballot(3))  # a higher promise, but it would drop the accepted value
+
+
+def test_a_handler_that_would_change_the_value_accepted_at_a_ballot_is_stopped() -> None:
+    h = Harness()
+    h.accept(ballot(2), value(salt="aaaa1111"))
+    lying_about(h, ACCEPTOR_PREFIX)
+    with pytest.raises(InvariantViolation) as raised:
+        h.accept(ballot(2), value(salt="bbbb2222"))
+    message = str(raised.value)
+    assert message == "acceptor would change the value accepted at owner acme slot 2, ballot 2.c1"
+    assert h.acceptor.slot_state(OWNER, 2).accepted_value == value(salt="aaaa1111")
+
+
+def test_accepting_a_value_of_another_epoch_is_stopped_at_the_write() -> None:
+    h = Harness()
+    bad = AcceptorSlot(promised=ballot(1), accepted_ballot=ballot(1), accepted_value=value(3))
+    with pytest.raises(InvariantViolation, match="accept epoch 3 at owner acme slot 2"):
+        h.acceptor._write_slot(OWNER, 2, bad, Effects())
+
+
+def test_a_handler_that_would_change_a_decided_value_is_stopped_at_the_write() -> None:
+    h = Harness()
+    h.decide(value(salt="aa", by="first"))
+    lying_about(h, DECIDED_PREFIX)
+    with pytest.raises(InvariantViolation) as raised:
+        h.decide(value(salt="bb", by="second"))
+    assert str(raised.value) == "acceptor would change the decided value of owner acme slot 2"
+    assert h.acceptor.active_epoch(OWNER) == value(salt="aa", by="first")
+
+
+def test_a_handler_that_would_lower_the_fence_is_stopped_at_the_write() -> None:
+    h = Harness()
+    h.accept(ballot(1), value(3, salt="03"))  # accepted in slot 3: fence 3
+    lying_about(h, EPOCH_META_PREFIX)
+    with pytest.raises(InvariantViolation, match="lower the fence of owner acme") as raised:
+        h.accept(ballot(1), value(2, salt="02"))
+    assert "accepted slot 3 -> 2" in str(raised.value)
+
+
+def test_a_second_value_at_an_accepted_ballot_is_refused_as_an_alarm() -> None:
+    """The proposer's misbehaviour, not ours: refused and reported, never asserted."""
+    h = Harness()
+    h.accept(ballot(2), value(salt="aa"))
+    effects = h.deliver(
+        Accept(op_id="a2", owner=OWNER, slot=2, ballot=ballot(2), value=value(salt="bb"))
+    )
+    assert effects.writes == []
+    refused = only(effects, Accepted)
+    assert refused.granted is False and refused.promised == ballot(2)
+    alarm, step = effects.events
+    assert alarm.name == "paxos_disagreement" and alarm.request_id == "a2"
+    assert dict(alarm.details) == {"slot": 2, "found_by": "accept"}
+    assert step.name == "paxos_reject_accept"
+    assert h.acceptor.slot_state(OWNER, 2).accepted_value == value(salt="aa")
+    assert h.accept(ballot(2), value(salt="aa")).granted  # the same value again is fine
+    assert h.accept(ballot(3), value(salt="bb")).granted  # and a higher ballot may change it
+
+
+acceptor_messages = st.one_of(
+    st.builds(
+        lambda slot, round_, peer: Prepare(
+            op_id="p", owner=OWNER, slot=slot, ballot=ballot(round_, peer)
+        ),
+        st.integers(2, 3),
+        st.integers(1, 3),
+        st.sampled_from(["c1", "c2"]),
+    ),
+    st.builds(
+        lambda slot, round_, peer, salt: Accept(
+            op_id="a", owner=OWNER, slot=slot, ballot=ballot(round_, peer), value=value(slot, salt)
+        ),
+        st.integers(2, 3),
+        st.integers(1, 3),
+        st.sampled_from(["c1", "c2"]),
+        st.sampled_from(["aa", "bb"]),
+    ),
+    st.builds(
+        lambda slot, salt: Decide(op_id="d", owner=OWNER, value=value(slot, salt)),
+        st.integers(2, 3),
+        st.sampled_from(["aa", "bb"]),
+    ),
+    st.just(EpochQuery(op_id="q", owner=OWNER)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=st.lists(st.tuples(acceptor_messages, st.booleans()), max_size=30))
+def test_no_sequence_of_peer_messages_trips_an_invariant(
+    messages: list[tuple[EpochQuery | Prepare | Accept | Decide, bool]],
+) -> None:
+    """Conflicting proposers, contradicting Decides and restarts are all answered (refused at
+    worst); every write passes the checks the acceptor makes against the stored record."""
+    h = Harness()
+    for message, restart in messages:
+        h.deliver(message)  # an InvariantViolation would fail the test here
+        if restart:
+            h.restart()

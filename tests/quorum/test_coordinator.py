@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits
+from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits, _Phase
 from tokenvault.quorum.effects import (
     ClientReply,
     Effects,
@@ -20,6 +20,7 @@ from tokenvault.quorum.effects import (
     TimerKind,
     WriteDone,
 )
+from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.messages import (
     Envelope,
     InsertOutcome,
@@ -722,3 +723,110 @@ def test_a_quorum_the_failure_detector_holds_down_gets_a_short_deadline() -> Non
     )
     deadlines = [t.due for t in effects.timers if t.kind is TimerKind.DEADLINE]
     assert deadlines == [LIMITS.operation_timeout_s]
+
+
+# -- invariant: success only with W durable acknowledgements ------------------------------------
+
+
+def test_a_write_counted_done_below_w_is_stopped_before_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = Network()
+    monkeypatch.setattr(Coordinator, "_write_quorum_reached", lambda self, operation: True)
+    net.write("w1", mapping())
+    with pytest.raises(InvariantViolation) as raised:
+        net.exchange("r1")
+    assert str(raised.value) == (
+        "coordinator would answer success below W (writing):"
+        " owner acme token prefix tok_A epoch 1: 1 of 2"
+    )
+    assert net.replies == []
+
+
+def test_a_read_answered_before_its_blocking_repair_is_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = Network()
+    reached = Coordinator._write_quorum_reached
+    monkeypatch.setattr(
+        Coordinator,
+        "_write_quorum_reached",
+        lambda self, operation: operation.phase is _Phase.REPAIRING or reached(self, operation),
+    )
+    net.put_durably("r1", mapping())  # a write that reached only r1
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    with pytest.raises(InvariantViolation, match=r"below W \(repairing\): owner acme token"):
+        net.exchange("r2")
+    assert net.replies == []
+
+
+def test_acknowledgements_from_outside_the_preference_list_never_make_a_quorum() -> None:
+    net = Network()
+    net.write("w1", mapping())
+    holders = net.coordinator._operations["w1"].holders["tok_A"]
+    holders.update({"stranger-1", "stranger-2"})  # corrupted bookkeeping
+    with pytest.raises(InvariantViolation, match=r"\(writing\): owner acme .* 1 of 2$"):
+        net.exchange("r1")
+    assert net.replies == []
+
+
+def test_a_fenced_answer_to_a_repair_is_refused_and_reported_not_asserted() -> None:
+    """Repairs are never fenced: a replica that says so misbehaves; it counts as no holder."""
+    net = Network()
+    net.put_durably("r1", mapping())
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    net.exchange("r2")  # R answers in: repair to r2 and r3 before answering
+    fenced = InsertReply(
+        op_id="q1", owner=OWNER, tokens=("tok_A",), outcomes=(InsertOutcome.FENCED,)
+    )
+    effects = net.absorb(net.coordinator.on_message("r2", fenced))
+    (event,) = effects.events
+    assert event.name == "peer_protocol_conflict" and event.request_id == "q1"
+    assert dict(event.details) == {"source": "r2", "what": "fenced_repair"}
+    assert effects.replies == []
+    net.deliver_where(lambda e: e.destination == "r3" and isinstance(e.message, InsertRequest))
+    net.deliver_where(net.replies_from("r3"))
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(mapping(),), failure=None)]
+
+
+forged_outcomes = st.lists(st.sampled_from(list(InsertOutcome)), min_size=1, max_size=2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    replies=st.lists(
+        st.tuples(
+            st.sampled_from([*REPLICAS, "stranger"]),
+            st.sampled_from(["w1", "q1"]),
+            st.one_of(forged_outcomes, st.sampled_from([None, "held", "other"])),
+        ),
+        max_size=12,
+    )
+)
+def test_no_answers_a_replica_can_send_trip_the_invariant(
+    replies: list[tuple[str, str, list[InsertOutcome] | str | None]],
+) -> None:
+    """Any insert or read answers, true or not, to a write and to a read under blocking repair:
+    success or failure, never a violation (an ack is the replica's word; the count is ours)."""
+    net = Network()
+    a, b = mapping("tok_A"), mapping("tok_B", "vb")
+    net.put_durably("r1", a)
+    net.write("w1", a, b)
+    net.read("q1", "tok_A", "tok_B")
+    net.deliver_where(lambda e: isinstance(e.message, ReadRequest) and e.destination != "r3")
+    net.deliver_where(lambda e: isinstance(e.message, ReadReply))  # r1 holds tok_A: repairing
+    assert net.replies == []
+    for source, op_id, answer in replies:
+        message: InsertReply | ReadReply
+        if isinstance(answer, list):
+            tokens = ("tok_A", "tok_B")[: len(answer)]
+            message = InsertReply(op_id=op_id, owner=OWNER, tokens=tokens, outcomes=tuple(answer))
+        else:
+            found = {None: None, "held": a, "other": mapping("tok_A", "other")}[answer]
+            message = ReadReply(
+                op_id=op_id, owner=OWNER, tokens=("tok_A", "tok_B"), mappings=(found, None)
+            )
+        net.absorb(net.coordinator.on_message(source, message))
+    assert all(len(net.replies_for(op_id)) <= 1 for op_id in ("w1", "q1"))

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.effects import Effects, EpochDone, Event, Failure, Timer, TimerKind
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator, EpochLimits, RandomSource
+from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.messages import (
     GENESIS,
     Accept,
+    Accepted,
     Ballot,
     Decide,
     Envelope,
@@ -1007,3 +1009,205 @@ def test_the_deadline_is_short_when_the_failure_detector_holds_no_majority_up(
         assert deadline.due == 10.0 + deadline_s
         # the operation still asks every replica: a peer just back may answer in the grace
         assert {e.destination for e in effects.messages} == set(REPLICAS)
+
+
+# -- invariants: asserted where the proposer decides; never tripped by an acceptor's answer -----
+
+
+class FixedRandom:
+    """A RandomSource with one known salt, so a test can forge this proposer's own value."""
+
+    def random(self) -> float:
+        return 0.5
+
+    def getrandbits(self, k: int, /) -> int:
+        return 0xABC
+
+
+def own_value(op_id: str = "r", epoch: int = 2) -> EpochValue:
+    """The value a rotate `op_id` started at net.now == 0 on a FixedRandom proposes."""
+    return EpochValue(
+        epoch=epoch, salt=f"{0xABC:032x}", requested_by=op_id, requested_at_s=1_700_000_000.0
+    )
+
+
+def rotate_queried() -> Network:
+    """A rotate "r" from epoch 1 on a FixedRandom proposer, its query answered: preparing."""
+    net = Network(rngs={"c1": FixedRandom()})
+    net.rotate("r", expected=1)
+    net.step("r", EpochQuery)
+    return net
+
+
+def test_a_proposer_counting_answers_to_another_ballot_is_stopped_before_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = rotate_queried()
+    net.step("r", Prepare)
+    monkeypatch.setattr(  # the bug: an answer's ballot is no longer compared
+        EpochCoordinator,
+        "_is_current",
+        lambda self, operation, phase, reply: operation.phase is phase,
+    )
+    old = Ballot(round=7, peer="old")
+    stale = as_accepted(forged_promise(accepted=None, decided=None, ballot=old, promised=old))
+    net.coordinators["c1"].on_message("r1", stale, net.now)
+    with pytest.raises(InvariantViolation) as raised:
+        net.coordinators["c1"].on_message("r2", stale, net.now)
+    assert str(raised.value) == (
+        "proposer would report a value chosen with 0 granted Accepted of 3"
+        " at owner acme slot 2 ballot 1.r"
+    )
+    assert net.named("epoch_chosen") == []
+
+
+def test_a_rotate_that_did_not_learn_its_own_value_cannot_answer_rotated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = rotate_queried()
+    monkeypatch.setattr(EpochCoordinator, "_learn", staticmethod(lambda operation, value: None))
+    net.step("r", Prepare)
+    with pytest.raises(
+        InvariantViolation,
+        match=r"^a rotate would answer rotated without its own value at owner acme slot 2",
+    ):
+        net.step("r", Accept)
+    assert net.replies == []
+
+
+def test_a_ballot_carries_one_value() -> None:
+    net = rotate_queried()
+    net.coordinators["c1"]._operations["r"].value = own_value("other")  # corrupted state
+    with pytest.raises(InvariantViolation, match=r"second value at owner acme slot 2 ballot 1\.r$"):
+        net.step("r", Prepare)
+    assert net.sent_of(Accept) == []
+
+
+def test_a_proposed_value_is_of_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = rotate_queried()
+    monkeypatch.setattr(
+        EpochCoordinator, "_own_value", staticmethod(lambda operation: own_value(epoch=3))
+    )
+    with pytest.raises(
+        InvariantViolation, match=r"^proposer would propose epoch 3 at owner acme slot 2"
+    ):
+        net.step("r", Prepare)
+
+
+CURRENT = Ballot(round=1, peer="r")  # the ballot of rotate_queried()'s first prepare
+
+
+def forged_promise(
+    *,
+    accepted: EpochValue | None,
+    decided: EpochValue | None,
+    granted: bool = True,
+    ballot: Ballot = CURRENT,
+    promised: Ballot = CURRENT,
+) -> Promise:
+    return Promise(
+        op_id="r",
+        owner=OWNER,
+        slot=2,
+        ballot=ballot,
+        granted=granted,
+        promised=promised,
+        accepted_ballot=None if accepted is None else Ballot(round=1, peer="old"),
+        accepted_value=accepted,
+        decided=decided,
+    )
+
+
+def as_accepted(promise: Promise) -> Accepted:
+    """The Accepted answer with the promise's ballot, grant, promise and decided value."""
+    return Accepted(
+        op_id=promise.op_id,
+        owner=promise.owner,
+        slot=promise.slot,
+        ballot=promise.ballot,
+        granted=promise.granted,
+        promised=promise.promised,
+        decided=promise.decided,
+    )
+
+
+FOREIGN = EpochValue(epoch=2, salt="ff", requested_by="r", requested_at_s=0.0)
+
+
+@pytest.mark.parametrize(
+    ("accepted", "decided"),
+    [(own_value("old", epoch=3), None), (None, own_value("old", epoch=3)), (None, FOREIGN)],
+    ids=["accepted-of-another-slot", "decided-of-another-slot", "decided-naming-it-not-its-own"],
+)
+def test_an_answer_with_a_foreign_value_is_refused_and_reported(
+    accepted: EpochValue | None, decided: EpochValue | None
+) -> None:
+    """The acceptor's misbehaviour, not ours: reported, ignored; the round goes on."""
+    net = rotate_queried()
+    net.deliver_where(lambda e: isinstance(e.message, Prepare))
+    promise = forged_promise(accepted=accepted, decided=decided, granted=decided is None)
+    effects = net.absorb("c1", net.coordinators["c1"].on_message("r1", promise, net.now))
+    (event,) = effects.events
+    assert event.name == "peer_protocol_conflict" and event.request_id == "r"
+    assert dict(event.details) == {"source": "r1", "what": "foreign_value"}
+    assert effects.messages == [] and effects.replies == []
+    net.run()
+    assert net.reply("r") == EpochDone(
+        op_id="r", owner=OWNER, value=own_value(), rotated=True, failure=None
+    )
+
+
+forged_values = st.sampled_from(
+    [
+        None,
+        own_value(),  # its own value, as an honest acceptor may report it
+        own_value(epoch=3),
+        own_value("other"),
+        own_value("other", epoch=3),
+        FOREIGN,
+    ]
+)
+forged_ballots = st.sampled_from([Ballot(round=1, peer="r"), Ballot(round=2, peer="r")])
+
+
+@st.composite
+def forged_answers(draw: st.DrawFn) -> EpochReport | Promise | Accepted:
+    kind = draw(st.sampled_from(["report", "promise", "accepted"]))
+    decided = draw(forged_values)
+    if kind == "report":
+        return EpochReport(
+            op_id="r",
+            owner=OWNER,
+            decided=decided or GENESIS,
+            accepted_slot=draw(st.integers(1, 3)),
+        )
+    promise = forged_promise(
+        accepted=draw(forged_values),
+        decided=decided,
+        granted=draw(st.booleans()),
+        ballot=draw(forged_ballots),
+        promised=draw(forged_ballots),
+    )
+    return as_accepted(promise) if kind == "accepted" else promise
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 4), st.sampled_from(REPLICAS), forged_answers()), max_size=8
+    )
+)
+def test_no_answers_an_acceptor_can_send_trip_an_invariant(
+    steps: list[tuple[int, str, EpochReport | Promise | Accepted]],
+) -> None:
+    """An honest round with forged answers of the current slot and ballots slipped in at any
+    point: the rotate answers once, and `rotated` only with its own value."""
+    net = Network(rngs={"c1": FixedRandom()})
+    net.rotate("r", expected=1)
+    for honest, source, forged in steps:
+        for _ in range(min(honest, len(net.pending))):
+            net.deliver(net.pending[0])
+        net.absorb("c1", net.coordinators["c1"].on_message(source, forged, net.now))
+    net.settle()
+    (done,) = [r for r in net.replies if r.op_id == "r"]
+    assert not done.rotated or done.value == own_value()

@@ -6,8 +6,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.quorum.helpers import FirstReadMisses
 from tokenvault.quorum.effects import Effects, Event
+from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.messages import (
     Envelope,
     InsertOutcome,
@@ -17,7 +21,7 @@ from tokenvault.quorum.messages import (
     ReadReply,
     ReadRequest,
 )
-from tokenvault.quorum.records import decode_mapping, mapping_key
+from tokenvault.quorum.records import decode_mapping, encode_mapping, mapping_key
 from tokenvault.quorum.replica import Replica
 from tokenvault.store.memory_store import MemoryStore
 
@@ -275,3 +279,69 @@ def test_a_corrupt_record_is_an_alarm_never_overwritten_and_never_returned() -> 
     assert isinstance(read, ReadReply) and read.mappings == (None,)
     assert [e.name for e in effects.events] == ["storage_corrupt"]
     assert harness.store.get(key) == b"\x07garbage"
+
+
+# -- invariant: a replica never overwrites a mapping ----------------------------------------------
+
+
+@pytest.mark.parametrize("held", ["mapping", "corrupt record"])
+def test_a_handler_that_would_overwrite_what_is_held_is_stopped_at_the_write(held: str) -> None:
+    """The loop decides on a stale read (a lying view); the check at the write reads again."""
+    harness = Harness()
+    key = mapping_key(OWNER, "tok_A")
+    raw = encode_mapping(mapping()) if held == "mapping" else b"\x07garbage"
+    harness.store.stage([(key, raw)])
+    harness.store.sync()
+    harness.replica = Replica(peer_id="r1", storage=FirstReadMisses(harness.store, key))
+    with pytest.raises(InvariantViolation) as raised:
+        harness.insert(mapping(value=OTHER_SECRET))
+    harness.values_seen.add(OTHER_SECRET)
+    assert str(raised.value) == "replica would overwrite a mapping: owner acme token prefix tok_A"
+    assert harness.store.get(key) == raw and not harness.store.has_unsynced()
+
+
+def test_one_key_is_never_written_twice_in_one_batch() -> None:
+    """A request repeating a token is refused when built; were one to get through, the replica
+    would find the key empty twice and write it twice: the second write an overwrite."""
+    harness = Harness()
+    twice = (mapping(), mapping(value=OTHER_SECRET))
+    with pytest.raises(ValueError, match="repeats a token"):
+        InsertRequest(op_id="dup", owner=OWNER, mappings=twice)
+    request = object.__new__(InsertRequest)
+    for name, field_value in (("op_id", "dup"), ("owner", OWNER), ("mappings", twice)):
+        object.__setattr__(request, name, field_value)
+    object.__setattr__(request, "repair", False)
+    with pytest.raises(InvariantViolation, match="would overwrite a mapping: owner acme"):
+        harness.deliver("coord", request)
+    assert harness.store.get(mapping_key(OWNER, "tok_A")) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.lists(
+                st.tuples(st.sampled_from(["tA", "tB", "tC"]), st.sampled_from(["v1", "v2"])),
+                min_size=1,
+                max_size=3,
+                unique_by=lambda pair: pair[0],
+            ),
+            st.integers(1, 2),
+            st.booleans(),
+        ),
+        max_size=12,
+    ),
+    corrupt=st.booleans(),
+)
+def test_no_sequence_of_inserts_trips_the_invariant(
+    batches: list[tuple[list[tuple[str, str]], int, bool]], corrupt: bool
+) -> None:
+    """Identical retries, conflicts, repairs and a corrupt record are all answered."""
+    harness = Harness()
+    if corrupt:
+        harness.store.stage([(mapping_key(OWNER, "tC"), b"\x07garbage")])
+    for pairs, epoch, repair in batches:
+        mappings = tuple(mapping(token, value, epoch=epoch) for token, value in pairs)
+        request = InsertRequest(op_id="op", owner=OWNER, mappings=mappings, repair=repair)
+        reply = only_reply(harness.deliver("coord", request))  # a violation would raise here
+        assert len(reply.outcomes) == len(mappings)

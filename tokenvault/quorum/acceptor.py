@@ -10,12 +10,20 @@ Rules:
   restarts too, because the record is durable before the answer leaves (persist before send).
 - An accepted value's epoch is its slot. A decided value is final: a Decide that disagrees with
   what is already decided is a safety alarm, reported, never applied.
+- One ballot, one value: an Accept at the ballot already accepted here with another value (a
+  proposer that broke Paxos: a bug or a hostile peer) is the same alarm, refused.
 - An EpochQuery changes nothing: it reports the highest decided value and accepted slot.
+
+Invariants (invariants.py), asserted on every record write against the record it replaces, so
+no peer message can break them (the rules above refuse what would): a promise never decreases;
+an accepted value is never forgotten nor changed at its ballot, and its epoch is its slot; a
+decided value never changes; the fence (decided and accepted slot) never falls.
 """
 
 from __future__ import annotations
 
 from tokenvault.quorum.effects import Effects, Event
+from tokenvault.quorum.invariants import require
 from tokenvault.quorum.messages import (
     Accept,
     Accepted,
@@ -103,7 +111,7 @@ class Acceptor:
                 accepted_ballot=state.accepted_ballot,
                 accepted_value=state.accepted_value,
             )
-            effects.writes.append((acceptor_key(owner, slot), encode_acceptor_slot(state)))
+            self._write_slot(owner, slot, state, effects)
         effects.events.append(
             self._step(
                 "paxos_promise" if granted else "paxos_reject_prepare",
@@ -129,19 +137,29 @@ class Acceptor:
     def _on_accept(self, source: str, accept: Accept) -> Effects:
         effects = Effects()
         owner, slot, ballot = accept.owner, accept.slot, accept.ballot
-        assert accept.value.epoch == slot
         decided = read_decided(self._storage, owner, slot)
         state = read_acceptor_slot(self._storage, owner, slot)
         granted = decided is None and ballot >= state.promised
+        if granted and state.accepted_ballot == ballot and state.accepted_value != accept.value:
+            granted = False  # a second value at one ballot: the proposer's misbehaviour
+            effects.events.append(
+                Event(
+                    name="paxos_disagreement",
+                    owner=owner,
+                    request_id=accept.op_id,
+                    epoch=slot,
+                    details=(("slot", slot), ("found_by", "accept")),
+                )
+            )
         if granted:
             state = AcceptorSlot(
                 promised=ballot, accepted_ballot=ballot, accepted_value=accept.value
             )
-            effects.writes.append((acceptor_key(owner, slot), encode_acceptor_slot(state)))
+            self._write_slot(owner, slot, state, effects)
             meta = read_epoch_meta(self._storage, owner)
             if slot > meta.accepted_slot:
                 meta = EpochMeta(decided_slot=meta.decided_slot, accepted_slot=slot)
-                effects.writes.append((epoch_meta_key(owner), encode_epoch_meta(meta)))
+                self._write_meta(owner, meta, effects)
         effects.events.append(
             self._step(
                 "paxos_accept" if granted else "paxos_reject_accept",
@@ -178,11 +196,11 @@ class Acceptor:
                     )
                 )
             return effects
-        effects.writes.append((decided_key(owner, value.epoch), encode_decided(value)))
+        self._write_decided(owner, value, effects)
         meta = read_epoch_meta(self._storage, owner)
         if value.epoch > meta.decided_slot:
             meta = EpochMeta(decided_slot=value.epoch, accepted_slot=meta.accepted_slot)
-            effects.writes.append((epoch_meta_key(owner), encode_epoch_meta(meta)))
+            self._write_meta(owner, meta, effects)
         effects.events.append(
             Event(
                 name="epoch_learned",
@@ -194,6 +212,52 @@ class Acceptor:
         )
         return effects
 
+    # -- the only writers of acceptor records: each checks the record it replaces --------------
+    # One more read per write: acceptor records are rare (a few per rotate and owner).
+
+    def _write_slot(self, owner: str, slot: int, new: AcceptorSlot, effects: Effects) -> None:
+        stored = read_acceptor_slot(self._storage, owner, slot)
+        where = f"owner {owner} slot {slot}"
+        require(
+            new.promised >= stored.promised,
+            f"acceptor would lower its promise: {where}, ballot {_text(new.promised)}"
+            f" below {_text(stored.promised)}",
+        )
+        require(
+            stored.accepted_ballot is None or new.accepted_ballot is not None,
+            f"acceptor would forget the value it accepted at {where}",
+        )
+        if new.accepted_ballot is not None and new.accepted_ballot == stored.accepted_ballot:
+            require(
+                new.accepted_value == stored.accepted_value,
+                f"acceptor would change the value accepted at {where},"
+                f" ballot {_text(new.accepted_ballot)}",
+            )
+        elif new.accepted_value is not None:
+            require(
+                new.accepted_value.epoch == slot,
+                f"acceptor would accept epoch {new.accepted_value.epoch} at {where}",
+            )
+        effects.writes.append((acceptor_key(owner, slot), encode_acceptor_slot(new)))
+
+    def _write_decided(self, owner: str, value: EpochValue, effects: Effects) -> None:
+        held = read_decided(self._storage, owner, value.epoch)
+        require(
+            held is None or held == value,
+            f"acceptor would change the decided value of owner {owner} slot {value.epoch}",
+        )
+        effects.writes.append((decided_key(owner, value.epoch), encode_decided(value)))
+
+    def _write_meta(self, owner: str, new: EpochMeta, effects: Effects) -> None:
+        stored = read_epoch_meta(self._storage, owner)
+        require(
+            new.decided_slot >= stored.decided_slot and new.accepted_slot >= stored.accepted_slot,
+            f"acceptor would lower the fence of owner {owner}: decided slot"
+            f" {stored.decided_slot} -> {new.decided_slot}, accepted slot"
+            f" {stored.accepted_slot} -> {new.accepted_slot}",
+        )
+        effects.writes.append((epoch_meta_key(owner), encode_epoch_meta(new)))
+
     @staticmethod
     def _step(name: str, op_id: str, owner: str, slot: int, ballot: Ballot) -> Event:
         return Event(
@@ -201,5 +265,9 @@ class Acceptor:
             owner=owner,
             request_id=op_id,
             epoch=slot,
-            details=(("slot", slot), ("ballot", f"{ballot.round}.{ballot.peer}")),
+            details=(("slot", slot), ("ballot", _text(ballot))),
         )
+
+
+def _text(ballot: Ballot) -> str:
+    return f"{ballot.round}.{ballot.peer}"

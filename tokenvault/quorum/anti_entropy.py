@@ -12,6 +12,9 @@ Theory of operation, one pass (at most one in flight per peer, one started per
    answers which tokens it lacks, which the initiator then pushes.
 A token held with different records on the two sides is an integrity alarm, never an overwrite
 (a repair insert answers CONFLICT and the replica reports it).
+Anti-entropy writes no record itself: a learned epoch is a Decide to this peer's acceptor, a
+copied mapping a repair insert to a replica, and their writes are checked there (invariants.py:
+a decided value never changes, a mapping is never overwritten).
 
 Bounds: `buckets_per_pass_max`, `keys_per_page_max`, `pages_per_pass_max`, and
 `pass_timeout_s`: a pass whose partner stays silent that long ends `timed_out` (a pass that

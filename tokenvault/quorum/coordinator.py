@@ -21,6 +21,13 @@ Theory of operation:
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
   reads are idempotent), until the operation's deadline.
 - Time arrives as `now`; the core has no clock, no randomness and no I/O.
+- A FENCED answer to a repair breaks the protocol (repairs are never fenced): a buggy or
+  hostile replica. It is refused, the replica counts as no holder, and it is reported
+  (`peer_protocol_conflict`).
+
+Invariant (invariants.py): success is answered only with W durable acknowledgements. When the
+core answers a write or a read as successful, every mapping of the write, and every mapping the
+read returns, is durably held by at least W distinct replicas of the owner's preference list.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from tokenvault.quorum.effects import (
     WriteDone,
 )
 from tokenvault.quorum.hinted_handoff import HintedHandoff
+from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.messages import (
     Envelope,
     InsertOutcome,
@@ -90,6 +98,17 @@ class _Operation:
 def _epoch_of(operation: _Operation) -> int:
     """The epoch its log lines name: of its mappings; 0 for a read that found none yet."""
     return highest_epoch(operation.mappings.values())
+
+
+def _event(operation: _Operation, name: str, *details: tuple[str, str | int]) -> Event:
+    """A log line about an operation: its owner, its id and the epoch of its mappings."""
+    return Event(
+        name=name,
+        owner=operation.owner,
+        request_id=operation.op_id,
+        epoch=_epoch_of(operation),
+        details=details,
+    )
 
 
 class Coordinator:
@@ -199,15 +218,11 @@ class Coordinator:
         if timer.kind is TimerKind.DEADLINE:
             effects = Effects()
             effects.events.append(
-                Event(
-                    name="quorum_failed",
-                    owner=operation.owner,
-                    request_id=operation.op_id,
-                    epoch=_epoch_of(operation),
-                    details=(
-                        ("phase", operation.phase.value),
-                        ("answered", len(operation.answered)),
-                    ),
+                _event(
+                    operation,
+                    "quorum_failed",
+                    ("phase", operation.phase.value),
+                    ("answered", len(operation.answered)),
                 )
             )
             self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
@@ -277,6 +292,15 @@ class Coordinator:
     def _on_insert_reply(self, operation: _Operation, source: str, reply: InsertReply) -> Effects:
         effects = Effects()
         operation.answered.add(source)
+        if operation.phase is _Phase.REPAIRING and InsertOutcome.FENCED in reply.outcomes:
+            effects.events.append(
+                _event(
+                    operation,
+                    "peer_protocol_conflict",
+                    ("source", source),
+                    ("what", "fenced_repair"),
+                )
+            )
         for token, outcome in zip(reply.tokens, reply.outcomes, strict=True):
             if token not in operation.mappings:
                 continue
@@ -285,21 +309,14 @@ class Coordinator:
             elif operation.phase is _Phase.LINGERING:
                 continue  # answered already; what a lagging replica refuses, hints cannot fix
             elif outcome is InsertOutcome.FENCED:
-                assert operation.phase is _Phase.WRITING, "repairs are never fenced"
+                if operation.phase is not _Phase.WRITING:
+                    continue  # a fenced repair, reported above: no holder
                 operation.fenced.add(source)
                 if len(operation.replicas) - len(operation.fenced) < self._quorum.write_quorum:
                     self._finish(operation, Failure.FENCED, effects)
                     return effects
             else:
-                effects.events.append(
-                    Event(
-                        name="integrity_conflict",
-                        owner=operation.owner,
-                        request_id=operation.op_id,
-                        epoch=_epoch_of(operation),
-                        details=(("replica", source),),
-                    )
-                )
+                effects.events.append(_event(operation, "integrity_conflict", ("replica", source)))
                 self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
                 return effects
         if operation.phase is _Phase.LINGERING:
@@ -340,15 +357,7 @@ class Coordinator:
         for index, token in enumerate(operation.tokens):
             seen = {r[index] for r in operation.responses.values()} - {None}
             if len(seen) > 1:
-                effects.events.append(
-                    Event(
-                        name="integrity_conflict",
-                        owner=operation.owner,
-                        request_id=operation.op_id,
-                        epoch=_epoch_of(operation),
-                        details=(("phase", "read"),),
-                    )
-                )
+                effects.events.append(_event(operation, "integrity_conflict", ("phase", "read")))
                 self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
                 return effects
             if seen:
@@ -366,13 +375,7 @@ class Coordinator:
             1 for holders in operation.holders.values() if len(holders) < self._quorum.write_quorum
         )
         effects.events.append(
-            Event(
-                name="read_repair",
-                owner=operation.owner,
-                request_id=operation.op_id,
-                epoch=_epoch_of(operation),
-                details=(("mappings", behind), ("blocking", 1)),
-            )
+            _event(operation, "read_repair", ("mappings", behind), ("blocking", 1))
         )
         operation.answered.clear()
         self._send_inserts(operation, operation.replicas, effects)
@@ -382,7 +385,22 @@ class Coordinator:
         quorum = self._quorum.write_quorum
         return all(len(holders) >= quorum for holders in operation.holders.values())
 
+    def _require_write_quorum(self, operation: _Operation) -> None:
+        """A success needs every mapping held durably by W distinct replicas of the owner."""
+        quorum = self._quorum.write_quorum
+        replicas = frozenset(operation.replicas)
+        for token in operation.mappings:
+            holders = operation.holders.get(token, set())
+            if len(holders & replicas) < quorum:
+                raise InvariantViolation(
+                    f"coordinator would answer success below W ({operation.phase.value}):"
+                    f" owner {operation.owner} token prefix {token[:8]}"
+                    f" epoch {_epoch_of(operation)}: {len(holders & replicas)} of {quorum}"
+                )
+
     def _finish(self, operation: _Operation, failure: Failure | None, effects: Effects) -> None:
+        if failure is None:
+            self._require_write_quorum(operation)
         if operation.phase is _Phase.WRITING:
             effects.replies.append(
                 WriteDone(op_id=operation.op_id, owner=operation.owner, failure=failure)
@@ -402,13 +420,7 @@ class Coordinator:
         lagging = [r for r in operation.responses if operation.lacking(r)]
         if lagging:
             effects.events.append(
-                Event(
-                    name="read_repair",
-                    owner=operation.owner,
-                    request_id=operation.op_id,
-                    epoch=_epoch_of(operation),
-                    details=(("replicas", len(lagging)), ("blocking", 0)),
-                )
+                _event(operation, "read_repair", ("replicas", len(lagging)), ("blocking", 0))
             )
             self._send_inserts(operation, lagging, effects)
         effects.replies.append(

@@ -17,9 +17,14 @@ Refusals (higher promises) from more acceptors than a majority can spare mean a 
 for a jittered, growing delay drawn from the injected random source, then prepare again with a
 higher round, `attempts_max` times at most.
 An acceptor that already decided the slot answers with the value: it is learned (and spread).
+An answer whose decided or accepted value is not of its slot, or that names this operation as
+the requester of a value that is not its own, breaks the protocol (a buggy or hostile acceptor):
+it is refused and reported (`peer_protocol_conflict`).
 
-Invariants: at most one value is chosen per slot (Paxos), this core only counts answers to the
-ballot and slot of its current phase, and a rotate answers `rotated` only for its own value.
+Invariants: at most one value is chosen per slot (Paxos), and this core only counts answers to
+the ballot and slot of its current phase. Asserted (invariants.py): a ballot carries one value,
+of its slot; a value is reported chosen only with a majority of granted Accepted for its slot
+and ballot from distinct replicas; a rotate answers `rotated` only with its own value.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tokenvault.quorum.effects import Effects, EpochDone, Event, Failure, Timer, TimerKind
+from tokenvault.quorum.invariants import require
 from tokenvault.quorum.messages import (
     Accept,
     Accepted,
@@ -193,10 +199,16 @@ class EpochCoordinator:
             operation.answered[source] = message
             self._learn(operation, message.decided)
             self._after_query(operation, effects)
-        elif isinstance(message, Promise) and self._is_current(operation, _Phase.PREPARE, message):
-            self._on_promise(operation, source, message, now, effects)
-        elif isinstance(message, Accepted) and self._is_current(operation, _Phase.ACCEPT, message):
-            self._on_accepted(operation, source, message, now, effects)
+        elif isinstance(message, Promise | Accepted):
+            phase = _Phase.PREPARE if isinstance(message, Promise) else _Phase.ACCEPT
+            if not self._is_current(operation, phase, message):
+                return effects
+            if self._breaks_protocol(operation, source, message, effects):
+                return effects
+            if isinstance(message, Promise):
+                self._on_promise(operation, source, message, now, effects)
+            else:
+                self._on_accepted(operation, source, message, now, effects)
         return effects
 
     def on_timer(self, timer: Timer, now: float) -> Effects:
@@ -291,17 +303,16 @@ class EpochCoordinator:
             and operation.expected is not None
             and (operation.slot == operation.expected + 1)
         ):
-            value = EpochValue(
-                epoch=operation.slot,
-                salt=operation.own_value_salt,
-                requested_by=operation.op_id,
-                requested_at_s=operation.requested_at_s,
-            )
+            value = self._own_value(operation)
         else:
             # A majority accepted nothing at this slot: nothing was chosen there.
             self._finish(operation, None, effects)
             return
-        assert value.epoch == operation.slot
+        where = self._where(operation)
+        require(operation.value is None, f"proposer would propose a second value at {where}")
+        require(
+            value.epoch == operation.slot, f"proposer would propose epoch {value.epoch} at {where}"
+        )
         operation.phase = _Phase.ACCEPT
         operation.value = value
         operation.answered = {}
@@ -322,6 +333,20 @@ class EpochCoordinator:
             return
         value = operation.value
         assert value is not None and value.epoch == operation.slot
+        votes = sum(
+            1
+            for replica, answer in operation.answered.items()
+            if replica in operation.replicas
+            and isinstance(answer, Accepted)
+            and answer.granted
+            and answer.slot == operation.slot
+            and answer.ballot == operation.ballot
+        )
+        require(
+            votes >= majority(len(operation.replicas)),
+            f"proposer would report a value chosen with {votes} granted Accepted of"
+            f" {len(operation.replicas)} at {self._where(operation)}",
+        )
         effects.events.append(
             self._event(
                 operation,
@@ -393,6 +418,44 @@ class EpochCoordinator:
             and reply.ballot == operation.ballot
         )
 
+    def _breaks_protocol(
+        self, operation: _Operation, source: str, reply: Promise | Accepted, effects: Effects
+    ) -> bool:
+        """Whether the answer carries a value not of its slot, or one that names this operation
+        as its requester but is not its own value; if so it is reported, for the caller to
+        refuse."""
+        values = (reply.decided, reply.accepted_value if isinstance(reply, Promise) else None)
+        if all(
+            value is None
+            or (
+                value.epoch == operation.slot
+                and (value.requested_by != operation.op_id or value == self._own_value(operation))
+            )
+            for value in values
+        ):
+            return False
+        effects.events.append(
+            self._event(
+                operation, "peer_protocol_conflict", ("source", source), ("what", "foreign_value")
+            )
+        )
+        return True
+
+    @staticmethod
+    def _own_value(operation: _Operation) -> EpochValue:
+        """The value this operation proposes (a rotate, at the slot after its expected epoch)."""
+        return EpochValue(
+            epoch=operation.slot,
+            salt=operation.own_value_salt,
+            requested_by=operation.op_id,
+            requested_at_s=operation.requested_at_s,
+        )
+
+    @staticmethod
+    def _where(operation: _Operation) -> str:
+        ballot = operation.ballot
+        return f"owner {operation.owner} slot {operation.slot} ballot {ballot.round}.{ballot.peer}"
+
     @staticmethod
     def _learn(operation: _Operation, value: EpochValue) -> None:
         if operation.known is None or value.epoch > operation.known.epoch:
@@ -439,6 +502,10 @@ class EpochCoordinator:
         value = None if failure is not None else operation.known
         assert failure is not None or value is not None
         if rotated:
+            require(
+                value == self._own_value(operation),
+                f"a rotate would answer rotated without its own value at {self._where(operation)}",
+            )
             effects.events.append(
                 self._event(operation, "epoch_rotated", epoch=value.epoch if value else None)
             )

@@ -15,11 +15,18 @@ Rules:
   an insert and "not held" to a read, and never overwritten.
 - Its replies leave only after the driver made all staged writes durable: a STORED or IDENTICAL
   answer means "fsync'd here".
+
+Invariant (invariants.py): a replica never overwrites a mapping. Before an insert's writes are
+emitted, each key is read again and must be empty, and no key is written twice (one more read
+per new mapping, a pair to the decision in the loop: measured, 0.3 us, a seventh of an insert).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tokenvault.quorum.effects import Effects, Event
+from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.merkle import OwnerDigests
 from tokenvault.quorum.messages import (
     Envelope,
@@ -130,6 +137,7 @@ class Replica:
                         details=(("token_prefix", mapping.token[:8]), ("source", source)),
                     )
                 )
+        _require_insert_once(request.owner, new, read)
         effects.writes.extend((key, record) for _, key, record in new)
         self.digests.add_many(request.owner, new)
         counts = (
@@ -184,3 +192,16 @@ class Replica:
             next_slot_accepted=next_slot.accepted_ballot,
         )
         return Effects(messages=[Envelope(source=self._peer_id, destination=source, message=view)])
+
+
+def _require_insert_once(
+    owner: str, new: list[tuple[str, bytes, bytes]], read: Callable[[bytes], bytes | None]
+) -> None:
+    """Every mapping write is for a key that is empty now, and for a key written once."""
+    keys = set()
+    for token, key, _ in new:
+        if key in keys or read(key) is not None:
+            raise InvariantViolation(
+                f"replica would overwrite a mapping: owner {owner} token prefix {token[:8]}"
+            )
+        keys.add(key)

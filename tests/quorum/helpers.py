@@ -1,0 +1,27 @@
+"""Test doubles shared by the core tests of this package."""
+
+from __future__ import annotations
+
+from tokenvault.quorum.records import StorageView
+
+
+class FirstReadMisses:
+    """A storage view that lies: the first read of each key under `prefix` finds nothing, every
+    later read the truth. A core's handler reads first and decides on the lie, as a handler
+    that read a stale copy would; the check at its write reads again and sees the truth."""
+
+    def __init__(self, storage: StorageView, prefix: bytes) -> None:
+        self._storage = storage
+        self._prefix = prefix
+        self._read: set[bytes] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        if key.startswith(self._prefix) and key not in self._read:
+            self._read.add(key)
+            return None
+        return self._storage.get(key)
+
+    def scan(
+        self, prefix: bytes, *, start_after: bytes | None = None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        return self._storage.scan(prefix, start_after=start_after, limit=limit)
