@@ -210,7 +210,9 @@ class PeerCore:
         secret: bytes,
         rng: RandomSource,
         now: float,
-        limits: PeerLimits = field(default_factory=PeerLimits),
+        # Fix: was `field(default_factory=PeerLimits)`, which outside a dataclass is a Field
+        # object, not limits (a core built without `limits` failed). PeerLimits is frozen.
+        limits: PeerLimits = PeerLimits(),
     ) -> None:
         """Builds every core from the store: what a peer is when its process starts."""
         assert peer_id in ring.peer_ids, "a peer runs on its own ring"
