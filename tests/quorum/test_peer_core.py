@@ -463,12 +463,6 @@ def test_a_storage_error_while_staging_is_a_storage_fault() -> None:
     assert sent(retried, InsertReply)["p2"].outcomes == (InsertOutcome.STORED,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (replica.py): Replica._on_insert adds a new mapping to its digests before the "
-    "core stages the write; when staging fails (StorageFull under load) the digest keeps a "
-    "mapping the store does not hold, and the retry XORs it out again",
-)
 def test_a_failed_stage_leaves_the_replica_digests_as_the_store_is() -> None:
     store = FailingStore()
     peer = Peer(store=store)
@@ -570,6 +564,22 @@ def test_pending_timers_are_bounded_and_the_dropped_counted() -> None:
         peer.start(tokenize(op_id))
     statistics = peer.core.statistics()
     assert (statistics.timers_pending, statistics.timers_dropped) == (3, 3)
+
+
+def test_a_client_operation_the_cores_never_end_is_answered_at_its_deadline() -> None:
+    """With every timer dropped (timers_max=0) the write has no deadline of its own: the
+    peer core's last-resort deadline answers the client anyway, and forgets the operation."""
+    peer = Peer(PeerLimits(timers_max=0, client_deadline_s=10.0))
+    started = peer.start(tokenize())
+    assert peer.advance_to(9.9).answers == []
+    expired = peer.advance_to(10.5)  # checked at each heartbeat tick (every 0.5 s)
+    assert expired.answers == [failed_answer(tokenize(), Failure.INTERNAL_ERROR, None, 1)]
+    (event,) = [e for e in expired.events if e.name == "client_operation_expired"]
+    assert (event.owner, event.request_id) == (OWNER, "c1")
+    assert peer.core.statistics().client_operations == 0
+    late = answer_inserts(peer, started, InsertOutcome.STORED)  # nothing waits for them
+    assert late.answers == []
+    assert peer.start(tokenize("c2")).answers == []  # the peer goes on
 
 
 # -- owner inspection --------------------------------------------------------------------------

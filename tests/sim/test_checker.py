@@ -251,7 +251,9 @@ def test_core_exceptions_and_liveness() -> None:
     assert "op c1-5 never completed" in summaries
     assert any("did not quiesce" in text for text in summaries)
     assert any("liveness read c1-6 through p1 failed" in text for text in summaries)
-    assert any("AssertionError: x escaped the replica core of p2" in text for text in summaries)
+    assert any(
+        "AssertionError: x raised by the replica core call of p2" in text for text in summaries
+    )
 
 
 def test_a_violation_renders_its_operations_and_events() -> None:

@@ -7,9 +7,13 @@ holds. They reach into private methods on purpose: the rule they hold is what is
 - early-ack: the peer core releases its replica's answers before the store is durable (it skips
   "persist before send"), so an acknowledgement no longer means fsync'd;
 - write-quorum-one: the coordinator counts a write (or a repair) done after one durable
-  acknowledgement instead of W;
+  acknowledgement instead of W. The coordinator's own assertion (`_require_write_quorum`) refuses
+  the success: the peer core contains it, so no client sees the bug, and the run fails on
+  `no-core-exception`;
+- write-quorum-one-unasserted: the same with that assertion off, so that the checker's own
+  client-visible invariants are shown to catch it too;
 - no-blocking-read-repair: a read answers as soon as R replicas did, without first writing a
-  mapping found on fewer than W replicas back to W;
+  mapping found on fewer than W replicas back to W (the same assertion catches it);
 - forgetful-acceptor: an acceptor's prepare ignores the promise it stored (as an acceptor that
   kept promises in memory would after a restart);
 - proposer-skips-adoption: a proposer with a majority of promises proposes its own value even
@@ -65,6 +69,11 @@ def _never_wait_for_durability(self: PeerCore, effects: Effects, *, from_storage
 class WriteQuorumOfOne(Coordinator):
     def _write_quorum_reached(self, operation: Any) -> bool:
         return all(len(holders) >= 1 for holders in operation.holders.values())
+
+
+class WriteQuorumOfOneUnasserted(WriteQuorumOfOne):
+    def _require_write_quorum(self, operation: Any) -> None:
+        pass  # the coordinator's own assertion is off: only the checker is left to catch it
 
 
 class NoBlockingReadRepair(Coordinator):
@@ -131,6 +140,7 @@ class Mutation:
     apply: Callable[[pytest.MonkeyPatch], None]
     expected: frozenset[str]  # the first failing seed shows at least one of these
     black_box: bool  # a client-visible invariant also catches it within the sweep
+    caught_in_core: bool = False  # a core's own assertion catches it first (no-core-exception)
 
 
 MUTATIONS = (
@@ -143,14 +153,22 @@ MUTATIONS = (
     Mutation(
         "write-quorum-one",
         lambda mp: mp.setattr(peer_core_module, "Coordinator", WriteQuorumOfOne),
+        frozenset({"no-core-exception"}),
+        black_box=False,  # the assertion refuses the success: no client sees the bug
+        caught_in_core=True,
+    ),
+    Mutation(
+        "write-quorum-one-unasserted",
+        lambda mp: mp.setattr(peer_core_module, "Coordinator", WriteQuorumOfOneUnasserted),
         frozenset({"answers-are-durable", "acknowledged-write-visible"}),
         black_box=True,
     ),
     Mutation(
         "no-blocking-read-repair",
         lambda mp: mp.setattr(peer_core_module, "Coordinator", NoBlockingReadRepair),
-        frozenset({"answers-are-durable", "reads-never-go-back"}),
+        frozenset({"no-core-exception"}),
         black_box=False,
+        caught_in_core=True,
     ),
     Mutation(
         "forgetful-acceptor",
@@ -208,6 +226,8 @@ def test_the_sweep_catches_a_broken_rule_and_the_replay_reproduces_it(
     failed = _first_failure(lambda r: not r.passed)
     assert failed is not None, f"{mutation.name}: no seed of 1..{SWEEP_SEEDS} failed"
     assert {v.invariant for v in failed.violations} & mutation.expected
+    if mutation.caught_in_core:  # contained: the peer logged it and went on
+        assert any("InvariantViolation" in v.summary for v in failed.violations)
 
     # The CLI sweep up to that seed fails, prints the report and a replay command.
     seed = failed.seed

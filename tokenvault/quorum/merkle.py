@@ -65,6 +65,19 @@ class OwnerDigests:
                 added += 1
         self._counts[owner] = self._counts.get(owner, 0) + added
 
+    def remove_many(self, owner: str, mappings: Iterable[tuple[str, bytes, bytes]]) -> None:
+        """Forgets (token, key, record) mappings added but never held (their write was lost)."""
+        leaves = self._leaves.get(owner)
+        if leaves is None:
+            return
+        removed = 0
+        for token, key, record in mappings:
+            bucket = bucket_of(token)
+            if bucket is not None:
+                leaves[bucket] ^= mapping_hash(key, record)  # XOR: adding twice removes
+                removed += 1
+        self._counts[owner] = self._counts.get(owner, 0) - removed
+
     def count(self, owner: str) -> int:
         return self._counts.get(owner, 0)
 

@@ -161,7 +161,6 @@ class _Core:
     COORDINATOR = "coordinator"
     EPOCH_COORDINATOR = "epoch_coordinator"
     INSPECTION = "inspection"
-    CLIENT = "client"  # a client operation's last-resort deadline
 
 
 @dataclass(slots=True)
@@ -250,6 +249,7 @@ class PeerCore:
         }
         self._token_makers: dict[tuple[str, int, str], TokenMaker] = {}
         self._clients: dict[str, _ClientState] = {}  # client op id -> its state
+        self._client_started: dict[str, float] = {}  # client op id -> when, oldest first
         self._core_ops: dict[str, str] = {}  # core op id -> the client op it serves
         self._timers: list[tuple[float, int, str, Timer]] = []
         self._timer_sequence = itertools.count()
@@ -363,10 +363,7 @@ class PeerCore:
             # nothing to store: the answer needs no replica
             step.answers.append(self._tokenized(operation, self.known_epoch(operation.owner)))
             return self._finish(step)
-        # Not bounded by timers_max: client operations are bounded by themselves.
-        due = now + self.limits.client_deadline_s
-        deadline = Timer(kind=TimerKind.DEADLINE, op_id=op_id, due=due)
-        heapq.heappush(self._timers, (due, next(self._timer_sequence), _Core.CLIENT, deadline))
+        self._client_started[op_id] = now
         if isinstance(operation, Tokenize):
             state = _Tokenizing(operation=operation, epoch=self.known_epoch(operation.owner))
             self._clients[op_id] = state
@@ -389,6 +386,7 @@ class PeerCore:
         if now >= self._next_tick:
             self._next_tick = now + self.limits.detector.heartbeat_interval_s
             step.ticked = True
+            self._expire_clients(step, now)
             self._tick(step, now)
         return self._finish(step)
 
@@ -451,11 +449,17 @@ class PeerCore:
         core raised (the input is dropped)."""
         try:
             effects = call()
-            if effects.writes:
-                self._storage.stage(effects.writes)
         except Exception as error:  # contained: see the module's rules
             self._contain(step, core, what, error)
             return False
+        if effects.writes:
+            try:
+                self._storage.stage(effects.writes)
+            except Exception as error:
+                # The store refused them (StorageFull): what the replica counted is undone.
+                self.replica.forget_unstaged(effects.writes)
+                self._contain(step, core, what, error)
+                return False
         writes = effects.writes
         if writes:
             self._staged_ticket += 1
@@ -542,10 +546,6 @@ class PeerCore:
         heapq.heappush(self._timers, (timer.due, next(self._timer_sequence), core, timer))
 
     def _fire(self, step: Step, core: str, timer: Timer, now: float) -> None:
-        if core == _Core.CLIENT:
-            if timer.op_id in self._clients:
-                self._expire_client(step, timer.op_id)
-            return
         if core == _Core.INSPECTION:
             state = self._clients.get(timer.op_id)
             if isinstance(state, _Inspecting):
@@ -643,7 +643,7 @@ class PeerCore:
             assert reply.value is not None
             self._note_epoch(step, reply.owner, reply.value)
         assert isinstance(reply, ReadDone | EpochDone)
-        del self._clients[client_op]
+        self._end_client(client_op)
         step.answers.append(replace(reply, op_id=client_op))
 
     def _write_tokens(self, step: Step, state: _Tokenizing) -> None:
@@ -679,7 +679,7 @@ class PeerCore:
             learn = LearnEpoch(op_id=operation.op_id, owner=operation.owner)
             self._start_core_op(step, operation.op_id, f"{operation.op_id}/l{state.writes}", learn)
             return
-        del self._clients[operation.op_id]
+        self._end_client(operation.op_id)
         if reply.failure is not None:
             step.answers.append(failed_answer(operation, reply.failure, state.epoch, state.writes))
         else:
@@ -688,7 +688,7 @@ class PeerCore:
     def _on_tokenize_learned(self, step: Step, state: _Tokenizing, reply: EpochDone) -> None:
         operation = state.operation
         if reply.failure is not None:
-            del self._clients[operation.op_id]
+            self._end_client(operation.op_id)
             step.answers.append(failed_answer(operation, reply.failure, None, state.writes))
             return
         assert reply.value is not None
@@ -722,12 +722,26 @@ class PeerCore:
     def _fail_client(self, step: Step, core_op: str, failure: Failure) -> None:
         """The client operation that `core_op` serves ends with `failure`."""
         client_op = self._core_ops.pop(core_op, core_op)
-        state = self._clients.pop(client_op, None)
+        state = self._end_client(client_op)
         if state is None:
             return
         operation = state.operation if isinstance(state, _Tokenizing | _Inspecting) else state
         writes = state.writes if isinstance(state, _Tokenizing) else 0
         step.answers.append(failed_answer(operation, failure, None, writes))
+
+    def _end_client(self, client_op: str) -> _ClientState | None:
+        self._client_started.pop(client_op, None)
+        return self._clients.pop(client_op, None)
+
+    def _expire_clients(self, step: Step, now: float) -> None:
+        """Client operations started `client_deadline_s` ago or more are answered; the oldest
+        come first (insertion order), so this stops at the first that is young enough."""
+        oldest = now - self.limits.client_deadline_s
+        expired = list(
+            itertools.takewhile(lambda item: item[1] <= oldest, self._client_started.items())
+        )
+        for client_op, _ in expired:
+            self._expire_client(step, client_op)
 
     def _expire_client(self, step: Step, client_op: str) -> None:
         """A client operation outlived `client_deadline_s`: it fails, and the coordinated
@@ -778,7 +792,7 @@ class PeerCore:
 
     def _answer_inspection(self, step: Step, state: _Inspecting) -> None:
         operation = state.operation
-        del self._clients[operation.op_id]
+        self._end_client(operation.op_id)
         step.answers.append(
             Inspected(op_id=operation.op_id, owner=operation.owner, views=dict(state.views))
         )

@@ -23,9 +23,9 @@ per new mapping, a pair to the decision in the loop: measured, 0.3 us, a seventh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from tokenvault.quorum.effects import Effects, Event
+from tokenvault.quorum.effects import Effects, Event, Write
 from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.merkle import OwnerDigests
 from tokenvault.quorum.messages import (
@@ -41,6 +41,7 @@ from tokenvault.quorum.messages import (
     ReadRequest,
 )
 from tokenvault.quorum.records import (
+    MAPPING_PREFIX,
     StorageCorrupt,
     StorageView,
     decode_mapping,
@@ -64,6 +65,18 @@ class Replica:
         # start: what a crash lost before its fsync is not counted).
         self.digests = OwnerDigests()
         self.digests.rebuild(storage)
+
+    def forget_unstaged(self, writes: Sequence[Write]) -> None:
+        """The driver could not stage these writes (the store refused them): the digests
+        forget the new mappings among them, so they count only what the store holds."""
+        by_owner: dict[str, list[tuple[str, bytes, bytes]]] = {}
+        for key, record in writes:
+            if record is None or not key.startswith(MAPPING_PREFIX):
+                continue
+            owner_raw, _, token_raw = key[len(MAPPING_PREFIX) :].partition(b"\x00")
+            by_owner.setdefault(owner_raw.decode(), []).append((token_raw.decode(), key, record))
+        for owner, mappings in by_owner.items():
+            self.digests.remove_many(owner, mappings)
 
     def read_mapping(self, owner: str, token: str) -> Mapping | None:
         raw = self._storage.get(mapping_key(owner, token))

@@ -17,7 +17,7 @@ Invariants (docs/simulation.md explains each):
   `require_full_convergence` (on in every run) the cluster also converged within the bound:
   every owner's N replicas hold identical mappings (and merkle roots) and one decided active
   epoch, no replica outside the preference list holds any, and no hint is pending anywhere.
-- no-core-exception: no exception escaped a core.
+- no-core-exception: no core raised (the peer core contains it, but it is a bug).
 - liveness: the clients finished within the run's bounds, every operation completed, and every
   liveness read succeeded.
 Epochs (single-decree Paxos per owner and slot), judged on the acceptors' durable records over the
@@ -475,8 +475,8 @@ def _check_core_errors(state: CheckInput, report: _Report) -> None:
     for error in state.core_errors:
         report.add(
             "no-core-exception",
-            f"{error.error} escaped the {error.input} core of {error.peer} at"
-            f" {error.at_s:.6f} s ({error.location})",
+            f"{error.error} raised by the {error.input} core call of {error.peer} at"
+            f" {error.at_s:.6f} s ({error.location}); the input was dropped",
             peers=[error.peer],
         )
 
