@@ -26,6 +26,7 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    Origin,
     OwnerInspect,
     OwnerView,
     Prepare,
@@ -108,6 +109,7 @@ def test_encoded_message_is_compact_json_of_the_documented_shape() -> None:
         "owner": OWNER,
         "mappings": [[OWNER, "tok_A", "4111 1111", "card", 1]],
         "repair": False,
+        "origin": "coordinator",
     }
 
 
@@ -326,6 +328,14 @@ MALFORMED_BODIES: dict[str, bytes] = {
     "insert repair int": batch([changed(GOOD_INSERT, repair=1)]),
     "insert repair string": batch([changed(GOOD_INSERT, repair="true")]),
     "insert repair null": batch([changed(GOOD_INSERT, repair=None)]),
+    "insert origin unknown": batch([changed(GOOD_INSERT, origin="elsewhere")]),
+    "insert origin upper case": batch([changed(GOOD_INSERT, origin="HINTS")]),
+    "insert origin int": batch([changed(GOOD_INSERT, origin=1)]),
+    "insert origin null": batch([changed(GOOD_INSERT, origin=None)]),
+    "insert from hints that is not a repair": batch([changed(GOOD_INSERT, origin="hints")]),
+    "insert from anti-entropy that is not a repair": batch(
+        [changed(GOOD_INSERT, origin="anti_entropy", repair=False)]
+    ),
     # insert_reply
     "reply bad outcome": batch([changed(GOOD_INSERT_REPLY, outcomes=["maybe"])]),
     "reply outcome upper case": batch([changed(GOOD_INSERT_REPLY, outcomes=["STORED"])]),
@@ -339,6 +349,8 @@ MALFORMED_BODIES: dict[str, bytes] = {
     "reply tokens ints": batch([changed(GOOD_INSERT_REPLY, tokens=[1])]),
     "reply lengths differ": batch([changed(GOOD_INSERT_REPLY, outcomes=["stored", "identical"])]),
     "reply lengths differ 2": batch([changed(GOOD_INSERT_REPLY, tokens=["a", "b"])]),
+    "reply origin unknown": batch([changed(GOOD_INSERT_REPLY, origin="replica")]),
+    "reply origin list": batch([changed(GOOD_INSERT_REPLY, origin=["hints"])]),
     # read
     "read no tokens": batch([changed(GOOD_READ, tokens=DELETE)]),
     "read empty tokens": batch([changed(GOOD_READ, tokens=[])]),
@@ -378,6 +390,7 @@ def test_codec_error_messages_never_echo_the_payload() -> None:
         batch([changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", secret, "card", "1"]])]),
         batch([changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", secret, "card", 0]])]),
         batch([changed(GOOD_INSERT_REPLY, outcomes=[secret])]),
+        batch([changed(GOOD_INSERT, origin=secret)]),
         batch([changed(GOOD_INSERT, mappings=[[secret, "tok_A", "v", "card", 1]])]),
         batch([changed(GOOD_INSERT, type=secret)]),
         b"{" + secret.encode(),
@@ -414,6 +427,24 @@ def test_invalid_owner_id_is_refused_on_every_message_type(
     """Regression: read, insert_reply and mapping-less read_reply once passed any owner."""
     with pytest.raises(CodecError):
         decode_batch(batch([changed(good, owner=owner)]))
+
+
+def test_an_insert_without_repair_or_origin_is_a_client_write() -> None:
+    (insert,) = decode_batch(batch([GOOD_INSERT]))[1]
+    assert isinstance(insert, InsertRequest)
+    assert insert.repair is False and insert.origin is Origin.COORDINATOR
+
+
+@pytest.mark.parametrize("origin", list(Origin), ids=lambda o: o.value)
+def test_the_origin_of_an_insert_and_its_reply_travels(origin: Origin) -> None:
+    insert = InsertRequest(
+        op_id="o", owner=OWNER, mappings=(mapping(),), repair=True, origin=origin
+    )
+    reply = InsertReply(
+        op_id="o", owner=OWNER, tokens=("tok_A",), outcomes=(InsertOutcome.STORED,), origin=origin
+    )
+    assert json.loads(encode_message(insert))["origin"] == origin.value
+    assert roundtrip("p", [insert, reply]) == ("p", [insert, reply])
 
 
 any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=70)

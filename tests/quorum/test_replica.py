@@ -14,6 +14,7 @@ from tokenvault.quorum.messages import (
     InsertReply,
     InsertRequest,
     Mapping,
+    Origin,
     ReadReply,
     ReadRequest,
 )
@@ -224,6 +225,15 @@ def test_replies_are_addressed_back_to_the_source() -> None:
         (read_envelope,) = h.deliver(source, request).messages
         assert (read_envelope.source, read_envelope.destination) == ("replica-9", source)
         assert read_envelope.message.op_id == f"r-{source}"
+
+
+@pytest.mark.parametrize("origin", list(Origin), ids=lambda o: o.value)
+def test_an_insert_reply_echoes_the_origin_of_its_insert(harness: Harness, origin: Origin) -> None:
+    """The reply goes back to the core that sent the insert (routing.py reads its origin)."""
+    request = InsertRequest(
+        op_id="ae:x:1", owner=OWNER, mappings=(mapping(),), repair=True, origin=origin
+    )
+    assert only_reply(harness.deliver("coord", request)).origin is origin
 
 
 def test_crash_loses_unsynced_writes_and_sync_keeps_them(harness: Harness) -> None:

@@ -12,6 +12,8 @@ Rules:
   so a decoded one is checked by the message that carries it: a mapping by the constraints
   annotated on its fields (checked while parsing) and by the message's `__post_init__` (its
   owner and its field's ASCII), a ballot by `_check_ballot`.
+- An insert (and its reply) says where it comes from, `Origin`: replies are routed by it, never by
+  the shape of an op id (op ids keep readable prefixes for the logs, nothing more).
 """
 
 from __future__ import annotations
@@ -98,6 +100,14 @@ class InsertOutcome(enum.Enum):
         return self is InsertOutcome.STORED or self is InsertOutcome.IDENTICAL
 
 
+class Origin(enum.Enum):
+    """Who sent an insert, echoed in its reply, which goes back to that core."""
+
+    COORDINATOR = "coordinator"  # a client's write, or a read's blocking repair
+    HINTS = "hints"  # hinted handoff delivering what a replica missed
+    ANTI_ENTROPY = "anti_entropy"  # anti-entropy copying what a partner lacks
+
+
 class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """The base of every message: the wire names its class in "type" (the `tag` of each)."""
 
@@ -115,11 +125,12 @@ class _OwnerMessage(_Message, frozen=True, kw_only=True):
 class InsertRequest(_OwnerMessage, frozen=True, kw_only=True, tag="insert"):
     """Coordinator -> replica: store these mappings of one owner, insert-once.
 
-    A tokenize is fenced by the owner's epoch; a repair (read repair, later hints and
-    anti-entropy) copies mappings that already exist and is never fenced."""
+    A tokenize is fenced by the owner's epoch; a repair (read repair, hints and anti-entropy)
+    copies mappings that already exist and is never fenced."""
 
     mappings: tuple[Mapping, ...]
     repair: bool = False
+    origin: Origin = Origin.COORDINATOR
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
@@ -128,6 +139,8 @@ class InsertRequest(_OwnerMessage, frozen=True, kw_only=True, tag="insert"):
         _check_carried_mappings(self.owner, self.mappings)
         if len({mapping.token for mapping in self.mappings}) != len(self.mappings):
             raise ValueError("insert request repeats a token")
+        if self.origin is not Origin.COORDINATOR and not self.repair:
+            raise ValueError("hints and anti-entropy only repair")
 
     @property
     def epoch(self) -> int:
@@ -136,10 +149,12 @@ class InsertRequest(_OwnerMessage, frozen=True, kw_only=True, tag="insert"):
 
 
 class InsertReply(_OwnerMessage, frozen=True, kw_only=True, tag="insert_reply"):
-    """Replica -> coordinator: one outcome per mapping of the request, in its order."""
+    """Replica -> whoever sent the insert (its `origin`, echoed): one outcome per mapping of the
+    request, in its order."""
 
     tokens: tuple[str, ...]
     outcomes: tuple[InsertOutcome, ...]
+    origin: Origin = Origin.COORDINATOR
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
