@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tokenvault.http.peer_codec import CodecError, decode_batch, encode_batch, encode_message
@@ -26,6 +26,7 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    Origin,
     OwnerInspect,
     OwnerView,
     Prepare,
@@ -106,8 +107,9 @@ def test_encoded_message_is_compact_json_of_the_documented_shape() -> None:
         "type": "insert",
         "op": "o",
         "owner": OWNER,
-        "mappings": [["tok_A", "4111 1111", "card", 1]],
+        "mappings": [[OWNER, "tok_A", "4111 1111", "card", 1]],
         "repair": False,
+        "origin": "coordinator",
     }
 
 
@@ -164,7 +166,7 @@ GOOD_INSERT: dict[str, Any] = {
     "type": "insert",
     "op": "o",
     "owner": OWNER,
-    "mappings": [["tok_A", "v", "card", 1]],
+    "mappings": [[OWNER, "tok_A", "v", "card", 1]],
 }
 GOOD_READ: dict[str, Any] = {"type": "read", "op": "o", "owner": OWNER, "tokens": ["tok_A"]}
 GOOD_INSERT_REPLY: dict[str, Any] = {
@@ -179,7 +181,7 @@ GOOD_READ_REPLY: dict[str, Any] = {
     "op": "o",
     "owner": OWNER,
     "tokens": ["tok_A", "tok_B"],
-    "mappings": [["tok_A", "v", "card", 1], None],
+    "mappings": [[OWNER, "tok_A", "v", "card", 1], None],
 }
 GOOD = [GOOD_INSERT, GOOD_READ, GOOD_INSERT_REPLY, GOOD_READ_REPLY]
 
@@ -241,43 +243,99 @@ MALFORMED_BODIES: dict[str, bytes] = {
     "insert mappings int": batch([changed(GOOD_INSERT, mappings=3)]),
     "insert mappings string": batch([changed(GOOD_INSERT, mappings="abcd")]),
     "insert mappings object": batch([changed(GOOD_INSERT, mappings={"a": 1})]),
-    "mapping row too short": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card"]])]),
+    "mapping row too short": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "card"]])]
+    ),
     "mapping row too long": batch(
-        [changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 1, "x"]])]
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "card", 1, "x"]])]
     ),
     "mapping row object": batch(
         [changed(GOOD_INSERT, mappings=[{"t": 1, "v": 2, "f": 3, "e": 4}])]
     ),
     "mapping row 4-char string": batch([changed(GOOD_INSERT, mappings=["abcd"])]),
+    "mapping row 5-char string": batch([changed(GOOD_INSERT, mappings=["abcde"])]),
+    "mapping row without its owner": batch(
+        [changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 1]])]
+    ),
+    "mapping of another owner": batch(
+        [changed(GOOD_INSERT, mappings=[["acme2", "tok_A", "v", "card", 1]])]
+    ),
+    "mapping owner int": batch([changed(GOOD_INSERT, mappings=[[7, "tok_A", "v", "card", 1]])]),
+    "mapping owner null": batch([changed(GOOD_INSERT, mappings=[[None, "tok_A", "v", "card", 1]])]),
+    "mapping owner invalid like its message's": batch(
+        [changed(GOOD_INSERT, owner="a b", mappings=[["a b", "tok_A", "v", "card", 1]])]
+    ),
     "mapping row null": batch([changed(GOOD_INSERT, mappings=[None])]),
     "mapping row int": batch([changed(GOOD_INSERT, mappings=[7])]),
-    "mapping token int": batch([changed(GOOD_INSERT, mappings=[[1, "v", "card", 1]])]),
-    "mapping value null": batch([changed(GOOD_INSERT, mappings=[["tok_A", None, "card", 1]])]),
-    "mapping value int": batch([changed(GOOD_INSERT, mappings=[["tok_A", 4111, "card", 1]])]),
-    "mapping field list": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", ["c"], 1]])]),
-    "mapping epoch string": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", "1"]])]),
-    "mapping epoch float": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 1.5]])]),
-    "mapping epoch zero": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 0]])]),
-    "mapping epoch negative": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", -3]])]),
+    "mapping token int": batch([changed(GOOD_INSERT, mappings=[[OWNER, 1, "v", "card", 1]])]),
+    "mapping value null": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", None, "card", 1]])]
+    ),
+    "mapping value int": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", 4111, "card", 1]])]
+    ),
+    "mapping field list": batch([changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", ["c"], 1]])]),
+    "mapping epoch string": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "card", "1"]])]
+    ),
+    "mapping epoch float": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "card", 1.5]])]
+    ),
+    "mapping epoch zero": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "card", 0]])]
+    ),
+    "mapping epoch negative": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "card", -3]])]
+    ),
     "mapping epoch huge": (
         b'{"source":"p","messages":[{"type":"insert","op":"o","owner":"acme",'
-        b'"mappings":[["tok_A","v","card",' + b"9" * 5000 + b"]]}]}"
+        b'"mappings":[["acme","tok_A","v","card",' + b"9" * 5000 + b"]]}]}"
     ),
-    "mapping epoch bool": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", True]])]),
+    "mapping epoch bool": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "card", True]])]
+    ),
     "mapping epoch NaN": (
         b'{"source":"p","messages":[{"type":"insert","op":"o","owner":"acme",'
-        b'"mappings":[["tok_A","v","card",NaN]]}]}'
+        b'"mappings":[["acme","tok_A","v","card",NaN]]}]}'
     ),
-    "mapping empty token": batch([changed(GOOD_INSERT, mappings=[["", "v", "card", 1]])]),
-    "mapping empty field": batch([changed(GOOD_INSERT, mappings=[["tok_A", "v", "", 1]])]),
+    "mapping empty token": batch([changed(GOOD_INSERT, mappings=[[OWNER, "", "v", "card", 1]])]),
+    "mapping empty field": batch([changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "", 1]])]),
+    "mapping token too long": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "t" * 65, "v", "card", 1]])]
+    ),
+    "mapping field too long": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "f" * 65, 1]])]
+    ),
+    "mapping field not ASCII": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "cärd", 1]])]
+    ),
+    "mapping epoch past the last": batch(
+        [changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v", "card", EPOCH_MAX + 1]])]
+    ),
     "insert repeats a token": batch(
-        [changed(GOOD_INSERT, mappings=[["tok_A", "v", "card", 1], ["tok_A", "w", "card", 1]])]
+        [
+            changed(
+                GOOD_INSERT,
+                mappings=[[OWNER, "tok_A", "v", "card", 1], [OWNER, "tok_A", "w", "card", 1]],
+            )
+        ]
     ),
     "insert owner empty": batch([changed(GOOD_INSERT, owner="")]),
     "insert owner with space": batch([changed(GOOD_INSERT, owner="ac me")]),
     "insert owner with NUL": batch([changed(GOOD_INSERT, owner="acme\x00x")]),
     "insert owner too long": batch([changed(GOOD_INSERT, owner="a" * 65)]),
     "insert owner slash": batch([changed(GOOD_INSERT, owner="../acme")]),
+    "insert repair int": batch([changed(GOOD_INSERT, repair=1)]),
+    "insert repair string": batch([changed(GOOD_INSERT, repair="true")]),
+    "insert repair null": batch([changed(GOOD_INSERT, repair=None)]),
+    "insert origin unknown": batch([changed(GOOD_INSERT, origin="elsewhere")]),
+    "insert origin upper case": batch([changed(GOOD_INSERT, origin="HINTS")]),
+    "insert origin int": batch([changed(GOOD_INSERT, origin=1)]),
+    "insert origin null": batch([changed(GOOD_INSERT, origin=None)]),
+    "insert from hints that is not a repair": batch([changed(GOOD_INSERT, origin="hints")]),
+    "insert from anti-entropy that is not a repair": batch(
+        [changed(GOOD_INSERT, origin="anti_entropy", repair=False)]
+    ),
     # insert_reply
     "reply bad outcome": batch([changed(GOOD_INSERT_REPLY, outcomes=["maybe"])]),
     "reply outcome upper case": batch([changed(GOOD_INSERT_REPLY, outcomes=["STORED"])]),
@@ -291,6 +349,8 @@ MALFORMED_BODIES: dict[str, bytes] = {
     "reply tokens ints": batch([changed(GOOD_INSERT_REPLY, tokens=[1])]),
     "reply lengths differ": batch([changed(GOOD_INSERT_REPLY, outcomes=["stored", "identical"])]),
     "reply lengths differ 2": batch([changed(GOOD_INSERT_REPLY, tokens=["a", "b"])]),
+    "reply origin unknown": batch([changed(GOOD_INSERT_REPLY, origin="replica")]),
+    "reply origin list": batch([changed(GOOD_INSERT_REPLY, origin=["hints"])]),
     # read
     "read no tokens": batch([changed(GOOD_READ, tokens=DELETE)]),
     "read empty tokens": batch([changed(GOOD_READ, tokens=[])]),
@@ -301,10 +361,16 @@ MALFORMED_BODIES: dict[str, bytes] = {
     "read reply lengths differ": batch([changed(GOOD_READ_REPLY, mappings=[None])]),
     "read reply lengths differ 2": batch([changed(GOOD_READ_REPLY, tokens=["tok_A"])]),
     "read reply mapping of another token": batch(
-        [changed(GOOD_READ_REPLY, mappings=[None, ["tok_A", "v", "card", 1]])]
+        [changed(GOOD_READ_REPLY, mappings=[None, [OWNER, "tok_A", "v", "card", 1]])]
     ),
-    "read reply bad row": batch([changed(GOOD_READ_REPLY, mappings=[["tok_A", "v"], None])]),
+    "read reply bad row": batch([changed(GOOD_READ_REPLY, mappings=[[OWNER, "tok_A", "v"], None])]),
     "read reply row false": batch([changed(GOOD_READ_REPLY, mappings=[False, None])]),
+    "read reply mapping of another owner": batch(
+        [changed(GOOD_READ_REPLY, mappings=[["acme2", "tok_A", "v", "card", 1], None])]
+    ),
+    "read reply mapping field not ASCII": batch(
+        [changed(GOOD_READ_REPLY, mappings=[[OWNER, "tok_A", "v", "cärd", 1], None])]
+    ),
     "read reply mappings null": batch([changed(GOOD_READ_REPLY, mappings=None)]),
     "read reply owner invalid with a mapping": batch([changed(GOOD_READ_REPLY, owner="a b")]),
     # one bad message spoils the batch
@@ -321,9 +387,12 @@ def test_malformed_batches_raise_codec_error(body: bytes) -> None:
 def test_codec_error_messages_never_echo_the_payload() -> None:
     secret = "4111-1111-SECRET"
     bodies = [
-        batch([changed(GOOD_INSERT, mappings=[["tok_A", secret, "card", "1"]])]),
-        batch([changed(GOOD_INSERT, mappings=[["tok_A", secret, "card", 0]])]),
+        batch([changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", secret, "card", "1"]])]),
+        batch([changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", secret, "card", 0]])]),
         batch([changed(GOOD_INSERT_REPLY, outcomes=[secret])]),
+        batch([changed(GOOD_INSERT, origin=secret)]),
+        batch([changed(GOOD_INSERT, mappings=[[secret, "tok_A", "v", "card", 1]])]),
+        batch([changed(GOOD_INSERT, type=secret)]),
         b"{" + secret.encode(),
     ]
     for body in bodies:
@@ -360,6 +429,82 @@ def test_invalid_owner_id_is_refused_on_every_message_type(
         decode_batch(batch([changed(good, owner=owner)]))
 
 
+def test_an_insert_without_repair_or_origin_is_a_client_write() -> None:
+    (insert,) = decode_batch(batch([GOOD_INSERT]))[1]
+    assert isinstance(insert, InsertRequest)
+    assert insert.repair is False and insert.origin is Origin.COORDINATOR
+
+
+@pytest.mark.parametrize("origin", list(Origin), ids=lambda o: o.value)
+def test_the_origin_of_an_insert_and_its_reply_travels(origin: Origin) -> None:
+    insert = InsertRequest(
+        op_id="o", owner=OWNER, mappings=(mapping(),), repair=True, origin=origin
+    )
+    reply = InsertReply(
+        op_id="o", owner=OWNER, tokens=("tok_A",), outcomes=(InsertOutcome.STORED,), origin=origin
+    )
+    assert json.loads(encode_message(insert))["origin"] == origin.value
+    assert roundtrip("p", [insert, reply]) == ("p", [insert, reply])
+
+
+any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=70)
+ascii_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=70)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    owner=owners | st.sampled_from(INVALID_OWNERS),
+    token=any_text,
+    value=any_text,
+    field=ascii_text | any_text,
+    epoch=st.integers(-2, EPOCH_MAX + 2) | st.sampled_from([0, 1, EPOCH_MAX, EPOCH_MAX + 1]),
+)
+@example(owner=OWNER, token="t" * 64, value="", field="f" * 64, epoch=EPOCH_MAX)
+@example(owner=OWNER, token="t" * 65, value="", field="f", epoch=1)
+@example(owner=OWNER, token="t", value="", field="f" * 65, epoch=1)
+@example(owner=OWNER, token="t", value="", field="é", epoch=1)
+def test_the_decoder_and_the_constructor_agree_on_every_mapping(
+    owner: str, token: str, value: str, field: str, epoch: int
+) -> None:
+    """A decoded mapping is checked by the annotations of its fields and by its message, a
+    constructed one by Mapping.__new__: the two must refuse exactly the same mappings."""
+    try:
+        built: Mapping | None = Mapping(
+            owner=owner, token=token, value=value, field=field, epoch=epoch
+        )
+    except ValueError:
+        built = None
+    insert = changed(GOOD_INSERT, owner=owner, mappings=[[owner, token, value, field, epoch]])
+    try:
+        _, decoded = decode_batch(batch([insert]))
+    except CodecError:
+        assert built is None
+    else:
+        assert built is not None and decoded == [
+            InsertRequest(op_id="o", owner=owner, mappings=(built,))
+        ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(round_=st.integers(-3, 3) | st.integers(-(2**63), 2**63 - 1), peer=any_text)
+@example(round_=0, peer="")
+@example(round_=0, peer="n1")
+@example(round_=1, peer="")
+def test_the_decoder_and_the_constructor_agree_on_every_ballot(round_: int, peer: str) -> None:
+    try:
+        built: Ballot | None = Ballot(round=round_, peer=peer)
+    except ValueError:
+        built = None
+    try:
+        _, decoded = decode_batch(batch([changed(GOOD_PROMISE, promised=[round_, peer])]))
+    except CodecError:
+        assert built is None
+    else:
+        (promise,) = decoded
+        assert built is not None and isinstance(promise, Promise)
+        assert promise.promised == built
+
+
 @pytest.mark.parametrize("depth", [5_000, 100_000])
 def test_deeply_nested_json_is_a_codec_error(depth: int) -> None:
     """Regression: json.loads raises RecursionError on a ~10 kB body; it must not escape."""
@@ -371,8 +516,8 @@ def test_deeply_nested_json_is_a_codec_error(depth: int) -> None:
 @pytest.mark.parametrize(
     "message",
     [
-        changed(GOOD_INSERT, mappings=[["tok_\ud800", "v", "card", 1]]),
-        changed(GOOD_INSERT, mappings=[["tok_A", "v\udfff", "card", 1]]),
+        changed(GOOD_INSERT, mappings=[[OWNER, "tok_\ud800", "v", "card", 1]]),
+        changed(GOOD_INSERT, mappings=[[OWNER, "tok_A", "v\udfff", "card", 1]]),
         changed(GOOD_READ, tokens=["\ud800"]),
         changed(GOOD_READ, op="op\ud800"),
     ],
@@ -413,9 +558,9 @@ json_values = st.recursive(
 )
 message_keys = ["type", "op", "owner", "mappings", "tokens", "outcomes"]
 mapping_rows = st.lists(
-    st.one_of(st.none(), st.text(max_size=4), st.integers(-2, 3), st.booleans()),
-    min_size=3,
-    max_size=5,
+    st.one_of(st.none(), st.just(OWNER), st.text(max_size=4), st.integers(-2, 3), st.booleans()),
+    min_size=4,
+    max_size=6,
 )
 message_like = st.fixed_dictionaries(
     {},
@@ -828,6 +973,8 @@ MALFORMED_EPOCH_MESSAGES: dict[str, dict[str, Any]] = {
     "promise no decided": changed(GOOD_PROMISE, decided=DELETE),
     "promise promised null": changed(GOOD_PROMISE, promised=None),
     "promise promised short": changed(GOOD_PROMISE, promised=[1]),
+    "promise promised empty": changed(GOOD_PROMISE, promised=[]),
+    "promise promised zero round only": changed(GOOD_PROMISE, promised=[0]),
     "promise decided wrong shape": changed(GOOD_PROMISE, decided={"epoch": 2}),
     "promise decided list": changed(GOOD_PROMISE, decided=[2]),
     "promise slot string": changed(GOOD_PROMISE, slot="2"),

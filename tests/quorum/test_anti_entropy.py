@@ -18,11 +18,14 @@ from tokenvault.quorum.messages import (
     AeSummaryReply,
     Decide,
     EpochValue,
+    InsertReply,
     InsertRequest,
     Mapping,
     Message,
+    Origin,
 )
 from tokenvault.quorum.replica import Replica
+from tokenvault.quorum.routing import Destination, route
 from tokenvault.store.memory_store import MemoryStore
 from tokenvault.tokens import derive_epoch_key, make_token
 
@@ -72,7 +75,7 @@ class Net:
     def __init__(self, limits: AntiEntropyLimits = AntiEntropyLimits()) -> None:
         self.peers = {name: Peer(name, limits) for name in PEERS}
         self.messages: list[tuple[str, str, Message]] = []
-        self.delivered = 0
+        self.delivered: list[Message] = []
 
     def apply(self, peer: Peer, effects: Effects) -> None:
         peer.store.stage(effects.writes)
@@ -87,12 +90,15 @@ class Net:
             if not self.messages:
                 return
             source, destination, message = self.messages.pop(0)
-            self.delivered += 1
+            self.delivered.append(message)
             peer = self.peers[destination]
-            if isinstance(message, InsertRequest | Decide):
-                core = peer.replica if isinstance(message, InsertRequest) else peer.acceptor
-                effects = core.on_message(source, message)
+            core = route(message)
+            if core is Destination.REPLICA:
+                effects = peer.replica.on_message(source, message)
+            elif core is Destination.ACCEPTOR:
+                effects = peer.acceptor.on_message(source, message)
             else:
+                assert core is Destination.ANTI_ENTROPY, (core, message)
                 effects = peer.ae.on_message(source, message, now)
             self.apply(peer, effects)
         raise AssertionError("the exchange did not settle")
@@ -132,6 +138,12 @@ def test_missing_mappings_are_copied_both_ways() -> None:
     net.converge()
     expected = {mapping(i).token for i in range(500)}
     assert a.tokens() == b.tokens() == c.tokens() == expected
+    # pushes are anti-entropy repairs, and their replies were routed back here by that origin
+    pushes = [m for m in net.delivered if isinstance(m, InsertRequest)]
+    assert pushes and all(m.origin is Origin.ANTI_ENTROPY and m.repair for m in pushes)
+    replies = [m for m in net.delivered if isinstance(m, InsertReply)]
+    assert len(replies) == len(pushes)
+    assert all(m.origin is Origin.ANTI_ENTROPY for m in replies)
     for peer in net.peers.values():
         peer.restart()  # rebuilt digests agree with what is on disk
     assert len({p.replica.digests.root(OWNER) for p in net.peers.values()}) == 1
@@ -144,7 +156,7 @@ def test_a_quiet_pass_is_one_summary_and_its_answer() -> None:
     net.tick("a", 100.0)
     assert [type(m).__name__ for _, _, m in net.messages] == ["AeSummary"]
     net.run(100.0)
-    assert net.delivered == 2
+    assert len(net.delivered) == 2
     stats = net.peers["a"].ae.statistics
     assert stats.passes == 1 and stats.passes_in_sync == 1 and stats.mappings_pushed == 0
     # throttled: no new pass before the interval

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tokenvault.quorum.effects import Effects
 from tokenvault.quorum.hinted_handoff import HintedHandoff, HintLimits
-from tokenvault.quorum.messages import InsertOutcome, InsertReply, InsertRequest, Mapping
+from tokenvault.quorum.messages import InsertOutcome, InsertReply, InsertRequest, Mapping, Origin
 from tokenvault.store.memory_store import MemoryStore
 
 
@@ -30,6 +30,7 @@ def test_hints_survive_a_restart_and_are_sent_only_to_targets_not_down() -> None
     assert envelope.destination == "n3"
     request = envelope.message
     assert isinstance(request, InsertRequest) and request.repair
+    assert request.origin is Origin.HINTS  # so its reply comes back to hinted handoff
     assert request.mappings == (mapping("a"), mapping("b"))
     # unanswered: not resent before the resend interval, then resent
     assert restarted.tick(2.5, frozenset()).messages == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from tokenvault.quorum.messages import (
     InsertReply,
     InsertRequest,
     Mapping,
+    Origin,
     ReadReply,
     ReadRequest,
 )
@@ -230,6 +232,15 @@ def test_replies_are_addressed_back_to_the_source() -> None:
         assert read_envelope.message.op_id == f"r-{source}"
 
 
+@pytest.mark.parametrize("origin", list(Origin), ids=lambda o: o.value)
+def test_an_insert_reply_echoes_the_origin_of_its_insert(harness: Harness, origin: Origin) -> None:
+    """The reply goes back to the core that sent the insert (routing.py reads its origin)."""
+    request = InsertRequest(
+        op_id="ae:x:1", owner=OWNER, mappings=(mapping(),), repair=True, origin=origin
+    )
+    assert only_reply(harness.deliver("coord", request)).origin is origin
+
+
 def test_crash_loses_unsynced_writes_and_sync_keeps_them(harness: Harness) -> None:
     harness.insert(mapping("tok_A"))
     assert harness.read("tok_A").mappings == (mapping("tok_A"),)  # staged: visible
@@ -307,10 +318,8 @@ def test_one_key_is_never_written_twice_in_one_batch() -> None:
     twice = (mapping(), mapping(value=OTHER_SECRET))
     with pytest.raises(ValueError, match="repeats a token"):
         InsertRequest(op_id="dup", owner=OWNER, mappings=twice)
-    request = object.__new__(InsertRequest)
-    for name, field_value in (("op_id", "dup"), ("owner", OWNER), ("mappings", twice)):
-        object.__setattr__(request, name, field_value)
-    object.__setattr__(request, "repair", False)
+    request = InsertRequest(op_id="dup", owner=OWNER, mappings=twice[:1])
+    msgspec.structs.force_setattr(request, "mappings", twice)  # past its own validation
     with pytest.raises(InvariantViolation, match="would overwrite a mapping: owner acme"):
         harness.deliver("coord", request)
     assert harness.store.get(mapping_key(OWNER, "tok_A")) is None

@@ -16,6 +16,7 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    Origin,
     OwnerInspect,
     OwnerView,
     Promise,
@@ -27,9 +28,13 @@ from tokenvault.quorum.routing import Destination, route
 M = Mapping(owner="alice", token="tok_A", value="v", field="ssn", epoch=1)
 
 
-def reply(op_id: str) -> InsertReply:
+def reply(op_id: str, origin: Origin = Origin.COORDINATOR) -> InsertReply:
     return InsertReply(
-        op_id=op_id, owner="alice", tokens=("tok_A",), outcomes=(InsertOutcome.STORED,)
+        op_id=op_id,
+        owner="alice",
+        tokens=("tok_A",),
+        outcomes=(InsertOutcome.STORED,),
+        origin=origin,
     )
 
 
@@ -46,8 +51,8 @@ def test_each_message_goes_to_one_core() -> None:
             AeSummary(op_id="ae:n1:1", owner="alice", leaves=(), count=0, decided=GENESIS),
             Destination.ANTI_ENTROPY,
         ),
-        (reply("ae:n1:2"), Destination.ANTI_ENTROPY),
-        (reply("hint:n1:3"), Destination.HINTS),
+        (reply("ae:n1:2", Origin.ANTI_ENTROPY), Destination.ANTI_ENTROPY),
+        (reply("hint:n1:3", Origin.HINTS), Destination.HINTS),
         (reply("n1-abc-4"), Destination.COORDINATOR),
         (
             ReadReply(op_id="o", owner="alice", tokens=("tok_A",), mappings=(None,)),
@@ -93,3 +98,15 @@ def test_each_message_goes_to_one_core() -> None:
 def test_only_cores_that_read_the_store_make_replies_wait_for_durability() -> None:
     waiting = {d for d in Destination if d.answers_from_storage}
     assert waiting == {Destination.REPLICA, Destination.ACCEPTOR, Destination.ANTI_ENTROPY}
+
+
+def test_an_insert_reply_goes_back_by_its_origin_never_by_its_op_id() -> None:
+    expected = {
+        Origin.COORDINATOR: Destination.COORDINATOR,
+        Origin.HINTS: Destination.HINTS,
+        Origin.ANTI_ENTROPY: Destination.ANTI_ENTROPY,
+    }
+    assert set(expected) == set(Origin)
+    for origin, destination in expected.items():
+        for op_id in ("ae:n1:2", "hint:n1:3", "n1-abc-4", ""):
+            assert route(reply(op_id, origin)) is destination, (origin, op_id)

@@ -28,12 +28,12 @@ it, no client-visible invariant does within the sweep.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 
 from tokenvault.quorum import peer_core as peer_core_module
@@ -112,7 +112,7 @@ class ProposerSkipsAdoption(EpochCoordinator):
     def _on_promise(
         self, operation: Any, source: str, promise: Promise, now: float, effects: Effects
     ) -> None:
-        blind = dataclasses.replace(promise, accepted_ballot=None, accepted_value=None)
+        blind = msgspec.structs.replace(promise, accepted_ballot=None, accepted_value=None)
         super()._on_promise(operation, source, blind, now, effects)
 
 
@@ -130,7 +130,7 @@ class AntiEntropySkipsABucket(AntiEntropy):
     def _on_summary_reply(
         self, current: Any, reply: AeSummaryReply, now: float, effects: Effects
     ) -> None:
-        skipped = dataclasses.replace(reply, differing=reply.differing[1:])
+        skipped = msgspec.structs.replace(reply, differing=reply.differing[1:])
         super()._on_summary_reply(current, skipped, now, effects)
 
 

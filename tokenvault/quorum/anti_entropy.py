@@ -9,7 +9,8 @@ Theory of operation, one pass (at most one in flight per peer, one started per
    exchanges one summary per pass and reads nothing from disk.
 2. KEYS, per differing bucket, page by page: the initiator sends its tokens and record hashes of
    one window; the partner pushes (repair inserts) what the initiator lacks in that window and
-   answers which tokens it lacks, which the initiator then pushes.
+   answers which tokens it lacks, which the initiator then pushes. Pushes are repair inserts of
+   origin ANTI_ENTROPY: their replies come back here by that origin.
 A token held with different records on the two sides is an integrity alarm, never an overwrite
 (a repair insert answers CONFLICT and the replica reports it).
 Anti-entropy writes no record itself: a learned epoch is a Decide to this peer's acceptor, a
@@ -44,10 +45,11 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    Origin,
 )
 from tokenvault.quorum.records import StorageCorrupt, StorageView, decode_mapping, mapping_key
 
-AE_OP_PREFIX = "ae:"
+AE_OP_PREFIX = "ae:"  # readable op ids in the logs; nothing routes or decides by it
 
 
 class DigestSource(Protocol):
@@ -142,9 +144,6 @@ class AntiEntropy:
         self._next_pass_at = 0.0
         self._sequence = itertools.count(1)
         self.statistics = AntiEntropyStatistics()
-
-    def owns(self, op_id: str) -> bool:
-        return op_id.startswith(AE_OP_PREFIX)
 
     # -- initiator -----------------------------------------------------------------------------
 
@@ -358,7 +357,11 @@ class AntiEntropy:
         if mappings:
             push_id = op_id or f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
             request = InsertRequest(
-                op_id=push_id, owner=owner, mappings=tuple(mappings), repair=True
+                op_id=push_id,
+                owner=owner,
+                mappings=tuple(mappings),
+                repair=True,
+                origin=Origin.ANTI_ENTROPY,
             )
             self._send(target, request, effects)
             self.statistics.mappings_pushed += len(mappings)

@@ -4,8 +4,9 @@ replica is back, sans-IO.
 Theory of operation: a write that reached W replicas but not all N leaves, for each replica that
 did not acknowledge in time, a hint — the owner and the mappings it lacks — in this peer's
 store. Every tick, for each target the failure detector does not hold down, the oldest hints
-travel as repair inserts (never fenced); a hint is deleted only when the target answered with a
-durable acknowledgement of every mapping in it.
+travel as repair inserts of origin HINTS (never fenced; the replies come back here by that
+origin); a hint is deleted only when the target answered with a durable acknowledgement of
+every mapping in it.
 
 Rules:
 - Bounded per target by count and bytes (`hints_per_target_max`, `hint_bytes_per_target_max`):
@@ -29,12 +30,13 @@ from tokenvault.quorum.messages import (
     InsertReply,
     InsertRequest,
     Mapping,
+    Origin,
     highest_epoch,
 )
 from tokenvault.quorum.records import StorageView
 
 HINT_PREFIX = b"h\x00"
-HINT_OP_PREFIX = "hint:"
+HINT_OP_PREFIX = "hint:"  # readable op ids in the logs; nothing routes or decides by it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,9 +123,6 @@ class HintedHandoff:
                 return
             after = batch[-1][0]
 
-    def owns(self, op_id: str) -> bool:
-        return op_id.startswith(HINT_OP_PREFIX)
-
     def statistics(self) -> tuple[HintStatistics, ...]:
         return tuple(
             HintStatistics(
@@ -188,7 +187,11 @@ class HintedHandoff:
                 op_id = f"{HINT_OP_PREFIX}{self._peer_id}:{int.from_bytes(hint.key[-8:])}"
                 state.in_flight[op_id] = hint.key
                 request = InsertRequest(
-                    op_id=op_id, owner=hint.owner, mappings=hint.mappings, repair=True
+                    op_id=op_id,
+                    owner=hint.owner,
+                    mappings=hint.mappings,
+                    repair=True,
+                    origin=Origin.HINTS,
                 )
                 effects.messages.append(
                     Envelope(source=self._peer_id, destination=name, message=request)

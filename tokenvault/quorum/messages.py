@@ -1,12 +1,19 @@
-"""Messages between peers and the records they carry.
+"""Messages between peers and the records they carry, declared once for the cores and the wire.
 
 Rules:
 - Every message is one-way: a reply is a message of its own, matched to its request by `op_id`.
-- Messages are frozen, slotted, keyword-only dataclasses that validate themselves on creation, so a
-  core never sees a malformed one (the wire codec builds them and turns ValueError into a refusal).
+- A message is a frozen, keyword-only msgspec Struct, one member of a union tagged on the wire by
+  its "type". It validates itself in `__post_init__`, which runs both when a core builds one and
+  when the wire decoder (http/peer_codec.py) does, so a core never sees a malformed one.
 - A `Mapping` is the unit of insert-once storage: (owner, token) -> (value, field, epoch). It is
   written once and never changed; two mappings are identical when all their fields are equal.
-  It is a validated named tuple (keyword-only like the messages), built faster than a dataclass.
+  `Mapping` and `Ballot` are validated named tuples, keyword-only like the messages: on the wire
+  a JSON array of exactly their fields. msgspec builds named tuples without calling `__new__`,
+  so a decoded one is checked by the message that carries it: a mapping by the constraints
+  annotated on its fields (checked while parsing) and by the message's `__post_init__` (its
+  owner and its field's ASCII), a ballot by `_check_ballot`.
+- An insert (and its reply) says where it comes from, `Origin`: replies are routed by it, never by
+  the shape of an op id (op ids keep readable prefixes for the logs, nothing more).
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ import enum
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
+
+import msgspec
 
 OWNER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 OWNER_ID_LENGTH_MAX = 64
 TOKEN_LENGTH_MAX = 64
 FIELD_NAME_LENGTH_MAX = 64
+GENESIS_EPOCH = 1
 EPOCH_MAX = 2**32 - 1
 
 
@@ -35,18 +45,20 @@ def _check_owner(owner: str) -> None:
 
 
 class _MappingFields(NamedTuple):
-    owner: str
-    token: str
+    # The annotations are what the wire decoder checks while parsing, in C; Mapping.__new__
+    # checks the same limits for mappings built here (a test holds both to the same verdicts).
+    owner: str  # checked by the carrying message: equal to its own, validated, owner
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=TOKEN_LENGTH_MAX)]
     value: str
-    field: str
-    epoch: int
+    field: Annotated[str, msgspec.Meta(min_length=1, max_length=FIELD_NAME_LENGTH_MAX)]
+    epoch: Annotated[int, msgspec.Meta(ge=GENESIS_EPOCH, le=EPOCH_MAX)]
 
 
 class Mapping(_MappingFields):
     """(owner, token) -> (value, field, epoch), validated on creation, immutable, equal and
     hashed by its fields (so also equal to a plain tuple of them). A named tuple, not a frozen
     dataclass: a replica builds one per mapping of every peer batch, and this builds in two
-    thirds of the time (measured)."""
+    thirds of the time (measured). On the wire: [owner, token, value, field, epoch]."""
 
     __slots__ = ()
 
@@ -56,7 +68,7 @@ class Mapping(_MappingFields):
             raise ValueError("mapping token must be 1-64 characters")
         if not 0 < len(field) <= FIELD_NAME_LENGTH_MAX or not field.isascii():
             raise ValueError("mapping field must be 1-64 ASCII characters")
-        if not 1 <= epoch <= EPOCH_MAX:
+        if not GENESIS_EPOCH <= epoch <= EPOCH_MAX:
             raise ValueError("mapping epoch out of range")
         return tuple.__new__(cls, (owner, token, value, field, epoch))
 
@@ -64,6 +76,15 @@ class Mapping(_MappingFields):
 def highest_epoch(mappings: Iterable[Mapping]) -> int:
     """The epoch a log line about these mappings names; 0 for none."""
     return max((m.epoch for m in mappings), default=0)
+
+
+def _check_carried_mappings(owner: str, mappings: Iterable[Mapping | None]) -> None:
+    """What a mapping's annotations cannot say, checked by the message that carries it (a named
+    tuple decoded from the wire was not built by Mapping.__new__): it is of the message's owner,
+    and its field is ASCII."""
+    for mapping in mappings:
+        if mapping is not None and (mapping.owner != owner or not mapping.field.isascii()):
+            raise ValueError("a mapping of another owner, or with a field that is not ASCII")
 
 
 class InsertOutcome(enum.Enum):
@@ -79,29 +100,47 @@ class InsertOutcome(enum.Enum):
         return self is InsertOutcome.STORED or self is InsertOutcome.IDENTICAL
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InsertRequest:
+class Origin(enum.Enum):
+    """Who sent an insert, echoed in its reply, which goes back to that core."""
+
+    COORDINATOR = "coordinator"  # a client's write, or a read's blocking repair
+    HINTS = "hints"  # hinted handoff delivering what a replica missed
+    ANTI_ENTROPY = "anti_entropy"  # anti-entropy copying what a partner lacks
+
+
+class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The base of every message: the wire names its class in "type" (the `tag` of each)."""
+
+
+class _OwnerMessage(_Message, frozen=True, kw_only=True):
+    """Every message but the heartbeat: about one owner, in one operation ("op" on the wire)."""
+
+    op_id: str = msgspec.field(name="op")
+    owner: str
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+
+
+class InsertRequest(_OwnerMessage, frozen=True, kw_only=True, tag="insert"):
     """Coordinator -> replica: store these mappings of one owner, insert-once.
 
-    A tokenize is fenced by the owner's epoch; a repair (read repair, later hints and
-    anti-entropy) copies mappings that already exist and is never fenced."""
+    A tokenize is fenced by the owner's epoch; a repair (read repair, hints and anti-entropy)
+    copies mappings that already exist and is never fenced."""
 
-    op_id: str
-    owner: str
     mappings: tuple[Mapping, ...]
     repair: bool = False
+    origin: Origin = Origin.COORDINATOR
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
         if not self.mappings:
             raise ValueError("insert request carries no mapping")
-        tokens = set()
-        for mapping in self.mappings:
-            if mapping.owner != self.owner:
-                raise ValueError("insert request mixes owners")
-            tokens.add(mapping.token)
-        if len(tokens) != len(self.mappings):
+        _check_carried_mappings(self.owner, self.mappings)
+        if len({mapping.token for mapping in self.mappings}) != len(self.mappings):
             raise ValueError("insert request repeats a token")
+        if self.origin is not Origin.COORDINATOR and not self.repair:
+            raise ValueError("hints and anti-entropy only repair")
 
     @property
     def epoch(self) -> int:
@@ -109,14 +148,13 @@ class InsertRequest:
         return highest_epoch(self.mappings)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InsertReply:
-    """Replica -> coordinator: one outcome per mapping of the request, in its order."""
+class InsertReply(_OwnerMessage, frozen=True, kw_only=True, tag="insert_reply"):
+    """Replica -> whoever sent the insert (its `origin`, echoed): one outcome per mapping of the
+    request, in its order."""
 
-    op_id: str
-    owner: str
     tokens: tuple[str, ...]
     outcomes: tuple[InsertOutcome, ...]
+    origin: Origin = Origin.COORDINATOR
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
@@ -124,12 +162,9 @@ class InsertReply:
             raise ValueError("insert reply: tokens and outcomes differ in length")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReadRequest:
+class ReadRequest(_OwnerMessage, frozen=True, kw_only=True, tag="read"):
     """Coordinator -> replica: what do you hold for these tokens of one owner?"""
 
-    op_id: str
-    owner: str
     tokens: tuple[str, ...]
 
     def __post_init__(self) -> None:
@@ -138,12 +173,9 @@ class ReadRequest:
             raise ValueError("read request carries no token")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReadReply:
+class ReadReply(_OwnerMessage, frozen=True, kw_only=True, tag="read_reply"):
     """Replica -> coordinator: the durable mapping for each token asked, or None."""
 
-    op_id: str
-    owner: str
     tokens: tuple[str, ...]
     mappings: tuple[Mapping | None, ...]
 
@@ -151,32 +183,45 @@ class ReadReply:
         _check_owner(self.owner)
         if len(self.tokens) != len(self.mappings):
             raise ValueError("read reply: tokens and mappings differ in length")
+        _check_carried_mappings(self.owner, self.mappings)
         for token, mapping in zip(self.tokens, self.mappings, strict=True):
-            if mapping is not None and (mapping.token != token or mapping.owner != self.owner):
+            if mapping is not None and mapping.token != token:
                 raise ValueError("read reply: a mapping does not match its token")
 
 
 # -- epochs: single-decree Paxos per (owner, slot); slot e decides epoch e ---------------------
 
-GENESIS_EPOCH = 1
+
+def _check_ballot(ballot: Ballot | None) -> None:
+    """A ballot has a round >= 1 and a peer, or is the zero ballot (None passes: no ballot)."""
+    if ballot is not None and (ballot.round < 0 or (ballot.round > 0) != bool(ballot.peer)):
+        raise ValueError("a ballot has a round >= 1 and a peer, or is the zero ballot")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, order=True)
-class Ballot:
+class _BallotFields(NamedTuple):
+    round: int
+    peer: str
+
+
+class Ballot(_BallotFields):
     """Unique and totally ordered: (round, proposer). The proposer is the id of the operation
-    that prepares (unique across peers, operations and restarts). Ballot() is below all."""
+    that prepares (unique across peers, operations and restarts). Ballot() is below all.
+    On the wire: [round, peer]. A named tuple, not a Struct: an array-like Struct with defaults
+    would decode [] or [0] as the zero ballot, and `Ballot()` must stay the zero ballot."""
 
-    round: int = 0
-    peer: str = ""
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if self.round < 0 or (self.round > 0) != bool(self.peer):
-            raise ValueError("a ballot has a round >= 1 and a peer, or is the zero ballot")
+    def __new__(cls, *, round: int = 0, peer: str = "") -> Ballot:
+        ballot = tuple.__new__(cls, (round, peer))
+        _check_ballot(ballot)
+        return ballot
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EpochValue:
-    """What one Paxos instance decides: an epoch and the parameters its token key derives from."""
+    """What one Paxos instance decides: an epoch and the parameters its token key derives from.
+    A dataclass, not a Struct: it is a stored record as much as a message part (records.py),
+    and msgspec decodes a dataclass as strictly, running its __post_init__."""
 
     epoch: int
     salt: str  # hex, chosen by the proposer; "" for the genesis epoch
@@ -196,50 +241,32 @@ ZERO_BALLOT = Ballot()
 GENESIS = EpochValue(epoch=GENESIS_EPOCH, salt="", requested_by="", requested_at_s=0.0)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EpochQuery:
+class EpochQuery(_OwnerMessage, frozen=True, kw_only=True, tag="epoch_query"):
     """Learner -> acceptor: what have you decided and accepted for this owner? Changes nothing."""
 
-    op_id: str
-    owner: str
 
-    def __post_init__(self) -> None:
-        _check_owner(self.owner)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EpochReport:
+class EpochReport(_OwnerMessage, frozen=True, kw_only=True, tag="epoch_report"):
     """Acceptor -> learner: its highest decided epoch and highest slot with an accepted value."""
 
-    op_id: str
-    owner: str
     decided: EpochValue
     accepted_slot: int
 
-    def __post_init__(self) -> None:
-        _check_owner(self.owner)
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Prepare:
-    op_id: str
-    owner: str
+class Prepare(_OwnerMessage, frozen=True, kw_only=True, tag="prepare"):
     slot: int
     ballot: Ballot
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
+        _check_ballot(self.ballot)
         if not GENESIS_EPOCH < self.slot <= EPOCH_MAX or self.ballot.round < 1:
             raise ValueError("prepare needs a slot above genesis and a real ballot")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Promise:
+class Promise(_OwnerMessage, frozen=True, kw_only=True, tag="promise"):
     """Acceptor -> proposer. `granted` false means `promised` outranks the ballot asked, or the
     slot is already decided here (`decided` then carries the value)."""
 
-    op_id: str
-    owner: str
     slot: int
     ballot: Ballot
     granted: bool
@@ -250,28 +277,25 @@ class Promise:
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
+        for ballot in (self.ballot, self.promised, self.accepted_ballot):
+            _check_ballot(ballot)
         if (self.accepted_ballot is None) != (self.accepted_value is None):
             raise ValueError("an accepted value comes with its ballot")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Accept:
-    op_id: str
-    owner: str
+class Accept(_OwnerMessage, frozen=True, kw_only=True, tag="accept"):
     slot: int
     ballot: Ballot
     value: EpochValue
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
+        _check_ballot(self.ballot)
         if self.value.epoch != self.slot or self.ballot.round < 1:
             raise ValueError("accept: the value's epoch is its slot, with a real ballot")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Accepted:
-    op_id: str
-    owner: str
+class Accepted(_OwnerMessage, frozen=True, kw_only=True, tag="accepted"):
     slot: int
     ballot: Ballot
     granted: bool
@@ -280,14 +304,13 @@ class Accepted:
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
+        _check_ballot(self.ballot)
+        _check_ballot(self.promised)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Decide:
+class Decide(_OwnerMessage, frozen=True, kw_only=True, tag="decide"):
     """Proposer -> every replica: this value was chosen for its slot (a majority accepted it)."""
 
-    op_id: str
-    owner: str
     value: EpochValue
 
     def __post_init__(self) -> None:
@@ -299,21 +322,11 @@ class Decide:
 # -- inspection ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OwnerInspect:
+class OwnerInspect(_OwnerMessage, frozen=True, kw_only=True, tag="owner_inspect"):
     """Admin view: a replica's own state for one owner. Changes nothing."""
 
-    op_id: str
-    owner: str
 
-    def __post_init__(self) -> None:
-        _check_owner(self.owner)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OwnerView:
-    op_id: str
-    owner: str
+class OwnerView(_OwnerMessage, frozen=True, kw_only=True, tag="owner_view"):
     token_count: int
     digest: str  # hex root of the owner's digest tree (merkle.py: 128-bit BLAKE2b)
     complete: bool  # False when the scan stopped at its bound: count and digest are partial
@@ -324,10 +337,11 @@ class OwnerView:
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
+        _check_ballot(self.next_slot_promised)
+        _check_ballot(self.next_slot_accepted)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Heartbeat:
+class Heartbeat(_Message, frozen=True, kw_only=True, tag="heartbeat"):
     """Peer -> peer, every heartbeat interval: a sign of life for the failure detector."""
 
     sender: str
@@ -340,61 +354,37 @@ class Heartbeat:
 # -- anti-entropy ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AeSummary:
+class AeSummary(_OwnerMessage, frozen=True, kw_only=True, tag="ae_summary"):
     """Initiator -> partner: my digest leaves and decided epoch for one owner."""
 
-    op_id: str
-    owner: str
     leaves: tuple[str, ...]  # hex, one per bucket
     count: int
     decided: EpochValue
 
-    def __post_init__(self) -> None:
-        _check_owner(self.owner)
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AeSummaryReply:
+class AeSummaryReply(_OwnerMessage, frozen=True, kw_only=True, tag="ae_summary_reply"):
     """Partner -> initiator: the buckets whose leaves differ, and the partner's decided epoch."""
 
-    op_id: str
-    owner: str
     differing: tuple[int, ...]
     decided: EpochValue
 
-    def __post_init__(self) -> None:
-        _check_owner(self.owner)
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AeKeys:
+class AeKeys(_OwnerMessage, frozen=True, kw_only=True, tag="ae_keys"):
     """Initiator -> partner: my tokens (with record hashes) in one window of one bucket:
     after `start_after` (or the bucket's start) up to `last` inclusive (or the bucket's end)."""
 
-    op_id: str
-    owner: str
     bucket: int
     start_after: str | None
     last: str | None
     entries: tuple[tuple[str, str], ...]
 
-    def __post_init__(self) -> None:
-        _check_owner(self.owner)
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AeKeysReply:
+class AeKeysReply(_OwnerMessage, frozen=True, kw_only=True, tag="ae_keys_reply"):
     """Partner -> initiator: the tokens of the window the partner lacks (the initiator pushes
     them); the partner pushes what the initiator lacks on its own."""
 
-    op_id: str
-    owner: str
     bucket: int
     missing: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        _check_owner(self.owner)
 
 
 AntiEntropyMessage = AeSummary | AeSummaryReply | AeKeys | AeKeysReply

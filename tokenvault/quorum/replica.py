@@ -174,6 +174,7 @@ class Replica:
             owner=request.owner,
             tokens=tuple(m.token for m in request.mappings),
             outcomes=tuple(outcomes),
+            origin=request.origin,
         )
         effects.messages.append(Envelope(source=self._peer_id, destination=source, message=reply))
         return effects

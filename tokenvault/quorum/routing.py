@@ -1,18 +1,16 @@
 """Which core takes a peer message: the one routing table both drivers use (node.py and the
 simulator), so a routing mistake the simulator would find is the production one.
 
-Rules: pure and total — every message type has exactly one destination; replies are told apart
-by their op id's owner (hints and anti-entropy name their operations with their own prefixes).
-`answers_from_storage` says whether the destination reads the store to answer: its replies then
-wait for durability even when it wrote nothing (persist before send).
+Rules: pure and total — every message type has exactly one destination; an insert reply goes
+to the core its insert came from, by the `Origin` the replica echoes (never by the op id, whose
+prefixes are for the logs). `answers_from_storage` says whether the destination reads the store
+to answer: its replies then wait for durability even when it wrote nothing (persist before send).
 """
 
 from __future__ import annotations
 
 import enum
 
-from tokenvault.quorum.anti_entropy import AE_OP_PREFIX
-from tokenvault.quorum.hinted_handoff import HINT_OP_PREFIX
 from tokenvault.quorum.messages import (
     Accept,
     Accepted,
@@ -27,6 +25,7 @@ from tokenvault.quorum.messages import (
     InsertReply,
     InsertRequest,
     Message,
+    Origin,
     OwnerInspect,
     OwnerView,
     Prepare,
@@ -52,6 +51,11 @@ class Destination(enum.Enum):
 
 
 _FROM_STORAGE = frozenset({Destination.REPLICA, Destination.ACCEPTOR, Destination.ANTI_ENTROPY})
+_INSERT_REPLY_DESTINATIONS = {
+    Origin.COORDINATOR: Destination.COORDINATOR,
+    Origin.HINTS: Destination.HINTS,
+    Origin.ANTI_ENTROPY: Destination.ANTI_ENTROPY,
+}
 
 
 def route(message: Message) -> Destination:
@@ -66,11 +70,7 @@ def route(message: Message) -> Destination:
     if isinstance(message, OwnerView):
         return Destination.INSPECTION
     if isinstance(message, InsertReply):
-        if message.op_id.startswith(AE_OP_PREFIX):
-            return Destination.ANTI_ENTROPY
-        if message.op_id.startswith(HINT_OP_PREFIX):
-            return Destination.HINTS
-        return Destination.COORDINATOR
+        return _INSERT_REPLY_DESTINATIONS[message.origin]
     if isinstance(message, ReadReply):
         return Destination.COORDINATOR
     assert isinstance(message, EpochReport | Promise | Accepted), type(message).__name__

@@ -35,8 +35,8 @@ from tokenvault.quorum.client_operations import Inspected
 from tokenvault.quorum.coordinator import CoordinatorLimits
 from tokenvault.quorum.epoch_coordinator import EpochLimits
 from tokenvault.quorum.failure_detector import DetectorLimits
-from tokenvault.quorum.hinted_handoff import HINT_OP_PREFIX, HintLimits
-from tokenvault.quorum.messages import Accept, Envelope, EpochValue, InsertRequest, Message
+from tokenvault.quorum.hinted_handoff import HintLimits
+from tokenvault.quorum.messages import Accept, Envelope, EpochValue, InsertRequest, Message, Origin
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import MAPPING_PREFIX
@@ -58,7 +58,6 @@ from tokenvault.sim.observer import Observer, is_watched
 from tokenvault.store.memory_store import MemoryStore
 
 DEFERRED_INPUTS_MAX = 100_000  # inputs waiting for a paused peer
-REPAIR_OP_PREFIXES = (HINT_OP_PREFIX, "ae:")
 
 
 class PeerState(enum.Enum):
@@ -97,7 +96,7 @@ class PeerStats:
 
 def is_repair_insert(message: Message) -> bool:
     """A hint delivery or an anti-entropy push, as opposed to a client's write or read repair."""
-    return isinstance(message, InsertRequest) and message.op_id.startswith(REPAIR_OP_PREFIXES)
+    return isinstance(message, InsertRequest) and message.origin is not Origin.COORDINATOR
 
 
 class SimPeer:
