@@ -6,7 +6,6 @@ import pytest
 
 from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.client_operations import Tokenized
-from tokenvault.quorum.coordinator import CoordinatorLimits
 from tokenvault.quorum.effects import Effects, EpochDone, ReadDone
 from tokenvault.quorum.messages import (
     Decide,
@@ -58,7 +57,6 @@ class Harness:
             engine=self.engine,
             ring=HashRing(("p1", "p2", "p3"), 4),
             quorum=QuorumConfig(replica_count=3, write_quorum=2, read_quorum=2),
-            limits=CoordinatorLimits(),
             fsync_s=(FSYNC_S, FSYNC_S),
             client_latency_s=0.001,
             send=self._send,

@@ -75,16 +75,12 @@ class SimCluster:
                 engine=engine,
                 ring=self.ring,
                 quorum=config.quorum,
-                limits=config.coordinator_limits,
                 fsync_s=mix.fsync_s,
                 client_latency_s=config.client_latency_s,
                 send=self.network.send,
                 owners=config.owner_ids,
                 observer=self.observer,
-                epoch_limits=config.epoch_limits,
-                detector_limits=config.detector_limits,
-                hint_limits=config.hint_limits,
-                anti_entropy_limits=config.anti_entropy_limits,
+                limits=config.peer_limits,
             )
             for peer_id in config.peer_ids
         }

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tokenvault.quorum.anti_entropy import AntiEntropyLimits
-from tokenvault.quorum.coordinator import CoordinatorLimits
-from tokenvault.quorum.epoch_coordinator import EpochLimits
-from tokenvault.quorum.failure_detector import DetectorLimits
-from tokenvault.quorum.hinted_handoff import HintLimits
+from tokenvault.quorum.peer_core import PeerLimits
 from tokenvault.quorum.quorum_config import QuorumConfig, quorum_problem
 
 
@@ -38,11 +34,7 @@ class SimConfig:
     attempts_max: int = 3  # attempts per client operation, the first included
     client_timeout_s: float = 6.0  # a client gives up on an attempt (longer than an epoch op's)
     client_latency_s: float = 0.001  # one way, client <-> peer
-    coordinator_limits: CoordinatorLimits = field(default_factory=CoordinatorLimits)
-    epoch_limits: EpochLimits = field(default_factory=EpochLimits)
-    detector_limits: DetectorLimits = field(default_factory=DetectorLimits)
-    hint_limits: HintLimits = field(default_factory=HintLimits)
-    anti_entropy_limits: AntiEntropyLimits = field(default_factory=AntiEntropyLimits)
+    peer_limits: PeerLimits = field(default_factory=PeerLimits)  # every peer core's, as a node's
     run_s_max: float = 600.0  # virtual seconds: a run whose clients are not done by then is stuck
     events_max: int = 5_000_000
     # All N replicas of every owner identical (mappings, merkle roots, decided epoch) and no hint

@@ -30,12 +30,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tokenvault.quorum.anti_entropy import AntiEntropyLimits
 from tokenvault.quorum.client_operations import Inspected
-from tokenvault.quorum.coordinator import CoordinatorLimits
-from tokenvault.quorum.epoch_coordinator import EpochLimits
-from tokenvault.quorum.failure_detector import DetectorLimits
-from tokenvault.quorum.hinted_handoff import HintLimits
 from tokenvault.quorum.messages import Accept, Envelope, EpochValue, InsertRequest, Message, Origin
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
@@ -107,16 +102,12 @@ class SimPeer:
         engine: Engine,
         ring: HashRing,
         quorum: QuorumConfig,
-        limits: CoordinatorLimits,
         fsync_s: tuple[float, float],
         client_latency_s: float,
         send: Callable[[Envelope], None],
         owners: tuple[str, ...] = (),
         observer: Observer | None = None,
-        epoch_limits: EpochLimits = EpochLimits(),
-        detector_limits: DetectorLimits = DetectorLimits(),
-        hint_limits: HintLimits = HintLimits(),
-        anti_entropy_limits: AntiEntropyLimits = AntiEntropyLimits(),
+        limits: PeerLimits = PeerLimits(),
     ) -> None:
         self.peer_id = peer_id
         self.store = MemoryStore()
@@ -133,13 +124,7 @@ class SimPeer:
         self._ring = ring
         self._quorum = quorum
         self._owners = owners
-        self._limits = PeerLimits(
-            coordinator=limits,
-            epoch=epoch_limits,
-            detector=detector_limits,
-            hints=hint_limits,
-            anti_entropy=anti_entropy_limits,
-        )
+        self._limits = limits
         self._fsync_s = fsync_s
         self._client_latency_s = client_latency_s
         self._send = send
