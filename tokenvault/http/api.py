@@ -3,6 +3,12 @@
 Rules:
 - Every input is validated completely before anything is written: bad input gets its documented
   error and changes nothing.
+- A body is strict UTF-8 JSON that its answer can carry back unchanged: no byte order mark, no
+  UTF-16, no NaN or Infinity, no number out of range (1e400), no lone surrogate escape, no
+  nesting deeper than JSON_DEPTH_MAX. Whatever is accepted therefore encodes again: no answer
+  fails after a write.
+- A path that exists answers another method with 405 and `Allow` (its methods); an unknown path
+  404. A token path that does not decode is a token like any malformed one: the uniform 404.
 - Authentication is a dictionary lookup of the key's SHA-256, built once from the config. An
   owner key acts for that owner alone; the admin key acts for no owner; the peer key (derived
   from the cluster secret) opens only the internal endpoint.
@@ -15,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+import msgspec
 
 from tokenvault.config import OwnerConfig
 from tokenvault.http.config_mismatch import ConfigMismatchAlarm
@@ -50,32 +57,60 @@ from tokenvault.quorum.client_operations import (
     Tokenized,
 )
 from tokenvault.quorum.effects import EpochDone, Failure, ReadDone
-from tokenvault.quorum.messages import Ballot, EpochValue, Mapping
+from tokenvault.quorum.messages import EPOCH_MAX, Ballot, EpochValue, Mapping
 from tokenvault.tokens import hash_api_key, is_well_formed_token
 from tokenvault.views import node_view, peer_views, render_metrics
 
 RECORDS_MAX = 1_000
 TOKENS_MAX = 1_000
 VALUE_BYTES_MAX = 4 * 1024
+JSON_DEPTH_MAX = 64  # the top-level object is depth 1
 ADMIN = object()  # the admin principal: acts for no owner
+# Routes anyone may call: no key is looked at.
+OPEN_ROUTES = frozenset({"healthz", "metrics"})
 
 Principal = OwnerConfig | object
 _Answer = TypeVar("_Answer", Tokenized, ReadDone, EpochDone, Inspected)
 RouteHandler = Callable[[Request, Principal | None, str], Awaitable[Response]]
 
 
-def _reject_constant(name: str) -> Any:
-    raise InvalidRequest(f"{name} is not valid JSON")
+_JSON_DECODER = msgspec.json.Decoder()
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, refused unless its answer can carry it back (module rules).
+
+    msgspec reads strict UTF-8 JSON (RFC 8259): it refuses a byte order mark, UTF-16, NaN and
+    Infinity, lone surrogate escapes and control characters in strings, and numbers that do not
+    fit a float (1e400) or an integer of 4,300 digits.
+    """
     try:
-        payload = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        payload = _JSON_DECODER.decode(body)
+    except msgspec.ValidationError:
+        raise InvalidRequest("A number in the body is out of range.") from None
+    except (msgspec.DecodeError, RecursionError):
         raise InvalidRequest("The body is not valid UTF-8 JSON.") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("The body must be a JSON object.")
+    if _nests_deeper(payload, JSON_DEPTH_MAX):
+        raise InvalidRequest(f"The body nests deeper than {JSON_DEPTH_MAX} levels.")
     return payload
+
+
+def _nests_deeper(payload: dict[str, Any], depth_max: int) -> bool:
+    """Whether objects and arrays nest deeper than ``depth_max`` (``payload`` is depth 1).
+
+    Iterative, so a deep body costs no stack; it visits each container of the body once.
+    """
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(payload, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > depth_max:
+            return True
+        for child in container.values() if isinstance(container, dict) else container:
+            if isinstance(child, dict | list):
+                pending.append((child, depth + 1))
+    return False
 
 
 def _bounded_list(payload: dict[str, Any], name: str, limit: int) -> list[Any]:
@@ -110,7 +145,9 @@ class PublicApi:
             ("GET", "/v1/admin/node"): ("admin_node", self._admin_node),
             ("POST", PEER_MESSAGES_PATH): ("peer_messages", self._peer_messages),
         }
-        self._exact_paths = {path for _, path in self._exact}
+        self._exact_paths: dict[str, tuple[str, ...]] = {}
+        for method, path in sorted(self._exact):
+            self._exact_paths[path] = (*self._exact_paths.get(path, ()), method)
         self._prefixed: tuple[tuple[str, str, str, RouteHandler], ...] = (
             ("GET", "/v1/tokens/", "token", self._get_token),
             ("GET", "/v1/ring/owners/", "ring_owner", self._ring_owner),
@@ -130,8 +167,8 @@ class PublicApi:
         route, handler, argument = self._route(request)
         try:
             if handler is None:
-                raise route_error(route)
-            principal = None if route in ("healthz", "metrics") else self._authenticate(request)
+                raise route_error(route, self.allowed_methods(request.path))
+            principal = None if route in OPEN_ROUTES else self._authenticate(request)
             response = await handler(request, principal, argument)
         except ApiError as error:
             response = error_response(error)
@@ -153,6 +190,16 @@ class PublicApi:
                     return "method_not_allowed", None, ""
                 return name, handler, request.path[len(prefix) :]
         return "unknown", None, ""
+
+    def allowed_methods(self, path: str) -> tuple[str, ...]:
+        """The methods `path` answers (its 405's `Allow`); () for a path that is not routed."""
+        exact = self._exact_paths.get(path)
+        if exact is not None:
+            return exact
+        for method, prefix, _, _ in self._prefixed:
+            if path.startswith(prefix):
+                return (method,)
+        return ()
 
     def _authenticate(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -185,7 +232,7 @@ class PublicApi:
                     raise InvalidRequest(
                         f"The value of the configured field '{name}' must be a string."
                     )
-                if value_bytes(value, name) > VALUE_BYTES_MAX:
+                if len(value.encode()) > VALUE_BYTES_MAX:  # no lone surrogate: parsed strictly
                     raise PayloadTooLarge(f"A value of '{name}' is over {VALUE_BYTES_MAX} bytes.")
                 sensitive.append((index, name, value))
         answer = await self._perform(
@@ -264,11 +311,14 @@ class PublicApi:
     async def _rotate(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)
         expected: int | None = None
-        if request.body.strip():
+        if request.body:  # only an empty body means "no body": white space is not JSON
             payload = parse_json_object(request.body)
-            expected = payload.get("expected_epoch")
-            if expected is not None and (type(expected) is not int or expected < 1):
-                raise InvalidRequest("'expected_epoch' must be a positive integer.")
+            if "expected_epoch" in payload:
+                expected = payload["expected_epoch"]
+                if type(expected) is not int or not 1 <= expected <= EPOCH_MAX:
+                    raise InvalidRequest(
+                        f"'expected_epoch' must be a positive integer (at most {EPOCH_MAX:,})."
+                    )
         operation = RotateEpoch(
             op_id=self._node.new_request_id(),
             owner=owner.id,
@@ -439,23 +489,13 @@ def _ballot_text(ballot: Ballot | None) -> str | None:
     return None if ballot is None or ballot.round == 0 else f"{ballot.round}.{ballot.peer}"
 
 
-def value_bytes(value: str, field: str) -> int:
-    """The UTF-8 size of a value; a lone surrogate (legal as a JSON escape) is refused."""
-    if value.isascii():
-        return len(value)
-    try:
-        return len(value.encode())
-    except UnicodeEncodeError:
-        raise InvalidRequest(f"A value of '{field}' is not valid Unicode text.") from None
-
-
 def _owner_of(principal: Principal | None) -> OwnerConfig:
     if isinstance(principal, OwnerConfig):
         return principal
     raise Forbidden("The admin key acts for no owner; use an owner's key.")
 
 
-def route_error(route: str) -> ApiError:
+def route_error(route: str, allowed_methods: tuple[str, ...] = ()) -> ApiError:
     if route == "method_not_allowed":
-        return MethodNotAllowed()
+        return MethodNotAllowed(allowed_methods=allowed_methods)
     return NotFound("No such route.")

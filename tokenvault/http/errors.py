@@ -5,7 +5,8 @@ Rules kept here:
   compact JSON encoded as UTF-8 with content type ``application/json``;
 - each error class owns its status and code; a message is a sentence for a person and
   never carries secrets (no tokens' plaintext, keys or request bodies);
-- ``retry_after_s``, when set, becomes a ``Retry-After`` header (whole seconds);
+- ``retry_after_s``, when set, becomes a ``Retry-After`` header (whole seconds); a 405 names the
+  methods its path allows in an ``Allow`` header (RFC 9110 §15.5.6);
 - the responses are messages.py's Response: this module never imports server.py, which
   imports it.
 """
@@ -87,6 +88,16 @@ class MethodNotAllowed(ApiError):
     code = "method_not_allowed"
     default_message = "The method is not allowed on this resource."
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        allowed_methods: tuple[str, ...] = (),
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.allowed_methods = allowed_methods
+
 
 class PayloadTooLarge(ApiError):
     status = 413
@@ -106,16 +117,19 @@ def json_response(status: int, payload: object) -> Response:
     try:
         body = _ENCODER.encode(payload).encode("utf-8")
     except UnicodeEncodeError:
-        # A client's own echoed text held a lone surrogate (legal as a JSON escape, not as
-        # UTF-8): answer with it escaped again, exactly as the client sent it.
+        # Text with a lone surrogate (legal as a JSON escape, not as UTF-8): api.py refuses
+        # such bodies, so none should reach an answer; if one does, it goes out escaped again.
         body = _ASCII_ENCODER.encode(payload).encode("ascii")
     return Response(status=status, body=body)
 
 
 def error_response(error: ApiError) -> Response:
-    """The Response for ``error``: its status, the JSON error body, Retry-After if set."""
+    """The Response for ``error``: its status, the JSON error body, Retry-After if set, and
+    Allow on a 405 that names its methods."""
     body = _ENCODER.encode({"error": {"code": error.code, "message": error.message}})
     headers: tuple[tuple[str, str], ...] = ()
     if error.retry_after_s is not None:
         headers = (("retry-after", str(error.retry_after_s)),)
+    if isinstance(error, MethodNotAllowed) and error.allowed_methods:
+        headers += (("allow", ", ".join(error.allowed_methods)),)
     return Response(status=error.status, body=body.encode("utf-8"), headers=headers)

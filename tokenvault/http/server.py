@@ -20,6 +20,7 @@ builds its responses without importing this module: the imports go one way, serv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -299,11 +300,10 @@ async def _receive_request(
         return error_response(InvalidRequest(message)), keep_alive
     path = raw_path.decode("ascii")
     if "%" in path:
-        try:
+        # A path that does not decode as UTF-8 stays as sent: it then names no route, token or
+        # owner, and gets the same not-found as any unknown one (API.md: not-found is uniform).
+        with contextlib.suppress(UnicodeDecodeError):
             path = unquote(path, errors="strict")
-        except UnicodeDecodeError:
-            message = "The request path is not valid percent-encoded UTF-8."
-            return error_response(InvalidRequest(message)), keep_alive
     request = Request(
         method=method,
         path=path,
