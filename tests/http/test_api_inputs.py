@@ -1,7 +1,8 @@
 """PublicApi on a real one-peer node (N = W = R = 1, LevelDB in a temporary directory, no
 sockets): every row of docs/api.md's error table happens as documented, one test per row, and no
 refused request changes what the store holds. Also: what the API answers that is not an error
-but could be mistaken for one (records without a configured field, an empty rotate body).
+but could be mistaken for one (records without a configured field, an empty rotate body), and
+the OpenAPI document's routes against the API's own.
 
 The HTTP layer's part of the same rows (invalid HTTP, headers too large, a path that does not
 decode) is in test_server.py; the whole chain on real processes in tests/e2e/test_errors.py.
@@ -11,14 +12,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from tests.http.test_openapi import COPY, load_source
 from tokenvault.cluster_init import init_cluster, load_keys
 from tokenvault.config import load_config
 from tokenvault.http.api import JSON_DEPTH_MAX, PublicApi
@@ -27,6 +31,7 @@ from tokenvault.log import EventLog
 from tokenvault.node import Node
 from tokenvault.quorum.messages import EPOCH_MAX
 
+ROOT = Path(__file__).resolve().parents[2]
 SCAN_LIMIT = 100_000
 Case = tuple[str, str, str, bytes, str | None]  # (name, method, path, body, key name or None)
 
@@ -321,6 +326,7 @@ ALLOWED: dict[str, str] = {
     "/v1/admin/node": "GET",
     "/healthz": "GET",
     "/metrics": "GET",
+    "/v1/openapi.json": "GET",
     "/internal/v1/messages": "POST",
 }
 
@@ -416,3 +422,39 @@ async def test_no_refused_request_is_logged_with_its_values(vault: Vault) -> Non
     text = vault.log.getvalue()
     assert "error" not in [json.loads(line)["level"] for line in text.splitlines()]
     assert "123456789" not in text and "4111" not in text
+
+
+# -- the OpenAPI document -----------------------------------------------------------------------
+
+
+async def test_openapi_json_is_served_without_a_key_and_is_the_document(vault: Vault) -> None:
+    response = await vault.call("GET", "/v1/openapi.json", key=None)
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert response.body == COPY.read_bytes()
+    assert json.loads(response.body) == load_source()
+
+
+def documented_operations() -> set[tuple[str, str]]:
+    """(METHOD, path template) of every endpoint heading of docs/api.md, the peer one aside."""
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^### `(GET|POST|PUT|DELETE|PATCH) (/[^`]*)`", text, re.MULTILINE)
+    return {(method, path) for method, path in headings if not path.startswith("/internal/")}
+
+
+async def test_the_openapi_document_has_every_public_endpoint_and_the_api_serves_them(
+    vault: Vault,
+) -> None:
+    document: dict[str, Any] = load_source()
+    in_document = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
+    assert in_document == documented_operations()
+    for path, operations in document["paths"].items():
+        concrete = path.replace("{token}", "tok_x").replace("{owner}", "alice")
+        methods = tuple(sorted(method.upper() for method in operations))
+        assert vault.api.allowed_methods(concrete) == methods, path
+    assert vault.api.allowed_methods("/internal/v1/messages") == ("POST",)
+    assert vault.api.allowed_methods("/v1/nothing") == ()

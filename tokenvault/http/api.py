@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any, TypeVar
 
 import msgspec
@@ -67,7 +68,7 @@ VALUE_BYTES_MAX = 4 * 1024
 JSON_DEPTH_MAX = 64  # the top-level object is depth 1
 ADMIN = object()  # the admin principal: acts for no owner
 # Routes anyone may call: no key is looked at.
-OPEN_ROUTES = frozenset({"healthz", "metrics"})
+OPEN_ROUTES = frozenset({"healthz", "metrics", "openapi"})
 
 Principal = OwnerConfig | object
 _Answer = TypeVar("_Answer", Tokenized, ReadDone, EpochDone, Inspected)
@@ -143,6 +144,7 @@ class PublicApi:
             ("POST", "/v1/epoch/rotate"): ("rotate", self._rotate),
             ("GET", "/v1/ring"): ("ring", self._ring),
             ("GET", "/v1/admin/node"): ("admin_node", self._admin_node),
+            ("GET", "/v1/openapi.json"): ("openapi", self._openapi),
             ("POST", PEER_MESSAGES_PATH): ("peer_messages", self._peer_messages),
         }
         self._exact_paths: dict[str, tuple[str, ...]] = {}
@@ -153,6 +155,9 @@ class PublicApi:
             ("GET", "/v1/ring/owners/", "ring_owner", self._ring_owner),
             ("GET", "/v1/admin/owners/", "admin_owner", self._admin_owner),
         )
+        # Read once at start: the OpenAPI document (docs/openapi.yaml) as the package ships it.
+        openapi = resources.files("tokenvault.http") / "openapi.json"
+        self._openapi_json = openapi.read_bytes()
         metrics = node.metrics
         metrics.describe("tokenvault_http_requests_total", "HTTP requests by route and status.")
         metrics.describe(
@@ -436,6 +441,9 @@ class PublicApi:
     async def _metrics(self, request: Request, principal: Principal | None, _: str) -> Response:
         body = render_metrics(self._node).encode()
         return Response(status=200, body=body, content_type="text/plain; version=0.0.4")
+
+    async def _openapi(self, request: Request, principal: Principal | None, _: str) -> Response:
+        return Response(status=200, body=self._openapi_json)
 
     # -- peers ---------------------------------------------------------------------------------
 
