@@ -17,13 +17,13 @@ import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e.harness import Cluster
+from tests.e2e.test_cluster import detokenize, tokenize
 from tests.http.test_openapi import load_source
 
 pytestmark = pytest.mark.e2e
@@ -34,16 +34,6 @@ SEED = int(os.environ.get("TOKENVAULT_SCHEMATHESIS_SEED", "20260101"))
 # Refusals a request that violates the document may get (schemathesis' default list lacks 413,
 # which the document gives for lists and values over their limits).
 NEGATIVE_STATUSES = ["400", "401", "403", "404", "405", "413"]
-
-
-@pytest.fixture(scope="module")
-def fuzzed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    running = Cluster(Path(tmp_path_factory.mktemp("schemathesis")) / "cluster")
-    try:
-        running.start_all()
-        yield running
-    finally:
-        running.close()
 
 
 def run_schemathesis(cluster: Cluster, peer: str, key: str, directory: Path) -> None:
@@ -110,15 +100,10 @@ def run_schemathesis(cluster: Cluster, peer: str, key: str, directory: Path) -> 
 
 
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
-    fuzzed_cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path
 ) -> None:
-    c = fuzzed_cluster
-    made = httpx.post(
-        c.url("n3") + "/v1/tokenize",
-        headers=c.headers("alice"),
-        json={"records": [{"ssn": "before-the-fuzzing"}]},
-        timeout=10,
-    )
+    c = cluster
+    made = tokenize(c, "n3", "alice", [{"ssn": "before-the-fuzzing"}])
     assert made.status_code == 200
     token = made.json()["records"][0]["ssn"]
 
@@ -130,11 +115,6 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
         lines = c.log(peer).splitlines()
         assert all(line.startswith("{") for line in lines), peer  # no traceback, no plain text
         assert not [e for e in c.log_events(peer) if e.get("level") == "error"], peer
-    answer = httpx.post(
-        c.url("n3") + "/v1/detokenize",
-        headers=c.headers("alice"),
-        json={"tokens": [token]},
-        timeout=10,
-    )
+    answer = detokenize(c, "n3", "alice", [token])
     assert answer.status_code == 200
     assert answer.json()["results"][0]["value"] == "before-the-fuzzing"
