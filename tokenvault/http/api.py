@@ -60,7 +60,7 @@ from tokenvault.quorum.client_operations import (
     Tokenized,
 )
 from tokenvault.quorum.effects import EpochDone, Failure, ReadDone
-from tokenvault.quorum.messages import Ballot, EpochValue, Mapping
+from tokenvault.quorum.messages import EPOCH_MAX, Ballot, EpochValue, Mapping
 from tokenvault.tokens import derive_peer_key, hash_api_key, is_well_formed_token
 from tokenvault.views import node_view, peer_views, render_metrics
 
@@ -494,6 +494,10 @@ _FAILURE_TEXT = {
     Failure.OVERLOADED: "Too few replicas answered in time; nothing was claimed.",
     Failure.FENCED: "Too few replicas answered in time; nothing was claimed.",
     Failure.CONTENDED: "Concurrent epoch changes kept colliding; retry the request.",
+    Failure.EPOCHS_EXHAUSTED: (
+        f"This owner is at the last epoch ({EPOCH_MAX:,}): it cannot rotate again; its "
+        "tokens still work."
+    ),
     Failure.STORE_FAILED: "This peer's store failed; try another peer or retry later.",
     Failure.INTERNAL_ERROR: "This peer failed an internal check (logged); try another peer.",
 }
