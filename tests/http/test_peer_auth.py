@@ -112,6 +112,13 @@ def reference_batch(
     }
 
 
+def edited(headers: Headers, name: str, value: str | None) -> Headers:
+    """`headers` with `name` set to `value`, or removed (None)."""
+    return {k: v for k, v in headers.items() if k != name} | (
+        {} if value is None else {name: value}
+    )
+
+
 def receiver(local_peer: str = "n2", clock: Callable[[], float] = Clock()) -> PeerAuthenticator:
     return PeerAuthenticator(local_peer=local_peer, keys=KEYS, clock_s=clock)
 
@@ -180,11 +187,7 @@ def test_verify_head_changes_nothing_and_only_the_body_check_spends_the_sequence
     [None, "", "Bearer 0123", SCHEME.lower() + " " + "0" * 64, "HMAC " + "0" * 64],
 )
 def test_a_batch_without_the_peer_signature_scheme_is_unsigned(authorization: str | None) -> None:
-    headers = signed(signer())
-    if authorization is None:
-        del headers[AUTHORIZATION_HEADER]
-    else:
-        headers[AUTHORIZATION_HEADER] = authorization
+    headers = edited(signed(signer()), AUTHORIZATION_HEADER, authorization)
     assert refusal(receiver(), headers).reason is Refusal.UNSIGNED
 
 
@@ -225,11 +228,7 @@ def test_a_batch_without_a_sender_is_unsigned() -> None:
 def test_a_missing_or_malformed_field_is_refused_as_malformed(
     header: str, value: str | None
 ) -> None:
-    headers = signed(signer())
-    if value is None:
-        del headers[header]
-    else:
-        headers[header] = value
+    headers = edited(signed(signer()), header, value)
     assert refusal(receiver(), headers).reason is Refusal.MALFORMED
 
 

@@ -120,7 +120,8 @@ class PeerAuthError(Exception):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerCredential:
-    """What `verify_head` established about a batch; `verify_body` finishes the check."""
+    """The signed fields of one batch: what `verify_head` established about it (`verify_body`
+    finishes the check), or what a signer signs."""
 
     sender: str
     incarnation: str
@@ -135,31 +136,20 @@ def new_incarnation() -> str:
     return secrets.token_hex(16)
 
 
-def _signature(
-    key: bytes,
-    *,
-    method: str,
-    path: str,
-    receiver: str,
-    fingerprint: str,
-    sender: str,
-    incarnation: str,
-    sequence: int,
-    timestamp_ms: int,
-    body_sha256: str,
-) -> str:
+def _signature(key: bytes, method: str, path: str, receiver: str, batch: PeerCredential) -> str:
+    """HMAC-SHA256 under the sender's key of the scheme's lines (module docstring)."""
     signed = "\n".join(
         (
             _LABEL,
             method,
             path,
             receiver,
-            fingerprint,
-            sender,
-            incarnation,
-            str(sequence),
-            str(timestamp_ms),
-            body_sha256,
+            batch.fingerprint,
+            batch.sender,
+            batch.incarnation,
+            str(batch.sequence),
+            str(batch.timestamp_ms),
+            batch.body_sha256,
         )
     )
     return hmac.new(key, signed.encode(), hashlib.sha256).hexdigest()
@@ -192,27 +182,22 @@ class PeerSigner:
     def headers(self, method: str, path: str, body: bytes) -> tuple[tuple[str, str], ...]:
         """The signature headers of one batch; every call spends a new sequence number."""
         self._sequence += 1
-        timestamp_ms = int(self._clock_s() * 1000)
-        body_sha256 = hashlib.sha256(body).hexdigest()
-        signature = _signature(
-            self._key,
-            method=method,
-            path=path,
-            receiver=self._receiver,
-            fingerprint=self._fingerprint,
+        batch = PeerCredential(
             sender=self._sender,
             incarnation=self._incarnation,
             sequence=self._sequence,
-            timestamp_ms=timestamp_ms,
-            body_sha256=body_sha256,
+            timestamp_ms=int(self._clock_s() * 1000),
+            body_sha256=hashlib.sha256(body).hexdigest(),
+            fingerprint=self._fingerprint,
         )
+        signature = _signature(self._key, method, path, self._receiver, batch)
         return (
-            (CLUSTER_FINGERPRINT_HEADER, self._fingerprint),
-            (SENDER_HEADER, self._sender),
-            (INCARNATION_HEADER, self._incarnation),
-            (SEQUENCE_HEADER, str(self._sequence)),
-            (TIMESTAMP_HEADER, str(timestamp_ms)),
-            (BODY_DIGEST_HEADER, body_sha256),
+            (CLUSTER_FINGERPRINT_HEADER, batch.fingerprint),
+            (SENDER_HEADER, batch.sender),
+            (INCARNATION_HEADER, batch.incarnation),
+            (SEQUENCE_HEADER, str(batch.sequence)),
+            (TIMESTAMP_HEADER, str(batch.timestamp_ms)),
+            (BODY_DIGEST_HEADER, batch.body_sha256),
             (AUTHORIZATION_HEADER, f"{SCHEME} {signature}"),
         )
 
@@ -276,18 +261,7 @@ class PeerAuthenticator:
         key = self._keys.get(sender)
         if key is None:
             raise PeerAuthError(Refusal.UNKNOWN_SENDER, self._named(sender))
-        expected = _signature(
-            key,
-            method=method,
-            path=path,
-            receiver=self._local_peer,
-            fingerprint=credential.fingerprint,
-            sender=sender,
-            incarnation=credential.incarnation,
-            sequence=credential.sequence,
-            timestamp_ms=credential.timestamp_ms,
-            body_sha256=credential.body_sha256,
-        )
+        expected = _signature(key, method, path, self._local_peer, credential)
         if not hmac.compare_digest(expected, signature):
             raise PeerAuthError(Refusal.BAD_SIGNATURE, sender)
         skew_s = abs(self._clock_s() - credential.timestamp_ms / 1000)
