@@ -419,7 +419,9 @@ def test_a_hostile_peer_cannot_crash_plant_or_impersonate(cluster: Cluster) -> N
     relabelled_body = body.replace(b'"source": "n2"', b'"source": "n3"')
     assert relabelled_body != body
     assert hostile.post("n1", headers, relabelled_body).status_code == 401
-    assert hostile.post("n1", headers | {"x-tokenvault-peer": "n3"}, body).status_code == 401
+    as_n3 = headers["authorization"].replace("sender=n2,", "sender=n3,")
+    assert as_n3 != headers["authorization"]
+    assert hostile.post("n1", headers | {"authorization": as_n3}, body).status_code == 401
     wrong_key = hostile.send("n1", [], sender="n2", key_of="n3")
     assert wrong_key.status_code == 401
     unsigned = {k: v for k, v in headers.items() if k != "authorization"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,6 +67,13 @@ class Peer:
         return [line for line in lines if line["event"] == name]
 
 
+def relabel(headers: dict[str, str], sender: str) -> dict[str, str]:
+    """The same signature headers, naming another sender."""
+    fields = re.sub(r"sender=[^,]*,", f"sender={sender},", headers["authorization"], count=1)
+    assert fields != headers["authorization"]
+    return headers | {"authorization": fields}
+
+
 def batch(source: str, *messages: dict[str, Any]) -> bytes:
     return json.dumps({"source": source, "messages": list(messages)}).encode()
 
@@ -119,7 +127,7 @@ async def test_every_forgery_is_refused_401_and_alarmed_once_per_sender_and_reas
         bearer = {"authorization": "Bearer " + derive_peer_key(n1.secret, "n2").hex()}
         n3_as_n2 = dict(n1.signer("n2", key_of="n3").headers("POST", PEER_MESSAGES_PATH, body))
         relabelled_body = batch("n3", heartbeat("n3"))
-        relabelled = n1.signed(body) | {"x-tokenvault-peer": "n3"}
+        relabelled = relabel(n1.signed(body), "n3")
         cases = [
             ({}, body, "unsigned"),
             (bearer, body, "unsigned"),  # even the right peer's key, sent as a bearer key
