@@ -169,9 +169,20 @@ def test_well_formed_agrees_with_a_reference(candidate: str) -> None:
     assert is_well_formed_token(candidate) == reference
 
 
-def test_peer_key_and_api_key_hash() -> None:
-    peer = derive_peer_key(SECRET)
-    assert peer == derive_peer_key(SECRET) != derive_peer_key(b"other")
-    assert len(peer) == 64 and all(c in "0123456789abcdef" for c in peer)
-    assert peer != derive_epoch_key(SECRET, "acme", 1).hex()
+def test_each_peer_has_its_own_key_from_the_secret_and_its_id() -> None:
+    n1 = derive_peer_key(SECRET, "n1")
+    assert n1 == derive_peer_key(SECRET, "n1") and len(n1) == 32
+    assert n1 != derive_peer_key(SECRET, "n2") != derive_peer_key(SECRET, "n11")
+    assert n1 != derive_peer_key(b"other", "n1")
+    # labelled: neither the secret itself nor another key the secret derives
+    assert n1 not in (
+        SECRET,
+        derive_epoch_key(SECRET, "acme", 1),
+        derive_epoch_key(SECRET, "n1", 1),
+    )
+    expected = hmac.new(SECRET, b"tokenvault/peer-key/v2\x00n1", hashlib.sha256).digest()
+    assert n1 == expected
+
+
+def test_api_key_hash() -> None:
     assert hash_api_key("k") == hashlib.sha256(b"k").hexdigest() != hash_api_key("k2")

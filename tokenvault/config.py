@@ -79,7 +79,8 @@ class ClusterConfig:
 def cluster_fingerprint(config: ClusterConfig) -> str:
     """32 hex digits over the name, N/W/R, vnodes, peer ids and owners' fields: what decides
     where a mapping lives and which fields become tokens. Addresses, data directories, keys
-    and local tuning may differ between peers' files; the secret is checked by the peer key."""
+    and local tuning may differ between peers' files; the secret is checked by the peers'
+    signatures (http/peer_auth.py)."""
     agreed = {
         "name": config.name,
         "quorum": [

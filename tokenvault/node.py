@@ -12,6 +12,10 @@ Rules:
   many steps per synced LevelDB batch, and reports the ticket to the core (or the failure). A
   peer batch is answered once what it produced is settled, which paces the sending peer.
 - One clock task calls `advance` when the core's next timer or heartbeat is due.
+- A peer batch reaches the core only once it fits this cluster's configuration (`BatchRules`:
+  owners that are configured, fields that the owner has, a heartbeat only of its sender); the
+  codec has already checked every type and range. A batch that does not fit is refused whole:
+  peers of one configuration (the fingerprint says so) never send one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 import trio
 
 from tokenvault.config import ClusterConfig, PeerConfig, cluster_fingerprint
+from tokenvault.http.peer_auth import PeerCredential, PeerSigner, new_incarnation, require_source
 from tokenvault.http.peer_codec import CodecError, decode_batch, encode_message
 from tokenvault.http.peer_transport import PeerLink
 from tokenvault.log import EventLog
@@ -32,7 +37,7 @@ from tokenvault.metrics import Metrics
 from tokenvault.quorum.anti_entropy import AntiEntropyLimits
 from tokenvault.quorum.client_operations import ClientAnswer, ClientOperation
 from tokenvault.quorum.effects import EpochDone, ReadDone, WriteDone
-from tokenvault.quorum.messages import Message
+from tokenvault.quorum.messages import Heartbeat, InsertRequest, Message
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.ring.hash_ring import HashRing
 from tokenvault.store.leveldb_store import LevelDBStore
@@ -45,6 +50,36 @@ _FINISHED_METRICS = {
     ReadDone: "tokenvault_quorum_reads_total",
     EpochDone: "tokenvault_epoch_operations_total",
 }
+
+
+class NotConfigured(CodecError):
+    """A peer batch that decodes but does not fit this cluster's configuration."""
+
+
+class BatchRules:
+    """What a decoded peer batch must fit beyond the codec's checks: the configuration. The text
+    of a refusal names only where it failed, never a value."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self._fields: dict[str, frozenset[str]] = {o.id: o.fields for o in config.owners}
+
+    def check(self, source: str, messages: Sequence[Message]) -> None:
+        for index, message in enumerate(messages):
+            if isinstance(message, Heartbeat):
+                if message.sender != source:
+                    raise NotConfigured(f"$.messages[{index}].sender is not the batch's source")
+                continue
+            fields = self._fields.get(message.owner)
+            if fields is None:
+                raise NotConfigured(f"$.messages[{index}].owner is not a configured owner")
+            # New writes only: a mapping already held (a repair, a read reply) stays readable
+            # even if its field left the configuration since it was written.
+            if isinstance(message, InsertRequest) and not message.repair:
+                for row, mapping in enumerate(message.mappings):
+                    if mapping.field not in fields:
+                        raise NotConfigured(
+                            f"$.messages[{index}].mappings[{row}] has a field its owner lacks"
+                        )
 
 
 @dataclass(slots=True)
@@ -69,8 +104,8 @@ class Node:
         self.peer_id = peer_id
         self.log = log if log is not None else EventLog(peer_id)
         self.metrics = Metrics()
-        self.peer_key = derive_peer_key(config.secret)
         self.cluster_fingerprint = cluster_fingerprint(config)
+        self._batch_rules = BatchRules(config)
         self.peer.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LevelDBStore(str(self.peer.data_dir / "leveldb"))
         self.core = PeerCore(
@@ -84,14 +119,20 @@ class Node:
             now=trio.current_time(),
             limits=peer_limits(config),
         )
+        own_key, link_incarnation = derive_peer_key(config.secret, peer_id), new_incarnation()
         self.links: dict[str, PeerLink] = {
             p.id: PeerLink(
                 local_peer_id=peer_id,
                 peer_id=p.id,
                 host=p.host,
                 port=p.port,
-                peer_key=self.peer_key,
-                cluster_fingerprint=self.cluster_fingerprint,
+                signer=PeerSigner(
+                    sender=peer_id,
+                    receiver=p.id,
+                    key=own_key,
+                    incarnation=link_incarnation,
+                    fingerprint=self.cluster_fingerprint,
+                ),
             )
             for p in config.peers
             if p.id != peer_id
@@ -138,11 +179,15 @@ class Node:
         assert waiter.answer is not None
         return waiter.answer
 
-    async def receive_peer_batch(self, body: bytes) -> None:
-        """One authenticated batch from a peer; raises CodecError on a malformed one."""
+    async def receive_peer_batch(self, body: bytes, credential: PeerCredential) -> None:
+        """One batch whose head and body were authenticated (http/peer_auth.py). Raises
+        PeerAuthError when it names another source than its signer, CodecError when it is
+        malformed or does not fit this cluster's configuration (`BatchRules`)."""
         source, messages = decode_batch(body)
+        require_source(credential, source)
         if not self.core.is_peer(source):
             raise CodecError("batch from an unknown peer")
+        self._batch_rules.check(source, messages)
         step = self.core.receive(source, messages, trio.current_time())
         self._act(step)
         if step.sync_ticket is not None:

@@ -6,6 +6,9 @@ Rules:
 - A token is "tok_" + 32 URL-safe base64 characters of HMAC-SHA256(epoch key, field NUL value):
   the same (owner, epoch, field, value) gives the same token on every peer, and the token reveals
   nothing about the value.
+- Each peer signs its batches (http/peer_auth.py) with a key of its own:
+  HMAC-SHA256(cluster secret, label NUL peer id). Every peer derives every peer's key from the
+  secret at start; no key ever travels.
 - Keys and values never leave this module except as tokens.
 """
 
@@ -21,7 +24,7 @@ TOKEN_DIGEST_BYTES = 24  # 192 bits: collisions are out of reach at any realisti
 TOKEN_LENGTH = len(TOKEN_PREFIX) + 32
 _TOKEN_PATTERN = re.compile(r"tok_[A-Za-z0-9_-]{32}")
 _EPOCH_KEY_LABEL = b"tokenvault/epoch-key/v1\x00"
-_PEER_KEY_LABEL = b"tokenvault/peer-auth/v1"
+_PEER_KEY_LABEL = b"tokenvault/peer-key/v2\x00"
 
 
 def derive_epoch_key(secret: bytes, owner: str, epoch: int, salt: bytes = b"") -> bytes:
@@ -54,9 +57,11 @@ def is_well_formed_token(token: str) -> bool:
     return len(token) == TOKEN_LENGTH and _TOKEN_PATTERN.fullmatch(token) is not None
 
 
-def derive_peer_key(secret: bytes) -> str:
-    """The bearer key peers present to each other's internal endpoint."""
-    return hmac.new(secret, _PEER_KEY_LABEL, hashlib.sha256).hexdigest()
+def derive_peer_key(secret: bytes, peer_id: str) -> bytes:
+    """The key peer `peer_id` signs its batches with (32 bytes). Peer ids hold no NUL, so the
+    label and the id cannot be confused; the key never leaves the peers that derive it."""
+    assert peer_id and "\x00" not in peer_id
+    return hmac.new(secret, _PEER_KEY_LABEL + peer_id.encode(), hashlib.sha256).digest()
 
 
 def hash_api_key(key: str) -> str:

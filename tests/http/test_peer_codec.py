@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,16 +12,25 @@ from hypothesis import strategies as st
 
 from tokenvault.http.peer_codec import CodecError, decode_batch, encode_batch, encode_message
 from tokenvault.quorum.messages import (
+    BALLOT_ROUND_MAX,
     EPOCH_MAX,
     GENESIS,
+    OP_ID_LENGTH_MAX,
     OWNER_ID_CHARS,
+    VALUE_LENGTH_MAX,
+    WIRE_INT_MAX,
     Accept,
     Accepted,
+    AeKeys,
+    AeKeysReply,
+    AeSummary,
+    AeSummaryReply,
     Ballot,
     Decide,
     EpochQuery,
     EpochReport,
     EpochValue,
+    Heartbeat,
     InsertOutcome,
     InsertReply,
     InsertRequest,
@@ -463,6 +473,8 @@ ascii_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=70)
 @example(owner=OWNER, token="t" * 65, value="", field="f", epoch=1)
 @example(owner=OWNER, token="t", value="", field="f" * 65, epoch=1)
 @example(owner=OWNER, token="t", value="", field="é", epoch=1)
+@example(owner=OWNER, token="t", value="v" * VALUE_LENGTH_MAX, field="f", epoch=1)
+@example(owner=OWNER, token="t", value="v" * (VALUE_LENGTH_MAX + 1), field="f", epoch=1)
 def test_the_decoder_and_the_constructor_agree_on_every_mapping(
     owner: str, token: str, value: str, field: str, epoch: int
 ) -> None:
@@ -490,6 +502,9 @@ def test_the_decoder_and_the_constructor_agree_on_every_mapping(
 @example(round_=0, peer="")
 @example(round_=0, peer="n1")
 @example(round_=1, peer="")
+@example(round_=BALLOT_ROUND_MAX, peer="p" * OP_ID_LENGTH_MAX)
+@example(round_=BALLOT_ROUND_MAX + 1, peer="p")
+@example(round_=1, peer="p" * (OP_ID_LENGTH_MAX + 1))
 def test_the_decoder_and_the_constructor_agree_on_every_ballot(round_: int, peer: str) -> None:
     try:
         built: Ballot | None = Ballot(round=round_, peer=peer)
@@ -1031,3 +1046,205 @@ def test_lone_surrogates_in_epoch_messages_are_a_codec_error(message: dict[str, 
     body = batch([message])  # json.dumps escapes the surrogate: valid JSON text
     with pytest.raises(CodecError):
         decode_batch(body)
+
+
+# -- bounds: nothing a peer sends can make a core build an invalid message later, or persist a
+# -- record it cannot read back ---------------------------------------------------------------
+
+GOOD_HEARTBEAT: dict[str, Any] = {"type": "heartbeat", "sender": "n1"}
+GOOD_INSPECT: dict[str, Any] = {"type": "owner_inspect", "op": "o", "owner": OWNER}
+GOOD_VIEW: dict[str, Any] = {
+    "type": "owner_view",
+    "op": "o",
+    "owner": OWNER,
+    "token_count": 3,
+    "digest": "0" * 32,
+    "complete": True,
+    "decided": GOOD_VALUE,
+    "accepted_slot": 2,
+    "next_slot_promised": [0, ""],
+    "next_slot_accepted": None,
+}
+GOOD_SUMMARY: dict[str, Any] = {
+    "type": "ae_summary",
+    "op": "o",
+    "owner": OWNER,
+    "leaves": ["0" * 32] * 64,
+    "count": 3,
+    "decided": GOOD_VALUE,
+}
+GOOD_SUMMARY_REPLY: dict[str, Any] = {
+    "type": "ae_summary_reply",
+    "op": "o",
+    "owner": OWNER,
+    "differing": [0, 63],
+    "decided": GOOD_VALUE,
+}
+GOOD_KEYS: dict[str, Any] = {
+    "type": "ae_keys",
+    "op": "o",
+    "owner": OWNER,
+    "bucket": 5,
+    "start_after": "tok_A",
+    "last": None,
+    "entries": [["tok_B", "f" * 32]],
+}
+GOOD_KEYS_REPLY: dict[str, Any] = {
+    "type": "ae_keys_reply",
+    "op": "o",
+    "owner": OWNER,
+    "bucket": 5,
+    "missing": ["tok_B"],
+}
+GOOD_OTHERS = [
+    GOOD_HEARTBEAT,
+    GOOD_INSPECT,
+    GOOD_VIEW,
+    GOOD_SUMMARY,
+    GOOD_SUMMARY_REPLY,
+    GOOD_KEYS,
+    GOOD_KEYS_REPLY,
+]
+LONG_OP = "o" * (OP_ID_LENGTH_MAX + 1)
+AT_THE_LIMITS: dict[str, dict[str, Any]] = {
+    "mapping value of the longest": changed(
+        GOOD_INSERT, mappings=[[OWNER, "tok_A", "v" * VALUE_LENGTH_MAX, "card", 1]]
+    ),
+    "op of the longest": changed(GOOD_READ, op="o" * OP_ID_LENGTH_MAX),
+    "prepare at the last slot and round": changed(
+        GOOD_PREPARE, slot=EPOCH_MAX, ballot=[BALLOT_ROUND_MAX, "p" * OP_ID_LENGTH_MAX]
+    ),
+    "decide of the last epoch": changed(GOOD_DECIDE, value=value_with(epoch=EPOCH_MAX)),
+    "report of the last accepted slot": changed(GOOD_REPORT, accepted_slot=EPOCH_MAX),
+    "view of the largest count": changed(GOOD_VIEW, token_count=WIRE_INT_MAX),
+    "requested_by of the longest": changed(
+        GOOD_DECIDE, value=value_with(requested_by="r" * OP_ID_LENGTH_MAX)
+    ),
+}
+OUT_OF_BOUNDS: dict[str, dict[str, Any]] = {
+    # sizes
+    "mapping value too long": changed(
+        GOOD_INSERT, mappings=[[OWNER, "tok_A", "v" * (VALUE_LENGTH_MAX + 1), "card", 1]]
+    ),
+    "read reply value too long": changed(
+        GOOD_READ_REPLY, mappings=[[OWNER, "tok_A", "v" * (VALUE_LENGTH_MAX + 1), "card", 1], None]
+    ),
+    "op too long": changed(GOOD_READ, op=LONG_OP),
+    "decide op too long": changed(GOOD_DECIDE, op=LONG_OP),
+    "read token empty": changed(GOOD_READ, tokens=[""]),
+    "read token too long": changed(GOOD_READ, tokens=["t" * 65]),
+    "reply token too long": changed(GOOD_INSERT_REPLY, tokens=["t" * 65]),
+    "ballot proposer too long": changed(GOOD_PREPARE, ballot=[1, LONG_OP]),
+    "promised proposer too long": changed(GOOD_PROMISE, promised=[1, LONG_OP]),
+    "requested_by too long": changed(GOOD_DECIDE, value=value_with(requested_by=LONG_OP)),
+    "heartbeat sender too long": changed(GOOD_HEARTBEAT, sender=LONG_OP),
+    "view digest too long": changed(GOOD_VIEW, digest="0" * 65),
+    "summary leaf too long": changed(GOOD_SUMMARY, leaves=["0" * 65]),
+    "keys entry token too long": changed(GOOD_KEYS, entries=[["t" * 65, "f" * 32]]),
+    "keys entry hash too long": changed(GOOD_KEYS, entries=[["tok_B", "f" * 65]]),
+    "keys start_after empty": changed(GOOD_KEYS, start_after=""),
+    "keys reply token too long": changed(GOOD_KEYS_REPLY, missing=["t" * 65]),
+    # ballots and slots
+    "prepare round past the last": changed(GOOD_PREPARE, ballot=[BALLOT_ROUND_MAX + 1, "n1"]),
+    "promised round past the last": changed(GOOD_PROMISE, promised=[BALLOT_ROUND_MAX + 1, "n"]),
+    "accepted round huge": changed(GOOD_ACCEPTED, ballot=[2**64, "n1"]),
+    "promise genesis slot": changed(GOOD_PROMISE, slot=1),
+    "promise slot past the last": changed(GOOD_PROMISE, slot=EPOCH_MAX + 1),
+    "accepted slot zero": changed(GOOD_ACCEPTED, slot=0),
+    "accepted slot negative": changed(GOOD_ACCEPTED, slot=-5),
+    "accept genesis slot": changed(
+        GOOD_ACCEPT, slot=1, value={"epoch": 1, "salt": "", "requested_by": "", "requested_at_s": 0}
+    ),
+    "report accepted_slot zero": changed(GOOD_REPORT, accepted_slot=0),
+    "report accepted_slot past the last": changed(GOOD_REPORT, accepted_slot=EPOCH_MAX + 1),
+    "view accepted_slot past the last": changed(GOOD_VIEW, accepted_slot=EPOCH_MAX + 1),
+    # counts and buckets
+    "view token_count negative": changed(GOOD_VIEW, token_count=-1),
+    "view token_count huge": changed(GOOD_VIEW, token_count=WIRE_INT_MAX + 1),
+    "summary count negative": changed(GOOD_SUMMARY, count=-1),
+    "summary reply bucket negative": changed(GOOD_SUMMARY_REPLY, differing=[-1]),
+    "summary reply bucket huge": changed(GOOD_SUMMARY_REPLY, differing=[2**70]),
+    "keys bucket negative": changed(GOOD_KEYS, bucket=-1),
+    "keys reply bucket huge": changed(GOOD_KEYS_REPLY, bucket=WIRE_INT_MAX + 1),
+    # types
+    "heartbeat sender int": changed(GOOD_HEARTBEAT, sender=1),
+    "view complete string": changed(GOOD_VIEW, complete="yes"),
+    "summary leaves string": changed(GOOD_SUMMARY, leaves="00"),
+    "keys entries flat": changed(GOOD_KEYS, entries=["tok_B", "f"]),
+}
+
+
+def test_the_other_good_examples_decode() -> None:
+    _, decoded = decode_batch(batch(GOOD_OTHERS))
+    assert [type(m) for m in decoded] == [
+        Heartbeat,
+        OwnerInspect,
+        OwnerView,
+        AeSummary,
+        AeSummaryReply,
+        AeKeys,
+        AeKeysReply,
+    ]
+
+
+@pytest.mark.parametrize("message", AT_THE_LIMITS.values(), ids=AT_THE_LIMITS.keys())
+def test_messages_at_their_limits_decode(message: dict[str, Any]) -> None:
+    (_, [decoded]) = decode_batch(batch([message]))
+    encoded = json.loads(encode_message(decoded))  # with the defaults the example leaves out
+    assert {key: encoded[key] for key in message} == json.loads(json.dumps(message))
+
+
+@pytest.mark.parametrize("message", OUT_OF_BOUNDS.values(), ids=OUT_OF_BOUNDS.keys())
+def test_messages_out_of_their_bounds_raise_codec_error(message: dict[str, Any]) -> None:
+    with pytest.raises(CodecError):
+        decode_batch(batch([message]))
+    with pytest.raises(CodecError):  # one bad message spoils a batch of good ones
+        decode_batch(batch([*GOOD_OTHERS, message]))
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1e999999"])
+def test_a_time_that_is_not_finite_is_a_codec_error(number: bytes) -> None:
+    """JSON has no infinity, and 1e400 must not become one: a record must never hold it (msgspec
+    refuses it itself; EpochValue refuses it when built)."""
+    body = batch([GOOD_DECIDE]).replace(b'"requested_at_s": 1.5', b'"requested_at_s": ' + number)
+    assert number in body
+    with pytest.raises(CodecError):
+        decode_batch(body)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Ballot(round=BALLOT_ROUND_MAX + 1, peer="n1"),
+        lambda: Ballot(round=1, peer=LONG_OP),
+        lambda: mapping(value="v" * (VALUE_LENGTH_MAX + 1)),
+        lambda: EpochValue(epoch=2, salt="ab", requested_by=LONG_OP, requested_at_s=0.0),
+        lambda: EpochValue(epoch=2, salt="ab", requested_by="r", requested_at_s=float("inf")),
+        lambda: EpochValue(epoch=2, salt="ab", requested_by="r", requested_at_s=float("nan")),
+        lambda: Prepare(
+            op_id="o", owner=OWNER, slot=EPOCH_MAX + 1, ballot=Ballot(round=1, peer="p")
+        ),
+        lambda: Accepted(
+            op_id="o",
+            owner=OWNER,
+            slot=1,
+            ballot=Ballot(round=1, peer="p"),
+            granted=True,
+            promised=Ballot(round=1, peer="p"),
+            decided=None,
+        ),
+    ],
+    ids=[
+        "round",
+        "proposer",
+        "value",
+        "requested_by",
+        "infinite time",
+        "NaN time",
+        "prepare slot",
+        "accepted slot",
+    ],
+)
+def test_a_core_cannot_build_what_the_decoder_refuses(build: Callable[[], object]) -> None:
+    with pytest.raises(ValueError):
+        build()

@@ -19,6 +19,8 @@ from tokenvault.quorum.effects import Effects, EpochDone, Event, Failure, Timer,
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator, EpochLimits, RandomSource
 from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.messages import (
+    BALLOT_ROUND_MAX,
+    EPOCH_MAX,
     GENESIS,
     Accept,
     Accepted,
@@ -807,6 +809,59 @@ def test_attempts_max_ends_in_contended() -> None:
     assert net.coordinators["c1"].operations_in_flight() == 0
     assert not [t for t in net.timers if t.kind is TimerKind.BACKOFF]
     assert net.decided(2) == {}
+
+
+def decide_everywhere(net: Network, value: EpochValue) -> None:
+    """Every acceptor is told that `value` was decided (as a peer's Decide may say)."""
+    decide = Decide(op_id="elsewhere", owner=OWNER, value=value)
+    for replica in REPLICAS:
+        store = net.stores[replica]
+        store.stage(net.acceptors[replica].on_message("elsewhere", decide).writes)
+        store.sync()
+
+
+def test_a_rotate_at_the_last_epoch_answers_epochs_exhausted_and_sends_no_prepare() -> None:
+    last = EpochValue(epoch=EPOCH_MAX, salt="ab" * 8, requested_by="x", requested_at_s=0.0)
+    decide_everywhere(net := Network(), last)
+    net.rotate("r", expected=None)
+    net.step("r", EpochQuery)
+    assert net.reply("r") == EpochDone(
+        op_id="r", owner=OWNER, value=None, rotated=False, failure=Failure.EPOCHS_EXHAUSTED
+    )
+    assert net.sent_of(Prepare) == []
+    (failed,) = net.named("epoch_operation_failed")
+    assert dict(failed.details) == {"phase": "epochs_exhausted"}
+    assert net.coordinators["c1"].operations_in_flight() == 0
+    net.learn("l")  # a learn still answers the last epoch
+    net.run()
+    assert net.reply("l").value == last
+
+
+def test_the_epoch_before_the_last_rotates_once_more_then_is_exhausted() -> None:
+    before_last = EpochValue(epoch=EPOCH_MAX - 1, salt="cd" * 8, requested_by="x", requested_at_s=0)
+    decide_everywhere(net := Network(), before_last)
+    net.rotate("r1", expected=EPOCH_MAX - 1)
+    net.run()
+    done = net.reply("r1")
+    assert done.rotated and done.value is not None and done.value.epoch == EPOCH_MAX
+    assert net.decided(EPOCH_MAX) == {r: done.value for r in REPLICAS}
+    net.rotate("r2", expected=None)
+    net.run()
+    assert net.reply("r2").failure is Failure.EPOCHS_EXHAUSTED
+
+
+def test_a_promise_at_the_last_round_ends_the_rotate_contended_without_a_bad_ballot() -> None:
+    net = Network()
+    net.rotate("r", expected=1)
+    net.step("r", EpochQuery)
+    preempt_everywhere(net, BALLOT_ROUND_MAX)
+    net.step("r", Prepare)  # refused everywhere: the highest round seen is the last one
+    net.fire(TimerKind.BACKOFF, "r")
+    assert net.reply("r") == EpochDone(
+        op_id="r", owner=OWNER, value=None, rotated=False, failure=Failure.CONTENDED
+    )
+    assert dict(net.named("epoch_operation_failed")[-1].details) == {"phase": "rounds_exhausted"}
+    assert all(p.message.ballot.round < BALLOT_ROUND_MAX for p in net.sent_of(Prepare))  # type: ignore[union-attr]
 
 
 def test_operations_max_answers_overloaded() -> None:

@@ -10,8 +10,11 @@ Rules:
 - A path that exists answers another method with 405 and `Allow` (its methods); an unknown path
   404. A token path that does not decode is a token like any malformed one: the uniform 404.
 - Authentication is a dictionary lookup of the key's SHA-256, built once from the config. An
-  owner key acts for that owner alone; the admin key acts for no owner; the peer key (derived
-  from the cluster secret) opens only the internal endpoint.
+  owner key acts for that owner alone; the admin key acts for no owner. The internal endpoint
+  takes only batches signed by another peer (http/peer_auth.py): the head is verified first
+  (`_verify_peer_head`, headers only), then the body (`_verify_peer_body`); a refusal is a 401
+  and a rate-limited `peer_auth_refused` alarm, a batch that is malformed or does not fit the
+  configuration a 400 and a rate-limited `peer_batch_refused` alarm.
 - A token that does not exist, belongs to another owner, or is malformed gets one and the same
   not-found answer: lookups are always made in the caller's own key space.
 - Errors map to statuses in errors.py only; values and keys never reach a log line or a message.
@@ -20,7 +23,6 @@ Rules:
 from __future__ import annotations
 
 import hashlib
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -42,10 +44,18 @@ from tokenvault.http.errors import (
     error_response,
     json_response,
 )
+from tokenvault.http.peer_auth import (
+    CLUSTER_FINGERPRINT_HEADER,
+    PeerAlarm,
+    PeerAuthenticator,
+    PeerAuthError,
+    PeerCredential,
+    Refusal,
+)
 from tokenvault.http.peer_codec import CodecError
-from tokenvault.http.peer_transport import CLUSTER_FINGERPRINT_HEADER, PEER_MESSAGES_PATH
+from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
 from tokenvault.http.server import Request, Response
-from tokenvault.node import Node
+from tokenvault.node import Node, NotConfigured
 from tokenvault.quorum.client_operations import (
     ClientAnswer,
     ClientOperation,
@@ -59,7 +69,7 @@ from tokenvault.quorum.client_operations import (
 )
 from tokenvault.quorum.effects import EpochDone, Failure, ReadDone
 from tokenvault.quorum.messages import EPOCH_MAX, Ballot, EpochValue, Mapping
-from tokenvault.tokens import hash_api_key, is_well_formed_token
+from tokenvault.tokens import derive_peer_key, hash_api_key, is_well_formed_token
 from tokenvault.views import node_view, peer_views, render_metrics
 
 RECORDS_MAX = 1_000
@@ -139,7 +149,26 @@ class PublicApi:
         config = node.config
         self._principals: dict[str, Principal] = {o.key_sha256: o for o in config.owners}
         self._principals[config.admin_key_sha256] = ADMIN
-        self._peer_key = node.peer_key
+        self._peer_auth = PeerAuthenticator(
+            local_peer=node.peer_id,
+            keys={p.id: derive_peer_key(config.secret, p.id) for p in config.peers},
+        )
+        self._peer_auth_alarm = PeerAlarm(
+            event="peer_auth_refused",
+            counter="tokenvault_peer_auth_refused_total",
+            help_text="Peer batches refused as unauthenticated (401), by reason.",
+            log=node.log,
+            metrics=node.metrics,
+            reasons=[refusal.value for refusal in Refusal],
+        )
+        self._peer_batch_alarm = PeerAlarm(
+            event="peer_batch_refused",
+            counter="tokenvault_peer_batches_refused_total",
+            help_text="Authenticated peer batches refused as invalid (400), by reason.",
+            log=node.log,
+            metrics=node.metrics,
+            reasons=_BATCH_REFUSALS,
+        )
         self._config_mismatch = ConfigMismatchAlarm(
             ours=node.cluster_fingerprint, log=node.log, metrics=node.metrics
         )
@@ -215,15 +244,13 @@ class PublicApi:
         return ()
 
     def _authenticate(self, request: Request) -> Principal:
+        if request.path == PEER_MESSAGES_PATH:
+            return self._verify_peer_head(request)
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
         key = key.strip()
-        if request.path == PEER_MESSAGES_PATH:
-            if hmac.compare_digest(key.encode(), self._peer_key.encode()):
-                return ADMIN
-            raise Unauthenticated("Only peers of this cluster may use this endpoint.")
         principal = self._principals.get(hash_api_key(key))
         if principal is None:
             raise Unauthenticated("The key is not known.")
@@ -455,9 +482,36 @@ class PublicApi:
 
     # -- peers ---------------------------------------------------------------------------------
 
+    def _verify_peer_head(self, request: Request) -> PeerCredential:
+        """A peer batch's head: who signed it, when, and that it is new (headers only, so that
+        it can run before the body is read). A refusal is a 401 and an alarm."""
+        try:
+            return self._peer_auth.verify_head(
+                request.headers, method=request.method, path=request.path
+            )
+        except PeerAuthError as error:
+            raise self._peer_refused(request, error, "head") from None
+
+    def _verify_peer_body(self, request: Request, credential: PeerCredential) -> None:
+        """A peer batch's body, once read: the one its head signed (its sequence is spent)."""
+        try:
+            self._peer_auth.verify_body(credential, request.body)
+        except PeerAuthError as error:
+            raise self._peer_refused(request, error, "body") from None
+
+    def _peer_refused(self, request: Request, error: PeerAuthError, where: str) -> Unauthenticated:
+        self._peer_auth_alarm.raise_alarm(
+            reason=error.reason.value,
+            sender=error.claimed_sender,
+            client=request.client.rpartition(":")[0],
+            where=where,
+        )
+        return Unauthenticated(str(error))
+
     async def _peer_messages(
         self, request: Request, principal: Principal | None, _: str
     ) -> Response:
+        assert isinstance(principal, PeerCredential)  # _authenticate verified the head
         fingerprint = request.headers.get(CLUSTER_FINGERPRINT_HEADER, "")
         if fingerprint != self._node.cluster_fingerprint:
             self._config_mismatch.refused(request.client.rpartition(":")[0], fingerprint)
@@ -465,9 +519,18 @@ class PublicApi:
                 "The batch comes from a peer whose cluster configuration differs from this "
                 "peer's (peers, quorums, vnodes or owners' fields)."
             )
+        self._verify_peer_body(request, principal)
         try:
-            await self._node.receive_peer_batch(request.body)
+            await self._node.receive_peer_batch(request.body, principal)
+        except PeerAuthError as error:
+            raise self._peer_refused(request, error, "source") from None
         except CodecError as error:
+            self._peer_batch_alarm.raise_alarm(
+                reason="not_configured" if isinstance(error, NotConfigured) else "malformed",
+                sender=principal.sender,
+                client=request.client.rpartition(":")[0],
+                where=str(error),
+            )
             raise InvalidRequest(str(error)) from None
         return Response(status=204)
 
@@ -488,6 +551,7 @@ def _epoch_value_id(value: EpochValue) -> str:
     return hashlib.sha256(identity).hexdigest()[:12]
 
 
+_BATCH_REFUSALS = ("malformed", "not_configured")
 _FAILURE_TEXT = {
     Failure.QUORUM_TIMEOUT: "Too few replicas answered in time; nothing was claimed.",
     Failure.INTEGRITY_CONFLICT: (
@@ -496,6 +560,10 @@ _FAILURE_TEXT = {
     Failure.OVERLOADED: "Too few replicas answered in time; nothing was claimed.",
     Failure.FENCED: "Too few replicas answered in time; nothing was claimed.",
     Failure.CONTENDED: "Concurrent epoch changes kept colliding; retry the request.",
+    Failure.EPOCHS_EXHAUSTED: (
+        f"This owner is at the last epoch ({EPOCH_MAX:,}): it cannot rotate again; its "
+        "tokens still work."
+    ),
     Failure.STORE_FAILED: "This peer's store failed; try another peer or retry later.",
     Failure.INTERNAL_ERROR: "This peer failed an internal check (logged); try another peer.",
 }

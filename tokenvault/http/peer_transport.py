@@ -7,8 +7,10 @@ Rules:
   counted. Losing a message is always safe: coordinators resend to replicas that are silent.
 - A failed request drops its batch (counted) and the link backs off before trying again, so a
   dead peer costs little. The link never blocks its callers.
-- Every batch names the sender's cluster fingerprint (config.py); a peer whose configuration
-  differs refuses it, and the batch counts as failed.
+- Every batch is signed for its receiver by this peer's own key (http/peer_auth.py: sender,
+  incarnation, sequence, timestamp, body digest; no reusable credential travels) and names the
+  sender's cluster fingerprint (config.py); a peer whose configuration differs refuses it, and
+  the batch counts as failed.
 - Measured choice: an h11 client on trio streams, not httpx, because httpx's pool bookkeeping
   capped peer traffic at a fraction of what the server can take on this machine.
 """
@@ -21,10 +23,10 @@ from dataclasses import dataclass
 import trio
 
 from tokenvault.http.client import HttpConnection, PeerUnreachable
+from tokenvault.http.peer_auth import PeerSigner
 from tokenvault.http.peer_codec import encode_batch
 
 PEER_MESSAGES_PATH = "/internal/v1/messages"
-CLUSTER_FINGERPRINT_HEADER = "x-tokenvault-cluster"  # config.cluster_fingerprint of the sender
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,19 +59,15 @@ class PeerLink:
         peer_id: str,
         host: str,
         port: int,
-        peer_key: str,
-        cluster_fingerprint: str,
+        signer: PeerSigner,
         limits: PeerLinkLimits = PeerLinkLimits(),
     ) -> None:
         self._local_peer_id = local_peer_id
         self.peer_id = peer_id
         self._host = host
         self._port = port
-        self._headers = (
-            ("authorization", f"Bearer {peer_key}"),
-            ("content-type", "application/json"),
-            (CLUSTER_FINGERPRINT_HEADER, cluster_fingerprint),
-        )
+        self._signer = signer
+        self._headers = (("content-type", "application/json"),)
         self._limits = limits
         self._queue: collections.deque[bytes] = collections.deque()
         self._wakeup = trio.Event()
@@ -145,7 +143,7 @@ class PeerLink:
             status, _ = await connection.request(
                 "POST",
                 PEER_MESSAGES_PATH,
-                headers=self._headers,
+                headers=self._headers + self._signer.headers("POST", PEER_MESSAGES_PATH, body),
                 body=body,
                 timeout_s=self._limits.request_timeout_s,
             )

@@ -43,6 +43,7 @@ class Failure(enum.Enum):
     OVERLOADED = "overloaded"  # too many operations in flight on this coordinator
     FENCED = "fenced"  # a replica holds a later epoch for the owner: learn it and retry
     CONTENDED = "contended"  # Paxos rounds kept being preempted until the attempts ran out
+    EPOCHS_EXHAUSTED = "epochs_exhausted"  # the owner is at EPOCH_MAX: no slot to rotate into
     STORE_FAILED = "store_failed"  # this peer's store failed to stage or sync what it needed
     INTERNAL_ERROR = "internal_error"  # a core of this peer raised: the input was dropped
 

@@ -16,6 +16,10 @@ Theory of operation, per operation:
 Refusals (higher promises) from more acceptors than a majority can spare mean a duel: back off
 for a jittered, growing delay drawn from the injected random source, then prepare again with a
 higher round, `attempts_max` times at most.
+Bounds (messages.py): a rotate of an owner whose active epoch is `EPOCH_MAX` answers
+EPOCHS_EXHAUSTED (there is no slot to rotate into), and a round that would pass
+`BALLOT_ROUND_MAX` (a promise at the last round, which only a hostile acceptor gives) ends the
+operation CONTENDED: this core never builds a message out of range.
 An acceptor that already decided the slot answers with the value: it is learned (and spread).
 An answer whose decided or accepted value is not of its slot, or that names this operation as
 the requester of a value that is not its own, breaks the protocol (a buggy or hostile acceptor):
@@ -36,6 +40,8 @@ from typing import Protocol
 from tokenvault.quorum.effects import Effects, EpochDone, Event, Failure, Timer, TimerKind
 from tokenvault.quorum.invariants import require
 from tokenvault.quorum.messages import (
+    BALLOT_ROUND_MAX,
+    EPOCH_MAX,
     Accept,
     Accepted,
     Ballot,
@@ -261,9 +267,15 @@ class EpochCoordinator:
         if known.epoch != operation.expected:
             self._finish(operation, None, effects)
             return
+        if known.epoch >= EPOCH_MAX:
+            self._fail(operation, Failure.EPOCHS_EXHAUSTED, effects)
+            return
         self._enter_prepare(operation, known.epoch + 1, effects)
 
     def _enter_prepare(self, operation: _Operation, slot: int, effects: Effects) -> None:
+        if operation.highest_round >= BALLOT_ROUND_MAX:  # no ballot can outrank what was seen
+            self._fail(operation, Failure.CONTENDED, effects, phase="rounds_exhausted")
+            return
         operation.phase = _Phase.PREPARE
         operation.slot = slot
         operation.highest_round += 1
@@ -403,11 +415,16 @@ class EpochCoordinator:
         operation.attempts += 1
         if operation.attempts <= self._limits.attempts_max:
             return True
-        effects.events.append(
-            self._event(operation, "epoch_operation_failed", ("phase", "contended"))
-        )
-        self._finish(operation, Failure.CONTENDED, effects)
+        self._fail(operation, Failure.CONTENDED, effects)
         return False
+
+    def _fail(
+        self, operation: _Operation, failure: Failure, effects: Effects, *, phase: str = ""
+    ) -> None:
+        """Ends the operation with `failure`, logged as `epoch_operation_failed`."""
+        event = self._event(operation, "epoch_operation_failed", ("phase", phase or failure.value))
+        effects.events.append(event)
+        self._finish(operation, failure, effects)
 
     # -- helpers -------------------------------------------------------------------------------
 

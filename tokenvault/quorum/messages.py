@@ -14,12 +14,21 @@ Rules:
   owner and its field's ASCII), a ballot by `_check_ballot`.
 - An insert (and its reply) says where it comes from, `Origin`: replies are routed by it, never by
   the shape of an op id (op ids keep readable prefixes for the logs, nothing more).
+- Every number and string a peer sends is bounded, so that nothing a message carries can make a
+  core build an invalid message later or persist a record it cannot read back: epochs and slots
+  in 1..`EPOCH_MAX` (a proposer never goes past it: a rotate of an owner at `EPOCH_MAX` answers
+  `epochs_exhausted`), ballot rounds in 0..`BALLOT_ROUND_MAX` (likewise: `contended`), counts
+  and bucket numbers in 0..`WIRE_INT_MAX`, op ids and proposers up to `OP_ID_LENGTH_MAX`
+  characters, a mapping's value up to `VALUE_LENGTH_MAX` characters (the API's limit), wall
+  clock times finite. What depends on the configuration (owners, their fields) is the node's
+  check (node.py, `BatchRules`), not this module's.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, NamedTuple
@@ -30,8 +39,17 @@ OWNER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 OWNER_ID_LENGTH_MAX = 64
 TOKEN_LENGTH_MAX = 64
 FIELD_NAME_LENGTH_MAX = 64
+VALUE_LENGTH_MAX = 4096  # characters; the API refuses values over 4,096 UTF-8 bytes
+OP_ID_LENGTH_MAX = 128  # op ids are "<peer>-<incarnation>-<n>" and a suffix: under 64
 GENESIS_EPOCH = 1
 EPOCH_MAX = 2**32 - 1
+WIRE_INT_MAX = 2**53 - 1  # the largest integer every JSON reader holds exactly
+BALLOT_ROUND_MAX = WIRE_INT_MAX  # rounds grow by one per preemption: never near it honestly
+
+_Token = Annotated[str, msgspec.Meta(min_length=1, max_length=TOKEN_LENGTH_MAX)]
+_OpId = Annotated[str, msgspec.Meta(max_length=OP_ID_LENGTH_MAX)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=WIRE_INT_MAX)]
+_Slot = Annotated[int, msgspec.Meta(ge=GENESIS_EPOCH, le=EPOCH_MAX)]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -48,8 +66,8 @@ class _MappingFields(NamedTuple):
     # The annotations are what the wire decoder checks while parsing, in C; Mapping.__new__
     # checks the same limits for mappings built here (a test holds both to the same verdicts).
     owner: str  # checked by the carrying message: equal to its own, validated, owner
-    token: Annotated[str, msgspec.Meta(min_length=1, max_length=TOKEN_LENGTH_MAX)]
-    value: str
+    token: _Token
+    value: Annotated[str, msgspec.Meta(max_length=VALUE_LENGTH_MAX)]
     field: Annotated[str, msgspec.Meta(min_length=1, max_length=FIELD_NAME_LENGTH_MAX)]
     epoch: Annotated[int, msgspec.Meta(ge=GENESIS_EPOCH, le=EPOCH_MAX)]
 
@@ -66,6 +84,8 @@ class Mapping(_MappingFields):
         _check_owner(owner)
         if not 0 < len(token) <= TOKEN_LENGTH_MAX:
             raise ValueError("mapping token must be 1-64 characters")
+        if len(value) > VALUE_LENGTH_MAX:
+            raise ValueError("mapping value must be at most 4,096 characters")
         if not 0 < len(field) <= FIELD_NAME_LENGTH_MAX or not field.isascii():
             raise ValueError("mapping field must be 1-64 ASCII characters")
         if not GENESIS_EPOCH <= epoch <= EPOCH_MAX:
@@ -115,7 +135,7 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 class _OwnerMessage(_Message, frozen=True, kw_only=True):
     """Every message but the heartbeat: about one owner, in one operation ("op" on the wire)."""
 
-    op_id: str = msgspec.field(name="op")
+    op_id: _OpId = msgspec.field(name="op")
     owner: str
 
     def __post_init__(self) -> None:
@@ -152,7 +172,7 @@ class InsertReply(_OwnerMessage, frozen=True, kw_only=True, tag="insert_reply"):
     """Replica -> whoever sent the insert (its `origin`, echoed): one outcome per mapping of the
     request, in its order."""
 
-    tokens: tuple[str, ...]
+    tokens: tuple[_Token, ...]
     outcomes: tuple[InsertOutcome, ...]
     origin: Origin = Origin.COORDINATOR
 
@@ -165,7 +185,7 @@ class InsertReply(_OwnerMessage, frozen=True, kw_only=True, tag="insert_reply"):
 class ReadRequest(_OwnerMessage, frozen=True, kw_only=True, tag="read"):
     """Coordinator -> replica: what do you hold for these tokens of one owner?"""
 
-    tokens: tuple[str, ...]
+    tokens: tuple[_Token, ...]
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
@@ -176,7 +196,7 @@ class ReadRequest(_OwnerMessage, frozen=True, kw_only=True, tag="read"):
 class ReadReply(_OwnerMessage, frozen=True, kw_only=True, tag="read_reply"):
     """Replica -> coordinator: the durable mapping for each token asked, or None."""
 
-    tokens: tuple[str, ...]
+    tokens: tuple[_Token, ...]
     mappings: tuple[Mapping | None, ...]
 
     def __post_init__(self) -> None:
@@ -193,9 +213,20 @@ class ReadReply(_OwnerMessage, frozen=True, kw_only=True, tag="read_reply"):
 
 
 def _check_ballot(ballot: Ballot | None) -> None:
-    """A ballot has a round >= 1 and a peer, or is the zero ballot (None passes: no ballot)."""
-    if ballot is not None and (ballot.round < 0 or (ballot.round > 0) != bool(ballot.peer)):
-        raise ValueError("a ballot has a round >= 1 and a peer, or is the zero ballot")
+    """A ballot has a round in 1..BALLOT_ROUND_MAX and a proposer of at most OP_ID_LENGTH_MAX
+    characters, or is the zero ballot (None passes: no ballot)."""
+    if ballot is not None and (
+        not 0 <= ballot.round <= BALLOT_ROUND_MAX
+        or (ballot.round > 0) != bool(ballot.peer)
+        or len(ballot.peer) > OP_ID_LENGTH_MAX
+    ):
+        raise ValueError("a ballot has a bounded round >= 1 and a proposer, or is the zero ballot")
+
+
+def _check_slot(slot: int) -> None:
+    """A Paxos slot decides an epoch after the genesis one."""
+    if not GENESIS_EPOCH < slot <= EPOCH_MAX:
+        raise ValueError("a slot is above the genesis epoch and at most EPOCH_MAX")
 
 
 class _BallotFields(NamedTuple):
@@ -231,6 +262,8 @@ class EpochValue:
     def __post_init__(self) -> None:
         if not GENESIS_EPOCH <= self.epoch <= EPOCH_MAX:
             raise ValueError("epoch out of range")
+        if len(self.requested_by) > OP_ID_LENGTH_MAX or not math.isfinite(self.requested_at_s):
+            raise ValueError("an epoch value's request id is too long or its time not finite")
         if len(self.salt) > 64 or not all(c in "0123456789abcdef" for c in self.salt):
             raise ValueError("epoch salt must be at most 64 lowercase hex characters")
         if (self.epoch == GENESIS_EPOCH) != (not self.salt):
@@ -249,7 +282,7 @@ class EpochReport(_OwnerMessage, frozen=True, kw_only=True, tag="epoch_report"):
     """Acceptor -> learner: its highest decided epoch and highest slot with an accepted value."""
 
     decided: EpochValue
-    accepted_slot: int
+    accepted_slot: _Slot
 
 
 class Prepare(_OwnerMessage, frozen=True, kw_only=True, tag="prepare"):
@@ -259,8 +292,9 @@ class Prepare(_OwnerMessage, frozen=True, kw_only=True, tag="prepare"):
     def __post_init__(self) -> None:
         _check_owner(self.owner)
         _check_ballot(self.ballot)
-        if not GENESIS_EPOCH < self.slot <= EPOCH_MAX or self.ballot.round < 1:
-            raise ValueError("prepare needs a slot above genesis and a real ballot")
+        _check_slot(self.slot)
+        if self.ballot.round < 1:
+            raise ValueError("prepare needs a real ballot")
 
 
 class Promise(_OwnerMessage, frozen=True, kw_only=True, tag="promise"):
@@ -277,6 +311,7 @@ class Promise(_OwnerMessage, frozen=True, kw_only=True, tag="promise"):
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
+        _check_slot(self.slot)
         for ballot in (self.ballot, self.promised, self.accepted_ballot):
             _check_ballot(ballot)
         if (self.accepted_ballot is None) != (self.accepted_value is None):
@@ -291,6 +326,7 @@ class Accept(_OwnerMessage, frozen=True, kw_only=True, tag="accept"):
     def __post_init__(self) -> None:
         _check_owner(self.owner)
         _check_ballot(self.ballot)
+        _check_slot(self.slot)
         if self.value.epoch != self.slot or self.ballot.round < 1:
             raise ValueError("accept: the value's epoch is its slot, with a real ballot")
 
@@ -304,6 +340,7 @@ class Accepted(_OwnerMessage, frozen=True, kw_only=True, tag="accepted"):
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
+        _check_slot(self.slot)
         _check_ballot(self.ballot)
         _check_ballot(self.promised)
 
@@ -327,11 +364,11 @@ class OwnerInspect(_OwnerMessage, frozen=True, kw_only=True, tag="owner_inspect"
 
 
 class OwnerView(_OwnerMessage, frozen=True, kw_only=True, tag="owner_view"):
-    token_count: int
-    digest: str  # hex root of the owner's digest tree (merkle.py: 128-bit BLAKE2b)
+    token_count: _Count
+    digest: Annotated[str, msgspec.Meta(max_length=64)]  # hex root of the owner's digest tree
     complete: bool  # False when the scan stopped at its bound: count and digest are partial
     decided: EpochValue  # the highest epoch decided here: the active one
-    accepted_slot: int
+    accepted_slot: _Slot
     next_slot_promised: Ballot
     next_slot_accepted: Ballot | None
 
@@ -344,7 +381,7 @@ class OwnerView(_OwnerMessage, frozen=True, kw_only=True, tag="owner_view"):
 class Heartbeat(_Message, frozen=True, kw_only=True, tag="heartbeat"):
     """Peer -> peer, every heartbeat interval: a sign of life for the failure detector."""
 
-    sender: str
+    sender: Annotated[str, msgspec.Meta(max_length=OP_ID_LENGTH_MAX)]
 
     @property
     def op_id(self) -> str:
@@ -357,15 +394,15 @@ class Heartbeat(_Message, frozen=True, kw_only=True, tag="heartbeat"):
 class AeSummary(_OwnerMessage, frozen=True, kw_only=True, tag="ae_summary"):
     """Initiator -> partner: my digest leaves and decided epoch for one owner."""
 
-    leaves: tuple[str, ...]  # hex, one per bucket
-    count: int
+    leaves: tuple[Annotated[str, msgspec.Meta(max_length=64)], ...]  # hex, one per bucket
+    count: _Count
     decided: EpochValue
 
 
 class AeSummaryReply(_OwnerMessage, frozen=True, kw_only=True, tag="ae_summary_reply"):
     """Partner -> initiator: the buckets whose leaves differ, and the partner's decided epoch."""
 
-    differing: tuple[int, ...]
+    differing: tuple[_Count, ...]
     decided: EpochValue
 
 
@@ -373,18 +410,18 @@ class AeKeys(_OwnerMessage, frozen=True, kw_only=True, tag="ae_keys"):
     """Initiator -> partner: my tokens (with record hashes) in one window of one bucket:
     after `start_after` (or the bucket's start) up to `last` inclusive (or the bucket's end)."""
 
-    bucket: int
-    start_after: str | None
-    last: str | None
-    entries: tuple[tuple[str, str], ...]
+    bucket: _Count
+    start_after: _Token | None
+    last: _Token | None
+    entries: tuple[tuple[_Token, Annotated[str, msgspec.Meta(max_length=64)]], ...]
 
 
 class AeKeysReply(_OwnerMessage, frozen=True, kw_only=True, tag="ae_keys_reply"):
     """Partner -> initiator: the tokens of the window the partner lacks (the initiator pushes
     them); the partner pushes what the initiator lacks on its own."""
 
-    bucket: int
-    missing: tuple[str, ...]
+    bucket: _Count
+    missing: tuple[_Token, ...]
 
 
 AntiEntropyMessage = AeSummary | AeSummaryReply | AeKeys | AeKeysReply
