@@ -82,9 +82,9 @@ def heartbeat(sender: str) -> dict[str, Any]:
     return {"type": "heartbeat", "sender": sender}
 
 
-def insert(owner: str, field: str, value: str = PLANTED) -> dict[str, Any]:
+def insert(owner: str, field: str, value: str = PLANTED, *, repair: bool = True) -> dict[str, Any]:
     row = [owner, "tok_" + "P" * 32, value, field, 1]
-    return {"type": "insert", "op": "x-1", "owner": owner, "mappings": [row], "repair": True}
+    return {"type": "insert", "op": "x-1", "owner": owner, "mappings": [row], "repair": repair}
 
 
 @asynccontextmanager
@@ -166,7 +166,7 @@ async def test_a_batch_that_does_not_fit_the_configuration_is_refused_whole(
     async with peer_n1(tmp_path) as n1:
         cases = {
             "unknown owner": insert("mallory", "ssn"),
-            "unknown field": insert("alice", "password"),
+            "unknown field in a new write": insert("alice", "password", repair=False),
             "heartbeat for another peer": heartbeat("n3"),
         }
         for name, message in cases.items():
