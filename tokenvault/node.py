@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import random
 import secrets
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -63,7 +64,15 @@ def peer_limits(config: ClusterConfig) -> PeerLimits:
 
 
 class Node:
-    def __init__(self, config: ClusterConfig, peer_id: str, *, log: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        peer_id: str,
+        *,
+        log: EventLog | None = None,
+        link_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`link_context`: the mutual-TLS context of this peer's links (None: plain HTTP)."""
         self.config = config
         self.peer: PeerConfig = config.peer(peer_id)
         self.peer_id = peer_id
@@ -92,6 +101,7 @@ class Node:
                 port=p.port,
                 peer_key=self.peer_key,
                 cluster_fingerprint=self.cluster_fingerprint,
+                link_context=link_context,
             )
             for p in config.peers
             if p.id != peer_id
@@ -138,11 +148,14 @@ class Node:
         assert waiter.answer is not None
         return waiter.answer
 
-    async def receive_peer_batch(self, body: bytes) -> None:
-        """One authenticated batch from a peer; raises CodecError on a malformed one."""
+    async def receive_peer_batch(self, body: bytes, *, certified_source: str | None = None) -> None:
+        """One authenticated batch from a peer; raises CodecError on a malformed one, or on one
+        whose source is not `certified_source` (the peer its TLS certificate names) when given."""
         source, messages = decode_batch(body)
         if not self.core.is_peer(source):
             raise CodecError("batch from an unknown peer")
+        if certified_source is not None and source != certified_source:
+            raise CodecError("batch whose source is not the peer its certificate names")
         step = self.core.receive(source, messages, trio.current_time())
         self._act(step)
         if step.sync_ticket is not None:

@@ -5,7 +5,9 @@ Rules:
   error and changes nothing.
 - Authentication is a dictionary lookup of the key's SHA-256, built once from the config. An
   owner key acts for that owner alone; the admin key acts for no owner; the peer key (derived
-  from the cluster secret) opens only the internal endpoint.
+  from the cluster secret) opens only the internal endpoint. With TLS on, the internal endpoint
+  also needs a verified peer certificate (Request.peer_certificate_id), and a batch must name
+  that peer as its source.
 - A token that does not exist, belongs to another owner, or is malformed gets one and the same
   not-found answer: lookups are always made in the caller's own key space.
 - Errors map to statuses in errors.py only; values and keys never reach a log line or a message.
@@ -96,6 +98,7 @@ class PublicApi:
         self._principals: dict[str, Principal] = {o.key_sha256: o for o in config.owners}
         self._principals[config.admin_key_sha256] = ADMIN
         self._peer_key = node.peer_key
+        self._peer_certificate_required = node.config.tls is not None
         self._config_mismatch = ConfigMismatchAlarm(
             ours=node.cluster_fingerprint, log=node.log, metrics=node.metrics
         )
@@ -161,6 +164,10 @@ class PublicApi:
             raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
         key = key.strip()
         if request.path == PEER_MESSAGES_PATH:
+            if self._peer_certificate_required and request.peer_certificate_id is None:
+                raise Unauthenticated(
+                    "Only peers of this cluster, with their certificate, may use this endpoint."
+                )
             if hmac.compare_digest(key.encode(), self._peer_key.encode()):
                 return ADMIN
             raise Unauthenticated("Only peers of this cluster may use this endpoint.")
@@ -400,7 +407,9 @@ class PublicApi:
                 "peer's (peers, quorums, vnodes or owners' fields)."
             )
         try:
-            await self._node.receive_peer_batch(request.body)
+            await self._node.receive_peer_batch(
+                request.body, certified_source=request.peer_certificate_id
+            )
         except CodecError as error:
             raise InvalidRequest(str(error)) from None
         return Response(status=204)
