@@ -5,7 +5,8 @@ Rules:
   that carries it out.
 - `sim` is listed for --help only: `main` hands it to the simulator's own parser, so that a
   peer never imports the simulator.
-- Client commands share one set of connection options (--url, --key, --dir, --owner, --admin).
+- Client commands share one set of connection options (--url, --key, --dir, --cacert, --owner,
+  --admin).
 """
 
 from __future__ import annotations

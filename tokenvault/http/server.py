@@ -174,18 +174,16 @@ async def _serve_tls_connection(
     handshake_failed: TlsHandshakeFailed | None,
 ) -> None:
     """The TLS handshake, then the connection's requests, with the client's peer id if any."""
-    reason = "timeout"
+    failure = "timeout"  # unless the handshake ends before the deadline
     with trio.move_on_after(limits.tls_handshake_timeout_s):
         try:
             await stream.do_handshake()
-        except trio.BrokenResourceError as exc:
-            cause = exc.__cause__
-            reason = getattr(cause, "reason", None) or "closed"
-        else:
-            reason = ""
-    if reason:
+            failure = ""
+        except trio.BrokenResourceError as exc:  # its cause is the ssl.SSLError, if any
+            failure = getattr(exc.__cause__, "reason", None) or "closed"
+    if failure:
         if handshake_failed is not None:
-            handshake_failed(reason, _peer_name(stream))
+            handshake_failed(failure, _peer_name(stream))
         return
     peer_id = peer_id_of_certificate(stream.getpeercert())
     if peer_id is not None:
