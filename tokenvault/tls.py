@@ -86,19 +86,19 @@ def peer_link_context(*, ca_path: Path, cert_path: Path, key_path: Path) -> ssl.
 def _load_ca(context: ssl.SSLContext, ca_path: Path) -> None:
     try:
         context.load_verify_locations(cafile=ca_path)
+    except ssl.SSLError as error:  # an OSError too: first
+        raise ConfigError(f"{ca_path} holds no usable CA certificate ({error.reason})") from error
     except OSError as error:
         raise ConfigError(f"cannot read the CA certificate {ca_path}: {error.strerror}") from error
-    except ssl.SSLError as error:
-        raise ConfigError(f"{ca_path} holds no usable CA certificate ({error.reason})") from error
 
 
 def _load_own(context: ssl.SSLContext, cert_path: Path, key_path: Path) -> None:
     try:
         context.load_cert_chain(certfile=cert_path, keyfile=key_path)
-    except OSError as error:
-        where = error.filename or f"{cert_path} or {key_path}"
-        raise ConfigError(f"cannot read {where}: {error.strerror}") from error
-    except ssl.SSLError as error:
+    except ssl.SSLError as error:  # an OSError too: first
         raise ConfigError(
             f"{cert_path} and {key_path} are not a certificate and its key ({error.reason})"
         ) from error
+    except OSError as error:
+        where = error.filename or f"{cert_path} or {key_path}"
+        raise ConfigError(f"cannot read {where}: {error.strerror}") from error
