@@ -18,8 +18,8 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    running = Cluster(Path(tmp_path_factory.mktemp("errors")) / "cluster")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory, tls_mode: bool) -> Iterator[Cluster]:
+    running = Cluster(Path(tmp_path_factory.mktemp("errors")) / "cluster", tls=tls_mode)
     try:
         running.start_all()
         yield running
@@ -230,10 +230,11 @@ def test_every_documented_error_has_its_status_and_body_and_changes_nothing(
         headers=c.headers("alice"),
         json={"records": [{"ssn": "kept"}]},
         timeout=10,
+        verify=c.verify,
     )
     assert good.status_code == 200
     token = good.json()["records"][0]["ssn"]
-    with httpx.Client(timeout=10.0) as http:
+    with httpx.Client(timeout=10.0, verify=c.verify) as http:
         for name, method, path, headers, body, status, code in _cases(c):
             for peer in c.peer_ids:
                 answer = http.request(method, c.url(peer) + path, headers=headers, content=body)
@@ -249,6 +250,7 @@ def test_every_documented_error_has_its_status_and_body_and_changes_nothing(
         headers=c.headers("alice"),
         content=b'{"records": [{"note": "\\ud800"}]}',
         timeout=10,
+        verify=c.verify,
     )
     assert echoed.status_code == 200 and b"\\ud800" in echoed.content
     # Nothing but the one good mapping was written anywhere, and it still reads back.
@@ -257,6 +259,7 @@ def test_every_documented_error_has_its_status_and_body_and_changes_nothing(
         headers=c.headers("alice"),
         json={"tokens": [token]},
         timeout=10,
+        verify=c.verify,
     )
     assert answer.json()["results"][0]["value"] == "kept"
     for peer in c.peer_ids:
