@@ -14,8 +14,8 @@ Rules:
   none), but one that is presented must chain to the CA, and its peer id reaches the handler.
 - Public clients (the command line, `up`'s health checks) check the chain and the host name,
   as any HTTPS client does: a peer's certificate names its host as an IP or DNS name.
-- TLS 1.2 at least. The server issues no session tickets: connections are long-lived, and a
-  ticket arriving on an idle peer link would look like the server closing it.
+- TLS 1.2 at least. The server issues no session tickets: connections are long-lived and no
+  client here resumes a session, so tickets would be bytes sent for nothing.
 - A file that cannot be read or parsed is a ConfigError naming the file, never its content.
 
 This module needs only the standard library: the command line imports it at every start.
