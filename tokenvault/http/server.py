@@ -87,6 +87,10 @@ class ServerLimits:
     tls_handshake_timeout_s: float = 10.0  # from accept to a finished TLS handshake
 
 
+# A stream's receive_some: both streams served here (SocketStream, SSLStream) return bytes, not
+# the bytearray trio.abc.Stream allows. (Built once: subscripting Callable costs microseconds.)
+_ReceiveSome = Callable[[int], Awaitable[bytes]]
+
 # Called with a short reason ("timeout", "closed", or OpenSSL's, e.g. "HTTP_REQUEST") and the
 # client's address whenever a TLS handshake fails.
 TlsHandshakeFailed = Callable[[str, str], None]
@@ -284,8 +288,7 @@ async def _receive_request(
     framed but unusable. Raises _Reject for a body over the limit, h11.RemoteProtocolError
     for bad HTTP. ``io_scope`` gets the read deadline once the request spans several reads.
     """
-    # Both streams served here (SocketStream, SSLStream) return bytes, not bytearray.
-    receive_some = cast(Callable[[int], Awaitable[bytes]], stream.receive_some)
+    receive_some = cast(_ReceiveSome, stream.receive_some)
     read_timed = False
     event = conn.next_event()
     if event is h11.NEED_DATA:
