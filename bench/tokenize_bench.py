@@ -1,12 +1,14 @@
 """Tokenize throughput and latency on a local 3-peer cluster of real processes.
 
-Usage: python bench/tokenize_bench.py [--clients 64] [--duration-s 10] [--records 1 100]
+Usage: python bench/tokenize_bench.py [--clients 64] [--duration-s 10] [--records 1 100] [--tls]
 
 Starts a fresh cluster (N=3, W=2, R=2) in a temporary directory, drives it with `--clients`
 concurrent keep-alive connections spread over the three peers, each sending tokenize requests of
 fresh values back to back, and prints per request size: requests/s, mappings/s, p50/p99 latency
 and the peers' CPU (busy cores, and microseconds per mapping: less noisy than the rates on a
-shared machine). A benchmark, not a test: it asserts only that every answer was 200.
+shared machine). With --tls the cluster is made by `init --tls`: clients speak HTTPS (trusting
+the cluster CA, one handshake per client connection) and peers mutual TLS. A benchmark, not a
+test: it asserts only that every answer was 200.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.e2e.harness import Cluster
 from tokenvault.http.client import HttpConnection
+from tokenvault.tls import client_context
 
 
 async def drive(
@@ -33,11 +36,12 @@ async def drive(
     failures = 0
     key = cluster.owner_keys["alice"]
     deadline = trio.current_time() + duration_s
+    ssl_context = None if cluster.ca_path is None else client_context(cluster.ca_path)
 
     async def client(index: int) -> None:
         nonlocal failures
-        host, port = cluster.url(cluster.peer_ids[index % 3])[len("http://") :].split(":")
-        connection = HttpConnection(host, int(port))
+        host, port = cluster.address(cluster.peer_ids[index % 3])
+        connection = HttpConnection(host, port, ssl_context=ssl_context)
         headers = (("authorization", f"Bearer {key}"), ("content-type", "application/json"))
         sequence = 0
         try:
@@ -87,9 +91,10 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--records", type=int, nargs="+", default=[1, 100])
     parser.add_argument("--anti-entropy", choices=("on", "off"), default="on")
+    parser.add_argument("--tls", action="store_true", help="HTTPS and mutual TLS (init --tls)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        cluster = Cluster(Path(directory) / "cluster")
+        cluster = Cluster(Path(directory) / "cluster", tls=args.tls)
         cluster.set_cluster_option(
             "anti_entropy_interval_s", 1.0 if args.anti_entropy == "on" else 0.0
         )
@@ -97,7 +102,7 @@ def main() -> int:
             cluster.start_all()
             for records in args.records:
                 result = trio.run(drive, cluster, args.clients, args.duration_s, records)
-                print(json.dumps({"anti_entropy": args.anti_entropy, **result}))
+                print(json.dumps({"anti_entropy": args.anti_entropy, "tls": args.tls, **result}))
                 if result["failures"]:
                     return 1
         finally:

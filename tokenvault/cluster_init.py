@@ -1,4 +1,5 @@
-"""Writing a new cluster into a directory (`tokenvault init`), and reading back its keys file.
+"""Writing a new cluster into a directory (`tokenvault init`), reading back its keys file, and
+renewing its peers' TLS certificates (`tokenvault renew-certs`).
 
 Rules:
 - Never overwrite: if the directory already holds a cluster.toml, keys.json or secret, or a peer's
@@ -8,6 +9,14 @@ Rules:
   file opened with that mode, fsync'd, then linked into place (a link never replaces a file).
 - cluster.toml is written last, so its presence marks a complete cluster; `load_config` accepts it.
 - API keys are "tv_" + 32 random URL-safe bytes; only their SHA-256 goes into cluster.toml.
+- With `tls`, a private CA and one certificate per peer (tls_certificates.py) go into tls/: the CA's
+  certificate and key as ca.pem and ca.key, peer n1's as n1.pem and n1.key, every file 0600
+  like the secret; cluster.toml gets a [tls] section naming them. Everything is generated
+  before the disk is touched. cryptography is imported only then: other commands start
+  without it.
+- Renewing is the one place that replaces files: a peer's new certificate and key, issued by
+  the CA whose key is tls/ca.key for the peer's address in cluster.toml as it is now, each
+  written 0600 to a temporary file, fsync'd, then renamed over the old one.
 """
 
 from __future__ import annotations
@@ -19,9 +28,17 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from tokenvault.config import ConfigError
+from tokenvault.config import (
+    PEER_PLACEHOLDER,
+    TLS_CA_FILE_DEFAULT,
+    TLS_CERT_FILE_DEFAULT,
+    TLS_KEY_FILE_DEFAULT,
+    ClusterConfig,
+    ConfigError,
+)
 from tokenvault.quorum.messages import is_valid_owner_id
 from tokenvault.quorum.quorum_config import quorum_problem
 from tokenvault.tokens import hash_api_key
@@ -29,6 +46,8 @@ from tokenvault.tokens import hash_api_key
 CONFIG_NAME = "cluster.toml"
 KEYS_NAME = "keys.json"
 SECRET_NAME = "secret"
+TLS_DIR_NAME = "tls"
+TLS_CA_KEY_FILE = "tls/ca.key"  # kept for issuing more certificates; never read by peers
 CLUSTER_NAME = "local"
 SECRET_BYTES = 32
 KEY_PREFIX = "tv_"
@@ -63,6 +82,7 @@ class InitResult:
     secret_path: Path
     peers: tuple[InitPeer, ...]
     owners: tuple[str, ...]
+    tls_dir: Path | None = None  # None: a plain-HTTP cluster
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,8 +106,10 @@ def init_cluster(
     write_quorum: int = 2,
     read_quorum: int = 2,
     host: str = "127.0.0.1",
+    tls: bool = False,
 ) -> InitResult:
-    """Write cluster.toml, secret and keys.json for a new cluster of `nodes` peers into directory.
+    """Write cluster.toml, secret and keys.json for a new cluster of `nodes` peers into directory,
+    and with `tls` its CA and the peers' certificates.
 
     Peer i (1-based) is "n<i>" at host:(base_port + i) with data in data/n<i>.
     """
@@ -107,8 +129,9 @@ def init_cluster(
         InitPeer(id=f"n{i}", address=f"{host}:{base_port + i}", data_dir=Path("data", f"n{i}"))
         for i in range(1, nodes + 1)
     )
-    _refuse_existing(directory, peers)
+    _refuse_existing(directory, peers, tls=tls)
 
+    tls_files = _tls_files(peers) if tls else {}
     keys = ClusterKeys(admin=new_api_key(), owners={owner: new_api_key() for owner in owner_ids})
     config_text = render_config(
         peers=peers,
@@ -116,6 +139,7 @@ def init_cluster(
         replicas=replicas,
         write_quorum=write_quorum,
         read_quorum=read_quorum,
+        tls=tls,
     )
     keys_text = json.dumps({"admin": keys.admin, "owners": keys.owners}, indent=2) + "\n"
 
@@ -128,6 +152,10 @@ def init_cluster(
             directory / SECRET_NAME, secrets.token_bytes(SECRET_BYTES), _PRIVATE_FILE_MODE, created
         )
         _write_new_file(directory / KEYS_NAME, keys_text.encode(), _PRIVATE_FILE_MODE, created)
+        if tls_files:
+            _make_dirs(directory / TLS_DIR_NAME, created)
+        for relative, data in tls_files.items():
+            _write_new_file(directory / relative, data, _PRIVATE_FILE_MODE, created)
         _write_new_file(directory / CONFIG_NAME, config_text.encode(), _PUBLIC_FILE_MODE, created)
         _fsync_dir(directory)
     except BaseException:
@@ -142,6 +170,7 @@ def init_cluster(
             InitPeer(id=p.id, address=p.address, data_dir=directory / p.data_dir) for p in peers
         ),
         owners=owner_ids,
+        tls_dir=directory / TLS_DIR_NAME if tls else None,
     )
 
 
@@ -156,6 +185,7 @@ def render_config(
     replicas: int,
     write_quorum: int,
     read_quorum: int,
+    tls: bool = False,
 ) -> str:
     """cluster.toml in the layout of API.md; peers' data_dir must be relative paths."""
     lines = [
@@ -187,6 +217,16 @@ def render_config(
             f"fields = [{fields}]",
         ]
     lines += ["", "[admin]", f"key_sha256 = {_toml_string(hash_api_key(keys.admin))}"]
+    if tls:
+        lines += [
+            "",
+            f"# HTTPS and mutual TLS between peers; {PEER_PLACEHOLDER} is each peer's id.",
+            "[tls]",
+            "enabled = true",
+            f"ca_file = {_toml_string(TLS_CA_FILE_DEFAULT)}",
+            f"cert_file = {_toml_string(TLS_CERT_FILE_DEFAULT)}",
+            f"key_file = {_toml_string(TLS_KEY_FILE_DEFAULT)}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -240,9 +280,54 @@ def _parameter_problem(
     return ""
 
 
-def _refuse_existing(directory: Path, peers: Sequence[InitPeer]) -> None:
+def _tls_files(peers: Sequence[InitPeer]) -> dict[str, bytes]:
+    """The CA and every peer's certificate and key: relative path -> PEM bytes."""
+    from tokenvault.tls_certificates import issue_peer_certificate, new_certificate_authority
+
+    now = datetime.now(UTC)
+    ca = new_certificate_authority(CLUSTER_NAME, now=now)
+    files = {TLS_CA_FILE_DEFAULT: ca.certificate_pem, TLS_CA_KEY_FILE: ca.key_pem}
+    for peer in peers:
+        host = peer.address.rpartition(":")[0]
+        issued = issue_peer_certificate(ca, peer.id, host, now=now)
+        files[TLS_CERT_FILE_DEFAULT.replace(PEER_PLACEHOLDER, peer.id)] = issued.certificate_pem
+        files[TLS_KEY_FILE_DEFAULT.replace(PEER_PLACEHOLDER, peer.id)] = issued.key_pem
+    return files
+
+
+def renew_peer_certificates(
+    config: ClusterConfig,
+    peer_ids: Sequence[str] = (),
+    *,
+    ca_key_path: Path | None = None,
+) -> list[tuple[str, datetime]]:
+    """New certificates and keys for `peer_ids` (every peer when empty), from the cluster CA,
+    for each peer's address in `config`: (peer id, valid until) of each. ConfigError when TLS
+    is off, a peer is unknown, or the CA's key cannot be read or matches no CA certificate."""
+    from tokenvault.tls_certificates import authority_of, issue_peer_certificate
+
+    if config.tls is None:
+        raise ConfigError(f"{config.path} has TLS off: there are no certificates to renew")
+    tls = config.tls
+    peers = [config.peer(peer_id) for peer_id in peer_ids] or list(config.peers)
+    key_path = ca_key_path or config.path.parent / TLS_CA_KEY_FILE
+    ca = authority_of(tls.ca_path, key_path)
+    now = datetime.now(UTC)
+    renewed = []
+    for peer in peers:
+        issued = issue_peer_certificate(ca, peer.id, peer.host, now=now)
+        _replace_file(tls.key_path(peer.id), issued.key_pem, _PRIVATE_FILE_MODE)
+        _replace_file(tls.cert_path(peer.id), issued.certificate_pem, _PRIVATE_FILE_MODE)
+        renewed.append((peer.id, issued.not_valid_after))
+    return renewed
+
+
+def _refuse_existing(directory: Path, peers: Sequence[InitPeer], *, tls: bool) -> None:
     if directory.exists() and not directory.is_dir():
         raise InitError(f"{directory} exists and is not a directory")
+    tls_dir = directory / TLS_DIR_NAME
+    if tls and tls_dir.exists() and (not tls_dir.is_dir() or any(tls_dir.iterdir())):
+        raise InitError(f"{tls_dir} already holds files: refusing to overwrite them")
     for name in (CONFIG_NAME, KEYS_NAME, SECRET_NAME):
         if (directory / name).exists():
             raise InitError(
@@ -269,8 +354,8 @@ def _make_dirs(path: Path, created: list[Path]) -> None:
         created.append(candidate)
 
 
-def _write_new_file(path: Path, data: bytes, mode: int, created: list[Path]) -> None:
-    """Write data to a new file at path with mode, durably; never replaces an existing file."""
+def _write_temporary(path: Path, data: bytes, mode: int) -> Path:
+    """A new temporary file next to path, created with mode, holding data, fsync'd."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -278,6 +363,17 @@ def _write_new_file(path: Path, data: bytes, mode: int, created: list[Path]) -> 
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return temporary
+
+
+def _write_new_file(path: Path, data: bytes, mode: int, created: list[Path]) -> None:
+    """Write data to a new file at path with mode, durably; never replaces an existing file."""
+    temporary = _write_temporary(path, data, mode)
+    try:
         try:
             os.link(temporary, path)
         except FileExistsError as error:
@@ -286,6 +382,17 @@ def _write_new_file(path: Path, data: bytes, mode: int, created: list[Path]) -> 
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def _replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Write data to path with mode, durably, replacing what is there in one rename."""
+    temporary = _write_temporary(path, data, mode)
+    try:
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,6 +5,10 @@ Rules:
 - A bad file is refused with a `ConfigError` whose message names the problem (never a secret).
 - Paths inside the file are relative to the file. The secret file must hold 32+ bytes.
 - Quorum sizes must be safe (see quorum_config): W + R > N and W > N / 2, N <= peers.
+- `[tls]` (optional) names the cluster CA's certificate and each peer's certificate and key;
+  `enabled = false` or no section means plain HTTP. The CA file must be readable here (every
+  client and peer needs it); a peer's own certificate and key are checked when that peer starts
+  (tls_certificates.py), since a machine holds only its own key.
 - `cluster_fingerprint` hashes what every peer of one cluster must agree on (what places and
   tokenizes data): peers send it with every batch and refuse a batch that carries another.
 """
@@ -23,6 +27,10 @@ from tokenvault.quorum.messages import is_valid_owner_id
 from tokenvault.quorum.quorum_config import QuorumConfig, quorum_problem
 
 SECRET_BYTES_MIN = 32
+PEER_PLACEHOLDER = "{peer}"  # in [tls] cert_file and key_file: the peer's id
+TLS_CA_FILE_DEFAULT = "tls/ca.pem"
+TLS_CERT_FILE_DEFAULT = "tls/{peer}.pem"
+TLS_KEY_FILE_DEFAULT = "tls/{peer}.key"
 _PEER_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -45,6 +53,22 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """[tls] with `enabled = true`: where the CA certificate and the peers' files are."""
+
+    ca_path: Path
+    cert_file: str  # relative to the configuration's directory; PEER_PLACEHOLDER is the id
+    key_file: str
+    base: Path  # the configuration's directory
+
+    def cert_path(self, peer_id: str) -> Path:
+        return self.base / self.cert_file.replace(PEER_PLACEHOLDER, peer_id)
+
+    def key_path(self, peer_id: str) -> Path:
+        return self.base / self.key_file.replace(PEER_PLACEHOLDER, peer_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OwnerConfig:
     id: str
     key_sha256: str
@@ -62,6 +86,7 @@ class ClusterConfig:
     owners: tuple[OwnerConfig, ...]
     admin_key_sha256: str
     anti_entropy_interval_s: float = 1.0  # 0 turns anti-entropy off (for measurements)
+    tls: TlsConfig | None = None  # None: plain HTTP
 
     def peer(self, peer_id: str) -> PeerConfig:
         for peer in self.peers:
@@ -152,7 +177,12 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
         owners=owners,
         admin_key_sha256=admin_hash,
         anti_entropy_interval_s=float(anti_entropy_interval_s),
+        tls=_tls(raw, base),
     )
+
+
+def is_valid_peer_id(text: str) -> bool:
+    return _PEER_ID.fullmatch(text) is not None
 
 
 def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
@@ -210,6 +240,36 @@ def _owner(entry: dict[str, Any]) -> OwnerConfig:
         raise ConfigError(f"[[owner]] {owner_id}: fields must be a non-empty list of field names")
     return OwnerConfig(
         id=owner_id, key_sha256=_sha256(entry, f"[[owner]] {owner_id}"), fields=frozenset(fields)
+    )
+
+
+def _tls(raw: dict[str, Any], base: Path) -> TlsConfig | None:
+    if "tls" not in raw:
+        return None
+    table = _table(raw, "tls")
+    enabled = table.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("[tls] enabled must be true or false")
+    if not enabled:
+        return None
+    files: dict[str, str] = {}
+    for key, default in (
+        ("ca_file", TLS_CA_FILE_DEFAULT),
+        ("cert_file", TLS_CERT_FILE_DEFAULT),
+        ("key_file", TLS_KEY_FILE_DEFAULT),
+    ):
+        value = table.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"[tls] {key} must be a path")
+        files[key] = value
+    ca_path = base / files["ca_file"]
+    try:
+        with ca_path.open("rb"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"[tls] ca_file: cannot read {ca_path}: {error.strerror}") from error
+    return TlsConfig(
+        ca_path=ca_path, cert_file=files["cert_file"], key_file=files["key_file"], base=base
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import random
 import secrets
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -98,7 +99,15 @@ def peer_limits(config: ClusterConfig) -> PeerLimits:
 
 
 class Node:
-    def __init__(self, config: ClusterConfig, peer_id: str, *, log: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        peer_id: str,
+        *,
+        log: EventLog | None = None,
+        link_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`link_context`: the mutual-TLS context of this peer's links (None: plain HTTP)."""
         self.config = config
         self.peer: PeerConfig = config.peer(peer_id)
         self.peer_id = peer_id
@@ -133,6 +142,7 @@ class Node:
                     incarnation=link_incarnation,
                     fingerprint=self.cluster_fingerprint,
                 ),
+                link_context=link_context,
             )
             for p in config.peers
             if p.id != peer_id
@@ -179,14 +189,19 @@ class Node:
         assert waiter.answer is not None
         return waiter.answer
 
-    async def receive_peer_batch(self, body: bytes, credential: PeerCredential) -> None:
+    async def receive_peer_batch(
+        self, body: bytes, credential: PeerCredential, *, certified_source: str | None = None
+    ) -> None:
         """One batch whose head and body were authenticated (http/peer_auth.py). Raises
         PeerAuthError when it names another source than its signer, CodecError when it is
-        malformed or does not fit this cluster's configuration (`BatchRules`)."""
+        malformed, does not fit this cluster's configuration (`BatchRules`), or names another
+        source than `certified_source` (the peer its TLS certificate names) when given."""
         source, messages = decode_batch(body)
         require_source(credential, source)
         if not self.core.is_peer(source):
             raise CodecError("batch from an unknown peer")
+        if certified_source is not None and source != certified_source:
+            raise CodecError("batch whose source is not the peer its certificate names")
         self._batch_rules.check(source, messages)
         step = self.core.receive(source, messages, trio.current_time())
         self._act(step)

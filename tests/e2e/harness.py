@@ -3,24 +3,40 @@
 Rules: every peer is its own OS process started with `python -m tokenvault node`; ports are free
 ports picked at start; `close()` kills every process it started, even after a failure; waiting
 is bounded and polls the peer's own /healthz, never a fixed sleep.
+
+TLS mode (`Cluster(..., tls=True)`): the cluster is made by `init --tls`; `url()` is https://,
+and every client a test makes passes `verify=cluster.verify` (the cluster CA; True, the
+default, in plain mode). `TOKENVAULT_E2E_TLS` chooses the modes the suite runs in
+(`tls_modes`): unset, both; "0" plain only; "1" TLS only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 from tokenvault.cluster_init import init_cluster
+from tokenvault.tls import client_context
 
 READY_TIMEOUT_S = 20.0
+TLS_MODES_VARIABLE = "TOKENVAULT_E2E_TLS"
+
+
+def tls_modes() -> list[bool]:
+    """The modes the end-to-end suite runs in: [False] plain, [True] TLS, or both."""
+    chosen = os.environ.get(TLS_MODES_VARIABLE, "")
+    return {"0": [False], "1": [True]}.get(chosen, [False, True])
 
 
 def free_port_block(count: int) -> int:
@@ -46,13 +62,32 @@ def free_port_block(count: int) -> int:
     raise RuntimeError("no block of free ports found")
 
 
+@contextlib.contextmanager
+def running_cluster(
+    directory: Path, *, owners: tuple[str, ...] = ("alice", "bob"), tls: bool = False
+) -> Iterator[Cluster]:
+    """A started 3-peer Cluster, closed on the way out whatever happened."""
+    cluster = Cluster(directory, owners=owners, tls=tls)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.close()
+
+
 class Cluster:
     def __init__(
-        self, directory: Path, *, nodes: int = 3, owners: tuple[str, ...] = ("alice", "bob")
+        self,
+        directory: Path,
+        *,
+        nodes: int = 3,
+        owners: tuple[str, ...] = ("alice", "bob"),
+        tls: bool = False,
     ):
         self.directory = directory
         base = free_port_block(nodes)
-        self.init = init_cluster(directory, nodes=nodes, base_port=base, owners=owners)
+        self.init = init_cluster(directory, nodes=nodes, base_port=base, owners=owners, tls=tls)
+        self._set_tls(tls)
         keys = json.loads((directory / "keys.json").read_text())
         self.admin_key: str = keys["admin"]
         self.owner_keys: dict[str, str] = keys["owners"]
@@ -67,8 +102,24 @@ class Cluster:
         text = config.read_text()
         config.write_text(text.replace("[cluster]\n", f"[cluster]\n{name} = {value}\n", 1))
 
+    def _set_tls(self, tls: bool) -> None:
+        self.tls = tls
+        self.ca_path = self.directory / "tls" / "ca.pem" if tls else None
+        # httpx's `verify`: the cluster CA in TLS mode (one context, shared by every client)
+        self.verify: ssl.SSLContext | bool = (
+            True if self.ca_path is None else client_context(self.ca_path)
+        )
+
     def url(self, peer_id: str) -> str:
-        return f"http://{self._addresses[peer_id]}"
+        return f"{'https' if self.tls else 'http'}://{self._addresses[peer_id]}"
+
+    def cacert_options(self) -> list[str]:
+        """The command line's options to trust this cluster's CA (none in plain mode)."""
+        return [] if self.ca_path is None else ["--cacert", str(self.ca_path)]
+
+    def address(self, peer_id: str) -> tuple[str, int]:
+        host, _, port = self._addresses[peer_id].rpartition(":")
+        return host, int(port)
 
     def headers(self, owner: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.owner_keys[owner]}"}
@@ -109,7 +160,8 @@ class Cluster:
                     f"{peer_id} exited with {process.returncode}: {self.log(peer_id)[-2000:]}"
                 )
             try:
-                if httpx.get(self.url(peer_id) + "/healthz", timeout=1.0).status_code == 200:
+                health = httpx.get(self.url(peer_id) + "/healthz", timeout=1.0, verify=self.verify)
+                if health.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

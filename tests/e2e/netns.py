@@ -44,7 +44,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.e2e.harness import Cluster
-from tokenvault.cluster_init import InitPeer, init_cluster
+from tokenvault.cluster_init import InitPeer, init_cluster, renew_peer_certificates
+from tokenvault.config import load_config
 
 SUBNET_PREFIX = "10.213"
 CLIENT_HOST = 254
@@ -275,11 +276,14 @@ class NetnsCluster(Cluster):
         network: Network,
         *,
         owners: tuple[str, ...] = ("alice", "bob"),
+        tls: bool = False,
     ) -> None:
         self.directory = directory
         self.network = network
         nodes = len(network.peer_ids)
-        made = init_cluster(directory, nodes=nodes, base_port=PEER_PORT_BASE, owners=owners)
+        made = init_cluster(
+            directory, nodes=nodes, base_port=PEER_PORT_BASE, owners=owners, tls=tls
+        )
         assert [p.id for p in made.peers] == network.peer_ids, "peer ids must be n1..nN"
         # init writes 127.0.0.1:<port> for every peer; each peer serves on its own address.
         config = made.config_path.read_text()
@@ -291,6 +295,9 @@ class NetnsCluster(Cluster):
             config = config.replace(old, f"address = {json.dumps(address)}")
             peers.append(InitPeer(id=peer.id, address=address, data_dir=peer.data_dir))
         made.config_path.write_text(config)
+        if tls:  # certificates that name each peer's own address, as clients check
+            renew_peer_certificates(load_config(made.config_path))
+        self._set_tls(tls)
         self.init = dataclasses.replace(made, peers=tuple(peers))
         keys = json.loads((directory / "keys.json").read_text())
         self.admin_key = keys["admin"]
@@ -326,13 +333,17 @@ class NetnsCluster(Cluster):
 
 @contextlib.contextmanager
 def netns_cluster(
-    directory: Path, *, nodes: int = 3, owners: tuple[str, ...] = ("alice", "bob")
+    directory: Path,
+    *,
+    nodes: int = 3,
+    owners: tuple[str, ...] = ("alice", "bob"),
+    tls: bool = False,
 ) -> Iterator[NetnsCluster]:
     """A started cluster in namespaces; everything stopped and removed on the way out."""
     network = Network([f"n{i}" for i in range(1, nodes + 1)])
     network.create()
     try:
-        cluster = NetnsCluster(directory, network, owners=owners)
+        cluster = NetnsCluster(directory, network, owners=owners, tls=tls)
     except BaseException:
         network.close()
         raise

@@ -28,6 +28,7 @@ def tokenize(
         headers=cluster.headers(owner),
         json={"records": records},
         timeout=10.0,
+        verify=cluster.verify,
     )
 
 
@@ -37,6 +38,7 @@ def detokenize(cluster: Cluster, peer: str, owner: str, tokens: list[str]) -> ht
         headers=cluster.headers(owner),
         json={"tokens": tokens},
         timeout=10.0,
+        verify=cluster.verify,
     )
 
 
@@ -79,7 +81,12 @@ def test_same_token_on_every_peer_and_other_owners_see_nothing(cluster: Cluster)
     assert [r["found"] for r in other.json()["results"]] == [False, False, False]
     assert all(set(r) == {"token", "found"} for r in other.json()["results"])
     not_found = [
-        httpx.get(cluster.url("n3") + f"/v1/tokens/{t}", headers=cluster.headers(owner), timeout=10)
+        httpx.get(
+            cluster.url("n3") + f"/v1/tokens/{t}",
+            headers=cluster.headers(owner),
+            timeout=10,
+            verify=cluster.verify,
+        )
         for owner, t in (("bob", tokenized["ssn"]), ("alice", missing), ("alice", "garbage"))
     ]
     assert {(r.status_code, r.text) for r in not_found} == {(404, not_found[0].text)}
@@ -87,13 +94,17 @@ def test_same_token_on_every_peer_and_other_owners_see_nothing(cluster: Cluster)
         cluster.url("n3") + f"/v1/tokens/{tokenized['ssn']}",
         headers=cluster.headers("alice"),
         timeout=10,
+        verify=cluster.verify,
     )
     assert mine.status_code == 200 and mine.json()["value"] == "123-45-6789"
 
 
 def _owner_view(cluster: Cluster, owner: str) -> dict[str, Any]:
     view = httpx.get(
-        cluster.url("n1") + f"/v1/admin/owners/{owner}", headers=cluster.admin_headers(), timeout=10
+        cluster.url("n1") + f"/v1/admin/owners/{owner}",
+        headers=cluster.admin_headers(),
+        timeout=10,
+        verify=cluster.verify,
     )
     assert view.status_code == 200, view.text
     payload: dict[str, Any] = view.json()
@@ -101,7 +112,9 @@ def _owner_view(cluster: Cluster, owner: str) -> dict[str, Any]:
 
 
 def _peer_states(cluster: Cluster, peer: str) -> dict[str, str]:
-    view = httpx.get(cluster.url(peer) + "/v1/admin/node", headers=cluster.admin_headers())
+    view = httpx.get(
+        cluster.url(peer) + "/v1/admin/node", headers=cluster.admin_headers(), verify=cluster.verify
+    )
     assert view.status_code == 200, view.text
     return {p["id"]: p["state"] for p in view.json()["peers"]}
 
@@ -129,7 +142,12 @@ def test_survives_one_killed_peer_refuses_with_two_and_recovers_after_restart(
         assert time.monotonic() < deadline, _peer_states(cluster, "n1")
         time.sleep(0.1)
     started = time.monotonic()
-    epoch = httpx.get(cluster.url("n1") + "/v1/epoch", headers=cluster.headers("alice"), timeout=10)
+    epoch = httpx.get(
+        cluster.url("n1") + "/v1/epoch",
+        headers=cluster.headers("alice"),
+        timeout=10,
+        verify=cluster.verify,
+    )
     assert epoch.status_code == 503 and epoch.json()["error"]["code"] == "unavailable"
     assert time.monotonic() - started < 2.5  # the grace (0.5 s), not the 5 s deadline
 
@@ -158,7 +176,7 @@ async def test_concurrent_overlapping_tokenize_gives_one_mapping_per_token(
     async def client(index: int) -> None:
         peer = cluster.peer_ids[index % 3]
         chosen = [values[(index * 7 + k) % len(values)] for k in range(10)]
-        async with httpx.AsyncClient(timeout=20.0) as http:
+        async with httpx.AsyncClient(timeout=20.0, verify=cluster.verify) as http:
             response = await http.post(
                 cluster.url(peer) + "/v1/tokenize",
                 headers=cluster.headers("alice"),
@@ -203,6 +221,7 @@ def test_admin_owner_view_shows_every_replica_and_convergence(cluster: Cluster) 
             cluster.url("n2") + "/v1/admin/owners/alice",
             headers=cluster.admin_headers(),
             timeout=10,
+            verify=cluster.verify,
         ).json()
         if view["converged"]:
             break
@@ -212,16 +231,25 @@ def test_admin_owner_view_shows_every_replica_and_convergence(cluster: Cluster) 
     assert len({r["digest"] for r in view["replicas"]}) == 1
     assert all(r["active_epoch"] == 1 for r in view["replicas"])
     forbidden = httpx.get(
-        cluster.url("n2") + "/v1/admin/owners/alice", headers=cluster.headers("alice"), timeout=10
+        cluster.url("n2") + "/v1/admin/owners/alice",
+        headers=cluster.headers("alice"),
+        timeout=10,
+        verify=cluster.verify,
     )
     assert forbidden.status_code == 403
     missing = httpx.get(
-        cluster.url("n2") + "/v1/admin/owners/nobody", headers=cluster.admin_headers(), timeout=10
+        cluster.url("n2") + "/v1/admin/owners/nobody",
+        headers=cluster.admin_headers(),
+        timeout=10,
+        verify=cluster.verify,
     )
     assert missing.status_code == 404
     cluster.kill("n3")
     degraded = httpx.get(
-        cluster.url("n1") + "/v1/admin/owners/alice", headers=cluster.admin_headers(), timeout=10
+        cluster.url("n1") + "/v1/admin/owners/alice",
+        headers=cluster.admin_headers(),
+        timeout=10,
+        verify=cluster.verify,
     ).json()
     assert degraded["converged"] is False
     assert [r["reachable"] for r in degraded["replicas"] if r["peer"] == "n3"] == [False]
@@ -257,13 +285,16 @@ def test_a_peer_reading_another_configuration_is_refused_and_raises_an_alarm(
         assert alarms[0]["ours"] != alarms[0]["theirs"]
     fingerprints = {
         peer: httpx.get(
-            cluster.url(peer) + "/v1/admin/node", headers=cluster.admin_headers()
+            cluster.url(peer) + "/v1/admin/node",
+            headers=cluster.admin_headers(),
+            verify=cluster.verify,
         ).json()["cluster_fingerprint"]
         for peer in cluster.peer_ids
     }
     assert fingerprints["n1"] == fingerprints["n2"] != fingerprints["n3"]
     # the operator's view says so too
-    assert main(["status", "--url", cluster.url("n1"), "--key", cluster.admin_key]) == 0
+    url_options = ["--url", cluster.url("n1"), *cluster.cacert_options()]
+    assert main(["status", *url_options, "--key", cluster.admin_key]) == 0
     status = capsys.readouterr().out
     assert "CONFIGURATION DIFFERS between peers (n1, n2 read " in status
     assert f"; n3 read {fingerprints['n3'][:8]})" in status
@@ -276,7 +307,10 @@ def test_a_peer_reading_another_configuration_is_refused_and_raises_an_alarm(
 
 def test_epochs_agree_compares_decided_values_not_just_numbers(cluster: Cluster) -> None:
     rotated = httpx.post(
-        cluster.url("n1") + "/v1/epoch/rotate", headers=cluster.headers("alice"), timeout=10
+        cluster.url("n1") + "/v1/epoch/rotate",
+        headers=cluster.headers("alice"),
+        timeout=10,
+        verify=cluster.verify,
     )
     assert rotated.status_code == 200 and rotated.json()["epoch"] == 2
     # the rotate answered once a majority decided: wait for n3 to learn epoch 2 as well
@@ -313,13 +347,15 @@ def test_metrics_count_requests_by_route_and_status_and_never_show_values(
     assert answer.status_code == 200
     token = answer.json()["records"][0]["ssn"]
     missing = httpx.get(
-        cluster.url("n1") + "/v1/tokens/tok_" + "A" * 32, headers=cluster.headers("alice")
+        cluster.url("n1") + "/v1/tokens/tok_" + "A" * 32,
+        headers=cluster.headers("alice"),
+        verify=cluster.verify,
     )
     assert missing.status_code == 404
     # n1's own replica may store after W others acknowledged: wait for its event (bounded)
     deadline = time.monotonic() + 10.0
     while True:
-        metrics = httpx.get(cluster.url("n1") + "/metrics")
+        metrics = httpx.get(cluster.url("n1") + "/metrics", verify=cluster.verify)
         assert metrics.status_code == 200
         series = dict(
             line.rsplit(" ", 1) for line in metrics.text.splitlines() if not line.startswith("#")

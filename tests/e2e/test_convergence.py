@@ -29,8 +29,8 @@ MAPPING_PREFIX = b"m\x00"
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    running = Cluster(tmp_path / "cluster", owners=OWNERS)
+def cluster(tmp_path: Path, tls_mode: bool) -> Iterator[Cluster]:
+    running = Cluster(tmp_path / "cluster", owners=OWNERS, tls=tls_mode)
     try:
         running.start_all()
         yield running
@@ -147,7 +147,7 @@ def tokenize_batches(
 
 
 def test_killed_peer_catches_up_after_restart(cluster: Cluster) -> None:
-    with httpx.Client(timeout=10.0, trust_env=False) as http:
+    with httpx.Client(timeout=10.0, trust_env=False, verify=cluster.verify) as http:
         cluster.kill("n3")  # SIGKILL
         tokens = tokenize_batches(http, cluster, ["n1", "n2"], "missed")
         expected = {owner: len(tokens[owner]) for owner in OWNERS}
@@ -219,7 +219,7 @@ def test_killed_peer_catches_up_after_restart(cluster: Cluster) -> None:
 
 
 def test_anti_entropy_restores_mappings_lost_from_disk(cluster: Cluster) -> None:
-    with httpx.Client(timeout=10.0, trust_env=False) as http:
+    with httpx.Client(timeout=10.0, trust_env=False, verify=cluster.verify) as http:
         tokens = tokenize_batches(http, cluster, cluster.peer_ids, "kept")
         expected = {owner: len(tokens[owner]) for owner in OWNERS}
         start = time.monotonic()

@@ -30,6 +30,7 @@ def post(
         headers=cluster.headers(owner),
         json=body,
         timeout=TIMEOUT_S,
+        verify=cluster.verify,
     )
 
 
@@ -43,7 +44,10 @@ def rotate(cluster: Cluster, peer: str, body: Any = None) -> dict[str, Any]:
 
 def epoch_of(cluster: Cluster, peer: str) -> int:
     answer = httpx.get(
-        cluster.url(peer) + "/v1/epoch", headers=cluster.headers("alice"), timeout=TIMEOUT_S
+        cluster.url(peer) + "/v1/epoch",
+        headers=cluster.headers("alice"),
+        timeout=TIMEOUT_S,
+        verify=cluster.verify,
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["owner"] == "alice"
@@ -76,7 +80,10 @@ async def concurrent_rotates(cluster: Cluster, count: int, body: Any) -> list[ht
             )
         )
 
-    async with httpx.AsyncClient(timeout=TIMEOUT_S) as client, trio.open_nursery() as nursery:
+    async with (
+        httpx.AsyncClient(timeout=TIMEOUT_S, verify=cluster.verify) as client,
+        trio.open_nursery() as nursery,
+    ):
         for index in range(count):
             nursery.start_soon(one, index, client)
     return answers
@@ -129,14 +136,22 @@ async def test_concurrent_rotates_all_answer_one_new_epoch(cluster: Cluster) -> 
         }
     # without a body: rotate from whatever is active, once
     blind = httpx.post(
-        cluster.url("n3") + "/v1/epoch/rotate", headers=cluster.headers("alice"), timeout=TIMEOUT_S
+        cluster.url("n3") + "/v1/epoch/rotate",
+        headers=cluster.headers("alice"),
+        timeout=TIMEOUT_S,
+        verify=cluster.verify,
     )
     assert blind.status_code == 200, blind.text
     assert blind.json() == {"owner": "alice", "epoch": 3, "rotated": True}
     for peer in cluster.peer_ids:
         assert epoch_of(cluster, peer) == 3
     # another owner's epoch never moved
-    bob = httpx.get(cluster.url("n1") + "/v1/epoch", headers=cluster.headers("bob"), timeout=10)
+    bob = httpx.get(
+        cluster.url("n1") + "/v1/epoch",
+        headers=cluster.headers("bob"),
+        timeout=10,
+        verify=cluster.verify,
+    )
     assert bob.json() == {"owner": "bob", "epoch": 1}
 
 
@@ -229,6 +244,7 @@ def test_invalid_rotate_bodies_are_refused_and_change_nothing(cluster: Cluster) 
             headers={**cluster.headers("alice"), "Content-Type": "application/json"},
             content=body,
             timeout=TIMEOUT_S,
+            verify=cluster.verify,
         )
         assert answer.status_code == 400, (body, answer.text)
         assert answer.json()["error"]["code"] == "invalid_request", body
@@ -239,11 +255,17 @@ def test_invalid_rotate_bodies_are_refused_and_change_nothing(cluster: Cluster) 
 def test_rotate_and_epoch_need_an_owner_key(cluster: Cluster) -> None:
     for path, method in (("/v1/epoch/rotate", "POST"), ("/v1/epoch", "GET")):
         admin = httpx.request(
-            method, cluster.url("n1") + path, headers=cluster.admin_headers(), timeout=TIMEOUT_S
+            method,
+            cluster.url("n1") + path,
+            headers=cluster.admin_headers(),
+            timeout=TIMEOUT_S,
+            verify=cluster.verify,
         )
         assert admin.status_code == 403, admin.text
         assert admin.json()["error"]["code"] == "forbidden"
-        anonymous = httpx.request(method, cluster.url("n2") + path, timeout=TIMEOUT_S)
+        anonymous = httpx.request(
+            method, cluster.url("n2") + path, timeout=TIMEOUT_S, verify=cluster.verify
+        )
         assert anonymous.status_code == 401
         assert anonymous.json()["error"]["code"] == "unauthenticated"
     assert epoch_of(cluster, "n3") == 1

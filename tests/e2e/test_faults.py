@@ -109,13 +109,13 @@ def agreement_problems(cluster: Cluster) -> list[str]:
 
 
 @pytest.fixture
-def ns_cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
+def ns_cluster(tmp_path: Path, tls_mode: bool) -> Iterator[NetnsCluster]:
     problem = netns_problem()
     if problem:
         if os.environ.get(REQUIRE_ENV):
             pytest.fail(f"{REQUIRE_ENV} is set but network namespaces are unusable: {problem}")
         pytest.skip(f"needs network namespaces: {problem}")
-    with netns_cluster(tmp_path / "cluster") as cluster:
+    with netns_cluster(tmp_path / "cluster", tls=tls_mode) as cluster:
         yield cluster
 
 
@@ -188,7 +188,9 @@ async def client(run: Run, index: int) -> None:
     rng = random.Random(SEED * 1000 + index)
     known_epoch = dict.fromkeys(OWNERS, 1)
     peers = run.cluster.peer_ids
-    async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, trust_env=False) as http:
+    async with httpx.AsyncClient(
+        timeout=CLIENT_TIMEOUT_S, trust_env=False, verify=run.cluster.verify
+    ) as http:
         for _ in range(OPS_PER_CLIENT_MAX):
             if run.stopping:
                 return
@@ -270,7 +272,7 @@ async def seen_up_again(
 
 async def nemesis(run: Run) -> None:
     cluster, network = run.cluster, run.cluster.network
-    async with httpx.AsyncClient(timeout=1.0, trust_env=False) as http:
+    async with httpx.AsyncClient(timeout=1.0, trust_env=False, verify=cluster.verify) as http:
         await trio.sleep(WARMUP_S)
 
         run.down.add("n1")
@@ -313,7 +315,7 @@ async def nemesis(run: Run) -> None:
 
 def owner_views_converged(cluster: NetnsCluster) -> tuple[bool, dict[str, Any]]:
     views: dict[str, Any] = {}
-    with httpx.Client(timeout=5.0, trust_env=False) as http:
+    with httpx.Client(timeout=5.0, trust_env=False, verify=cluster.verify) as http:
         for peer in cluster.peer_ids:
             for owner in OWNERS:
                 try:
@@ -530,7 +532,7 @@ def check_history(run: Run) -> None:
         problems.append(f"[harness] too little progress to judge: {ok}")
 
     # -- afterwards: every acknowledged token through every peer
-    with httpx.Client(timeout=30.0, trust_env=False) as http:
+    with httpx.Client(timeout=30.0, trust_env=False, verify=cluster.verify) as http:
         for owner in OWNERS:
             mine = sorted(t for t, a in acked.items() if a[0] == owner)
             for peer in cluster.peer_ids:
@@ -553,15 +555,19 @@ def check_history(run: Run) -> None:
     assert not problems, f"{len(problems)} problems ({dict(kinds)}):\n" + "\n".join(problems[:40])
 
 
-async def test_concurrent_rotates_through_one_peer_decide_one_value(tmp_path: Path) -> None:
+async def test_concurrent_rotates_through_one_peer_decide_one_value(
+    tmp_path: Path, tls_mode: bool
+) -> None:
     """API.md: of concurrent rotates with one expected_epoch exactly one answers rotated: true,
     all answer the same epoch; and one epoch has one value (so one token per input)."""
-    cluster = Cluster(tmp_path / "cluster", owners=OWNERS)
+    cluster = Cluster(tmp_path / "cluster", owners=OWNERS, tls=tls_mode)
     try:
         cluster.start_all()
         cluster.kill("n3")  # two live replicas: both must take part in every decision
         problems = []
-        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, trust_env=False) as http:
+        async with httpx.AsyncClient(
+            timeout=CLIENT_TIMEOUT_S, trust_env=False, verify=cluster.verify
+        ) as http:
             for _ in range(ROTATE_ROUNDS):
                 epoch = await http.get(
                     cluster.url("n1") + "/v1/epoch", headers=cluster.headers("alice")

@@ -39,7 +39,7 @@ NEGATIVE_STATUSES = ["400", "401", "403", "404", "405", "413"]
 def run_schemathesis(cluster: Cluster, peer: str, key: str, directory: Path) -> None:
     """One schemathesis run against `peer` with `key`; fails the test on any finding."""
     directory.mkdir()
-    served = httpx.get(cluster.url(peer) + "/v1/openapi.json", timeout=10)
+    served = httpx.get(cluster.url(peer) + "/v1/openapi.json", timeout=10, verify=cluster.verify)
     assert served.status_code == 200 and served.json() == load_source()
     (directory / "openapi.json").write_bytes(served.content)
     # The key goes in a file of the run's own directory, not on a command line.
@@ -75,6 +75,8 @@ def run_schemathesis(cluster: Cluster, peer: str, key: str, directory: Path) -> 
         "--report-junit-path",
         "junit.xml",
     ]
+    if cluster.ca_path is not None:
+        command += ["--tls-verify", str(cluster.ca_path)]
     # Loopback only: no proxy may see these requests.
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["NO_PROXY"] = "127.0.0.1,localhost"
@@ -111,7 +113,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
     run_schemathesis(c, "n2", c.admin_key, tmp_path / "admin")
 
     for peer in c.peer_ids:
-        assert httpx.get(c.url(peer) + "/healthz", timeout=10).status_code == 200
+        assert httpx.get(c.url(peer) + "/healthz", timeout=10, verify=c.verify).status_code == 200
         lines = c.log(peer).splitlines()
         assert all(line.startswith("{") for line in lines), peer  # no traceback, no plain text
         assert not [e for e in c.log_events(peer) if e.get("level") == "error"], peer

@@ -341,6 +341,7 @@ def test_a_refusal_says_why_and_never_carries_a_key_or_signature() -> None:
         "replayed",
         "body_mismatch",
         "source_mismatch",
+        "no_certificate",
     }
 
 

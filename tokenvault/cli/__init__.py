@@ -10,8 +10,9 @@ Rules:
   10 s) on SIGINT, SIGTERM or SIGHUP, and on any way out of it.
 
 One module per concern: parser (the commands and their options), exits (exit codes and the error
-line), cluster_files and cluster_commands (init, node), up and peer_processes (a local cluster),
-target and api_calls (where, as whom, one request), client_commands, status and status_report.
+line), cluster_files and cluster_commands (init, node, renew-certs), up and peer_processes (a
+local cluster), target and api_calls (where, as whom, one request), client_commands, status and
+status_report.
 """
 
 from __future__ import annotations

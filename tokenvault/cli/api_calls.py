@@ -3,7 +3,7 @@ went wrong.
 
 Rules:
 - Every request has a REQUEST_TIMEOUT_S timeout and sends the key as a Bearer token; a body,
-  when there is one, is sent as application/json.
+  when there is one, is sent as application/json. HTTPS is checked with the target's CA.
 - Only a 2xx answer with a JSON body is an answer; anything else (no connection, no answer in
   time, an error status, a body that is not JSON) is a CliError with exit code 1. An error
   answer's line carries its status, the API's error code and message, and its Retry-After.
@@ -49,7 +49,9 @@ def request_json(
         headers["Content-Type"] = "application/json"
     url = target.url + path
     try:
-        with httpx.Client(timeout=REQUEST_TIMEOUT_S, transport=transport) as client:
+        with httpx.Client(
+            timeout=REQUEST_TIMEOUT_S, transport=transport, verify=target.verify()
+        ) as client:
             response = client.request(method, url, content=body, headers=headers)
     except (httpx.ConnectError, httpx.ConnectTimeout) as error:
         reason = str(error) or type(error).__name__

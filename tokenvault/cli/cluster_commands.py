@@ -1,22 +1,27 @@
 """`tokenvault init` writes a new cluster into a directory; `tokenvault node` runs one of its
-peers in the foreground.
+peers in the foreground; `tokenvault renew-certs` issues new TLS certificates for its peers.
 
 Rules:
 - `init` prints where it wrote what, and how to start the peers; never an API key.
-- `node` checks the configuration and the peer id before it loads the peer's code, which it
-  imports lazily: the other commands start without it.
+- `renew-certs` replaces peers' certificates and keys, and says that each peer must restart
+  to use them (peers read their files only at start). A cluster without TLS, an unknown peer
+  or an unusable CA key is exit code 2.
+- `node` checks the configuration, the peer id and, with TLS, the peer's own certificate and
+  key (a bad one is exit code 2, like a bad configuration) before it loads the peer's code,
+  which it imports lazily: the other commands start without it (and without cryptography).
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from tokenvault.cli.cluster_files import init_errors, load_cluster_config, print_init_result
 from tokenvault.cli.exits import EXIT_OK, EXIT_USAGE, CliError
-from tokenvault.cluster_init import init_cluster
+from tokenvault.cluster_init import CONFIG_NAME, init_cluster, renew_peer_certificates
 from tokenvault.config import ConfigError
 
 
@@ -32,11 +37,31 @@ def init_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int
             replicas=args.replicas,
             write_quorum=args.write_quorum,
             read_quorum=args.read_quorum,
+            tls=args.tls,
         )
     print_init_result(result)
     first = result.peers[0].id
     print(f"start one peer:  tokenvault node --config {result.config_path} --id {first}")
     print(f"or all of them:  tokenvault up --dir {directory}")
+    return EXIT_OK
+
+
+def renew_certs_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
+    config = load_cluster_config(args.dir / CONFIG_NAME)
+    peer_ids: list[str] = args.peer or []
+    try:
+        renewed = renew_peer_certificates(config, peer_ids, ca_key_path=args.ca_key)
+    except ConfigError as error:
+        raise CliError(f"renew-certs: {error}", EXIT_USAGE) from error
+    except OSError as error:
+        raise CliError(f"renew-certs: cannot write {error.filename}: {error.strerror}") from error
+    assert config.tls is not None
+    for peer_id, valid_until in renewed:
+        print(
+            f"peer {peer_id}: {config.tls.cert_path(peer_id)} and {config.tls.key_path(peer_id)},"
+            f" valid until {valid_until:%Y-%m-%d}"
+        )
+    print("peers read their certificates at start: restart them, one at a time, to use these")
     return EXIT_OK
 
 
@@ -47,7 +72,15 @@ def node_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int
         config.peer(peer_id)
     except ConfigError as error:
         raise CliError(str(error), EXIT_USAGE) from error
-    from tokenvault.peer_process import run_node  # lazily: the client commands need none of it
+    # Lazily: the client commands need none of this.
+    from tokenvault.peer_process import run_node
+    from tokenvault.tls_certificates import load_peer_tls
 
-    run_node(config, peer_id)
+    peer_tls = None
+    if config.tls is not None:
+        try:
+            peer_tls = load_peer_tls(config.tls, peer_id, now=datetime.now(UTC))
+        except ConfigError as error:
+            raise CliError(f"[tls]: {error}", EXIT_USAGE) from error
+    run_node(config, peer_id, peer_tls)
     return EXIT_OK

@@ -10,17 +10,28 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 from tokenvault.cli.exits import EXIT_USAGE, CliError
 from tokenvault.cluster_init import ClusterKeys, InitError, InitResult, load_keys
 from tokenvault.config import ClusterConfig, ConfigError, load_config
+from tokenvault.tls import client_context
 
 
 def load_cluster_config(path: Path) -> ClusterConfig:
     try:
         return load_config(path)
+    except ConfigError as error:
+        raise CliError(str(error), EXIT_USAGE) from error
+
+
+def cluster_client_context(ca_path: Path) -> ssl.SSLContext:
+    """An HTTPS client's context that trusts the cluster CA in ca_path."""
+    try:
+        return client_context(ca_path)
     except ConfigError as error:
         raise CliError(str(error), EXIT_USAGE) from error
 
@@ -49,6 +60,11 @@ def print_init_result(result: InitResult) -> None:
     print(f"  config:  {result.config_path}")
     print(f"  keys:    {result.keys_path}  (mode 0600: the API keys, keep it private)")
     print(f"  secret:  {result.secret_path}  (mode 0600)")
+    if result.tls_dir is not None:
+        print(
+            f"  tls:     {result.tls_dir}{os.sep}  (mode 0600: the cluster CA as ca.pem and ca.key,"
+            " each peer's certificate and key)"
+        )
     print(f"  owners:  {', '.join(result.owners)}")
     for peer in result.peers:
         print(f"  peer {peer.id}: {peer.address}, data in {peer.data_dir}")

@@ -5,7 +5,8 @@ Rules:
   that carries it out.
 - `sim` is listed for --help only: `main` hands it to the simulator's own parser, so that a
   peer never imports the simulator.
-- Client commands share one set of connection options (--url, --key, --dir, --owner, --admin).
+- Client commands share one set of connection options (--url, --key, --dir, --cacert, --owner,
+  --admin).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tokenvault.cli.client_commands import (
     rotate_command,
     tokenize_command,
 )
-from tokenvault.cli.cluster_commands import init_command, node_command
+from tokenvault.cli.cluster_commands import init_command, node_command, renew_certs_command
 from tokenvault.cli.status import status_command
 from tokenvault.cli.target import KEY_ENVIRONMENT_VARIABLE
 from tokenvault.cli.up import (
@@ -62,7 +63,25 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     init.add_argument("--dir", type=Path, required=True, help="directory to write the cluster to")
     _add_cluster_shape(init)
+    init.add_argument(
+        "--tls",
+        action="store_true",
+        help="make a private CA and a certificate per peer: HTTPS, and mutual TLS between peers",
+    )
     init.set_defaults(run=init_command)
+
+    renew = commands.add_parser(
+        "renew-certs",
+        help="issue new TLS certificates for the peers from the cluster's CA (then restart them)",
+    )
+    renew.add_argument("--dir", type=Path, required=True, help="a cluster made by init --tls")
+    renew.add_argument(
+        "--peer", action="append", metavar="ID", help="only this peer (repeatable; default: all)"
+    )
+    renew.add_argument(
+        "--ca-key", type=Path, metavar="PEM", help="the CA's private key (DIR/tls/ca.key)"
+    )
+    renew.set_defaults(run=renew_certs_command)
 
     node = commands.add_parser("node", help="run one peer in the foreground")
     node.add_argument("--config", type=Path, required=True, help="the cluster.toml")
@@ -78,6 +97,11 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     up.add_argument(
         "--base-port", type=int, help=f"ports of a new cluster ({UP_DEFAULT_BASE_PORT} + i)"
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="make a new cluster with TLS (as init --tls); a cluster in --dir keeps its own",
     )
     up.set_defaults(run=up_command)
 
@@ -168,6 +192,12 @@ def _connection_options(
     )
     group.add_argument(
         "--dir", type=Path, help="a cluster made by init: its first peer's URL, keys from keys.json"
+    )
+    group.add_argument(
+        "--cacert",
+        type=Path,
+        metavar="PEM",
+        help="trust this CA for https:// (default with --dir: the cluster's tls/ca.pem)",
     )
     who = group if owner_is_subject else group.add_mutually_exclusive_group()
     who.add_argument("--owner", metavar="NAME", help=owner_help)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -104,10 +105,20 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
-def wait_until_healthy(children: list[PeerChild], stop: StopSignals, logs_dir: Path) -> bool:
-    """True once every peer answers /healthz; False on a stop signal, an exit or a timeout."""
+def wait_until_healthy(
+    children: list[PeerChild],
+    stop: StopSignals,
+    logs_dir: Path,
+    tls_context: ssl.SSLContext | None = None,
+) -> bool:
+    """True once every peer answers /healthz (over HTTPS, with tls_context, when given); False
+    on a stop signal, an exit or a timeout."""
     deadline = time.monotonic() + UP_READY_TIMEOUT_S
-    with httpx.Client(timeout=UP_HEALTH_REQUEST_TIMEOUT_S, trust_env=False) as client:
+    scheme = "http" if tls_context is None else "https"
+    verify = True if tls_context is None else tls_context
+    with httpx.Client(
+        timeout=UP_HEALTH_REQUEST_TIMEOUT_S, trust_env=False, verify=verify
+    ) as client:
         while not stop.count:
             for child in children:
                 code = child.process.poll()
@@ -118,7 +129,7 @@ def wait_until_healthy(children: list[PeerChild], stop: StopSignals, logs_dir: P
                     )
                     return False
                 if not child.healthy:
-                    child.healthy = _answers_health(client, child.peer)
+                    child.healthy = _answers_health(client, f"{scheme}://{child.peer.address}")
             if all(child.healthy for child in children):
                 return True
             if time.monotonic() >= deadline:
@@ -132,9 +143,9 @@ def wait_until_healthy(children: list[PeerChild], stop: StopSignals, logs_dir: P
     return False
 
 
-def _answers_health(client: httpx.Client, peer: PeerConfig) -> bool:
+def _answers_health(client: httpx.Client, url: str) -> bool:
     try:
-        return client.get(f"http://{peer.address}/healthz").status_code == 200
+        return client.get(f"{url}/healthz").status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -45,7 +45,7 @@ def _cluster_details(
             continue
         try:
             nodes[peer_id] = request_json(
-                Target(url=f"http://{address}", key=target.key),
+                target.at(address),
                 "GET",
                 "/v1/admin/node",
                 None,

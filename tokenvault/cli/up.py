@@ -4,7 +4,10 @@ Rules:
 - The directory's cluster is reused when it has a cluster.toml; otherwise a new one is made
   (UP_DEFAULT_NODES peers from UP_DEFAULT_BASE_PORT + 1, N=min(3, nodes), majority quorums).
   --nodes and --base-port only shape a new cluster: with an existing one they are ignored, said
-  on stderr.
+  on stderr. --tls makes the new cluster with TLS; asked of an existing cluster without TLS it
+  is refused (exit code 2), never silently ignored.
+- TLS is whatever cluster.toml says: health checks and the banner use https:// and its CA.
+  Without TLS the banner says, in one WARNING line, that traffic is unencrypted.
 - Every peer's port is checked free before any peer starts; peers log into the directory's
   logs/ folder.
 - The banner shows an owner's API key in a copy-paste example, which is its purpose; no other
@@ -22,8 +25,13 @@ from pathlib import Path
 
 import httpx
 
-from tokenvault.cli.cluster_files import init_errors, load_cluster_config, print_init_result
-from tokenvault.cli.exits import EXIT_FAILURE, EXIT_OK, CliError, print_error
+from tokenvault.cli.cluster_files import (
+    cluster_client_context,
+    init_errors,
+    load_cluster_config,
+    print_init_result,
+)
+from tokenvault.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, print_error
 from tokenvault.cli.peer_processes import (
     PeerChild,
     StopSignals,
@@ -51,8 +59,15 @@ def up_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
         if args.nodes is not None or args.base_port is not None:
             print_error("--nodes and --base-port only shape a new cluster; they are ignored here")
     else:
-        _init_new_cluster(directory, args.nodes, args.base_port)
+        _init_new_cluster(directory, args.nodes, args.base_port, tls=args.tls)
     config = load_cluster_config(config_path)
+    if args.tls and config.tls is None:
+        raise CliError(
+            f"{config_path} has TLS off, and --tls only shapes a new cluster: use another"
+            " --dir, or turn TLS on as docs/operations.md says",
+            EXIT_USAGE,
+        )
+    tls_context = None if config.tls is None else cluster_client_context(config.tls.ca_path)
     keys = _load_keys_or_none(directory / KEYS_NAME)
     _check_ports_free(config)
     logs_dir = directory / LOGS_DIR_NAME
@@ -63,7 +78,7 @@ def up_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
         try:
             for peer in config.peers:
                 children.append(start_peer(peer, config_path.resolve(), logs_dir))
-            if not wait_until_healthy(children, stop, logs_dir):
+            if not wait_until_healthy(children, stop, logs_dir, tls_context):
                 return EXIT_OK if stop.count else EXIT_FAILURE
             _print_banner(config, keys, directory, logs_dir)
             return supervise(children, stop)
@@ -71,7 +86,9 @@ def up_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
             stop_peers(children, stop)
 
 
-def _init_new_cluster(directory: Path, nodes: int | None, base_port: int | None) -> None:
+def _init_new_cluster(
+    directory: Path, nodes: int | None, base_port: int | None, *, tls: bool
+) -> None:
     nodes = UP_DEFAULT_NODES if nodes is None else nodes
     replicas = min(3, max(nodes, 1))
     with init_errors(directory):
@@ -83,6 +100,7 @@ def _init_new_cluster(directory: Path, nodes: int | None, base_port: int | None)
             replicas=replicas,
             write_quorum=majority(replicas),
             read_quorum=majority(replicas),
+            tls=tls,
         )
     print_init_result(result)
 
@@ -112,19 +130,29 @@ def _print_banner(
     config: ClusterConfig, keys: ClusterKeys | None, directory: Path, logs_dir: Path
 ) -> None:
     first = config.peers[0]
+    scheme = "http" if config.tls is None else "https"
     print()
     print(f"tokenvault cluster {config.name!r} is up: {len(config.peers)} peers")
     for peer in config.peers:
-        print(f"  {peer.id}  http://{peer.address}")
+        print(f"  {peer.id}  {scheme}://{peer.address}")
     print(f"keys:  {directory / KEYS_NAME}  (mode 0600)")
     print(f"logs:  {logs_dir}{os.sep}")
+    curl_ca = ""
+    if config.tls is None:
+        print(
+            "WARNING: plain HTTP: API keys, values and tokens cross the network unencrypted;"
+            " for TLS, start a new cluster with --tls"
+        )
+    else:
+        print(f"tls:   HTTPS and mutual TLS between peers; CA {config.tls.ca_path}")
+        curl_ca = f" --cacert {config.tls.ca_path}"
     owner = next((o.id for o in config.owners if keys is not None and o.id in keys.owners), None)
     if keys is not None and owner is not None:
         body = json.dumps({"records": [{"ssn": "123-45-6789"}]}, separators=(",", ":"))
         print(f"try it, as {owner}:")
         print(
             f'  curl -s -H "Authorization: Bearer {keys.owners[owner]}"'
-            f" -d '{body}' http://{first.address}/v1/tokenize"
+            f" -d '{body}'{curl_ca} {scheme}://{first.address}/v1/tokenize"
         )
         print(f"  tokenvault tokenize --dir {directory} 123-45-6789")
     print("Ctrl-C stops every peer.", flush=True)

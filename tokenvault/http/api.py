@@ -14,7 +14,9 @@ Rules:
   takes only batches signed by another peer (http/peer_auth.py): the head is verified first
   (`_verify_peer_head`, headers only), then the body (`_verify_peer_body`); a refusal is a 401
   and a rate-limited `peer_auth_refused` alarm, a batch that is malformed or does not fit the
-  configuration a 400 and a rate-limited `peer_batch_refused` alarm.
+  configuration a 400 and a rate-limited `peer_batch_refused` alarm. With TLS on, the internal
+  endpoint also needs a verified peer certificate (Request.peer_certificate_id), checked
+  before the signature, and a batch must name that peer as its source.
 - A token that does not exist, belongs to another owner, or is malformed gets one and the same
   not-found answer: lookups are always made in the caller's own key space.
 - Errors map to statuses in errors.py only; values and keys never reach a log line or a message.
@@ -169,6 +171,7 @@ class PublicApi:
             metrics=node.metrics,
             reasons=_BATCH_REFUSALS,
         )
+        self._peer_certificate_required = node.config.tls is not None
         self._config_mismatch = ConfigMismatchAlarm(
             ours=node.cluster_fingerprint, log=node.log, metrics=node.metrics
         )
@@ -245,6 +248,9 @@ class PublicApi:
 
     def _authenticate(self, request: Request) -> Principal:
         if request.path == PEER_MESSAGES_PATH:
+            if self._peer_certificate_required and request.peer_certificate_id is None:
+                error = PeerAuthError(Refusal.NO_CERTIFICATE)
+                raise self._peer_refused(request, error, "certificate")
             return self._verify_peer_head(request)
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
@@ -521,7 +527,9 @@ class PublicApi:
             )
         self._verify_peer_body(request, principal)
         try:
-            await self._node.receive_peer_batch(request.body, principal)
+            await self._node.receive_peer_batch(
+                request.body, principal, certified_source=request.peer_certificate_id
+            )
         except PeerAuthError as error:
             raise self._peer_refused(request, error, "source") from None
         except CodecError as error:

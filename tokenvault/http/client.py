@@ -6,21 +6,32 @@ Rules kept here:
 - any failure (connect, reset, timeout, bad HTTP, oversize response) closes the socket
   and raises PeerUnreachable; the next request reconnects. Requests are never retried
   here: whether a retry is safe is the caller's decision;
-- PeerUnreachable messages name the peer and the failure kind, never bodies or headers.
+- PeerUnreachable messages name the peer and the failure kind, never bodies or headers;
+- with an ssl_context the connection is TLS, its handshake part of connecting (within
+  connect_timeout_s); with a server_peer_id too, the server's certificate must name that
+  peer (tls.py), else the connection is dropped as unreachable: a peer link never talks to
+  a peer it did not mean to reach.
 """
 
 from __future__ import annotations
 
 import select
-from collections.abc import Sequence
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
 import h11
 import trio
+
+from tokenvault.tls import peer_id_of_certificate
 
 __all__ = ["HttpConnection", "PeerUnreachable"]
 
 _RECEIVE_BYTES_MAX = 64 * 1024
 _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+# A stream's receive_some: both kinds used here (SocketStream, SSLStream) return bytes, not the
+# bytearray trio.abc.Stream allows. (Built once: subscripting Callable costs microseconds.)
+_ReceiveSome = Callable[[int], Awaitable[bytes]]
 
 
 class PeerUnreachable(Exception):
@@ -37,15 +48,20 @@ class HttpConnection:
         *,
         connect_timeout_s: float = 2.0,
         response_bytes_max: int = 64 * 1024 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
+        server_peer_id: str | None = None,
     ) -> None:
+        assert server_peer_id is None or ssl_context is not None, "a peer id needs TLS"
         self._host = host
         self._port = port
         self._connect_timeout_s = connect_timeout_s
         self._response_bytes_max = response_bytes_max
+        self._ssl_context = ssl_context
+        self._server_peer_id = server_peer_id
         authority = f"[{host}]" if ":" in host else host
         self._peer = f"{authority}:{port}"
         self._lock = trio.Lock()
-        self._stream: trio.SocketStream | None = None
+        self._stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
         self._conn: h11.Connection | None = None
         self._closed = False
 
@@ -127,11 +143,12 @@ class HttpConnection:
         data += conn.send(h11.EndOfMessage())
         await stream.send_all(data)
 
+        receive_some = cast(_ReceiveSome, stream.receive_some)
         bytes_max = self._response_bytes_max
         while True:
             response = conn.next_event()
             if response is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(_RECEIVE_BYTES_MAX))
+                conn.receive_data(await receive_some(_RECEIVE_BYTES_MAX))
             elif isinstance(response, h11.Response):
                 break
             elif not isinstance(response, h11.InformationalResponse):
@@ -145,7 +162,7 @@ class HttpConnection:
         while True:
             body_event = conn.next_event()
             if body_event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(_RECEIVE_BYTES_MAX))
+                conn.receive_data(await receive_some(_RECEIVE_BYTES_MAX))
             elif isinstance(body_event, h11.Data):
                 size += len(body_event.data)
                 if size > bytes_max:
@@ -162,21 +179,42 @@ class HttpConnection:
             await self._drop()  # the server asked to close (or HTTP/1.0 framing)
         return response.status_code, b"".join(parts)
 
-    async def _connect(self, deadline: float) -> tuple[trio.SocketStream, h11.Connection]:
+    async def _connect(
+        self, deadline: float
+    ) -> tuple[trio.SocketStream | trio.SSLStream[trio.SocketStream], h11.Connection]:
         connect_deadline = min(deadline, trio.current_time() + self._connect_timeout_s)
         with trio.move_on_at(connect_deadline):
             try:
-                stream = await trio.open_tcp_stream(self._host, self._port)
+                socket_stream = await trio.open_tcp_stream(self._host, self._port)
             except OSError as exc:
                 reason = type(exc).__name__
                 raise PeerUnreachable(f"{self._peer}: connect failed ({reason})") from None
+            socket_stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
             conn = h11.Connection(h11.CLIENT)
-            self._stream, self._conn = stream, conn  # from here on, a failure drops it
-            stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+            if self._ssl_context is None:
+                self._stream, self._conn = socket_stream, conn  # from here on, a failure drops it
+                return socket_stream, conn
+            stream = trio.SSLStream(socket_stream, self._ssl_context, server_hostname=self._host)
+            self._stream, self._conn = stream, conn
+            await self._handshake(stream)
             return stream, conn
         if trio.current_time() >= deadline:
             raise trio.TooSlowError
         raise PeerUnreachable(f"{self._peer}: connect timed out after {self._connect_timeout_s}s")
+
+    async def _handshake(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            reason = getattr(exc.__cause__, "reason", None) or "closed"
+            raise PeerUnreachable(f"{self._peer}: TLS handshake failed ({reason})") from None
+        expected = self._server_peer_id
+        if expected is not None:
+            named = peer_id_of_certificate(stream.getpeercert())
+            if named != expected:
+                raise PeerUnreachable(
+                    f"{self._peer}: its certificate names {named or 'no peer'}, not {expected}"
+                )
 
     async def _drop(self) -> None:
         stream = self._stream
@@ -185,9 +223,10 @@ class HttpConnection:
             await trio.aclose_forcefully(stream)
 
 
-def _is_readable(stream: trio.SocketStream) -> bool:
+def _is_readable(stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> bool:
     """True if the socket has input (or EOF/error) pending, without blocking."""
-    fd = stream.socket.fileno()
+    socket_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    fd = socket_stream.socket.fileno()
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(fd, select.POLLIN)

@@ -23,6 +23,9 @@ class Request:
     headers: Mapping[str, str]  # lower-cased names, latin-1; repeats joined with ", "
     body: bytes
     client: str  # "host:port" of the peer, for logs
+    # The peer id of the client's TLS certificate, verified against the cluster CA; None
+    # without TLS or without a client certificate (every public client).
+    peer_certificate_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -93,6 +93,7 @@ class Refusal(enum.Enum):
     REPLAYED = "replayed"
     BODY_MISMATCH = "body_mismatch"
     SOURCE_MISMATCH = "source_mismatch"
+    NO_CERTIFICATE = "no_certificate"  # TLS on: the connection presented no peer certificate
 
 
 _REFUSAL_TEXT = {
@@ -107,6 +108,9 @@ _REFUSAL_TEXT = {
     Refusal.REPLAYED: "The batch's sequence number was accepted before, or is too old.",
     Refusal.BODY_MISMATCH: "The body is not the one the batch's signature covers.",
     Refusal.SOURCE_MISMATCH: "The body names another source than the peer that signed it.",
+    Refusal.NO_CERTIFICATE: (
+        "Only peers of this cluster, with their certificate, may use this endpoint."
+    ),
 }
 
 

@@ -11,6 +11,8 @@ Rules:
   incarnation, sequence, timestamp, body digest; no reusable credential travels) and names the
   sender's cluster fingerprint (config.py); a peer whose configuration differs refuses it, and
   the batch counts as failed.
+- With a `link_context` (TLS on), every connection is mutual TLS and must reach the peer it is
+  for: the server's certificate names `peer_id` (client.py checks it).
 - Measured choice: an h11 client on trio streams, not httpx, because httpx's pool bookkeeping
   capped peer traffic at a fraction of what the server can take on this machine.
 """
@@ -18,6 +20,7 @@ Rules:
 from __future__ import annotations
 
 import collections
+import ssl
 from dataclasses import dataclass
 
 import trio
@@ -61,6 +64,7 @@ class PeerLink:
         port: int,
         signer: PeerSigner,
         limits: PeerLinkLimits = PeerLinkLimits(),
+        link_context: ssl.SSLContext | None = None,
     ) -> None:
         self._local_peer_id = local_peer_id
         self.peer_id = peer_id
@@ -69,6 +73,7 @@ class PeerLink:
         self._signer = signer
         self._headers = (("content-type", "application/json"),)
         self._limits = limits
+        self._link_context = link_context
         self._queue: collections.deque[bytes] = collections.deque()
         self._wakeup = trio.Event()
         self._batches_sent = 0
@@ -114,7 +119,12 @@ class PeerLink:
         return encode_batch(self._local_peer_id, parts), len(parts)
 
     async def _sender(self) -> None:
-        connection = HttpConnection(self._host, self._port)
+        connection = HttpConnection(
+            self._host,
+            self._port,
+            ssl_context=self._link_context,
+            server_peer_id=None if self._link_context is None else self.peer_id,
+        )
         backoff_s = self._limits.backoff_initial_s
         try:
             while True:

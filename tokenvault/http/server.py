@@ -12,7 +12,13 @@ Rules kept here:
 - a handler failure never kills its connection or the server: ApiError -> its error
   response; any other exception -> logged by type name and origin only (never bodies or
   messages, which may hold secrets) and answered 500 ``internal``;
-- peers that vanish, reset or stall are dropped quietly; no task outlives its connection.
+- peers that vanish, reset or stall are dropped quietly; no task outlives its connection;
+- with an ssl_context, every connection is TLS (trio.SSLStream) on the same port: the handshake
+  must finish within tls_handshake_timeout_s, and one that fails (plain HTTP, an untrusted
+  client certificate, a client that gives up) is reported to ``tls_handshake_failed`` and the
+  connection closed, with no answer and no traceback. A client that presented a certificate
+  the context verified gets its peer id (tls.py) on every Request of the connection; the
+  request loop itself is the same for TLS and plain TCP.
 
 Request, Response and Handler live in messages.py (and are re-exported here), so that errors.py
 builds its responses without importing this module: the imports go one way, server -> errors.
@@ -21,12 +27,15 @@ builds its responses without importing this module: the imports go one way, serv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import re
-from collections.abc import Awaitable
+import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import cast
 from urllib.parse import unquote
 
 import h11
@@ -40,6 +49,7 @@ from tokenvault.http.errors import (
     error_response,
 )
 from tokenvault.http.messages import Handler, Request, Response
+from tokenvault.tls import peer_id_of_certificate
 
 __all__ = ["Handler", "Request", "Response", "ServerLimits", "serve_http"]
 
@@ -75,6 +85,16 @@ class ServerLimits:
     idle_timeout_s: float = 60.0  # keep-alive idle between requests
     response_write_timeout_s: float = 10.0
     connections_max: int = 1024  # beyond: accept then answer 503 and close
+    tls_handshake_timeout_s: float = 10.0  # from accept to a finished TLS handshake
+
+
+# A stream's receive_some: both streams served here (SocketStream, SSLStream) return bytes, not
+# the bytearray trio.abc.Stream allows. (Built once: subscripting Callable costs microseconds.)
+_ReceiveSome = Callable[[int], Awaitable[bytes]]
+
+# Called with a short reason ("timeout", "closed", or OpenSSL's, e.g. "HTTP_REQUEST") and the
+# client's address whenever a TLS handshake fails.
+TlsHandshakeFailed = Callable[[str, str], None]
 
 
 async def serve_http(
@@ -83,9 +103,12 @@ async def serve_http(
     port: int,
     limits: ServerLimits = ServerLimits(),
     *,
+    ssl_context: ssl.SSLContext | None = None,
+    tls_handshake_failed: TlsHandshakeFailed | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind ``host:port`` (0 = a free port), report the bound port, serve until cancelled.
+    """Bind ``host:port`` (0 = a free port), report the bound port, serve until cancelled;
+    HTTPS with ``ssl_context``.
 
     With port 0 and a host resolving to several addresses, only the first is served (each
     address would otherwise get a different free port).
@@ -101,19 +124,27 @@ async def serve_http(
 
     async def on_connection(stream: trio.SocketStream) -> None:
         nonlocal active, refusing
+        stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+        served: trio.abc.Stream = stream
+        if ssl_context is not None:
+            served = trio.SSLStream(stream, ssl_context, server_side=True)
         if active >= limits.connections_max:
             if refusing >= limits.connections_max:
                 await trio.aclose_forcefully(stream)  # a flood: not even a 503
                 return
             refusing += 1
             try:
-                await _guard_connection(stream, _refuse_overloaded(stream, limits))
+                await _guard_connection(stream, _refuse_overloaded(served, limits))
             finally:
                 refusing -= 1
             return
         active += 1
         try:
-            await _guard_connection(stream, _serve_connection(stream, handler, limits))
+            if isinstance(served, trio.SSLStream):
+                work = _serve_tls_connection(served, handler, limits, tls_handshake_failed)
+            else:
+                work = _serve_connection(served, handler, limits)
+            await _guard_connection(stream, work)
         finally:
             active -= 1
 
@@ -141,8 +172,39 @@ async def _guard_connection(stream: trio.SocketStream, work: Awaitable[None]) ->
         await trio.aclose_forcefully(stream)
 
 
+async def _serve_tls_connection(
+    stream: trio.SSLStream[trio.SocketStream],
+    handler: Handler,
+    limits: ServerLimits,
+    handshake_failed: TlsHandshakeFailed | None,
+) -> None:
+    """The TLS handshake, then the connection's requests, with the client's peer id if any."""
+    failure = "timeout"  # unless the handshake ends before the deadline
+    with trio.move_on_after(limits.tls_handshake_timeout_s):
+        try:
+            await stream.do_handshake()
+            failure = ""
+        except trio.BrokenResourceError as exc:  # its cause is the ssl.SSLError, if any
+            failure = getattr(exc.__cause__, "reason", None) or "closed"
+    if failure:
+        if handshake_failed is not None:
+            handshake_failed(failure, _peer_name(stream))
+        return
+    peer_id = peer_id_of_certificate(stream.getpeercert())
+    if peer_id is not None:
+        handler = _with_peer_certificate_id(handler, peer_id)
+    await _serve_connection(stream, handler, limits)
+
+
+def _with_peer_certificate_id(handler: Handler, peer_id: str) -> Handler:
+    async def handle(request: Request) -> Response:
+        return await handler(dataclasses.replace(request, peer_certificate_id=peer_id))
+
+    return handle
+
+
 async def _serve_connection(
-    stream: trio.SocketStream, handler: Handler, limits: ServerLimits
+    stream: trio.abc.Stream, handler: Handler, limits: ServerLimits
 ) -> None:
     """Serve requests on one connection until it closes, fails, idles or times out.
 
@@ -152,7 +214,6 @@ async def _serve_connection(
     idle, read and write timeouts, and is lifted while the handler runs. When it fires the
     connection is dropped.
     """
-    stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
     client = _peer_name(stream)
     header_bytes_max = limits.header_bytes_max
     idle_timeout_s = limits.idle_timeout_s
@@ -216,7 +277,7 @@ async def _serve_connection(
 
 
 async def _receive_request(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     conn: h11.Connection,
     limits: ServerLimits,
     client: str,
@@ -228,7 +289,7 @@ async def _receive_request(
     framed but unusable. Raises _Reject for a body over the limit, h11.RemoteProtocolError
     for bad HTTP. ``io_scope`` gets the read deadline once the request spans several reads.
     """
-    receive_some = stream.receive_some
+    receive_some = cast(_ReceiveSome, stream.receive_some)
     read_timed = False
     event = conn.next_event()
     if event is h11.NEED_DATA:
@@ -374,22 +435,24 @@ def _comma_tokens(value: str) -> list[str]:
     return [token.strip().lower() for token in value.split(",")]
 
 
-async def _linger(stream: trio.SocketStream) -> None:
-    """Half-close, then discard what the peer still sends for a moment before closing.
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close (TCP; TLS cannot), then discard what the peer still sends for a moment
+    before closing.
 
     Closing a socket with unread input resets the connection, and a reset can destroy an
     answer the peer has not read yet (e.g. a 413 sent while the body is still arriving).
     """
     with trio.move_on_after(_LINGER_TIMEOUT_S):
         try:
-            await stream.send_eof()
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
             while await stream.receive_some(_RECEIVE_BYTES_MAX):
                 pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
 
-async def _refuse_overloaded(stream: trio.SocketStream, limits: ServerLimits) -> None:
+async def _refuse_overloaded(stream: trio.abc.Stream, limits: ServerLimits) -> None:
     """Answer 503 to a connection beyond connections_max, then close."""
     with trio.move_on_after(min(limits.request_read_timeout_s, _LINGER_TIMEOUT_S)):
         await stream.receive_some(_RECEIVE_BYTES_MAX)  # most likely the whole request
@@ -399,7 +462,11 @@ async def _refuse_overloaded(stream: trio.SocketStream, limits: ServerLimits) ->
         await _linger(stream)
 
 
-def _peer_name(stream: trio.SocketStream) -> str:
+def _peer_name(stream: trio.abc.Stream) -> str:
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return "unknown"
     try:
         address = stream.socket.getpeername()
     except OSError:
