@@ -7,6 +7,7 @@ process logs `peer_start`, `peer_serving` and `peer_stop` as JSON lines.
 
 from __future__ import annotations
 
+import functools
 import signal
 
 import trio
@@ -31,7 +32,8 @@ async def _serve_until_signal(config: ClusterConfig, peer_id: str) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
-                await nursery.start(serve_http, api.handle, node.peer.host, node.peer.port)
+                serve = functools.partial(serve_http, log=node.log)
+                await nursery.start(serve, api, node.peer.host, node.peer.port)
                 node.log.emit("peer_serving", address=node.peer.address)
                 async for signum in signals:
                     node.log.emit("peer_stop", signal=signal.Signals(signum).name)

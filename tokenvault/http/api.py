@@ -3,9 +3,13 @@
 Rules:
 - Every input is validated completely before anything is written: bad input gets its documented
   error and changes nothing.
+- Admission before reading: the route and the key are checked once, from the request's head
+  (`admit`), before any byte of its body is read; only an authenticated peer request on the
+  exact peer path may send a large body (PEER_BODY_BYTES_MAX), every other request at most
+  PUBLIC_BODY_BYTES_MAX, and the routes that need no key none.
 - Authentication is a dictionary lookup of the key's SHA-256, built once from the config. An
   owner key acts for that owner alone; the admin key acts for no owner; the peer key (derived
-  from the cluster secret) opens only the internal endpoint.
+  from the cluster secret) opens only the internal endpoint, checked in `_admit_peer` alone.
 - A token that does not exist, belongs to another owner, or is malformed gets one and the same
   not-found answer: lookups are always made in the caller's own key space.
 - Errors map to statuses in errors.py only; values and keys never reach a log line or a message.
@@ -13,6 +17,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -36,7 +41,7 @@ from tokenvault.http.errors import (
 )
 from tokenvault.http.peer_codec import CodecError
 from tokenvault.http.peer_transport import CLUSTER_FINGERPRINT_HEADER, PEER_MESSAGES_PATH
-from tokenvault.http.server import Request, Response
+from tokenvault.http.server import Admission, Request, RequestHead, Response
 from tokenvault.node import Node
 from tokenvault.quorum.client_operations import (
     ClientAnswer,
@@ -54,6 +59,11 @@ from tokenvault.quorum.messages import Ballot, EpochValue, Mapping
 from tokenvault.tokens import hash_api_key, is_well_formed_token
 from tokenvault.views import node_view, peer_views, render_metrics
 
+# Body limits, granted at admission (before any byte of a body is read).
+PUBLIC_BODY_BYTES_MAX = 1024 * 1024  # a request with an owner's or the admin key
+PEER_BODY_BYTES_MAX = 32 * 1024 * 1024  # an authenticated peer batch on PEER_MESSAGES_PATH
+KEYLESS_BODY_BYTES_MAX = 0  # the routes that need no key take no body
+KEYLESS_ROUTES = frozenset({"healthz", "metrics"})
 RECORDS_MAX = 1_000
 TOKENS_MAX = 1_000
 VALUE_BYTES_MAX = 4 * 1024
@@ -123,51 +133,82 @@ class PublicApi:
         )
         metrics.describe("tokenvault_events_total", "State changes reported by the cores.")
 
-    # -- dispatch ------------------------------------------------------------------------------
+    # -- admission -----------------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Response:
-        started = time.perf_counter()
-        route, handler, argument = self._route(request)
+    def admit(self, head: RequestHead) -> Admission | Response:
+        """Route and authenticate from the head alone, before any byte of the body is read.
+
+        An unknown route (404), a wrong method (405) or a missing or unknown key (401) is
+        refused here, its body never read. An admitted request may send PEER_BODY_BYTES_MAX
+        as an authenticated peer batch, nothing where no key is needed, PUBLIC_BODY_BYTES_MAX
+        else; its route's handler then answers it with the principal found here.
+        """
+        route, handler, argument = self._route(head)
         try:
             if handler is None:
                 raise route_error(route)
-            principal = None if route in ("healthz", "metrics") else self._authenticate(request)
+            principal: Principal | None = None
+            if route in KEYLESS_ROUTES:
+                body_bytes_max = KEYLESS_BODY_BYTES_MAX
+            elif route == "peer_messages":
+                self._admit_peer(head)
+                body_bytes_max = PEER_BODY_BYTES_MAX
+            else:
+                principal = self._authenticate(head)
+                body_bytes_max = PUBLIC_BODY_BYTES_MAX
+        except ApiError as error:
+            response = error_response(error)
+            self._count(route, response.status, 0.0)
+            return response
+        answer = functools.partial(self._answer, route, handler, principal, argument)
+        return Admission(body_bytes_max=body_bytes_max, handler=answer)
+
+    async def _answer(
+        self,
+        route: str,
+        handler: RouteHandler,
+        principal: Principal | None,
+        argument: str,
+        request: Request,
+    ) -> Response:
+        started = time.perf_counter()
+        try:
             response = await handler(request, principal, argument)
         except ApiError as error:
             response = error_response(error)
-        metrics = self._node.metrics
-        labels = (("route", route), ("status", str(response.status)))
-        metrics.inc("tokenvault_http_requests_total", labels)
-        metrics.observe("tokenvault_http_request_seconds", time.perf_counter() - started, labels)
+        self._count(route, response.status, time.perf_counter() - started)
         return response
 
-    def _route(self, request: Request) -> tuple[str, RouteHandler | None, str]:
-        found = self._exact.get((request.method, request.path))
+    def _count(self, route: str, status: int, seconds: float) -> None:
+        metrics = self._node.metrics
+        labels = (("route", route), ("status", str(status)))
+        metrics.inc("tokenvault_http_requests_total", labels)
+        metrics.observe("tokenvault_http_request_seconds", seconds, labels)
+
+    def _route(self, head: RequestHead) -> tuple[str, RouteHandler | None, str]:
+        found = self._exact.get((head.method, head.path))
         if found is not None:
             return found[0], found[1], ""
-        if request.path in self._exact_paths:
+        if head.path in self._exact_paths:
             return "method_not_allowed", None, ""
         for method, prefix, name, handler in self._prefixed:
-            if request.path.startswith(prefix):
-                if request.method != method:
+            if head.path.startswith(prefix):
+                if head.method != method:
                     return "method_not_allowed", None, ""
-                return name, handler, request.path[len(prefix) :]
+                return name, handler, head.path[len(prefix) :]
         return "unknown", None, ""
 
-    def _authenticate(self, request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
-        key = key.strip()
-        if request.path == PEER_MESSAGES_PATH:
-            if hmac.compare_digest(key.encode(), self._peer_key.encode()):
-                return ADMIN
-            raise Unauthenticated("Only peers of this cluster may use this endpoint.")
-        principal = self._principals.get(hash_api_key(key))
+    def _authenticate(self, head: RequestHead) -> Principal:
+        principal = self._principals.get(hash_api_key(_bearer_key(head)))
         if principal is None:
             raise Unauthenticated("The key is not known.")
         return principal
+
+    def _admit_peer(self, head: RequestHead) -> None:
+        """The one check that a request on PEER_MESSAGES_PATH comes from a peer of this
+        cluster, made from the head alone: today, the peer key as a bearer key."""
+        if not hmac.compare_digest(_bearer_key(head).encode(), self._peer_key.encode()):
+            raise Unauthenticated("Only peers of this cluster may use this endpoint.")
 
     # -- owner endpoints -----------------------------------------------------------------------
 
@@ -453,6 +494,14 @@ def _owner_of(principal: Principal | None) -> OwnerConfig:
     if isinstance(principal, OwnerConfig):
         return principal
     raise Forbidden("The admin key acts for no owner; use an owner's key.")
+
+
+def _bearer_key(head: RequestHead) -> str:
+    scheme, _, key = head.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
+    return key
 
 
 def route_error(route: str) -> ApiError:
