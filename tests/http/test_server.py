@@ -938,17 +938,20 @@ async def test_busy_connections_are_never_evicted_newcomer_gets_503(
         busy = listener.connect()
         await busy.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
         await entered.wait()
-        started = trio.current_time()
-        waiting = listener.connect()
-        await waiting.send_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        earlier = listener.connect()  # waits for a slot...
+        await earlier.send_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
         await trio.testing.wait_all_tasks_blocked()
-        beyond = listener.connect()  # past waiting_connections_max: closed unanswered
-        assert await read_until_eof(beyond, VIRTUAL_GUARD_S) == b""
-        status, headers, body = split_response(await read_until_eof(waiting, VIRTUAL_GUARD_S))
+        assert slots.statistics().waiting == 1
+        autojump_clock.jump(0.5)
+        newest = listener.connect()  # ...until a newer newcomer takes its place
+        await newest.send_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert await read_until_eof(earlier, VIRTUAL_GUARD_S) == b""
+        arrived = trio.current_time()
+        status, headers, body = split_response(await read_until_eof(newest, VIRTUAL_GUARD_S))
         assert status == 503
         assert headers["retry-after"] == "1"
         assert json.loads(body)["error"]["code"] == "unavailable"
-        assert trio.current_time() - started == pytest.approx(limits.evict_idle_after_s)
+        assert trio.current_time() - arrived == pytest.approx(limits.evict_idle_after_s)
         release.set()
         response, _ = await read_full_response(busy)
         assert response.status_code == 200

@@ -16,8 +16,9 @@ Rules kept here:
   deliver its first request head within first_request_timeout_s; between requests a
   keep-alive connection may idle idle_timeout_s. When every slot is taken, the connection
   idle the longest (waiting for a request's first byte, for evict_idle_after_s at least) is
-  closed to admit the new one; a new connection waits up to evict_idle_after_s for a slot,
-  is then answered 503, and past waiting_connections_max waiting ones is closed unanswered.
+  closed to admit the new one; a new connection waits up to evict_idle_after_s for a slot
+  and is then answered 503; of more than waiting_connections_max waiting ones, the
+  longest-waiting is closed unanswered.
 - accept failures (EMFILE, ENFILE, ENOBUFS, ...) never end or spin the accept loop: each is
   counted, the loop waits accept_retry_delay_s, and when descriptors run out the longest-idle
   evictable connection is closed first. Trouble is logged as JSON lines through the EventLog,
@@ -38,6 +39,7 @@ re-exported here), so that errors.py builds its responses without importing this
 from __future__ import annotations
 
 import collections
+import enum
 import errno
 import math
 import re
@@ -64,6 +66,7 @@ __all__ = [
     "ConnectionSlots",
     "Gate",
     "Handler",
+    "NoSlot",
     "Request",
     "RequestHead",
     "Response",
@@ -182,14 +185,27 @@ class _Slot:
     evicted: bool = False
 
 
+@dataclass(eq=False, slots=True, kw_only=True)
+class _Waiter:
+    scope: trio.CancelScope
+    displaced: bool = False
+
+
+class NoSlot(enum.Enum):
+    """Why a waiting newcomer got no slot (the value: its kind in `connection_refused`)."""
+
+    TIMED_OUT = "answered_503"  # none came free in time: answered 503
+    DISPLACED = "unanswered"  # newer newcomers took its place: closed unanswered
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlotStatistics:
     held: int  # connections being served (busy or idle)
     idle: int  # of those, waiting for a request's first byte
     waiting: int  # accepted past connections_max, waiting for a slot
     evicted_total: int  # idle connections closed to admit a new one
-    refused_total: int  # connections answered 503 (no slot came free in time)
-    dropped_total: int  # connections closed unanswered (too many already waiting)
+    refused_total: int  # newcomers answered 503 (no slot came free in time)
+    dropped_total: int  # newcomers closed unanswered (displaced by newer ones while waiting)
 
 
 class ConnectionSlots:
@@ -199,10 +215,11 @@ class ConnectionSlots:
     is idle while it waits for a request's first byte (the first request's or the next one's),
     busy from that byte until its response is written. When every slot is held, the holder
     idle the longest is evicted for a newcomer once it has been idle evict_idle_after_s; a busy
-    connection never is. A newcomer that finds no slot may wait for one (at most
-    waiting_max newcomers at once). Idle holders are kept in idle order, so finding the
-    longest-idle one costs O(1). Every method but wait_take is synchronous and takes the
-    time as ``now``.
+    connection never is. A newcomer that finds no slot waits for one; of at most waiting_max
+    waiting newcomers the longest-waiting gives way to a newer one (sockets opened in a burst
+    and held idle must not lock out the client that comes after them). Idle holders are kept
+    in idle order, so finding the longest-idle one costs O(1). Every method but wait_take is
+    synchronous and takes the time as ``now``.
     """
 
     def __init__(self, connections_max: int, evict_idle_after_s: float, waiting_max: int) -> None:
@@ -214,7 +231,7 @@ class ConnectionSlots:
         self._held = 0
         self._idle: collections.OrderedDict[_Slot, float] = collections.OrderedDict()
         self._given_back = trio.lowlevel.ParkingLot()
-        self._waiting = 0
+        self._waiters: collections.deque[_Waiter] = collections.deque()  # oldest first
         self.evicted_total = 0  # idle connections closed to admit another
         self._refused_total = 0
         self._dropped_total = 0
@@ -227,30 +244,35 @@ class ConnectionSlots:
         self._held += 1
         return _Slot()
 
-    def join_waiting(self) -> bool:
-        """Room for one more newcomer to wait_take()? If not, it is counted as dropped."""
-        if self._waiting >= self._waiting_max:
-            self._dropped_total += 1
-            return False
-        self._waiting += 1
-        return True
-
-    async def wait_take(self, deadline: float) -> _Slot | None:
-        """After join_waiting(): a slot as soon as one is free or evictable; None (counted
-        as refused) if none is by ``deadline``."""
+    async def wait_take(self, deadline: float) -> _Slot | NoSlot:
+        """For a newcomer take_nowait() found no slot for: a slot as soon as one is free or
+        evictable; NoSlot.TIMED_OUT if none is by ``deadline``, NoSlot.DISPLACED as soon as
+        waiting_max newer newcomers wait."""
+        if len(self._waiters) >= self._waiting_max:
+            displaced = self._waiters.popleft()
+            displaced.displaced = True
+            displaced.scope.cancel()
+        waiter = _Waiter(scope=trio.CancelScope(deadline=deadline))
+        self._waiters.append(waiter)
         try:
-            while True:
-                now = trio.current_time()
-                slot = self.take_nowait(now)
-                if slot is not None:
-                    return slot
-                if now >= deadline:
-                    self._refused_total += 1
-                    return None
-                with trio.move_on_at(min(deadline, self._evictable_at())):
-                    await self._given_back.park()
+            with waiter.scope:
+                while True:
+                    slot = self.take_nowait(trio.current_time())
+                    if slot is not None:
+                        return slot
+                    with trio.move_on_at(self._evictable_at()):
+                        await self._given_back.park()
         finally:
-            self._waiting -= 1
+            if not waiter.displaced:
+                self._waiters.remove(waiter)
+        if waiter.displaced:
+            self._dropped_total += 1
+            return NoSlot.DISPLACED
+        slot = self.take_nowait(trio.current_time())  # one last look, at the deadline itself
+        if slot is not None:
+            return slot
+        self._refused_total += 1
+        return NoSlot.TIMED_OUT
 
     def idle(self, slot: _Slot, now: float) -> None:
         """The connection now waits for a request's first byte."""
@@ -289,7 +311,7 @@ class ConnectionSlots:
         return SlotStatistics(
             held=self._held,
             idle=len(self._idle),
-            waiting=self._waiting,
+            waiting=len(self._waiters),
             evicted_total=self.evicted_total,
             refused_total=self._refused_total,
             dropped_total=self._dropped_total,
@@ -380,20 +402,17 @@ class _Server:
     async def _wait_for_slot(self, stream: trio.abc.HalfCloseableStream) -> _Slot | None:
         """Past connections_max: wait a moment for a slot, else 503 (or close unanswered)."""
         slots = self.slots
-        if not slots.join_waiting():
-            self._count_refused("unanswered")
-            await trio.aclose_forcefully(stream)
-            return None
         slot = await slots.wait_take(trio.current_time() + self._limits.evict_idle_after_s)
-        if slot is None:
-            self._count_refused("answered_503")
-            await self._guard(stream, self._refuse_overloaded(stream))
-        return slot
-
-    def _count_refused(self, kind: str) -> None:
-        statistics = self.slots.statistics()
+        if not isinstance(slot, NoSlot):
+            return slot
+        statistics = slots.statistics()
         total = statistics.refused_total + statistics.dropped_total
-        self._refused.update(trio.current_time(), total, kind)
+        self._refused.update(trio.current_time(), total, slot.value)
+        if slot is NoSlot.TIMED_OUT:
+            await self._guard(stream, self._refuse_overloaded(stream))
+        else:
+            await trio.aclose_forcefully(stream)
+        return None
 
     async def _guard(self, stream: trio.abc.HalfCloseableStream, work: Awaitable[None]) -> None:
         """Run one connection's work; no exception escapes, the stream is always closed."""
