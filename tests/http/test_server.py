@@ -1031,3 +1031,19 @@ def test_connection_slots_evict_only_idle_holders_past_the_grace() -> None:
     slots.give_back(second)
     assert slots.take_nowait(100.0) is not None
     assert slots.statistics().held == 2
+
+
+def test_connection_slots_evict_unused_connections_before_kept_alive_ones() -> None:
+    slots = ConnectionSlots(connections_max=2, evict_idle_after_s=1.0, waiting_max=1)
+    kept_alive, unused = slots.take_nowait(0.0), slots.take_nowait(0.0)
+    assert kept_alive is not None and unused is not None
+    slots.idle(kept_alive, now=0.0)
+    assert slots.busy(kept_alive)  # one request, then idle between requests since 0.0
+    slots.idle(kept_alive, now=0.0)
+    slots.idle(unused, now=0.5)  # never sent a byte, idle since 0.5
+    assert slots.take_nowait(2.0) is not None  # both past the grace: the unused one goes
+    assert not slots.busy(unused)
+    assert slots.statistics().idle == 1  # the kept-alive one, idle the longest, stays
+    assert slots.take_nowait(2.0) is not None  # and goes only when no unused one can
+    assert not slots.busy(kept_alive)
+    assert slots.statistics().evicted_total == 2

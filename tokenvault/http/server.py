@@ -14,9 +14,10 @@ Rules kept here:
   its parts are joined. A request that admission refuses costs no body memory at all.
 - connection slots: at most connections_max connections are served. A new connection must
   deliver its first request head within first_request_timeout_s; between requests a
-  keep-alive connection may idle idle_timeout_s. When every slot is taken, the connection
-  idle the longest (waiting for a request's first byte, for evict_idle_after_s at least) is
-  closed to admit the new one; a new connection waits up to evict_idle_after_s for a slot
+  keep-alive connection may idle idle_timeout_s. When every slot is taken, an idle connection
+  (waiting for a request's first byte, for evict_idle_after_s at least) is closed to admit
+  the new one: the longest-idle that never sent a request, else the longest-idle kept-alive;
+  a new connection waits up to evict_idle_after_s for a slot
   and is then answered 503; of more than waiting_connections_max waiting ones, the
   longest-waiting is closed unanswered.
 - accept failures (EMFILE, ENFILE, ENOBUFS, ...) never end or spin the accept loop: each is
@@ -182,6 +183,7 @@ class _Slot:
     it while the connection is idle closes the connection (eviction)."""
 
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    used: bool = False  # a request began on it: it idles as a kept-alive connection now
     evicted: bool = False
 
 
@@ -213,13 +215,15 @@ class ConnectionSlots:
 
     Rules: a slot is taken at accept and given back when its connection ends. A connection
     is idle while it waits for a request's first byte (the first request's or the next one's),
-    busy from that byte until its response is written. When every slot is held, the holder
-    idle the longest is evicted for a newcomer once it has been idle evict_idle_after_s; a busy
-    connection never is. A newcomer that finds no slot waits for one; of at most waiting_max
-    waiting newcomers the longest-waiting gives way to a newer one (sockets opened in a burst
-    and held idle must not lock out the client that comes after them). Idle holders are kept
-    in idle order, so finding the longest-idle one costs O(1). Every method but wait_take is
-    synchronous and takes the time as ``now``.
+    busy from that byte until its response is written. When every slot is held, an idle
+    holder is evicted for a newcomer once it has been idle evict_idle_after_s: the longest-idle
+    of those that never sent a request, else the longest-idle kept-alive one (the peer links
+    and clients in use lose their connections last); a busy connection never is. A newcomer
+    that finds no slot waits for one; of at most waiting_max waiting newcomers the
+    longest-waiting gives way to a newer one (sockets opened in a burst and held idle must not
+    lock out the client that comes after them). Idle holders are kept in idle order, so
+    finding the longest-idle one costs O(1). Every method but wait_take is synchronous and
+    takes the time as ``now``.
     """
 
     def __init__(self, connections_max: int, evict_idle_after_s: float, waiting_max: int) -> None:
@@ -229,7 +233,10 @@ class ConnectionSlots:
         self._evict_idle_after_s = evict_idle_after_s
         self._waiting_max = waiting_max
         self._held = 0
-        self._idle: collections.OrderedDict[_Slot, float] = collections.OrderedDict()
+        # Idle holders by the time they became idle, oldest first: those that never sent a
+        # request, and the kept-alive ones.
+        self._unused: collections.OrderedDict[_Slot, float] = collections.OrderedDict()
+        self._kept_alive: collections.OrderedDict[_Slot, float] = collections.OrderedDict()
         self._given_back = trio.lowlevel.ParkingLot()
         self._waiters: collections.deque[_Waiter] = collections.deque()  # oldest first
         self.evicted_total = 0  # idle connections closed to admit another
@@ -276,41 +283,45 @@ class ConnectionSlots:
 
     def idle(self, slot: _Slot, now: float) -> None:
         """The connection now waits for a request's first byte."""
-        self._idle[slot] = now
+        (self._kept_alive if slot.used else self._unused)[slot] = now
 
     def busy(self, slot: _Slot) -> bool:
         """A request's first byte arrived. False if the connection was evicted meanwhile: it
         must end at once, its slot is no longer its own."""
         if slot.evicted:
             return False
-        del self._idle[slot]
+        del (self._kept_alive if slot.used else self._unused)[slot]
+        slot.used = True
         return True
 
     def give_back(self, slot: _Slot) -> None:
         """The connection ended (its socket is closed)."""
         if not slot.evicted:
             self._held -= 1
-            self._idle.pop(slot, None)
+            (self._kept_alive if slot.used else self._unused).pop(slot, None)
         self._given_back.unpark()
 
     def evict_idle(self, now: float) -> bool:
-        """Close the longest-idle connection if it has been idle long enough; True if one was."""
-        if not self._idle:
-            return False
-        slot, since = next(iter(self._idle.items()))
-        if now < since + self._evict_idle_after_s:  # the same sum as _evictable_at()
-            return False
-        del self._idle[slot]
-        slot.evicted = True
-        slot.scope.cancel()
-        self._held -= 1
-        self.evicted_total += 1
-        return True
+        """Close the longest-idle unused connection, else the longest-idle kept-alive one, if
+        it has been idle evict_idle_after_s; True if one was."""
+        for idle in (self._unused, self._kept_alive):
+            if not idle:
+                continue
+            slot, since = next(iter(idle.items()))
+            if now < since + self._evict_idle_after_s:  # the same sum as _evictable_at()
+                continue
+            del idle[slot]
+            slot.evicted = True
+            slot.scope.cancel()
+            self._held -= 1
+            self.evicted_total += 1
+            return True
+        return False
 
     def statistics(self) -> SlotStatistics:
         return SlotStatistics(
             held=self._held,
-            idle=len(self._idle),
+            idle=len(self._unused) + len(self._kept_alive),
             waiting=len(self._waiters),
             evicted_total=self.evicted_total,
             refused_total=self._refused_total,
@@ -318,9 +329,12 @@ class ConnectionSlots:
         )
 
     def _evictable_at(self) -> float:
-        if not self._idle:
-            return math.inf
-        return next(iter(self._idle.values())) + self._evict_idle_after_s
+        """When the first idle holder becomes evictable (inf: none is idle)."""
+        since = min(
+            (next(iter(idle.values())) for idle in (self._unused, self._kept_alive) if idle),
+            default=math.inf,
+        )
+        return since + self._evict_idle_after_s
 
 
 class _Alarm:
