@@ -29,6 +29,7 @@ import pytest
 import trio
 
 from tests.e2e.harness import READY_TIMEOUT_S, Cluster
+from tests.e2e.test_cluster import tokenize
 from tokenvault.peer_process import FDS_RESERVED
 
 pytestmark = pytest.mark.e2e
@@ -125,14 +126,7 @@ async def test_unauthenticated_bulk_bodies_are_answered_without_being_read(
     ]
     growth = peak_after - resident_before
     assert growth < FLOOD_GROWTH_BYTES_MAX, f"resident memory grew by {growth / MIB:.1f} MiB"
-    # The peer still serves.
-    response = httpx.post(
-        cluster.url("n1") + "/v1/tokenize",
-        headers=cluster.headers("alice"),
-        json={"records": [{"ssn": "123-45-6789"}]},
-        timeout=10.0,
-    )
-    assert response.status_code == 200
+    assert tokenize(cluster, "n1", "alice", [{"ssn": "123-45-6789"}]).status_code == 200
     assert "Traceback" not in cluster.log("n1")
 
 
@@ -205,30 +199,20 @@ def test_idle_sockets_do_not_lock_out_a_new_client(
             for peer_id in ("n2", "n3"):
                 cluster.wait_ready(peer_id)
             pid = limited.pid
-        url = cluster.url("n1")
-        warm_up = httpx.post(
-            url + "/v1/tokenize",
-            headers=cluster.headers("alice"),
-            json={"records": [{"ssn": "000-00-0000"}]},
-            timeout=10.0,
-        )
-        assert warm_up.status_code == 200
+        assert tokenize(cluster, "n1", "alice", [{"ssn": "000-00-0000"}]).status_code == 200
 
         host, port = host_port(cluster, "n1")
         for _ in range(IDLE_SOCKETS):
             idle.append(socket.create_connection((host, port), timeout=5.0))
         started = time.monotonic()
-        response = httpx.post(
-            url + "/v1/tokenize",
-            headers=cluster.headers("alice"),
-            json={"records": [{"ssn": "123-45-6789"}]},
-            timeout=10.0,
-        )
+        response = tokenize(cluster, "n1", "alice", [{"ssn": "123-45-6789"}])
         elapsed_s = time.monotonic() - started
         assert response.status_code == 200, response.text
         assert elapsed_s < TOKENIZE_WITHIN_S, f"tokenize took {elapsed_s:.2f} s"
 
-        node = httpx.get(url + "/v1/admin/node", headers=cluster.admin_headers(), timeout=10.0)
+        node = httpx.get(
+            cluster.url("n1") + "/v1/admin/node", headers=cluster.admin_headers(), timeout=10.0
+        )
         descriptors = node.json()["file_descriptors"]
         soft_limit = process_fd_limit(pid)
         assert descriptors["limit"] == soft_limit

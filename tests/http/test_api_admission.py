@@ -18,12 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.http.test_server import (
-    VIRTUAL_GUARD_S,
-    EndlessSender,
-    memory_server,
-    split_response,
-)
+from tests.http.test_server import EndlessSender, serve_until_closed
 from tokenvault.cluster_init import ClusterKeys, init_cluster, load_keys
 from tokenvault.config import load_config
 from tokenvault.http.api import (
@@ -154,11 +149,7 @@ async def test_peer_batch_without_the_peer_key_is_401_without_reading_its_32_mib
         b"POST %s HTTP/1.1\r\nhost: x\r\n%scontent-length: %d\r\n\r\n"
         % (PEER_MESSAGES_PATH.encode(), authorization, 32 * 1024 * 1024)
     )
-    async with memory_server(vault.api) as (listener, _):
-        listener.hand(sender)
-        with trio.fail_after(VIRTUAL_GUARD_S):
-            await sender.closed.wait()
-    status, headers, body = split_response(bytes(sender.answer))
+    status, headers, body = await serve_until_closed(vault.api, sender)
     assert status == 401
     assert json.loads(body)["error"]["code"] == "unauthenticated"
     assert headers["connection"] == "close"
@@ -170,10 +161,6 @@ async def test_keyless_route_with_a_body_is_413_before_reading(
     vault: Vault, autojump_clock: trio.testing.MockClock
 ) -> None:
     sender = EndlessSender(b"GET /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
-    async with memory_server(vault.api) as (listener, _):
-        listener.hand(sender)
-        with trio.fail_after(VIRTUAL_GUARD_S):
-            await sender.closed.wait()
-    status, _, _ = split_response(bytes(sender.answer))
+    status, _, _ = await serve_until_closed(vault.api, sender)
     assert status == 413
     assert sender.body_bytes_read_when_answered == 0

@@ -549,21 +549,13 @@ async def test_client_disconnect_mid_body_does_not_break_server() -> None:
 
 
 async def test_client_disconnect_before_response_is_harmless() -> None:
-    release = trio.Event()
-    entered = trio.Event()
-
-    async def handler(request: Request) -> Response:
-        if request.path == "/slow":
-            entered.set()
-            await release.wait()
-        return Response(status=200, body=b"x" * 100_000)
-
+    handler = HoldingHandler(body=b"x" * 100_000)
     async with running_server(handler, ServerLimits(connections_max=1)) as port:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         await stream.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-        await entered.wait()
+        await handler.entered.wait()
         await stream.aclose()  # gone before the response is written
-        release.set()
+        handler.release.set()
         await trio.testing.wait_all_tasks_blocked()
         connection = HttpConnection("127.0.0.1", port)
         try:
@@ -696,6 +688,35 @@ async def memory_server(
             nursery.cancel_scope.cancel()
 
 
+async def serve_until_closed(
+    gate: Gate | Handler, sender: EndlessSender
+) -> tuple[int, dict[str, str], bytes]:
+    """Serve ``sender``'s connection until the server closes it: its answer, split. The
+    connection's slot must be given back by then."""
+    async with memory_server(gate) as (listener, slots):
+        listener.hand(sender)
+        with trio.fail_after(VIRTUAL_GUARD_S):
+            await sender.closed.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        assert slots.statistics().held == 0
+    return split_response(bytes(sender.answer))
+
+
+class HoldingHandler:
+    """Answers 200 with ``body``; holds a request on /slow until ``release`` is set."""
+
+    def __init__(self, body: bytes = b"{}") -> None:
+        self.entered = trio.Event()
+        self.release = trio.Event()
+        self._body = body
+
+    async def __call__(self, request: Request) -> Response:
+        if request.path == "/slow":
+            self.entered.set()
+            await self.release.wait()
+        return Response(status=200, body=self._body)
+
+
 class PathGate:
     """Admits POST/GET on ``/open`` with ``body_bytes_max`` (answered by a Recorder) and refuses
     everything else 401, as an API refuses a request without a key. Records, for each head,
@@ -735,13 +756,7 @@ async def test_refused_request_is_answered_before_its_body_is_read(
 ) -> None:
     sender = EndlessSender(head, body_part)
     gate = PathGate(body_bytes_max=32 * 1024 * 1024, sender=sender)
-    async with memory_server(gate) as (listener, slots):
-        listener.hand(sender)
-        with trio.fail_after(VIRTUAL_GUARD_S):
-            await sender.closed.wait()
-        await trio.testing.wait_all_tasks_blocked()
-        assert slots.statistics().held == 0
-    status, headers, body = split_response(bytes(sender.answer))
+    status, headers, body = await serve_until_closed(gate, sender)
     assert status == 401
     assert json.loads(body)["error"]["code"] == "unauthenticated"
     assert headers["connection"] == "close"
@@ -759,11 +774,7 @@ async def test_content_length_over_the_grant_is_413_before_reading(
 ) -> None:
     sender = EndlessSender(b"POST /open HTTP/1.1\r\nhost: x\r\ncontent-length: 1001\r\n\r\n")
     gate = PathGate(body_bytes_max=1000, sender=sender)
-    async with memory_server(gate) as (listener, _):
-        listener.hand(sender)
-        with trio.fail_after(VIRTUAL_GUARD_S):
-            await sender.closed.wait()
-    status, headers, body = split_response(bytes(sender.answer))
+    status, headers, body = await serve_until_closed(gate, sender)
     assert status == 413
     assert json.loads(body)["error"]["code"] == "payload_too_large"
     assert headers["connection"] == "close"
@@ -776,11 +787,7 @@ async def test_chunked_body_is_cut_at_the_grant(autojump_clock: trio.testing.Moc
     body_bytes_max = 100_000
     sender = EndlessSender(CHUNKED_HEAD % b"/open", CHUNK)
     gate = PathGate(body_bytes_max=body_bytes_max, sender=sender)
-    async with memory_server(gate) as (listener, _):
-        listener.hand(sender)
-        with trio.fail_after(VIRTUAL_GUARD_S):
-            await sender.closed.wait()
-    status, _, _ = split_response(bytes(sender.answer))
+    status, _, _ = await serve_until_closed(gate, sender)
     assert status == 413
     assert gate.body_bytes_read_at_admission == [0]
     read = sender.body_bytes_read_when_answered
@@ -809,12 +816,14 @@ async def test_refusal_of_a_request_without_body_keeps_the_connection() -> None:
     gate = PathGate(body_bytes_max=1000)
     async with memory_server(gate) as (listener, _):
         client = listener.connect()
-        await client.send_all(b"GET /closed HTTP/1.1\r\nhost: x\r\n\r\n")
-        response, _ = await read_full_response(client)
-        assert response.status_code == 401
-        await client.send_all(b"GET /open HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
-        response, _ = await read_full_response(client)
-        assert response.status_code == 200
+        statuses = []
+        for request in (
+            b"GET /closed HTTP/1.1\r\nhost: x\r\n\r\n",
+            b"GET /open HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        ):
+            await client.send_all(request)
+            statuses.append((await read_full_response(client))[0].status_code)
+        assert statuses == [401, 200]  # on one connection
         # With a body, the refusal closes the connection: the body stays unread.
         await client.send_all(b"POST /closed HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\n")
         status, headers, _ = split_response(await read_until_eof(client, VIRTUAL_GUARD_S))
@@ -924,20 +933,12 @@ async def test_longest_idle_connection_is_evicted_for_a_new_client(
 async def test_busy_connections_are_never_evicted_newcomer_gets_503(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    release = trio.Event()
-    entered = trio.Event()
-
-    async def handler(request: Request) -> Response:
-        if request.path == "/slow":
-            entered.set()
-            await release.wait()
-        return Response(status=200, body=b"{}")
-
+    handler = HoldingHandler()
     limits = ServerLimits(connections_max=1, waiting_connections_max=1)
     async with memory_server(handler, limits) as (listener, slots):
         busy = listener.connect()
         await busy.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-        await entered.wait()
+        await handler.entered.wait()
         earlier = listener.connect()  # waits for a slot...
         await earlier.send_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
         await trio.testing.wait_all_tasks_blocked()
@@ -952,7 +953,7 @@ async def test_busy_connections_are_never_evicted_newcomer_gets_503(
         assert headers["retry-after"] == "1"
         assert json.loads(body)["error"]["code"] == "unavailable"
         assert trio.current_time() - arrived == pytest.approx(limits.evict_idle_after_s)
-        release.set()
+        handler.release.set()
         response, _ = await read_full_response(busy)
         assert response.status_code == 200
         statistics = slots.statistics()
