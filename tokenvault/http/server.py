@@ -401,17 +401,21 @@ class _Server:
                 nursery.start_soon(self._on_connection, stream)
 
     async def _on_connection(self, stream: trio.abc.HalfCloseableStream) -> None:
+        """One accepted connection, from its slot to its close (on every way out)."""
         slots = self.slots
-        slot = slots.take_nowait(trio.current_time())
-        if slot is None:
-            slot = await self._wait_for_slot(stream)
-            if slot is None:
-                return
-        self._evicted.update(trio.current_time(), slots.evicted_total, "slots_full")
         try:
-            await self._guard(stream, self._serve_connection(stream, slot))
+            slot = slots.take_nowait(trio.current_time())
+            if slot is None:
+                slot = await self._wait_for_slot(stream)
+                if slot is None:
+                    return
+            self._evicted.update(trio.current_time(), slots.evicted_total, "slots_full")
+            try:
+                await self._guard(stream, self._serve_connection(stream, slot))
+            finally:
+                slots.give_back(slot)  # once its descriptor is closed
         finally:
-            slots.give_back(slot)
+            await trio.aclose_forcefully(stream)  # a no-op when already closed
 
     async def _wait_for_slot(self, stream: trio.abc.HalfCloseableStream) -> _Slot | None:
         """Past connections_max: wait a moment for a slot, else 503 (or close unanswered)."""
@@ -424,9 +428,7 @@ class _Server:
         self._refused.update(trio.current_time(), total, slot.value)
         if slot is NoSlot.TIMED_OUT:
             await self._guard(stream, self._refuse_overloaded(stream))
-        else:
-            await trio.aclose_forcefully(stream)
-        return None
+        return None  # a displaced newcomer is closed unanswered
 
     async def _guard(self, stream: trio.abc.HalfCloseableStream, work: Awaitable[None]) -> None:
         """Run one connection's work; no exception escapes, the stream is always closed."""
