@@ -6,6 +6,9 @@ Rules: views carry ids, counts, durations and states only; never a value, a toke
 
 from __future__ import annotations
 
+import os
+import resource
+
 import trio
 
 from tokenvault.node import Node
@@ -68,7 +71,18 @@ def node_view(node: Node) -> dict[str, object]:
             for s in (link.statistics() for link in node.links.values())
         ],
         "peers": peer_views(node),
+        "file_descriptors": file_descriptors_view(),
     }
+
+
+def file_descriptors_view() -> dict[str, int | None]:
+    """This process's soft descriptor limit and the descriptors open now (None where the
+    system does not list them, as /proc/self/fd does on Linux)."""
+    try:
+        open_now: int | None = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
+    except OSError:
+        open_now = None
+    return {"limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "open": open_now}
 
 
 def _anti_entropy_view(node: Node) -> dict[str, object]:

@@ -19,7 +19,7 @@ import trio
 from tokenvault.cluster_init import init_cluster
 from tokenvault.config import load_config
 from tokenvault.http.api import PublicApi
-from tokenvault.http.messages import Request, Response
+from tokenvault.http.messages import Request, RequestHead, Response
 from tokenvault.http.peer_auth import PeerSigner, new_incarnation
 from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
 from tokenvault.log import EventLog
@@ -53,12 +53,14 @@ class Peer:
 
     async def post(self, headers: dict[str, str], body: bytes) -> Response:
         request = Request(
-            method="POST",
-            path=PEER_MESSAGES_PATH,
-            query="",
-            headers=headers,
+            head=RequestHead(
+                method="POST",
+                path=PEER_MESSAGES_PATH,
+                query="",
+                headers=headers,
+                client="192.0.2.7:40000",
+            ),
             body=body,
-            client="192.0.2.7:40000",
         )
         return await self.api.handle(request)
 

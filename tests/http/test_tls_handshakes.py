@@ -58,9 +58,12 @@ def peer(tls: TlsConfig, peer_id: str) -> PeerTls:
 class Recorder:
     requests: list[Request] = field(default_factory=list)
     handshake_failures: list[str] = field(default_factory=list)
+    release: trio.Event = field(default_factory=trio.Event)  # what /hold waits for
 
     async def __call__(self, request: Request) -> Response:
         self.requests.append(request)
+        if request.path == "/hold":
+            await self.release.wait()
         return json_response(200, {"peer_certificate_id": request.peer_certificate_id})
 
     def handshake_failed(self, reason: str, client: str) -> None:
@@ -237,14 +240,18 @@ async def test_over_the_connection_limit_a_tls_client_gets_a_503_over_tls(
     context = client_context(ours.ca_path)
     async with (
         tls_server(recorder, peer(ours, "n1").server_context, limits) as port,
-        httpx.AsyncClient(verify=context) as holder,  # keeps its connection open
+        httpx.AsyncClient(verify=context) as holder,  # its request holds the only slot
         httpx.AsyncClient(verify=context) as second,
+        trio.open_nursery() as nursery,
     ):
-        assert (await holder.get(f"https://127.0.0.1:{port}/first")).status_code == 200
+        nursery.start_soon(holder.get, f"https://127.0.0.1:{port}/hold")
+        while not recorder.requests:
+            await trio.sleep(0.01)
         refused = await second.get(f"https://127.0.0.1:{port}/second")
+        recorder.release.set()
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "unavailable"
-    assert [request.path for request in recorder.requests] == ["/first"]
+    assert [request.path for request in recorder.requests] == ["/hold"]
 
 
 async def test_a_body_over_the_limit_is_answered_413_over_tls(ours: TlsConfig) -> None:

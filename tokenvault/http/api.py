@@ -9,14 +9,18 @@ Rules:
   fails after a write.
 - A path that exists answers another method with 405 and `Allow` (its methods); an unknown path
   404. A token path that does not decode is a token like any malformed one: the uniform 404.
+- Admission before reading: the route and the key are checked once, from the request's head
+  (`admit`), before any byte of its body is read; only an authenticated peer request on the
+  exact peer path may send a large body (PEER_BODY_BYTES_MAX), every other request at most
+  PUBLIC_BODY_BYTES_MAX, and the routes that need no key none.
 - Authentication is a dictionary lookup of the key's SHA-256, built once from the config. An
   owner key acts for that owner alone; the admin key acts for no owner. The internal endpoint
-  takes only batches signed by another peer (http/peer_auth.py): the head is verified first
-  (`_verify_peer_head`, headers only), then the body (`_verify_peer_body`); a refusal is a 401
-  and a rate-limited `peer_auth_refused` alarm, a batch that is malformed or does not fit the
-  configuration a 400 and a rate-limited `peer_batch_refused` alarm. With TLS on, the internal
-  endpoint also needs a verified peer certificate (Request.peer_certificate_id), checked
-  before the signature, and a batch must name that peer as its source.
+  takes only batches signed by another peer (http/peer_auth.py): the head is verified at
+  admission (`_admit_peer`: with TLS on, a verified peer certificate first; then the signature,
+  headers only), the body once read (`_verify_peer_body`); a refusal is a 401 and a
+  rate-limited `peer_auth_refused` alarm, a batch that is malformed or does not fit the
+  configuration a 400 and a rate-limited `peer_batch_refused` alarm; with TLS, a batch must
+  name the certified peer as its source.
 - A token that does not exist, belongs to another owner, or is malformed gets one and the same
   not-found answer: lookups are always made in the caller's own key space.
 - Errors map to statuses in errors.py only; values and keys never reach a log line or a message.
@@ -24,6 +28,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -56,7 +61,7 @@ from tokenvault.http.peer_auth import (
 )
 from tokenvault.http.peer_codec import CodecError
 from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
-from tokenvault.http.server import Request, Response
+from tokenvault.http.server import Admission, Request, RequestHead, Response
 from tokenvault.node import Node, NotConfigured
 from tokenvault.quorum.client_operations import (
     ClientAnswer,
@@ -74,13 +79,17 @@ from tokenvault.quorum.messages import EPOCH_MAX, Ballot, EpochValue, Mapping
 from tokenvault.tokens import derive_peer_key, hash_api_key, is_well_formed_token
 from tokenvault.views import node_view, peer_views, render_metrics
 
+# Body limits, granted at admission (before any byte of a body is read).
+PUBLIC_BODY_BYTES_MAX = 1024 * 1024  # a request with an owner's or the admin key
+PEER_BODY_BYTES_MAX = 32 * 1024 * 1024  # an authenticated peer batch on PEER_MESSAGES_PATH
+KEYLESS_BODY_BYTES_MAX = 0  # the routes that need no key take no body
+# Routes anyone may call: no key is looked at, and they take no body.
+KEYLESS_ROUTES = frozenset({"healthz", "metrics", "openapi"})
 RECORDS_MAX = 1_000
 TOKENS_MAX = 1_000
 VALUE_BYTES_MAX = 4 * 1024
 JSON_DEPTH_MAX = 64  # the top-level object is depth 1
 ADMIN = object()  # the admin principal: acts for no owner
-# Routes anyone may call: no key is looked at.
-OPEN_ROUTES = frozenset({"healthz", "metrics", "openapi"})
 
 Principal = OwnerConfig | object
 _Answer = TypeVar("_Answer", Tokenized, ReadDone, EpochDone, Inspected)
@@ -205,35 +214,79 @@ class PublicApi:
         )
         metrics.describe("tokenvault_events_total", "State changes reported by the cores.")
 
-    # -- dispatch ------------------------------------------------------------------------------
+    # -- admission -----------------------------------------------------------------------------
 
-    async def handle(self, request: Request) -> Response:
-        started = time.perf_counter()
-        route, handler, argument = self._route(request)
+    def admit(self, head: RequestHead) -> Admission | Response:
+        """Route and authenticate from the head alone, before any byte of the body is read.
+
+        An unknown route (404), a wrong method (405) or a missing or unknown key (401) is
+        refused here, its body never read. An admitted request may send PEER_BODY_BYTES_MAX
+        as an authenticated peer batch, nothing where no key is needed, PUBLIC_BODY_BYTES_MAX
+        else; its route's handler then answers it with the principal found here.
+        """
+        route, handler, argument = self._route(head)
         try:
             if handler is None:
-                raise route_error(route, self.allowed_methods(request.path))
-            principal = None if route in OPEN_ROUTES else self._authenticate(request)
+                raise route_error(route, self.allowed_methods(head.path))
+            principal: Principal | None = None
+            if route in KEYLESS_ROUTES:
+                body_bytes_max = KEYLESS_BODY_BYTES_MAX
+            elif route == "peer_messages":
+                principal = self._admit_peer(head)
+                body_bytes_max = PEER_BODY_BYTES_MAX
+            else:
+                principal = self._authenticate(head)
+                body_bytes_max = PUBLIC_BODY_BYTES_MAX
+        except ApiError as error:
+            response = error_response(error)
+            self._count(route, response.status, 0.0)
+            return response
+        answer = functools.partial(self._answer, route, handler, principal, argument)
+        return Admission(body_bytes_max=body_bytes_max, handler=answer)
+
+    async def handle(self, request: Request) -> Response:
+        """One whole request in process, as the server takes it: admission from its head, the
+        granted body limit, then its handler (tests, and callers without a socket)."""
+        verdict = self.admit(request.head)
+        if isinstance(verdict, Response):
+            return verdict
+        if len(request.body) > verdict.body_bytes_max:
+            return error_response(PayloadTooLarge("The body is over this request's limit."))
+        return await verdict.handler(request)
+
+    async def _answer(
+        self,
+        route: str,
+        handler: RouteHandler,
+        principal: Principal | None,
+        argument: str,
+        request: Request,
+    ) -> Response:
+        started = time.perf_counter()
+        try:
             response = await handler(request, principal, argument)
         except ApiError as error:
             response = error_response(error)
-        metrics = self._node.metrics
-        labels = (("route", route), ("status", str(response.status)))
-        metrics.inc("tokenvault_http_requests_total", labels)
-        metrics.observe("tokenvault_http_request_seconds", time.perf_counter() - started, labels)
+        self._count(route, response.status, time.perf_counter() - started)
         return response
 
-    def _route(self, request: Request) -> tuple[str, RouteHandler | None, str]:
-        found = self._exact.get((request.method, request.path))
+    def _count(self, route: str, status: int, seconds: float) -> None:
+        metrics = self._node.metrics
+        labels = (("route", route), ("status", str(status)))
+        metrics.inc("tokenvault_http_requests_total", labels)
+        metrics.observe("tokenvault_http_request_seconds", seconds, labels)
+
+    def _route(self, head: RequestHead) -> tuple[str, RouteHandler | None, str]:
+        found = self._exact.get((head.method, head.path))
         if found is not None:
             return found[0], found[1], ""
-        if request.path in self._exact_paths:
+        if head.path in self._exact_paths:
             return "method_not_allowed", None, ""
         for method, prefix, name, handler in self._prefixed:
-            if request.path.startswith(prefix):
-                if request.method != method:
+            if head.path.startswith(prefix):
+                if head.method != method:
                     return "method_not_allowed", None, ""
-                return name, handler, request.path[len(prefix) :]
+                return name, handler, head.path[len(prefix) :]
         return "unknown", None, ""
 
     def allowed_methods(self, path: str) -> tuple[str, ...]:
@@ -246,21 +299,23 @@ class PublicApi:
                 return (method,)
         return ()
 
-    def _authenticate(self, request: Request) -> Principal:
-        if request.path == PEER_MESSAGES_PATH:
-            if self._peer_certificate_required and request.peer_certificate_id is None:
-                error = PeerAuthError(Refusal.NO_CERTIFICATE)
-                raise self._peer_refused(request, error, "certificate")
-            return self._verify_peer_head(request)
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
-        key = key.strip()
-        principal = self._principals.get(hash_api_key(key))
+    def _authenticate(self, head: RequestHead) -> Principal:
+        principal = self._principals.get(hash_api_key(_bearer_key(head)))
         if principal is None:
             raise Unauthenticated("The key is not known.")
         return principal
+
+    def _admit_peer(self, head: RequestHead) -> PeerCredential:
+        """That a request on PEER_MESSAGES_PATH comes from another peer of this cluster, from
+        its head alone: with TLS on, a verified peer certificate; then the batch's signature
+        (headers only: the body, read next, is checked against it by `_verify_peer_body`)."""
+        if self._peer_certificate_required and head.peer_certificate_id is None:
+            error = PeerAuthError(Refusal.NO_CERTIFICATE)
+            raise self._peer_refused(head.client, error, "certificate")
+        try:
+            return self._peer_auth.verify_head(head.headers, method=head.method, path=head.path)
+        except PeerAuthError as error:
+            raise self._peer_refused(head.client, error, "head") from None
 
     # -- owner endpoints -----------------------------------------------------------------------
 
@@ -488,28 +543,18 @@ class PublicApi:
 
     # -- peers ---------------------------------------------------------------------------------
 
-    def _verify_peer_head(self, request: Request) -> PeerCredential:
-        """A peer batch's head: who signed it, when, and that it is new (headers only, so that
-        it can run before the body is read). A refusal is a 401 and an alarm."""
-        try:
-            return self._peer_auth.verify_head(
-                request.headers, method=request.method, path=request.path
-            )
-        except PeerAuthError as error:
-            raise self._peer_refused(request, error, "head") from None
-
     def _verify_peer_body(self, request: Request, credential: PeerCredential) -> None:
         """A peer batch's body, once read: the one its head signed (its sequence is spent)."""
         try:
             self._peer_auth.verify_body(credential, request.body)
         except PeerAuthError as error:
-            raise self._peer_refused(request, error, "body") from None
+            raise self._peer_refused(request.client, error, "body") from None
 
-    def _peer_refused(self, request: Request, error: PeerAuthError, where: str) -> Unauthenticated:
+    def _peer_refused(self, client: str, error: PeerAuthError, where: str) -> Unauthenticated:
         self._peer_auth_alarm.raise_alarm(
             reason=error.reason.value,
             sender=error.claimed_sender,
-            client=request.client.rpartition(":")[0],
+            client=client.rpartition(":")[0],
             where=where,
         )
         return Unauthenticated(str(error))
@@ -517,7 +562,7 @@ class PublicApi:
     async def _peer_messages(
         self, request: Request, principal: Principal | None, _: str
     ) -> Response:
-        assert isinstance(principal, PeerCredential)  # _authenticate verified the head
+        assert isinstance(principal, PeerCredential)  # _admit_peer verified the head
         fingerprint = request.headers.get(CLUSTER_FINGERPRINT_HEADER, "")
         if fingerprint != self._node.cluster_fingerprint:
             self._config_mismatch.refused(request.client.rpartition(":")[0], fingerprint)
@@ -531,7 +576,7 @@ class PublicApi:
                 request.body, principal, certified_source=request.peer_certificate_id
             )
         except PeerAuthError as error:
-            raise self._peer_refused(request, error, "source") from None
+            raise self._peer_refused(request.client, error, "source") from None
         except CodecError as error:
             self._peer_batch_alarm.raise_alarm(
                 reason="not_configured" if isinstance(error, NotConfigured) else "malformed",
@@ -585,6 +630,14 @@ def _owner_of(principal: Principal | None) -> OwnerConfig:
     if isinstance(principal, OwnerConfig):
         return principal
     raise Forbidden("The admin key acts for no owner; use an owner's key.")
+
+
+def _bearer_key(head: RequestHead) -> str:
+    scheme, _, key = head.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
+    return key
 
 
 def route_error(route: str, allowed_methods: tuple[str, ...] = ()) -> ApiError:
