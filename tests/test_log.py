@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tokenvault.log import EventLog
+from tokenvault.log import EventLog, LogThrottle
 from tokenvault.quorum.effects import Event
 
 
@@ -66,3 +66,25 @@ def test_levels(name: str, level: str) -> None:
 def test_details_may_not_reuse_a_line_field() -> None:
     with pytest.raises(AssertionError):
         Event(name="epoch_learned", owner="alice", details=(("epoch", 2),))
+
+
+def test_a_throttle_lets_one_line_per_key_and_interval_through_and_counts_the_rest() -> None:
+    now = [0.0]
+    throttle = LogThrottle(10.0, keys_max=2, clock_s=lambda: now[0])
+    assert throttle.allow("a") == 0  # the first line of a key goes through
+    assert [throttle.allow("a") for _ in range(3)] == [None, None, None]
+    assert throttle.allow("b") == 0  # keys are throttled apart
+    now[0] = 9.9
+    assert throttle.allow("a") is None
+    now[0] = 10.0
+    assert throttle.allow("a") == 4  # the four held back since its previous line
+    assert throttle.allow("a") is None
+
+
+def test_a_throttle_remembers_at_most_keys_max_keys() -> None:
+    throttle = LogThrottle(10.0, keys_max=2, clock_s=lambda: 0.0)
+    assert (throttle.allow("a"), throttle.allow("b")) == (0, 0)
+    assert throttle.allow("a") is None
+    assert throttle.allow("c") == 0  # a third key: it starts over, memory stays bounded
+    assert throttle.allow("a") == 0
+    assert throttle.allow("c") is None

@@ -7,6 +7,8 @@ Rules:
 - Levels: error for safety and integrity alarms, warning for failures an operator should see
   (a quorum not reached, a peer down, a hint dropped, an epoch operation failed), info else.
 - Values, tokens in full and keys are never logged: callers pass counts, ids and prefixes only.
+- A line that a flood could repeat (a refused batch, a failed handshake, an accept failure) goes
+  through a `LogThrottle`: at most one line per key per interval, saying how many it held back.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Hashable
 from typing import TextIO
 
 from tokenvault.quorum.effects import Event
@@ -89,3 +92,36 @@ class EventLog:
             request_id=event.request_id,
             **dict(event.details),
         )
+
+
+class LogThrottle:
+    """Lets one line per key through each `interval_s`, and says how many lines of that key it
+    held back since. At most `keys_max` keys are remembered (then it starts over), so memory is
+    bounded whatever the keys are."""
+
+    def __init__(
+        self,
+        interval_s: float,
+        *,
+        keys_max: int = 1_000,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval_s = interval_s
+        self._keys_max = keys_max
+        self._clock_s = clock_s
+        self._logged_at: dict[Hashable, float] = {}
+        self._held_back: dict[Hashable, int] = {}
+
+    def allow(self, key: Hashable = None) -> int | None:
+        """None when this line is held back; else how many of this key were held back since
+        the previous line (0 for the first)."""
+        now = self._clock_s()
+        last = self._logged_at.get(key)
+        if last is not None and now - last < self._interval_s:
+            self._held_back[key] = self._held_back.get(key, 0) + 1
+            return None
+        if last is None and len(self._logged_at) >= self._keys_max:
+            self._logged_at.clear()
+            self._held_back.clear()
+        self._logged_at[key] = now
+        return self._held_back.pop(key, 0)

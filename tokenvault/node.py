@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import secrets
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,7 +127,9 @@ class Node:
             now=trio.current_time(),
             limits=peer_limits(config),
         )
-        own_key, link_incarnation = derive_peer_key(config.secret, peer_id), new_incarnation()
+        # Random per process start: in request ids (the first 8 digits) and in every signed batch.
+        self._incarnation = new_incarnation()
+        own_key = derive_peer_key(config.secret, peer_id)
         self.links: dict[str, PeerLink] = {
             p.id: PeerLink(
                 local_peer_id=peer_id,
@@ -139,7 +140,7 @@ class Node:
                     sender=peer_id,
                     receiver=p.id,
                     key=own_key,
-                    incarnation=link_incarnation,
+                    incarnation=self._incarnation,
                     fingerprint=self.cluster_fingerprint,
                 ),
                 link_context=link_context,
@@ -147,7 +148,6 @@ class Node:
             for p in config.peers
             if p.id != peer_id
         }
-        self._incarnation = secrets.token_hex(4)
         self._op_counter = itertools.count(1)
         self._waiters: dict[str, _Waiter] = {}
         self._sync_wanted = trio.Event()
@@ -174,7 +174,7 @@ class Node:
         self.store.close()
 
     def new_request_id(self) -> str:
-        return f"{self.peer_id}-{self._incarnation}-{next(self._op_counter)}"
+        return f"{self.peer_id}-{self._incarnation[:8]}-{next(self._op_counter)}"
 
     # -- inputs --------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from tokenvault.config import ClusterConfig
 from tokenvault.http.api import PublicApi
 from tokenvault.http.peer_transport import PeerLinkLimits
 from tokenvault.http.server import ServerLimits, serve_http
-from tokenvault.log import EventLog
+from tokenvault.log import EventLog, LogThrottle
 from tokenvault.metrics import Metrics
 from tokenvault.node import Node
 from tokenvault.tls_certificates import PeerTls
@@ -77,23 +77,19 @@ class TlsHandshakeFailures:
     def __init__(self, log: EventLog, metrics: Metrics) -> None:
         self._log = log
         self._metrics = metrics
-        self._unlogged = 0
-        self._logged_at: float | None = None
+        self._throttle = LogThrottle(TLS_FAILURE_LOG_INTERVAL_S, clock_s=trio.current_time)
         metrics.describe(
             "tokenvault_tls_handshake_failures_total", "TLS handshakes that failed or timed out."
         )
 
     def __call__(self, reason: str, client: str) -> None:
         self._metrics.inc("tokenvault_tls_handshake_failures_total")
-        self._unlogged += 1
-        now = trio.current_time()
-        if self._logged_at is not None and now - self._logged_at < TLS_FAILURE_LOG_INTERVAL_S:
+        held_back = self._throttle.allow()
+        if held_back is None:
             return
-        self._logged_at = now
         self._log.emit(
-            "tls_handshake_failed", failures=self._unlogged, last_reason=reason, client=client
+            "tls_handshake_failed", failures=held_back + 1, last_reason=reason, client=client
         )
-        self._unlogged = 0
 
 
 async def _serve_until_signal(

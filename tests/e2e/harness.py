@@ -19,13 +19,13 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from tokenvault.cli.peer_processes import peer_command
 from tokenvault.cluster_init import init_cluster
 from tokenvault.tls import client_context
 
@@ -130,16 +130,7 @@ class Cluster:
     def start(self, peer_id: str, config_path: Path | None = None) -> None:
         assert peer_id not in self._processes or self._processes[peer_id].poll() is not None
         log = open(self.directory / "logs" / f"{peer_id}.log", "ab")  # noqa: SIM115
-        command = [
-            sys.executable,
-            "-m",
-            "tokenvault",
-            "node",
-            "--config",
-            str(config_path or self.init.config_path),
-            "--id",
-            peer_id,
-        ]
+        command = peer_command(config_path or self.init.config_path, peer_id)
         self._processes[peer_id] = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL
         )

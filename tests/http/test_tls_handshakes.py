@@ -58,11 +58,13 @@ def peer(tls: TlsConfig, peer_id: str) -> PeerTls:
 class Recorder:
     requests: list[Request] = field(default_factory=list)
     handshake_failures: list[str] = field(default_factory=list)
+    holding: trio.Event = field(default_factory=trio.Event)  # /hold arrived
     release: trio.Event = field(default_factory=trio.Event)  # what /hold waits for
 
     async def __call__(self, request: Request) -> Response:
         self.requests.append(request)
         if request.path == "/hold":
+            self.holding.set()
             await self.release.wait()
         return json_response(200, {"peer_certificate_id": request.peer_certificate_id})
 
@@ -245,8 +247,7 @@ async def test_over_the_connection_limit_a_tls_client_gets_a_503_over_tls(
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(holder.get, f"https://127.0.0.1:{port}/hold")
-        while not recorder.requests:
-            await trio.sleep(0.01)
+        await recorder.holding.wait()
         refused = await second.get(f"https://127.0.0.1:{port}/second")
         recorder.release.set()
     assert refused.status_code == 503

@@ -68,9 +68,9 @@ class StopSignals:
         self.count += 1
 
 
-def start_peer(peer: PeerConfig, config_path: Path, logs_dir: Path) -> PeerChild:
-    log_path = logs_dir / f"{peer.id}.log"
-    command = [
+def peer_command(config_path: Path, peer_id: str) -> list[str]:
+    """The command line that runs one peer in the foreground, with this Python."""
+    return [
         sys.executable,
         "-m",
         "tokenvault",
@@ -78,8 +78,13 @@ def start_peer(peer: PeerConfig, config_path: Path, logs_dir: Path) -> PeerChild
         "--config",
         str(config_path),
         "--id",
-        peer.id,
+        peer_id,
     ]
+
+
+def start_peer(peer: PeerConfig, config_path: Path, logs_dir: Path) -> PeerChild:
+    log_path = logs_dir / f"{peer.id}.log"
+    command = peer_command(config_path, peer.id)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command,

@@ -308,14 +308,25 @@ class PublicApi:
     def _admit_peer(self, head: RequestHead) -> PeerCredential:
         """That a request on PEER_MESSAGES_PATH comes from another peer of this cluster, from
         its head alone: with TLS on, a verified peer certificate; then the batch's signature
-        (headers only: the body, read next, is checked against it by `_verify_peer_body`)."""
+        (headers only: the body, read next, is checked against it by `_verify_peer_body`), and
+        that the sender read this peer's cluster configuration (its fingerprint)."""
         if self._peer_certificate_required and head.peer_certificate_id is None:
             error = PeerAuthError(Refusal.NO_CERTIFICATE)
             raise self._peer_refused(head.client, error, "certificate")
         try:
-            return self._peer_auth.verify_head(head.headers, method=head.method, path=head.path)
+            credential = self._peer_auth.verify_head(
+                head.headers, method=head.method, path=head.path
+            )
         except PeerAuthError as error:
             raise self._peer_refused(head.client, error, "head") from None
+        fingerprint = head.headers.get(CLUSTER_FINGERPRINT_HEADER, "")
+        if fingerprint != self._node.cluster_fingerprint:
+            self._config_mismatch.refused(head.client.rpartition(":")[0], fingerprint)
+            raise InvalidRequest(
+                "The batch comes from a peer whose cluster configuration differs from this "
+                "peer's (peers, quorums, vnodes or owners' fields)."
+            )
+        return credential
 
     # -- owner endpoints -----------------------------------------------------------------------
 
@@ -563,13 +574,6 @@ class PublicApi:
         self, request: Request, principal: Principal | None, _: str
     ) -> Response:
         assert isinstance(principal, PeerCredential)  # _admit_peer verified the head
-        fingerprint = request.headers.get(CLUSTER_FINGERPRINT_HEADER, "")
-        if fingerprint != self._node.cluster_fingerprint:
-            self._config_mismatch.refused(request.client.rpartition(":")[0], fingerprint)
-            raise InvalidRequest(
-                "The batch comes from a peer whose cluster configuration differs from this "
-                "peer's (peers, quorums, vnodes or owners' fields)."
-            )
         self._verify_peer_body(request, principal)
         try:
             await self._node.receive_peer_batch(

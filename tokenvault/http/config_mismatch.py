@@ -12,7 +12,7 @@ import re
 
 import trio
 
-from tokenvault.log import EventLog
+from tokenvault.log import EventLog, LogThrottle
 from tokenvault.metrics import Metrics
 
 CONFIG_MISMATCH_LOG_INTERVAL_S = 60.0
@@ -25,17 +25,16 @@ class ConfigMismatchAlarm:
         self._ours = ours
         self._log = log
         self._metrics = metrics
-        self._logged_at: dict[str, float] = {}  # sender address -> last alarm
+        self._throttle = LogThrottle(
+            CONFIG_MISMATCH_LOG_INTERVAL_S,
+            keys_max=CONFIG_MISMATCH_SENDERS_MAX,
+            clock_s=trio.current_time,
+        )
 
     def refused(self, sender: str, fingerprint: str) -> None:
         self._metrics.inc("tokenvault_config_mismatches_total")
-        now = trio.current_time()
-        last = self._logged_at.get(sender)
-        if last is not None and now - last < CONFIG_MISMATCH_LOG_INTERVAL_S:
+        if self._throttle.allow(sender) is None:
             return
-        if len(self._logged_at) >= CONFIG_MISMATCH_SENDERS_MAX:
-            self._logged_at.clear()
-        self._logged_at[sender] = now
         self._log.emit(
             "config_mismatch",
             level="error",

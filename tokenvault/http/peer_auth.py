@@ -56,7 +56,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from tokenvault.log import EventLog
+from tokenvault.log import EventLog, LogThrottle
 from tokenvault.metrics import Metrics
 
 SCHEME = "TokenvaultPeer-HMAC-SHA256"
@@ -340,9 +340,7 @@ class PeerAlarm:
         self._counter = counter
         self._log = log
         self._metrics = metrics
-        self._clock_s = clock_s
-        self._logged_at: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
+        self._throttle = LogThrottle(PEER_ALARM_INTERVAL_S, clock_s=clock_s)
         metrics.describe(counter, help_text)
         for reason in reasons:  # every series exists from the start, at 0
             metrics.inc(counter, (("reason", reason),), 0)
@@ -351,13 +349,9 @@ class PeerAlarm:
         """One refusal: counted; logged unless this (sender, reason) was logged lately. `where`
         says which check refused it, or where a batch failed (a codec path, never a value)."""
         self._metrics.inc(self._counter, (("reason", reason),))
-        now = self._clock_s()
-        key = (sender, reason)
-        last = self._logged_at.get(key)
-        if last is not None and now - last < PEER_ALARM_INTERVAL_S:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        suppressed = self._throttle.allow((sender, reason))
+        if suppressed is None:
             return
-        self._logged_at[key] = now
         self._log.emit(
             self._event,
             level="error",
@@ -365,5 +359,5 @@ class PeerAlarm:
             sender=sender,
             client=client,
             where=where,
-            suppressed=self._suppressed.pop(key, 0),
+            suppressed=suppressed,
         )

@@ -71,7 +71,8 @@ from tokenvault.http.errors import (
     error_response,
 )
 from tokenvault.http.messages import Admission, Gate, Handler, Request, RequestHead, Response
-from tokenvault.log import EventLog
+from tokenvault.log import EventLog, LogThrottle
+from tokenvault.quorum.invariants import raised_at
 from tokenvault.tls import peer_id_of_certificate
 
 __all__ = [
@@ -371,22 +372,22 @@ class ConnectionSlots:
 
 
 class _Alarm:
-    """Logs one kind of trouble from its running total, at most once per ALARM_LOG_INTERVAL_S:
-    a line carries how many happened since the previous line (``count``), the ``total`` and
-    the ``kind`` of the latest, so that a flood of trouble is one line per interval."""
+    """Logs one kind of trouble from its running total, through a LogThrottle (at most once per
+    ALARM_LOG_INTERVAL_S): a line carries how many happened since the previous line (``count``),
+    the ``total`` and the ``kind`` of the latest, so that a flood of trouble is one line per
+    interval."""
 
     def __init__(self, log: EventLog, event: str) -> None:
         self._log = log
         self._event = event
         self._logged_total = 0
-        self._next_line_at = -math.inf
+        self._throttle = LogThrottle(ALARM_LOG_INTERVAL_S, clock_s=trio.current_time)
 
-    def update(self, now: float, total: int, kind: str) -> None:
-        if total > self._logged_total and now >= self._next_line_at:
+    def update(self, total: int, kind: str) -> None:
+        if total > self._logged_total and self._throttle.allow() is not None:
             count = total - self._logged_total
             self._log.emit(self._event, level="warning", kind=kind, count=count, total=total)
             self._logged_total = total
-            self._next_line_at = now + ALARM_LOG_INTERVAL_S
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -436,9 +437,9 @@ class _Server:
                     now = trio.current_time()
                     code = errno.errorcode.get(exc.errno or 0, "unknown")
                     self._accept_failures_total += 1
-                    self._accept_failed.update(now, self._accept_failures_total, code)
+                    self._accept_failed.update(self._accept_failures_total, code)
                     if exc.errno in _DESCRIPTOR_ERRNOS and self.slots.evict_idle(now):
-                        self._evicted.update(now, self.slots.evicted_total, "descriptors")
+                        self._evicted.update(self.slots.evicted_total, "descriptors")
                     await trio.sleep(self._limits.accept_retry_delay_s)
                     continue
                 nursery.start_soon(self._on_connection, stream)
@@ -452,7 +453,7 @@ class _Server:
                 slot = await self._wait_for_slot(stream)
                 if slot is None:
                     return
-            self._evicted.update(trio.current_time(), slots.evicted_total, "slots_full")
+            self._evicted.update(slots.evicted_total, "slots_full")
             try:
                 await self._guard(stream, self._serve_connection(stream, slot))
             finally:
@@ -468,7 +469,7 @@ class _Server:
             return slot
         statistics = slots.statistics()
         total = statistics.refused_total + statistics.dropped_total
-        self._refused.update(trio.current_time(), total, slot.value)
+        self._refused.update(total, slot.value)
         if slot is NoSlot.TIMED_OUT:
             served: trio.abc.Stream = stream
             if self._ssl_context is not None:  # the 503 goes over TLS (its handshake first)
@@ -658,7 +659,7 @@ class _Server:
     def _log_failure(self, event: str, exc: Exception) -> None:
         """A JSON line with the exception's type and code location: never its message (it may
         quote a value or a key), never the request."""
-        self._log.emit(event, level="error", kind=type(exc).__name__, location=_origin(exc))
+        self._log.emit(event, level="error", kind=type(exc).__name__, location=raised_at(exc))
 
 
 async def _receive(stream: trio.abc.Stream) -> bytes:
@@ -857,17 +858,6 @@ def _peer_name(stream: trio.abc.Stream) -> str:
         host = str(address[0])
         return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return str(address)
-
-
-def _origin(exc: BaseException) -> str:
-    """``file:line`` where ``exc`` was raised (relative to the package when inside it):
-    locates a bug without echoing its message."""
-    tb = exc.__traceback__
-    if tb is None:
-        return "?"
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return f"{tb.tb_frame.f_code.co_filename.rpartition('tokenvault/')[2]}:{tb.tb_lineno}"
 
 
 def _status_text(response: Response) -> str:

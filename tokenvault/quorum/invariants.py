@@ -16,7 +16,8 @@ Rules:
   a key (it reaches logs).
 - A core never catches its own violations: containing one (log it at level error, drop the
   input and the Effects of the broken call, so nothing it decided is persisted or sent) is the
-  driver's job.
+  peer core's job (peer_core.py). `raised_at` locates any exception for that line without
+  echoing its message.
 """
 
 from __future__ import annotations
@@ -30,3 +31,14 @@ def require(condition: bool, message: str) -> None:
     """Raise InvariantViolation(message) unless condition holds."""
     if not condition:
         raise InvariantViolation(message)
+
+
+def raised_at(error: BaseException) -> str:
+    """``file:line`` where ``error`` was raised (relative to the package when inside it):
+    locates a bug without echoing its message, which may quote a value."""
+    frame = error.__traceback__
+    if frame is None:
+        return "?"
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return f"{frame.tb_frame.f_code.co_filename.rpartition('tokenvault/')[2]}:{frame.tb_lineno}"

@@ -67,6 +67,7 @@ from tokenvault.quorum.effects import (
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator, EpochLimits, RandomSource
 from tokenvault.quorum.failure_detector import DetectorLimits, FailureDetector, PeerState
 from tokenvault.quorum.hinted_handoff import HintedHandoff, HintLimits
+from tokenvault.quorum.invariants import raised_at
 from tokenvault.quorum.messages import (
     GENESIS,
     Decide,
@@ -158,9 +159,9 @@ class PeerCoreStatistics:
 class _Core:
     """Which core set a timer (timers go back to it) or produced an output."""
 
-    COORDINATOR = "coordinator"
-    EPOCH_COORDINATOR = "epoch_coordinator"
-    INSPECTION = "inspection"
+    COORDINATOR = Destination.COORDINATOR.value  # a message's core is its destination's value
+    EPOCH_COORDINATOR = Destination.EPOCH_COORDINATOR.value
+    INSPECTION = Destination.INSPECTION.value
 
 
 @dataclass(slots=True)
@@ -191,10 +192,10 @@ class _Inspecting:
 
 
 _ClientState = _Tokenizing | _Inspecting | ClientOperation
-_DESTINATION_CORE = {
-    Destination.COORDINATOR: _Core.COORDINATOR,
-    Destination.EPOCH_COORDINATOR: _Core.EPOCH_COORDINATOR,
-}
+
+
+def _operation_of(state: _ClientState) -> ClientOperation:
+    return state.operation if isinstance(state, _Tokenizing | _Inspecting) else state
 
 
 class PeerCore:
@@ -209,8 +210,6 @@ class PeerCore:
         secret: bytes,
         rng: RandomSource,
         now: float,
-        # Fix: was `field(default_factory=PeerLimits)`, which outside a dataclass is a Field
-        # object, not limits (a core built without `limits` failed). PeerLimits is frozen.
         limits: PeerLimits = PeerLimits(),
     ) -> None:
         """Builds every core from the store: what a peer is when its process starts."""
@@ -336,7 +335,7 @@ class PeerCore:
                 assert isinstance(message, OwnerView)
                 self._note_inspection(step, source, message)
                 continue
-            core = _DESTINATION_CORE.get(destination, destination.value)
+            core = destination.value
             call = self._message_call(destination, source, message, now)
             done = self._call(
                 step,
@@ -452,16 +451,15 @@ class PeerCore:
         except Exception as error:  # contained: see the module's rules
             self._contain(step, core, what, error)
             return False
-        if effects.writes:
-            try:
-                self._storage.stage(effects.writes)
-            except Exception as error:
-                # The store refused them (StorageFull): what the replica counted is undone.
-                self.replica.forget_unstaged(effects.writes)
-                self._contain(step, core, what, error)
-                return False
         writes = effects.writes
         if writes:
+            try:
+                self._storage.stage(writes)
+            except Exception as error:
+                # The store refused them (StorageFull): what the replica counted is undone.
+                self.replica.forget_unstaged(writes)
+                self._contain(step, core, what, error)
+                return False
             self._staged_ticket += 1
             step.writes.extend(writes)
         self._note_events(step, effects.events)
@@ -487,12 +485,7 @@ class PeerCore:
 
     def _contain(self, step: Step, core: str, what: str, error: Exception) -> None:
         storage = isinstance(error, StorageError | StorageCorrupt)
-        frame = error.__traceback__
-        while frame is not None and frame.tb_next is not None:
-            frame = frame.tb_next
-        location = (
-            "?" if frame is None else f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}"
-        )
+        location = raised_at(error)
         error_type = type(error).__name__
         step.faults.append(
             CoreFault(
@@ -516,7 +509,7 @@ class PeerCore:
             ("kind", error_type),
         )
         if not storage:
-            details += (("location", location.rpartition("tokenvault/")[2]),)
+            details += (("location", location),)
         step.events.append(Event(name=name, details=details))
 
     def _hold(self, output: _Held) -> None:
@@ -725,7 +718,7 @@ class PeerCore:
         state = self._end_client(client_op)
         if state is None:
             return
-        operation = state.operation if isinstance(state, _Tokenizing | _Inspecting) else state
+        operation = _operation_of(state)
         writes = state.writes if isinstance(state, _Tokenizing) else 0
         step.answers.append(failed_answer(operation, failure, None, writes))
 
@@ -748,12 +741,7 @@ class PeerCore:
         operations it waited for are forgotten here (their late replies are ignored)."""
         for core_op in [c for c, client in self._core_ops.items() if client == client_op]:
             del self._core_ops[core_op]
-        operation = self._clients[client_op]
-        owner = (
-            operation.operation.owner
-            if isinstance(operation, _Tokenizing | _Inspecting)
-            else operation.owner
-        )
+        owner = _operation_of(self._clients[client_op]).owner
         step.events.append(
             Event(
                 name="client_operation_expired",
