@@ -117,7 +117,9 @@ def render_metrics(node: Node) -> str:
     metrics.set_gauge("tokenvault_store_writes_flushed", store.writes_flushed)
     metrics.set_gauge("tokenvault_store_pending_writes", store.pending_writes)
     metrics.set_gauge("tokenvault_operations_in_flight", node.core.operations_in_flight())
-    metrics.set_total("tokenvault_timers_dropped_total", node.core.statistics().timers_dropped)
+    core = node.core.statistics()
+    metrics.set_total("tokenvault_timers_dropped_total", core.timers_dropped)
+    metrics.set_total("tokenvault_held_messages_dropped_total", core.held_messages_dropped)
     metrics.set_gauge("tokenvault_hints_pending", node.core.hints.pending_total())
     stats = node.core.anti_entropy.statistics
     metrics.set_gauge("tokenvault_anti_entropy_passes", stats.passes)
