@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import trio
 
+from tests.store.disk_faults import flip, grow_tmpfs, tmpfs
 from tokenvault.cluster_init import init_cluster, load_keys
 from tokenvault.config import load_config
 from tokenvault.http.api import PublicApi
@@ -91,9 +90,7 @@ async def test_damage_found_while_running_replaces_the_store_and_the_peer_serves
     # The next open turns the log into a table; damage that table's first block.
     async with _running(config_path) as peer:
         table = sorted((data_dir / "leveldb").glob("*.ldb"))[0]
-        with open(table, "r+b") as handle:
-            handle.seek(64)
-            handle.write(b"\xff" * 16)
+        flip(table, 64, 16)
         answers = [
             await peer.call("POST", "/v1/detokenize", {"tokens": tokens}, "alice") for _ in range(2)
         ]
@@ -138,25 +135,9 @@ def _counter(peer: Peer, name: str) -> float:
     return 0.0
 
 
-@contextmanager
-def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
-
-
 async def test_a_full_disk_makes_the_peer_unready_until_space_returns(tmp_path: Path) -> None:
     config_path = _new_cluster(tmp_path / "cluster")
-    with _tmpfs(tmp_path / "cluster" / "data" / "n1", "1m") as disk:
+    with tmpfs(tmp_path / "cluster" / "data" / "n1", "1m") as disk:
         async with _running(config_path) as peer:
             assert (await peer.call("GET", "/readyz")).status == 200
             acknowledged: list[str] = []
@@ -185,7 +166,7 @@ async def test_a_full_disk_makes_the_peer_unready_until_space_returns(tmp_path: 
             named = [e for e in peer.events("storage_error") if e.get("kind") == "disk_full"]
             assert 1 <= len(named) < 5  # throttled: one line per STORAGE_LOG_INTERVAL_S
             assert named[0]["reason"] == "No space left on device"
-            subprocess.run(["mount", "-o", "remount,size=32m", str(disk)], check=True)
+            grow_tmpfs(disk, "32m")
             await _until(lambda: peer.node.readiness().ready)
             assert (await peer.tokenize("555-55-5555")).status == 200
             assert peer.events("store_writable")

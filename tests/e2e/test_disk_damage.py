@@ -1,7 +1,7 @@
 """End-to-end: damaged and full disks under real peer processes (N=3, W=2, R=2).
 
-- A peer stopped, its store damaged on disk (a cut write-ahead log, a corrupted table, a
-  corrupted MANIFEST), and restarted: one clear log line naming the file, no traceback, and
+- A peer stopped, its store damaged on disk (a cut or a corrupted write-ahead log, a corrupted
+  table, a corrupted MANIFEST), and restarted: one clear log line naming the file, no traceback, and
   within DAMAGE_CONVERGENCE_S it holds every mapping again, without a manual step.
 - A peer whose data directory is a small tmpfs, filled by tokenizing through the cluster: no
   client error, its /readyz 503 `disk_full` while full; the tmpfs grown, it takes writes again
@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,11 +20,13 @@ import pytest
 from tests.e2e.harness import Cluster
 from tests.e2e.test_convergence import (
     OWNERS,
+    assert_all_found,
     converged_everywhere,
     node_view,
     tokenize_batches,
     wait_for,
 )
+from tests.store.disk_faults import flip, grow_tmpfs, mount_tmpfs, unmount
 
 pytestmark = pytest.mark.e2e
 
@@ -44,14 +45,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         running.close()
 
 
-def _flip(file: Path, offset: int, count: int = 8) -> None:
-    with open(file, "r+b") as handle:
-        handle.seek(offset)
-        data = handle.read(count)
-        handle.seek(offset)
-        handle.write(bytes(b ^ 0xFF for b in data))
-
-
 def _newest(store: Path, pattern: str) -> Path:
     found = sorted(store.glob(pattern), key=lambda p: p.stat().st_size)
     assert found, (pattern, sorted(p.name for p in store.iterdir()))
@@ -66,20 +59,27 @@ def _cut_log(store: Path) -> tuple[str, str]:
     return "store_log_tail_dropped", log.name
 
 
+def _corrupt_log(store: Path) -> tuple[str, str]:
+    log = _newest(store, "*.log")
+    flip(log, log.stat().st_size // 2, 16)  # a record's checksum or body, mid-file
+    return "store_damaged", log.name
+
+
 def _corrupt_table(store: Path) -> tuple[str, str]:
     table = _newest(store, "*.ldb")
-    _flip(table, table.stat().st_size // 3, 16)
+    flip(table, table.stat().st_size // 3, 16)
     return "store_damaged", table.name
 
 
 def _corrupt_manifest(store: Path) -> tuple[str, str]:
     manifest = _newest(store, "MANIFEST-*")
-    _flip(manifest, 0, 4)  # the first record's checksum
+    flip(manifest, 0, 4)  # the first record's checksum
     return "store_damaged", manifest.name
 
 
 DAMAGES: dict[str, Callable[[Path], tuple[str, str]]] = {
     "cut_log": _cut_log,
+    "corrupt_log": _corrupt_log,
     "corrupt_table": _corrupt_table,
     "corrupt_manifest": _corrupt_manifest,
 }
@@ -110,13 +110,7 @@ def test_a_damaged_store_is_named_once_and_refilled(cluster: Cluster, damage: st
         )
         print(f"\n[{damage}] converged {converged_at - restarted_at:.2f} s after the restart")
         for owner in OWNERS:
-            answer = http.post(
-                cluster.url("n3") + "/v1/detokenize",
-                headers=cluster.headers(owner),
-                json={"tokens": sorted(tokens[owner])},
-            )
-            assert answer.status_code == 200, answer.text
-            assert all(r["found"] for r in answer.json()["results"])
+            assert_all_found(http, cluster, "n3", owner, sorted(tokens[owner]))
     lines = [e for e in cluster.log_events("n3") if e["event"] in STORE_LINES]
     assert len(lines) == 1, lines
     [line] = lines
@@ -132,17 +126,6 @@ def test_a_damaged_store_is_named_once_and_refilled(cluster: Cluster, damage: st
 # -- a full disk ------------------------------------------------------------------------------
 
 
-def _mount_tmpfs(directory: Path, size: str) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-
-
 def _readyz(http: httpx.Client, cluster: Cluster, peer: str) -> tuple[int, dict[str, object]]:
     answer = http.get(cluster.url(peer) + "/readyz")
     body: dict[str, object] = answer.json()
@@ -151,7 +134,7 @@ def _readyz(http: httpx.Client, cluster: Cluster, peer: str) -> tuple[int, dict[
 
 def test_a_full_disk_fails_over_then_resumes_without_a_restart(cluster: Cluster) -> None:
     disk = cluster.directory / "data" / "n3"
-    _mount_tmpfs(disk, TMPFS_SMALL)
+    mount_tmpfs(disk, TMPFS_SMALL)
     try:
         cluster.start_all()
         with httpx.Client(timeout=10.0, trust_env=False, verify=cluster.verify) as http:
@@ -188,7 +171,7 @@ def test_a_full_disk_fails_over_then_resumes_without_a_restart(cluster: Cluster)
             flushes_before = node_view(http, cluster, "n3")["store"]["flushes"]
 
             grown_at = time.monotonic()
-            subprocess.run(["mount", "-o", f"remount,size={TMPFS_GROWN}", str(disk)], check=True)
+            grow_tmpfs(disk, TMPFS_GROWN)
             ready_at, _ = wait_for(
                 "n3 ready again after the tmpfs grew",
                 lambda: (_readyz(http, cluster, "n3")[0] == 200, None),
@@ -208,17 +191,9 @@ def test_a_full_disk_fails_over_then_resumes_without_a_restart(cluster: Cluster)
             # Nothing acknowledged lost: every token detokenizes through every peer.
             for peer in cluster.peer_ids:
                 for owner in OWNERS:
-                    for start in range(0, len(tokens[owner]), 1_000):
-                        page = tokens[owner][start : start + 1_000]
-                        answer = http.post(
-                            cluster.url(peer) + "/v1/detokenize",
-                            headers=cluster.headers(owner),
-                            json={"tokens": page},
-                        )
-                        assert answer.status_code == 200, answer.text
-                        assert all(r["found"] for r in answer.json()["results"]), peer
+                    assert_all_found(http, cluster, peer, owner, tokens[owner])
             assert cluster.pid("n3")  # the same process all along
         assert "Traceback" not in cluster.log("n3")
     finally:
         cluster.close()
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        unmount(disk)

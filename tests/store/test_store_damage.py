@@ -6,16 +6,15 @@ returns, losing nothing it acknowledged."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import plyvel
 import pytest
 
+from tests.store.disk_faults import flip, grow_tmpfs, tmpfs
 from tokenvault.store.damage import (
     Damage,
     file_named,
@@ -61,14 +60,6 @@ def _only(path: Path, pattern: str) -> Path:
     return found[-1]
 
 
-def _flip(file: Path, offset: int, count: int = 8) -> None:
-    with open(file, "r+b") as handle:
-        handle.seek(offset)
-        data = handle.read(count)
-        handle.seek(offset)
-        handle.write(bytes(b ^ 0xFF for b in data))
-
-
 def _cut(file: Path, count: int) -> None:
     os.truncate(file, file.stat().st_size - count)
 
@@ -77,28 +68,28 @@ Damager = Callable[[Path], None]
 DAMAGES: dict[str, tuple[Damager, str, str]] = {
     # name: (damage, file pattern named, reason LevelDB or the inspection gives)
     "log_bad_header": (
-        lambda p: _flip(_only(p, "*.log"), 0, 8),
+        lambda p: flip(_only(p, "*.log"), 0, 8),
         r"\d{6}\.log",
         "bad record header",
     ),
     "log_checksum": (
-        lambda p: _flip(_only(p, "*.log"), 40, 8),
+        lambda p: flip(_only(p, "*.log"), 40, 8),
         r"\d{6}\.log",
         "checksum mismatch",
     ),
     "table_block": (
-        lambda p: _flip(_only(p, "*.ldb"), _only(p, "*.ldb").stat().st_size // 3),
+        lambda p: flip(_only(p, "*.ldb"), _only(p, "*.ldb").stat().st_size // 3),
         r"\d{6}\.ldb",
         "block checksum mismatch",
     ),
     "table_footer": (
-        lambda p: _flip(_only(p, "*.ldb"), _only(p, "*.ldb").stat().st_size - 8),
+        lambda p: flip(_only(p, "*.ldb"), _only(p, "*.ldb").stat().st_size - 8),
         r"\d{6}\.ldb",
         "not an sstable (bad magic number)",
     ),
     "table_missing": (lambda p: _only(p, "*.ldb").unlink(), r"\d{6}\.ldb", "1 missing files"),
     "manifest_record": (
-        lambda p: _flip(_only(p, "MANIFEST-*"), 60, 4),
+        lambda p: flip(_only(p, "MANIFEST-*"), 60, 4),
         r"MANIFEST-\d{6}",
         "checksum mismatch",
     ),
@@ -183,7 +174,7 @@ async def test_damage_found_by_a_read_marks_the_store(tmp_path: Path) -> None:
     store = LevelDBStore(str(path))  # the open pass reads every block, without caching it
     try:
         table = sorted(path.glob("*.ldb"))[0]  # the compacted table: the first RECORDS keys
-        _flip(table, 100)  # its first data block
+        flip(table, 100)  # its first data block
         with pytest.raises(StoreDamaged) as raised:
             store.get(_key(0))
         assert raised.value.damage == Damage(file=table.name, reason="block checksum mismatch")
@@ -203,7 +194,7 @@ def test_a_scan_that_meets_damage_raises_it_too(tmp_path: Path) -> None:
     _make_store(path)
     store = LevelDBStore(str(path))
     try:
-        _flip(sorted(path.glob("*.ldb"))[0], 100)
+        flip(sorted(path.glob("*.ldb"))[0], 100)
         with pytest.raises(StoreDamaged):
             store.scan(b"m", limit=10)
     finally:
@@ -246,37 +237,17 @@ def test_the_log_scan_tells_a_cut_tail_from_a_bad_header(tmp_path: Path) -> None
     _cut(log, 5)
     cut = scan_log(log)
     assert cut.bytes_cut > 5 and not cut.bad_record
-    _flip(log, 4, 2)  # the first record's length
+    flip(log, 4, 2)  # the first record's length
     assert scan_log(log).bad_record
 
 
 # -- a full disk: a real tmpfs --------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    directory.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
-
-
-def _grow(directory: Path, size: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(directory)], check=True)
-
-
 async def test_a_full_disk_is_named_and_the_store_resumes_with_its_pending_writes(
     tmp_path: Path,
 ) -> None:
-    with _tmpfs(tmp_path / "disk", "2m") as disk:
+    with tmpfs(tmp_path / "disk", "2m") as disk:
         store = LevelDBStore(str(disk / "leveldb"))
         try:
             acknowledged: list[int] = []
@@ -304,7 +275,7 @@ async def test_a_full_disk_is_named_and_the_store_resumes_with_its_pending_write
                 await store.wait_durable()
             assert store.get(b"after") == b"the failure"  # staged: readable meanwhile
             assert store.statistics().pending_writes == 51
-            _grow(disk, "16m")
+            grow_tmpfs(disk, "16m")
             await store.wait_durable()
             health = store.health()
             assert health.writable and health.reopens >= 1

@@ -221,9 +221,7 @@ def plan_faults(
     busy: dict[str, list[tuple[float, float]]] = {peer: [] for peer in peer_ids}
     actions: list[FaultAction] = []
     for _ in range(mix.crash_count):
-        peer = rng.choice(list(peer_ids))
-        start = rng.uniform(0.5, faults_end_s * 0.9)
-        end = min(start + rng.uniform(0.2, 5.0), faults_end_s)
+        peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.2, 5.0))
         aimed = rng.random() < mix.aimed_crash_share
         strike_on = rng.choice(list(StrikeOn))
         if _claim(busy[peer], start, end):
@@ -237,9 +235,7 @@ def plan_faults(
                 actions.append(FaultAction(at_s=start, kind=FaultKind.CRASH, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
     for _ in range(mix.pause_count):
-        peer = rng.choice(list(peer_ids))
-        start = rng.uniform(0.5, faults_end_s * 0.9)
-        end = min(start + rng.uniform(0.1, 4.0), faults_end_s)
+        peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.1, 4.0))
         if _claim(busy[peer], start, end):
             actions.append(FaultAction(at_s=start, kind=FaultKind.PAUSE, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESUME, peer=peer))
@@ -262,20 +258,25 @@ def _plan_disk_faults(
     rng = rng_for(seed, "faults/disk-schedule")
     actions: list[FaultAction] = []
     for _ in range(mix.disk_full_count):
-        peer = rng.choice(list(peer_ids))
-        start = rng.uniform(0.5, faults_end_s * 0.9)
-        end = min(start + rng.uniform(0.5, 6.0), faults_end_s)
+        peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.5, 6.0))
         if _claim(busy[peer], start, end):
             actions.append(FaultAction(at_s=start, kind=FaultKind.DISK_FULL, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.DISK_FREED, peer=peer))
     for _ in range(mix.lost_wal_tail_count if store_loss else 0):
-        peer = rng.choice(list(peer_ids))
-        start = rng.uniform(0.5, faults_end_s * 0.9)
-        end = min(start + rng.uniform(0.2, 5.0), faults_end_s)
+        peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.2, 5.0))
         if _claim(busy[peer], start, end):
             actions.append(FaultAction(at_s=start, kind=FaultKind.LOSE_WAL_TAIL, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
     return actions
+
+
+def _draw_interval(
+    rng: random.Random, peer_ids: Sequence[str], faults_end_s: float, length_s: tuple[float, float]
+) -> tuple[str, float, float]:
+    """A peer and a fault interval of a length in length_s, starting in the fault window."""
+    peer = rng.choice(list(peer_ids))
+    start = rng.uniform(0.5, faults_end_s * 0.9)
+    return peer, start, min(start + rng.uniform(*length_s), faults_end_s)
 
 
 def _claim(intervals: list[tuple[float, float]], start: float, end: float) -> bool:
