@@ -87,7 +87,7 @@ DAMAGES: dict[str, tuple[Damager, str, str]] = {
         r"\d{6}\.ldb",
         "not an sstable (bad magic number)",
     ),
-    "table_missing": (lambda p: _only(p, "*.ldb").unlink(), r"\d{6}\.ldb", "1 missing files"),
+    "table_missing": (lambda p: _only(p, "*.ldb").unlink(), r"\d{6}\.ldb", "missing files"),
     "manifest_record": (
         lambda p: flip(_only(p, "MANIFEST-*"), 60, 4),
         r"MANIFEST-\d{6}",
@@ -209,7 +209,10 @@ def test_messages_are_reduced_to_file_and_reason() -> None:
     assert reason_of("Corruption: CURRENT points to a non-existent file: NotFound: /x") == (
         "CURRENT points to a non-existent file"
     )
-    assert reason_of("Corruption: 1 missing files; e.g.: /d/000005.ldb") == "1 missing files"
+    assert reason_of("Corruption: 1 missing files; e.g.: /d/000005.ldb") == "missing files"
+    # Anything else is the kind of status alone: no text LevelDB quoted goes on.
+    assert reason_of("Corruption: something new about m\x00alice\x00tok_1") == "corruption"
+    assert reason_of("IO error: /d/000003.log: Disk quota exceeded") == "io error"
     assert file_named("Corruption: 1 missing files; e.g.: /d/000005.ldb") == "000005.ldb"
     assert file_named("/d/000003.log: dropping 12 bytes; Corruption: x") == "000003.log"
     assert file_named("Corruption: checksum mismatch") is None

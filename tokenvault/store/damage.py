@@ -2,8 +2,9 @@
 
 Rules:
 - A `Damage` names one file (a base name: `000005.ldb`, `MANIFEST-000004`, `CURRENT`) and a
-  reason reduced to a short phrase of LevelDB's own words (`block checksum mismatch`); LevelDB
-  messages are never passed on whole (they may carry paths, and in principle key bytes).
+  reason that is one of LevelDB's known phrases (`block checksum mismatch`, KNOWN_REASONS) or
+  just the kind of status; LevelDB messages are never passed on (they may carry paths, and in
+  principle key bytes).
 - Read-only: nothing here changes the directory, except `move_aside`, which renames it and never
   deletes a file.
 - What LevelDB cannot notice is checked here before it opens (docs/operations.md, "Damaged
@@ -22,19 +23,50 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tokenvault.store.storage import StorageError
+
 # LevelDB's log format (db/log_format.h): 32 KiB blocks of records, each with a 7-byte header
 # (crc32c: 4, length: 2, type: 1); a block's last < 7 bytes are zero padding.
 LOG_BLOCK_BYTES = 32 * 1024
 LOG_HEADER_BYTES = 7
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 LEVELDB_INFO_LOG_TAIL_BYTES = 16 * 1024  # how much of LevelDB's own LOG is searched for a file
-REASON_CHARS_MAX = 80
+# LevelDB's own words for what went wrong (util/status, db/log_reader, table/, db/version_set,
+# and the strerror texts of the POSIX env), longest first where one holds another.
+KNOWN_REASONS = (
+    "CURRENT points to a non-existent file",
+    "CURRENT file does not end with newline",
+    "not an sstable (bad magic number)",
+    "block checksum mismatch",
+    "no meta-nextfile entry in descriptor",
+    "no meta-lognumber entry in descriptor",
+    "no last-sequence-number entry in descriptor",
+    "does not match existing comparator",
+    "missing start of fragmented record",
+    "partial record without end",
+    "unknown record type",
+    "bad record length",
+    "checksum mismatch",
+    "missing files",
+    "bad block contents",
+    "bad block handle",
+    "bad entry in block",
+    "truncated block read",
+    "corrupted compressed block contents",
+    "corrupted internal key",
+    "No space left on device",
+    "Input/output error",
+    "Invalid argument",
+    "Permission denied",
+    "No such file or directory",
+    "Read-only file system",
+    "Too many open files",
+)
+_STATUS_KINDS = (("Corruption", "corruption"), ("IO error", "io error"))
 
 _FILE_NAME = re.compile(r"(?:^|[/\s'])(\d{6,}\.(?:log|ldb|sst)|MANIFEST-\d{6,}|CURRENT)\b")
-_REASON = re.compile(r"[^A-Za-z0-9 ()_.-]")
 _TABLE_LINE = re.compile(r"^\s*(\d+):\d+\['(.*)' @ \d+ : \d+ \.\. '(.*)' @ \d+ : \d+\]$")
 _ESCAPED_BYTE = re.compile(rb"\\x([0-9a-f]{2})")
-_SEPARATOR = re.compile(r"\s*;\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +86,16 @@ class LogTail:
 
 
 def reason_of(message: str) -> str:
-    """LevelDB's status text reduced to its reason: `Corruption: bad record length` -> `bad
-    record length`; anything after a further colon (paths, nested statuses) is cut."""
-    text = message
-    for prefix in ("Corruption: ", "IO error: ", "Invalid argument: ", "Not found: "):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-            break
-    if text.startswith("/"):  # "IO error: /dir/000003.log: No space left on device"
-        text = text.partition(": ")[2] or text
-    text = _SEPARATOR.split(text.partition(": ")[0])[0]
-    return _REASON.sub("", text).strip()[:REASON_CHARS_MAX] or "unknown"
+    """LevelDB's status text reduced to a reason it is known to give (`Corruption: bad record
+    length` -> `bad record length`); any other text becomes the status kind alone
+    (`corruption`, `io error`), so that nothing LevelDB quoted (a path, a key) passes on."""
+    for phrase in KNOWN_REASONS:
+        if phrase in message:
+            return phrase
+    for prefix, kind in _STATUS_KINDS:
+        if message.startswith(prefix):
+            return kind
+    return "unknown"
 
 
 def file_named(text: str) -> str | None:
@@ -82,13 +113,13 @@ def status_text(error: BaseException) -> str:
 
 
 def damage_from_error(path: Path, error: BaseException, *, at_open: bool = False) -> Damage:
-    """The Damage a plyvel error reports: the file its message names, else the last file
-    LevelDB's own LOG named while it found the problem (a dropped log record); at open, else
-    the MANIFEST (LevelDB logs nothing when it fails to read its MANIFEST)."""
+    """The Damage a plyvel error reports: the file its message names; at open, else the last
+    file LevelDB's own LOG (new at every open) named while it found the problem (a dropped log
+    record), else the MANIFEST (LevelDB logs nothing when it fails to read its MANIFEST)."""
     text = status_text(error)
-    file = file_named(text) or _file_in_info_log(path)
+    file = file_named(text)
     if file is None and at_open:
-        file = _current_manifest(path)
+        file = _file_in_info_log(path) or _current_manifest(path)
     return Damage(file=file or "unknown", reason=reason_of(text))
 
 
@@ -223,12 +254,16 @@ def _unescape(text: str) -> bytes:
 
 
 def move_aside(path: Path, now: datetime | None = None) -> Path:
-    """Rename the store directory to `<path>.damaged-<UTC time>`; nothing is deleted."""
+    """Rename the store directory to `<path>.damaged-<UTC time>`; nothing is deleted. Raises
+    StorageError when it cannot be renamed."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     target = path.with_name(f"{path.name}.damaged-{stamp}")
     suffix = 1
     while target.exists():
         suffix += 1
         target = path.with_name(f"{path.name}.damaged-{stamp}-{suffix}")
-    path.rename(target)
+    try:
+        path.rename(target)
+    except OSError as error:
+        raise StorageError(f"cannot move the damaged store aside: {error.strerror}") from None
     return target
