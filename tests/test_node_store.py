@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -176,3 +178,25 @@ async def test_a_full_disk_makes_the_peer_unready_until_space_returns(tmp_path: 
                 assert found.status == 200
                 assert all(r["found"] for r in json.loads(found.body)["results"])
         assert "Traceback" not in peer.log.getvalue()
+
+
+def test_a_store_that_cannot_be_opened_at_all_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
+    """Not damage (a store LevelDB cannot even create): `tokenvault node` says so in one line."""
+    config_path = _new_cluster(tmp_path / "cluster")
+    data_dir = tmp_path / "cluster" / "data" / "n1"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "leveldb").write_text("not a directory")
+    finished = subprocess.run(
+        [sys.executable, "-m", "tokenvault", "node", "--config", str(config_path), "--id", "n1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 1
+    errors = [line for line in finished.stderr.splitlines() if not line.startswith("{")]
+    assert errors == [
+        "tokenvault: peer n1: no store could be opened: cannot open the LevelDB store:"
+        " Not a directory"
+    ], finished.stderr
+    assert "Traceback" not in finished.stderr

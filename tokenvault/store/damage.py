@@ -59,6 +59,7 @@ KNOWN_REASONS = (
     "Invalid argument",
     "Permission denied",
     "No such file or directory",
+    "Not a directory",
     "Read-only file system",
     "Too many open files",
 )
@@ -152,7 +153,7 @@ def inspect_before_open(path: Path) -> tuple[Damage | None, list[LogTail]]:
     write-ahead logs whose last record LevelDB will drop (a notice)."""
     try:
         names = sorted(os.listdir(path))
-    except FileNotFoundError:
+    except OSError:  # missing: a new store; unreadable: LevelDB says why
         return None, []
     leveldb_files = [
         n for n in names if file_named(" " + n) is not None or n.startswith("MANIFEST")
