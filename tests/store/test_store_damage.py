@@ -293,3 +293,59 @@ async def test_a_full_disk_is_named_and_the_store_resumes_with_its_pending_write
             assert reopened.get(b"after") == b"the failure"
         finally:
             reopened.close()
+
+
+async def test_a_corruption_reported_by_a_flush_marks_the_store(tmp_path: Path) -> None:
+    """LevelDB's sticky background error after a compaction met a damaged table comes back
+    from the next write as a corruption: the store is damaged, the writes stay pending."""
+    store = LevelDBStore(str(tmp_path / "leveldb"))
+    try:
+
+        def corrupt_compaction(batch: object) -> None:
+            raise plyvel.CorruptionError(b"Corruption: block checksum mismatch")
+
+        store._write_batch = corrupt_compaction  # type: ignore[method-assign]
+        store.stage([(b"k", b"v")])
+        with pytest.raises(StoreDamaged) as raised:
+            await store.wait_durable()
+        assert raised.value.damage.reason == "block checksum mismatch"
+        assert store.health().damage == raised.value.damage
+        assert store.statistics().pending_writes == 1 and store.get(b"k") == b"v"
+    finally:
+        store.close()
+
+
+async def test_an_io_error_is_named_and_the_next_flush_reopens_first(tmp_path: Path) -> None:
+    path = tmp_path / "leveldb"
+    store = LevelDBStore(str(path))
+    try:
+        write_batch = store._write_batch
+
+        def failing(batch: object) -> None:
+            raise plyvel.IOError(
+                b"IO error: " + str(path).encode() + b"/000003.log: Input/output error"
+            )
+
+        store._write_batch = failing  # type: ignore[method-assign]
+        store.stage([(b"k", b"v")])
+        with pytest.raises(StoreWriteFailed) as raised:
+            await store.wait_durable()
+        failure = raised.value
+        assert (failure.kind, failure.file, failure.reason) == (
+            "io_error",
+            "000003.log",
+            "Input/output error",
+        )
+        assert str(path) not in str(failure)
+        assert store.health().write_failure == "io_error" and not store.health().writable
+        store._write_batch = write_batch  # type: ignore[method-assign]
+        await store.wait_durable()
+        health = store.health()
+        assert (health.write_failure, health.reopens, health.writable) == (None, 1, True)
+    finally:
+        store.close()
+    reopened = LevelDBStore(str(path))
+    try:
+        assert reopened.get(b"k") == b"v"
+    finally:
+        reopened.close()
