@@ -84,4 +84,6 @@ class SimConfig:
         )
         if not self.require_full_convergence:
             command += " --no-full-convergence"
+        if self.store_loss:
+            command += " --store-loss"
         return command
