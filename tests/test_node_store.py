@@ -58,10 +58,15 @@ def _new_cluster(directory: Path) -> Path:
 
 
 @asynccontextmanager
-async def _running(config_path: Path) -> AsyncIterator[Peer]:
+async def _running(config_path: Path, *, scrub_interval_s: float = 600.0) -> AsyncIterator[Peer]:
     keys = load_keys(config_path.parent / "keys.json")
     log = io.StringIO()
-    node = Node(load_config(config_path), "n1", log=EventLog("n1", log))
+    node = Node(
+        load_config(config_path),
+        "n1",
+        log=EventLog("n1", log),
+        scrub_interval_s=scrub_interval_s,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         try:
@@ -112,6 +117,23 @@ async def test_damage_found_while_running_replaces_the_store_and_the_peer_serves
         node_view = json.loads((await peer.call("GET", "/v1/admin/node", key="admin")).body)
         assert node_view["store"]["replaced"] == 1
     assert "Traceback" not in peer.log.getvalue()
+
+
+async def test_a_scrub_finds_damage_nobody_reads_and_replaces_the_store(tmp_path: Path) -> None:
+    config_path = _new_cluster(tmp_path / "cluster")
+    data_dir = tmp_path / "cluster" / "data" / "n1"
+    async with _running(config_path) as peer:
+        for index in range(100):
+            assert (await peer.tokenize(f"123-45-{index:04d}")).status == 200
+    async with _running(config_path, scrub_interval_s=0.05) as peer:
+        await _until(lambda: peer.node.scrubs >= 1)  # a whole pass: nothing found
+        assert peer.node.stores_replaced == 0
+        table = sorted((data_dir / "leveldb").glob("*.ldb"))[0]
+        flip(table, 64, 16)
+        await _until(lambda: peer.node.stores_replaced == 1)
+        [line] = peer.events("store_damaged")
+        assert (line["file"], line["found"]) == (table.name, "running")
+        assert (await peer.call("GET", "/readyz")).status == 200
 
 
 async def test_damage_at_open_is_one_line_and_an_empty_store(tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ Rules:
   never worked around: it is moved aside and replaced by a new, empty one (`store_damaged`, one
   error line naming the file), and a new core is built over it, as a process start would.
   Operations of the old core end as failures. Replicas and recovery refill the new store.
+- A scrub reads every block of the store again, checksums verified, every SCRUB_INTERVAL_S: in
+  pages of SCRUB_PAGE_KEYS keys in the event loop's thread (no read on a handle being closed or
+  reopened), one page per SCRUB_PAGE_INTERVAL_S, so a damaged block nobody reads is found too.
 - Readiness (`readiness()`, what /readyz and the views read): the core serving, and the store
   taking writes.
 - One clock task calls `advance` when the core's next timer or heartbeat is due.
@@ -59,6 +62,9 @@ from tokenvault.tokens import derive_peer_key
 SYNC_RETRY_DELAY_S = 0.1  # after a failed sync, before the next attempt
 SYNC_RETRY_DELAY_MAX_S = 1.0  # the back-off's ceiling: how soon a full disk is tried again
 STORAGE_LOG_INTERVAL_S = 10.0  # at most one storage failure line per kind per interval
+SCRUB_INTERVAL_S = 600.0  # from the end of one scrub of the whole store to the next
+SCRUB_PAGE_KEYS = 1_000  # keys read per step: about 0.2 ms from the page cache
+SCRUB_PAGE_INTERVAL_S = 0.05  # between steps: at most 20,000 keys a second
 _FINISHED_METRICS = {
     WriteDone: "tokenvault_quorum_writes_total",
     ReadDone: "tokenvault_quorum_reads_total",
@@ -128,8 +134,11 @@ class Node:
         *,
         log: EventLog | None = None,
         link_context: ssl.SSLContext | None = None,
+        scrub_interval_s: float = SCRUB_INTERVAL_S,
     ) -> None:
         """`link_context`: the mutual-TLS context of this peer's links (None: plain HTTP)."""
+        self.scrub_interval_s = scrub_interval_s
+        self.scrubs = 0  # whole passes over the store that found nothing
         self.config = config
         self.peer: PeerConfig = config.peer(peer_id)
         self.peer_id = peer_id
@@ -144,6 +153,9 @@ class Node:
         )
         self.metrics.describe(
             "tokenvault_stores_replaced_total", "Damaged stores moved aside and replaced."
+        )
+        self.metrics.describe(
+            "tokenvault_store_scrubs_total", "Whole passes over the store that found no damage."
         )
         self.cluster_fingerprint = cluster_fingerprint(config)
         self._batch_rules = BatchRules(config)
@@ -249,6 +261,7 @@ class Node:
             nursery.start_soon(self._run_clock)
             nursery.start_soon(self._run_syncer)
             nursery.start_soon(self._run_store_replacer)
+            nursery.start_soon(self._run_scrubber)
             for link in self.links.values():
                 nursery.start_soon(link.run)
             task_status.started()
@@ -395,6 +408,7 @@ class Node:
                 self.store = LevelDBStore(str(self.store_path))
                 self.stores_replaced += 1
                 self._log_damage(damage, moved_to.name, found="running")
+
                 old_waiters = list(self._waiters.values())
                 self.core = self._new_core()
                 self._core_generation += 1
@@ -405,6 +419,24 @@ class Node:
                         waiter.answer = failed_answer(waiter.operation, Failure.STORE_FAILED)
                         waiter.event.set()
                 self._clock_wakeup.set()
+
+    async def _run_scrubber(self) -> None:
+        """Verify every block of the store every scrub_interval_s, a page at a time."""
+        while True:
+            await trio.sleep(self.scrub_interval_s)
+            store = self.store
+            cursor: bytes | None = None
+            while store is self.store:
+                try:
+                    cursor = store.verify_page(cursor, SCRUB_PAGE_KEYS)
+                except StorageError:  # damaged (the replacer takes over), or closed meanwhile
+                    if store.health().damage is not None:
+                        self._replace_wanted.set()
+                    break
+                if cursor is None:
+                    self.scrubs += 1
+                    break
+                await trio.sleep(SCRUB_PAGE_INTERVAL_S)
 
     def _settle(self, ticket: int) -> None:
         self._settled_ticket = max(self._settled_ticket, ticket)

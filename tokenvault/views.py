@@ -87,6 +87,7 @@ def store_health_view(node: Node) -> dict[str, object]:
         "write_failure": health.write_failure,
         "reopens": health.reopens,
         "replaced": node.stores_replaced,
+        "scrubs": node.scrubs,
     }
 
 
@@ -135,6 +136,7 @@ def render_metrics(node: Node) -> str:
     metrics.set_gauge("tokenvault_store_writable", int(health.writable))
     metrics.set_total("tokenvault_store_reopens_total", health.reopens)
     metrics.set_total("tokenvault_stores_replaced_total", node.stores_replaced)
+    metrics.set_total("tokenvault_store_scrubs_total", node.scrubs)
     metrics.set_gauge("tokenvault_ready", int(node.readiness().ready))
     metrics.set_gauge("tokenvault_operations_in_flight", node.core.operations_in_flight())
     core = node.core.statistics()

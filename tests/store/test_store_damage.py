@@ -349,3 +349,26 @@ async def test_an_io_error_is_named_and_the_next_flush_reopens_first(tmp_path: P
         assert reopened.get(b"k") == b"v"
     finally:
         reopened.close()
+
+
+def test_a_scrub_reads_every_block_a_page_at_a_time_and_finds_damage(tmp_path: Path) -> None:
+    path = tmp_path / "leveldb"
+    _make_store(path)
+    store = LevelDBStore(str(path))
+    try:
+        pages, cursor = 0, store.verify_page(None, 300)
+        while cursor is not None:
+            pages += 1
+            cursor = store.verify_page(cursor, 300)
+        assert pages == (RECORDS + LATE_RECORDS) // 300  # every key, in pages
+        assert store.health().damage is None
+        table = sorted(path.glob("*.ldb"))[0]
+        flip(table, table.stat().st_size // 2)  # a block in the middle: some pages in
+        with pytest.raises(StoreDamaged) as raised:
+            cursor = None
+            for _ in range(100):
+                cursor = store.verify_page(cursor, 300)
+        assert raised.value.damage == Damage(file=table.name, reason="block checksum mismatch")
+        assert store.health().damage is not None
+    finally:
+        store.close()

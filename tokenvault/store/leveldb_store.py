@@ -239,6 +239,30 @@ class LevelDBStore:
             raise self._damaged(exc, key=key) from None
         return durable
 
+    def verify_page(self, start_after: bytes | None, keys_max: int) -> bytes | None:
+        """Read (and so verify) the blocks of up to keys_max durable keys after start_after,
+        without filling the block cache: one step of a scrub. The last key read, or None when
+        the store ends here. Raises StoreDamaged when a block fails its checksum."""
+        self._require_open()
+        last: bytes | None = None
+        count = 0
+        try:
+            with self._db.iterator(
+                start=start_after,
+                include_start=False,
+                include_value=False,
+                verify_checksums=True,
+                fill_cache=False,
+            ) as keys:
+                for key in keys:
+                    last = key
+                    count += 1
+                    if count >= keys_max:
+                        return last
+        except plyvel.Error as exc:
+            raise self._damaged(exc, after=last or start_after) from None
+        return None
+
     def _require_open(self) -> None:
         if not self._db_open:
             raise StorageError("the store is closed (a reopen after a failed flush failed)")
