@@ -8,6 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.quorum.helpers import SEALER
 from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.anti_entropy import AntiEntropy, AntiEntropyLimits
 from tokenvault.quorum.effects import Effects
@@ -49,12 +50,13 @@ class Peer:
         self.restart()
 
     def restart(self) -> None:
-        self.replica = Replica(peer_id=self.name, storage=self.store)
+        self.replica = Replica(peer_id=self.name, storage=self.store, sealer=SEALER)
         self.acceptor = Acceptor(peer_id=self.name, storage=self.store)
         self.ae = AntiEntropy(
             peer_id=self.name,
             storage=self.store,
             digests=self.replica.digests,
+            records=self.replica,
             decided=self.acceptor,
             replicas_by_owner={OWNER: PEERS},
             limits=self.limits,

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.quorum.helpers import SEALER
 from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits, _Phase
 from tokenvault.quorum.effects import (
     ClientReply,
@@ -63,7 +64,9 @@ class Network:
         self.quorum = quorum
         self.replica_ids = replicas
         self.stores = {r: MemoryStore() for r in replicas}
-        self.replicas = {r: Replica(peer_id=r, storage=self.stores[r]) for r in replicas}
+        self.replicas = {
+            r: Replica(peer_id=r, storage=self.stores[r], sealer=SEALER) for r in replicas
+        }
         self.coordinator = Coordinator(peer_id=COORD, quorum=quorum, limits=limits)
         self.pending: list[Envelope] = []
         self.timers: list[Timer] = []
@@ -165,13 +168,13 @@ class Network:
         for replica, store in self.stores.items():
             durable = dict(store.durable_items(key))
             raw = durable.get(key)
-            if raw is not None and decode_mapping(m.owner, m.token, raw) == m:
+            if raw is not None and decode_mapping(SEALER, m.owner, m.token, raw) == m:
                 holders.add(replica)
         return holders
 
     def put_durably(self, replica: str, *mappings: Mapping) -> None:
         store = self.stores[replica]
-        store.stage([(mapping_key(m.owner, m.token), encode_mapping(m)) for m in mappings])
+        store.stage([(mapping_key(m.owner, m.token), encode_mapping(SEALER, m)) for m in mappings])
         store.sync()
 
     def replies_for(self, op_id: str) -> list[ClientReply]:

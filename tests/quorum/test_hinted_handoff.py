@@ -3,6 +3,7 @@ durable acknowledgement, bounded per target with the oldest dropped first."""
 
 from __future__ import annotations
 
+from tests.quorum.helpers import SEALER
 from tokenvault.quorum.effects import Effects
 from tokenvault.quorum.hinted_handoff import HintedHandoff, HintLimits
 from tokenvault.quorum.messages import InsertOutcome, InsertReply, InsertRequest, Mapping, Origin
@@ -21,9 +22,9 @@ def apply(store: MemoryStore, effects: Effects) -> Effects:
 
 def test_hints_survive_a_restart_and_are_sent_only_to_targets_not_down() -> None:
     store = MemoryStore()
-    hints = HintedHandoff(peer_id="n1", storage=store)
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     apply(store, hints.add("n3", "alice", [mapping("a"), mapping("b")], "r1"))
-    restarted = HintedHandoff(peer_id="n1", storage=store)
+    restarted = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     assert [(s.target, s.hints) for s in restarted.statistics()] == [("n3", 1)]
     assert restarted.tick(1.0, frozenset({"n3"})).messages == []
     (envelope,) = restarted.tick(2.0, frozenset()).messages
@@ -42,7 +43,7 @@ def test_hints_survive_a_restart_and_are_sent_only_to_targets_not_down() -> None
 
 def test_a_hint_is_deleted_only_after_a_durable_ack_of_every_mapping() -> None:
     store = MemoryStore()
-    hints = HintedHandoff(peer_id="n1", storage=store)
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     apply(store, hints.add("n3", "alice", [mapping("a"), mapping("b")], "r1"))
     (envelope,) = hints.tick(1.0, frozenset()).messages
     request = envelope.message
@@ -69,7 +70,7 @@ def test_a_hint_is_deleted_only_after_a_durable_ack_of_every_mapping() -> None:
 
 def test_a_conflicting_target_is_an_alarm_and_the_hint_is_not_retried() -> None:
     store = MemoryStore()
-    hints = HintedHandoff(peer_id="n1", storage=store)
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     apply(store, hints.add("n3", "alice", [mapping("a")], "r1"))
     (envelope,) = hints.tick(1.0, frozenset()).messages
     reply = InsertReply(
@@ -86,7 +87,10 @@ def test_a_conflicting_target_is_an_alarm_and_the_hint_is_not_retried() -> None:
 def test_bounds_drop_the_oldest_hints_first_and_say_so() -> None:
     store = MemoryStore()
     hints = HintedHandoff(
-        peer_id="n1", storage=store, limits=HintLimits(hints_per_target_max=3, batch_hints_max=10)
+        peer_id="n1",
+        storage=store,
+        sealer=SEALER,
+        limits=HintLimits(hints_per_target_max=3, batch_hints_max=10),
     )
     for index in range(5):
         effects = apply(store, hints.add("n3", "alice", [mapping(f"t{index}")], f"r{index}"))
@@ -96,7 +100,10 @@ def test_bounds_drop_the_oldest_hints_first_and_say_so() -> None:
     assert [m.mappings[0].token for m in sent if isinstance(m, InsertRequest)] == ["t2", "t3", "t4"]
     assert len(store.durable_items(b"h\x00")) == 3
     by_bytes = HintedHandoff(
-        peer_id="n1", storage=MemoryStore(), limits=HintLimits(hint_bytes_per_target_max=100)
+        peer_id="n1",
+        storage=MemoryStore(),
+        sealer=SEALER,
+        limits=HintLimits(hint_bytes_per_target_max=100),
     )
     for index in range(5):
         by_bytes.add("n2", "alice", [mapping(f"t{index}")], "r")

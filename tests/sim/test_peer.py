@@ -39,8 +39,21 @@ from tokenvault.tokens import make_token
 
 OWNER = "acme"
 FSYNC_S = 0.01
-A = Mapping(owner=OWNER, token="tok_" + "A" * 32, value="alice", field="ssn", epoch=1)
-B = Mapping(owner=OWNER, token="tok_" + "B" * 32, value="bob", field="ssn", epoch=1)
+# Real tokens: replicas check them (sealing.py).
+A = Mapping(
+    owner=OWNER,
+    token=make_token(epoch_key(OWNER, 1, ""), "ssn", "alice"),
+    value="alice",
+    field="ssn",
+    epoch=1,
+)
+B = Mapping(
+    owner=OWNER,
+    token=make_token(epoch_key(OWNER, 1, ""), "ssn", "bob"),
+    value="bob",
+    field="ssn",
+    epoch=1,
+)
 
 
 class Harness:
