@@ -100,7 +100,7 @@ def flip_through_leveldb(directory: Path, key: bytes) -> bytes:
     LevelDB: the corrupted record goes back as LevelDB's own write (valid checksums)."""
     db = plyvel.DB(str(directory / "leveldb"))
     try:
-        raw = db.get(key)
+        raw: bytes | None = db.get(key)
         assert raw is not None
         corrupted = bytearray(raw)
         corrupted[-20] ^= 0x08  # inside the ciphertext (the tag is the last 16 bytes)
@@ -116,7 +116,7 @@ def flip_in_table_file(directory: Path, key: bytes) -> bytes:
     there as they are), find them, flip a ciphertext bit in place."""
     db = plyvel.DB(str(directory / "leveldb"))
     try:
-        raw = db.get(key)
+        raw: bytes | None = db.get(key)
         assert raw is not None
         db.compact_range()
     finally:
@@ -128,9 +128,9 @@ def flip_in_table_file(directory: Path, key: bytes) -> bytes:
     ]
     assert len(hits) == 1, f"the record is in {len(hits)} table files"
     path, offset = hits[0]
-    content = bytearray(path.read_bytes())
-    content[offset + len(raw) - 20] ^= 0x08
-    path.write_bytes(bytes(content))
+    table = bytearray(path.read_bytes())
+    table[offset + len(raw) - 20] ^= 0x08
+    path.write_bytes(bytes(table))
     db = plyvel.DB(str(directory / "leveldb"))
     try:
         assert db.get(key) not in (None, raw)  # LevelDB hands the flipped bytes back
@@ -182,9 +182,9 @@ def test_a_flipped_bit_is_never_answered_and_the_replica_is_repaired(
     cluster.stop(victim)
     db = plyvel.DB(str(data_dir(cluster, victim) / "leveldb"))
     try:
-        held = db.get(key)
+        held: bytes | None = db.get(key)
     finally:
         db.close()
-    assert held == good
+    assert held is not None and held == good
     sealer = Sealer(load_config(cluster.init.config_path).secret)
     assert decode_mapping(sealer, OWNER, token, held).value == value
