@@ -15,8 +15,8 @@ Theory of operation:
   a value found among them, or R healthy absences; until then the read waits for more answers
   (and, with too few, times out: it never answers "not found" for a corrupt record). A corrupt
   replica is no holder, so read repair sends it the good mapping, which its replica writes in
-  place of the corrupt record (replica.py: the one overwrite); a refusal from it (CONFLICT: it
-  cannot check the mapping yet) does not fail the read.
+  place of the corrupt record (replica.py: the one overwrite); a refusal from it (CONFLICT: the
+  mapping did not verify there) does not fail the read: that replica is just no holder.
 - FENCED answers fail the write once W unfenced replicas are out of reach: the owner moved to a
   later epoch, the caller learns it and tokenizes again. (A single fenced replica, e.g. one that
   accepted an orphaned proposal, does not block writes the others can still take.) Read
@@ -324,7 +324,7 @@ class Coordinator:
                     self._finish(operation, Failure.FENCED, effects)
                     return effects
             elif token in operation.corrupt.get(source, ()):
-                continue  # a corrupt replica that cannot check the repair yet: no holder
+                continue  # a corrupt replica that refused the repair: no holder
             else:
                 effects.events.append(_event(operation, "integrity_conflict", ("replica", source)))
                 self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)

@@ -17,10 +17,12 @@ Rules:
   token prefix only), answered in `ReadReply.corrupt` (never as a value, never as "not held")
   and CONFLICT to an insert that does not repair it.
 - Repair, the only overwrite: a held record that fails verification is replaced by an incoming
-  mapping that verifies, token check included; a mapping whose epoch value this replica does
-  not know cannot be checked, so it replaces nothing (the corrupt record waits until the epoch
-  is learned, by anti-entropy). Each replacement is a `mapping_repaired` event (level error)
-  and answers STORED.
+  mapping that verifies: its token checked whenever this replica knows the decided value of
+  its epoch. When it does not, the held record failed its tag (the token check needs the same
+  epoch value), so it is no mapping at all, and the incoming one is taken as it would be for
+  an empty key, where no insert is token-checked either (anti-entropy teaches a replica only
+  the highest decided epoch, so waiting for the epoch could leave the record corrupt for
+  good). Each replacement is a `mapping_repaired` event (level error) and answers STORED.
 - Its replies leave only after the driver made all staged writes durable: a STORED or IDENTICAL
   answer means "fsync'd here".
 
@@ -115,12 +117,6 @@ class Replica:
             return CORRUPT
         return mapping if self.verifies(mapping) else CORRUPT
 
-    def _checkable(self, mapping: Mapping) -> bool:
-        """An incoming mapping that may replace a corrupt record: its token checked against
-        an epoch value this replica knows (never on the tag of what we would write alone)."""
-        decided = read_decided(self._storage, mapping.owner, mapping.epoch)
-        return decided is not None and self._sealer.token_matches(mapping, decided)
-
     def held_mapping(self, owner: str, token: str) -> Held | None:
         """What is held for a token: a verified mapping, CORRUPT, or None (nothing)."""
         raw = self._storage.get(mapping_key(owner, token))
@@ -179,7 +175,7 @@ class Replica:
             if held == mapping:
                 outcomes.append(InsertOutcome.IDENTICAL)
                 identical += 1
-            elif held is CORRUPT and self._checkable(mapping):
+            elif held is CORRUPT and self.verifies(mapping):
                 replaced.append((mapping.token, key, raw))
                 new.append((mapping.token, key, encode_mapping(self._sealer, mapping)))
                 outcomes.append(InsertOutcome.STORED)
