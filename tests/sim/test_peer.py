@@ -39,21 +39,16 @@ from tokenvault.tokens import make_token
 
 OWNER = "acme"
 FSYNC_S = 0.01
-# Real tokens: replicas check them (sealing.py).
-A = Mapping(
-    owner=OWNER,
-    token=make_token(epoch_key(OWNER, 1, ""), "ssn", "alice"),
-    value="alice",
-    field="ssn",
-    epoch=1,
-)
-B = Mapping(
-    owner=OWNER,
-    token=make_token(epoch_key(OWNER, 1, ""), "ssn", "bob"),
-    value="bob",
-    field="ssn",
-    epoch=1,
-)
+
+
+def real_mapping(value: str) -> Mapping:
+    """A mapping under its real token: replicas check it (sealing.py)."""
+    token = make_token(epoch_key(OWNER, 1, ""), "ssn", value)
+    return Mapping(owner=OWNER, token=token, value=value, field="ssn", epoch=1)
+
+
+A = real_mapping("alice")
+B = real_mapping("bob")
 
 
 class Harness:

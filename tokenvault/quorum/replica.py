@@ -179,26 +179,10 @@ class Replica:
                 replaced.append((mapping.token, key, raw))
                 new.append((mapping.token, key, encode_mapping(self._sealer, mapping)))
                 outcomes.append(InsertOutcome.STORED)
-                effects.events.append(
-                    Event(
-                        name="mapping_repaired",
-                        owner=request.owner,
-                        request_id=request.op_id,
-                        epoch=mapping.epoch,
-                        details=(("token_prefix", mapping.token[:8]), ("source", source)),
-                    )
-                )
+                effects.events.append(_mapping_event("mapping_repaired", mapping, request, source))
             else:
                 outcomes.append(InsertOutcome.CONFLICT)
-                effects.events.append(
-                    Event(
-                        name="mapping_conflict",
-                        owner=request.owner,
-                        request_id=request.op_id,
-                        epoch=mapping.epoch,
-                        details=(("token_prefix", mapping.token[:8]), ("source", source)),
-                    )
-                )
+                effects.events.append(_mapping_event("mapping_conflict", mapping, request, source))
         _require_no_verified_overwrite(request.owner, new, read, self.verified)
         effects.writes.extend((key, record) for _, key, record in new)
         self.digests.remove_many(request.owner, replaced)
@@ -260,6 +244,17 @@ class Replica:
             next_slot_accepted=next_slot.accepted_ballot,
         )
         return Effects(messages=[Envelope(source=self._peer_id, destination=source, message=view)])
+
+
+def _mapping_event(name: str, mapping: Mapping, request: InsertRequest, source: str) -> Event:
+    """An insert's outcome for one mapping worth a log line: token prefix, never the value."""
+    return Event(
+        name=name,
+        owner=request.owner,
+        request_id=request.op_id,
+        epoch=mapping.epoch,
+        details=(("token_prefix", mapping.token[:8]), ("source", source)),
+    )
 
 
 def corrupt_event(owner: str, token: str, request_id: str) -> Event:
