@@ -21,7 +21,7 @@ mappings that both verify answer CONFLICT, an integrity alarm (`anti_entropy_con
 an overwrite. A corrupt record is never pushed.
 Anti-entropy writes no record itself: a learned epoch is a Decide to this peer's acceptor, a
 copied mapping a repair insert to a replica, and their writes are checked there (invariants.py:
-a decided value never changes, a mapping is never overwritten).
+a decided value never changes, a mapping that verifies is never overwritten).
 
 Bounds: `buckets_per_pass_max`, `keys_per_page_max`, `pages_per_pass_max`, and
 `pass_timeout_s`: a pass whose partner stays silent that long ends `timed_out` (a pass that

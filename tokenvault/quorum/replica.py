@@ -3,7 +3,8 @@
 Rules:
 - An insert answers, per mapping, STORED (new), IDENTICAL (already held, equal: a retry) or
   CONFLICT (a different mapping under the same token). A conflict is an integrity alarm: it is
-  reported and counted and the held mapping is never overwritten.
+  reported and counted and the held mapping is never overwritten (only a corrupt record is,
+  below).
 - The replica reads through a `StorageView` that already shows every write it staged earlier
   (the driver stages each Effects' writes before the next input), so two inserts of one token
   can never both be STORED.
