@@ -137,7 +137,7 @@ class Replica:
         """The held record verified; one that fails is reported and held as CORRUPT."""
         held = self.verified(owner, token, raw)
         if held is CORRUPT:
-            effects.events.append(corrupt_event(owner, token, request_id))
+            effects.events.append(_corrupt_event(owner, token, request_id))
         return held
 
     def on_message(self, source: str, message: Message) -> Effects:
@@ -258,7 +258,7 @@ def _mapping_event(name: str, mapping: Mapping, request: InsertRequest, source: 
     )
 
 
-def corrupt_event(owner: str, token: str, request_id: str) -> Event:
+def _corrupt_event(owner: str, token: str, request_id: str) -> Event:
     """A held record failed verification: owner and token prefix only, never a value."""
     return Event(
         name="storage_corrupt",
