@@ -130,6 +130,9 @@ class SimCluster:
             if kind is FaultKind.ARM_CRASH:
                 peer.arm_crash(action.strike_on or StrikeOn.STAGED_WRITE)
                 return
+            if kind is FaultKind.BIT_FLIP:
+                peer.flip_bit(action.draw)
+                return
             {
                 FaultKind.CRASH: peer.crash,
                 FaultKind.RESTART: peer.disarm_and_restart,
