@@ -11,6 +11,20 @@ Rules:
 - Durability (group commit): one task, the syncer, makes the store durable whenever a step asks,
   many steps per synced LevelDB batch, and reports the ticket to the core (or the failure). A
   peer batch is answered once what it produced is settled, which paces the sending peer.
+- A failed sync is retried with back-off (SYNC_RETRY_DELAY_S doubling to SYNC_RETRY_DELAY_MAX_S):
+  the writes stay pending in the store, which reopens its directory before the next attempt
+  (leveldb_store.py), so the peer takes writes again by itself once space returns. Storage
+  failures are logged through one LogThrottle (STORAGE_LOG_INTERVAL_S), named (disk_full,
+  io_error) and counted every time.
+- A damaged store (LevelDB reported a corruption; at open, or later in a read or a flush) is
+  never worked around: it is moved aside and replaced by a new, empty one (`store_damaged`, one
+  error line naming the file), and a new core is built over it, as a process start would.
+  Operations of the old core end as failures. Replicas and recovery refill the new store.
+- A scrub reads every block of the store again, checksums verified, every SCRUB_INTERVAL_S: in
+  pages of SCRUB_PAGE_KEYS keys in the event loop's thread (no read on a handle being closed or
+  reopened), one page per SCRUB_PAGE_INTERVAL_S, so a damaged block nobody reads is found too.
+- Readiness (`readiness()`, what /readyz and the views read): the core serving, and the store
+  taking writes.
 - One clock task calls `advance` when the core's next timer or heartbeat is due.
 - A peer batch reaches the core only once it fits this cluster's configuration (`BatchRules`:
   owners that are configured, fields that the owner has, a heartbeat only of its sender); the
@@ -32,19 +46,25 @@ from tokenvault.config import ClusterConfig, PeerConfig, cluster_fingerprint
 from tokenvault.http.peer_auth import PeerCredential, PeerSigner, new_incarnation, require_source
 from tokenvault.http.peer_codec import CodecError, decode_batch, encode_message
 from tokenvault.http.peer_transport import PeerLink
-from tokenvault.log import EventLog
+from tokenvault.log import EventLog, LogThrottle
 from tokenvault.metrics import Metrics
 from tokenvault.quorum.anti_entropy import AntiEntropyLimits
-from tokenvault.quorum.client_operations import ClientAnswer, ClientOperation
-from tokenvault.quorum.effects import EpochDone, ReadDone, WriteDone
+from tokenvault.quorum.client_operations import ClientAnswer, ClientOperation, failed_answer
+from tokenvault.quorum.effects import EpochDone, Failure, ReadDone, WriteDone
 from tokenvault.quorum.messages import Heartbeat, InsertRequest, Message
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.ring.hash_ring import HashRing
-from tokenvault.store.leveldb_store import LevelDBStore
+from tokenvault.store.damage import Damage, move_aside
+from tokenvault.store.leveldb_store import LevelDBStore, OpenedStore, StoreWriteFailed, open_store
 from tokenvault.store.storage import StorageError
 from tokenvault.tokens import derive_peer_key
 
 SYNC_RETRY_DELAY_S = 0.1  # after a failed sync, before the next attempt
+SYNC_RETRY_DELAY_MAX_S = 1.0  # the back-off's ceiling: how soon a full disk is tried again
+STORAGE_LOG_INTERVAL_S = 10.0  # at most one storage failure line per kind per interval
+SCRUB_INTERVAL_S = 600.0  # from the end of one scrub of the whole store to the next
+SCRUB_PAGE_KEYS = 1_000  # keys read per step: about 0.2 ms from the page cache
+SCRUB_PAGE_INTERVAL_S = 0.05  # between steps: at most 20,000 keys a second
 _FINISHED_METRICS = {
     WriteDone: "tokenvault_quorum_writes_total",
     ReadDone: "tokenvault_quorum_reads_total",
@@ -84,8 +104,17 @@ class BatchRules:
 
 @dataclass(slots=True)
 class _Waiter:
+    operation: ClientOperation
     event: trio.Event = field(default_factory=trio.Event)
     answer: ClientAnswer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether this peer should be sent traffic (/readyz), and if not, why."""
+
+    ready: bool
+    reason: str  # "serving" when ready; else the core's state, "disk_full", "store_failing"
 
 
 def peer_limits(config: ClusterConfig) -> PeerLimits:
@@ -105,28 +134,39 @@ class Node:
         *,
         log: EventLog | None = None,
         link_context: ssl.SSLContext | None = None,
+        scrub_interval_s: float = SCRUB_INTERVAL_S,
     ) -> None:
         """`link_context`: the mutual-TLS context of this peer's links (None: plain HTTP)."""
+        self.scrub_interval_s = scrub_interval_s
+        self.scrubs = 0  # whole passes over the store that found nothing
         self.config = config
         self.peer: PeerConfig = config.peer(peer_id)
         self.peer_id = peer_id
         self.log = log if log is not None else EventLog(peer_id)
         self.metrics = Metrics()
+        self.metrics.describe(
+            "tokenvault_store_writable", "1 while the store takes writes, else 0."
+        )
+        self.metrics.describe("tokenvault_ready", "1 while /readyz answers 200, else 0.")
+        self.metrics.describe(
+            "tokenvault_store_reopens_total", "Reopens of the store after a failed flush."
+        )
+        self.metrics.describe(
+            "tokenvault_stores_replaced_total", "Damaged stores moved aside and replaced."
+        )
+        self.metrics.describe(
+            "tokenvault_store_scrubs_total", "Whole passes over the store that found no damage."
+        )
         self.cluster_fingerprint = cluster_fingerprint(config)
         self._batch_rules = BatchRules(config)
         self.peer.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = LevelDBStore(str(self.peer.data_dir / "leveldb"))
-        self.core = PeerCore(
-            peer_id=peer_id,
-            ring=HashRing((p.id for p in config.peers), config.vnodes_per_peer),
-            quorum=config.quorum,
-            owners=[o.id for o in config.owners],
-            storage=self.store,
-            secret=config.secret,
-            rng=random.SystemRandom(),
-            now=trio.current_time(),
-            limits=peer_limits(config),
-        )
+        self.store_path = self.peer.data_dir / "leveldb"
+        self._storage_throttle = LogThrottle(STORAGE_LOG_INTERVAL_S, clock_s=trio.current_time)
+        opened = open_store(self.store_path)  # StorageError: not even a new store opens
+        self._log_opened(opened)
+        self.store: LevelDBStore = opened.store
+        self.stores_replaced = 0 if opened.damage is None else 1
+        self.core = self._new_core()
         # Random per process start: in request ids (the first 8 digits) and in every signed batch.
         self._incarnation = new_incarnation()
         own_key = derive_peer_key(config.secret, peer_id)
@@ -153,10 +193,64 @@ class Node:
         self._sync_wanted = trio.Event()
         self._settled_ticket = 0  # synced, or failed to sync
         self._settled = trio.Event()
+        self._core_generation = 0  # cores built over a new store since the start
+        self._replace_wanted = trio.Event()
+        self._store_in_use = trio.Lock()  # a sync, or a store replacement: one at a time
         self._clock_wakeup = trio.Event()
         self._clock_sleeps_until = float("inf")
         self._nursery: trio.Nursery | None = None
         self.started_at = 0.0
+
+    def _new_core(self) -> PeerCore:
+        """Every core, built from the store (what a process start does)."""
+        config = self.config
+        return PeerCore(
+            peer_id=self.peer_id,
+            ring=HashRing((p.id for p in config.peers), config.vnodes_per_peer),
+            quorum=config.quorum,
+            owners=[o.id for o in config.owners],
+            storage=self.store,
+            secret=config.secret,
+            rng=random.SystemRandom(),
+            now=trio.current_time(),
+            limits=peer_limits(config),
+        )
+
+    def _log_opened(self, opened: OpenedStore) -> None:
+        for tail in opened.log_tails:
+            self.log.emit(
+                "store_log_tail_dropped",
+                level="warning",
+                file=tail.file,
+                bytes=tail.bytes_dropped,
+            )
+        if opened.damage is not None:
+            assert opened.moved_to is not None
+            self._log_damage(opened.damage, opened.moved_to.name, found="open")
+
+    def _log_damage(self, damage: Damage, moved_to: str, *, found: str) -> None:
+        self.log.emit(
+            "store_damaged",
+            level="error",
+            file=damage.file,
+            reason=damage.reason,
+            found=found,
+            moved_to=moved_to,
+            action="started an empty store",
+        )
+
+    def readiness(self) -> Readiness:
+        """Ready while the core serves and the store takes writes; the one place views,
+        /readyz and /metrics read it from."""
+        state = self.core.state
+        if state != "serving":
+            return Readiness(ready=False, reason=state)
+        health = self.store.health()
+        if health.write_failure == "disk_full":
+            return Readiness(ready=False, reason="disk_full")
+        if not health.writable:
+            return Readiness(ready=False, reason="store_failing")
+        return Readiness(ready=True, reason="serving")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -166,6 +260,8 @@ class Node:
             self.started_at = trio.current_time()
             nursery.start_soon(self._run_clock)
             nursery.start_soon(self._run_syncer)
+            nursery.start_soon(self._run_store_replacer)
+            nursery.start_soon(self._run_scrubber)
             for link in self.links.values():
                 nursery.start_soon(link.run)
             task_status.started()
@@ -180,7 +276,7 @@ class Node:
 
     async def perform(self, operation: ClientOperation) -> ClientAnswer:
         """Runs a client operation to its answer (a failure is an answer too)."""
-        waiter = self._waiters[operation.op_id] = _Waiter()
+        waiter = self._waiters[operation.op_id] = _Waiter(operation)
         try:
             self._act(self.core.start(operation, trio.current_time()))
             await waiter.event.wait()
@@ -206,7 +302,8 @@ class Node:
         step = self.core.receive(source, messages, trio.current_time())
         self._act(step)
         if step.sync_ticket is not None:
-            while self._settled_ticket < step.sync_ticket:
+            generation = self._core_generation
+            while self._settled_ticket < step.sync_ticket and generation == self._core_generation:
                 await self._settled.wait()
 
     async def _receive_local(self, messages: Sequence[Message]) -> None:
@@ -217,10 +314,15 @@ class Node:
     def _act(self, step: Step) -> None:
         metrics = self.metrics
         for event in step.events:
-            self.log.core_event(event)
             metrics.inc("tokenvault_events_total", (("event", event.name),))
             if event.name == "storage_error":
                 metrics.inc("tokenvault_storage_errors_total")
+                # A full or failing store fails every input alike: one line per interval.
+                if self._storage_throttle.allow(event.details) is None:
+                    continue
+            self.log.core_event(event)
+        if step.faults and self.store.health().damage is not None:
+            self._replace_wanted.set()
         for reply in step.finished:
             outcome = "ok" if reply.failure is None else reply.failure.value
             metrics.inc(_FINISHED_METRICS[type(reply)], (("outcome", outcome),))
@@ -245,22 +347,96 @@ class Node:
             self._clock_wakeup.set()
 
     async def _run_syncer(self) -> None:
+        retry_delay_s = SYNC_RETRY_DELAY_S
         while True:
             await self._sync_wanted.wait()
             self._sync_wanted = trio.Event()
-            ticket = self.core.staged_ticket  # all of it is pending: wait_durable covers it
-            try:
-                await self.store.wait_durable()
-            except StorageError:
-                self._act(self.core.on_durability_failed(ticket, trio.current_time()))
-                self._settle(ticket)
-                self.log.emit("storage_error", level="error", kind="sync_failed")
-                self.metrics.inc("tokenvault_storage_errors_total")
-                await trio.sleep(SYNC_RETRY_DELAY_S)
+            async with self._store_in_use:
+                core = self.core
+                ticket = core.staged_ticket  # all of it is pending: wait_durable covers it
+                try:
+                    await self.store.wait_durable()
+                except StorageError as error:
+                    self._act(core.on_durability_failed(ticket, trio.current_time()))
+                    self._settle(ticket)
+                    self._sync_failed(error)
+                    failed = True
+                else:
+                    if retry_delay_s > SYNC_RETRY_DELAY_S:
+                        self.log.emit("store_writable", reopens=self.store.health().reopens)
+                    retry_delay_s = SYNC_RETRY_DELAY_S
+                    self._act(core.on_durable(ticket, trio.current_time()))
+                    self._settle(ticket)
+                    failed = False
+            if failed:
+                if self.store.health().damage is not None:
+                    self._replace_wanted.set()
+                    continue  # the new store has nothing pending
+                await trio.sleep(retry_delay_s)
+                retry_delay_s = min(2 * retry_delay_s, SYNC_RETRY_DELAY_MAX_S)
                 self._sync_wanted.set()  # the writes stay pending: try again
-                continue
-            self._act(self.core.on_durable(ticket, trio.current_time()))
-            self._settle(ticket)
+
+    def _sync_failed(self, error: StorageError) -> None:
+        """Count a failed sync; log it by kind, at most once per STORAGE_LOG_INTERVAL_S."""
+        self.metrics.inc("tokenvault_storage_errors_total")
+        failure = error if isinstance(error, StoreWriteFailed) else None
+        kind = "sync_failed" if failure is None else failure.kind
+        held_back = self._storage_throttle.allow(("sync", kind))
+        if held_back is None:
+            return
+        self.log.emit(
+            "storage_error",
+            level="error",
+            kind=kind,
+            file="" if failure is None else failure.file,
+            reason="" if failure is None else failure.reason,
+            held_back=held_back,
+        )
+
+    async def _run_store_replacer(self) -> None:
+        """Replace a damaged store by a new, empty one, and the core by one built over it."""
+        while True:
+            await self._replace_wanted.wait()
+            self._replace_wanted = trio.Event()
+            async with self._store_in_use:  # no flush runs
+                damage = self.store.health().damage
+                if damage is None:
+                    continue
+                self.store.close()
+                moved_to = move_aside(self.store_path)
+                # StorageError here ends the peer: not even a new store opens.
+                self.store = LevelDBStore(str(self.store_path))
+                self.stores_replaced += 1
+                self._log_damage(damage, moved_to.name, found="running")
+
+                old_waiters = list(self._waiters.values())
+                self.core = self._new_core()
+                self._core_generation += 1
+                self._settled_ticket = 0
+                self._settle(0)
+                for waiter in old_waiters:
+                    if waiter.answer is None:
+                        waiter.answer = failed_answer(waiter.operation, Failure.STORE_FAILED)
+                        waiter.event.set()
+                self._clock_wakeup.set()
+
+    async def _run_scrubber(self) -> None:
+        """Verify every block of the store every scrub_interval_s, a page at a time."""
+        while True:
+            await trio.sleep(self.scrub_interval_s)
+            store = self.store
+            cursor: bytes | None = None
+            while store is self.store:
+                try:
+                    cursor = store.verify_page(cursor, SCRUB_PAGE_KEYS)
+                except StorageError:  # damaged (the replacer takes over), or closed meanwhile
+                    if store.health().damage is not None:
+                        self._replace_wanted.set()
+                    break
+                if cursor is None:
+                    self.scrubs += 1
+                    break
+                await trio.sleep(SCRUB_PAGE_INTERVAL_S)
 
     def _settle(self, ticket: int) -> None:
         self._settled_ticket = max(self._settled_ticket, ticket)

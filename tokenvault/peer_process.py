@@ -1,7 +1,8 @@
 """Runs one peer as an operating-system process: the node, its HTTP server, and the signals
 that stop it.
 
-Rules: SIGTERM and SIGINT stop the peer cleanly (the store is closed on every way out); the
+Rules: SIGTERM and SIGINT stop the peer cleanly (the store is closed on every way out); a
+store that cannot be opened at all ends it with StorageError (one line, exit 1, by the CLI); the
 process logs `peer_start`, `peer_serving` and `peer_stop` as JSON lines (and `tls_certificate`,
 its certificate's days left, a warning under CERTIFICATE_WARNING_DAYS). With TLS, the server
 speaks HTTPS and the links mutual TLS, from the contexts the caller loaded (tls_certificates.py);
@@ -30,6 +31,7 @@ from tokenvault.http.server import ServerLimits, serve_http
 from tokenvault.log import EventLog, LogThrottle
 from tokenvault.metrics import Metrics
 from tokenvault.node import Node
+from tokenvault.store.storage import StorageError
 from tokenvault.tls_certificates import PeerTls
 
 TLS_FAILURE_LOG_INTERVAL_S = 60.0
@@ -46,9 +48,13 @@ FD_LIMIT_UNLIMITED_TARGET = 1024 * 1024
 
 
 def run_node(config: ClusterConfig, peer_id: str, peer_tls: PeerTls | None = None) -> None:
-    """Runs one peer in the foreground until SIGTERM or SIGINT; `peer_tls` when TLS is on."""
+    """Runs one peer in the foreground until SIGTERM or SIGINT; `peer_tls` when TLS is on.
+    Raises StorageError when no store opens at all (a damaged one is replaced, node.py)."""
     fd_limit = raise_fd_limit()
-    trio.run(_serve_until_signal, config, peer_id, peer_tls, fd_limit)
+    try:
+        trio.run(_serve_until_signal, config, peer_id, peer_tls, fd_limit)
+    except* StorageError as failures:
+        raise failures.exceptions[0] from None
 
 
 def raise_fd_limit() -> int:

@@ -40,8 +40,11 @@ def peer_views(node: Node) -> list[dict[str, object]]:
 
 def node_view(node: Node) -> dict[str, object]:
     store = node.store.statistics()
+    readiness = node.readiness()
     return {
         "peer": node.peer_id,
+        "ready": readiness.ready,
+        "readiness": readiness.reason,
         "address": node.peer.address,
         "cluster_fingerprint": node.cluster_fingerprint,
         "uptime_s": round(trio.current_time() - node.started_at, 3),
@@ -57,6 +60,7 @@ def node_view(node: Node) -> dict[str, object]:
             "writes_flushed": store.writes_flushed,
             "largest_flush_writes": store.largest_flush_writes,
             "pending_writes": store.pending_writes,
+            **store_health_view(node),
         },
         "links": [
             {
@@ -72,6 +76,18 @@ def node_view(node: Node) -> dict[str, object]:
         ],
         "peers": peer_views(node),
         "file_descriptors": file_descriptors_view(),
+    }
+
+
+def store_health_view(node: Node) -> dict[str, object]:
+    """Whether the store takes writes, why not, and what replaced or reopened it so far."""
+    health = node.store.health()
+    return {
+        "writable": health.writable,
+        "write_failure": health.write_failure,
+        "reopens": health.reopens,
+        "replaced": node.stores_replaced,
+        "scrubs": node.scrubs,
     }
 
 
@@ -116,6 +132,12 @@ def render_metrics(node: Node) -> str:
     metrics.set_gauge("tokenvault_store_flushes", store.flushes)
     metrics.set_gauge("tokenvault_store_writes_flushed", store.writes_flushed)
     metrics.set_gauge("tokenvault_store_pending_writes", store.pending_writes)
+    health = node.store.health()
+    metrics.set_gauge("tokenvault_store_writable", int(health.writable))
+    metrics.set_total("tokenvault_store_reopens_total", health.reopens)
+    metrics.set_total("tokenvault_stores_replaced_total", node.stores_replaced)
+    metrics.set_total("tokenvault_store_scrubs_total", node.scrubs)
+    metrics.set_gauge("tokenvault_ready", int(node.readiness().ready))
     metrics.set_gauge("tokenvault_operations_in_flight", node.core.operations_in_flight())
     core = node.core.statistics()
     metrics.set_total("tokenvault_timers_dropped_total", core.timers_dropped)

@@ -2,7 +2,8 @@
 
 Rules: every peer is its own OS process started with `python -m tokenvault node`; ports are free
 ports picked at start; `close()` kills every process it started, even after a failure; waiting
-is bounded and polls the peer's own /healthz, never a fixed sleep.
+is bounded and polls the peer's own /readyz (serving, its store taking writes), never a fixed
+sleep.
 
 TLS mode (`Cluster(..., tls=True)`): the cluster is made by `init --tls`; `url()` is https://,
 and every client a test makes passes `verify=cluster.verify` (the cluster CA; True, the
@@ -151,7 +152,7 @@ class Cluster:
                     f"{peer_id} exited with {process.returncode}: {self.log(peer_id)[-2000:]}"
                 )
             try:
-                health = httpx.get(self.url(peer_id) + "/healthz", timeout=1.0, verify=self.verify)
+                health = httpx.get(self.url(peer_id) + "/readyz", timeout=1.0, verify=self.verify)
                 if health.status_code == 200:
                     return
             except httpx.HTTPError:

@@ -87,6 +87,7 @@ def head(method: str, path: str, key: str | None = None) -> RequestHead:
     ("method", "path", "who", "expected"),
     [
         ("GET", "/healthz", None, KEYLESS_BODY_BYTES_MAX),
+        ("GET", "/readyz", None, KEYLESS_BODY_BYTES_MAX),
         ("GET", "/metrics", None, KEYLESS_BODY_BYTES_MAX),
         ("POST", "/v1/tokenize", "alice", PUBLIC_BODY_BYTES_MAX),
         ("GET", "/v1/tokens/tok_abc", "alice", PUBLIC_BODY_BYTES_MAX),

@@ -328,6 +328,7 @@ ALLOWED: dict[str, str] = {
     "/v1/admin/owners/alice": "GET",
     "/v1/admin/node": "GET",
     "/healthz": "GET",
+    "/readyz": "GET",
     "/metrics": "GET",
     "/v1/openapi.json": "GET",
     "/internal/v1/messages": "POST",

@@ -40,6 +40,7 @@ FAULT_KINDS = (
     "crashes_during_write",
     "crashes_during_repair",
     "hints_lost_in_flight",
+    "syncs_failed",  # a full disk: syncs failed for an interval, then succeeded again
     # and what the epochs, hints and anti-entropy did about it
     "rotated",
     "bursts",
@@ -76,10 +77,16 @@ def test_delays_vary_with_the_mix() -> None:
 def test_every_fault_is_over_before_the_network_heals(seed: int) -> None:
     config = SimConfig(seed=seed)
     mix = choose_mix(seed)
-    schedule = plan_faults(seed, mix, config.peer_ids, config.faults_end_s)
+    schedule = plan_faults(seed, mix, config.peer_ids, config.faults_end_s, store_loss=True)
     assert all(0.0 <= a.at_s <= config.faults_end_s for a in schedule)
     assert [a.at_s for a in schedule] == sorted(a.at_s for a in schedule)
-    starts = {FaultKind.CRASH, FaultKind.ARM_CRASH, FaultKind.PAUSE}
+    starts = {
+        FaultKind.CRASH,
+        FaultKind.ARM_CRASH,
+        FaultKind.PAUSE,
+        FaultKind.DISK_FULL,
+        FaultKind.LOSE_WAL_TAIL,
+    }
     assert all((a.kind is FaultKind.ARM_CRASH) == (a.strike_on is not None) for a in schedule), (
         "every aimed crash, and only they, says when it strikes"
     )
@@ -217,3 +224,46 @@ def test_a_long_isolation_heals_and_converges(sweep: list[SimResult]) -> None:
     assert any("hint_stored" in t and f"target={alone}" in t for t in during)
     assert any("hint_delivered" in t and f"target={alone}" in t for t in after)
     assert result.passed and result.stats.converged_after_s >= 0.0
+
+
+def test_a_lost_log_tail_restarts_the_peer_with_an_empty_store() -> None:
+    """Drawn only where the run allows store loss (SimConfig.store_loss; off in the sweep until
+    a peer that starts empty recovers before it votes): the crash is followed by a restart over
+    a new, empty store, as node.py replaces a store LevelDB reports damaged."""
+    seeds = [
+        seed
+        for seed in range(1, 40)
+        if any(
+            a.kind is FaultKind.LOSE_WAL_TAIL
+            for a in plan_faults(
+                seed, choose_mix(seed), SimConfig(seed=seed).peer_ids, 30.0, store_loss=True
+            )
+        )
+    ]
+    assert len(seeds) >= 5
+    assert not any(
+        a.kind is FaultKind.LOSE_WAL_TAIL
+        for seed in seeds
+        for a in plan_faults(seed, choose_mix(seed), SimConfig(seed=seed).peer_ids, 30.0)
+    ), "never without store_loss"
+    result = run_simulation(SimConfig(seed=seeds[0], store_loss=True), keep_log=True)
+    assert result.stats.stores_replaced >= 1
+    texts = [line.split(" ", 2)[2] for line in result.log]
+    lost = next(t for t in texts if t.startswith("lose-wal-tail "))
+    peer = lost.split()[1]
+    replaced = texts.index(f"store-replaced {peer}")
+    assert texts[replaced + 1].startswith(f"restart {peer} durable_mappings=0 ")
+
+
+def test_a_full_disk_fails_syncs_until_it_is_freed() -> None:
+    seed = next(s for s in range(1, 40) if choose_mix(s).disk_full_count)
+    result = run_simulation(SimConfig(seed=seed), keep_log=True)
+    texts = [line.split(" ", 2)[2] for line in result.log]
+    full = next(i for i, t in enumerate(texts) if t.startswith("disk-full "))
+    peer = texts[full].split()[1]
+    freed = texts.index(f"disk-freed {peer}")
+    during = texts[full:freed]
+    assert not any(t.startswith(f"synced {peer} ") for t in during)
+    assert any(t.startswith(f"sync-failed {peer} disk-full") for t in during)
+    assert any(t.startswith(f"synced {peer} ") for t in texts[freed:])  # and then succeed
+    assert result.passed

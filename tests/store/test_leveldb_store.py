@@ -285,9 +285,9 @@ class _CountingDB:
         self._db = db
         self.gets = 0
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes, **options: Any) -> bytes | None:
         self.gets += 1
-        value: bytes | None = self._db.get(key)
+        value: bytes | None = self._db.get(key, **options)
         return value
 
     def __getattr__(self, name: str) -> Any:

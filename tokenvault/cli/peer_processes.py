@@ -116,7 +116,8 @@ def wait_until_healthy(
     logs_dir: Path,
     tls_context: ssl.SSLContext | None = None,
 ) -> bool:
-    """True once every peer answers /healthz (over HTTPS, with tls_context, when given); False
+    """True once every peer answers /readyz 200 (over HTTPS, with tls_context, when given): it
+    serves and its store takes writes (a peer's readiness at start is immediate); False
     on a stop signal, an exit or a timeout."""
     deadline = time.monotonic() + UP_READY_TIMEOUT_S
     scheme = "http" if tls_context is None else "https"
@@ -140,7 +141,7 @@ def wait_until_healthy(
             if time.monotonic() >= deadline:
                 waiting = ", ".join(c.peer.id for c in children if not c.healthy)
                 print_error(
-                    f"peers {waiting} did not answer /healthz within {UP_READY_TIMEOUT_S:.0f} s;"
+                    f"peers {waiting} were not ready (/readyz) within {UP_READY_TIMEOUT_S:.0f} s;"
                     f" see the logs in {logs_dir}"
                 )
                 return False
@@ -150,7 +151,7 @@ def wait_until_healthy(
 
 def _answers_health(client: httpx.Client, url: str) -> bool:
     try:
-        return client.get(f"{url}/healthz").status_code == 200
+        return client.get(f"{url}/readyz").status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -28,6 +28,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import time
@@ -84,7 +85,7 @@ PUBLIC_BODY_BYTES_MAX = 1024 * 1024  # a request with an owner's or the admin ke
 PEER_BODY_BYTES_MAX = 32 * 1024 * 1024  # an authenticated peer batch on PEER_MESSAGES_PATH
 KEYLESS_BODY_BYTES_MAX = 0  # the routes that need no key take no body
 # Routes anyone may call: no key is looked at, and they take no body.
-KEYLESS_ROUTES = frozenset({"healthz", "metrics", "openapi"})
+KEYLESS_ROUTES = frozenset({"healthz", "readyz", "metrics", "openapi"})
 RECORDS_MAX = 1_000
 TOKENS_MAX = 1_000
 VALUE_BYTES_MAX = 4 * 1024
@@ -186,6 +187,7 @@ class PublicApi:
         )
         self._exact: dict[tuple[str, str], tuple[str, RouteHandler]] = {
             ("GET", "/healthz"): ("healthz", self._healthz),
+            ("GET", "/readyz"): ("readyz", self._readyz),
             ("GET", "/metrics"): ("metrics", self._metrics),
             ("POST", "/v1/tokenize"): ("tokenize", self._tokenize),
             ("POST", "/v1/detokenize"): ("detokenize", self._detokenize),
@@ -544,6 +546,22 @@ class PublicApi:
 
     async def _healthz(self, request: Request, principal: Principal | None, _: str) -> Response:
         return json_response(200, {"status": "serving", "peer": self._node.peer_id})
+
+    async def _readyz(self, request: Request, principal: Principal | None, _: str) -> Response:
+        """200 while the peer serves and its store takes writes; else 503 in the error envelope,
+        with the reason (the core's state, disk_full, store_failing) beside it."""
+        readiness = self._node.readiness()
+        if readiness.ready:
+            return json_response(200, {"ready": True, "peer": self._node.peer_id})
+        error = Unavailable(f"This peer is not ready: {readiness.reason}.")
+        body = {
+            "error": {"code": error.code, "message": error.message},
+            "ready": False,
+            "reason": readiness.reason,
+            "peer": self._node.peer_id,
+        }
+        retry_after = (("retry-after", str(error.retry_after_s)),)
+        return dataclasses.replace(json_response(error.status, body), headers=retry_after)
 
     async def _metrics(self, request: Request, principal: Principal | None, _: str) -> Response:
         body = render_metrics(self._node).encode()

@@ -298,6 +298,11 @@ class PeerCore:
         """The ticket of everything staged so far (what a completed sync makes durable)."""
         return self._staged_ticket
 
+    @property
+    def state(self) -> str:
+        """ "serving" (a stub: the recovering state comes with store identities, issue 11)."""
+        return "serving"
+
     def operations_in_flight(self) -> int:
         return (
             self.coordinator.operations_in_flight() + self.epoch_coordinator.operations_in_flight()

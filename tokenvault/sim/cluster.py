@@ -138,6 +138,9 @@ class SimCluster:
                 FaultKind.RESTART: peer.disarm_and_restart,
                 FaultKind.PAUSE: peer.pause,
                 FaultKind.RESUME: peer.resume,
+                FaultKind.DISK_FULL: peer.fill_disk,
+                FaultKind.DISK_FREED: peer.free_disk,
+                FaultKind.LOSE_WAL_TAIL: peer.crash_losing_wal_tail,
             }[kind]()
 
     def heal(self) -> None:
@@ -146,6 +149,7 @@ class SimCluster:
         self.network.heal()
         for peer in self.peers.values():
             peer.disarm()
+            peer.free_disk()
             peer.restart()
             peer.resume()
 

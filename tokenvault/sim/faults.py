@@ -21,6 +21,11 @@ Rules:
   its durable mapping records (which record and which bit: `draw`, from the seed) flips while it
   is down, and it restarts. Its replica must report the record corrupt, never return it, and
   read repair or anti-entropy must replace it (convergence).
+- Disk faults (their own generators, so they change no other fault of a seed): a full disk (a
+  peer's syncs fail for an interval, then succeed again: the writes stay staged, what waited
+  for them fails over), and a lost write-ahead log tail (a crash after which the peer's store
+  is found damaged: it restarts with an empty one, the hand-off to recovery; drawn only when
+  the run allows store loss, `plan_faults(store_loss=True)`).
 - Some runs isolate one peer for a long time (`LONG_ISOLATION_S`, 20 virtual seconds and more)
   instead of drawing short partitions: the others hold it down, hints pile up for it, and after
   healing hinted handoff and anti-entropy must bring it back within the convergence bound.
@@ -90,6 +95,8 @@ class FaultMix:
     partition_kinds: tuple[PartitionKind, ...]
     long_isolation: bool = False  # one long isolation instead of the short partitions
     bit_flip_count: int = 0  # crashes during which one bit of a stored record flips
+    disk_full_count: int = 0  # intervals in which a peer's syncs fail (ENOSPC)
+    lost_wal_tail_count: int = 0  # crashes that lose a peer's store (when the run allows it)
 
     def describe(self) -> str:
         kinds = ",".join(k.value for k in self.partition_kinds) or "-"
@@ -103,6 +110,7 @@ class FaultMix:
             f" fsync={self.fsync_s[0]:.4f}..{self.fsync_s[1]:.4f}"
             f" crashes={self.crash_count} aimed={self.aimed_crash_share:.2f}"
             f" pauses={self.pause_count} {partitions} bit_flips={self.bit_flip_count}"
+            f" disk_full={self.disk_full_count} lost_wal_tail={self.lost_wal_tail_count}"
         )
 
 
@@ -131,7 +139,17 @@ def choose_mix(seed: int) -> FaultMix:
         partition_kinds=kinds,
         long_isolation=rng.random() < LONG_ISOLATION_SHARE,
         bit_flip_count=rng_for(seed, "faults/bit-flip-mix").choice((0, 1, 1, 2)),
+        **_choose_disk_faults(seed),
     )
+
+
+def _choose_disk_faults(seed: int) -> dict[str, int]:
+    """The disk faults of a mix, from their own generator (the rest of the mix is unchanged)."""
+    rng = rng_for(seed, "faults/disk-mix")
+    return {
+        "disk_full_count": rng.choice((0, 0, 1, 2)),
+        "lost_wal_tail_count": rng.choice((0, 0, 1)),
+    }
 
 
 def link_faults(
@@ -170,6 +188,9 @@ class FaultKind(enum.Enum):
     PARTITION = "partition"
     PARTITION_END = "partition-end"
     BIT_FLIP = "bit-flip"  # one bit of one durable mapping record of a peer that is down
+    DISK_FULL = "disk-full"  # the peer's syncs fail from here (ENOSPC)
+    DISK_FREED = "disk-freed"  # and succeed again from here
+    LOSE_WAL_TAIL = "lose-wal-tail"  # a crash after which the store is found damaged
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,16 +218,20 @@ class FaultAction:
 
 
 def plan_faults(
-    seed: int, mix: FaultMix, peer_ids: Sequence[str], faults_end_s: float
+    seed: int,
+    mix: FaultMix,
+    peer_ids: Sequence[str],
+    faults_end_s: float,
+    *,
+    store_loss: bool = False,
 ) -> tuple[FaultAction, ...]:
-    """The run's faults in time order; every one starts and ends before faults_end_s."""
+    """The run's faults in time order; every one starts and ends before faults_end_s. Lost
+    write-ahead log tails only with `store_loss` (a peer must then rebuild from its replicas)."""
     rng = rng_for(seed, "faults/schedule")
     busy: dict[str, list[tuple[float, float]]] = {peer: [] for peer in peer_ids}
     actions: list[FaultAction] = []
     for _ in range(mix.crash_count):
-        peer = rng.choice(list(peer_ids))
-        start = rng.uniform(0.5, faults_end_s * 0.9)
-        end = min(start + rng.uniform(0.2, 5.0), faults_end_s)
+        peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.2, 5.0))
         aimed = rng.random() < mix.aimed_crash_share
         strike_on = rng.choice(list(StrikeOn))
         if _claim(busy[peer], start, end):
@@ -220,14 +245,13 @@ def plan_faults(
                 actions.append(FaultAction(at_s=start, kind=FaultKind.CRASH, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
     for _ in range(mix.pause_count):
-        peer = rng.choice(list(peer_ids))
-        start = rng.uniform(0.5, faults_end_s * 0.9)
-        end = min(start + rng.uniform(0.1, 4.0), faults_end_s)
+        peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.1, 4.0))
         if _claim(busy[peer], start, end):
             actions.append(FaultAction(at_s=start, kind=FaultKind.PAUSE, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESUME, peer=peer))
     actions.extend(_plan_partitions(rng, mix, peer_ids, faults_end_s))
     actions.extend(_plan_bit_flips(seed, mix, peer_ids, faults_end_s, busy))
+    actions.extend(_plan_disk_faults(seed, mix, peer_ids, faults_end_s, busy, store_loss))
     actions.sort(key=lambda a: (a.at_s, a.kind.value, a.peer))
     assert len(actions) <= FAULT_ACTIONS_MAX
     return tuple(actions)
@@ -255,6 +279,39 @@ def _plan_bit_flips(
             actions.append(FaultAction(at_s=middle, kind=FaultKind.BIT_FLIP, peer=peer, draw=draw))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
     return actions
+
+
+def _plan_disk_faults(
+    seed: int,
+    mix: FaultMix,
+    peer_ids: Sequence[str],
+    faults_end_s: float,
+    busy: dict[str, list[tuple[float, float]]],
+    store_loss: bool,
+) -> list[FaultAction]:
+    """Full disks and lost log tails, after every other fault of the peer was placed."""
+    rng = rng_for(seed, "faults/disk-schedule")
+    actions: list[FaultAction] = []
+    for _ in range(mix.disk_full_count):
+        peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.5, 6.0))
+        if _claim(busy[peer], start, end):
+            actions.append(FaultAction(at_s=start, kind=FaultKind.DISK_FULL, peer=peer))
+            actions.append(FaultAction(at_s=end, kind=FaultKind.DISK_FREED, peer=peer))
+    for _ in range(mix.lost_wal_tail_count if store_loss else 0):
+        peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.2, 5.0))
+        if _claim(busy[peer], start, end):
+            actions.append(FaultAction(at_s=start, kind=FaultKind.LOSE_WAL_TAIL, peer=peer))
+            actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
+    return actions
+
+
+def _draw_interval(
+    rng: random.Random, peer_ids: Sequence[str], faults_end_s: float, length_s: tuple[float, float]
+) -> tuple[str, float, float]:
+    """A peer and a fault interval of a length in length_s, starting in the fault window."""
+    peer = rng.choice(list(peer_ids))
+    start = rng.uniform(0.5, faults_end_s * 0.9)
+    return peer, start, min(start + rng.uniform(*length_s), faults_end_s)
 
 
 def _claim(intervals: list[tuple[float, float]], start: float, end: float) -> bool:

@@ -21,6 +21,12 @@ Rules (the driver's part, as node.py's):
   violation of the run.
 - Aimed crashes (`arm_crash`) strike at the next moment of their kind: a staged write, a repair
   write (a hint or anti-entropy insert staged here, or sent from here), a client write sent.
+- A full disk (`fill_disk` .. `free_disk`) fails every sync, as node.py's syncer sees ENOSPC:
+  the core hears `on_durability_failed` (what waited fails over), the writes stay staged, and
+  the sync is retried every DISK_FULL_RETRY_S until one succeeds.
+- A lost write-ahead log tail (`crash_losing_wal_tail`) is a crash after which the store is
+  found damaged: the restart replaces it with an empty one, as node.py does with a store that
+  LevelDB reports corrupt (the synced writes of its lost tail go with it).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from tokenvault.sim.observer import Observer, is_watched
 from tokenvault.store.memory_store import MemoryStore
 
 DEFERRED_INPUTS_MAX = 100_000  # inputs waiting for a paused peer
+DISK_FULL_RETRY_S = 0.5  # a failed sync is tried again after this (node.py backs off to 1 s)
 
 
 class PeerState(enum.Enum):
@@ -81,6 +88,8 @@ class PeerStats:
     pauses: int = 0
     deferred_inputs: int = 0  # inputs that waited for a paused peer
     syncs: int = 0
+    syncs_failed: int = 0  # syncs that failed on a full disk
+    stores_replaced: int = 0  # restarts with an empty store after a lost log tail
     refused: int = 0
     reset: int = 0
     ticks: int = 0
@@ -137,6 +146,8 @@ class SimPeer:
         self._deferred: list[tuple[str, Action, int | None]] = []
         self._clients: dict[str, AnswerSink] = {}  # client op id -> its sink
         self._armed: StrikeOn | None = None
+        self.disk_full = False
+        self._store_damaged = False  # found at the next restart: it starts with an empty store
         self._relearned_before = 0  # tokenize relearns of earlier lives
         self.core = self._build_core()
         self._schedule_wake()
@@ -218,6 +229,9 @@ class SimPeer:
 
     def _on_sync(self) -> None:
         self._sync_pending = False
+        if self.disk_full:
+            self._sync_failed()
+            return
         written = self.store.sync()
         if self._staged_watched:
             watched, self._staged_watched = self._staged_watched, []
@@ -227,6 +241,14 @@ class SimPeer:
         released = len(step.messages) + len(step.local) + len(step.answers)
         self._engine.record(f"synced {self.peer_id} writes={written} released={released}")
         self._act(step)
+
+    def _sync_failed(self) -> None:
+        """A sync on a full disk: what waited for it fails; the writes stay staged."""
+        self.stats.syncs_failed += 1
+        self._engine.record(f"sync-failed {self.peer_id} disk-full")
+        self._sync_pending = True  # the retry below is the one pending sync
+        self._engine.after(DISK_FULL_RETRY_S, self._bound(f"sync {self.peer_id}", self._on_sync))
+        self._act(self.core.on_durability_failed(self.core.staged_ticket, self._engine.now_s))
 
     # -- acting on a step ----------------------------------------------------------------------
 
@@ -371,6 +393,24 @@ class SimPeer:
         token = key.rpartition(b"\x00")[2].decode()
         self._engine.record(f"bit-flip {self.peer_id} token={short_token(token)} bit={bit}")
 
+    def fill_disk(self) -> None:
+        if not self.disk_full:
+            self.disk_full = True
+            self._engine.record(f"disk-full {self.peer_id}")
+
+    def free_disk(self) -> None:
+        if self.disk_full:
+            self.disk_full = False
+            self._engine.record(f"disk-freed {self.peer_id}")
+
+    def crash_losing_wal_tail(self) -> None:
+        """A crash after which the store is found damaged (its last synced batches lost)."""
+        if self.state is PeerState.DOWN:
+            return
+        self.crash()
+        self._store_damaged = True
+        self._engine.record(f"lose-wal-tail {self.peer_id}")
+
     def arm_crash(self, strike_on: StrikeOn = StrikeOn.STAGED_WRITE) -> None:
         """An aimed crash: strike at the next moment of the kind asked."""
         if self.state is PeerState.UP:
@@ -382,6 +422,12 @@ class SimPeer:
             return
         self.state = PeerState.UP
         self.stats.restarts += 1
+        if self._store_damaged:  # moved aside: a new, empty store in its place
+            self._store_damaged = False
+            self.store = MemoryStore()
+            self.durable = DurableView(self.store)
+            self.stats.stores_replaced += 1
+            self._engine.record(f"store-replaced {self.peer_id}")
         self.core = self._build_core()
         durable = len(self.store.durable_items(MAPPING_PREFIX))
         hints = self.core.hints.pending_total()

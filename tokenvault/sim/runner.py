@@ -52,6 +52,11 @@ FAULT_WORDS = (
     "partition",
     "heal",
     "core-exception",
+    "disk-full",
+    "disk-freed",
+    "sync-failed",
+    "lose-wal-tail",
+    "store-replaced",
 )
 CONTEXT_OP_LINES_MAX = 25
 CONTEXT_TOKEN_LINES_MAX = 12
@@ -95,6 +100,8 @@ class SimStats:
     pauses: int
     deferred_inputs: int
     syncs: int
+    syncs_failed: int  # syncs that failed on a full disk
+    stores_replaced: int  # restarts with an empty store after a lost write-ahead log tail
     refused: int
     reset: int
     read_repairs_blocking: int
@@ -155,7 +162,9 @@ def run_simulation(
         links=link_faults(config.seed, mix, config.peer_ids),
         peer_factory=peer_factory,
     )
-    schedule = plan_faults(config.seed, mix, config.peer_ids, config.faults_end_s)
+    schedule = plan_faults(
+        config.seed, mix, config.peer_ids, config.faults_end_s, store_loss=config.store_loss
+    )
     for action in schedule:
         engine.at(action.at_s, functools.partial(cluster.apply, action))
     engine.at(config.faults_end_s, cluster.heal)
@@ -388,6 +397,8 @@ def _stats(
         pauses=sum(p.pauses for p in peers),
         deferred_inputs=sum(p.deferred_inputs for p in peers),
         syncs=sum(p.syncs for p in peers),
+        syncs_failed=sum(p.syncs_failed for p in peers),
+        stores_replaced=sum(p.stores_replaced for p in peers),
         refused=sum(p.refused for p in peers),
         reset=sum(p.reset for p in peers),
         read_repairs_blocking=events("read_repair_blocking"),
