@@ -37,6 +37,8 @@ from tokenvault.sim.engine import Engine
 from tokenvault.sim.peer import PeerState, SimPeer
 from tokenvault.tokens import make_token
 
+from tests.stores import serving_store
+
 OWNER = "acme"
 FSYNC_S = 0.01
 A = Mapping(owner=OWNER, token="tok_" + "A" * 32, value="alice", field="ssn", epoch=1)
@@ -61,6 +63,7 @@ class Harness:
             client_latency_s=0.001,
             send=self._send,
             owners=owners,
+            store=serving_store(),
         )
 
     def _send(self, envelope: Envelope) -> None:

@@ -623,6 +623,9 @@ _FAILURE_TEXT = {
     ),
     Failure.STORE_FAILED: "This peer's store failed; try another peer or retry later.",
     Failure.INTERNAL_ERROR: "This peer failed an internal check (logged); try another peer.",
+    Failure.RECOVERING: (
+        "This peer is recovering a lost store and serves no request yet; try another peer."
+    ),
 }
 
 

@@ -108,9 +108,10 @@ class SimPeer:
         owners: tuple[str, ...] = (),
         observer: Observer | None = None,
         limits: PeerLimits = PeerLimits(),
+        store: MemoryStore | None = None,
     ) -> None:
         self.peer_id = peer_id
-        self.store = MemoryStore()
+        self.store = MemoryStore() if store is None else store
         self.durable = DurableView(self.store)
         self.state = PeerState.UP
         self.incarnation = 1
