@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.stores import SERVING_STORE_ID, serving_store
 from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.client_operations import (
     ClientOperation,
@@ -52,8 +53,6 @@ from tokenvault.ring.hash_ring import HashRing
 from tokenvault.store.memory_store import MemoryStore
 from tokenvault.store.storage import StorageError, Write
 from tokenvault.tokens import TokenMaker, derive_epoch_key
-
-from tests.stores import SERVING_STORE_ID, serving_store
 
 OWNER = "acme"
 PEERS = ("p1", "p2", "p3")

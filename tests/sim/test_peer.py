@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.stores import serving_store
 from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.client_operations import Tokenized
 from tokenvault.quorum.effects import Effects, EpochDone, ReadDone
@@ -36,8 +37,6 @@ from tokenvault.sim.client import (
 from tokenvault.sim.engine import Engine
 from tokenvault.sim.peer import PeerState, SimPeer
 from tokenvault.tokens import make_token
-
-from tests.stores import serving_store
 
 OWNER = "acme"
 FSYNC_S = 0.01

@@ -55,6 +55,7 @@ from tokenvault.quorum.records import (
     ACCEPTOR_PREFIX,
     AcceptorSlot,
     EpochMeta,
+    StorageReader,
     StorageView,
     acceptor_key,
     decided_key,
@@ -72,7 +73,8 @@ from tokenvault.quorum.records import (
 class Acceptor:
     def __init__(self, *, peer_id: str, storage: StorageView, store_id: str = "") -> None:
         self._peer_id = peer_id
-        self._storage = storage
+        self._storage: StorageReader = storage
+        self._view = storage  # scans: a recovery report's open slots
         self._store_id = store_id
 
     def active_epoch(self, owner: str) -> EpochValue:
@@ -105,7 +107,7 @@ class Acceptor:
         prefix = ACCEPTOR_PREFIX + owner.encode() + b"\x00"
         after = acceptor_key(owner, meta.decided_slot)
         slots = []
-        for key, _ in self._storage.scan(prefix, start_after=after, limit=RECOVERY_SLOTS_MAX):
+        for key, _ in self._view.scan(prefix, start_after=after, limit=RECOVERY_SLOTS_MAX):
             slot = int.from_bytes(key[len(prefix) :])
             state = read_acceptor_slot(self._storage, owner, slot)
             slots.append(

@@ -226,7 +226,9 @@ class EpochCoordinator:
                 operation.phase is _Phase.ACCEPT
                 and operation.promise_stores.get(peer, store_id) != store_id
             ):
-                effects.events.append(self._event(operation, "paxos_votes_dropped", ("peer", peer)))
+                effects.events.append(
+                    self._event(operation, "paxos_votes_dropped", ("target", peer))
+                )
                 if self._spend_attempt(operation, effects):
                     self._enter_prepare(operation, operation.slot, effects)
                 continue
@@ -236,7 +238,9 @@ class EpochCoordinator:
             ):
                 operation.answered.pop(peer, None)
                 operation.stores.pop(peer, None)
-                effects.events.append(self._event(operation, "paxos_votes_dropped", ("peer", peer)))
+                effects.events.append(
+                    self._event(operation, "paxos_votes_dropped", ("target", peer))
+                )
         return effects
 
     def on_message(self, source: str, message: Message, now: float) -> Effects:
