@@ -43,6 +43,7 @@ from tokenvault.quorum.messages import (
     RecoveryReport,
     SlotState,
 )
+from tokenvault.quorum.peer_core import Step
 from tokenvault.quorum.records import (
     IDENTITY_KEY,
     StoreIdentity,
@@ -53,7 +54,6 @@ from tokenvault.quorum.records import (
     read_epoch_meta,
     read_identity,
 )
-from tokenvault.quorum.peer_core import Step
 from tokenvault.quorum.recovery import needed_from_others
 from tokenvault.store.memory_store import MemoryStore
 
