@@ -149,9 +149,12 @@ def wait_until_healthy(
 
 
 def _answers_health(client: httpx.Client, url: str) -> bool:
+    """The peer answers /healthz and serves (a fresh peer of a new cluster says "recovering"
+    until a majority of its peers answered it, within a heartbeat or two)."""
     try:
-        return client.get(f"{url}/healthz").status_code == 200
-    except httpx.HTTPError:
+        response = client.get(f"{url}/healthz")
+        return response.status_code == 200 and response.json().get("status") == "serving"
+    except (httpx.HTTPError, ValueError, AttributeError):
         return False
 
 

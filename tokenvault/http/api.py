@@ -543,7 +543,8 @@ class PublicApi:
         )
 
     async def _healthz(self, request: Request, principal: Principal | None, _: str) -> Response:
-        return json_response(200, {"status": "serving", "peer": self._node.peer_id})
+        # Liveness: 200 while the process answers; "status" says whether it serves yet.
+        return json_response(200, {"status": self._node.core.state, "peer": self._node.peer_id})
 
     async def _metrics(self, request: Request, principal: Principal | None, _: str) -> Response:
         body = render_metrics(self._node).encode()
