@@ -77,7 +77,7 @@ def test_every_fault_is_over_before_the_network_heals(seed: int) -> None:
     schedule = plan_faults(seed, mix, config.peer_ids, config.faults_end_s)
     assert all(0.0 <= a.at_s <= config.faults_end_s for a in schedule)
     assert [a.at_s for a in schedule] == sorted(a.at_s for a in schedule)
-    starts = {FaultKind.CRASH, FaultKind.ARM_CRASH, FaultKind.PAUSE}
+    starts = {FaultKind.CRASH, FaultKind.ARM_CRASH, FaultKind.PAUSE, FaultKind.WIPE}
     assert all((a.kind is FaultKind.ARM_CRASH) == (a.strike_on is not None) for a in schedule), (
         "every aimed crash, and only they, says when it strikes"
     )

@@ -93,7 +93,7 @@ def _print_configuration_mismatch(nodes: dict[str, Any], out: TextIO) -> None:
 
 
 def _serving_text(node: dict[str, Any]) -> str:
-    """"serving", or "recovering" with how far the recovery of a lost store went."""
+    """ "serving", or "recovering" with how far the recovery of a lost store went."""
     state = str(node.get("state", "?"))
     progress = node.get("recovery")
     if state != "recovering" or not isinstance(progress, dict):

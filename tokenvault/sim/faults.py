@@ -16,6 +16,11 @@ Rules:
   (crash during a write); or right after it sent or staged a repair of anti-entropy or hinted
   handoff (crash during repair: the pass or the hint delivery is in flight). An aimed crash that
   found no such moment before its interval ended is called off.
+- Some runs wipe a peer's disk (`WIPE`): it crashes and restarts on an empty store, and must
+  recover (quorum/recovery.py) before it votes. Their count comes from a generator of its own
+  (`faults/wipes`), so a seed's other faults are what they were before wipes existed. At most
+  one peer is wiped at a time and never below three replicas (cluster.py applies a wipe as a
+  plain crash while another peer is not serving yet): losing more is beyond the model.
 - Some runs isolate one peer for a long time (`LONG_ISOLATION_S`, 20 virtual seconds and more)
   instead of drawing short partitions: the others hold it down, hints pile up for it, and after
   healing hinted handoff and anti-entropy must bring it back within the convergence bound.
@@ -33,6 +38,8 @@ from tokenvault.sim.engine import rng_for
 FAULT_ACTIONS_MAX = 200  # per run: every kind of fault together
 LONG_ISOLATION_S = (20.0, 24.0)  # how long a long isolation lasts
 LONG_ISOLATION_SHARE = 0.2  # of runs
+WIPE_COUNTS = (0, 0, 1, 1, 2)  # wiped disks per run, drawn uniformly
+WIPE_DOWN_S = (0.2, 3.0)  # how long a wiped peer stays down before it restarts empty
 
 
 class StrikeOn(enum.Enum):
@@ -84,6 +91,7 @@ class FaultMix:
     partition_count: int
     partition_kinds: tuple[PartitionKind, ...]
     long_isolation: bool = False  # one long isolation instead of the short partitions
+    wipe_count: int = 0  # crashes that restart on an empty store (a replaced disk)
 
     def describe(self) -> str:
         kinds = ",".join(k.value for k in self.partition_kinds) or "-"
@@ -97,6 +105,7 @@ class FaultMix:
             f" fsync={self.fsync_s[0]:.4f}..{self.fsync_s[1]:.4f}"
             f" crashes={self.crash_count} aimed={self.aimed_crash_share:.2f}"
             f" pauses={self.pause_count} {partitions}"
+            + (f" wipes={self.wipe_count}" if self.wipe_count else "")
         )
 
 
@@ -124,6 +133,7 @@ def choose_mix(seed: int) -> FaultMix:
         partition_count=rng.choice((0, 1, 2, 4)),
         partition_kinds=kinds,
         long_isolation=rng.random() < LONG_ISOLATION_SHARE,
+        wipe_count=rng_for(seed, "faults/wipes").choice(WIPE_COUNTS),
     )
 
 
@@ -157,6 +167,7 @@ def link_faults(
 class FaultKind(enum.Enum):
     CRASH = "crash"
     ARM_CRASH = "arm-crash"  # an aimed crash: strikes after the peer's next staged write
+    WIPE = "wipe"  # a crash that loses the whole store: the peer restarts empty
     RESTART = "restart"
     PAUSE = "pause"
     RESUME = "resume"
@@ -217,9 +228,31 @@ def plan_faults(
             actions.append(FaultAction(at_s=start, kind=FaultKind.PAUSE, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESUME, peer=peer))
     actions.extend(_plan_partitions(rng, mix, peer_ids, faults_end_s))
+    actions.extend(_plan_wipes(seed, mix, peer_ids, faults_end_s, busy))
     actions.sort(key=lambda a: (a.at_s, a.kind.value, a.peer))
     assert len(actions) <= FAULT_ACTIONS_MAX
     return tuple(actions)
+
+
+def _plan_wipes(
+    seed: int,
+    mix: FaultMix,
+    peer_ids: Sequence[str],
+    faults_end_s: float,
+    busy: dict[str, list[tuple[float, float]]],
+) -> list[FaultAction]:
+    """Wiped disks, from a generator of their own; never two wipe intervals overlap."""
+    rng = rng_for(seed, "faults/wipe-schedule")
+    actions: list[FaultAction] = []
+    wiped: list[tuple[float, float]] = []
+    for _ in range(mix.wipe_count):
+        peer = rng.choice(list(peer_ids))
+        start = rng.uniform(0.5, faults_end_s * 0.8)
+        end = min(start + rng.uniform(*WIPE_DOWN_S), faults_end_s)
+        if _claim(wiped, start, end) and _claim(busy[peer], start, end):
+            actions.append(FaultAction(at_s=start, kind=FaultKind.WIPE, peer=peer))
+            actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
+    return actions
 
 
 def _claim(intervals: list[tuple[float, float]], start: float, end: float) -> bool:

@@ -31,7 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tokenvault.quorum.client_operations import Inspected
-from tokenvault.quorum.messages import Accept, Envelope, EpochValue, InsertRequest, Message, Origin
+from tokenvault.quorum.messages import (
+    Accept,
+    Envelope,
+    EpochValue,
+    InsertRequest,
+    Mapping,
+    Message,
+    Origin,
+)
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import MAPPING_PREFIX
@@ -76,6 +84,7 @@ class CoreError:
 class PeerStats:
     crashes: int = 0
     restarts: int = 0
+    wipes: int = 0  # crashes that lost the whole store
     lost_writes: int = 0  # staged writes a crash threw away
     dropped_held: int = 0  # held outputs a crash threw away
     pauses: int = 0
@@ -113,6 +122,10 @@ class SimPeer:
         self.peer_id = peer_id
         self.store = MemoryStore() if store is None else store
         self.durable = DurableView(self.store)
+        self.wiped = False  # its store was wiped and it has not restarted yet
+        # Mappings it held durably when a wipe took its store: acknowledged copies that a
+        # replaced disk lost, not copies that were never durable (the checker's W count).
+        self.lost_mappings: dict[tuple[str, str], Mapping] = {}
         self.state = PeerState.UP
         self.incarnation = 1
         self.stats = PeerStats()
@@ -355,6 +368,20 @@ class SimPeer:
             self.stats.reset += 1
             self._answer(sink, Reset(op_id=op_id))
 
+    def wipe(self) -> None:
+        """A crash that loses the whole store (a replaced disk): the peer restarts empty."""
+        if self.state is PeerState.DOWN:
+            return
+        self.crash()
+        held = len(self.store.durable_items(b""))
+        self.lost_mappings.update(self.durable.mappings())
+        self.store = MemoryStore()
+        self.durable = DurableView(self.store)
+        self.wiped = True  # until it restarted
+        self.stats.wipes += 1
+        self.observer.on_wipe(self.peer_id)
+        self._engine.record(f"wipe {self.peer_id} records_lost={held}")
+
     def arm_crash(self, strike_on: StrikeOn = StrikeOn.STAGED_WRITE) -> None:
         """An aimed crash: strike at the next moment of the kind asked."""
         if self.state is PeerState.UP:
@@ -366,6 +393,7 @@ class SimPeer:
             return
         self.state = PeerState.UP
         self.stats.restarts += 1
+        self.wiped = False
         self.core = self._build_core()
         durable = len(self.store.durable_items(MAPPING_PREFIX))
         hints = self.core.hints.pending_total()

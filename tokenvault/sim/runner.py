@@ -47,6 +47,7 @@ FAULT_WORDS = (
     "arm-crash",
     "aimed-crash",
     "restart",
+    "wipe",
     "pause",
     "resume",
     "partition",
