@@ -9,9 +9,9 @@ Rules:
 - `snapshot()` is what the checker sees of the peers at the end: durable mappings, decided
   values and acceptor records, merkle roots, active epochs, hints pending, operations in flight,
   unsynced writes and held outputs.
-- `converged()` is the liveness phase's goal: every peer up and serving with nothing in flight, unsynced or
-  held, no hint pending anywhere, and every owner's replicas with one merkle root and one
-  decided active epoch.
+- `converged()` is the liveness phase's goal: every peer up and serving (a wiped peer has
+  recovered) with nothing in flight, unsynced or held, no hint pending anywhere, and every
+  owner's replicas with one merkle root and one decided active epoch.
 """
 
 from __future__ import annotations
