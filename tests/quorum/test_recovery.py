@@ -14,12 +14,13 @@ from tests.quorum.test_peer_core import (
     A,
     Peer,
     insert,
+    insert_reply,
     read,
     sent,
     tokenize,
 )
-from tokenvault.quorum.client_operations import Tokenized
-from tokenvault.quorum.effects import Failure, Timer, TimerKind
+from tokenvault.quorum.client_operations import Detokenize, Tokenized
+from tokenvault.quorum.effects import Failure, ReadDone, Timer, TimerKind
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator
 from tokenvault.quorum.messages import (
     GENESIS,
@@ -36,9 +37,11 @@ from tokenvault.quorum.messages import (
     Heartbeat,
     InsertOutcome,
     InsertReply,
+    InsertRequest,
     Prepare,
     Promise,
     ReadReply,
+    ReadRequest,
     RecoveryQuery,
     RecoveryReport,
     SlotState,
@@ -382,3 +385,37 @@ def test_unavailable_answers_are_not_counted_and_fail_a_round_without_a_majority
     assert done.failure is Failure.QUORUM_TIMEOUT  # at once, not at the deadline
     late = coordinator.on_timer(Timer(kind=TimerKind.DEADLINE, op_id="r-1", due=5.0), 5.0)
     assert not late.replies
+
+
+# -- coordinators facing a recovering replica -----------------------------------------------------
+
+
+def test_a_write_counts_no_unavailable_replica_and_fails_at_once_without_w() -> None:
+    peer = Peer()
+    step = peer.start(tokenize())
+    request = sent(step, InsertRequest)["p2"]
+    peer.settle(step)  # p1 stores and acknowledges to itself: 1 of W=2
+    unavailable = insert_reply(request, InsertOutcome.UNAVAILABLE)
+    assert peer.receive("p2", unavailable).answers == []  # p3 may still answer
+    (done,) = peer.receive("p3", insert_reply(request, InsertOutcome.STORED)).answers
+    assert isinstance(done, Tokenized) and done.failure is None
+
+    step = peer.start(tokenize("c2", (("ssn", "bob"),)))
+    request = sent(step, InsertRequest)["p2"]
+    peer.settle(step)
+    peer.receive("p2", insert_reply(request, InsertOutcome.UNAVAILABLE))
+    (failed,) = peer.receive("p3", insert_reply(request, InsertOutcome.UNAVAILABLE)).answers
+    assert isinstance(failed, Tokenized) and failed.failure is Failure.QUORUM_TIMEOUT
+
+
+def test_a_read_counts_no_unavailable_replica() -> None:
+    peer = Peer()
+    step = peer.start(Detokenize(op_id="d1", owner=OWNER, tokens=(A.token,)))
+    request = sent(step, ReadRequest)["p2"]
+    peer.settle(step)  # p1 answers itself: 1 of R=2
+    refused = ReadReply(
+        op_id=request.op_id, owner=OWNER, tokens=request.tokens, mappings=(None,), unavailable=True
+    )
+    assert peer.receive("p2", refused).answers == []
+    (done,) = peer.receive("p3", refused).answers
+    assert isinstance(done, ReadDone) and done.failure is Failure.QUORUM_TIMEOUT
