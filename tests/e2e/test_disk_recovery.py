@@ -28,9 +28,9 @@ BATCH = 1_000
 RECOVERY_TIMEOUT_S = 60.0
 
 
-def node_view(cluster: Cluster, peer: str) -> dict[str, Any]:
+def admin_get(cluster: Cluster, peer: str, path: str) -> dict[str, Any]:
     answer = httpx.get(
-        cluster.url(peer) + "/v1/admin/node",
+        cluster.url(peer) + path,
         headers=cluster.admin_headers(),
         timeout=TIMEOUT_S,
         verify=cluster.verify,
@@ -38,18 +38,14 @@ def node_view(cluster: Cluster, peer: str) -> dict[str, Any]:
     assert answer.status_code == 200, answer.text
     view: dict[str, Any] = answer.json()
     return view
+
+
+def node_view(cluster: Cluster, peer: str) -> dict[str, Any]:
+    return admin_get(cluster, peer, "/v1/admin/node")
 
 
 def owner_view(cluster: Cluster, peer: str) -> dict[str, Any]:
-    answer = httpx.get(
-        cluster.url(peer) + "/v1/admin/owners/alice",
-        headers=cluster.admin_headers(),
-        timeout=TIMEOUT_S,
-        verify=cluster.verify,
-    )
-    assert answer.status_code == 200, answer.text
-    view: dict[str, Any] = answer.json()
-    return view
+    return admin_get(cluster, peer, "/v1/admin/owners/alice")
 
 
 def post(cluster: Cluster, peer: str, path: str, body: Any) -> httpx.Response:

@@ -320,18 +320,19 @@ def proposer() -> tuple[EpochCoordinator, str]:
     return coordinator, "r-1"
 
 
-def promise(source_store: str, ballot: Ballot) -> Promise:
+def promise(source_store: str, ballot: Ballot, *, unavailable: bool = False) -> Promise:
     return Promise(
         op_id="r-1",
         owner=OWNER,
         slot=2,
         ballot=ballot,
-        granted=True,
-        promised=ballot,
+        granted=not unavailable,
+        promised=ZERO_BALLOT if unavailable else ballot,
         accepted_ballot=None,
         accepted_value=None,
         decided=None,
         store=source_store,
+        unavailable=unavailable,
     )
 
 
@@ -367,18 +368,7 @@ def test_a_round_in_accept_that_rests_on_a_replaced_store_prepares_again() -> No
 def test_unavailable_answers_are_not_counted_and_fail_a_round_without_a_majority() -> None:
     coordinator, _ = proposer()
     ballot = Ballot(round=1, peer="r-1")
-    refused = Promise(
-        op_id="r-1",
-        owner=OWNER,
-        slot=2,
-        ballot=ballot,
-        granted=False,
-        promised=ZERO_BALLOT,
-        accepted_ballot=None,
-        accepted_value=None,
-        decided=None,
-        unavailable=True,
-    )
+    refused = promise("", ballot, unavailable=True)
     assert not coordinator.on_message("p2", refused, 0.0).replies
     effects = coordinator.on_message("p3", refused, 0.0)
     (done,) = effects.replies
@@ -419,3 +409,17 @@ def test_a_read_counts_no_unavailable_replica() -> None:
     assert peer.receive("p2", refused).answers == []
     (done,) = peer.receive("p3", refused).answers
     assert isinstance(done, ReadDone) and done.failure is Failure.QUORUM_TIMEOUT
+
+
+def test_its_identity_and_queries_go_out_only_once_its_decision_is_durable() -> None:
+    peer = Peer(store=MemoryStore())
+    synced(peer)
+    step = peer.receive("p2", heartbeat("p2", OLD_ID))  # recovering: the record is staged
+    assert step.sync_ticket is not None and sent(step, RecoveryQuery) == {}
+    beats = sent(peer.core.advance(1.0), Heartbeat)
+    assert {b.store for b in beats.values()} == {""}  # not durable yet: says nothing
+    released = peer.durable(peer.core.staged_ticket)
+    queried = {e.destination for e in released.messages if isinstance(e.message, RecoveryQuery)}
+    assert queried == set(OTHERS)
+    beats = sent(peer.core.advance(2.0), Heartbeat)
+    assert {b.store for b in beats.values()} == {peer.core.recovery.store_id}

@@ -293,6 +293,8 @@ class PeerCore:
         self._anti_entropy_passes = 0
         # The ticket of the `serving` record: the peer serves once it is durable.
         self._serving_ticket = 0
+        # The ticket of the record that ended `undecided`: its identity goes out once durable.
+        self._identity_ticket = 0
         self._startup_writes = self.recovery.startup_writes
         if self._startup_writes:
             # The new identity; a store that serves from the start (an older version's, or a
@@ -626,7 +628,7 @@ class PeerCore:
             step,
             "failure_detector",
             "tick",
-            lambda: self.failure_detector.tick(now, self.recovery.heartbeat),
+            lambda: self.failure_detector.tick(now, self._heartbeat),
         )
         down = self.down_peers()
         self._call(step, "hints", "tick", lambda: self.hints.tick(now, down))
@@ -637,7 +639,7 @@ class PeerCore:
                 "tick",
                 lambda: self._anti_entropy_call(lambda: self.anti_entropy.tick(now, down), now),
             )
-        self._call(step, "recovery", "tick", lambda: self.recovery.tick(now))
+        self._call(step, "recovery", "tick", lambda: self.recovery.tick(now), from_storage=True)
         self._check_recovered(step, now)
 
     def _note_events(self, step: Step, events: list[Event]) -> None:
@@ -686,14 +688,24 @@ class PeerCore:
         if recovery.phase is not phase:
             self._on_phase(step, now)
 
+    def _heartbeat(self, destination: str) -> Heartbeat:
+        """The recovery core's heartbeat, without this store's identity until the record that
+        decided its phase is durable (persist before send: a peer that restarts undecided must
+        not find its identity already known)."""
+        heartbeat = self.recovery.heartbeat(destination)
+        if self._durable_ticket < self._identity_ticket and heartbeat.store:
+            return Heartbeat(sender=heartbeat.sender, store="", known=heartbeat.known)
+        return heartbeat
+
     def _on_phase(self, step: Step, now: float) -> None:
         """The store's phase moved on (undecided -> recovering or serving)."""
+        self._identity_ticket = self._staged_ticket
         if self.recovery.phase is Phase.SERVING:
             self._serving_ticket = self._staged_ticket
             self.anti_entropy.urgent = False
             return
         self.anti_entropy.urgent = True
-        self._call(step, "recovery", "tick", lambda: self.recovery.tick(now))
+        self._call(step, "recovery", "tick", lambda: self.recovery.tick(now), from_storage=True)
 
     def _on_recovery_report(self, step: Step, source: str, report: RecoveryReport) -> None:
         reports = self.recovery.on_report(source, report)
