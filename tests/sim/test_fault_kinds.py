@@ -38,6 +38,7 @@ FAULT_KINDS = (
     "crashes_during_write",
     "crashes_during_repair",
     "hints_lost_in_flight",
+    "wipes",  # a peer restarted on an empty store
     # and what the epochs, hints and anti-entropy did about it
     "rotated",
     "bursts",
@@ -47,6 +48,7 @@ FAULT_KINDS = (
     "hints_delivered",
     "ae_repairs",
     "epochs_learned_by_ae",
+    "stores_recovered",  # and recovered before it voted
 )
 
 

@@ -93,6 +93,8 @@ class SimStats:
     crashes_during_write: int
     crashes_during_repair: int
     hints_lost_in_flight: int  # hint deliveries in flight when their peer crashed
+    wipes: int  # crashes that lost the whole store (applied, not skipped)
+    stores_recovered: int  # wiped peers that recovered and serve again
     pauses: int
     deferred_inputs: int
     syncs: int
@@ -383,6 +385,8 @@ def _stats(
         crashes_during_write=strikes(StrikeOn.CLIENT_WRITE),
         crashes_during_repair=strikes(StrikeOn.REPAIR),
         hints_lost_in_flight=sum(p.hints_lost_in_flight for p in peers),
+        wipes=sum(p.wipes for p in peers),
+        stores_recovered=events("store_recovered"),
         pauses=sum(p.pauses for p in peers),
         deferred_inputs=sum(p.deferred_inputs for p in peers),
         syncs=sum(p.syncs for p in peers),
