@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from tokenvault.cluster_init import init_cluster
-from tokenvault.config import ClusterConfig, OwnerConfig, cluster_fingerprint, load_config
+from tokenvault.config import (
+    SECRET_FILE_ENVIRONMENT_VARIABLE,
+    ClusterConfig,
+    ConfigError,
+    OwnerConfig,
+    cluster_fingerprint,
+    load_config,
+)
 from tokenvault.quorum.quorum_config import QuorumConfig
 
 
@@ -68,3 +75,23 @@ def _with_owner_fields(config: ClusterConfig, fields: frozenset[str]) -> Cluster
 def test_what_decides_placement_or_tokens_counts(config: ClusterConfig, change: object) -> None:
     assert callable(change)
     assert cluster_fingerprint(change(config)) != cluster_fingerprint(config)
+
+
+def test_the_secret_file_may_be_named_by_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TOKENVAULT_SECRET_FILE overrides [cluster] secret_file: the secret may live outside the
+    cluster directory (a container's secret mount)."""
+    init = init_cluster(tmp_path / "c", nodes=3, base_port=7100)
+    elsewhere = tmp_path / "mounted-secret"
+    elsewhere.write_bytes(b"e" * 32)
+    monkeypatch.setenv(SECRET_FILE_ENVIRONMENT_VARIABLE, str(elsewhere))
+    assert load_config(init.config_path).secret == b"e" * 32
+    elsewhere.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        load_config(init.config_path)
+    monkeypatch.setenv(SECRET_FILE_ENVIRONMENT_VARIABLE, str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="cannot read the secret file"):
+        load_config(init.config_path)
+    monkeypatch.delenv(SECRET_FILE_ENVIRONMENT_VARIABLE)
+    assert load_config(init.config_path).secret != b"e" * 32

@@ -49,6 +49,7 @@ def test_an_event_names_its_own_epoch_before_the_active_one() -> None:
         ("mapping_conflict", "error"),
         ("paxos_disagreement", "error"),
         ("storage_corrupt", "error"),
+        ("mapping_repaired", "error"),
         ("quorum_failed", "warning"),
         ("peer_down", "warning"),
         ("hint_dropped", "warning"),

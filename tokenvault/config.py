@@ -3,7 +3,10 @@
 Rules:
 - Parsed and checked once; the result is frozen and the hot path never re-reads it.
 - A bad file is refused with a `ConfigError` whose message names the problem (never a secret).
-- Paths inside the file are relative to the file. The secret file must hold 32+ bytes.
+- Paths inside the file are relative to the file. The secret file must hold 32+ bytes; the
+  environment variable TOKENVAULT_SECRET_FILE, when set, names it instead of `[cluster]
+  secret_file` (a path, relative to the working directory), so that in a container the secret
+  can be mounted apart from the configuration and the data directory.
 - Quorum sizes must be safe (see quorum_config): W + R > N and W > N / 2, N <= peers.
 - `[tls]` (optional) names the cluster CA's certificate and each peer's certificate and key;
   `enabled = false` or no section means plain HTTP. The CA file must be readable here (every
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +126,9 @@ def cluster_fingerprint(config: ClusterConfig) -> str:
     return hashlib.sha256(canonical).hexdigest()[:32]
 
 
+SECRET_FILE_ENVIRONMENT_VARIABLE = "TOKENVAULT_SECRET_FILE"
+
+
 def load_config(path: Path) -> ClusterConfig:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -128,10 +136,13 @@ def load_config(path: Path) -> ClusterConfig:
         raise ConfigError(f"no cluster configuration at {path}") from error
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"cannot read {path}: {error}") from error
-    return parse_config(raw, path)
+    return parse_config(raw, path, environment=os.environ)
 
 
-def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
+def parse_config(
+    raw: dict[str, Any], path: Path, *, environment: Mapping[str, str] | None = None
+) -> ClusterConfig:
+    """`environment` (the process's, from load_config) may name the secret file."""
     base = path.parent
     cluster = _table(raw, "cluster")
     replica_count = _int(cluster, "replicas", 3)
@@ -172,7 +183,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> ClusterConfig:
             replica_count=replica_count, write_quorum=write_quorum, read_quorum=read_quorum
         ),
         vnodes_per_peer=vnodes,
-        secret=_secret(cluster, base),
+        secret=_secret(cluster, base, environment or {}),
         peers=peers,
         owners=owners,
         admin_key_sha256=admin_hash,
@@ -273,12 +284,18 @@ def _tls(raw: dict[str, Any], base: Path) -> TlsConfig | None:
     )
 
 
-def _secret(cluster: dict[str, Any], base: Path) -> bytes:
+def _secret(cluster: dict[str, Any], base: Path, environment: Mapping[str, str]) -> bytes:
     name = cluster.get("secret_file", "secret")
     if not isinstance(name, str) or not name:
         raise ConfigError("[cluster] secret_file must be a path")
+    path = base / name
+    overridden = environment.get(SECRET_FILE_ENVIRONMENT_VARIABLE)
+    if overridden is not None:
+        if not overridden:
+            raise ConfigError(f"{SECRET_FILE_ENVIRONMENT_VARIABLE} is set but empty")
+        path = Path(overridden)
     try:
-        secret = (base / name).read_bytes()
+        secret = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read the secret file: {error.strerror}") from error
     if len(secret) < SECRET_BYTES_MIN:

@@ -26,7 +26,8 @@ from tokenvault.quorum.effects import Event
 ALARM_EVENTS = frozenset(
     {
         "paxos_disagreement",
-        "storage_corrupt",
+        "storage_corrupt",  # a held record failed verification (replica.py)
+        "mapping_repaired",  # a corrupt record was replaced by a mapping that verifies
         "integrity_conflict",
         "core_error",  # a core raised (a violated invariant): the input was dropped
         "storage_error",  # the store failed to stage or read: the input was dropped

@@ -9,6 +9,9 @@ Rules:
 - Each peer signs its batches (http/peer_auth.py) with a key of its own:
   HMAC-SHA256(cluster secret, label NUL peer id). Every peer derives every peer's key from the
   secret at start; no key ever travels.
+- Records at rest (quorum/sealing.py) are sealed under two per-owner keys derived here, each
+  HMAC-SHA256(cluster secret, its own label | owner): a data key (AES-256-GCM) and a nonce key
+  (the synthetic nonces). Every derivation label of the vault is in this module, one place.
 - Keys and values never leave this module except as tokens.
 """
 
@@ -25,6 +28,8 @@ TOKEN_LENGTH = len(TOKEN_PREFIX) + 32
 _TOKEN_PATTERN = re.compile(r"tok_[A-Za-z0-9_-]{32}")
 _EPOCH_KEY_LABEL = b"tokenvault/epoch-key/v1\x00"
 _PEER_KEY_LABEL = b"tokenvault/peer-key/v2\x00"
+_DATA_KEY_LABEL = b"tokenvault/data-key/v1\x00"
+_NONCE_KEY_LABEL = b"tokenvault/nonce-key/v1\x00"
 
 
 def derive_epoch_key(secret: bytes, owner: str, epoch: int, salt: bytes = b"") -> bytes:
@@ -62,6 +67,16 @@ def derive_peer_key(secret: bytes, peer_id: str) -> bytes:
     label and the id cannot be confused; the key never leaves the peers that derive it."""
     assert peer_id and "\x00" not in peer_id
     return hmac.new(secret, _PEER_KEY_LABEL + peer_id.encode(), hashlib.sha256).digest()
+
+
+def derive_data_key(secret: bytes, owner: str) -> bytes:
+    """The key an owner's values are sealed under at rest (32 bytes, AES-256-GCM)."""
+    return hmac.new(secret, _DATA_KEY_LABEL + owner.encode(), hashlib.sha256).digest()
+
+
+def derive_nonce_key(secret: bytes, owner: str) -> bytes:
+    """The key an owner's synthetic nonces are derived under (see quorum/sealing.py)."""
+    return hmac.new(secret, _NONCE_KEY_LABEL + owner.encode(), hashlib.sha256).digest()
 
 
 def hash_api_key(key: str) -> str:

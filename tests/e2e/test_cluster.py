@@ -15,7 +15,9 @@ import trio
 
 from tests.e2e.harness import Cluster
 from tokenvault.cli import main
+from tokenvault.config import load_config
 from tokenvault.quorum.records import decided_key, decode_mapping, encode_decided, read_decided
+from tokenvault.quorum.sealing import Sealer
 
 pytestmark = pytest.mark.e2e
 
@@ -197,9 +199,10 @@ async def test_concurrent_overlapping_tokenize_gives_one_mapping_per_token(
     for peer in cluster.peer_ids:
         cluster.stop(peer)
     replicas = [stored_mappings(p.data_dir) for p in cluster.init.peers]
+    sealer = Sealer(load_config(cluster.init.config_path).secret)
     held_by = [
         {
-            token: decode_mapping("alice", token, raw).value
+            token: decode_mapping(sealer, "alice", token, raw).value
             for token, raw in ((key.split(b"\x00")[-1].decode(), raw) for key, raw in r.items())
         }
         for r in replicas

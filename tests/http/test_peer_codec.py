@@ -1248,3 +1248,32 @@ def test_a_time_that_is_not_finite_is_a_codec_error(number: bytes) -> None:
 def test_a_core_cannot_build_what_the_decoder_refuses(build: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
         build()
+
+
+def test_a_read_reply_names_its_corrupt_tokens_and_an_older_peers_reply_has_none() -> None:
+    reply = ReadReply(
+        op_id="o",
+        owner=OWNER,
+        tokens=("tok_A", "tok_B"),
+        mappings=(mapping(), None),
+        corrupt=("tok_B",),
+    )
+    assert roundtrip("p", [reply]) == ("p", [reply])
+    older = {
+        "type": "read_reply",
+        "op": "o",
+        "owner": OWNER,
+        "tokens": ["tok_A"],
+        "mappings": [None],
+    }
+    (decoded,) = decode_batch(batch([older]))[1]
+    assert isinstance(decoded, ReadReply) and decoded.corrupt == ()
+    for corrupt in (["tok_C"], ["tok_A"], ["tok_B", "tok_B"]):  # not asked, held, repeated
+        bad = {
+            **older,
+            "tokens": ["tok_A", "tok_B"],
+            "mappings": [[OWNER, "tok_A", "v", "card", 1], None],
+            "corrupt": corrupt,
+        }
+        with pytest.raises(CodecError):
+            decode_batch(batch([bad]))

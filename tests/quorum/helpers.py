@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from tokenvault.quorum.messages import EpochValue, Mapping
 from tokenvault.quorum.records import StorageView
+from tokenvault.quorum.sealing import Sealer
 
 
 class FirstReadMisses:
@@ -25,3 +27,17 @@ class FirstReadMisses:
         self, prefix: bytes, *, start_after: bytes | None = None, limit: int
     ) -> list[tuple[bytes, bytes]]:
         return self._storage.scan(prefix, start_after=start_after, limit=limit)
+
+
+class SyntheticTokens(Sealer):
+    """A sealer for tests about insert-once, fencing and quorums, whose readable synthetic
+    tokens ("tok_A") are no keyed hash of their values: values are sealed and their tags
+    checked as in production, and the token check passes. The token check has tests of its
+    own (test_sealing.py, test_replica.py) on real tokens."""
+
+    def token_matches(self, mapping: Mapping, decided: EpochValue) -> bool:
+        return True
+
+
+TEST_SECRET = b"t" * 32
+SEALER = SyntheticTokens(TEST_SECRET)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.quorum.helpers import SEALER
 from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits, _Phase
 from tokenvault.quorum.effects import (
     ClientReply,
@@ -31,7 +32,7 @@ from tokenvault.quorum.messages import (
     ReadRequest,
 )
 from tokenvault.quorum.quorum_config import QuorumConfig
-from tokenvault.quorum.records import decode_mapping, encode_mapping, mapping_key
+from tokenvault.quorum.records import encode_mapping, mapping_key
 from tokenvault.quorum.replica import Replica
 from tokenvault.store.memory_store import MemoryStore
 
@@ -63,7 +64,9 @@ class Network:
         self.quorum = quorum
         self.replica_ids = replicas
         self.stores = {r: MemoryStore() for r in replicas}
-        self.replicas = {r: Replica(peer_id=r, storage=self.stores[r]) for r in replicas}
+        self.replicas = {
+            r: Replica(peer_id=r, storage=self.stores[r], sealer=SEALER) for r in replicas
+        }
         self.coordinator = Coordinator(peer_id=COORD, quorum=quorum, limits=limits)
         self.pending: list[Envelope] = []
         self.timers: list[Timer] = []
@@ -165,13 +168,19 @@ class Network:
         for replica, store in self.stores.items():
             durable = dict(store.durable_items(key))
             raw = durable.get(key)
-            if raw is not None and decode_mapping(m.owner, m.token, raw) == m:
+            if (
+                raw is not None
+                and Replica(peer_id=replica, storage=store, sealer=SEALER).verified(
+                    m.owner, m.token, raw
+                )
+                == m
+            ):
                 holders.add(replica)
         return holders
 
     def put_durably(self, replica: str, *mappings: Mapping) -> None:
         store = self.stores[replica]
-        store.stage([(mapping_key(m.owner, m.token), encode_mapping(m)) for m in mappings])
+        store.stage([(mapping_key(m.owner, m.token), encode_mapping(SEALER, m)) for m in mappings])
         store.sync()
 
     def replies_for(self, op_id: str) -> list[ClientReply]:
@@ -830,3 +839,70 @@ def test_no_answers_a_replica_can_send_trip_the_invariant(
             )
         net.absorb(net.coordinator.on_message(source, message))
     assert all(len(net.replies_for(op_id)) <= 1 for op_id in ("w1", "q1"))
+
+
+# -- a replica holding a corrupt record ---------------------------------------------------------
+
+
+def corrupt(net: Network, replica: str, m: Mapping) -> bytes:
+    """Flip one bit of the sealed value of `m` in `replica`'s store."""
+    store = net.stores[replica]
+    raw = bytearray(encode_mapping(SEALER, m))
+    raw[-3] ^= 0x04
+    store.stage([(mapping_key(m.owner, m.token), bytes(raw))])
+    store.sync()
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("first", REPLICAS)
+def test_a_corrupt_replica_never_makes_a_read_fail_or_answer_a_wrong_value(first: str) -> None:
+    """Whichever replica answers first, the read answers the good value; when the corrupt
+    replica is among the answers it is repaired with it."""
+    net = Network()
+    m = mapping()
+    for replica in REPLICAS:
+        net.put_durably(replica, m)
+    corrupt(net, "r2", m)
+    net.read("rd", m.token)
+    net.exchange(first)
+    net.exchange("r2")
+    net.run()
+    (reply,) = net.replies_for("rd")
+    assert isinstance(reply, ReadDone) and reply.failure is None and reply.mappings == (m,)
+    assert not net.events_named("integrity_conflict")
+    assert net.durable_holders(m) == {"r1", "r2", "r3"}
+    (repaired,) = net.events_named("mapping_repaired")
+    assert dict(repaired.details)["source"] == COORD
+
+
+def test_a_corrupt_answer_is_no_absence_the_read_waits_for_a_healthy_one() -> None:
+    """r1 lacks the mapping and r2 holds it corrupt: two answers, but only one healthy; the
+    read waits for r3 instead of answering "not found"."""
+    net = Network()
+    m = mapping()
+    net.put_durably("r2", m)
+    net.put_durably("r3", m)
+    corrupt(net, "r2", m)
+    net.read("rd", m.token)
+    net.exchange("r1")
+    net.exchange("r2")
+    assert net.replies_for("rd") == []
+    net.exchange("r3")
+    net.run()
+    (reply,) = net.replies_for("rd")
+    assert isinstance(reply, ReadDone) and reply.failure is None and reply.mappings == (m,)
+    assert net.durable_holders(m) == {"r1", "r2", "r3"}
+
+
+def test_with_only_corrupt_answers_a_read_times_out_and_never_says_not_found() -> None:
+    net = Network()
+    m = mapping()
+    for replica in REPLICAS:
+        net.put_durably(replica, m)
+        corrupt(net, replica, m)
+    net.read("rd", m.token)
+    net.run()
+    assert net.replies_for("rd") == []
+    net.fire(TimerKind.DEADLINE, "rd")
+    (reply,) = net.replies_for("rd")
+    assert isinstance(reply, ReadDone) and reply.failure is Failure.QUORUM_TIMEOUT

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.quorum.helpers import SEALER
 from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits
 from tokenvault.quorum.effects import (
@@ -64,7 +65,7 @@ class Peer:
     def __init__(self, peer_id: str = "r1") -> None:
         self.peer_id = peer_id
         self.store = MemoryStore()
-        self.replica = Replica(peer_id=peer_id, storage=self.store)
+        self.replica = Replica(peer_id=peer_id, storage=self.store, sealer=SEALER)
         self.acceptor = Acceptor(peer_id=peer_id, storage=self.store)
         self.events: list[Event] = []
         self._ops = 0
@@ -106,7 +107,7 @@ class Peer:
 
     def holds(self, m: Mapping) -> bool:
         raw = dict(self.store.durable_items()).get(mapping_key(m.owner, m.token))
-        return raw is not None and decode_mapping(m.owner, m.token, raw) == m
+        return raw is not None and decode_mapping(SEALER, m.owner, m.token, raw) == m
 
 
 FENCED = InsertOutcome.FENCED
@@ -196,7 +197,7 @@ def test_the_fence_is_per_owner_and_survives_a_restart() -> None:
     assert isinstance(envelope.message, InsertReply)
     assert envelope.message.outcomes == (STORED,)
     peer.store.crash()
-    peer.replica = Replica(peer_id="r1", storage=peer.store)
+    peer.replica = Replica(peer_id="r1", storage=peer.store, sealer=SEALER)
     assert peer.outcomes(mapping(epoch=1)) == (FENCED,)
 
 
@@ -329,7 +330,9 @@ def test_w_acks_before_the_fenced_answer_win() -> None:
 def test_read_repair_is_not_fenced() -> None:
     net = Network()
     old = mapping(epoch=1)
-    net.peers["r1"].run(Effects(writes=[(mapping_key(OWNER, "tok_A"), encode_mapping(old))]))
+    net.peers["r1"].run(
+        Effects(writes=[(mapping_key(OWNER, "tok_A"), encode_mapping(SEALER, old))])
+    )
     for r in REPLICAS:
         net.peers[r].accept(2)
     net.read("q", "tok_A")
@@ -358,7 +361,9 @@ def test_no_write_under_an_epoch_a_majority_moved_past_reaches_w(
     net = Network()
     old = mapping(epoch=1)
     for replica in preloaded:  # a leftover of an earlier write that reached one replica
-        net.peers[replica].run(Effects(writes=[(mapping_key(OWNER, "tok_A"), encode_mapping(old))]))
+        net.peers[replica].run(
+            Effects(writes=[(mapping_key(OWNER, "tok_A"), encode_mapping(SEALER, old))])
+        )
     for replica in accepted_by:
         net.peers[replica].accept(2)
         if decided_too:

@@ -3,8 +3,12 @@ durable acknowledgement, bounded per target with the oldest dropped first."""
 
 from __future__ import annotations
 
+import base64
+import json
+
+from tests.quorum.helpers import SEALER
 from tokenvault.quorum.effects import Effects
-from tokenvault.quorum.hinted_handoff import HintedHandoff, HintLimits
+from tokenvault.quorum.hinted_handoff import HintedHandoff, HintLimits, hint_key
 from tokenvault.quorum.messages import InsertOutcome, InsertReply, InsertRequest, Mapping, Origin
 from tokenvault.store.memory_store import MemoryStore
 
@@ -21,9 +25,9 @@ def apply(store: MemoryStore, effects: Effects) -> Effects:
 
 def test_hints_survive_a_restart_and_are_sent_only_to_targets_not_down() -> None:
     store = MemoryStore()
-    hints = HintedHandoff(peer_id="n1", storage=store)
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     apply(store, hints.add("n3", "alice", [mapping("a"), mapping("b")], "r1"))
-    restarted = HintedHandoff(peer_id="n1", storage=store)
+    restarted = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     assert [(s.target, s.hints) for s in restarted.statistics()] == [("n3", 1)]
     assert restarted.tick(1.0, frozenset({"n3"})).messages == []
     (envelope,) = restarted.tick(2.0, frozenset()).messages
@@ -42,7 +46,7 @@ def test_hints_survive_a_restart_and_are_sent_only_to_targets_not_down() -> None
 
 def test_a_hint_is_deleted_only_after_a_durable_ack_of_every_mapping() -> None:
     store = MemoryStore()
-    hints = HintedHandoff(peer_id="n1", storage=store)
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     apply(store, hints.add("n3", "alice", [mapping("a"), mapping("b")], "r1"))
     (envelope,) = hints.tick(1.0, frozenset()).messages
     request = envelope.message
@@ -69,7 +73,7 @@ def test_a_hint_is_deleted_only_after_a_durable_ack_of_every_mapping() -> None:
 
 def test_a_conflicting_target_is_an_alarm_and_the_hint_is_not_retried() -> None:
     store = MemoryStore()
-    hints = HintedHandoff(peer_id="n1", storage=store)
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     apply(store, hints.add("n3", "alice", [mapping("a")], "r1"))
     (envelope,) = hints.tick(1.0, frozenset()).messages
     reply = InsertReply(
@@ -86,7 +90,10 @@ def test_a_conflicting_target_is_an_alarm_and_the_hint_is_not_retried() -> None:
 def test_bounds_drop_the_oldest_hints_first_and_say_so() -> None:
     store = MemoryStore()
     hints = HintedHandoff(
-        peer_id="n1", storage=store, limits=HintLimits(hints_per_target_max=3, batch_hints_max=10)
+        peer_id="n1",
+        storage=store,
+        sealer=SEALER,
+        limits=HintLimits(hints_per_target_max=3, batch_hints_max=10),
     )
     for index in range(5):
         effects = apply(store, hints.add("n3", "alice", [mapping(f"t{index}")], f"r{index}"))
@@ -96,8 +103,41 @@ def test_bounds_drop_the_oldest_hints_first_and_say_so() -> None:
     assert [m.mappings[0].token for m in sent if isinstance(m, InsertRequest)] == ["t2", "t3", "t4"]
     assert len(store.durable_items(b"h\x00")) == 3
     by_bytes = HintedHandoff(
-        peer_id="n1", storage=MemoryStore(), limits=HintLimits(hint_bytes_per_target_max=100)
+        peer_id="n1",
+        storage=MemoryStore(),
+        sealer=SEALER,
+        limits=HintLimits(hint_bytes_per_target_max=100),
     )
     for index in range(5):
         by_bytes.add("n2", "alice", [mapping(f"t{index}")], "r")
     assert by_bytes.statistics()[0].bytes <= 100
+
+
+def test_a_hint_holds_no_value_in_clear_and_one_that_was_tampered_with_is_skipped() -> None:
+    store = MemoryStore()
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
+    apply(store, hints.add("n3", "alice", [mapping("a"), mapping("b")], "r1"))
+    apply(store, hints.add("n3", "alice", [mapping("c")], "r2"))
+    (first, raw), (_, other) = store.durable_items(b"h\x00")
+    assert b"value-" not in raw + other
+    record = json.loads(raw)
+    sealed = base64.b64decode(record["sealed"][0][1])
+    record["sealed"][0][1] = base64.b64encode(sealed[:-1] + bytes([sealed[-1] ^ 1])).decode()
+    store.stage([(first, json.dumps(record).encode())])
+    store.sync()
+    restarted = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
+    assert [(s.target, s.hints) for s in restarted.statistics()] == [("n3", 1)]
+    (envelope,) = restarted.tick(1.0, frozenset()).messages
+    assert isinstance(envelope.message, InsertRequest)
+    assert envelope.message.mappings == (mapping("c"),)
+
+
+def test_a_hint_of_an_older_version_with_values_in_clear_is_still_delivered() -> None:
+    store = MemoryStore()
+    legacy = {"owner": "alice", "mappings": [["a", "value-a", "ssn", 1]]}
+    store.stage([(hint_key("n3", 1), json.dumps(legacy).encode())])
+    store.sync()
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
+    (envelope,) = hints.tick(1.0, frozenset()).messages
+    assert isinstance(envelope.message, InsertRequest)
+    assert envelope.message.mappings == (mapping("a"),)

@@ -59,7 +59,14 @@ PEERS = ("p1", "p2", "p3")
 OTHERS = ("p2", "p3")
 SECRET = b"peer-core-test-secret"
 N3_W2_R2 = QuorumConfig(replica_count=3, write_quorum=2, read_quorum=2)
-A = Mapping(owner=OWNER, token="tok_" + "A" * 32, value="alice", field="ssn", epoch=1)
+# A real token: replicas check it (sealing.py).
+A = Mapping(
+    owner=OWNER,
+    token=TokenMaker(derive_epoch_key(SECRET, OWNER, 1)).token("ssn", "alice"),
+    value="alice",
+    field="ssn",
+    epoch=1,
+)
 ITEMS = (("ssn", "alice"), ("email", "alice@example.com"), ("ssn", "alice"))
 EPOCH_2 = EpochValue(epoch=2, salt="ab" * 8, requested_by="r-2", requested_at_s=0.0)
 EPOCH_3 = EpochValue(epoch=3, salt="cd" * 8, requested_by="r-3", requested_at_s=0.0)

@@ -11,6 +11,7 @@ from tests.quorum.test_peer_core import (
     EPOCH_3,
     OTHERS,
     OWNER,
+    SECRET,
     A,
     Peer,
     insert,
@@ -58,6 +59,7 @@ from tokenvault.quorum.records import (
     read_identity,
 )
 from tokenvault.quorum.recovery import needed_from_others
+from tokenvault.quorum.sealing import Sealer
 from tokenvault.store.memory_store import MemoryStore
 
 OLD_ID = "0d" * 16
@@ -131,7 +133,7 @@ def test_a_fresh_store_in_a_brand_new_cluster_serves_once_a_majority_answered() 
 
 def test_a_store_with_records_and_no_identity_is_an_older_version_and_serves() -> None:
     store = MemoryStore()
-    store.stage([(mapping_key(OWNER, A.token), encode_mapping(A))])
+    store.stage([(mapping_key(OWNER, A.token), encode_mapping(Sealer(SECRET), A))])
     store.sync()
     peer = Peer(store=store)
     assert peer.core.state == "serving"

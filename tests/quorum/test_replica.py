@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.quorum.helpers import FirstReadMisses
+from tests.quorum.helpers import SEALER, FirstReadMisses
 from tokenvault.quorum.effects import Effects, Event
 from tokenvault.quorum.invariants import InvariantViolation
+from tokenvault.quorum.merkle import OwnerDigests
 from tokenvault.quorum.messages import (
     Envelope,
     InsertOutcome,
@@ -25,7 +26,9 @@ from tokenvault.quorum.messages import (
 )
 from tokenvault.quorum.records import decode_mapping, encode_mapping, mapping_key
 from tokenvault.quorum.replica import Replica
+from tokenvault.quorum.sealing import Sealer
 from tokenvault.store.memory_store import MemoryStore
+from tokenvault.tokens import TokenMaker, derive_epoch_key
 
 OWNER = "acme"
 SECRET = "4111-1111-1111-1111-SECRET"
@@ -49,7 +52,7 @@ class Harness:
 
     def __init__(self, peer_id: str = "r1") -> None:
         self.store = MemoryStore()
-        self.replica = Replica(peer_id=peer_id, storage=self.store)
+        self.replica = Replica(peer_id=peer_id, storage=self.store, sealer=SEALER)
         self.peer_id = peer_id
         self.events: list[Event] = []
         self.values_seen: set[str] = set()
@@ -127,7 +130,7 @@ def test_insert_new_mapping_is_stored_with_one_write(harness: Harness) -> None:
     assert len(effects.writes) == 1
     key, raw = effects.writes[0]
     assert key == mapping_key(OWNER, "tok_A")
-    assert raw is not None and decode_mapping(OWNER, "tok_A", raw) == m
+    assert raw is not None and decode_mapping(SEALER, OWNER, "tok_A", raw) == m
     assert [e.name for e in effects.events] == ["mapping_stored"]
     assert effects.events[0].details == (("count", 1),)
     assert harness.replica.read_mapping(OWNER, "tok_A") == m
@@ -272,43 +275,60 @@ def test_replica_refuses_replies() -> None:
         h.replica.on_message("coord", reply)
 
 
-def test_a_corrupt_record_is_an_alarm_never_overwritten_and_never_returned() -> None:
+def test_a_corrupt_record_is_reported_corrupt_and_repaired_by_a_mapping_that_verifies() -> None:
     harness = Harness()
     key = mapping_key(OWNER, "tok_corrupt")
     harness.store.stage([(key, b"\x07garbage")])
     harness.store.sync()
+    read = harness.read("tok_corrupt")
+    assert read.mappings == (None,) and read.corrupt == ("tok_corrupt",)
+    assert [e.name for e in harness.events] == ["storage_corrupt"]
+    assert harness.events[0].details == (("token_prefix", "tok_corr"),)
     effects = harness.deliver(
         "c", InsertRequest(op_id="op", owner=OWNER, mappings=(mapping("tok_corrupt"),))
     )
     reply = effects.messages[0].message
-    assert isinstance(reply, InsertReply)
-    assert reply.outcomes == (InsertOutcome.CONFLICT,)
-    assert not effects.writes
-    assert [e.name for e in effects.events] == ["storage_corrupt", "mapping_conflict"]
-    effects = harness.deliver("c", ReadRequest(op_id="op2", owner=OWNER, tokens=("tok_corrupt",)))
-    read = effects.messages[0].message
-    assert isinstance(read, ReadReply) and read.mappings == (None,)
-    assert [e.name for e in effects.events] == ["storage_corrupt"]
-    assert harness.store.get(key) == b"\x07garbage"
+    assert isinstance(reply, InsertReply) and reply.outcomes == (InsertOutcome.STORED,)
+    assert [e.name for e in effects.events] == ["storage_corrupt", "mapping_repaired"]
+    assert harness.replica.repaired == 1
+    harness.store.sync()
+    assert harness.read("tok_corrupt").mappings == (mapping("tok_corrupt"),)
+    # The digests count the repaired record, not the corrupt one.
+    rebuilt = OwnerDigests()
+    rebuilt.rebuild(harness.store)
+    assert rebuilt.root(OWNER) == harness.replica.digests.root(OWNER)
 
 
-# -- invariant: a replica never overwrites a mapping ----------------------------------------------
+# -- invariant: a replica never overwrites a mapping that verifies ------------------------------
 
 
-@pytest.mark.parametrize("held", ["mapping", "corrupt record"])
-def test_a_handler_that_would_overwrite_what_is_held_is_stopped_at_the_write(held: str) -> None:
+def test_a_handler_that_would_overwrite_a_verified_mapping_is_stopped_at_the_write() -> None:
     """The loop decides on a stale read (a lying view); the check at the write reads again."""
     harness = Harness()
     key = mapping_key(OWNER, "tok_A")
-    raw = encode_mapping(mapping()) if held == "mapping" else b"\x07garbage"
+    raw = encode_mapping(SEALER, mapping())
     harness.store.stage([(key, raw)])
     harness.store.sync()
-    harness.replica = Replica(peer_id="r1", storage=FirstReadMisses(harness.store, key))
+    harness.replica = Replica(
+        peer_id="r1", storage=FirstReadMisses(harness.store, key), sealer=SEALER
+    )
     with pytest.raises(InvariantViolation) as raised:
         harness.insert(mapping(value=OTHER_SECRET))
     harness.values_seen.add(OTHER_SECRET)
     assert str(raised.value) == "replica would overwrite a mapping: owner acme token prefix tok_A"
     assert harness.store.get(key) == raw and not harness.store.has_unsynced()
+
+
+def test_the_write_check_lets_a_record_that_fails_verification_be_replaced() -> None:
+    harness = Harness()
+    key = mapping_key(OWNER, "tok_A")
+    harness.store.stage([(key, b"\x07garbage")])
+    harness.store.sync()
+    harness.replica = Replica(
+        peer_id="r1", storage=FirstReadMisses(harness.store, key), sealer=SEALER
+    )
+    harness.insert(mapping())
+    assert harness.store.get(key) == encode_mapping(SEALER, mapping())
 
 
 def test_one_key_is_never_written_twice_in_one_batch() -> None:
@@ -354,3 +374,101 @@ def test_no_sequence_of_inserts_trips_the_invariant(
         request = InsertRequest(op_id="op", owner=OWNER, mappings=mappings, repair=repair)
         reply = only_reply(harness.deliver("coord", request))  # a violation would raise here
         assert len(reply.outcomes) == len(mappings)
+
+
+# -- verification with real tokens ----------------------------------------------------------------
+
+REAL_SECRET = b"r" * 32
+REAL_SEALER = Sealer(REAL_SECRET)
+
+
+def real_mapping(value: str = SECRET, epoch: int = 1) -> Mapping:
+    token = TokenMaker(derive_epoch_key(REAL_SECRET, OWNER, epoch)).token("card", value)
+    return Mapping(owner=OWNER, token=token, value=value, field="card", epoch=epoch)
+
+
+def real_harness() -> Harness:
+    harness = Harness()
+    harness.replica = Replica(peer_id="r1", storage=harness.store, sealer=REAL_SEALER)
+    return harness
+
+
+def held(harness: Harness, m: Mapping, raw: bytes) -> None:
+    harness.store.stage([(mapping_key(OWNER, m.token), raw)])
+    harness.store.sync()
+
+
+def test_a_record_whose_token_is_not_the_hash_of_its_value_is_corrupt() -> None:
+    """A legacy (format 1, clear) record with one changed character opens: the token check
+    catches it."""
+    harness = real_harness()
+    good = real_mapping()
+    flipped = good._replace(value="5" + SECRET[1:])
+    held(harness, good, b"\x01\x00\x00\x00\x01\x04card" + flipped.value.encode())
+    assert harness.read(good.token).corrupt == (good.token,)
+    held(harness, good, b"\x01\x00\x00\x00\x01\x04card" + good.value.encode())
+    assert harness.read(good.token).mappings == (good,)
+
+
+def test_a_mapping_that_verifies_is_never_overwritten() -> None:
+    harness = real_harness()
+    good = real_mapping()
+    harness.insert(good)
+    raw = harness.store.get(mapping_key(OWNER, good.token))
+    impostor = good._replace(value=OTHER_SECRET)  # its token does not check
+    harness.values_seen.add(OTHER_SECRET)
+    effects = harness.deliver(
+        "c", InsertRequest(op_id="rep", owner=OWNER, mappings=(impostor,), repair=True)
+    )
+    reply = effects.messages[0].message
+    assert isinstance(reply, InsertReply) and reply.outcomes == (InsertOutcome.CONFLICT,)
+    assert harness.store.get(mapping_key(OWNER, good.token)) == raw
+    assert harness.replica.repaired == 0
+
+
+def test_a_corrupt_record_is_not_replaced_by_a_mapping_that_fails_the_token_check() -> None:
+    harness = real_harness()
+    good = real_mapping()
+    raw = bytearray(encode_mapping(REAL_SEALER, good))
+    raw[-1] ^= 0x01  # the tag
+    held(harness, good, bytes(raw))
+    impostor = good._replace(value=OTHER_SECRET)
+    harness.values_seen.add(OTHER_SECRET)
+    effects = harness.deliver(
+        "c", InsertRequest(op_id="rep", owner=OWNER, mappings=(impostor,), repair=True)
+    )
+    reply = effects.messages[0].message
+    assert isinstance(reply, InsertReply) and reply.outcomes == (InsertOutcome.CONFLICT,)
+    assert harness.store.get(mapping_key(OWNER, good.token)) == bytes(raw)
+    harness.insert(good)
+    assert harness.store.get(mapping_key(OWNER, good.token)) == encode_mapping(REAL_SEALER, good)
+    assert harness.replica.repaired == 1
+
+
+def test_without_the_epoch_value_the_tag_alone_is_checked() -> None:
+    """Epoch 2 was never decided here: a sealed record that opens is answered as held; one that
+    does not is corrupt, and a mapping replaces it as it would fill an empty key (no epoch
+    value to check its token against)."""
+    harness = real_harness()
+    good = real_mapping(epoch=2)
+    held(harness, good, encode_mapping(REAL_SEALER, good))
+    assert harness.read(good.token).mappings == (good,)
+    raw = bytearray(encode_mapping(REAL_SEALER, good))
+    raw[20] ^= 0x10  # inside the nonce
+    held(harness, good, bytes(raw))
+    assert harness.read(good.token).corrupt == (good.token,)
+    effects = harness.deliver(
+        "c", InsertRequest(op_id="rep", owner=OWNER, mappings=(good,), repair=True)
+    )
+    reply = effects.messages[0].message
+    assert isinstance(reply, InsertReply) and reply.outcomes == (InsertOutcome.STORED,)
+    assert harness.store.get(mapping_key(OWNER, good.token)) == encode_mapping(REAL_SEALER, good)
+
+
+def test_no_value_is_stored_in_clear() -> None:
+    harness = real_harness()
+    good = real_mapping()
+    harness.insert(good)
+    harness.store.sync()
+    for key, raw in harness.store.durable_items():
+        assert SECRET.encode() not in key + raw

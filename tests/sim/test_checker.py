@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from tokenvault.quorum.messages import EpochValue, Mapping
 from tokenvault.sim.checker import CheckInput, ContextQuery, Violation, check
+from tokenvault.sim.client import epoch_key
 from tokenvault.sim.cluster import ReplicaState
 from tokenvault.sim.history import History, Operation, OperationKind, Outcome
 from tokenvault.sim.observer import Observation
 from tokenvault.sim.peer import CoreError
+from tokenvault.tokens import make_token
 
 OWNER = "acme"
 PEERS = ("p1", "p2", "p3")
-TOKEN_A = "tok_" + "A" * 32
-TOKEN_B = "tok_" + "B" * 32
+TOKEN_A = make_token(epoch_key(OWNER, 1, ""), "ssn", "alice")  # real tokens: reads are checked
+TOKEN_B = make_token(epoch_key(OWNER, 1, ""), "ssn", "bob")
 A = Mapping(owner=OWNER, token=TOKEN_A, value="alice", field="ssn", epoch=1)
 B = Mapping(owner=OWNER, token=TOKEN_B, value="bob", field="ssn", epoch=1)
 
@@ -137,10 +139,21 @@ def test_a_value_nobody_inserted() -> None:
     s = good_scenario()
     ghost = Mapping(owner=OWNER, token="tok_" + "G" * 32, value="ghost", field="ssn", epoch=1)
     s.detokenize(4.0, 4.1, {ghost.token: ghost})
-    violations = s.check()
-    assert invariants(violations) == ["no-uninserted-value"]
+    violations = [v for v in s.check() if v.invariant == "no-uninserted-value"]
+    assert invariants(s.check()) == ["no-corrupt-value", "no-uninserted-value"]
     assert "'ghost'" in violations[0].summary
     assert violations[0].operations[0].startswith("op c1-5 detokenize")
+
+
+def test_a_read_that_returns_a_value_its_token_was_not_made_from() -> None:
+    """A replica's record with a flipped bit, had it reached a client (the summary names the
+    token, never the value)."""
+    s = good_scenario()
+    flipped = Mapping(owner=OWNER, token=TOKEN_A, value="alicf", field="ssn", epoch=1)
+    s.detokenize(4.0, 4.1, {TOKEN_A: flipped})
+    violations = [v for v in s.check() if v.invariant == "no-corrupt-value"]
+    assert len(violations) == 1 and "c1-5 returned token" in violations[0].summary
+    assert "alicf" not in violations[0].summary
 
 
 def test_a_lost_acknowledged_write() -> None:
@@ -276,8 +289,8 @@ def test_a_violation_renders_its_operations_and_events() -> None:
     assert violation.render().splitlines() == [
         f"VIOLATION acknowledged-write-visible: {violation.summary}",
         "  operations:",
-        "    op c1-1 tokenize acme via p1 attempt 1 [1.000000 -> 1.100000] ok [AAAAAAAA=alice]",
-        "    op c1-2 detokenize acme via p1 attempt 1 [2.000000 -> 2.100000] ok [AAAAAAAA=-]",
+        "    op c1-1 tokenize acme via p1 attempt 1 [1.000000 -> 1.100000] ok [7CDd80G9=alice]",
+        "    op c1-2 detokenize acme via p1 attempt 1 [2.000000 -> 2.100000] ok [7CDd80G9=-]",
         "  events:",
         "    #7 2.000000 crash p2 lost_writes=1",
     ]

@@ -3,6 +3,8 @@ replayed seed shows a crash during a write, a crash during a repair and a long i
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tokenvault.sim.config import SimConfig
@@ -84,11 +86,40 @@ def test_every_fault_is_over_before_the_network_heals(seed: int) -> None:
         "every aimed crash, and only they, says when it strikes"
     )
     for peer in config.peer_ids:
-        mine = [a for a in schedule if a.peer == peer]
+        mine = [a for a in schedule if a.peer == peer and a.kind is not FaultKind.BIT_FLIP]
         kinds = [a.kind in starts for a in mine]
         assert kinds == [True, False] * (len(mine) // 2), "one fault at a time per peer"
+        everything = [a.kind for a in schedule if a.peer == peer]
+        for index, kind in enumerate(everything):
+            if kind is FaultKind.BIT_FLIP:  # while the peer is down: between its crash and restart
+                assert everything[index - 1 : index + 2 : 2] == [
+                    FaultKind.CRASH,
+                    FaultKind.RESTART,
+                ]
     partitions = [a.kind for a in schedule if a.partition is not None]
     assert partitions == [FaultKind.PARTITION, FaultKind.PARTITION_END] * (len(partitions) // 2)
+
+
+def test_bit_flips_are_drawn_from_the_seed_and_leave_the_other_faults_as_they_were() -> None:
+    flips = 0
+    for seed in range(1, 40):
+        mix = choose_mix(seed)
+        schedule = plan_faults(seed, mix, SimConfig(seed=seed).peer_ids, 30.0)
+        planned = [a for a in schedule if a.kind is FaultKind.BIT_FLIP]
+        assert len(planned) <= mix.bit_flip_count
+        assert plan_faults(seed, mix, SimConfig(seed=seed).peer_ids, 30.0) == schedule
+        without = dataclasses.replace(mix, bit_flip_count=0)
+        assert set(plan_faults(seed, without, SimConfig(seed=seed).peer_ids, 30.0)) <= set(schedule)
+        flips += len(planned)
+    assert flips > 10
+
+
+def test_a_flipped_record_is_found_corrupt_and_repaired() -> None:
+    result = next(
+        r for r in (run_simulation(SimConfig(seed=s)) for s in range(1, 40)) if r.stats.bit_flips
+    )
+    assert result.passed
+    assert result.stats.records_repaired >= 1
 
 
 def test_the_schedule_depends_on_the_seed_not_on_the_workload() -> None:

@@ -25,6 +25,10 @@ holds. They reach into private methods on purpose: the rule they hold is what is
   recovered (quorum/recovery.py); the amnesia it brings chooses a second value for an epoch.
   The random sweep catches it rarely (a wipe must meet dueling rotates across a partition);
   tests/sim/test_disk_wipe.py holds the targeted scenario that catches it on every seed.
+- skips-read-verification: a replica reads its records without checking them: the sealed value
+  is decrypted without its tag (AES-GCM is counter mode: a flipped ciphertext bit flips the
+  same plaintext bit; a flipped nonce bit gives garbage) and no token is checked, so a bit
+  flipped in a stored record (the simulator's fault) is answered as a value.
 Since hinted handoff and anti-entropy copy an acknowledged mapping back from any replica that
 holds it, early-ack now rarely loses a write a client could miss: `answers-are-durable` catches
 it, no client-visible invariant does within the sweep.
@@ -39,6 +43,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum import recovery
@@ -53,15 +58,19 @@ from tokenvault.quorum.messages import (
     AeSummaryReply,
     Envelope,
     EpochQuery,
+    Mapping,
     Message,
     Prepare,
     Promise,
 )
 from tokenvault.quorum.peer_core import PeerCore
+from tokenvault.quorum.replica import Replica
 from tokenvault.sim.cli import main
+from tokenvault.sim.client import SIM_SECRET
 from tokenvault.sim.config import SimConfig
 from tokenvault.sim.runner import SimResult, run_simulation
 from tokenvault.sim.shrink import SHRINK_RUNS_MAX, shrink
+from tokenvault.tokens import derive_data_key
 
 SWEEP_SEEDS = 200
 # Invariants a client could see without looking inside the peers.
@@ -155,6 +164,35 @@ def _votes_while_recovering(
     return recovery.refusal(peer_id, store_id, source, message)
 
 
+def _open_without_the_tag(owner: str, token: str, raw: bytes) -> Mapping | None:
+    """What a reader that skips the tag makes of a format-2 record (None: no such record)."""
+    field_end = 6 + raw[5]
+    nonce, ciphertext = raw[field_end : field_end + 12], raw[field_end + 12 : -16]
+    counter = nonce + (2).to_bytes(4, "big")  # GCM's first counter block for the data
+    key = derive_data_key(SIM_SECRET, owner)
+    plaintext = Cipher(algorithms.AES(key), modes.CTR(counter)).decryptor().update(ciphertext)
+    try:
+        field = raw[6:field_end].decode()
+        return Mapping(
+            owner=owner,
+            token=token,
+            value=plaintext.decode(errors="replace"),
+            field=field,
+            epoch=int.from_bytes(raw[1:5]),
+        )
+    except ValueError:
+        return None
+
+
+class SkipsReadVerification(Replica):
+    def verified(self, owner: str, token: str, raw: bytes) -> Mapping | Any:
+        if raw[:1] == b"\x02" and len(raw) >= 6 + raw[5] + 28:
+            opened = _open_without_the_tag(owner, token, raw)
+            if opened is not None:
+                return opened
+        return super().verified(owner, token, raw)
+
+
 @dataclass(frozen=True)
 class Mutation:
     name: str
@@ -214,6 +252,12 @@ MUTATIONS = (
         lambda mp: mp.setattr(peer_core_module, "refusal", _votes_while_recovering),
         frozenset({"chosen-value-kept", "one-value-per-slot"}),
         black_box=False,
+    ),
+    Mutation(
+        "skips-read-verification",
+        lambda mp: mp.setattr(peer_core_module, "Replica", SkipsReadVerification),
+        frozenset({"no-corrupt-value", "convergence", "one-value-per-token"}),
+        black_box=True,
     ),
     Mutation(
         "anti-entropy-skips-a-bucket",

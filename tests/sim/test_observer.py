@@ -14,6 +14,7 @@ from tokenvault.quorum.records import (
     encode_epoch_meta,
     epoch_meta_key,
 )
+from tokenvault.sim.durable import SIM_SEALER
 from tokenvault.sim.observer import Observer
 
 OWNER = "acme"
@@ -87,10 +88,10 @@ def test_a_hint_deleted_before_its_target_holds_it() -> None:
     observer = Observer(replica_count=3)
     observer.attach(lambda peer, owner, token: held.get((peer, token)))
     key = hint_key("p2", 1)
-    observer.on_durable("p1", [(key, encode_hint(OWNER, [M]))], 1.0)
+    observer.on_durable("p1", [(key, encode_hint(SIM_SEALER, OWNER, [M]))], 1.0)
     observer.on_durable("p1", [(key, None)], 2.0)
     assert invariants(observer) == ["hints-kept-until-acknowledged"]
-    observer.on_durable("p1", [(hint_key("p2", 2), encode_hint(OWNER, [M]))], 3.0)
+    observer.on_durable("p1", [(hint_key("p2", 2), encode_hint(SIM_SEALER, OWNER, [M]))], 3.0)
     held[("p2", M.token)] = M
     observer.on_durable("p1", [(hint_key("p2", 2), None)], 4.0)
     assert len(observer.observations) == 1 and observer.hints_deleted == 2

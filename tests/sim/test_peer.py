@@ -40,8 +40,16 @@ from tokenvault.tokens import make_token
 
 OWNER = "acme"
 FSYNC_S = 0.01
-A = Mapping(owner=OWNER, token="tok_" + "A" * 32, value="alice", field="ssn", epoch=1)
-B = Mapping(owner=OWNER, token="tok_" + "B" * 32, value="bob", field="ssn", epoch=1)
+
+
+def real_mapping(value: str) -> Mapping:
+    """A mapping under its real token: replicas check it (sealing.py)."""
+    token = make_token(epoch_key(OWNER, 1, ""), "ssn", value)
+    return Mapping(owner=OWNER, token=token, value=value, field="ssn", epoch=1)
+
+
+A = real_mapping("alice")
+B = real_mapping("bob")
 
 
 class Harness:

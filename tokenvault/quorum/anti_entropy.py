@@ -11,11 +11,17 @@ Theory of operation, one pass (at most one in flight per peer, one started per
    one window; the partner pushes (repair inserts) what the initiator lacks in that window and
    answers which tokens it lacks, which the initiator then pushes. Pushes are repair inserts of
    origin ANTI_ENTROPY: their replies come back here by that origin.
-A token held with different records on the two sides is an integrity alarm, never an overwrite
-(a repair insert answers CONFLICT and the replica reports it).
+A token held with different records on the two sides (a flipped bit changes a record's hash, so
+its bucket differs and the walk reaches it) is settled by verification (replica.py): the partner
+checks its own record; one that verifies is pushed to the initiator, one that fails is asked
+for (listed as missing) so the initiator pushes its own, if that verifies. The receiving
+replica replaces its record only when it fails verification and the pushed one verifies (a
+`mapping_repaired` there); equal mappings in two record formats answer IDENTICAL; two different
+mappings that both verify answer CONFLICT, an integrity alarm (`anti_entropy_conflict`), never
+an overwrite. A corrupt record is never pushed.
 Anti-entropy writes no record itself: a learned epoch is a Decide to this peer's acceptor, a
 copied mapping a repair insert to a replica, and their writes are checked there (invariants.py:
-a decided value never changes, a mapping is never overwritten).
+a decided value never changes, a mapping that verifies is never overwritten).
 
 Bounds: `buckets_per_pass_max`, `keys_per_page_max`, `pages_per_pass_max`, and
 `pass_timeout_s`: a pass whose partner stays silent that long ends `timed_out` (a pass that
@@ -45,13 +51,14 @@ from tokenvault.quorum.messages import (
     Decide,
     Envelope,
     EpochValue,
+    InsertOutcome,
     InsertReply,
     InsertRequest,
     Mapping,
     Message,
     Origin,
 )
-from tokenvault.quorum.records import StorageCorrupt, StorageView, decode_mapping, mapping_key
+from tokenvault.quorum.records import StorageView, mapping_key
 
 AE_OP_PREFIX = "ae:"  # readable op ids in the logs; nothing routes or decides by it
 
@@ -62,6 +69,12 @@ class DigestSource(Protocol):
     def leaves(self, owner: str) -> tuple[int, ...]: ...
 
     def count(self, owner: str) -> int: ...
+
+
+class HeldRecords(Protocol):
+    """The replica's verified view of what it holds (replica.py)."""
+
+    def held_mapping(self, owner: str, token: str) -> Mapping | object | None: ...
 
 
 class DecidedSource(Protocol):
@@ -135,6 +148,7 @@ class AntiEntropy:
         peer_id: str,
         storage: StorageView,
         digests: DigestSource,
+        records: HeldRecords,
         decided: DecidedSource,
         replicas_by_owner: dict[str, tuple[str, ...]],
         limits: AntiEntropyLimits = AntiEntropyLimits(),
@@ -142,6 +156,7 @@ class AntiEntropy:
         self._peer_id = peer_id
         self._storage = storage
         self._digests = digests
+        self._records = records
         self._decided = decided
         self._limits = limits
         pairs = [
@@ -202,7 +217,7 @@ class AntiEntropy:
         elif isinstance(message, AeKeys):
             self._on_keys(source, message, effects)
         elif isinstance(message, InsertReply):
-            self._on_push_reply(message, effects)
+            self._on_push_reply(source, message, effects)
         else:
             current = self._current
             if current is None or message.op_id != current.op_id or source != current.partner:
@@ -339,19 +354,19 @@ class AntiEntropy:
                 break
             mine[token] = f"{mapping_hash(key, record):032x}"
         they_lack = [t for t in mine if t not in theirs]
-        we_lack = tuple(t for t in theirs if t not in mine)
+        we_lack = [t for t in theirs if t not in mine]
         for token in (t for t in mine if t in theirs and theirs[t] != mine[t]):
-            effects.events.append(
-                Event(
-                    name="anti_entropy_conflict",
-                    owner=owner,
-                    request_id=keys.op_id,
-                    details=(("partner", source), ("token_prefix", token[:8])),
-                )
-            )
+            if isinstance(self._records.held_mapping(owner, token), Mapping):
+                they_lack.append(token)  # ours verifies: theirs is replaced if it does not
+            else:
+                we_lack.append(token)  # ours is corrupt: ask for theirs
         pushed = self._push(owner, source, they_lack, effects, op_id=keys.op_id)
         reply = AeKeysReply(
-            op_id=keys.op_id, owner=owner, bucket=keys.bucket, missing=we_lack, pushed=pushed
+            op_id=keys.op_id,
+            owner=owner,
+            bucket=keys.bucket,
+            missing=tuple(we_lack),
+            pushed=pushed,
         )
         self._send(source, reply, effects)
 
@@ -367,13 +382,9 @@ class AntiEntropy:
     ) -> int:
         mappings: list[Mapping] = []
         for token in tokens[: self._limits.keys_per_page_max]:
-            raw = self._storage.get(mapping_key(owner, token))
-            if raw is None:
-                continue
-            try:
-                mappings.append(decode_mapping(owner, token, raw))
-            except StorageCorrupt:
-                continue
+            held = self._records.held_mapping(owner, token)
+            if isinstance(held, Mapping):  # never a corrupt record
+                mappings.append(held)
         if mappings:
             push_id = op_id or f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
             request = InsertRequest(
@@ -387,8 +398,18 @@ class AntiEntropy:
             self.statistics.mappings_pushed += len(mappings)
         return len(mappings)
 
-    def _on_push_reply(self, reply: InsertReply, effects: Effects) -> None:
-        stored = sum(1 for outcome in reply.outcomes if outcome.value == "stored")
+    def _on_push_reply(self, source: str, reply: InsertReply, effects: Effects) -> None:
+        for token, outcome in zip(reply.tokens, reply.outcomes, strict=True):
+            if outcome is InsertOutcome.CONFLICT:  # both records verify and differ
+                effects.events.append(
+                    Event(
+                        name="anti_entropy_conflict",
+                        owner=reply.owner,
+                        request_id=reply.op_id,
+                        details=(("partner", source), ("token_prefix", token[:8])),
+                    )
+                )
+        stored = sum(1 for outcome in reply.outcomes if outcome is InsertOutcome.STORED)
         if stored:
             effects.events.append(
                 Event(

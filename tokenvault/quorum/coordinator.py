@@ -10,6 +10,13 @@ Theory of operation:
   replicas is written back until W hold it (blocking read repair) before the read answers, so
   once a read returned a token, every later read (R meets W) finds it too. Responders that lacked
   a mapping W already hold are repaired in the background.
+- A replica whose record of a token failed verification says so (`ReadReply.corrupt`): for that
+  token its answer is neither a value nor an absence. A token is decided by the healthy answers:
+  a value found among them, or R healthy absences; until then the read waits for more answers
+  (and, with too few, times out: it never answers "not found" for a corrupt record). A corrupt
+  replica is no holder, so read repair sends it the good mapping, which its replica writes in
+  place of the corrupt record (replica.py: the one overwrite); a refusal from it (CONFLICT: the
+  mapping did not verify there) does not fail the read: that replica is just no holder.
 - FENCED answers fail the write once W unfenced replicas are out of reach: the owner moved to a
   later epoch, the caller learns it and tokenizes again. (A single fenced replica, e.g. one that
   accepted an orphaned proposal, does not block writes the others can still take.) Read
@@ -95,6 +102,7 @@ class _Operation:
     # reads: the tokens asked, in order, and the answers received.
     tokens: tuple[str, ...] = ()
     responses: dict[str, tuple[Mapping | None, ...]] = field(default_factory=dict)
+    corrupt: dict[str, frozenset[str]] = field(default_factory=dict)  # replica -> tokens
 
     def lacking(self, replica: str) -> tuple[Mapping, ...]:
         return tuple(m for t, m in self.mappings.items() if replica not in self.holders[t])
@@ -326,6 +334,8 @@ class Coordinator:
                 if self._out_of_reach(operation, self._quorum.write_quorum):
                     self._finish(operation, Failure.FENCED, effects)
                     return effects
+            elif token in operation.corrupt.get(source, ()):
+                continue  # a corrupt replica that refused the repair: no holder
             else:
                 effects.events.append(_event(operation, "integrity_conflict", ("replica", source)))
                 self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
@@ -370,11 +380,16 @@ class Coordinator:
                 self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
             return effects
         operation.responses[source] = reply.mappings
+        if reply.corrupt:
+            operation.corrupt[source] = frozenset(reply.corrupt)
         operation.answered.add(source)
         if len(operation.responses) < self._quorum.read_quorum:
             return effects
+        healthy = [self._healthy_answers(operation, index) for index in range(len(reply.tokens))]
+        if any(len(answers) < self._quorum.read_quorum and not any(answers) for answers in healthy):
+            return effects  # a token with too few healthy answers: wait for more
         for index, token in enumerate(operation.tokens):
-            seen = {r[index] for r in operation.responses.values()} - {None}
+            seen = set(healthy[index]) - {None}
             if len(seen) > 1:
                 effects.events.append(_event(operation, "integrity_conflict", ("phase", "read")))
                 self._finish(operation, Failure.INTEGRITY_CONFLICT, effects)
@@ -404,6 +419,16 @@ class Coordinator:
     def _out_of_reach(operation: _Operation, quorum: int) -> bool:
         """Fewer replicas left than `quorum`, once the fenced and recovering ones are out."""
         return len(operation.replicas) - len(operation.fenced | operation.unavailable) < quorum
+
+    @staticmethod
+    def _healthy_answers(operation: _Operation, index: int) -> list[Mapping | None]:
+        """The answers for one token, but those of replicas that hold it corrupt."""
+        token = operation.tokens[index]
+        return [
+            answer[index]
+            for peer, answer in operation.responses.items()
+            if token not in operation.corrupt.get(peer, ())
+        ]
 
     def _write_quorum_reached(self, operation: _Operation) -> bool:
         quorum = self._quorum.write_quorum

@@ -14,10 +14,15 @@ Rules:
 - At most `batch_hints_max` hints per target in flight; a batch unanswered after
   `resend_interval_s` is sent again (inserts are idempotent).
 - Hints survive restarts: they are records `h NUL target NUL seq` in the store, rebuilt at start.
+- No value is in clear in a hint: its JSON holds the owner and, per mapping, the token and the
+  mapping's sealed record (records.py format 2, base64), the same bytes a replica stores. A hint
+  of an older version (values in clear, key "mappings") is still read; one that does not decode
+  or whose tag fails is counted unreadable and skipped.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 from collections.abc import Sequence
@@ -33,7 +38,8 @@ from tokenvault.quorum.messages import (
     Origin,
     highest_epoch,
 )
-from tokenvault.quorum.records import StorageView
+from tokenvault.quorum.records import StorageCorrupt, StorageView, decode_mapping, encode_mapping
+from tokenvault.quorum.sealing import Sealer
 
 HINT_PREFIX = b"h\x00"
 HINT_OP_PREFIX = "hint:"  # readable op ids in the logs; nothing routes or decides by it
@@ -76,15 +82,22 @@ def hint_key(target: str, sequence: int) -> bytes:
     return HINT_PREFIX + target.encode() + b"\x00" + sequence.to_bytes(8, "big")
 
 
-def encode_hint(owner: str, mappings: Sequence[Mapping]) -> bytes:
-    rows = [[m.token, m.value, m.field, m.epoch] for m in mappings]
-    return json.dumps({"owner": owner, "mappings": rows}, separators=(",", ":")).encode()
+def encode_hint(sealer: Sealer, owner: str, mappings: Sequence[Mapping]) -> bytes:
+    rows = [[m.token, base64.b64encode(encode_mapping(sealer, m)).decode()] for m in mappings]
+    return json.dumps({"owner": owner, "sealed": rows}, separators=(",", ":")).encode()
 
 
-def decode_hint(raw: bytes) -> tuple[str, tuple[Mapping, ...]]:
+def decode_hint(sealer: Sealer, raw: bytes) -> tuple[str, tuple[Mapping, ...]]:
+    """Raises StorageCorrupt, ValueError, KeyError or TypeError for a hint that does not
+    decode."""
     record: Any = json.loads(raw)
     owner = record["owner"]
-    mappings = tuple(
+    if "sealed" in record:
+        return owner, tuple(
+            decode_mapping(sealer, owner, t, base64.b64decode(r, validate=True))
+            for t, r in record["sealed"]
+        )
+    mappings = tuple(  # an older version's hint, values in clear
         Mapping(owner=owner, token=t, value=v, field=f, epoch=e)
         for t, v, f, e in record["mappings"]
     )
@@ -93,9 +106,15 @@ def decode_hint(raw: bytes) -> tuple[str, tuple[Mapping, ...]]:
 
 class HintedHandoff:
     def __init__(
-        self, *, peer_id: str, storage: StorageView, limits: HintLimits = HintLimits()
+        self,
+        *,
+        peer_id: str,
+        storage: StorageView,
+        sealer: Sealer,
+        limits: HintLimits = HintLimits(),
     ) -> None:
         self._peer_id = peer_id
+        self._sealer = sealer
         self._limits = limits
         self._targets: dict[str, _Target] = collections.defaultdict(_Target)
         self._next_sequence = 1
@@ -110,8 +129,8 @@ class HintedHandoff:
                 target_bytes, sequence = key[len(HINT_PREFIX) : -9], key[-8:]
                 self._next_sequence = max(self._next_sequence, int.from_bytes(sequence) + 1)
                 try:
-                    owner, mappings = decode_hint(raw)
-                except (ValueError, KeyError, TypeError):
+                    owner, mappings = decode_hint(self._sealer, raw)
+                except (StorageCorrupt, ValueError, KeyError, TypeError):
                     self._unreadable += 1
                     continue
                 target = self._targets[target_bytes.decode()]
@@ -139,7 +158,7 @@ class HintedHandoff:
         """Keep `mappings` for `target`, durably; drop the oldest past the bounds."""
         assert mappings and target != self._peer_id
         effects = Effects()
-        raw = encode_hint(owner, mappings)
+        raw = encode_hint(self._sealer, owner, mappings)
         key = hint_key(target, self._next_sequence)
         self._next_sequence += 1
         state = self._targets[target]

@@ -3,8 +3,9 @@
 Rules:
 - An `InvariantViolation` is a programmer error: this peer's own code was about to change its
   own state, or to answer, in a way its rules forbid (an acceptor lowering a promise, a replica
-  overwriting a mapping, a coordinator answering success below W). Each core checks at the
-  moment it changes its state, so a bug stops where it happens, not in a later audit.
+  overwriting a mapping that verifies, a coordinator answering success below W). Each core
+  checks at the moment it changes its state, so a bug stops where it happens, not in a later
+  audit.
 - It is never raised for bad input. A peer's message that contradicts our state (a Decide with
   another value than the one decided here, an Accept of a second value at one ballot, a FENCED
   answer to a repair) is the peer's misbehaviour, a bug or a hostile peer elsewhere: the core

@@ -197,18 +197,28 @@ class ReadRequest(_OwnerMessage, frozen=True, kw_only=True, tag="read"):
 
 
 class ReadReply(_OwnerMessage, frozen=True, kw_only=True, tag="read_reply"):
-    """Replica -> coordinator: the durable mapping for each token asked, or None.
+    """Replica -> coordinator: the durable mapping for each token asked, or None; `corrupt`
+    names the asked tokens whose held record failed verification (their mapping is None: a
+    corrupt record is neither a value nor an absence). Bounded by the tokens asked; absent on
+    the wire from a replica of an older version, which reads as "none corrupt".
     `unavailable`: the replica is recovering a lost store and answers nothing (every mapping
     None); the coordinator does not count it toward R."""
 
     tokens: tuple[_Token, ...]
     mappings: tuple[Mapping | None, ...]
+    corrupt: tuple[_Token, ...] = ()
     unavailable: bool = False
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
         if len(self.tokens) != len(self.mappings):
             raise ValueError("read reply: tokens and mappings differ in length")
+        if self.corrupt:
+            held = {t for t, m in zip(self.tokens, self.mappings, strict=True) if m is not None}
+            if len(set(self.corrupt)) != len(self.corrupt) or not set(self.corrupt) <= (
+                set(self.tokens) - held
+            ):
+                raise ValueError("read reply: corrupt tokens must be asked, unheld and unique")
         _check_carried_mappings(self.owner, self.mappings)
         for token, mapping in zip(self.tokens, self.mappings, strict=True):
             if mapping is not None and mapping.token != token:

@@ -99,9 +99,9 @@ from tokenvault.quorum.recovery import (
 )
 from tokenvault.quorum.replica import Replica
 from tokenvault.quorum.routing import Destination, route
+from tokenvault.quorum.sealing import Sealer
 from tokenvault.ring.hash_ring import HashRing
 from tokenvault.store.storage import Storage, StorageError
-from tokenvault.tokens import TokenMaker, derive_epoch_key
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,7 +236,6 @@ class PeerCore:
         self.quorum = quorum
         self.limits = limits
         self._storage = storage
-        self._secret = secret
         self._preference_lists: dict[str, tuple[str, ...]] = {}
         replicas_by_owner = {owner: self.preference_list(owner) for owner in owners}
         self.recovery = Recovery(
@@ -248,9 +247,12 @@ class PeerCore:
             limits=replace(limits.recovery, in_flight_bound_s=limits.epoch.operation_timeout_s),
         )
         self.recovery.resume(now)
-        self.replica = Replica(peer_id=peer_id, storage=storage)
+        self.sealer = Sealer(secret, cached_max=limits.token_makers_cached_max)
+        self.replica = Replica(peer_id=peer_id, storage=storage, sealer=self.sealer)
         self.acceptor = Acceptor(peer_id=peer_id, storage=storage, store_id=self.recovery.store_id)
-        self.hints = HintedHandoff(peer_id=peer_id, storage=storage, limits=limits.hints)
+        self.hints = HintedHandoff(
+            peer_id=peer_id, storage=storage, sealer=self.sealer, limits=limits.hints
+        )
         self.coordinator = Coordinator(
             peer_id=peer_id, quorum=quorum, limits=limits.coordinator, hints=self.hints
         )
@@ -262,6 +264,7 @@ class PeerCore:
             peer_id=peer_id,
             storage=storage,
             digests=self.replica.digests,
+            records=self.replica,
             decided=self.acceptor,
             replicas_by_owner=replicas_by_owner,
             limits=limits.anti_entropy,
@@ -274,7 +277,6 @@ class PeerCore:
             for owner in owners
             if peer_id in self.preference_list(owner)
         }
-        self._token_makers: dict[tuple[str, int, str], TokenMaker] = {}
         self._clients: dict[str, _ClientState] = {}  # client op id -> its state
         self._client_started: dict[str, float] = {}  # client op id -> when, oldest first
         self._core_ops: dict[str, str] = {}  # core op id -> the client op it serves
@@ -802,7 +804,7 @@ class PeerCore:
     def _write_tokens(self, step: Step, state: _Tokenizing) -> None:
         operation, epoch = state.operation, state.epoch
         state.writes += 1
-        maker = self._token_maker(operation.owner, epoch)
+        maker = self.sealer.token_maker(operation.owner, epoch)
         tokens = tuple(maker.token(name, value) for name, value in operation.items)
         mappings = {
             token: Mapping(
@@ -861,16 +863,6 @@ class PeerCore:
             failure=None,
             writes=0 if state is None else state.writes,
         )
-
-    def _token_maker(self, owner: str, epoch: EpochValue) -> TokenMaker:
-        cache_key = (owner, epoch.epoch, epoch.salt)
-        maker = self._token_makers.get(cache_key)
-        if maker is None:
-            if len(self._token_makers) >= self.limits.token_makers_cached_max:
-                self._token_makers.clear()
-            key = derive_epoch_key(self._secret, owner, epoch.epoch, bytes.fromhex(epoch.salt))
-            maker = self._token_makers[cache_key] = TokenMaker(key)
-        return maker
 
     def _fail_client(self, step: Step, core_op: str, failure: Failure) -> None:
         """The client operation that `core_op` serves ends with `failure`."""

@@ -3,7 +3,8 @@
 Rules:
 - An insert answers, per mapping, STORED (new), IDENTICAL (already held, equal: a retry) or
   CONFLICT (a different mapping under the same token). A conflict is an integrity alarm: it is
-  reported and counted and the held mapping is never overwritten.
+  reported and counted and the held mapping is never overwritten (only a corrupt record is,
+  below).
 - The replica reads through a `StorageView` that already shows every write it staged earlier
   (the driver stages each Effects' writes before the next input), so two inserts of one token
   can never both be STORED.
@@ -11,14 +12,25 @@ Rules:
   replica accepted or learned in, see acceptor.py) is refused FENCED, so once a majority
   accepted epoch e+1 no write quorum (W + majority > N) can form under epoch e. Repairs copy
   mappings that exist already and are not fenced.
-- A stored record that does not decode is an integrity alarm: reported, answered CONFLICT to
-  an insert and "not held" to a read, and never overwritten.
+- Every held record is verified when read (sealing.py): its AEAD tag, and its token against
+  its field and value whenever this replica knows the decided value of its epoch (else the tag
+  alone). A record that fails is CORRUPT: reported (`storage_corrupt`, level error, owner and
+  token prefix only), answered in `ReadReply.corrupt` (never as a value, never as "not held")
+  and CONFLICT to an insert that does not repair it.
+- Repair, the only overwrite: a held record that fails verification is replaced by an incoming
+  mapping that verifies: its token checked whenever this replica knows the decided value of
+  its epoch. When it does not, the held record failed its tag (the token check needs the same
+  epoch value), so it is no mapping at all, and the incoming one is taken as it would be for
+  an empty key, where no insert is token-checked either (anti-entropy teaches a replica only
+  the highest decided epoch, so waiting for the epoch could leave the record corrupt for
+  good). Each replacement is a `mapping_repaired` event (level error) and answers STORED.
 - Its replies leave only after the driver made all staged writes durable: a STORED or IDENTICAL
   answer means "fsync'd here".
 
-Invariant (invariants.py): a replica never overwrites a mapping. Before an insert's writes are
-emitted, each key is read again and must be empty, and no key is written twice (one more read
-per new mapping, a pair to the decision in the loop: measured, 0.3 us, a seventh of an insert).
+Invariant (invariants.py): a replica never overwrites a mapping that verifies. Before an insert's
+writes are emitted, each key is read again and must be empty or hold a record that fails
+verification, and no key is written twice (one more read per new mapping, a pair to the decision
+in the loop: measured, 0.3 us, a seventh of an insert).
 """
 
 from __future__ import annotations
@@ -50,21 +62,32 @@ from tokenvault.quorum.records import (
     owner_mapping_prefix,
     read_acceptor_slot,
     read_active_epoch,
+    read_decided,
     read_epoch_meta,
 )
+from tokenvault.quorum.sealing import Sealer
 
-# Stands for a stored record that does not decode: never overwritten, never returned.
-UNREADABLE = Mapping(owner="-", token="-", value="", field="-", epoch=1)
+
+class _Corrupt:
+    """A held record that fails verification: never returned, replaced only by a repair."""
+
+    __slots__ = ()
+
+
+CORRUPT = _Corrupt()
+Held = Mapping | _Corrupt
 
 
 class Replica:
-    def __init__(self, *, peer_id: str, storage: StorageView) -> None:
+    def __init__(self, *, peer_id: str, storage: StorageView, sealer: Sealer) -> None:
         self._peer_id = peer_id
         self._storage = storage
+        self._sealer = sealer
         # Digests of what is held, kept with every stored mapping (rebuilt from the store at
         # start: what a crash lost before its fsync is not counted).
         self.digests = OwnerDigests()
         self.digests.rebuild(storage)
+        self.repaired = 0  # held records that failed verification, replaced by verified ones
 
     def forget_unstaged(self, writes: Sequence[Write]) -> None:
         """The driver could not stage these writes (the store refused them): the digests
@@ -78,31 +101,44 @@ class Replica:
         for owner, mappings in by_owner.items():
             self.digests.remove_many(owner, mappings)
 
-    def read_mapping(self, owner: str, token: str) -> Mapping | None:
-        raw = self._storage.get(mapping_key(owner, token))
-        return None if raw is None else decode_mapping(owner, token, raw)
+    # -- verification --------------------------------------------------------------------------
 
-    def _held(self, owner: str, token: str, request_id: str, effects: Effects) -> Mapping | None:
-        """The held mapping; a record that does not decode is reported and held as UNREADABLE."""
-        raw = self._storage.get(mapping_key(owner, token))
-        return None if raw is None else self._decode_held(owner, token, raw, request_id, effects)
+    def verifies(self, mapping: Mapping) -> bool:
+        """The token check: true when the mapping's token is the keyed hash of its field and
+        value under its epoch, and when this replica does not know that epoch's value (nothing
+        to check against: a sealed record's tag is then the whole check)."""
+        decided = read_decided(self._storage, mapping.owner, mapping.epoch)
+        return decided is None or self._sealer.token_matches(mapping, decided)
 
-    @staticmethod
-    def _decode_held(
-        owner: str, token: str, raw: bytes, request_id: str, effects: Effects
-    ) -> Mapping:
+    def verified(self, owner: str, token: str, raw: bytes) -> Held:
+        """The mapping a record holds if it verifies, else CORRUPT."""
         try:
-            return decode_mapping(owner, token, raw)
+            mapping = decode_mapping(self._sealer, owner, token, raw)
         except StorageCorrupt:
-            effects.events.append(
-                Event(
-                    name="storage_corrupt",
-                    owner=owner,
-                    request_id=request_id,
-                    details=(("token_prefix", token[:8]),),
-                )
-            )
-            return UNREADABLE
+            return CORRUPT
+        return mapping if self.verifies(mapping) else CORRUPT
+
+    def held_mapping(self, owner: str, token: str) -> Held | None:
+        """What is held for a token: a verified mapping, CORRUPT, or None (nothing)."""
+        raw = self._storage.get(mapping_key(owner, token))
+        return None if raw is None else self.verified(owner, token, raw)
+
+    def read_mapping(self, owner: str, token: str) -> Mapping | None:
+        held = self.held_mapping(owner, token)
+        return held if isinstance(held, Mapping) else None
+
+    def _held(self, owner: str, token: str, request_id: str, effects: Effects) -> Held | None:
+        raw = self._storage.get(mapping_key(owner, token))
+        return None if raw is None else self._check_held(owner, token, raw, request_id, effects)
+
+    def _check_held(
+        self, owner: str, token: str, raw: bytes, request_id: str, effects: Effects
+    ) -> Held:
+        """The held record verified; one that fails is reported and held as CORRUPT."""
+        held = self.verified(owner, token, raw)
+        if held is CORRUPT:
+            effects.events.append(_corrupt_event(owner, token, request_id))
+        return held
 
     def on_message(self, source: str, message: Message) -> Effects:
         if isinstance(message, InsertRequest):
@@ -124,6 +160,7 @@ class Replica:
         prefix = owner_mapping_prefix(request.owner)
         read = self._storage.get
         new: list[tuple[str, bytes, bytes]] = []  # (token, key, record)
+        replaced: list[tuple[str, bytes, bytes]] = []  # corrupt records being repaired
         for mapping in request.mappings:
             if mapping.epoch < fence:
                 outcomes.append(InsertOutcome.FENCED)
@@ -132,30 +169,29 @@ class Replica:
             key = prefix + mapping.token.encode()
             raw = read(key)
             if raw is None:
-                new.append((mapping.token, key, encode_mapping(mapping)))
+                new.append((mapping.token, key, encode_mapping(self._sealer, mapping)))
                 outcomes.append(InsertOutcome.STORED)
                 continue
-            held = self._decode_held(mapping.owner, mapping.token, raw, request.op_id, effects)
+            held = self._check_held(mapping.owner, mapping.token, raw, request.op_id, effects)
             if held == mapping:
                 outcomes.append(InsertOutcome.IDENTICAL)
                 identical += 1
+            elif held is CORRUPT and self.verifies(mapping):
+                replaced.append((mapping.token, key, raw))
+                new.append((mapping.token, key, encode_mapping(self._sealer, mapping)))
+                outcomes.append(InsertOutcome.STORED)
+                effects.events.append(_mapping_event("mapping_repaired", mapping, request, source))
             else:
                 outcomes.append(InsertOutcome.CONFLICT)
-                effects.events.append(
-                    Event(
-                        name="mapping_conflict",
-                        owner=request.owner,
-                        request_id=request.op_id,
-                        epoch=mapping.epoch,
-                        details=(("token_prefix", mapping.token[:8]), ("source", source)),
-                    )
-                )
-        _require_insert_once(request.owner, new, read)
+                effects.events.append(_mapping_event("mapping_conflict", mapping, request, source))
+        _require_no_verified_overwrite(request.owner, new, read, self.verified)
         effects.writes.extend((key, record) for _, key, record in new)
+        self.digests.remove_many(request.owner, replaced)
         self.digests.add_many(request.owner, new)
+        self.repaired += len(replaced)
         counts = (
             ("mapping_fenced", fenced, (("fence_epoch", fence),)),
-            ("mapping_stored", len(new), ()),
+            ("mapping_stored", len(new) - len(replaced), ()),
             ("mapping_identical", identical, ()),
         )
         for name, count, extra in counts:
@@ -181,12 +217,15 @@ class Replica:
 
     def _on_read(self, source: str, request: ReadRequest) -> Effects:
         effects = Effects()
-        held = (
+        held = [
             self._held(request.owner, token, request.op_id, effects) for token in request.tokens
-        )
-        mappings = tuple(None if m is UNREADABLE else m for m in held)
+        ]
         reply = ReadReply(
-            op_id=request.op_id, owner=request.owner, tokens=request.tokens, mappings=mappings
+            op_id=request.op_id,
+            owner=request.owner,
+            tokens=request.tokens,
+            mappings=tuple(m if isinstance(m, Mapping) else None for m in held),
+            corrupt=tuple(t for t, m in zip(request.tokens, held, strict=True) if m is CORRUPT),
         )
         effects.messages.append(Envelope(source=self._peer_id, destination=source, message=reply))
         return effects
@@ -208,13 +247,39 @@ class Replica:
         return Effects(messages=[Envelope(source=self._peer_id, destination=source, message=view)])
 
 
-def _require_insert_once(
-    owner: str, new: list[tuple[str, bytes, bytes]], read: Callable[[bytes], bytes | None]
+def _mapping_event(name: str, mapping: Mapping, request: InsertRequest, source: str) -> Event:
+    """An insert's outcome for one mapping worth a log line: token prefix, never the value."""
+    return Event(
+        name=name,
+        owner=request.owner,
+        request_id=request.op_id,
+        epoch=mapping.epoch,
+        details=(("token_prefix", mapping.token[:8]), ("source", source)),
+    )
+
+
+def _corrupt_event(owner: str, token: str, request_id: str) -> Event:
+    """A held record failed verification: owner and token prefix only, never a value."""
+    return Event(
+        name="storage_corrupt",
+        owner=owner,
+        request_id=request_id,
+        details=(("token_prefix", token[:8]),),
+    )
+
+
+def _require_no_verified_overwrite(
+    owner: str,
+    new: list[tuple[str, bytes, bytes]],
+    read: Callable[[bytes], bytes | None],
+    verified: Callable[[str, str, bytes], Held],
 ) -> None:
-    """Every mapping write is for a key that is empty now, and for a key written once."""
+    """Every mapping write is for a key that is empty now or holds a record that fails
+    verification, and for a key written once."""
     keys = set()
     for token, key, _ in new:
-        if key in keys or read(key) is not None:
+        held = read(key)
+        if key in keys or (held is not None and verified(owner, token, held) is not CORRUPT):
             raise InvariantViolation(
                 f"replica would overwrite a mapping: owner {owner} token prefix {token[:8]}"
             )

@@ -5,6 +5,9 @@ Invariants (docs/simulation.md explains each):
   replica, ever.
 - no-uninserted-value: every mapping a read returned or a replica holds is one that some client
   tried to insert.
+- no-corrupt-value: every mapping an ok read returned verifies: its token is the keyed hash of
+  its field and value under its epoch (the value the run decided for it), so a record with a
+  flipped bit can never reach a client, whatever the replicas hold.
 - answers-are-durable: when a client receives a tokenize's ok, or a detokenize that shows a
   token, at least W replicas hold that mapping durably (an acknowledgement means "fsync'd").
 - acknowledged-write-visible: every ok read invoked after a tokenize was acknowledged returns its
@@ -50,6 +53,7 @@ from dataclasses import dataclass
 
 from tokenvault.quorum.messages import GENESIS, EpochValue, Mapping
 from tokenvault.sim.cluster import ReplicaState
+from tokenvault.sim.durable import SIM_SEALER
 from tokenvault.sim.history import History, Operation, OperationKind, Outcome
 from tokenvault.sim.network import describe_value
 from tokenvault.sim.observer import Observation, WriteAttempt
@@ -174,6 +178,7 @@ def check(state: CheckInput) -> list[Violation]:
     report = _Report(state.context or no_context)
     ops = list(state.history)
     _check_values(state, ops, report)
+    _check_no_corrupt_value(state, ops, report)
     _check_answers_durable(state, ops, report)
     _check_acknowledged_visible(state, ops, report)
     _check_reads_never_go_back(state, ops, report)
@@ -233,6 +238,27 @@ def _check_values(state: CheckInput, ops: list[Operation], report: _Report) -> N
                     f" {','.join(sorted(set(where)))})",
                     [op for op in answering.get(key, []) if op.op_id in where],
                     tokens=[token],
+                )
+
+
+def _check_no_corrupt_value(state: CheckInput, ops: list[Operation], report: _Report) -> None:
+    decided = {(owner, slot): value for owner, slot, value, _ in state.decided_over_run}
+    for op in ops:
+        if not (op.is_read and op.outcome is Outcome.OK):
+            continue
+        for found in op.found:
+            if found is None:
+                continue
+            epoch = (
+                GENESIS if found.epoch == GENESIS.epoch else decided.get((found.owner, found.epoch))
+            )
+            if epoch is not None and not SIM_SEALER.token_matches(found, epoch):
+                report.add(
+                    "no-corrupt-value",
+                    f"{op.op_id} returned token {found.token} of {found.owner} with a value"
+                    f" that is not the one its token was made from (epoch {found.epoch})",
+                    [op],
+                    tokens=[found.token],
                 )
 
 

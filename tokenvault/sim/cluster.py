@@ -135,6 +135,9 @@ class SimCluster:
             if kind is FaultKind.WIPE:
                 self._wipe(peer)
                 return
+            if kind is FaultKind.BIT_FLIP:
+                peer.flip_bit(action.draw)
+                return
             {
                 FaultKind.CRASH: peer.crash,
                 FaultKind.RESTART: peer.disarm_and_restart,

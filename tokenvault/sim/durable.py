@@ -1,7 +1,8 @@
 """What a simulated peer holds on its disk: the durable records of its MemoryStore, decoded
 through the same records helpers the cores use. What the checker and the observer judge.
 
-Rules: read-only, durable state only (staged writes are not on the disk yet).
+Rules: read-only, durable state only (staged writes are not on the disk yet). A mapping record
+that does not open (a flipped bit: its tag fails) is not held: `corrupt()` names those.
 """
 
 from __future__ import annotations
@@ -12,12 +13,24 @@ from tokenvault.quorum.records import (
     DECIDED_PREFIX,
     MAPPING_PREFIX,
     AcceptorSlot,
+    StorageCorrupt,
     decode_mapping,
     mapping_key,
     read_acceptor_slot,
     read_decided,
 )
+from tokenvault.quorum.sealing import Sealer
+from tokenvault.sim.client import SIM_SECRET
 from tokenvault.store.memory_store import MemoryStore
+
+SIM_SEALER = Sealer(SIM_SECRET)  # the simulated peers' keys: records open as a peer's would
+
+
+def _opened(owner: str, token: str, raw: bytes) -> Mapping | None:
+    try:
+        return decode_mapping(SIM_SEALER, owner, token, raw)
+    except StorageCorrupt:
+        return None
 
 
 class DurableView:
@@ -28,7 +41,7 @@ class DurableView:
         key = mapping_key(owner, token)
         for found_key, raw in self._store.durable_items(key):
             if found_key == key:
-                return decode_mapping(owner, token, raw)
+                return _opened(owner, token, raw)
         return None
 
     def holds(self, mapping: Mapping) -> bool:
@@ -40,8 +53,20 @@ class DurableView:
         for key, raw in self._store.durable_items(MAPPING_PREFIX):
             owner_raw, _, token_raw = key[len(MAPPING_PREFIX) :].partition(b"\x00")
             owner, token = owner_raw.decode(), token_raw.decode()
-            held[(owner, token)] = decode_mapping(owner, token, raw)
+            mapping = _opened(owner, token, raw)
+            if mapping is not None:
+                held[(owner, token)] = mapping
         return held
+
+    def corrupt(self) -> list[tuple[str, str]]:
+        """The (owner, token) of every durable mapping record that does not open."""
+        found = []
+        for key, raw in self._store.durable_items(MAPPING_PREFIX):
+            owner_raw, _, token_raw = key[len(MAPPING_PREFIX) :].partition(b"\x00")
+            owner, token = owner_raw.decode(), token_raw.decode()
+            if _opened(owner, token, raw) is None:
+                found.append((owner, token))
+        return found
 
     def decided(self) -> dict[tuple[str, int], EpochValue]:
         """Every value this peer durably decided, by (owner, slot), via the records helpers."""

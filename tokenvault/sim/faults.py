@@ -16,6 +16,11 @@ Rules:
   (crash during a write); or right after it sent or staged a repair of anti-entropy or hinted
   handoff (crash during repair: the pass or the hint delivery is in flight). An aimed crash that
   found no such moment before its interval ended is called off.
+- Some runs flip a bit in a stored record (`bit_flip_count`, drawn from a generator of its
+  own so that the other draws of a seed stay as they were): the peer crashes, one bit of one of
+  its durable mapping records (which record and which bit: `draw`, from the seed) flips while it
+  is down, and it restarts. Its replica must report the record corrupt, never return it, and
+  read repair or anti-entropy must replace it (convergence).
 - Some runs wipe a peer's disk (`WIPE`): it crashes and restarts on an empty store, and must
   recover (quorum/recovery.py) before it votes. Their count comes from a generator of its own
   (`faults/wipes`), so a seed's other faults are what they were before wipes existed. At most
@@ -91,6 +96,7 @@ class FaultMix:
     partition_count: int
     partition_kinds: tuple[PartitionKind, ...]
     long_isolation: bool = False  # one long isolation instead of the short partitions
+    bit_flip_count: int = 0  # crashes during which one bit of a stored record flips
     wipe_count: int = 0  # crashes that restart on an empty store (a replaced disk)
 
     def describe(self) -> str:
@@ -104,7 +110,7 @@ class FaultMix:
             f"link[{self.link.describe()}] bad_links={self.bad_link_share:.2f}"
             f" fsync={self.fsync_s[0]:.4f}..{self.fsync_s[1]:.4f}"
             f" crashes={self.crash_count} aimed={self.aimed_crash_share:.2f}"
-            f" pauses={self.pause_count} {partitions}"
+            f" pauses={self.pause_count} {partitions} bit_flips={self.bit_flip_count}"
             + (f" wipes={self.wipe_count}" if self.wipe_count else "")
         )
 
@@ -133,6 +139,7 @@ def choose_mix(seed: int) -> FaultMix:
         partition_count=rng.choice((0, 1, 2, 4)),
         partition_kinds=kinds,
         long_isolation=rng.random() < LONG_ISOLATION_SHARE,
+        bit_flip_count=rng_for(seed, "faults/bit-flip-mix").choice((0, 1, 1, 2)),
         wipe_count=rng_for(seed, "faults/wipes").choice(WIPE_COUNTS),
     )
 
@@ -173,6 +180,7 @@ class FaultKind(enum.Enum):
     RESUME = "resume"
     PARTITION = "partition"
     PARTITION_END = "partition-end"
+    BIT_FLIP = "bit-flip"  # one bit of one durable mapping record of a peer that is down
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,12 +197,14 @@ class FaultAction:
     peer: str = ""
     partition: Partition | None = None
     strike_on: StrikeOn | None = None  # an aimed crash's moment
+    draw: int = 0  # a bit flip's record and bit, drawn from the seed
 
     def describe(self) -> str:
         if self.partition is not None:
             return f"{self.kind.value} {self.partition.kind.value} {self.partition.label}"
         strike = "" if self.strike_on is None else f" {self.strike_on.value}"
-        return f"{self.kind.value} {self.peer}{strike}".rstrip()
+        draw = f" draw={self.draw}" if self.kind is FaultKind.BIT_FLIP else ""
+        return f"{self.kind.value} {self.peer}{strike}{draw}".rstrip()
 
 
 def plan_faults(
@@ -229,9 +239,34 @@ def plan_faults(
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESUME, peer=peer))
     actions.extend(_plan_partitions(rng, mix, peer_ids, faults_end_s))
     actions.extend(_plan_wipes(seed, mix, peer_ids, faults_end_s, busy))
+    actions.extend(_plan_bit_flips(seed, mix, peer_ids, faults_end_s, busy))
     actions.sort(key=lambda a: (a.at_s, a.kind.value, a.peer))
     assert len(actions) <= FAULT_ACTIONS_MAX
     return tuple(actions)
+
+
+def _plan_bit_flips(
+    seed: int,
+    mix: FaultMix,
+    peer_ids: Sequence[str],
+    faults_end_s: float,
+    busy: dict[str, list[tuple[float, float]]],
+) -> list[FaultAction]:
+    """Crash, a bit flipped while down, restart: a generator of its own, so that the other
+    faults of a seed are drawn as they were before this kind existed."""
+    rng = rng_for(seed, "faults/bit-flips")
+    actions: list[FaultAction] = []
+    for _ in range(mix.bit_flip_count):
+        peer = rng.choice(list(peer_ids))
+        start = rng.uniform(faults_end_s * 0.3, faults_end_s * 0.9)
+        end = min(start + rng.uniform(0.2, 3.0), faults_end_s)
+        draw = rng.getrandbits(32)
+        if _claim(busy[peer], start, end):
+            actions.append(FaultAction(at_s=start, kind=FaultKind.CRASH, peer=peer))
+            middle = (start + end) / 2
+            actions.append(FaultAction(at_s=middle, kind=FaultKind.BIT_FLIP, peer=peer, draw=draw))
+            actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
+    return actions
 
 
 def _plan_wipes(

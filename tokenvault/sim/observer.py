@@ -44,6 +44,7 @@ from tokenvault.quorum.records import (
     read_decided,
     read_epoch_meta,
 )
+from tokenvault.sim.durable import SIM_SEALER
 from tokenvault.sim.network import describe_ballot, describe_value, short_token
 
 Write = tuple[bytes, bytes | None]
@@ -297,7 +298,7 @@ class Observer:
     def _on_hint(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
         if raw is not None:
             target = key[len(HINT_PREFIX) : -9].decode()
-            owner, mappings = decode_hint(raw)
+            owner, mappings = decode_hint(SIM_SEALER, raw)
             self._hints[(peer, key)] = (target, owner, mappings)
             self.hints_written += 1
             return

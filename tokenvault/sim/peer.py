@@ -56,7 +56,7 @@ from tokenvault.sim.client import (
 from tokenvault.sim.durable import DurableView
 from tokenvault.sim.engine import Action, Engine
 from tokenvault.sim.faults import StrikeOn
-from tokenvault.sim.network import describe_message
+from tokenvault.sim.network import describe_message, short_token
 from tokenvault.sim.observer import Observer, is_watched
 from tokenvault.store.memory_store import MemoryStore
 
@@ -96,6 +96,7 @@ class PeerStats:
     strikes: dict[str, int] = field(default_factory=dict)  # aimed crashes by StrikeOn
     hints_lost_in_flight: int = 0  # hint deliveries in flight when the peer crashed
     tokenize_relearned: int = 0  # fenced tokenize writes that learned the epoch and retried
+    bit_flips: int = 0  # bits flipped in its stored records while it was down
 
 
 def is_repair_insert(message: Message) -> bool:
@@ -381,6 +382,22 @@ class SimPeer:
         self.stats.wipes += 1
         self.observer.on_wipe(self.peer_id)
         self._engine.record(f"wipe {self.peer_id} records_lost={held}")
+
+    def flip_bit(self, draw: int) -> None:
+        """One bit of one durable mapping record flips while the peer is down (`draw` picks
+        which record and which bit); called off when it holds no mapping."""
+        if self.state is not PeerState.DOWN:
+            return
+        records = self.store.durable_items(MAPPING_PREFIX)
+        if not records:
+            self._engine.record(f"bit-flip {self.peer_id} called off: no mapping held")
+            return
+        key, raw = records[draw % len(records)]
+        bit = (draw // len(records)) % (8 * len(raw))
+        self.store.flip_bit(key, bit)
+        self.stats.bit_flips += 1
+        token = key.rpartition(b"\x00")[2].decode()
+        self._engine.record(f"bit-flip {self.peer_id} token={short_token(token)} bit={bit}")
 
     def arm_crash(self, strike_on: StrikeOn = StrikeOn.STAGED_WRITE) -> None:
         """An aimed crash: strike at the next moment of the kind asked."""

@@ -117,6 +117,9 @@ class SimStats:
     converged_after_s: float  # from the start of the liveness phase; -1 when not reached
     liveness_started_s: float  # virtual time the clients were done (after healing); -1: never
     converged_since_heal_s: float  # from healing to the first probe that saw it converged
+    bit_flips: int = 0  # bits flipped in stored records (faults.py)
+    records_found_corrupt: int = 0  # storage_corrupt events: a held record failed verification
+    records_repaired: int = 0  # corrupt records replaced by a mapping that verifies
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -413,4 +416,7 @@ def _stats(
         converged_since_heal_s=-1.0
         if phases.converged_at_s is None
         else phases.converged_at_s - config.faults_end_s,
+        bit_flips=sum(p.bit_flips for p in peers),
+        records_found_corrupt=events("storage_corrupt"),
+        records_repaired=events("mapping_repaired"),
     )

@@ -71,6 +71,12 @@ class MemoryStore:
         self._unsynced_writes = 0
         return lost
 
+    def flip_bit(self, key: bytes, bit: int) -> None:
+        """A simulated disk fault: one bit of a durable record flips in place."""
+        raw = bytearray(self._durable[key])
+        raw[bit // 8] ^= 1 << (bit % 8)
+        self._durable[key] = bytes(raw)
+
     def durable_items(self, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
         """Every durable (key, value) whose key starts with prefix, ascending; staged writes
         are not included."""
