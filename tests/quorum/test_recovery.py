@@ -4,7 +4,10 @@ refill, and proposers that drop the answers of a replaced store."""
 
 from __future__ import annotations
 
+import json
 import random
+
+import pytest
 
 from tests.quorum.test_peer_core import (
     EPOCH_2,
@@ -20,11 +23,13 @@ from tests.quorum.test_peer_core import (
     sent,
     tokenize,
 )
+from tokenvault.http.peer_codec import CodecError, decode_batch, encode_batch, encode_message
 from tokenvault.quorum.client_operations import Detokenize, Tokenized
 from tokenvault.quorum.effects import Failure, ReadDone, Timer, TimerKind
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator
 from tokenvault.quorum.messages import (
     GENESIS,
+    RECOVERY_DECIDED_MAX,
     ZERO_BALLOT,
     Accept,
     Accepted,
@@ -39,6 +44,7 @@ from tokenvault.quorum.messages import (
     InsertOutcome,
     InsertReply,
     InsertRequest,
+    Message,
     Prepare,
     Promise,
     ReadReply,
@@ -425,3 +431,29 @@ def test_its_identity_and_queries_go_out_only_once_its_decision_is_durable() -> 
     assert queried == set(OTHERS)
     beats = sent(peer.core.advance(2.0), Heartbeat)
     assert {b.store for b in beats.values()} == {peer.core.recovery.store_id}
+
+
+# -- the wire --------------------------------------------------------------------------------------
+
+
+def test_the_recovery_messages_cross_the_wire_and_old_shapes_still_decode() -> None:
+    ballot = Ballot(round=2, peer="r-b")
+    value = EpochValue(epoch=3, salt="bb" * 8, requested_by="r-b", requested_at_s=1.5)
+    messages: list[Message] = [
+        heartbeat("p2", OLD_ID),
+        RecoveryQuery(op_id="rq:p1", owner=OWNER, store=OLD_ID),
+        report(
+            slots=(
+                SlotState(slot=3, promised=ballot, accepted_ballot=ballot, accepted_value=value),
+            )
+        ),
+        promise(P2_ID, ballot, unavailable=True),
+    ]
+    body = encode_batch("p2", [encode_message(m) for m in messages])
+    assert decode_batch(body) == ("p2", messages)
+    old = b'{"source":"p2","messages":[{"type":"heartbeat","sender":"p2"}]}'
+    assert decode_batch(old) == ("p2", [Heartbeat(sender="p2")])
+    too_many = json.loads(encode_message(report()))
+    too_many["decided"] *= RECOVERY_DECIDED_MAX + 1
+    with pytest.raises(CodecError):
+        decode_batch(encode_batch("p2", [json.dumps(too_many).encode()]))
