@@ -270,6 +270,13 @@ def test_status_prints_a_table_of_peers_with_the_admin_key(
             "owners": ["alice"],
             "hints": [{"target": "n3", "hints": 4, "bytes": 100, "in_flight": 0}],
             "anti_entropy": {"last_pass": {"outcome": "in_sync", "finished_s_ago": 2.0}},
+            "state": "recovering",
+            "recovery": {
+                "phase": "recovering",
+                "owners_total": 2,
+                "owners_learned": 2,
+                "owners_refilled": 1,
+            },
         },
     )
     peer.answers["GET", "/v1/admin/owners/alice"] = httpx.Response(
@@ -296,13 +303,23 @@ def test_status_prints_a_table_of_peers_with_the_admin_key(
     }
     lines = capsys.readouterr().out.splitlines()
     assert "N=3 W=2 R=2" in lines[0]
-    assert lines[1].split() == ["ID", "ADDRESS", "STATE", "FOR", "HINTS", "HELD", "ANTI-ENTROPY"]
+    assert lines[1].split() == [
+        "ID",
+        "ADDRESS",
+        "STATE",
+        "FOR",
+        "SERVING",
+        "HINTS",
+        "HELD",
+        "ANTI-ENTROPY",
+    ]
     assert [line.split()[:3] for line in lines[2:5]] == [
         ["n1", "127.0.0.1:7401", "up"],
         ["n2", "127.0.0.1:7402", "suspect"],
         ["n3", "127.0.0.1:7403", "down"],
     ]
     assert "4 for n3" in lines[2] and "in_sync 2s ago" in lines[2]
+    assert "recovering (recovering: learned 2/2, refilled 1/2)" in lines[2]
     assert lines[6].split() == ["OWNER", "CONVERGED", "EPOCHS", "TOKENS", "PER", "REPLICA"]
     assert lines[7].split() == ["alice", "NO", "2,-", "n1=7", "n3=unreachable"]
 

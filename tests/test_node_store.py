@@ -23,6 +23,7 @@ from tokenvault.http.api import PublicApi
 from tokenvault.http.server import Request, RequestHead, Response
 from tokenvault.log import EventLog
 from tokenvault.node import Node
+from tokenvault.quorum.records import MAPPING_PREFIX
 
 WAIT_S = 20.0  # a safety net; the conditions come true in well under a second
 
@@ -146,7 +147,7 @@ async def test_damage_at_open_is_one_line_and_an_empty_store(tmp_path: Path) -> 
     async with _running(config_path) as peer:
         [line] = peer.events("store_damaged")
         assert (line["file"], line["found"]) == (manifest.name, "open")
-        assert peer.node.store.scan(b"", limit=1) == []
+        assert peer.node.store.scan(MAPPING_PREFIX, limit=1) == []  # a new store: no mapping
         assert (await peer.call("GET", "/readyz")).status == 200
         metrics = (await peer.call("GET", "/metrics")).body.decode()
         assert "tokenvault_stores_replaced_total 1" in metrics

@@ -49,6 +49,7 @@ def node_view(node: Node) -> dict[str, object]:
         "cluster_fingerprint": node.cluster_fingerprint,
         "uptime_s": round(trio.current_time() - node.started_at, 3),
         "operations_in_flight": node.core.operations_in_flight(),
+        **recovery_view(node),
         "owners": [o.id for o in node.config.owners],
         "anti_entropy": _anti_entropy_view(node),
         "hints": [
@@ -88,6 +89,23 @@ def store_health_view(node: Node) -> dict[str, object]:
         "reopens": health.reopens,
         "replaced": node.stores_replaced,
         "scrubs": node.scrubs,
+    }
+
+
+def recovery_view(node: Node) -> dict[str, object]:
+    """`state` ("serving" or "recovering", PeerCore.state: the one source) and how far the
+    recovery of a lost store went (recovery.py)."""
+    progress = node.core.recovery_progress()
+    return {
+        "state": node.core.state,
+        "recovery": {
+            "phase": progress.phase,
+            "owners_total": progress.owners_total,
+            "owners_learned": progress.owners_learned,
+            "owners_refilled": progress.owners_refilled,
+            "peers_total": progress.peers_total,
+            "peers_acknowledged": progress.peers_acknowledged,
+        },
     }
 
 

@@ -142,6 +142,22 @@ class Cluster:
             self.start(peer_id)
         for peer_id in self.peer_ids:
             self.wait_ready(peer_id)
+        for peer_id in self.peer_ids:
+            self.wait_serving(peer_id)
+
+    def wait_serving(self, peer_id: str, timeout_s: float = READY_TIMEOUT_S) -> float:
+        """Waits until /healthz says "serving" (a fresh peer says "recovering" until it knows
+        whether its peers knew it); returns the seconds waited."""
+        started = time.monotonic()
+        while time.monotonic() < started + timeout_s:
+            try:
+                health = httpx.get(self.url(peer_id) + "/healthz", timeout=1.0, verify=self.verify)
+                if health.status_code == 200 and health.json()["status"] == "serving":
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{peer_id} not serving after {timeout_s} s")
 
     def wait_ready(self, peer_id: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

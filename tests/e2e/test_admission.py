@@ -206,6 +206,7 @@ def test_idle_sockets_do_not_lock_out_a_new_client(
             wait_healthy(cluster, "n1", limited)
             for peer_id in ("n2", "n3"):
                 cluster.wait_ready(peer_id)
+            cluster.wait_serving("n1")  # a new cluster's peer serves once its peers answered
             pid = limited.pid
         assert tokenize(cluster, "n1", "alice", [{"ssn": "000-00-0000"}]).status_code == 200
 

@@ -253,6 +253,36 @@ def test_a_record_that_fails_verification_is_repaired_from_one_that_verifies(
     assert len({p.replica.digests.root(OWNER) for p in net.peers.values()}) == 1
 
 
+@pytest.mark.parametrize("corrupt_on", ["a", "b"])
+def test_a_corrupt_record_no_partner_holds_is_dropped(corrupt_on: str) -> None:
+    """The lone copy of a mapping (a write that failed everywhere else) then a flipped bit: no
+    replica can supply it, so while it stayed counted the digests differed forever (found by
+    the simulator, seed 49). Once a partner shows it lacks the token, the corrupt record is
+    deleted, and the replicas converge; a healthy record is never dropped."""
+    net = Net(sealer=REAL_SEALER)
+    shared = [mapping(i) for i in range(10)]
+    lone = mapping(99)
+    for peer in net.peers.values():
+        peer.hold(shared)
+    victim = net.peers[corrupt_on]
+    victim.hold([lone])
+    key = mapping_key(OWNER, lone.token)
+    raw = bytearray(victim.store.get(key) or b"")
+    raw[-3] ^= 0x01
+    victim.store.stage([(key, bytes(raw))])
+    victim.store.sync()
+    victim.restart()
+    assert victim.replica.held_mapping(OWNER, lone.token) is CORRUPT
+    net.converge()
+    assert victim.store.get(key) is None
+    assert all(
+        p.replica.read_mapping(OWNER, m.token) == m for p in net.peers.values() for m in shared
+    )
+    assert len({p.replica.digests.root(OWNER) for p in net.peers.values()}) == 1
+    victim.restart()
+    assert len({p.replica.digests.root(OWNER) for p in net.peers.values()}) == 1
+
+
 def test_only_the_owners_replicas_take_part() -> None:
     net = Net()
     summary = AeSummary(

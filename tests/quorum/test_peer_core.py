@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.stores import SERVING_STORE_ID, serving_store
 from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.client_operations import (
     ClientOperation,
@@ -85,7 +86,7 @@ class Peer:
         peers: tuple[str, ...] = PEERS,
         store: MemoryStore | None = None,
     ) -> None:
-        self.store = store if store is not None else MemoryStore()
+        self.store = store if store is not None else serving_store()
         self.core = PeerCore(
             peer_id="p1",
             ring=HashRing(peers, 8),
@@ -446,6 +447,7 @@ class FailingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.failures = 0
+        serving_store(store=self)
 
     def stage(self, writes: Sequence[Write]) -> None:
         if self.failures:
@@ -546,7 +548,8 @@ def test_the_first_heartbeat_is_due_at_start_and_goes_to_every_other_peer() -> N
     assert peer.core.next_due() == 0.0
     step = peer.core.advance(0.0)
     assert step.ticked
-    assert sent(step, Heartbeat) == {p: Heartbeat(sender="p1") for p in OTHERS}
+    heartbeat = Heartbeat(sender="p1", store=SERVING_STORE_ID)
+    assert sent(step, Heartbeat) == {p: heartbeat for p in OTHERS}
     assert peer.core.next_due() == PeerLimits().detector.heartbeat_interval_s
     quiet = peer.core.advance(0.1)
     assert not quiet.ticked and quiet.messages == []

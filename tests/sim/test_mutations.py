@@ -21,6 +21,10 @@ holds. They reach into private methods on purpose: the rule they hold is what is
 - hints-deleted-early: hinted handoff deletes a hint as soon as it sends it, before the
   target's durable acknowledgement;
 - anti-entropy-skips-a-bucket: anti-entropy never repairs the first bucket that differs;
+- recovering-peer-votes: a peer that lost its store (a wiped disk) answers Paxos before it
+  recovered (quorum/recovery.py); the amnesia it brings chooses a second value for an epoch.
+  The random sweep catches it rarely (a wipe must meet dueling rotates across a partition);
+  tests/sim/test_disk_wipe.py holds the targeted scenario that catches it on every seed.
 - skips-read-verification: a replica reads its records without checking them: the sealed value
   is decrypted without its tag (AES-GCM is counter mode: a flipped ciphertext bit flips the
   same plaintext bit; a flipped nonce bit gives garbage) and no token is checked, so a bit
@@ -42,13 +46,23 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from tokenvault.quorum import peer_core as peer_core_module
+from tokenvault.quorum import recovery
 from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.anti_entropy import AntiEntropy
 from tokenvault.quorum.coordinator import Coordinator, _Phase
 from tokenvault.quorum.effects import Effects
 from tokenvault.quorum.epoch_coordinator import EpochCoordinator
 from tokenvault.quorum.hinted_handoff import HintedHandoff
-from tokenvault.quorum.messages import AeSummaryReply, Mapping, Prepare, Promise
+from tokenvault.quorum.messages import (
+    Accept,
+    AeSummaryReply,
+    Envelope,
+    EpochQuery,
+    Mapping,
+    Message,
+    Prepare,
+    Promise,
+)
 from tokenvault.quorum.peer_core import PeerCore
 from tokenvault.quorum.replica import Replica
 from tokenvault.sim.cli import main
@@ -142,6 +156,14 @@ class AntiEntropySkipsABucket(AntiEntropy):
         super()._on_summary_reply(current, skipped, now, effects)
 
 
+def _votes_while_recovering(
+    peer_id: str, store_id: str, source: str, message: Message
+) -> list[Envelope] | None:
+    if isinstance(message, Prepare | Accept | EpochQuery):
+        return None  # answered as if it had never lost its store
+    return recovery.refusal(peer_id, store_id, source, message)
+
+
 def _open_without_the_tag(owner: str, token: str, raw: bytes) -> Mapping | None:
     """What a reader that skips the tag makes of a format-2 record (None: no such record)."""
     field_end = 6 + raw[5]
@@ -223,6 +245,12 @@ MUTATIONS = (
         "hints-deleted-early",
         lambda mp: mp.setattr(peer_core_module, "HintedHandoff", HintsDeletedEarly),
         frozenset({"hints-kept-until-acknowledged"}),
+        black_box=False,
+    ),
+    Mutation(
+        "recovering-peer-votes",
+        lambda mp: mp.setattr(peer_core_module, "refusal", _votes_while_recovering),
+        frozenset({"chosen-value-kept", "one-value-per-slot"}),
         black_box=False,
     ),
     Mutation(

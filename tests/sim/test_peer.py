@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.stores import serving_store
 from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.client_operations import Tokenized
 from tokenvault.quorum.effects import Effects, EpochDone, ReadDone
@@ -69,6 +70,7 @@ class Harness:
             client_latency_s=0.001,
             send=self._send,
             owners=owners,
+            store=serving_store(),
         )
 
     def _send(self, envelope: Envelope) -> None:

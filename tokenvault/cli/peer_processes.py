@@ -150,6 +150,8 @@ def wait_until_healthy(
 
 
 def _answers_health(client: httpx.Client, url: str) -> bool:
+    """The peer is ready: it serves and its store takes writes (a fresh peer of a new cluster
+    is not ready until a majority of its peers answered it, within a heartbeat or two)."""
     try:
         return client.get(f"{url}/readyz").status_code == 200
     except httpx.HTTPError:

@@ -37,7 +37,7 @@ def print_status(answer: Any, out: TextIO, details: ClusterDetails | None = None
     )
     header: tuple[str, ...] = ("ID", "ADDRESS", "STATE", "FOR")
     if details is not None:
-        header += ("HINTS HELD", "ANTI-ENTROPY")
+        header += ("SERVING", "HINTS HELD", "ANTI-ENTROPY")
     rows: list[tuple[str, ...]] = [header]
     for peer in peers:
         since = peer.get("for_s")
@@ -92,14 +92,27 @@ def _print_configuration_mismatch(nodes: dict[str, Any], out: TextIO) -> None:
         )
 
 
-def _node_columns(node: Any) -> tuple[str, str]:
+def _serving_text(node: dict[str, Any]) -> str:
+    """ "serving", or "recovering" with how far the recovery of a lost store went."""
+    state = str(node.get("state", "?"))
+    progress = node.get("recovery")
+    if state != "recovering" or not isinstance(progress, dict):
+        return state
+    total = progress.get("owners_total", "?")
+    return (
+        f"recovering ({progress.get('phase', '?')}: learned {progress.get('owners_learned', '?')}"
+        f"/{total}, refilled {progress.get('owners_refilled', '?')}/{total})"
+    )
+
+
+def _node_columns(node: Any) -> tuple[str, str, str]:
     if not isinstance(node, dict):
-        return ("unreachable", "")
+        return ("unreachable", "", "")
     hints = node.get("hints", [])
     held = ", ".join(f"{h['hints']} for {h['target']}" for h in hints) or "0"
     last = (node.get("anti_entropy") or {}).get("last_pass")
     pass_text = "" if not last else f"{last['outcome']} {last['finished_s_ago']:.0f}s ago"
-    return (held, pass_text)
+    return (_serving_text(node), held, pass_text)
 
 
 def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:

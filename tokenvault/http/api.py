@@ -545,7 +545,8 @@ class PublicApi:
         )
 
     async def _healthz(self, request: Request, principal: Principal | None, _: str) -> Response:
-        return json_response(200, {"status": "serving", "peer": self._node.peer_id})
+        # Liveness: 200 while the process answers; "status" says whether it serves yet.
+        return json_response(200, {"status": self._node.core.state, "peer": self._node.peer_id})
 
     async def _readyz(self, request: Request, principal: Principal | None, _: str) -> Response:
         """200 while the peer serves and its store takes writes; else 503 in the error envelope,
@@ -641,6 +642,9 @@ _FAILURE_TEXT = {
     ),
     Failure.STORE_FAILED: "This peer's store failed; try another peer or retry later.",
     Failure.INTERNAL_ERROR: "This peer failed an internal check (logged); try another peer.",
+    Failure.RECOVERING: (
+        "This peer is recovering a lost store and serves no request yet; try another peer."
+    ),
 }
 
 

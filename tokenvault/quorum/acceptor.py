@@ -12,7 +12,14 @@ Rules:
   what is already decided is a safety alarm, reported, never applied.
 - One ballot, one value: an Accept at the ballot already accepted here with another value (a
   proposer that broke Paxos: a bug or a hostile peer) is the same alarm, refused.
-- An EpochQuery changes nothing: it reports the highest decided value and accepted slot.
+- An EpochQuery changes nothing: it reports the highest decided value and accepted slot; a
+  RecoveryQuery changes nothing either: it reports every decided value (the highest
+  RECOVERY_DECIDED_MAX), the meta and the open slots, for a replica that lost its store.
+- Adoption (`adopt`, recovery.py): a recovering replica takes, from a majority of the other
+  replicas, every decided value, the highest meta, and per open slot the highest promise and the
+  accepted value of the highest ballot; it goes through the same checked writers.
+- Promises and Accepted carry this store's identity (`store_id`), so a proposer can drop the
+  answers of a store that was since replaced.
 
 Invariants (invariants.py), asserted on every record write against the record it replaces, so
 no peer message can break them (the rules above refuse what would): a promise never decreases;
@@ -25,6 +32,9 @@ from __future__ import annotations
 from tokenvault.quorum.effects import Effects, Event
 from tokenvault.quorum.invariants import require
 from tokenvault.quorum.messages import (
+    GENESIS_EPOCH,
+    RECOVERY_DECIDED_MAX,
+    RECOVERY_SLOTS_MAX,
     Accept,
     Accepted,
     AcceptorMessage,
@@ -37,11 +47,16 @@ from tokenvault.quorum.messages import (
     Message,
     Prepare,
     Promise,
+    RecoveryQuery,
+    RecoveryReport,
+    SlotState,
 )
 from tokenvault.quorum.records import (
+    ACCEPTOR_PREFIX,
     AcceptorSlot,
     EpochMeta,
     StorageReader,
+    StorageView,
     acceptor_key,
     decided_key,
     encode_acceptor_slot,
@@ -56,9 +71,11 @@ from tokenvault.quorum.records import (
 
 
 class Acceptor:
-    def __init__(self, *, peer_id: str, storage: StorageReader) -> None:
+    def __init__(self, *, peer_id: str, storage: StorageView, store_id: str = "") -> None:
         self._peer_id = peer_id
-        self._storage = storage
+        self._storage: StorageReader = storage
+        self._view = storage  # scans: a recovery report's open slots
+        self._store_id = store_id
 
     def active_epoch(self, owner: str) -> EpochValue:
         """The highest epoch decided here for the owner (the genesis epoch when none was)."""
@@ -71,8 +88,118 @@ class Acceptor:
         return read_epoch_meta(self._storage, owner)
 
     def on_message(self, source: str, message: Message) -> Effects:
+        if isinstance(message, RecoveryQuery):
+            return self._reply(source, self.recovery_report(message), Effects())
         assert isinstance(message, EpochQuery | Prepare | Accept | Decide), type(message).__name__
         return self._dispatch(source, message)
+
+    # -- recovery of a lost store (recovery.py) ------------------------------------------------
+
+    def recovery_report(self, query: RecoveryQuery) -> RecoveryReport:
+        owner = query.owner
+        meta = read_epoch_meta(self._storage, owner)
+        first = max(GENESIS_EPOCH + 1, meta.decided_slot - RECOVERY_DECIDED_MAX + 1)
+        decided = tuple(
+            value
+            for slot in range(first, meta.decided_slot + 1)
+            if (value := read_decided(self._storage, owner, slot)) is not None
+        )
+        prefix = ACCEPTOR_PREFIX + owner.encode() + b"\x00"
+        after = acceptor_key(owner, meta.decided_slot)
+        slots = []
+        for key, _ in self._view.scan(prefix, start_after=after, limit=RECOVERY_SLOTS_MAX):
+            slot = int.from_bytes(key[len(prefix) :])
+            state = read_acceptor_slot(self._storage, owner, slot)
+            slots.append(
+                SlotState(
+                    slot=slot,
+                    promised=state.promised,
+                    accepted_ballot=state.accepted_ballot,
+                    accepted_value=state.accepted_value,
+                )
+            )
+        return RecoveryReport(
+            op_id=query.op_id,
+            owner=owner,
+            decided=decided,
+            decided_slot=meta.decided_slot,
+            accepted_slot=meta.accepted_slot,
+            slots=tuple(slots),
+        )
+
+    def adopt(self, owner: str, reports: list[RecoveryReport]) -> Effects:
+        """Takes what a majority of the other replicas hold: every decided value, the highest
+        meta, per open slot the highest promise and the accepted value of the highest ballot."""
+        effects = Effects()
+        decided_slot = read_epoch_meta(self._storage, owner).decided_slot
+        for value in sorted({v.epoch: v for r in reports for v in r.decided}.values(), key=_epoch):
+            values = {v for r in reports for v in r.decided if v.epoch == value.epoch}
+            held = read_decided(self._storage, owner, value.epoch)
+            if len(values) > 1 or (held is not None and held != value):
+                effects.events.append(self._disagreement(owner, value.epoch, "recovery"))
+                continue
+            if held is None:
+                self._write_decided(owner, value, effects)
+            decided_slot = max(decided_slot, value.epoch)
+        accepted_slot = max(r.accepted_slot for r in reports)
+        by_slot: dict[int, list[SlotState]] = {}
+        for report in reports:
+            for state in report.slots:
+                if state.slot > decided_slot:
+                    by_slot.setdefault(state.slot, []).append(state)
+        for slot, states in sorted(by_slot.items()):
+            adopted = self._adopted_slot(owner, slot, states, effects)
+            if adopted is not None:
+                self._write_slot(owner, slot, adopted, effects)
+                if adopted.accepted_ballot is not None:
+                    accepted_slot = max(accepted_slot, slot)
+        meta = read_epoch_meta(self._storage, owner)
+        adopted_meta = EpochMeta(
+            decided_slot=max(meta.decided_slot, decided_slot),
+            accepted_slot=max(meta.accepted_slot, accepted_slot),
+        )
+        if adopted_meta != meta:
+            self._write_meta(owner, adopted_meta, effects)
+        effects.events.append(
+            Event(
+                name="recovery_owner_learned",
+                owner=owner,
+                epoch=adopted_meta.decided_slot,
+                details=(("reports", len(reports)), ("open_slots", len(by_slot))),
+            )
+        )
+        return effects
+
+    def _adopted_slot(
+        self, owner: str, slot: int, states: list[SlotState], effects: Effects
+    ) -> AcceptorSlot | None:
+        mine = read_acceptor_slot(self._storage, owner, slot)
+        candidates = [
+            (s.accepted_ballot, s.accepted_value)
+            for s in states
+            if s.accepted_ballot is not None and s.accepted_value is not None
+        ]
+        if mine.accepted_ballot is not None and mine.accepted_value is not None:
+            candidates.append((mine.accepted_ballot, mine.accepted_value))
+        accepted_ballot, accepted_value = max(candidates, key=lambda c: c[0], default=(None, None))
+        if any(b == accepted_ballot and v != accepted_value for b, v in candidates):
+            effects.events.append(self._disagreement(owner, slot, "recovery"))
+            return None  # one ballot, two values: a broken peer; keep what is held
+        promised = max([mine.promised, *(s.promised for s in states)])
+        if accepted_ballot is not None:
+            promised = max(promised, accepted_ballot)
+        return AcceptorSlot(
+            promised=promised, accepted_ballot=accepted_ballot, accepted_value=accepted_value
+        )
+
+    @staticmethod
+    def _disagreement(owner: str, slot: int, found_by: str) -> Event:
+        return Event(
+            name="paxos_disagreement",
+            owner=owner,
+            epoch=slot,
+            details=(("slot", slot), ("found_by", found_by)),
+        )
 
     def _dispatch(self, source: str, message: AcceptorMessage) -> Effects:
         if isinstance(message, EpochQuery):
@@ -131,6 +258,7 @@ class Acceptor:
             accepted_ballot=state.accepted_ballot,
             accepted_value=state.accepted_value,
             decided=decided,
+            store=self._store_id,
         )
         return self._reply(source, promise, effects)
 
@@ -177,6 +305,7 @@ class Acceptor:
             granted=granted,
             promised=state.promised,
             decided=decided,
+            store=self._store_id,
         )
         return self._reply(source, reply, effects)
 
@@ -267,6 +396,10 @@ class Acceptor:
             epoch=slot,
             details=(("slot", slot), ("ballot", _text(ballot))),
         )
+
+
+def _epoch(value: EpochValue) -> int:
+    return value.epoch
 
 
 def _text(ballot: Ballot) -> str:

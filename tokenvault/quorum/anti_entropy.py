@@ -26,6 +26,10 @@ a decided value never changes, a mapping that verifies is never overwritten).
 Bounds: `buckets_per_pass_max`, `keys_per_page_max`, `pages_per_pass_max`, and
 `pass_timeout_s`: a pass whose partner stays silent that long ends `timed_out` (a pass that
 gets answers goes on, however slow they are under load, up to its page bound).
+Recovery (recovery.py): while this peer refills a lost store, `urgent` is set and passes run
+back to back; a pass tells whether the partner had nothing this peer lacks (`nothing_missing`:
+equal digests, or every differing window compared and the partner pushed nothing, as each
+AeKeysReply says in `pushed`).
 Whatever a pass leaves undone still differs and is taken up by a later pass, at once after a
 pass that repaired something, else after `pass_interval_s` (the throttle of a quiet cluster).
 """
@@ -72,6 +76,8 @@ class HeldRecords(Protocol):
 
     def held_mapping(self, owner: str, token: str) -> Mapping | object | None: ...
 
+    def drop_corrupt(self, owner: str, token: str, partner: str) -> Effects: ...
+
 
 class DecidedSource(Protocol):
     def active_epoch(self, owner: str) -> EpochValue: ...
@@ -99,6 +105,7 @@ class _Pass:
     pages: int = 0
     pushed: int = 0
     differing: int = 0
+    received: int = 0  # mappings the partner pushed to this peer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +118,15 @@ class PassReport:
     pages: int
     mappings_pushed: int
     outcome: str  # "in_sync", "repaired", "timed_out"
+    mappings_received: int = 0
+    complete: bool = True  # every differing bucket was compared
+
+    @property
+    def nothing_missing(self) -> bool:
+        """The partner had nothing this peer lacks (as far as this pass could tell)."""
+        if self.outcome == "in_sync":
+            return True
+        return self.outcome == "repaired" and self.complete and self.mappings_received == 0
 
 
 @dataclass(slots=True)
@@ -159,6 +175,7 @@ class AntiEntropy:
         self._next_pass_at = 0.0
         self._sequence = itertools.count(1)
         self.statistics = AntiEntropyStatistics()
+        self.urgent = False  # refilling a lost store: passes back to back (recovery.py)
 
     # -- initiator -----------------------------------------------------------------------------
 
@@ -256,6 +273,7 @@ class AntiEntropy:
         if not current.buckets or reply.bucket != current.buckets[0]:
             return
         current.pushed += self._push(current.owner, current.partner, reply.missing, effects)
+        current.received += reply.pushed
         if current.last is not None:
             current.start_after = current.last  # the next page of the same bucket
         else:
@@ -277,12 +295,14 @@ class AntiEntropy:
             pages=current.pages,
             mappings_pushed=current.pushed,
             outcome=outcome,
+            mappings_received=current.received,
+            complete=not current.buckets and current.differing <= self._limits.buckets_per_pass_max,
         )
         stats = self.statistics
         stats.passes += 1
         stats.passes_in_sync += outcome == "in_sync"
         stats.last_pass = report
-        if outcome == "repaired":
+        if outcome == "repaired" or self.urgent:
             self._next_pass_at = now  # more may differ: no pause while repairing
         if outcome != "in_sync":
             effects.events.append(
@@ -342,9 +362,13 @@ class AntiEntropy:
                 they_lack.append(token)  # ours verifies: theirs is replaced if it does not
             else:
                 we_lack.append(token)  # ours is corrupt: ask for theirs
-        self._push(owner, source, they_lack, effects, op_id=keys.op_id)
+        pushed = self._push(owner, source, they_lack, effects, op_id=keys.op_id)
         reply = AeKeysReply(
-            op_id=keys.op_id, owner=owner, bucket=keys.bucket, missing=tuple(we_lack)
+            op_id=keys.op_id,
+            owner=owner,
+            bucket=keys.bucket,
+            missing=tuple(we_lack),
+            pushed=pushed,
         )
         self._send(source, reply, effects)
 
@@ -363,6 +387,10 @@ class AntiEntropy:
             held = self._records.held_mapping(owner, token)
             if isinstance(held, Mapping):  # never a corrupt record
                 mappings.append(held)
+            elif held is not None:  # corrupt, and the partner lacks it: nothing to keep
+                dropped = self._records.drop_corrupt(owner, token, target)
+                effects.writes.extend(dropped.writes)
+                effects.events.extend(dropped.events)
         if mappings:
             push_id = op_id or f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
             request = InsertRequest(

@@ -28,6 +28,10 @@ Theory of operation:
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
   reads are idempotent), until the operation's deadline.
 - Time arrives as `now`; the core has no clock, no randomness and no I/O.
+- A replica recovering a lost store (recovery.py) answers UNAVAILABLE (an insert) or an
+  `unavailable` read reply: it is no holder and no responder, like a replica that is down but
+  without the wait; when too few replicas are left for the quorum the operation fails at once.
+  An answered write leaves hints for it, which it takes (repairs are never refused).
 - A FENCED answer to a repair breaks the protocol (repairs are never fenced): a buggy or
   hostile replica. It is refused, the replica counts as no holder, and it is reported
   (`peer_protocol_conflict`).
@@ -94,6 +98,7 @@ class _Operation:
     holders: dict[str, set[str]] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
     fenced: set[str] = field(default_factory=set)  # replicas holding a later epoch
+    unavailable: set[str] = field(default_factory=set)  # replicas recovering a lost store
     # reads: the tokens asked, in order, and the answers received.
     tokens: tuple[str, ...] = ()
     responses: dict[str, tuple[Mapping | None, ...]] = field(default_factory=dict)
@@ -316,11 +321,17 @@ class Coordinator:
                 operation.holders[token].add(source)
             elif operation.phase is _Phase.LINGERING:
                 continue  # answered already; what a lagging replica refuses, hints cannot fix
+            elif outcome is InsertOutcome.UNAVAILABLE:
+                operation.unavailable.add(source)
+                if self._out_of_reach(operation, self._quorum.write_quorum):
+                    failure = Failure.FENCED if operation.fenced else Failure.QUORUM_TIMEOUT
+                    self._finish(operation, failure, effects)
+                    return effects
             elif outcome is InsertOutcome.FENCED:
                 if operation.phase is not _Phase.WRITING:
                     continue  # a fenced repair, reported above: no holder
                 operation.fenced.add(source)
-                if len(operation.replicas) - len(operation.fenced) < self._quorum.write_quorum:
+                if self._out_of_reach(operation, self._quorum.write_quorum):
                     self._finish(operation, Failure.FENCED, effects)
                     return effects
             elif token in operation.corrupt.get(source, ()):
@@ -360,6 +371,14 @@ class Coordinator:
             return effects
         if reply.tokens != operation.tokens:
             return effects  # not an answer to what we asked
+        if reply.unavailable:
+            operation.unavailable.add(source)
+            if self._out_of_reach(operation, self._quorum.read_quorum):
+                effects.events.append(
+                    _event(operation, "quorum_failed", ("phase", "replicas_recovering"))
+                )
+                self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
+            return effects
         operation.responses[source] = reply.mappings
         if reply.corrupt:
             operation.corrupt[source] = frozenset(reply.corrupt)
@@ -395,6 +414,11 @@ class Coordinator:
         operation.answered.clear()
         self._send_inserts(operation, operation.replicas, effects)
         return effects
+
+    @staticmethod
+    def _out_of_reach(operation: _Operation, quorum: int) -> bool:
+        """Fewer replicas left than `quorum`, once the fenced and recovering ones are out."""
+        return len(operation.replicas) - len(operation.fenced | operation.unavailable) < quorum
 
     @staticmethod
     def _healthy_answers(operation: _Operation, index: int) -> list[Mapping | None]:

@@ -46,6 +46,7 @@ class Failure(enum.Enum):
     EPOCHS_EXHAUSTED = "epochs_exhausted"  # the owner is at EPOCH_MAX: no slot to rotate into
     STORE_FAILED = "store_failed"  # this peer's store failed to stage or sync what it needed
     INTERNAL_ERROR = "internal_error"  # a core of this peer raised: the input was dropped
+    RECOVERING = "recovering"  # this peer is recovering a lost store: it coordinates nothing
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

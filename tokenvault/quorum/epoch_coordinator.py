@@ -25,6 +25,20 @@ An answer whose decided or accepted value is not of its slot, or that names this
 the requester of a value that is not its own, breaks the protocol (a buggy or hostile acceptor):
 it is refused and reported (`peer_protocol_conflict`).
 
+Acceptors that recover a lost store (recovery.py) answer `unavailable`: not a vote and not a
+refusal by a higher ballot. Such an answer is not counted; when too few replicas are left for a
+majority the operation fails at once (QUORUM_TIMEOUT) instead of waiting for its deadline.
+Amnesia: every Promise and Accepted carries the acceptor's store identity. The proposer keeps,
+per answer it counted, the identity it came from; when it learns (`note_store`: a heartbeat or
+a RecoveryQuery, see peer_core.py) that a peer runs on a new store, it drops that peer's answers
+from its open rounds, and a round already in ACCEPT whose promise majority counted the old store
+prepares again with a higher ballot. An answer from a store other than the one last noted for its
+peer is never counted. With N = 3 on a 3-peer ring this closes the in-flight hole: the recovering
+peer hears from both other replicas (the only proposers) before it serves, and each drops first.
+With more peers or larger N, a proposer outside the replicas it heard from learns the new store
+by heartbeat; recovery.py waits for every peer to echo it or for `operation_timeout_s` (the
+deadline of every open round) to pass.
+
 Invariants: at most one value is chosen per slot (Paxos), and this core only counts answers to
 the ballot and slot of its current phase. Asserted (invariants.py): a ballot carries one value,
 of its slot; a value is reported chosen only with a majority of granted Accepted for its slot
@@ -100,6 +114,9 @@ class _Operation:
     refused: set[str] = field(default_factory=set)  # acceptors that refused this phase's ballot
     highest_round: int = 0
     attempts: int = 0
+    stores: dict[str, str] = field(default_factory=dict)  # counted answer -> its store identity
+    promise_stores: dict[str, str] = field(default_factory=dict)  # the promises ACCEPT rests on
+    unavailable: set[str] = field(default_factory=set)  # replicas recovering a lost store
 
 
 class EpochCoordinator:
@@ -110,6 +127,7 @@ class EpochCoordinator:
         self._rng = rng
         self._limits = limits
         self._operations: dict[str, _Operation] = {}
+        self._stores: dict[str, str] = {}  # peer -> the store identity last noted for it
 
     def operations_in_flight(self) -> int:
         return len(self._operations)
@@ -196,11 +214,47 @@ class EpochCoordinator:
 
     # -- peer and timer inputs -----------------------------------------------------------------
 
+    def note_store(self, peer: str, store_id: str, now: float) -> Effects:
+        """`peer` now runs on store `store_id`: answers counted from any other store of it are
+        dropped from open rounds; a round in ACCEPT that rests on such a promise prepares again."""
+        effects = Effects()
+        if not store_id or self._stores.get(peer) == store_id:
+            return effects
+        self._stores[peer] = store_id
+        for operation in list(self._operations.values()):
+            if (
+                operation.phase is _Phase.ACCEPT
+                and operation.promise_stores.get(peer, store_id) != store_id
+            ):
+                effects.events.append(
+                    self._event(operation, "paxos_votes_dropped", ("target", peer))
+                )
+                if self._spend_attempt(operation, effects):
+                    self._enter_prepare(operation, operation.slot, effects)
+                continue
+            if (
+                operation.phase in (_Phase.PREPARE, _Phase.ACCEPT)
+                and operation.stores.get(peer, store_id) != store_id
+            ):
+                operation.answered.pop(peer, None)
+                operation.stores.pop(peer, None)
+                effects.events.append(
+                    self._event(operation, "paxos_votes_dropped", ("target", peer))
+                )
+        return effects
+
     def on_message(self, source: str, message: Message, now: float) -> Effects:
         operation = self._operations.get(message.op_id)
         if operation is None or source not in operation.replicas:
             return Effects()
         effects = Effects()
+        if isinstance(message, EpochReport | Promise | Accepted) and message.unavailable:
+            self._on_unavailable(operation, source, effects)
+            return effects
+        if isinstance(message, Promise | Accepted) and message.store != self._stores.get(
+            source, message.store
+        ):
+            return effects  # from a store of that peer that was since replaced
         if isinstance(message, EpochReport) and operation.phase is _Phase.QUERY:
             operation.answered[source] = message
             self._learn(operation, message.decided)
@@ -285,6 +339,8 @@ class EpochCoordinator:
         operation.value = None
         operation.answered = {}
         operation.refused = set()
+        operation.stores = {}
+        operation.promise_stores = {}
         effects.events.append(
             self._event(
                 operation, "paxos_prepare", ("slot", slot), ("ballot", operation.highest_round)
@@ -302,6 +358,8 @@ class EpochCoordinator:
             self._refused(operation, source, promise.promised, now, effects)
             return
         operation.answered[source] = promise
+        operation.stores[source] = promise.store
+        operation.unavailable.discard(source)
         if len(operation.answered) < majority(len(operation.replicas)):
             return
         promises = [m for m in operation.answered.values() if isinstance(m, Promise)]
@@ -327,6 +385,8 @@ class EpochCoordinator:
         )
         operation.phase = _Phase.ACCEPT
         operation.value = value
+        operation.promise_stores = operation.stores
+        operation.stores = {}
         operation.answered = {}
         operation.refused = set()
         self._send_phase(operation, effects, only_silent=False)
@@ -341,6 +401,8 @@ class EpochCoordinator:
             self._refused(operation, source, accepted.promised, now, effects)
             return
         operation.answered[source] = accepted
+        operation.stores[source] = accepted.store
+        operation.unavailable.discard(source)
         if len(operation.answered) < majority(len(operation.replicas)):
             return
         value = operation.value
@@ -381,6 +443,15 @@ class EpochCoordinator:
         if not self._spend_attempt(operation, effects):
             return
         self._enter_query(operation, effects)
+
+    def _on_unavailable(self, operation: _Operation, source: str, effects: Effects) -> None:
+        """A replica recovering a lost store: not counted; fail at once without a majority."""
+        if source in operation.answered:
+            return  # it answered this phase before (a late or reordered reply)
+        operation.unavailable.add(source)
+        replicas = len(operation.replicas)
+        if replicas - len(operation.unavailable) < majority(replicas):
+            self._fail(operation, Failure.QUORUM_TIMEOUT, effects, phase="replicas_recovering")
 
     def _refused(
         self, operation: _Operation, source: str, promised: Ballot, now: float, effects: Effects

@@ -13,6 +13,7 @@ handoff uses it to know when a target came back; correctness never depends on it
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenvault.quorum.effects import Effects, Event
@@ -85,8 +86,9 @@ class FailureDetector:
             self._views[peer] = PeerView(peer=peer, state=state, since=view.since, last_heard=now)
         return effects
 
-    def tick(self, now: float) -> Effects:
-        """Called every heartbeat interval: send heartbeats, age silent peers."""
+    def tick(self, now: float, heartbeat: Callable[[str], Heartbeat] | None = None) -> Effects:
+        """Called every heartbeat interval: send heartbeats (`heartbeat(peer)` builds each, with
+        the store identities of recovery.py), age silent peers."""
         effects = Effects()
         for peer, view in sorted(self._views.items()):
             silent_s = now - (view.last_heard if view.last_heard is not None else self._started)
@@ -101,10 +103,9 @@ class FailureDetector:
                 self._views[peer] = PeerView(
                     peer=peer, state=target, since=now, last_heard=view.last_heard
                 )
+            message = Heartbeat(sender=self._peer_id) if heartbeat is None else heartbeat(peer)
             effects.messages.append(
-                Envelope(
-                    source=self._peer_id, destination=peer, message=Heartbeat(sender=self._peer_id)
-                )
+                Envelope(source=self._peer_id, destination=peer, message=message)
             )
         return effects
 

@@ -50,6 +50,8 @@ _Token = Annotated[str, msgspec.Meta(min_length=1, max_length=TOKEN_LENGTH_MAX)]
 _OpId = Annotated[str, msgspec.Meta(max_length=OP_ID_LENGTH_MAX)]
 _Count = Annotated[int, msgspec.Meta(ge=0, le=WIRE_INT_MAX)]
 _Slot = Annotated[int, msgspec.Meta(ge=GENESIS_EPOCH, le=EPOCH_MAX)]
+STORE_ID_LENGTH_MAX = 64  # a store identity is 32 hex characters (recovery.py); "" is none
+_StoreId = Annotated[str, msgspec.Meta(max_length=STORE_ID_LENGTH_MAX)]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -114,6 +116,7 @@ class InsertOutcome(enum.Enum):
     IDENTICAL = "identical"  # already held, identical: an idempotent retry
     CONFLICT = "conflict"  # a different mapping under the same token: integrity alarm
     FENCED = "fenced"  # refused: this replica accepted or learned a later epoch for the owner
+    UNAVAILABLE = "unavailable"  # refused: this replica is recovering a lost store (recovery.py)
 
     @property
     def is_durable_ack(self) -> bool:
@@ -197,11 +200,14 @@ class ReadReply(_OwnerMessage, frozen=True, kw_only=True, tag="read_reply"):
     """Replica -> coordinator: the durable mapping for each token asked, or None; `corrupt`
     names the asked tokens whose held record failed verification (their mapping is None: a
     corrupt record is neither a value nor an absence). Bounded by the tokens asked; absent on
-    the wire from a replica of an older version, which reads as "none corrupt"."""
+    the wire from a replica of an older version, which reads as "none corrupt".
+    `unavailable`: the replica is recovering a lost store and answers nothing (every mapping
+    None); the coordinator does not count it toward R."""
 
     tokens: tuple[_Token, ...]
     mappings: tuple[Mapping | None, ...]
     corrupt: tuple[_Token, ...] = ()
+    unavailable: bool = False
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
@@ -289,10 +295,12 @@ class EpochQuery(_OwnerMessage, frozen=True, kw_only=True, tag="epoch_query"):
 
 
 class EpochReport(_OwnerMessage, frozen=True, kw_only=True, tag="epoch_report"):
-    """Acceptor -> learner: its highest decided epoch and highest slot with an accepted value."""
+    """Acceptor -> learner: its highest decided epoch and highest slot with an accepted value.
+    `unavailable`: the acceptor is recovering a lost store; the learner does not count it."""
 
     decided: EpochValue
     accepted_slot: _Slot
+    unavailable: bool = False
 
 
 class Prepare(_OwnerMessage, frozen=True, kw_only=True, tag="prepare"):
@@ -309,7 +317,10 @@ class Prepare(_OwnerMessage, frozen=True, kw_only=True, tag="prepare"):
 
 class Promise(_OwnerMessage, frozen=True, kw_only=True, tag="promise"):
     """Acceptor -> proposer. `granted` false means `promised` outranks the ballot asked, or the
-    slot is already decided here (`decided` then carries the value)."""
+    slot is already decided here (`decided` then carries the value). `store` is the
+    acceptor's store identity (recovery.py): a proposer drops promises of a store that was
+    since replaced. `unavailable`: the acceptor is recovering and does not vote (not granted,
+    and not a refusal by a higher ballot either)."""
 
     slot: int
     ballot: Ballot
@@ -318,6 +329,8 @@ class Promise(_OwnerMessage, frozen=True, kw_only=True, tag="promise"):
     accepted_ballot: Ballot | None
     accepted_value: EpochValue | None
     decided: EpochValue | None
+    store: _StoreId = ""
+    unavailable: bool = False
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
@@ -342,11 +355,15 @@ class Accept(_OwnerMessage, frozen=True, kw_only=True, tag="accept"):
 
 
 class Accepted(_OwnerMessage, frozen=True, kw_only=True, tag="accepted"):
+    """Acceptor -> proposer; `store` and `unavailable` as in Promise."""
+
     slot: int
     ballot: Ballot
     granted: bool
     promised: Ballot
     decided: EpochValue | None
+    store: _StoreId = ""
+    unavailable: bool = False
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
@@ -389,9 +406,14 @@ class OwnerView(_OwnerMessage, frozen=True, kw_only=True, tag="owner_view"):
 
 
 class Heartbeat(_Message, frozen=True, kw_only=True, tag="heartbeat"):
-    """Peer -> peer, every heartbeat interval: a sign of life for the failure detector."""
+    """Peer -> peer, every heartbeat interval: a sign of life for the failure detector, and
+    the store identities (recovery.py): `store` is the sender's ("" while it has not decided
+    whether it lost its store), `known` the one the sender remembers for the destination
+    ("" when it never saw one)."""
 
     sender: Annotated[str, msgspec.Meta(max_length=OP_ID_LENGTH_MAX)]
+    store: _StoreId = ""
+    known: _StoreId = ""
 
     @property
     def op_id(self) -> str:
@@ -432,6 +454,57 @@ class AeKeysReply(_OwnerMessage, frozen=True, kw_only=True, tag="ae_keys_reply")
 
     bucket: _Count
     missing: tuple[_Token, ...]
+    pushed: _Count = 0  # mappings of the window the partner pushed to the initiator
+
+
+# -- recovery of a lost store (recovery.py) ------------------------------------------------------
+
+RECOVERY_DECIDED_MAX = 1_024  # decided values one report carries: the highest ones
+RECOVERY_SLOTS_MAX = 64  # open acceptor slots one report carries: the lowest ones
+
+
+class SlotState(msgspec.Struct, frozen=True, kw_only=True):
+    """One acceptor slot above the decided one: what a recovering replica adopts."""
+
+    slot: int
+    promised: Ballot
+    accepted_ballot: Ballot | None
+    accepted_value: EpochValue | None
+
+    def __post_init__(self) -> None:
+        _check_slot(self.slot)
+        _check_ballot(self.promised)
+        _check_ballot(self.accepted_ballot)
+        if (self.accepted_ballot is None) != (self.accepted_value is None):
+            raise ValueError("an accepted value comes with its ballot")
+        if self.accepted_value is not None and self.accepted_value.epoch != self.slot:
+            raise ValueError("an accepted value's epoch is its slot")
+
+
+class RecoveryQuery(_OwnerMessage, frozen=True, kw_only=True, tag="recovery_query"):
+    """Recovering replica -> another replica of the owner: your whole epoch state, please.
+    `store` is the asker's new store identity: the answering peer notes it (and drops the
+    promises its proposers counted from the old store) before it answers."""
+
+    store: _StoreId
+
+
+class RecoveryReport(_OwnerMessage, frozen=True, kw_only=True, tag="recovery_report"):
+    """Replica -> recovering replica: its decided values (the highest RECOVERY_DECIDED_MAX,
+    slots above the genesis one), its epoch meta, and its open acceptor slots (above the
+    decided one; the lowest RECOVERY_SLOTS_MAX)."""
+
+    decided: tuple[EpochValue, ...]
+    decided_slot: _Slot
+    accepted_slot: _Slot
+    slots: tuple[SlotState, ...]
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+        if len(self.decided) > RECOVERY_DECIDED_MAX or len(self.slots) > RECOVERY_SLOTS_MAX:
+            raise ValueError("a recovery report carries too many values")
+        if any(value.epoch <= GENESIS_EPOCH for value in self.decided):
+            raise ValueError("the genesis epoch is never decided by a round")
 
 
 AntiEntropyMessage = AeSummary | AeSummaryReply | AeKeys | AeKeysReply
@@ -448,6 +521,8 @@ Message = (
     | OwnerView
     | Heartbeat
     | AntiEntropyMessage
+    | RecoveryQuery
+    | RecoveryReport
 )
 
 

@@ -22,6 +22,12 @@ Theory of operation:
   this peer knows, writes them, and when a replica answers FENCED learns the epoch from a
   majority and writes again, at most `tokenize_attempts_max` writes. Every successful epoch
   operation and every Decide raises the known epoch; it never goes back.
+- Recovery (recovery.py): `state` is "serving" or "recovering", the one place both drivers,
+  /v1/admin/node and /readyz read it from. A peer that is not serving answers peer requests that
+  would vote or count toward a quorum with an explicit refusal (recovery.py `refusal`), and
+  client operations (but owner inspections) with RECOVERING; heartbeats and RecoveryQuery
+  carry store identities, noted (and told to the proposer, which drops answers of a replaced
+  store) before anything else of the batch. It serves once the `serving` record is durable.
 - Containment: an exception from a core (a violated invariant, a failed store) drops the input
   that caused it. It is one `core_error` or `storage_error` event (level error) and one entry of
   `Step.faults`; a client operation it interrupts is answered with a failure; the peer goes on.
@@ -73,14 +79,24 @@ from tokenvault.quorum.messages import (
     Decide,
     Envelope,
     EpochValue,
+    Heartbeat,
     InsertReply,
     Mapping,
     Message,
     OwnerInspect,
     OwnerView,
+    RecoveryQuery,
+    RecoveryReport,
 )
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import StorageCorrupt
+from tokenvault.quorum.recovery import (
+    Phase,
+    Recovery,
+    RecoveryLimits,
+    RecoveryProgress,
+    refusal,
+)
 from tokenvault.quorum.replica import Replica
 from tokenvault.quorum.routing import Destination, route
 from tokenvault.quorum.sealing import Sealer
@@ -95,6 +111,7 @@ class PeerLimits:
     detector: DetectorLimits = field(default_factory=DetectorLimits)
     hints: HintLimits = field(default_factory=HintLimits)
     anti_entropy: AntiEntropyLimits = field(default_factory=AntiEntropyLimits)
+    recovery: RecoveryLimits = field(default_factory=RecoveryLimits)
     anti_entropy_enabled: bool = True
     tokenize_attempts_max: int = 3  # writes of one tokenize: the first, and one per FENCED
     inspect_timeout_s: float = 2.0  # an owner inspection answers with the views it has by then
@@ -220,9 +237,19 @@ class PeerCore:
         self.limits = limits
         self._storage = storage
         self._preference_lists: dict[str, tuple[str, ...]] = {}
+        replicas_by_owner = {owner: self.preference_list(owner) for owner in owners}
+        self.recovery = Recovery(
+            peer_id=peer_id,
+            peers=ring.peer_ids,
+            storage=storage,
+            rng=rng,
+            replicas_by_owner=replicas_by_owner,
+            limits=replace(limits.recovery, in_flight_bound_s=limits.epoch.operation_timeout_s),
+        )
+        self.recovery.resume(now)
         self.sealer = Sealer(secret, cached_max=limits.token_makers_cached_max)
         self.replica = Replica(peer_id=peer_id, storage=storage, sealer=self.sealer)
-        self.acceptor = Acceptor(peer_id=peer_id, storage=storage)
+        self.acceptor = Acceptor(peer_id=peer_id, storage=storage, store_id=self.recovery.store_id)
         self.hints = HintedHandoff(
             peer_id=peer_id, storage=storage, sealer=self.sealer, limits=limits.hints
         )
@@ -239,9 +266,10 @@ class PeerCore:
             digests=self.replica.digests,
             records=self.replica,
             decided=self.acceptor,
-            replicas_by_owner={owner: self.preference_list(owner) for owner in owners},
+            replicas_by_owner=replicas_by_owner,
             limits=limits.anti_entropy,
         )
+        self.anti_entropy.urgent = self.recovery.phase is Phase.RECOVERING
         # The highest epoch this peer knows per owner: what new tokens are computed under.
         # Stale is safe: replicas fence old epochs and the tokenize learns and retries.
         self._epochs: dict[str, EpochValue] = {
@@ -264,6 +292,17 @@ class PeerCore:
         self._tokenize_relearned = 0
         self._core_errors = 0
         self._storage_errors = 0
+        self._anti_entropy_passes = 0
+        # The ticket of the `serving` record: the peer serves once it is durable.
+        self._serving_ticket = 0
+        # The ticket of the record that ended `undecided`: its identity goes out once durable.
+        self._identity_ticket = 0
+        self._startup_writes = self.recovery.startup_writes
+        if self._startup_writes:
+            # The new identity; a store that serves from the start (an older version's, or a
+            # one-peer cluster's) serves at once: what it votes is synced after this record.
+            storage.stage(self._startup_writes)
+            self._staged_ticket += 1
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -275,6 +314,16 @@ class PeerCore:
             if len(self._preference_lists) < self.limits.preference_lists_cached_max:
                 self._preference_lists[owner] = replicas
         return replicas
+
+    @property
+    def state(self) -> str:
+        """ "serving", or "recovering" while a fresh store has not heard whether it lost its
+        state, while it recovers, and until its `serving` record is durable."""
+        durable = self._durable_ticket >= self._serving_ticket
+        return "serving" if self.recovery.phase is Phase.SERVING and durable else "recovering"
+
+    def recovery_progress(self) -> RecoveryProgress:
+        return self.recovery.progress()
 
     def known_epoch(self, owner: str) -> EpochValue:
         return self._epochs.get(owner, GENESIS)
@@ -297,11 +346,6 @@ class PeerCore:
     def staged_ticket(self) -> int:
         """The ticket of everything staged so far (what a completed sync makes durable)."""
         return self._staged_ticket
-
-    @property
-    def state(self) -> str:
-        """ "serving" (a stub: the recovering state comes with store identities, issue 11)."""
-        return "serving"
 
     def operations_in_flight(self) -> int:
         return (
@@ -334,9 +378,21 @@ class PeerCore:
                 "heard_from",
                 lambda: self.failure_detector.heard_from(source, now),
             )
+        serving = self.state == "serving"
         for message in messages:
+            if isinstance(message, Heartbeat | RecoveryQuery) and source != self.peer_id:
+                self._note_identity(step, source, message, now)
+            if not serving:
+                refused = refusal(self.peer_id, self.recovery.store_id, source, message)
+                if refused is not None:
+                    step.messages.extend(refused)
+                    continue
             destination = route(message)
             if destination is Destination.NONE:
+                continue
+            if destination is Destination.RECOVERY:
+                assert isinstance(message, RecoveryReport)
+                self._on_recovery_report(step, source, message)
                 continue
             if destination is Destination.INSPECTION:
                 assert isinstance(message, OwnerView)
@@ -353,6 +409,8 @@ class PeerCore:
             )
             if done and isinstance(message, Decide):
                 self._note_epoch(step, message.owner, message.value)
+        if not serving:
+            self._check_recovered(step, now)
         return self._finish(step)
 
     def start(self, operation: ClientOperation, now: float) -> Step:
@@ -364,6 +422,9 @@ class PeerCore:
             raise ValueError("client operation ids are unique while in flight")
         if len(self._clients) >= self.limits.client_operations_max:
             step.answers.append(failed_answer(operation, Failure.OVERLOADED))
+            return self._finish(step)
+        if self.state != "serving" and not isinstance(operation, InspectOwner):
+            step.answers.append(failed_answer(operation, Failure.RECOVERING))
             return self._finish(step)
         if isinstance(operation, Tokenize) and not operation.items:
             # nothing to store: the answer needs no replica
@@ -432,7 +493,9 @@ class PeerCore:
         if destination is Destination.ACCEPTOR:
             return lambda: self.acceptor.on_message(source, message)
         if destination is Destination.ANTI_ENTROPY:
-            return lambda: self.anti_entropy.on_message(source, message, now)
+            return lambda: self._anti_entropy_call(
+                lambda: self.anti_entropy.on_message(source, message, now), now
+            )
         if destination is Destination.HINTS:
             assert isinstance(message, InsertReply)
             reply = message
@@ -559,11 +622,23 @@ class PeerCore:
 
     def _tick(self, step: Step, now: float) -> None:
         """Heartbeats, then hinted handoff and anti-entropy with the peers held down."""
-        self._call(step, "failure_detector", "tick", lambda: self.failure_detector.tick(now))
+        self._call(
+            step,
+            "failure_detector",
+            "tick",
+            lambda: self.failure_detector.tick(now, self._heartbeat),
+        )
         down = self.down_peers()
         self._call(step, "hints", "tick", lambda: self.hints.tick(now, down))
         if self.limits.anti_entropy_enabled:
-            self._call(step, "anti_entropy", "tick", lambda: self.anti_entropy.tick(now, down))
+            self._call(
+                step,
+                "anti_entropy",
+                "tick",
+                lambda: self._anti_entropy_call(lambda: self.anti_entropy.tick(now, down), now),
+            )
+        self._call(step, "recovery", "tick", lambda: self.recovery.tick(now), from_storage=True)
+        self._check_recovered(step, now)
 
     def _note_events(self, step: Step, events: list[Event]) -> None:
         """Every event about an owner names an epoch: its own, else the owner's known one."""
@@ -578,9 +653,85 @@ class PeerCore:
             step.events.append(Event(name="epoch_known", owner=owner, epoch=value.epoch))
 
     def _finish(self, step: Step) -> Step:
+        if self._startup_writes:  # staged when the core was built: made durable by this step
+            step.writes[:0] = self._startup_writes
+            self._startup_writes = []
         if step.writes or (self._held and self._held[-1].ticket > self._durable_ticket):
             step.sync_ticket = self._staged_ticket
         return step
+
+    # -- recovery (recovery.py) ----------------------------------------------------------------
+
+    def _note_identity(
+        self, step: Step, source: str, message: Heartbeat | RecoveryQuery, now: float
+    ) -> None:
+        """A peer's store identity (and, in a heartbeat, what it remembers of ours); when it
+        changed, the proposer drops what it counted from the old store before anything else."""
+        recovery = self.recovery
+        phase = recovery.phase
+        store = message.store
+        if isinstance(message, Heartbeat):
+            heartbeat = message
+            call = functools.partial(recovery.on_heartbeat, source, heartbeat, now)
+        else:
+            call = functools.partial(recovery.note_store, source, store)
+        self._call(step, "recovery", type(message).__name__, call)
+        if store:
+            self._call(
+                step,
+                _Core.EPOCH_COORDINATOR,
+                "note_store",
+                lambda: self.epoch_coordinator.note_store(source, store, now),
+            )
+        if recovery.phase is not phase:
+            self._on_phase(step, now)
+
+    def _heartbeat(self, destination: str) -> Heartbeat:
+        """The recovery core's heartbeat, without this store's identity until the record that
+        decided its phase is durable (persist before send: a peer that restarts undecided must
+        not find its identity already known)."""
+        heartbeat = self.recovery.heartbeat(destination)
+        if self._durable_ticket < self._identity_ticket and heartbeat.store:
+            return Heartbeat(sender=heartbeat.sender, store="", known=heartbeat.known)
+        return heartbeat
+
+    def _on_phase(self, step: Step, now: float) -> None:
+        """The store's phase moved on (undecided -> recovering or serving)."""
+        self._identity_ticket = self._staged_ticket
+        if self.recovery.phase is Phase.SERVING:
+            self._serving_ticket = self._staged_ticket
+            self.anti_entropy.urgent = False
+            return
+        self.anti_entropy.urgent = True
+        self._call(step, "recovery", "tick", lambda: self.recovery.tick(now), from_storage=True)
+
+    def _on_recovery_report(self, step: Step, source: str, report: RecoveryReport) -> None:
+        reports = self.recovery.on_report(source, report)
+        if reports is not None:
+            owner = report.owner
+            self._call(step, "acceptor", "adopt", lambda: self.acceptor.adopt(owner, reports))
+            self._note_epoch(step, owner, self.acceptor.active_epoch(owner))
+        self._check_recovered(step, self._now)
+
+    def _anti_entropy_call(self, call: Callable[[], Effects], now: float) -> Effects:
+        """An anti-entropy call; a pass that ended is told to recovery, and while it refills a
+        lost store the next pass starts at once."""
+        effects = call()
+        statistics = self.anti_entropy.statistics
+        if statistics.passes == self._anti_entropy_passes:
+            return effects
+        self._anti_entropy_passes = statistics.passes
+        last = statistics.last_pass
+        if last is not None:
+            self.recovery.on_pass(last.owner, last.partner, last.nothing_missing)
+        if self.anti_entropy.urgent and self.limits.anti_entropy_enabled:
+            effects.extend(self.anti_entropy.tick(now, self.down_peers()))
+        return effects
+
+    def _check_recovered(self, step: Step, now: float) -> None:
+        if self.recovery.is_ready(now):
+            self._call(step, "recovery", "finish", self.recovery.finish)
+            self._on_phase(step, now)
 
     # -- client operations ---------------------------------------------------------------------
 

@@ -262,3 +262,68 @@ def read_active_epoch(storage: StorageReader, owner: str) -> EpochValue:
 
 def encode_decided(value: EpochValue) -> bytes:
     return _dump_json(epoch_value_to_json(value))
+
+
+# -- store identity and the peers' identities (recovery.py) -------------------------------------
+# Two small JSON records: this store's identity and recovery phase, and per peer the identity
+# this peer last saw from it.
+
+IDENTITY_KEY = b"i\x00"
+PEER_IDENTITY_PREFIX = b"p\x00"
+STORE_PHASES = ("undecided", "recovering", "serving")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreIdentity:
+    """This store's identity, made when the store was, and how far its recovery went:
+    "undecided" (a fresh store that has not yet heard whether its peers knew it before),
+    "recovering" (it lost its state) or "serving"."""
+
+    store_id: str
+    phase: str
+
+    def __post_init__(self) -> None:
+        if self.phase not in STORE_PHASES:
+            raise ValueError("unknown store phase")
+
+
+def read_identity(storage: StorageReader) -> StoreIdentity | None:
+    raw = storage.get(IDENTITY_KEY)
+    if raw is None:
+        return None
+    record = _load_json(raw)
+    try:
+        store_id, phase = record["id"], record["phase"]
+        if not _utf8_text(store_id) or not isinstance(phase, str):
+            raise TypeError("identity fields of the wrong type")
+        return StoreIdentity(store_id=store_id, phase=phase)
+    except (KeyError, TypeError, ValueError) as error:
+        raise StorageCorrupt("the identity record has the wrong shape") from error
+
+
+def encode_identity(identity: StoreIdentity) -> bytes:
+    return _dump_json({"id": identity.store_id, "phase": identity.phase})
+
+
+def peer_identity_key(peer: str) -> bytes:
+    return PEER_IDENTITY_PREFIX + peer.encode()
+
+
+def read_peer_identities(storage: StorageView, limit: int) -> dict[str, str]:
+    """The identity last seen from each peer (at most `limit` peers)."""
+    found: dict[str, str] = {}
+    for key, raw in storage.scan(PEER_IDENTITY_PREFIX, limit=limit):
+        try:
+            found[key[len(PEER_IDENTITY_PREFIX) :].decode()] = raw.decode("ascii")
+        except UnicodeDecodeError as error:
+            raise StorageCorrupt("a peer identity record is not ASCII") from error
+    return found
+
+
+def encode_peer_identity(store_id: str) -> bytes:
+    return store_id.encode("ascii")
+
+
+def is_empty_store(storage: StorageView) -> bool:
+    """No record at all: a store made just now (a new peer, or one that lost its disk)."""
+    return not storage.scan(b"", limit=1)

@@ -123,6 +123,27 @@ class Replica:
         raw = self._storage.get(mapping_key(owner, token))
         return None if raw is None else self.verified(owner, token, raw)
 
+    def drop_corrupt(self, owner: str, token: str, partner: str) -> Effects:
+        """Delete a held record that fails verification, once an anti-entropy partner showed it
+        lacks the token: the record holds nothing usable, and as long as it stays counted the
+        digests of a mapping no replica can supply (a failed write's lone copy, then a flipped
+        bit) differ forever. A replica that holds the mapping refills the key later."""
+        effects = Effects()
+        key = mapping_key(owner, token)
+        raw = self._storage.get(key)
+        if raw is None or self.verified(owner, token, raw) is not CORRUPT:
+            return effects
+        effects.writes.append((key, None))
+        self.digests.remove_many(owner, ((token, key, raw),))
+        effects.events.append(
+            Event(
+                name="corrupt_record_dropped",
+                owner=owner,
+                details=(("token_prefix", token[:8]), ("partner", partner)),
+            )
+        )
+        return effects
+
     def read_mapping(self, owner: str, token: str) -> Mapping | None:
         held = self.held_mapping(owner, token)
         return held if isinstance(held, Mapping) else None

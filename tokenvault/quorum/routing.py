@@ -32,11 +32,13 @@ from tokenvault.quorum.messages import (
     Promise,
     ReadReply,
     ReadRequest,
+    RecoveryQuery,
+    RecoveryReport,
 )
 
 
 class Destination(enum.Enum):
-    NONE = "none"  # a heartbeat: a sign of life only
+    NONE = "none"  # a heartbeat: a sign of life (and store identities, peer_core.py)
     REPLICA = "replica"
     ACCEPTOR = "acceptor"
     ANTI_ENTROPY = "anti_entropy"
@@ -44,6 +46,7 @@ class Destination(enum.Enum):
     COORDINATOR = "coordinator"
     EPOCH_COORDINATOR = "epoch_coordinator"
     INSPECTION = "inspection"  # an admin view's answer, for whoever asked
+    RECOVERY = "recovery"  # a report for a peer recovering a lost store (recovery.py)
 
     @property
     def answers_from_storage(self) -> bool:
@@ -63,12 +66,14 @@ def route(message: Message) -> Destination:
         return Destination.NONE
     if isinstance(message, InsertRequest | ReadRequest | OwnerInspect):
         return Destination.REPLICA
-    if isinstance(message, EpochQuery | Prepare | Accept | Decide):
+    if isinstance(message, EpochQuery | Prepare | Accept | Decide | RecoveryQuery):
         return Destination.ACCEPTOR
     if isinstance(message, AeSummary | AeKeys | AeSummaryReply | AeKeysReply):
         return Destination.ANTI_ENTROPY
     if isinstance(message, OwnerView):
         return Destination.INSPECTION
+    if isinstance(message, RecoveryReport):
+        return Destination.RECOVERY
     if isinstance(message, InsertReply):
         return _INSERT_REPLY_DESTINATIONS[message.origin]
     if isinstance(message, ReadReply):

@@ -74,11 +74,6 @@ def add_sim_parser(
         "--require-full-convergence", action="store_true", help=argparse.SUPPRESS
     )
     parser.add_argument(
-        "--store-loss",
-        action="store_true",
-        help="also draw lost write-ahead log tails (a peer restarts with an empty store)",
-    )
-    parser.add_argument(
         "--trace", action="store_true", help="print every event of every run (for a replay)"
     )
     parser.add_argument(
@@ -103,7 +98,6 @@ def run_sim_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 owner_count=args.owners,
                 operation_count=args.ops,
                 require_full_convergence=not args.no_full_convergence,
-                store_loss=args.store_loss,
             )
             for seed in range(args.seed, args.seed + args.seeds)
         ]

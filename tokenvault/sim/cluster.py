@@ -9,9 +9,9 @@ Rules:
 - `snapshot()` is what the checker sees of the peers at the end: durable mappings, decided
   values and acceptor records, merkle roots, active epochs, hints pending, operations in flight,
   unsynced writes and held outputs.
-- `converged()` is the liveness phase's goal: every peer up with nothing in flight, unsynced or
-  held, no hint pending anywhere, and every owner's replicas with one merkle root and one
-  decided active epoch.
+- `converged()` is the liveness phase's goal: every peer up and serving (a wiped peer has
+  recovered) with nothing in flight, unsynced or held, no hint pending anywhere, and every
+  owner's replicas with one merkle root and one decided active epoch.
 """
 
 from __future__ import annotations
@@ -110,10 +110,12 @@ class SimCluster:
         return self.observer.attempted_tokens(op_id)
 
     def durable_copies(self, mapping: Mapping) -> int:
+        """Replicas that hold `mapping` durably, or held it until a wipe took their store."""
         return sum(
             1
             for peer_id in self.preference_list(mapping.owner)
             if self.peers[peer_id].durable.holds(mapping)
+            or self.peers[peer_id].lost_mappings.get((mapping.owner, mapping.token)) == mapping
         )
 
     # -- faults --------------------------------------------------------------------------------
@@ -130,6 +132,9 @@ class SimCluster:
             if kind is FaultKind.ARM_CRASH:
                 peer.arm_crash(action.strike_on or StrikeOn.STAGED_WRITE)
                 return
+            if kind in (FaultKind.WIPE, FaultKind.LOSE_WAL_TAIL):
+                self._wipe(peer, lost_wal_tail=kind is FaultKind.LOSE_WAL_TAIL)
+                return
             if kind is FaultKind.BIT_FLIP:
                 peer.flip_bit(action.draw)
                 return
@@ -140,8 +145,23 @@ class SimCluster:
                 FaultKind.RESUME: peer.resume,
                 FaultKind.DISK_FULL: peer.fill_disk,
                 FaultKind.DISK_FREED: peer.free_disk,
-                FaultKind.LOSE_WAL_TAIL: peer.crash_losing_wal_tail,
             }[kind]()
+
+    def _wipe(self, peer: SimPeer, *, lost_wal_tail: bool) -> None:
+        """Wipes `peer`'s disk, unless that could lose more than the model allows: another peer
+        that is not serving (wiped and not recovered yet), or fewer than three replicas. Then
+        it is a plain crash."""
+        others_serving = all(
+            not other.wiped and other.core.state == "serving"
+            for other in self.peers.values()
+            if other is not peer
+        )
+        if others_serving and self._config.replica_count >= 3:
+            peer.wipe(lost_wal_tail=lost_wal_tail)
+        else:
+            cause = "lose-wal-tail" if lost_wal_tail else "wipe"
+            self._engine.record(f"{cause}-skipped {peer.peer_id}")
+            peer.crash()
 
     def heal(self) -> None:
         self._engine.record("heal")
@@ -164,9 +184,11 @@ class SimCluster:
         )
 
     def converged(self) -> bool:
-        """Every peer idle and up, no hint pending, every owner's replicas alike."""
+        """Every peer idle, up and serving, no hint pending, every owner's replicas alike."""
         if not self.quiet() or any(p.core.hints.pending_total() for p in self.peers.values()):
             return False
+        if any(p.core.state != "serving" for p in self.peers.values()):
+            return False  # a wiped peer still recovering
         for owner in self._config.owner_ids:
             replicas = [self.peers[p] for p in self.preference_list(owner)]
             if len({peer.core.replica.digests.root(owner) for peer in replicas}) != 1:

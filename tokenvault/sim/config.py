@@ -41,10 +41,6 @@ class SimConfig:
     # pending, within convergence_bound_s of the start of the liveness phase.
     require_full_convergence: bool = True
     convergence_bound_s: float = 60.0
-    # Faults that lose a peer's store (a lost write-ahead log tail: it restarts empty). Off until
-    # a peer that starts empty recovers before it votes (issue 11, the recovering state): an
-    # empty acceptor forgets its promises, which the epoch invariants rightly reject.
-    store_loss: bool = False
 
     def __post_init__(self) -> None:
         problem = quorum_problem(self.replica_count, self.write_quorum, self.read_quorum)
@@ -84,6 +80,4 @@ class SimConfig:
         )
         if not self.require_full_convergence:
             command += " --no-full-convergence"
-        if self.store_loss:
-            command += " --store-loss"
         return command

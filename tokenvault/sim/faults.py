@@ -24,8 +24,13 @@ Rules:
 - Disk faults (their own generators, so they change no other fault of a seed): a full disk (a
   peer's syncs fail for an interval, then succeed again: the writes stay staged, what waited
   for them fails over), and a lost write-ahead log tail (a crash after which the peer's store
-  is found damaged: it restarts with an empty one, the hand-off to recovery; drawn only when
-  the run allows store loss, `plan_faults(store_loss=True)`).
+  is found damaged, as node.py finds a store LevelDB reports corrupt: it restarts with an
+  empty one, the hand-off to recovery; to the cores it is a wipe, below, and shares its rules).
+- Some runs wipe a peer's disk (`WIPE`): it crashes and restarts on an empty store, and must
+  recover (quorum/recovery.py) before it votes. Their count comes from a generator of its own
+  (`faults/wipes`), so a seed's other faults are what they were before wipes existed. At most
+  one peer is wiped at a time and never below three replicas (cluster.py applies a wipe as a
+  plain crash while another peer is not serving yet): losing more is beyond the model.
 - Some runs isolate one peer for a long time (`LONG_ISOLATION_S`, 20 virtual seconds and more)
   instead of drawing short partitions: the others hold it down, hints pile up for it, and after
   healing hinted handoff and anti-entropy must bring it back within the convergence bound.
@@ -43,6 +48,8 @@ from tokenvault.sim.engine import rng_for
 FAULT_ACTIONS_MAX = 200  # per run: every kind of fault together
 LONG_ISOLATION_S = (20.0, 24.0)  # how long a long isolation lasts
 LONG_ISOLATION_SHARE = 0.2  # of runs
+WIPE_COUNTS = (0, 0, 1, 1, 2)  # wiped disks per run, drawn uniformly
+WIPE_DOWN_S = (0.2, 3.0)  # how long a wiped peer stays down before it restarts empty
 
 
 class StrikeOn(enum.Enum):
@@ -96,7 +103,8 @@ class FaultMix:
     long_isolation: bool = False  # one long isolation instead of the short partitions
     bit_flip_count: int = 0  # crashes during which one bit of a stored record flips
     disk_full_count: int = 0  # intervals in which a peer's syncs fail (ENOSPC)
-    lost_wal_tail_count: int = 0  # crashes that lose a peer's store (when the run allows it)
+    lost_wal_tail_count: int = 0  # crashes after which the store is found damaged and replaced
+    wipe_count: int = 0  # crashes that restart on an empty store (a replaced disk)
 
     def describe(self) -> str:
         kinds = ",".join(k.value for k in self.partition_kinds) or "-"
@@ -111,6 +119,7 @@ class FaultMix:
             f" crashes={self.crash_count} aimed={self.aimed_crash_share:.2f}"
             f" pauses={self.pause_count} {partitions} bit_flips={self.bit_flip_count}"
             f" disk_full={self.disk_full_count} lost_wal_tail={self.lost_wal_tail_count}"
+            + (f" wipes={self.wipe_count}" if self.wipe_count else "")
         )
 
 
@@ -140,6 +149,7 @@ def choose_mix(seed: int) -> FaultMix:
         long_isolation=rng.random() < LONG_ISOLATION_SHARE,
         bit_flip_count=rng_for(seed, "faults/bit-flip-mix").choice((0, 1, 1, 2)),
         **_choose_disk_faults(seed),
+        wipe_count=rng_for(seed, "faults/wipes").choice(WIPE_COUNTS),
     )
 
 
@@ -182,6 +192,7 @@ def link_faults(
 class FaultKind(enum.Enum):
     CRASH = "crash"
     ARM_CRASH = "arm-crash"  # an aimed crash: strikes after the peer's next staged write
+    WIPE = "wipe"  # a crash that loses the whole store: the peer restarts empty
     RESTART = "restart"
     PAUSE = "pause"
     RESUME = "resume"
@@ -222,11 +233,8 @@ def plan_faults(
     mix: FaultMix,
     peer_ids: Sequence[str],
     faults_end_s: float,
-    *,
-    store_loss: bool = False,
 ) -> tuple[FaultAction, ...]:
-    """The run's faults in time order; every one starts and ends before faults_end_s. Lost
-    write-ahead log tails only with `store_loss` (a peer must then rebuild from its replicas)."""
+    """The run's faults in time order; every one starts and ends before faults_end_s."""
     rng = rng_for(seed, "faults/schedule")
     busy: dict[str, list[tuple[float, float]]] = {peer: [] for peer in peer_ids}
     actions: list[FaultAction] = []
@@ -250,8 +258,10 @@ def plan_faults(
             actions.append(FaultAction(at_s=start, kind=FaultKind.PAUSE, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESUME, peer=peer))
     actions.extend(_plan_partitions(rng, mix, peer_ids, faults_end_s))
+    store_losses: list[tuple[float, float]] = []  # wipes and lost log tails: one at a time
+    actions.extend(_plan_wipes(seed, mix, peer_ids, faults_end_s, busy, store_losses))
     actions.extend(_plan_bit_flips(seed, mix, peer_ids, faults_end_s, busy))
-    actions.extend(_plan_disk_faults(seed, mix, peer_ids, faults_end_s, busy, store_loss))
+    actions.extend(_plan_disk_faults(seed, mix, peer_ids, faults_end_s, busy, store_losses))
     actions.sort(key=lambda a: (a.at_s, a.kind.value, a.peer))
     assert len(actions) <= FAULT_ACTIONS_MAX
     return tuple(actions)
@@ -281,15 +291,37 @@ def _plan_bit_flips(
     return actions
 
 
+def _plan_wipes(
+    seed: int,
+    mix: FaultMix,
+    peer_ids: Sequence[str],
+    faults_end_s: float,
+    busy: dict[str, list[tuple[float, float]]],
+    store_losses: list[tuple[float, float]],
+) -> list[FaultAction]:
+    """Wiped disks, from a generator of their own; never two store losses overlap."""
+    rng = rng_for(seed, "faults/wipe-schedule")
+    actions: list[FaultAction] = []
+    for _ in range(mix.wipe_count):
+        peer = rng.choice(list(peer_ids))
+        start = rng.uniform(0.5, faults_end_s * 0.8)
+        end = min(start + rng.uniform(*WIPE_DOWN_S), faults_end_s)
+        if _claim(store_losses, start, end) and _claim(busy[peer], start, end):
+            actions.append(FaultAction(at_s=start, kind=FaultKind.WIPE, peer=peer))
+            actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
+    return actions
+
+
 def _plan_disk_faults(
     seed: int,
     mix: FaultMix,
     peer_ids: Sequence[str],
     faults_end_s: float,
     busy: dict[str, list[tuple[float, float]]],
-    store_loss: bool,
+    store_losses: list[tuple[float, float]],
 ) -> list[FaultAction]:
-    """Full disks and lost log tails, after every other fault of the peer was placed."""
+    """Full disks and lost log tails, after every other fault of the peer was placed; a lost
+    log tail loses the store, so it never overlaps a wipe or another lost tail."""
     rng = rng_for(seed, "faults/disk-schedule")
     actions: list[FaultAction] = []
     for _ in range(mix.disk_full_count):
@@ -297,9 +329,9 @@ def _plan_disk_faults(
         if _claim(busy[peer], start, end):
             actions.append(FaultAction(at_s=start, kind=FaultKind.DISK_FULL, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.DISK_FREED, peer=peer))
-    for _ in range(mix.lost_wal_tail_count if store_loss else 0):
+    for _ in range(mix.lost_wal_tail_count):
         peer, start, end = _draw_interval(rng, peer_ids, faults_end_s, (0.2, 5.0))
-        if _claim(busy[peer], start, end):
+        if _claim(store_losses, start, end) and _claim(busy[peer], start, end):
             actions.append(FaultAction(at_s=start, kind=FaultKind.LOSE_WAL_TAIL, peer=peer))
             actions.append(FaultAction(at_s=end, kind=FaultKind.RESTART, peer=peer))
     return actions

@@ -147,6 +147,17 @@ class Observer:
 
     # -- the durable stream --------------------------------------------------------------------
 
+    def on_wipe(self, peer: str) -> None:
+        """`peer` lost its whole store: its next store starts from nothing (a new acceptor to
+        the per-peer rules). What it accepted before stays in the slots' history, which Paxos's
+        own rule (chosen-value-kept) and one-value-per-slot keep judging."""
+        self._promised = {k: v for k, v in self._promised.items() if k[0] != peer}
+        self._accepted_ballot = {k: v for k, v in self._accepted_ballot.items() if k[0] != peer}
+        self._meta = {k: v for k, v in self._meta.items() if k[0] != peer}
+        # Its hints are gone with it; hints others hold for it can no longer be judged (what
+        # it acknowledged before the wipe it no longer holds).
+        self._hints = {k: v for k, v in self._hints.items() if peer not in (k[0], v[0])}
+
     def on_durable(self, peer: str, writes: Iterable[Write], at_s: float) -> None:
         """Records that just became durable on peer, in the order they were staged."""
         for key, raw in writes:

@@ -37,7 +37,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tokenvault.quorum.client_operations import Inspected
-from tokenvault.quorum.messages import Accept, Envelope, EpochValue, InsertRequest, Message, Origin
+from tokenvault.quorum.messages import (
+    Accept,
+    Envelope,
+    EpochValue,
+    InsertRequest,
+    Mapping,
+    Message,
+    Origin,
+)
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import MAPPING_PREFIX
@@ -83,6 +91,7 @@ class CoreError:
 class PeerStats:
     crashes: int = 0
     restarts: int = 0
+    wipes: int = 0  # crashes that lost the whole store
     lost_writes: int = 0  # staged writes a crash threw away
     dropped_held: int = 0  # held outputs a crash threw away
     pauses: int = 0
@@ -118,10 +127,15 @@ class SimPeer:
         owners: tuple[str, ...] = (),
         observer: Observer | None = None,
         limits: PeerLimits = PeerLimits(),
+        store: MemoryStore | None = None,
     ) -> None:
         self.peer_id = peer_id
-        self.store = MemoryStore()
+        self.store = MemoryStore() if store is None else store
         self.durable = DurableView(self.store)
+        self.wiped = False  # its store was wiped and it has not restarted yet
+        # Mappings it held durably when a wipe took its store: acknowledged copies that a
+        # replaced disk lost, not copies that were never durable (the checker's W count).
+        self.lost_mappings: dict[tuple[str, str], Mapping] = {}
         self.state = PeerState.UP
         self.incarnation = 1
         self.stats = PeerStats()
@@ -147,7 +161,6 @@ class SimPeer:
         self._clients: dict[str, AnswerSink] = {}  # client op id -> its sink
         self._armed: StrikeOn | None = None
         self.disk_full = False
-        self._store_damaged = False  # found at the next restart: it starts with an empty store
         self._relearned_before = 0  # tokenize relearns of earlier lives
         self.core = self._build_core()
         self._schedule_wake()
@@ -377,6 +390,25 @@ class SimPeer:
             self.stats.reset += 1
             self._answer(sink, Reset(op_id=op_id))
 
+    def wipe(self, *, lost_wal_tail: bool = False) -> None:
+        """A crash that loses the whole store: a replaced disk, or (`lost_wal_tail`) a store
+        found damaged at restart and moved aside, as node.py does. The peer restarts empty."""
+        if self.state is PeerState.DOWN:
+            return
+        self.crash()
+        held = len(self.store.durable_items(b""))
+        self.lost_mappings.update(self.durable.mappings())
+        self.store = MemoryStore()
+        self.durable = DurableView(self.store)
+        self.wiped = True  # until it restarted
+        if lost_wal_tail:
+            self.stats.stores_replaced += 1
+        else:
+            self.stats.wipes += 1
+        self.observer.on_wipe(self.peer_id)
+        cause = "lose-wal-tail" if lost_wal_tail else "wipe"
+        self._engine.record(f"{cause} {self.peer_id} records_lost={held}")
+
     def flip_bit(self, draw: int) -> None:
         """One bit of one durable mapping record flips while the peer is down (`draw` picks
         which record and which bit); called off when it holds no mapping."""
@@ -403,14 +435,6 @@ class SimPeer:
             self.disk_full = False
             self._engine.record(f"disk-freed {self.peer_id}")
 
-    def crash_losing_wal_tail(self) -> None:
-        """A crash after which the store is found damaged (its last synced batches lost)."""
-        if self.state is PeerState.DOWN:
-            return
-        self.crash()
-        self._store_damaged = True
-        self._engine.record(f"lose-wal-tail {self.peer_id}")
-
     def arm_crash(self, strike_on: StrikeOn = StrikeOn.STAGED_WRITE) -> None:
         """An aimed crash: strike at the next moment of the kind asked."""
         if self.state is PeerState.UP:
@@ -422,12 +446,7 @@ class SimPeer:
             return
         self.state = PeerState.UP
         self.stats.restarts += 1
-        if self._store_damaged:  # moved aside: a new, empty store in its place
-            self._store_damaged = False
-            self.store = MemoryStore()
-            self.durable = DurableView(self.store)
-            self.stats.stores_replaced += 1
-            self._engine.record(f"store-replaced {self.peer_id}")
+        self.wiped = False
         self.core = self._build_core()
         durable = len(self.store.durable_items(MAPPING_PREFIX))
         hints = self.core.hints.pending_total()

@@ -47,6 +47,7 @@ FAULT_WORDS = (
     "arm-crash",
     "aimed-crash",
     "restart",
+    "wipe",
     "pause",
     "resume",
     "partition",
@@ -97,6 +98,8 @@ class SimStats:
     crashes_during_write: int
     crashes_during_repair: int
     hints_lost_in_flight: int  # hint deliveries in flight when their peer crashed
+    wipes: int  # crashes that lost the whole store (applied, not skipped)
+    stores_recovered: int  # wiped peers that recovered and serve again
     pauses: int
     deferred_inputs: int
     syncs: int
@@ -162,9 +165,7 @@ def run_simulation(
         links=link_faults(config.seed, mix, config.peer_ids),
         peer_factory=peer_factory,
     )
-    schedule = plan_faults(
-        config.seed, mix, config.peer_ids, config.faults_end_s, store_loss=config.store_loss
-    )
+    schedule = plan_faults(config.seed, mix, config.peer_ids, config.faults_end_s)
     for action in schedule:
         engine.at(action.at_s, functools.partial(cluster.apply, action))
     engine.at(config.faults_end_s, cluster.heal)
@@ -394,6 +395,8 @@ def _stats(
         crashes_during_write=strikes(StrikeOn.CLIENT_WRITE),
         crashes_during_repair=strikes(StrikeOn.REPAIR),
         hints_lost_in_flight=sum(p.hints_lost_in_flight for p in peers),
+        wipes=sum(p.wipes for p in peers),
+        stores_recovered=events("store_recovered"),
         pauses=sum(p.pauses for p in peers),
         deferred_inputs=sum(p.deferred_inputs for p in peers),
         syncs=sum(p.syncs for p in peers),

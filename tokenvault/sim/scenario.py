@@ -132,6 +132,10 @@ class Scenario:
     def crash(self, at_s: float, peer: str) -> None:
         self.engine.at(at_s, self.cluster.peers[peer].crash)
 
+    def wipe(self, at_s: float, peer: str) -> None:
+        """The peer crashes and loses its whole store (a replaced disk); restart it later."""
+        self.engine.at(at_s, self.cluster.peers[peer].wipe)
+
     def restart(self, at_s: float, peer: str) -> None:
         self.engine.at(at_s, self.cluster.peers[peer].restart)
 
