@@ -141,9 +141,7 @@ class Cluster:
         for peer_id in self.peer_ids:
             self.start(peer_id)
         for peer_id in self.peer_ids:
-            self.wait_ready(peer_id)
-        for peer_id in self.peer_ids:
-            self.wait_serving(peer_id)
+            self.wait_ready(peer_id)  # /readyz: serving, and its store takes writes
 
     def wait_serving(self, peer_id: str, timeout_s: float = READY_TIMEOUT_S) -> float:
         """Waits until /healthz says "serving" (a fresh peer says "recovering" until it knows
@@ -159,7 +157,9 @@ class Cluster:
             time.sleep(0.05)
         raise RuntimeError(f"{peer_id} not serving after {timeout_s} s")
 
-    def wait_ready(self, peer_id: str) -> None:
+    def wait_ready(self, peer_id: str, probe: str = "/readyz") -> None:
+        """Waits until `probe` answers 200: /readyz (ready: serving, its store taking writes) or
+        /healthz (alive: it answers, recovering or not)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             process = self._processes[peer_id]
@@ -168,7 +168,7 @@ class Cluster:
                     f"{peer_id} exited with {process.returncode}: {self.log(peer_id)[-2000:]}"
                 )
             try:
-                health = httpx.get(self.url(peer_id) + "/readyz", timeout=1.0, verify=self.verify)
+                health = httpx.get(self.url(peer_id) + probe, timeout=1.0, verify=self.verify)
                 if health.status_code == 200:
                     return
             except httpx.HTTPError:

@@ -135,7 +135,9 @@ async def test_a_peer_whose_data_dir_was_deleted_recovers_before_it_votes(
         shutil.rmtree(tmp_path / "cluster" / "data" / "n3")
         cluster.pause("n2")
         cluster.start("n3")
-        cluster.wait_ready("n3")
+        cluster.wait_ready("n3", probe="/healthz")  # alive; not ready while it recovers
+        ready = httpx.get(cluster.url("n3") + "/readyz", timeout=TIMEOUT_S)
+        assert ready.status_code == 503 and ready.json()["reason"] == "recovering"
         deadline = time.monotonic() + TIMEOUT_S
         while node_view(cluster, "n3")["recovery"]["phase"] != "recovering":
             assert time.monotonic() < deadline, node_view(cluster, "n3")
