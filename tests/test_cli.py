@@ -399,3 +399,11 @@ def test_the_command_line_loads_neither_the_peer_nor_the_simulator() -> None:
     assert "tokenvault.cli.parser" in loaded
     lazy = ("tokenvault.peer_process", "tokenvault.node", "tokenvault.sim", "trio", "plyvel")
     assert sorted(module for module in loaded if module.startswith(lazy)) == []
+
+
+def test_status_names_why_a_serving_peer_is_not_ready() -> None:
+    from tokenvault.cli.status_report import _serving_text
+
+    full = {"state": "serving", "ready": False, "readiness": "disk_full"}
+    assert _serving_text(full) == "serving, not ready: disk_full"
+    assert _serving_text({"state": "serving", "ready": True, "readiness": "serving"}) == "serving"

@@ -93,10 +93,13 @@ def _print_configuration_mismatch(nodes: dict[str, Any], out: TextIO) -> None:
 
 
 def _serving_text(node: dict[str, Any]) -> str:
-    """ "serving", or "recovering" with how far the recovery of a lost store went."""
+    """ "serving" (with why it is not ready, as /readyz says: a full disk, a failing store), or
+    "recovering" with how far the recovery of a lost store went."""
     state = str(node.get("state", "?"))
     progress = node.get("recovery")
     if state != "recovering" or not isinstance(progress, dict):
+        if node.get("ready") is False and node.get("readiness") not in (None, state):
+            return f"{state}, not ready: {node.get('readiness')}"
         return state
     total = progress.get("owners_total", "?")
     return (
