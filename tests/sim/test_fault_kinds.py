@@ -269,3 +269,14 @@ def test_a_full_disk_fails_syncs_until_it_is_freed() -> None:
     assert any(t.startswith(f"sync-failed {peer} disk-full") for t in during)
     assert any(t.startswith(f"synced {peer} ") for t in texts[freed:])  # and then succeed
     assert result.passed
+
+
+def test_a_hint_delivered_before_a_wipe_may_be_deleted_durably_after_it() -> None:
+    """Seed 1010: p5's disk was full, so the delete of a hint p2 had acknowledged durably became
+    durable only after p2's disk was wiped. The target did hold it; the wipe took it, which the
+    hint cannot know. Judged against what p2 held until the wipe, the run passes."""
+    result = run_simulation(SimConfig(seed=1010), keep_log=True)
+    assert result.passed, result.violations
+    texts = [line.split(" ", 2)[2] for line in result.log]
+    assert any(t.startswith("wipe p2 ") for t in texts)
+    assert any(t.startswith("disk-full p5") for t in texts)

@@ -84,9 +84,7 @@ class SimCluster:
             )
             for peer_id in config.peer_ids
         }
-        self.observer.attach(
-            lambda peer, owner, token: self.peers[peer].durable.mapping(owner, token)
-        )
+        self.observer.attach(self._durable_mapping)
         self.healed = False
 
     def preference_list(self, owner: str) -> tuple[str, ...]:
@@ -108,6 +106,13 @@ class SimCluster:
     def attempted_tokens(self, op_id: str) -> tuple[str, ...]:
         """The tokens the peers tried to write for a client's tokenize (the observer's)."""
         return self.observer.attempted_tokens(op_id)
+
+    def _durable_mapping(self, peer_id: str, owner: str, token: str) -> Mapping | None:
+        """What `peer_id` holds durably under token, or held until a wipe took its store (a
+        hint delivered before a wipe may be deleted durably only after it, as a full disk
+        delays the delete: the target did acknowledge it durably)."""
+        peer = self.peers[peer_id]
+        return peer.durable.mapping(owner, token) or peer.lost_mappings.get((owner, token))
 
     def durable_copies(self, mapping: Mapping) -> int:
         """Replicas that hold `mapping` durably, or held it until a wipe took their store."""

@@ -20,7 +20,8 @@ Invariants judged as the stream arrives (each becomes an `Observation`; the chec
 - values-were-proposed: every value accepted or decided was carried by an Accept some proposer
   sent (and, judged by the checker, names a rotate a client asked for).
 - hints-kept-until-acknowledged: a peer deletes a hint only once its target durably holds every
-  mapping of it (or holds another mapping under its token: a conflict the hint cannot fix).
+  mapping of it, or held it durably until a wipe took its store (or holds another mapping under
+  its token: a conflict the hint cannot fix).
 And at the end (`chosen_value_violations`), Paxos's own: a ballot carries one value, and once a
 majority accepted a value at a ballot, every acceptance at a higher ballot of that slot carries
 the same value.
