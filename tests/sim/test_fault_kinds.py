@@ -280,3 +280,18 @@ def test_a_hint_delivered_before_a_wipe_may_be_deleted_durably_after_it() -> Non
     texts = [line.split(" ", 2)[2] for line in result.log]
     assert any(t.startswith("wipe p2 ") for t in texts)
     assert any(t.startswith("disk-full p5") for t in texts)
+
+
+@pytest.mark.parametrize(
+    ("seed", "why"),
+    [
+        (1788, "a peer whose log tail was lost still recovers when the liveness phase begins"),
+        (2272, "a bit flips in a record its replica had acknowledged, before the write's answer"),
+    ],
+)
+def test_disk_faults_found_by_a_longer_sweep(seed: int, why: str) -> None:
+    """1788: the liveness reads begin once every peer serves (a recovering peer refuses clients,
+    as it must). 2272: a copy acknowledged durably and then flipped by the disk counts toward W
+    like one a wipe took: the disk, not the write, lost it; read repair mends it."""
+    result = run_simulation(SimConfig(seed=seed))
+    assert result.passed, (why, result.violations)

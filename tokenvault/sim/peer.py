@@ -133,8 +133,9 @@ class SimPeer:
         self.store = MemoryStore() if store is None else store
         self.durable = DurableView(self.store)
         self.wiped = False  # its store was wiped and it has not restarted yet
-        # Mappings it held durably when a wipe took its store: acknowledged copies that a
-        # replaced disk lost, not copies that were never durable (the checker's W count).
+        # Mappings it held durably until a disk fault took them (a wipe took the store, a bit
+        # flipped in the record): acknowledged copies that the disk lost, not copies that were
+        # never durable (the checker's W count and hint rule).
         self.lost_mappings: dict[tuple[str, str], Mapping] = {}
         self.state = PeerState.UP
         self.incarnation = 1
@@ -420,9 +421,13 @@ class SimPeer:
             return
         key, raw = records[draw % len(records)]
         bit = (draw // len(records)) % (8 * len(raw))
+        owner_raw, _, token_raw = key[len(MAPPING_PREFIX) :].partition(b"\x00")
+        owner, token = owner_raw.decode(), token_raw.decode()
+        held = self.durable.mapping(owner, token)
+        if held is not None:
+            self.lost_mappings[(owner, token)] = held
         self.store.flip_bit(key, bit)
         self.stats.bit_flips += 1
-        token = key.rpartition(b"\x00")[2].decode()
         self._engine.record(f"bit-flip {self.peer_id} token={short_token(token)} bit={bit}")
 
     def fill_disk(self) -> None:

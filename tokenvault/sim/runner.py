@@ -205,6 +205,7 @@ class Phases:
         self.liveness_started_s: float | None = None
         self.converged_after_s: float | None = None
         self.converged_at_s: float | None = None  # first probe after healing that saw it
+        self._checks_started = False
 
     def start(self) -> None:
         self._engine.after(PROBE_INTERVAL_S, self._probe)
@@ -221,8 +222,15 @@ class Phases:
             self.phase = _Phase.LIVENESS
             now = self.liveness_started_s = engine.now_s
             engine.record("liveness phase")
-            workload.start_checks()
             engine.at(now + self._config.convergence_bound_s, self._bound_reached)
+        if self.phase is _Phase.LIVENESS and not self._checks_started:
+            # The liveness reads go through random peers once every peer serves: a peer still
+            # recovering a lost store rightly refuses clients (a real client tries another
+            # peer), and a recovery that never ends fails the convergence bound instead.
+            if all(p.core.state == "serving" for p in cluster.peers.values()):
+                self._checks_started = True
+                engine.record("liveness reads")
+                workload.start_checks()
         elif self.phase is _Phase.LIVENESS and workload.checks_done() and self._settled():
             assert self.liveness_started_s is not None
             self.converged_after_s = engine.now_s - self.liveness_started_s
