@@ -28,7 +28,7 @@ ALARM_EVENTS = frozenset(
         "paxos_disagreement",
         "storage_corrupt",  # a held record failed verification (replica.py)
         "mapping_repaired",  # a corrupt record was replaced by a mapping that verifies
-        "corrupt_record_dropped",  # a corrupt record no anti-entropy partner held was deleted
+        "corrupt_record_uncounted",  # a corrupt record its partner lacks left the digests
         "integrity_conflict",
         "core_error",  # a core raised (a violated invariant): the input was dropped
         "storage_error",  # the store failed to stage or read: the input was dropped

@@ -254,11 +254,12 @@ def test_a_record_that_fails_verification_is_repaired_from_one_that_verifies(
 
 
 @pytest.mark.parametrize("corrupt_on", ["a", "b"])
-def test_a_corrupt_record_no_partner_holds_is_dropped(corrupt_on: str) -> None:
+def test_a_corrupt_record_no_partner_holds_leaves_the_digests(corrupt_on: str) -> None:
     """The lone copy of a mapping (a write that failed everywhere else) then a flipped bit: no
     replica can supply it, so while it stayed counted the digests differed forever (found by
-    the simulator, seed 49). Once a partner shows it lacks the token, the corrupt record is
-    deleted, and the replicas converge; a healthy record is never dropped."""
+    the simulator, seed 49). Once a partner shows it lacks the token, the corrupt record leaves
+    the digests, and the replicas converge; the record stays, answered corrupt (never "not
+    held"), and a healthy record is never uncounted."""
     net = Net(sealer=REAL_SEALER)
     shared = [mapping(i) for i in range(10)]
     lone = mapping(99)
@@ -274,12 +275,38 @@ def test_a_corrupt_record_no_partner_holds_is_dropped(corrupt_on: str) -> None:
     victim.restart()
     assert victim.replica.held_mapping(OWNER, lone.token) is CORRUPT
     net.converge()
-    assert victim.store.get(key) is None
+    assert victim.store.get(key) == bytes(raw)
+    assert victim.replica.held_mapping(OWNER, lone.token) is CORRUPT
     assert all(
         p.replica.read_mapping(OWNER, m.token) == m for p in net.peers.values() for m in shared
     )
     assert len({p.replica.digests.root(OWNER) for p in net.peers.values()}) == 1
+    victim.restart()  # counted again at the rebuild, until anti-entropy meets it again
+    net.converge()
+    assert len({p.replica.digests.root(OWNER) for p in net.peers.values()}) == 1
+
+
+def test_an_uncounted_corrupt_record_is_still_repaired_and_counted_once() -> None:
+    """A corrupt record uncounted against a partner that lacks the token is still replaced by
+    the mapping a third replica holds; the digests then count it once, like everyone's."""
+    net = Net(sealer=REAL_SEALER)
+    held = mapping(5)
+    victim, holder, lacking = net.peers["a"], net.peers["b"], net.peers["c"]
+    victim.hold([held])
+    holder.hold([held])
+    key = mapping_key(OWNER, held.token)
+    raw = bytearray(victim.store.get(key) or b"")
+    raw[-2] ^= 0x04
+    victim.store.stage([(key, bytes(raw))])
+    victim.store.sync()
     victim.restart()
+    effects = victim.replica.uncount_corrupt(OWNER, held.token, lacking.name)
+    assert [e.name for e in effects.events] == ["corrupt_record_uncounted"]
+    assert victim.replica.uncount_corrupt(OWNER, held.token, lacking.name).is_empty()
+    assert victim.replica.digests.count(OWNER) == 0
+    net.converge()
+    assert victim.replica.read_mapping(OWNER, held.token) == held
+    assert victim.replica.digests.count(OWNER) == 1
     assert len({p.replica.digests.root(OWNER) for p in net.peers.values()}) == 1
 
 

@@ -287,6 +287,8 @@ def test_a_hint_delivered_before_a_wipe_may_be_deleted_durably_after_it() -> Non
     [
         (1788, "a peer whose log tail was lost still recovers when the liveness phase begins"),
         (2272, "a bit flips in a record its replica had acknowledged, before the write's answer"),
+        (2637, "a bit flip is called off while another replica recovers a lost log tail"),
+        (2784, "a bit flip is called off while another replica recovers a wiped disk"),
     ],
 )
 def test_disk_faults_found_by_a_longer_sweep(seed: int, why: str) -> None:

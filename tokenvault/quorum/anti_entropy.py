@@ -76,7 +76,7 @@ class HeldRecords(Protocol):
 
     def held_mapping(self, owner: str, token: str) -> Mapping | object | None: ...
 
-    def drop_corrupt(self, owner: str, token: str, partner: str) -> Effects: ...
+    def uncount_corrupt(self, owner: str, token: str, partner: str) -> Effects: ...
 
 
 class DecidedSource(Protocol):
@@ -387,10 +387,8 @@ class AntiEntropy:
             held = self._records.held_mapping(owner, token)
             if isinstance(held, Mapping):  # never a corrupt record
                 mappings.append(held)
-            elif held is not None:  # corrupt, and the partner lacks it: nothing to keep
-                dropped = self._records.drop_corrupt(owner, token, target)
-                effects.writes.extend(dropped.writes)
-                effects.events.extend(dropped.events)
+            elif held is not None:  # corrupt, and the partner lacks it: out of the digests
+                effects.events.extend(self._records.uncount_corrupt(owner, token, target).events)
         if mappings:
             push_id = op_id or f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
             request = InsertRequest(

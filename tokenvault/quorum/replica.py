@@ -88,6 +88,9 @@ class Replica:
         self.digests = OwnerDigests()
         self.digests.rebuild(storage)
         self.repaired = 0  # held records that failed verification, replaced by verified ones
+        # Keys of corrupt records left out of the digests (`uncount_corrupt`); rebuilt digests
+        # count them again until anti-entropy meets them once more.
+        self._uncounted: set[bytes] = set()
 
     def forget_unstaged(self, writes: Sequence[Write]) -> None:
         """The driver could not stage these writes (the store refused them): the digests
@@ -123,21 +126,24 @@ class Replica:
         raw = self._storage.get(mapping_key(owner, token))
         return None if raw is None else self.verified(owner, token, raw)
 
-    def drop_corrupt(self, owner: str, token: str, partner: str) -> Effects:
-        """Delete a held record that fails verification, once an anti-entropy partner showed it
-        lacks the token: the record holds nothing usable, and as long as it stays counted the
-        digests of a mapping no replica can supply (a failed write's lone copy, then a flipped
-        bit) differ forever. A replica that holds the mapping refills the key later."""
+    def uncount_corrupt(self, owner: str, token: str, partner: str) -> Effects:
+        """Leave a held record that fails verification out of the digests, once an anti-entropy
+        partner showed it lacks the token: while it stayed counted, the digests of a mapping no
+        replica can supply (a failed write's lone copy, then a flipped bit) differed forever.
+        The record stays, and stays answered corrupt: deleting it would turn "unknown here"
+        into "not held", and R such answers could then outvote the W - 1 copies left of an
+        acknowledged mapping (the sweep found it, seeds 2637 and 2784). A replica that holds
+        the mapping still repairs it: the key walk reads the store, not the digests."""
         effects = Effects()
         key = mapping_key(owner, token)
         raw = self._storage.get(key)
-        if raw is None or self.verified(owner, token, raw) is not CORRUPT:
+        if key in self._uncounted or raw is None or self.verified(owner, token, raw) is not CORRUPT:
             return effects
-        effects.writes.append((key, None))
+        self._uncounted.add(key)
         self.digests.remove_many(owner, ((token, key, raw),))
         effects.events.append(
             Event(
-                name="corrupt_record_dropped",
+                name="corrupt_record_uncounted",
                 owner=owner,
                 details=(("token_prefix", token[:8]), ("partner", partner)),
             )
@@ -207,7 +213,10 @@ class Replica:
                 effects.events.append(_mapping_event("mapping_conflict", mapping, request, source))
         _require_no_verified_overwrite(request.owner, new, read, self.verified)
         effects.writes.extend((key, record) for _, key, record in new)
-        self.digests.remove_many(request.owner, replaced)
+        self.digests.remove_many(
+            request.owner, [r for r in replaced if r[1] not in self._uncounted]
+        )
+        self._uncounted.difference_update(key for _, key, _ in replaced)
         self.digests.add_many(request.owner, new)
         self.repaired += len(replaced)
         counts = (

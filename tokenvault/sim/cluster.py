@@ -141,7 +141,10 @@ class SimCluster:
                 self._wipe(peer, lost_wal_tail=kind is FaultKind.LOSE_WAL_TAIL)
                 return
             if kind is FaultKind.BIT_FLIP:
-                peer.flip_bit(action.draw)
+                if self._copy_lost_elsewhere(peer):
+                    self._engine.record(f"bit-flip-skipped {peer.peer_id}")
+                else:
+                    peer.flip_bit(action.draw)
                 return
             {
                 FaultKind.CRASH: peer.crash,
@@ -152,16 +155,22 @@ class SimCluster:
                 FaultKind.DISK_FREED: peer.free_disk,
             }[kind]()
 
-    def _wipe(self, peer: SimPeer, *, lost_wal_tail: bool) -> None:
-        """Wipes `peer`'s disk, unless that could lose more than the model allows: another peer
-        that is not serving (wiped and not recovered yet), or fewer than three replicas. Then
-        it is a plain crash."""
-        others_serving = all(
-            not other.wiped and other.core.state == "serving"
+    def _copy_lost_elsewhere(self, peer: SimPeer) -> bool:
+        """Whether another peer has lost copies it has not got back yet: it is wiped or still
+        recovering, or holds a record a bit flip corrupted and nothing repaired. A disk fault
+        on `peer` then could destroy the last copy of an acknowledged write (W = 2 of N = 3
+        tolerates one lost copy): beyond the model, so the fault is called off."""
+        return any(
+            other.wiped or other.core.state != "serving" or other.holds_unrepaired_flip()
             for other in self.peers.values()
             if other is not peer
         )
-        if others_serving and self._config.replica_count >= 3:
+
+    def _wipe(self, peer: SimPeer, *, lost_wal_tail: bool) -> None:
+        """Wipes `peer`'s disk, unless that could lose more than the model allows: another peer
+        that lost copies and has not got them back (`_copy_lost_elsewhere`), or fewer than
+        three replicas. Then it is a plain crash."""
+        if not self._copy_lost_elsewhere(peer) and self._config.replica_count >= 3:
             peer.wipe(lost_wal_tail=lost_wal_tail)
         else:
             cause = "lose-wal-tail" if lost_wal_tail else "wipe"

@@ -137,6 +137,7 @@ class SimPeer:
         # flipped in the record): acknowledged copies that the disk lost, not copies that were
         # never durable (the checker's W count and hint rule).
         self.lost_mappings: dict[tuple[str, str], Mapping] = {}
+        self.flipped: dict[tuple[str, str], Mapping] = {}  # records a bit flip corrupted
         self.state = PeerState.UP
         self.incarnation = 1
         self.stats = PeerStats()
@@ -426,9 +427,17 @@ class SimPeer:
         held = self.durable.mapping(owner, token)
         if held is not None:
             self.lost_mappings[(owner, token)] = held
+            self.flipped[(owner, token)] = held
         self.store.flip_bit(key, bit)
         self.stats.bit_flips += 1
         self._engine.record(f"bit-flip {self.peer_id} token={short_token(token)} bit={bit}")
+
+    def holds_unrepaired_flip(self) -> bool:
+        """Whether a record a bit flip corrupted is still not the mapping it held."""
+        return any(
+            self.durable.mapping(owner, token) != held
+            for (owner, token), held in self.flipped.items()
+        )
 
     def fill_disk(self) -> None:
         if not self.disk_full:
