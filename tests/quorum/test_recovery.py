@@ -457,3 +457,26 @@ def test_the_recovery_messages_cross_the_wire_and_old_shapes_still_decode() -> N
     too_many["decided"] *= RECOVERY_DECIDED_MAX + 1
     with pytest.raises(CodecError):
         decode_batch(encode_batch("p2", [json.dumps(too_many).encode()]))
+
+
+def test_a_recovering_peer_coordinates_a_detokenize_from_the_other_replicas() -> None:
+    """Its own replica refuses (it counts toward no quorum), so the read is decided by the
+    others' answers alone, as through any peer; a tokenize through it is still refused."""
+    peer = Peer(store=MemoryStore())
+    synced(peer)
+    peer.settle(peer.receive("p2", heartbeat("p2", OLD_ID)))
+    assert peer.core.state == "recovering"
+    step = peer.start(Detokenize(op_id="d1", owner=OWNER, tokens=(A.token,)))
+    requests = sent(step, ReadRequest)
+    assert set(requests) >= {"p2", "p3"}
+    peer.settle(step)  # its own read: refused as unavailable, not counted
+    found = [
+        ReadReply(op_id=requests[p].op_id, owner=OWNER, tokens=(A.token,), mappings=(A,))
+        for p in ("p2", "p3")
+    ]
+    assert peer.receive("p2", found[0]).answers == []  # 1 of R=2: its own does not count
+    (done,) = peer.receive("p3", found[1]).answers
+    assert isinstance(done, ReadDone) and done.failure is None
+    assert done.mappings == (A,)
+    (refused,) = peer.start(tokenize("c9")).answers
+    assert isinstance(refused, Tokenized) and refused.failure is Failure.RECOVERING

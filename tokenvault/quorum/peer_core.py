@@ -25,7 +25,10 @@ Theory of operation:
 - Recovery (recovery.py): `state` is "serving" or "recovering", the one place both drivers,
   /v1/admin/node and /readyz read it from. A peer that is not serving answers peer requests that
   would vote or count toward a quorum with an explicit refusal (recovery.py `refusal`), and
-  client operations (but owner inspections) with RECOVERING; heartbeats and RecoveryQuery
+  client operations with RECOVERING, but for owner inspections and detokenizes: a read it
+  coordinates counts only the other replicas' answers (its own replica refuses), so it is as
+  safe as through any peer; a tokenize or rotate would act on epochs it has not learned yet,
+  and a rotate's ballots on a proposer that forgot its own; heartbeats and RecoveryQuery
   carry store identities, noted (and told to the proposer, which drops answers of a replaced
   store) before anything else of the batch. It serves once the `serving` record is durable.
 - Containment: an exception from a core (a violated invariant, a failed store) drops the input
@@ -423,7 +426,7 @@ class PeerCore:
         if len(self._clients) >= self.limits.client_operations_max:
             step.answers.append(failed_answer(operation, Failure.OVERLOADED))
             return self._finish(step)
-        if self.state != "serving" and not isinstance(operation, InspectOwner):
+        if self.state != "serving" and not isinstance(operation, (InspectOwner, Detokenize)):
             step.answers.append(failed_answer(operation, Failure.RECOVERING))
             return self._finish(step)
         if isinstance(operation, Tokenize) and not operation.items:
