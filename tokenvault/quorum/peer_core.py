@@ -388,7 +388,8 @@ class PeerCore:
             if not serving:
                 refused = refusal(self.peer_id, self.recovery.store_id, source, message)
                 if refused is not None:
-                    step.messages.extend(refused)
+                    for envelope in refused:  # to itself when it coordinates a detokenize
+                        self._send(step, envelope)
                     continue
             destination = route(message)
             if destination is Destination.NONE:
@@ -595,15 +596,18 @@ class PeerCore:
         """Arm, send, answer: everything the output depends on is durable."""
         for timer in output.timers:
             self._arm(output.core, timer)
-        peer_id = self.peer_id
         for envelope in output.messages:
-            assert envelope.source == peer_id, "a peer sends only as itself"
-            if envelope.destination == peer_id:
-                step.local.append(envelope.message)
-            else:
-                step.messages.append(envelope)
+            self._send(step, envelope)
         for reply in output.replies:
             self._on_core_reply(step, reply)
+
+    def _send(self, step: Step, envelope: Envelope) -> None:
+        """Out to another peer, or back in as a local input when it is for this peer."""
+        assert envelope.source == self.peer_id, "a peer sends only as itself"
+        if envelope.destination == self.peer_id:
+            step.local.append(envelope.message)
+        else:
+            step.messages.append(envelope)
 
     def _arm(self, core: str, timer: Timer) -> None:
         if len(self._timers) >= self.limits.timers_max:
