@@ -907,15 +907,19 @@ operation_strategy = st.tuples(
 )
 
 
-def chosen_now(net: Network, slot: int) -> EpochValue | None:
-    """A value accepted by a majority at one ballot is chosen (read off the acceptors)."""
-    counts: dict[tuple[Ballot, EpochValue], int] = {}
-    for store in net.stores.values():
+Acceptances = dict[tuple[Ballot, EpochValue], set[str]]
+
+
+def chosen_so_far(net: Network, slot: int, accepted: Acceptances) -> EpochValue | None:
+    """A value is chosen once a majority of acceptors have accepted it at one ballot: Paxos's
+    definition is over what they accepted, ever, not what they hold now (an acceptor may move
+    on to a higher ballot before the last of the majority accepts). `accepted` gathers every
+    acceptance seen on the acceptors (synced at each step) across calls."""
+    for replica, store in net.stores.items():
         state = read_acceptor_slot(store, OWNER, slot)
         if state.accepted_ballot is not None and state.accepted_value is not None:
-            key = (state.accepted_ballot, state.accepted_value)
-            counts[key] = counts.get(key, 0) + 1
-    winners = {v for (_, v), n in counts.items() if n >= 2}
+            accepted.setdefault((state.accepted_ballot, state.accepted_value), set()).add(replica)
+    winners = {v for (_, v), acceptors in accepted.items() if len(acceptors) >= 2}
     assert len(winners) <= 1
     return next(iter(winners), None)
 
@@ -937,6 +941,7 @@ def test_at_most_one_value_per_slot_under_any_delivery(
     # a long deadline: timeouts come mostly from the rare "deadline" action below
     net = Network(COORDINATORS, seed=seed, limits=EpochLimits(operation_timeout_s=30.0))
     chosen: dict[int, EpochValue] = {}
+    accepted: dict[int, Acceptances] = {}  # slot -> every acceptance seen
     started_at: dict[str, int] = {}  # op id -> number of replies seen when it started
     kinds: dict[str, tuple[str, int | None]] = {}
     busy: dict[str, str] = {}  # coordinator -> op id in flight
@@ -947,7 +952,7 @@ def test_at_most_one_value_per_slot_under_any_delivery(
     def observe() -> None:
         nonlocal replies_seen
         for slot in range(2, 2 + len(operations) + 1):
-            now_chosen = chosen_now(net, slot)
+            now_chosen = chosen_so_far(net, slot, accepted.setdefault(slot, {}))
             if now_chosen is not None:
                 assert chosen.setdefault(slot, now_chosen) == now_chosen
             for held in net.decided(slot).values():

@@ -480,3 +480,17 @@ def test_a_recovering_peer_coordinates_a_detokenize_from_the_other_replicas() ->
     assert done.mappings == (A,)
     (refused,) = peer.start(tokenize("c9")).answers
     assert isinstance(refused, Tokenized) and refused.failure is Failure.RECOVERING
+
+
+def test_its_own_refusal_goes_back_in_as_a_local_input() -> None:
+    """The read a recovering peer coordinates reaches its own replica, which refuses: that
+    refusal is for itself, so it comes back as a local input, never as a message on the wire."""
+    peer = Peer(store=MemoryStore())
+    synced(peer)
+    peer.settle(peer.receive("p2", heartbeat("p2", OLD_ID)))
+    assert peer.core.state == "recovering"
+    step = peer.core.start(Detokenize(op_id="d2", owner=OWNER, tokens=(A.token,)), peer.now)
+    (own,) = [m for m in step.local if isinstance(m, ReadRequest)]
+    answer = peer.core.receive(peer.core.peer_id, [own], peer.now)
+    assert all(e.destination != peer.core.peer_id for e in answer.messages)
+    assert [m.unavailable for m in answer.local if isinstance(m, ReadReply)] == [True]
