@@ -97,3 +97,27 @@ def test_the_caches_are_bounded() -> None:
     sealer = Sealer(SECRET, cached_max=2)
     sealed = {owner: sealer.seal(owner, "t", 1, "f", "v") for owner in ("a", "b", "c", "d")}
     assert all(sealer.open(owner, "t", 1, "f", s) == "v" for owner, s in sealed.items())
+
+
+def test_a_decided_epoch_value_is_read_once_for_all_the_records_it_verifies() -> None:
+    """Verifying a record of epoch 2 needs that epoch's value; once known it is kept (a decided
+    value never changes), so later reads do not fetch and parse its record again."""
+    from tokenvault.quorum.messages import EpochValue, Mapping
+    from tokenvault.quorum.records import decided_key, encode_decided
+    from tokenvault.quorum.replica import Replica
+    from tokenvault.store.memory_store import MemoryStore
+
+    sealer = Sealer(b"k" * 32)
+
+    store = MemoryStore()
+    value = EpochValue(epoch=2, salt="ab" * 16, requested_by="r1", requested_at_s=1.0)
+    store.stage([(decided_key("acme", 2), encode_decided(value))])
+    store.sync()
+    replica = Replica(peer_id="r1", storage=store, sealer=sealer)
+    maker = sealer.token_maker("acme", value)
+    good = Mapping(owner="acme", token=maker.token("ssn", "1"), value="1", field="ssn", epoch=2)
+    assert replica.verifies(good)
+    store.stage([(decided_key("acme", 2), None)])  # gone from the store: the cache answers
+    store.sync()
+    assert replica.verifies(good)
+    assert not replica.verifies(good._replace(value="2"))  # still checked against epoch 2

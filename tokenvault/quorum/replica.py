@@ -42,6 +42,7 @@ from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.merkle import OwnerDigests
 from tokenvault.quorum.messages import (
     Envelope,
+    EpochValue,
     InsertOutcome,
     InsertReply,
     InsertRequest,
@@ -78,6 +79,9 @@ CORRUPT = _Corrupt()
 Held = Mapping | _Corrupt
 
 
+DECIDED_CACHED_MAX = 10_000  # (owner, epoch) decided values kept for verifying reads
+
+
 class Replica:
     def __init__(self, *, peer_id: str, storage: StorageView, sealer: Sealer) -> None:
         self._peer_id = peer_id
@@ -91,6 +95,7 @@ class Replica:
         # Keys of corrupt records left out of the digests (`uncount_corrupt`); rebuilt digests
         # count them again until anti-entropy meets them once more.
         self._uncounted: set[bytes] = set()
+        self._decided: dict[tuple[str, int], EpochValue] = {}  # see _decided_value
 
     def forget_unstaged(self, writes: Sequence[Write]) -> None:
         """The driver could not stage these writes (the store refused them): the digests
@@ -110,8 +115,22 @@ class Replica:
         """The token check: true when the mapping's token is the keyed hash of its field and
         value under its epoch, and when this replica does not know that epoch's value (nothing
         to check against: a sealed record's tag is then the whole check)."""
-        decided = read_decided(self._storage, mapping.owner, mapping.epoch)
+        decided = self._decided_value(mapping.owner, mapping.epoch)
         return decided is None or self._sealer.token_matches(mapping, decided)
+
+    def _decided_value(self, owner: str, epoch: int) -> EpochValue | None:
+        """The decided value of an epoch, cached once known: a decided slot never changes (the
+        acceptor asserts it), so reads stop parsing its JSON record for every record they
+        verify. Unknown epochs are read again next time (they may be learned meanwhile)."""
+        cache_key = (owner, epoch)
+        value = self._decided.get(cache_key)
+        if value is None:
+            value = read_decided(self._storage, owner, epoch)
+            if value is not None:
+                if len(self._decided) >= DECIDED_CACHED_MAX:
+                    self._decided.clear()
+                self._decided[cache_key] = value
+        return value
 
     def verified(self, owner: str, token: str, raw: bytes) -> Held:
         """The mapping a record holds if it verifies, else CORRUPT."""
