@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tokenvault.log import EventLog, LogThrottle
+from tokenvault.log import REQUEST_IDS_MAX, EventLog, LogThrottle
 from tokenvault.quorum.effects import Event
 
 
@@ -89,3 +89,56 @@ def test_a_throttle_remembers_at_most_keys_max_keys() -> None:
     assert throttle.allow("c") == 0  # a third key: it starts over, memory stays bounded
     assert throttle.allow("a") == 0
     assert throttle.allow("c") is None
+
+
+def test_the_common_write_outcomes_of_a_step_are_one_line_per_owner_and_epoch() -> None:
+    stream = io.StringIO()
+    stored = [
+        Event(
+            name="mapping_stored",
+            owner="alice",
+            request_id=f"r-{i}",
+            epoch=2,
+            details=(("count", i),),
+        )
+        for i in range(1, 4)
+    ]
+    other_epoch = Event(
+        name="mapping_stored", owner="alice", request_id="r-9", epoch=3, details=(("count", 5),)
+    )
+    down = Event(name="peer_down", details=(("target", "n2"),))
+    EventLog("n1", stream).core_events([stored[0], down, other_epoch, *stored[1:]])
+    down_line, merged, single = _lines(stream)
+    assert down_line["event"] == "peer_down"  # not batched: its own line, first
+    assert merged == {
+        "ts": merged["ts"],
+        "level": "info",
+        "peer": "n1",
+        "event": "mapping_stored",
+        "owner": "alice",
+        "epoch": 2,
+        "request_id": "r-1",
+        "count": 6,
+        "requests": 3,
+        "request_ids": ["r-1", "r-2", "r-3"],
+    }
+    assert single["epoch"] == 3 and single["count"] == 5 and "requests" not in single
+
+
+def test_a_merged_line_names_at_most_its_bound_of_request_ids() -> None:
+    stream = io.StringIO()
+    events = [
+        Event(
+            name="mapping_identical",
+            owner="bob",
+            request_id=f"r-{i}",
+            epoch=1,
+            details=(("count", 1),),
+        )
+        for i in range(REQUEST_IDS_MAX + 5)
+    ]
+    EventLog("n1", stream).core_events(events)
+    (line,) = _lines(stream)
+    assert line["count"] == REQUEST_IDS_MAX + 5 and line["requests"] == REQUEST_IDS_MAX + 5
+    assert line["request_ids"] == [f"r-{i}" for i in range(REQUEST_IDS_MAX)]
+    assert line["request_ids_omitted"] == 5

@@ -7,6 +7,12 @@ Rules:
 - Levels: error for safety and integrity alarms, warning for failures an operator should see
   (a quorum not reached, a peer down, a hint dropped, an epoch operation failed), info else.
 - Values, tokens in full and keys are never logged: callers pass counts, ids and prefixes only.
+- The common outcomes of a write (`BATCHED_EVENTS`: a mapping stored, or found identical) are one
+  line per step and (event, owner, epoch), not one per request: `count` sums their mappings,
+  `requests` says how many requests they came from, `request_id` names the first and
+  `request_ids` every one (at most REQUEST_IDS_MAX, then `request_ids_omitted`), so a request
+  is still traced by its id. Every other event stays one line each.
+- Lines are encoded by msgspec (C), once each, with the fields in the order above.
 - A line that a flood could repeat (a refused batch, a failed handshake, an accept failure) goes
   through a `LogThrottle`: at most one line per key per interval, saying how many it held back.
 """
@@ -14,11 +20,12 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import TextIO
+
+import msgspec
 
 from tokenvault.quorum.effects import Event
 
@@ -44,6 +51,11 @@ WARNING_EVENTS = frozenset(
         "client_operation_expired",
     }
 )
+# The common outcomes of a write: one line per step, with counts (module rules).
+BATCHED_EVENTS = frozenset({"mapping_stored", "mapping_identical"})
+REQUEST_IDS_MAX = 64
+
+_ENCODE = msgspec.json.Encoder().encode
 
 
 class EventLog:
@@ -61,6 +73,18 @@ class EventLog:
         request_id: str = "",
         **details: str | int | float | bool,
     ) -> None:
+        self._write(event, level, owner, epoch, request_id, details)
+
+    def _write(
+        self,
+        event: str,
+        level: str,
+        owner: str,
+        epoch: int,
+        request_id: str,
+        details: dict[str, str | int | float | bool | list[str]]
+        | dict[str, str | int | float | bool],
+    ) -> None:
         line: dict[str, object] = {
             "ts": round(time.time(), 6),
             "level": level,
@@ -76,24 +100,61 @@ class EventLog:
         line.update(details)
         # A closed or broken log stream must never take the peer down.
         with contextlib.suppress(OSError, ValueError):
-            self._stream.write(json.dumps(line, separators=(",", ":")) + "\n")
+            self._stream.write(_ENCODE(line).decode() + "\n")
 
     def core_event(self, event: Event, *, active_epoch: int = 0) -> None:
         """One core event; `active_epoch` is named when the event names no epoch of its own."""
-        if event.name in ALARM_EVENTS or "conflict" in event.name:
-            level = "error"
-        elif event.name in WARNING_EVENTS:
-            level = "warning"
-        else:
-            level = "info"
         self.emit(
             event.name,
-            level=level,
+            level=level_of(event.name),
             owner=event.owner,
             epoch=event.epoch or active_epoch,
             request_id=event.request_id,
             **dict(event.details),
         )
+
+    def core_events(self, events: Sequence[Event]) -> None:
+        """The events of one step: BATCHED_EVENTS merged per (event, owner, epoch), the rest
+        one line each, in the order of their first event."""
+        merged: dict[tuple[str, str, int], list[Event]] = {}
+        for event in events:
+            if event.name in BATCHED_EVENTS:
+                group = merged.get((event.name, event.owner, event.epoch))
+                if group is None:
+                    merged[(event.name, event.owner, event.epoch)] = [event]
+                    continue
+                group.append(event)
+            else:
+                self.core_event(event)
+        for (name, owner, epoch), group in merged.items():
+            if len(group) == 1:
+                self.core_event(group[0])
+                continue
+            ids = [event.request_id for event in group]
+            details: dict[str, str | int | float | bool | list[str]] = {
+                "count": sum(_count_of(event) for event in group),
+                "requests": len(group),
+                "request_ids": ids[:REQUEST_IDS_MAX],
+            }
+            if len(ids) > REQUEST_IDS_MAX:
+                details["request_ids_omitted"] = len(ids) - REQUEST_IDS_MAX
+            self._write(name, level_of(name), owner, epoch, ids[0], details)
+
+
+def level_of(event_name: str) -> str:
+    """The level of a core event's line (module rules)."""
+    if event_name in ALARM_EVENTS or "conflict" in event_name:
+        return "error"
+    if event_name in WARNING_EVENTS:
+        return "warning"
+    return "info"
+
+
+def _count_of(event: Event) -> int:
+    for name, value in event.details:
+        if name == "count" and type(value) is int:
+            return value
+    return 1
 
 
 class LogThrottle:

@@ -6,8 +6,10 @@ Rules:
 - Every input reaches the core synchronously: there is no checkpoint between a core call and
   acting on its step, so no other input runs in between.
 - A step is acted on at once: events logged and counted, messages queued on the links (a message
-  sent to several peers is encoded once), messages to this peer itself given back to the core in
-  a task of their own, answers handed to the requests that wait for them.
+  sent to several peers is encoded once), messages to this peer itself queued for the local
+  task, answers handed to the requests that wait for them. The local task gives every queued
+  local message back to the core in one `receive` per wake-up, in the order queued (never
+  inside the step that produced them: a core call never re-enters the core).
 - Durability (group commit): one task, the syncer, makes the store durable whenever a step asks,
   many steps per synced LevelDB batch, and reports the ticket to the core (or the failure). A
   peer batch is answered once what it produced is settled, which paces the sending peer.
@@ -197,8 +199,9 @@ class Node:
         self._replace_wanted = trio.Event()
         self._store_in_use = trio.Lock()  # a sync, or a store replacement: one at a time
         self._clock_wakeup = trio.Event()
+        self._local_queue: list[Message] = []  # messages to itself, for the local task
+        self._local_wanted = trio.Event()
         self._clock_sleeps_until = float("inf")
-        self._nursery: trio.Nursery | None = None
         self.started_at = 0.0
 
     def _new_core(self) -> PeerCore:
@@ -256,10 +259,10 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
             self.started_at = trio.current_time()
             nursery.start_soon(self._run_clock)
             nursery.start_soon(self._run_syncer)
+            nursery.start_soon(self._run_local)
             nursery.start_soon(self._run_store_replacer)
             nursery.start_soon(self._run_scrubber)
             for link in self.links.values():
@@ -306,21 +309,29 @@ class Node:
             while self._settled_ticket < step.sync_ticket and generation == self._core_generation:
                 await self._settled.wait()
 
-    async def _receive_local(self, messages: Sequence[Message]) -> None:
-        self._act(self.core.receive(self.peer_id, messages, trio.current_time()))
+    async def _run_local(self) -> None:
+        """Messages to itself: all that were queued since the last wake-up, in one input."""
+        while True:
+            await self._local_wanted.wait()
+            self._local_wanted = trio.Event()
+            messages, self._local_queue = self._local_queue, []
+            self._act(self.core.receive(self.peer_id, messages, trio.current_time()))
 
     # -- acting on a step ----------------------------------------------------------------------
 
     def _act(self, step: Step) -> None:
         metrics = self.metrics
-        for event in step.events:
-            metrics.inc("tokenvault_events_total", (("event", event.name),))
-            if event.name == "storage_error":
-                metrics.inc("tokenvault_storage_errors_total")
-                # A full or failing store fails every input alike: one line per interval.
-                if self._storage_throttle.allow(event.details) is None:
-                    continue
-            self.log.core_event(event)
+        if step.events:
+            logged = []
+            for event in step.events:
+                metrics.inc("tokenvault_events_total", (("event", event.name),))
+                if event.name == "storage_error":
+                    metrics.inc("tokenvault_storage_errors_total")
+                    # A full or failing store fails every input alike: one line per interval.
+                    if self._storage_throttle.allow(event.details) is None:
+                        continue
+                logged.append(event)
+            self.log.core_events(logged)
         if step.faults and self.store.health().damage is not None:
             self._replace_wanted.set()
         for reply in step.finished:
@@ -334,8 +345,8 @@ class Node:
                 wire = encoded[id(message)] = encode_message(message)
             self.links[envelope.destination].send_nowait(wire)
         if step.local:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._receive_local, step.local)
+            self._local_queue.extend(step.local)
+            self._local_wanted.set()
         for answer in step.answers:
             waiter = self._waiters.get(answer.op_id)
             if waiter is not None:
