@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from tokenvault.coalescing import Coalescer
 from tokenvault.config import ClusterConfig, PeerConfig, cluster_fingerprint
 from tokenvault.http.peer_auth import PeerCredential, PeerSigner, new_incarnation, require_source
 from tokenvault.http.peer_codec import CodecError, decode_batch, encode_message
@@ -191,6 +192,7 @@ class Node:
             if p.id != peer_id
         }
         self._op_counter = itertools.count(1)
+        self.coalescer = Coalescer(self._perform_alone, self.new_request_id)
         self._waiters: dict[str, _Waiter] = {}
         self._sync_wanted = trio.Event()
         self._settled_ticket = 0  # synced, or failed to sync
@@ -278,7 +280,11 @@ class Node:
     # -- inputs --------------------------------------------------------------------------------
 
     async def perform(self, operation: ClientOperation) -> ClientAnswer:
-        """Runs a client operation to its answer (a failure is an answer too)."""
+        """Runs a client operation to its answer (a failure is an answer too); concurrent
+        tokenizes and detokenizes of one owner are merged under load (coalescing.py)."""
+        return await self.coalescer.perform(operation)
+
+    async def _perform_alone(self, operation: ClientOperation) -> ClientAnswer:
         waiter = self._waiters[operation.op_id] = _Waiter(operation)
         try:
             self._act(self.core.start(operation, trio.current_time()))
