@@ -390,3 +390,33 @@ def test_a_pass_that_keeps_getting_answers_is_not_cut_short_however_slow() -> No
     report = net.peers["a"].ae.statistics.last_pass
     assert report is not None and report.outcome == "repaired"
     assert report.finished - report.started > 5.0
+
+
+def test_a_busy_owner_is_compared_once_per_busy_interval_per_partner_a_quiet_one_each_pass() -> (
+    None
+):
+    limits = AntiEntropyLimits(
+        pass_interval_s=1.0, pass_timeout_s=0.5, busy_window_s=1.0, busy_pass_interval_s=10.0
+    )
+    net = Net(limits)
+    peer = net.peers[PEERS[0]]
+    written = iter(range(10_000))
+
+    def summaries_sent(now: float, *, writes: bool) -> int:
+        if writes:  # a write lands on this replica just before the tick
+            peer.hold([mapping(next(written))])
+        before = len(net.messages)
+        net.tick(peer.name, now)
+        sent = [m for _, _, m in net.messages[before:] if isinstance(m, AeSummary)]
+        net.messages.clear()  # the partners never answer: each pass ends by its timeout
+        return len(sent)
+
+    # writes at every tick: the first sight of the owner is no change (a pass to b), then a pass
+    # to c, then nothing until ten seconds after each partner's last pass
+    busy = [summaries_sent(t * 2.0, writes=True) for t in range(1, 8)]
+    assert busy == [1, 1, 0, 0, 0, 1, 1]
+    # quiet (no write for more than busy_window_s): a pass every tick again
+    assert [summaries_sent(100.0 + t * 2.0, writes=False) for t in range(4)] == [1, 1, 1, 1]
+    # a refill never waits
+    peer.ae.urgent = True
+    assert [summaries_sent(200.0 + t * 2.0, writes=True) for t in range(4)] == [1, 1, 1, 1]

@@ -32,6 +32,12 @@ equal digests, or every differing window compared and the partner pushed nothing
 AeKeysReply says in `pushed`).
 Whatever a pass leaves undone still differs and is taken up by a later pass, at once after a
 pass that repaired something, else after `pass_interval_s` (the throttle of a quiet cluster).
+A busy owner (its count here changed within `busy_window_s`) is compared at most once per
+`busy_pass_interval_s` per partner: under a steady stream of writes two replicas' digests
+always differ by the writes in flight, which the coordinator and hinted handoff deliver anyway,
+and walking the differing buckets again and again would read and hash every key of the owner
+for nothing. Writes that stop make the owner quiet again within `busy_window_s`; a refill
+(`urgent`) never waits.
 """
 
 from __future__ import annotations
@@ -90,6 +96,8 @@ class AntiEntropyLimits:
     buckets_per_pass_max: int = 64
     keys_per_page_max: int = 1_000
     pages_per_pass_max: int = 128
+    busy_window_s: float = 1.0
+    busy_pass_interval_s: float = 10.0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -176,6 +184,8 @@ class AntiEntropy:
         self._sequence = itertools.count(1)
         self.statistics = AntiEntropyStatistics()
         self.urgent = False  # refilling a lost store: passes back to back (recovery.py)
+        self._counts_seen: dict[str, tuple[int, float]] = {}  # owner -> (count, changed at)
+        self._pair_passed_at: dict[tuple[str, str], float] = {}
 
     # -- initiator -----------------------------------------------------------------------------
 
@@ -191,10 +201,11 @@ class AntiEntropy:
         self._next_pass_at = now + self._limits.pass_interval_s
         for _ in range(self._pair_count):
             owner, partner = next(self._pairs)
-            if partner not in down:
+            if partner not in down and not self._deferred(owner, partner, now):
                 break
         else:
             return effects
+        self._pair_passed_at[(owner, partner)] = now
         op_id = f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
         self._current = _Pass(
             op_id=op_id, owner=owner, partner=partner, started=now, last_answer=now
@@ -208,6 +219,20 @@ class AntiEntropy:
         )
         self._send(partner, summary, effects)
         return effects
+
+    def _deferred(self, owner: str, partner: str, now: float) -> bool:
+        """Whether a busy owner waits for its next pass with this partner (module rules)."""
+        count = self._digests.count(owner)
+        seen = self._counts_seen.get(owner)
+        if seen is None or seen[0] != count:
+            self._counts_seen[owner] = (count, now)
+            busy = seen is not None
+        else:
+            busy = now - seen[1] < self._limits.busy_window_s
+        if not busy or self.urgent:
+            return False
+        last = self._pair_passed_at.get((owner, partner))
+        return last is not None and now - last < self._limits.busy_pass_interval_s
 
     def on_message(self, source: str, message: Message, now: float) -> Effects:
         effects = Effects()
