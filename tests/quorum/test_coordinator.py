@@ -393,6 +393,8 @@ def test_read_decides_on_r_answers() -> None:
     for r in REPLICAS:
         net.put_durably(r, mapping())
     net.read("q1", "tok_A")
+    assert {e.destination for e in net.pending} == {"r1", "r2"}  # R of them, in order
+    net.fire(TimerKind.HEDGE, "q1")  # undecided after read_hedge_s: r3 is asked too
     net.exchange("r3")
     assert net.replies == []
     net.exchange("r1")
@@ -455,6 +457,7 @@ def test_late_read_answer_counts_as_holder_and_triggers_background_repair() -> N
     net.put_durably("r1", mapping())
     net.put_durably("r3", mapping())
     net.read("q1", "tok_A")
+    net.fire(TimerKind.HEDGE, "q1")  # r3 is asked too
     net.exchange("r1")
     net.exchange("r2")  # R answers: only r1 holds it -> blocking repair to r2 and r3
     assert net.replies == []
@@ -562,6 +565,7 @@ def test_late_replies_and_timers_after_finish_are_ignored() -> None:
     net = Network()
     net.write("w1", mapping())
     net.read("q1", "tok_A")
+    net.fire(TimerKind.HEDGE, "q1")  # the read asks every replica
     # let every replica answer, but hold the answers
     for r in REPLICAS:
         net.deliver_where(functools.partial(_is_for, r))

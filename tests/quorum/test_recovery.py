@@ -409,13 +409,16 @@ def test_a_write_counts_no_unavailable_replica_and_fails_at_once_without_w() -> 
 def test_a_read_counts_no_unavailable_replica() -> None:
     peer = Peer()
     step = peer.start(Detokenize(op_id="d1", owner=OWNER, tokens=(A.token,)))
-    request = sent(step, ReadRequest)["p2"]
+    ((asked, request),) = sent(step, ReadRequest).items()  # R=2: itself and one other
+    (other,) = set(OTHERS) - {asked}
     peer.settle(step)  # p1 answers itself: 1 of R=2
     refused = ReadReply(
         op_id=request.op_id, owner=OWNER, tokens=request.tokens, mappings=(None,), unavailable=True
     )
-    assert peer.receive("p2", refused).answers == []
-    (done,) = peer.receive("p3", refused).answers
+    step = peer.receive(asked, refused)
+    assert step.answers == []
+    assert set(sent(step, ReadRequest)) == {other}  # an answer that cannot count: ask the rest
+    (done,) = peer.receive(other, refused).answers
     assert isinstance(done, ReadDone) and done.failure is Failure.QUORUM_TIMEOUT
 
 
@@ -490,7 +493,9 @@ def test_its_own_refusal_goes_back_in_as_a_local_input() -> None:
     peer.settle(peer.receive("p2", heartbeat("p2", OLD_ID)))
     assert peer.core.state == "recovering"
     step = peer.core.start(Detokenize(op_id="d2", owner=OWNER, tokens=(A.token,)), peer.now)
-    (own,) = [m for m in step.local if isinstance(m, ReadRequest)]
+    assert not [m for m in step.local if isinstance(m, ReadRequest)]  # the others first
+    hedged = peer.core.advance(peer.now + 0.3)  # undecided after read_hedge_s: ask the rest
+    (own,) = [m for m in hedged.local if isinstance(m, ReadRequest)]
     answer = peer.core.receive(peer.core.peer_id, [own], peer.now)
     assert all(e.destination != peer.core.peer_id for e in answer.messages)
     assert [m.unavailable for m in answer.local if isinstance(m, ReadReply)] == [True]

@@ -6,7 +6,11 @@ Theory of operation:
   alarm and fails the write. A write that misses its deadline fails and claims nothing: the
   client gets no token, and whatever a minority stored is the same deterministic mapping a retry
   would write.
-- A read asks all N replicas and decides on the first R answers. A mapping found on fewer than W
+- A read asks R replicas (this peer first when it is one, then the others in preference order,
+  those the failure detector holds down last) and decides on the first R answers; the replicas
+  it did not ask are asked too when it is still undecided after `read_hedge_s`, or at once when
+  an answer cannot count (a recovering replica, a record that failed verification), and at
+  every resend. A read costs R replicas' work, not N. A mapping found on fewer than W
   replicas is written back until W hold it (blocking read repair) before the read answers, so
   once a read returned a token, every later read (R meets W) finds it too. Responders that lacked
   a mapping W already hold are repaired in the background.
@@ -78,6 +82,7 @@ class CoordinatorLimits:
     resend_interval_s: float = 1.0
     operations_max: int = 10_000  # operations in flight on this coordinator
     down_grace_s: float = 0.5  # the deadline when the failure detector says the quorum is down
+    read_hedge_s: float = 0.25  # an undecided read then asks the replicas it has not asked
 
 
 class _Phase(enum.Enum):
@@ -103,6 +108,7 @@ class _Operation:
     tokens: tuple[str, ...] = ()
     responses: dict[str, tuple[Mapping | None, ...]] = field(default_factory=dict)
     corrupt: dict[str, frozenset[str]] = field(default_factory=dict)  # replica -> tokens
+    asked: set[str] = field(default_factory=set)  # replicas a read was sent to
 
     def lacking(self, replica: str) -> tuple[Mapping, ...]:
         return tuple(m for t, m in self.mappings.items() if replica not in self.holders[t])
@@ -207,7 +213,13 @@ class Coordinator:
         self._operations[op_id] = operation
         live = sum(1 for r in replicas if r not in down)
         effects = self._arm_timers(op_id, now, live < self._quorum.read_quorum)
-        self._send_reads(operation, replicas, effects)
+        ranked = sorted(replicas, key=lambda r: (r in down, r != self._peer_id))  # stable
+        first = ranked[: self._quorum.read_quorum]
+        self._send_reads(operation, first, effects)
+        if len(first) < len(replicas):
+            effects.timers.append(
+                Timer(kind=TimerKind.HEDGE, op_id=op_id, due=now + self._limits.read_hedge_s)
+            )
         return effects
 
     # -- peer and timer inputs -----------------------------------------------------------------
@@ -239,6 +251,11 @@ class Coordinator:
                 )
             )
             self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
+            return effects
+        if timer.kind is TimerKind.HEDGE:
+            effects = Effects()
+            if operation.phase is _Phase.READING:
+                self._ask_the_rest(operation, effects)
             return effects
         if operation.phase is _Phase.LINGERING:
             # Answered: a lagging replica is usually just busy, and resending would add to its
@@ -295,8 +312,15 @@ class Coordinator:
                 Envelope(source=self._peer_id, destination=replica, message=request)
             )
 
+    def _ask_the_rest(self, operation: _Operation, effects: Effects) -> None:
+        """A read that cannot decide on the replicas it asked asks the others."""
+        rest = [r for r in operation.replicas if r not in operation.asked]
+        if rest:
+            self._send_reads(operation, rest, effects)
+
     def _send_reads(self, operation: _Operation, targets: Sequence[str], effects: Effects) -> None:
         request = ReadRequest(op_id=operation.op_id, owner=operation.owner, tokens=operation.tokens)
+        operation.asked.update(targets)
         for replica in targets:
             effects.messages.append(
                 Envelope(source=self._peer_id, destination=replica, message=request)
@@ -378,10 +402,13 @@ class Coordinator:
                     _event(operation, "quorum_failed", ("phase", "replicas_recovering"))
                 )
                 self._finish(operation, Failure.QUORUM_TIMEOUT, effects)
+            else:
+                self._ask_the_rest(operation, effects)
             return effects
         operation.responses[source] = reply.mappings
         if reply.corrupt:
             operation.corrupt[source] = frozenset(reply.corrupt)
+            self._ask_the_rest(operation, effects)
         operation.answered.add(source)
         if len(operation.responses) < self._quorum.read_quorum:
             return effects

@@ -26,6 +26,7 @@ class TimerKind(enum.Enum):
     RESEND = "resend"  # resend to replicas that have not answered yet
     DEADLINE = "deadline"  # give up on an operation
     BACKOFF = "backoff"  # a preempted Paxos round tries again with a higher ballot
+    HEDGE = "hedge"  # a read still undecided asks the replicas it has not asked yet
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -334,6 +334,12 @@ class PeerCore:
     def down_peers(self) -> frozenset[str]:
         return frozenset(v.peer for v in self.failure_detector.views() if v.state is PeerState.DOWN)
 
+    def _unusable_replicas(self) -> frozenset[str]:
+        """Replicas an operation should not count on: those held down, and this peer's own
+        while it recovers (it refuses reads and writes: ask the others first)."""
+        down = self.down_peers()
+        return down if self.state == "serving" else down | {self.peer_id}
+
     def is_peer(self, peer_id: str) -> bool:
         """Another peer of this ring: the only source a batch may name."""
         return peer_id != self.peer_id and peer_id in self.ring.peer_ids
@@ -759,7 +765,7 @@ class PeerCore:
             owner=operation.owner,
             replicas=self.preference_list(operation.owner),
             now=self._now,
-            down=self.down_peers(),
+            down=self._unusable_replicas(),
             **arguments,
         )
         if not self._call(step, core, f"start_{type(operation).__name__}", call):
