@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from tokenvault.cli.bench import bench_command
+from tokenvault.cli.bench.workloads import WORKLOAD_NAMES, Workload, parse_workloads
 from tokenvault.cli.client_commands import (
     detokenize_command,
     epoch_command,
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_cluster_commands(commands)
     _add_client_commands(commands)
+    _add_bench_command(commands)
     commands.add_parser(
         "sim", help="run the deterministic simulator (tokenvault sim --help)", add_help=False
     )
@@ -163,6 +166,84 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="show the peers and their states (with --dir, uses the admin key)",
     )
     status.set_defaults(run=status_command)
+
+
+def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure tokenvault against etcd side by side, with wrk where installed",
+        description=(
+            "Start a fresh 3-peer cluster (N=3, W=2, R=2) and measure each workload with an"
+            " external load generator (wrk -t1, fresh values per request; a Python fallback,"
+            " said in the report, where wrk is not installed), stop it, then do the same"
+            " against a fresh 3-member etcd (put-if-absent transactions, linearizable range"
+            " reads) when etcd is installed, round after round. A progress line per figure goes"
+            " to stderr, the table (or --json) to stdout; exit code 1 if any figure had"
+            " failures. Workloads: " + ", ".join(WORKLOAD_NAMES) + "."
+        ),
+    )
+    bench.add_argument(
+        "--seconds", type=_positive_int, default=10, help="seconds per figure (%(default)s)"
+    )
+    bench.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=1,
+        help="rounds, each tokenvault then etcd (%(default)s)",
+    )
+    bench.add_argument(
+        "--connections",
+        type=_positive_int,
+        default=64,
+        help="keep-alive connections per figure; spread workloads share them out (%(default)s)",
+    )
+    bench.add_argument(
+        "--workloads",
+        type=_workloads,
+        default=parse_workloads(",".join(WORKLOAD_NAMES)),
+        metavar="LIST",
+        help="comma-separated subset of the workloads (default: all)",
+    )
+    bench.add_argument("--no-etcd", action="store_true", help="measure tokenvault alone")
+    bench.add_argument(
+        "--load-generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="wrk, the Python fallback, or auto: wrk where installed (%(default)s)",
+    )
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep the clusters, logs and tokens here (default: a temporary directory)",
+    )
+    running = bench.add_argument_group(
+        "a running cluster instead of a fresh one (tokenvault side only; it gets 20,000 tokens"
+        " for detokenize)"
+    )
+    running.add_argument("--url", help="a peer's URL, e.g. http://127.0.0.1:7401")
+    running.add_argument(
+        "--key",
+        help=f"an owner's API key (default: ${KEY_ENVIRONMENT_VARIABLE})",
+    )
+    running.add_argument("--dir", type=Path, help="a cluster made by init: its peers and keys")
+    running.add_argument("--owner", metavar="NAME", help="with --dir: act as this owner")
+    running.add_argument("--cacert", type=Path, metavar="PEM", help="trust this CA for https://")
+    bench.set_defaults(run=bench_command, admin=False)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _workloads(text: str) -> tuple[Workload, ...]:
+    try:
+        return parse_workloads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _add_cluster_shape(parser: argparse.ArgumentParser) -> None:
