@@ -1049,3 +1049,47 @@ def test_connection_slots_evict_unused_connections_before_kept_alive_ones() -> N
     assert slots.take_nowait(2.0) is not None  # and goes only when no unused one can
     assert not slots.busy(kept_alive)
     assert slots.statistics().evicted_total == 2
+
+
+# -- the fast path for plain heads (head_parser.py) and the h11 path, on one connection -------
+
+
+async def test_a_body_in_pieces_and_pipelined_requests_are_framed_in_order() -> None:
+    """A plain head whose body arrives in several reads, then a request h11 parses (a chunked
+    one), then a plain one, the last two in one read: each body is its own, the answers come
+    in order, the connection stays open."""
+    recorder = Recorder()
+    async with memory_server(recorder) as (listener, _):
+        client = listener.connect()
+        with trio.fail_after(GUARD_S):
+            await client.send_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(b"defg")
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(
+                b"hij"
+                + (CHUNKED_HEAD % b"/b")
+                + b"3\r\nklm\r\n0\r\n\r\n"
+                + b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nno"
+            )
+            answers = b""
+            while answers.count(b"HTTP/1.1 200") < 3:
+                answers += await client.receive_some(65536)
+    assert [(r.path, r.body) for r in recorder.requests] == [
+        ("/a", b"abcdefghij"),
+        ("/b", b"klm"),
+        ("/c", b"no"),
+    ]
+    assert b"connection: close" not in answers
+
+
+async def test_a_body_cut_short_by_the_client_closing_is_400() -> None:
+    recorder = Recorder()
+    async with memory_server(recorder) as (listener, _):
+        client = listener.connect()
+        await client.send_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        await client.send_eof()
+        status, headers, body = split_response(await read_until_eof(client))
+    assert status == 400 and headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+    assert recorder.requests == []
