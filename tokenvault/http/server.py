@@ -54,6 +54,7 @@ import errno
 import functools
 import math
 import re
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -394,6 +395,64 @@ class _Alarm:
 # -- the server ------------------------------------------------------------------------------
 
 
+class _Link:
+    """One served connection's stream, and the socket beneath it when it is plain TCP.
+
+    On plain TCP, two common steps skip trio's stream wrappers (same errors, same deadlines):
+    waiting for a kept-alive connection's next request waits for the socket to be readable
+    before reading it (a read first would almost always fail: the client is still reading our
+    answer), and a response goes out in one direct send when the socket takes it all, with no
+    write deadline to set and no scheduling round; else (and on TLS, and in-memory streams)
+    the stream's own methods do. It uses trio's socket object's ``_sock`` where it has one.
+    """
+
+    __slots__ = ("_socket", "client", "peer_id", "scope", "stream")
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        client: str,
+        scope: trio.CancelScope,
+        peer_id: str | None = None,
+    ) -> None:
+        self.stream = stream
+        self.client = client
+        self.scope = scope  # bounds every I/O wait of the connection
+        self.peer_id = peer_id
+        self._socket: socket.socket | None = None
+        if type(stream) is trio.SocketStream:
+            raw = getattr(stream.socket, "_sock", None)
+            if isinstance(raw, socket.socket) and raw.gettimeout() == 0.0:
+                self._socket = raw
+
+    async def receive_next(self, *, first: bool) -> bytes:
+        """The first bytes of the next request (b"" at EOF). ``first``: the connection's first
+        request, likely to have arrived with the connection: read before waiting."""
+        raw = self._socket
+        if raw is None or first:
+            return await _receive(self.stream)
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            try:
+                return raw.recv(RECEIVE_BYTES_MAX)
+            except BlockingIOError:
+                continue  # a spurious wakeup
+
+    async def send_all(self, data: bytes, timeout_s: float) -> None:
+        """Write ``data`` within ``timeout_s`` (the scope's deadline moves to it)."""
+        raw = self._socket
+        if raw is not None:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.scope.deadline = trio.current_time() + timeout_s
+        await self.stream.send_all(data)
+
+
 class _Reject(Exception):
     """Internal: answer ``response`` and close the connection (the request's rest unread)."""
 
@@ -503,28 +562,27 @@ class _Server:
         client = _peer_name(stream)
         limits, slots = self._limits, self.slots
         current_time = trio.current_time
-        served: trio.abc.Stream = stream
-        peer_id: str | None = None
         with slot.scope as io_scope:
+            link = _Link(stream, client, io_scope)
             if self._ssl_context is not None:
                 tls = await self._handshake(stream, slot, client)
                 if tls is None:
                     return
-                served, peer_id = tls, peer_id_of_certificate(tls.getpeercert())
+                link = _Link(tls, client, io_scope, peer_id_of_certificate(tls.getpeercert()))
             # A new connection has first_request_timeout_s for its first byte and first head.
             wait_deadline = head_deadline = current_time() + limits.first_request_timeout_s
             received = b""  # bytes received and not yet parsed (a pipelining client's next)
             while True:
-                if not received:
+                if received:
+                    await trio.lowlevel.checkpoint()  # a pipelining client: yield, as a read would
+                else:
                     io_scope.deadline = wait_deadline
                     slots.idle(slot, current_time())
-                    received = await _receive(served)
+                    received = await link.receive_next(first=head_deadline != math.inf)
                     if not slots.busy(slot) or not received:
                         return  # evicted while idle, or closed between requests
                 read_deadline = current_time() + limits.request_read_timeout_s
-                rest = await self._exchange(
-                    served, received, client, peer_id, io_scope, head_deadline, read_deadline
-                )
+                rest = await self._exchange(link, received, head_deadline, read_deadline)
                 if rest is None:
                     return
                 received = rest
@@ -559,14 +617,7 @@ class _Server:
         return tls
 
     async def _exchange(
-        self,
-        stream: trio.abc.Stream,
-        received: bytes,
-        client: str,
-        peer_id: str | None,
-        io_scope: trio.CancelScope,
-        head_deadline: float,
-        read_deadline: float,
+        self, link: _Link, received: bytes, head_deadline: float, read_deadline: float
     ) -> bytes | None:
         """One request, from ``received`` (not empty) on: head, admission, body, handler,
         response. Returns what was received past the request (b"" if nothing), or None if
@@ -576,6 +627,7 @@ class _Server:
         read here; any other goes to a fresh h11.Connection (which avoids driving h11's
         response state machine: responses are encoded here).
         """
+        stream, client, peer_id, io_scope = link.stream, link.client, link.peer_id, link.scope
         parsed = parse_request_head(received, self._limits.header_bytes_max)
         conn: h11.Connection | None = None
         try:
@@ -605,7 +657,7 @@ class _Server:
                 else:
                     conn.next_event()  # EndOfMessage: the request is complete, nothing is unread
                     rest = _trailing(conn)
-                return await self._send(stream, io_scope, verdict, head, keep_alive, rest)
+                return await self._send(link, verdict, head, keep_alive, rest)
             if conn is None:
                 assert parsed is not None
                 size = parsed.content_length
@@ -630,7 +682,7 @@ class _Server:
         else:
             io_scope.deadline = math.inf
             response = await self._respond(verdict.handler, Request(head=head, body=body))
-            return await self._send(stream, io_scope, response, head, keep_alive, rest)
+            return await self._send(link, response, head, keep_alive, rest)
         # Refused with the request's rest unread: answer, then close without reading it.
         io_scope.deadline = trio.current_time() + self._limits.response_write_timeout_s
         await stream.send_all(self._encode(refusal, head_only=False, keep_alive=False)[0])
@@ -658,8 +710,7 @@ class _Server:
 
     async def _send(
         self,
-        stream: trio.abc.Stream,
-        io_scope: trio.CancelScope,
+        link: _Link,
         response: Response,
         head: RequestHead,
         keep_alive: bool,
@@ -668,8 +719,7 @@ class _Server:
         """Write a response; ``rest`` (what was received past the request) if the connection
         stays open for another request, else None (``rest`` None: the client closed)."""
         data, keep_alive = self._encode(response, head.method == "HEAD", keep_alive)
-        io_scope.deadline = trio.current_time() + self._limits.response_write_timeout_s
-        await stream.send_all(data)
+        await link.send_all(data, self._limits.response_write_timeout_s)
         return rest if keep_alive else None
 
     def _encode(self, response: Response, head_only: bool, keep_alive: bool) -> tuple[bytes, bool]:
