@@ -1093,3 +1093,37 @@ async def test_a_body_cut_short_by_the_client_closing_is_400() -> None:
     assert status == 400 and headers["connection"] == "close"
     assert json.loads(body)["error"]["code"] == "invalid_request"
     assert recorder.requests == []
+
+
+async def test_a_kept_alive_tcp_connection_is_evicted_or_timed_out_while_it_waits() -> None:
+    """On a real socket (where the server waits for readable before it reads): eviction and
+    the idle deadline both end a kept-alive connection's wait."""
+    limits = ServerLimits(connections_max=1, evict_idle_after_s=0.0, idle_timeout_s=0.2)
+    async with (
+        running_server(Recorder(), limits) as port,
+        await trio.open_tcp_stream("127.0.0.1", port) as first,
+    ):
+        await first.send_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        response, _ = await read_full_response(first)
+        assert response.status_code == 200
+        async with await trio.open_tcp_stream("127.0.0.1", port) as second:
+            await second.send_all(b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+            response, _ = await read_full_response(second)
+            assert response.status_code == 200
+            assert await read_until_eof(first) == b""  # evicted for the second
+            started = trio.current_time()
+            assert await read_until_eof(second) == b""  # idle past idle_timeout_s
+            assert trio.current_time() - started >= 0.1
+
+
+async def test_a_response_larger_than_the_socket_takes_at_once_is_written_whole() -> None:
+    body = bytes(range(256)) * 16 * 1024  # 4 MiB: more than one send of a TCP socket takes
+    async with (
+        running_server(HoldingHandler(body=body)) as port,
+        await trio.open_tcp_stream("127.0.0.1", port) as stream,
+    ):
+        for _ in range(2):
+            await stream.send_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            response, received = await read_full_response(stream)
+            assert response.status_code == 200
+            assert received == body
