@@ -54,7 +54,6 @@ import errno
 import functools
 import math
 import re
-import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,8 +70,9 @@ from tokenvault.http.errors import (
     Unavailable,
     error_response,
 )
-from tokenvault.http.head_parser import parse_request_head
+from tokenvault.http.head_parser import comma_tokens, parse_request_head
 from tokenvault.http.messages import Admission, Gate, Handler, Request, RequestHead, Response
+from tokenvault.http.socket_io import raw_socket, receive_when_readable, send_nowait
 from tokenvault.log import EventLog, LogThrottle
 from tokenvault.quorum.invariants import raised_at
 from tokenvault.tls import peer_id_of_certificate
@@ -396,15 +396,11 @@ class _Alarm:
 
 
 class _Link:
-    """One served connection's stream, and the socket beneath it when it is plain TCP.
-
-    On plain TCP, two common steps skip trio's stream wrappers (same errors, same deadlines):
-    waiting for a kept-alive connection's next request waits for the socket to be readable
-    before reading it (a read first would almost always fail: the client is still reading our
-    answer), and a response goes out in one direct send when the socket takes it all, with no
-    write deadline to set and no scheduling round; else (and on TLS, and in-memory streams)
-    the stream's own methods do. It uses trio's socket object's ``_sock`` where it has one.
-    """
+    """One served connection's stream, with the socket beneath it when it is plain TCP
+    (socket_io.py): then a kept-alive connection's next request is read once the socket is
+    readable (a read first would almost always fail: the client is still reading our answer),
+    and a response goes out in one direct send when the socket takes it whole, with no write
+    deadline to set; else the stream's own methods do, as on TLS and in-memory streams."""
 
     __slots__ = ("_socket", "client", "peer_id", "scope", "stream")
 
@@ -419,33 +415,19 @@ class _Link:
         self.client = client
         self.scope = scope  # bounds every I/O wait of the connection
         self.peer_id = peer_id
-        self._socket: socket.socket | None = None
-        if type(stream) is trio.SocketStream:
-            raw = getattr(stream.socket, "_sock", None)
-            if isinstance(raw, socket.socket) and raw.gettimeout() == 0.0:
-                self._socket = raw
+        self._socket = raw_socket(stream)
 
     async def receive_next(self, *, first: bool) -> bytes:
         """The first bytes of the next request (b"" at EOF). ``first``: the connection's first
         request, likely to have arrived with the connection: read before waiting."""
-        raw = self._socket
-        if raw is None or first:
+        if self._socket is None or first:
             return await _receive(self.stream)
-        while True:
-            await trio.lowlevel.wait_readable(raw)
-            try:
-                return raw.recv(RECEIVE_BYTES_MAX)
-            except BlockingIOError:
-                continue  # a spurious wakeup
+        return await receive_when_readable(self._socket, RECEIVE_BYTES_MAX)
 
     async def send_all(self, data: bytes, timeout_s: float) -> None:
         """Write ``data`` within ``timeout_s`` (the scope's deadline moves to it)."""
-        raw = self._socket
-        if raw is not None:
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
+        if self._socket is not None:
+            sent = send_nowait(self._socket, data)
             if sent == len(data):
                 return
             data = data[sent:]
@@ -817,7 +799,7 @@ def _head_of(
 
     keep_alive = http_version == b"1.1"
     connection = headers.get("connection")
-    if connection is not None and "close" in _comma_tokens(connection):
+    if connection is not None and "close" in comma_tokens(connection):
         keep_alive = False
 
     method = _METHODS.get(raw_method) or raw_method.decode("ascii")
@@ -905,7 +887,7 @@ def _encode_response(response: Response, head: bool, keep_alive: bool) -> tuple[
         return None
     if extra:
         for name, value in extra:
-            if name.lower() == "connection" and "close" in _comma_tokens(value):
+            if name.lower() == "connection" and "close" in comma_tokens(value):
                 keep_alive = False
     try:
         parts = [status_line, b"content-type: ", content_type.encode("latin-1")]
@@ -937,10 +919,6 @@ def _valid_extra_headers(headers: tuple[tuple[str, str], ...]) -> bool:
         if name.lower() in _RESERVED_HEADERS:
             return False
     return True
-
-
-def _comma_tokens(value: str) -> list[str]:
-    return [token.strip().lower() for token in value.split(",")]
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
