@@ -2,7 +2,8 @@
 and on generated heads (valid and near-valid) it either defers to h11 or means exactly what
 the server's h11 path makes of the same bytes: the same RequestHead, body presence,
 keep-alive, and the same body framing (the same bytes are the body, the same bytes are left
-for the next request)."""
+for the next request). The same for responses, against h11's client side (status, body,
+whether the connection can carry another request)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tokenvault.http.head_parser import ParsedHead, parse_request_head
+from tokenvault.http.head_parser import (
+    ParsedHead,
+    ParsedResponseHead,
+    parse_request_head,
+    parse_response_head,
+)
 from tokenvault.http.server import _head_of, _head_of_event, _Reject
 
 T = TypeVar("T")
@@ -245,3 +251,94 @@ def test_the_fast_path_takes_every_plain_head_as_h11_does(head: bytes, body_byte
     parsed = parse_request_head(data, HEAD_BYTES_MAX)
     assert parsed is not None
     assert _fast_path(parsed, data) == _h11_path(data, HEAD_BYTES_MAX)
+
+
+# -- responses (client.py): the fast path against h11's client side --------------------------
+
+
+@st.composite
+def response_heads(draw: st.DrawFn) -> bytes:
+    version = draw(_mostly(st.just("HTTP/1.1"), st.sampled_from(["HTTP/1.0", "HTTP/1.1 "])))
+    status = draw(
+        _mostly(
+            st.sampled_from(["200", "202", "400", "413", "503"]),
+            st.sampled_from(["100", "101", "204", "304", "600", "20", "2000"]),
+        )
+    )
+    reason = draw(
+        _mostly(
+            st.sampled_from(["", " OK", " Bad Request", " ", " \x80"]),
+            st.sampled_from(["\x00", " \r", "\t"]),
+        )
+    )
+    lines = [f"{version} {status}{reason}\r\n"]
+    for name, colon, value, trailing, end in draw(_headers):
+        lines.append(f"{name}{colon}{value}{trailing}{end}")
+    if draw(_mostly(st.just(True), st.just(False))):
+        size = draw(_mostly(st.integers(0, 60).map(str), _values))
+        lines.insert(draw(st.integers(1, len(lines))), f"content-length: {size}\r\n")
+    if draw(st.booleans()):
+        connection = draw(st.sampled_from(["close", "Close", "keep-alive, close", " close ", "x"]))
+        lines.insert(draw(st.integers(1, len(lines))), f"Connection: {connection}\r\n")
+    lines.append(draw(_mostly(st.just("\r\n"), st.sampled_from(["\n", "", "\r\n\r\n"]))))
+    return "".join(lines).encode("latin-1")
+
+
+def _h11_client_path(data: bytes, method: str) -> tuple[int, bytes, bool | None]:
+    """What h11's client side makes of ``data`` answering ``method``: status, body, and
+    whether the connection can carry another request (None: the body is incomplete)."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=method, target="/", headers=[("host", "a")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data)
+    event = conn.next_event()
+    assert isinstance(event, h11.Response), "the fast path took a response h11 refuses"
+    body = b""
+    while True:
+        part = conn.next_event()
+        if part is h11.NEED_DATA:
+            return event.status_code, body, None
+        if isinstance(part, h11.Data):
+            body += part.data
+            continue
+        assert isinstance(part, h11.EndOfMessage)
+        trailing, _ = conn.trailing_data
+        assert bytes(trailing) == NEXT_RESPONSE
+        return event.status_code, body, conn.their_state is h11.DONE
+
+
+NEXT_RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(head=response_heads(), body_bytes=st.integers(0, 70))
+@example(head=b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n", body_bytes=5)
+def test_the_response_fast_path_defers_or_agrees_with_h11(head: bytes, body_bytes: int) -> None:
+    data = head + b"b" * body_bytes
+    parsed = parse_response_head(data + NEXT_RESPONSE, HEAD_BYTES_MAX)
+    if parsed is None:
+        return
+    end = parsed.end + parsed.content_length
+    complete = len(data) >= end
+    data = data[:end] + NEXT_RESPONSE if complete else data  # what follows is the next's
+    fast = (parsed.status, data[parsed.end : end], parsed.keep_alive if complete else None)
+    assert fast == _h11_client_path(data, "POST")
+
+
+def test_the_plain_response_of_our_server_takes_the_fast_path() -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n"
+    assert parse_response_head(head + b'{"ok":true}', HEAD_BYTES_MAX) == ParsedResponseHead(
+        200, 11, True, len(head)
+    )
+    closing = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    assert parse_response_head(closing, HEAD_BYTES_MAX) == ParsedResponseHead(
+        503, 0, False, len(closing)
+    )
+    for deferred in (
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",  # no Content-Length: read to the close
+        b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n",
+    ):
+        assert parse_response_head(deferred, HEAD_BYTES_MAX) is None
