@@ -1,6 +1,10 @@
-"""HTTP/1.1 server on trio + h11 for the vault API and peer-to-peer links.
+"""HTTP/1.1 server on trio for the vault API and peer-to-peer links.
 
 Rules kept here:
+- a plain request head already whole in what was received is parsed by head_parser.py (a
+  subset of what h11 accepts, with the same meaning) and its Content-Length body read here;
+  any other head goes, the same bytes, to a fresh h11.Connection. Both paths build the
+  RequestHead with the same code, and every rule below holds on both.
 - admission before reading: a request's head is parsed and handed to the Gate (messages.py)
   before any byte of its body is read. A refused request is answered at once; if it has a
   body, the body is never read and the connection closes after a linger bounded in time and
@@ -10,8 +14,9 @@ Rules kept here:
 - a request with both Content-Length and Transfer-Encoding is 400 and closes the connection
   (RFC 9112 section 6.3: the framing is ambiguous, a smuggled request could hide in it).
 - memory per connection is bounded: one receive (RECEIVE_BYTES_MAX) and what h11 holds of a
-  head (header_bytes_max) or of a pipelined request, plus the granted body, held twice while
-  its parts are joined. A request that admission refuses costs no body memory at all.
+  head (header_bytes_max) or of a pipelined request (the fast path reads a body to its length,
+  never past it), plus the granted body, held twice while its parts are joined. A request
+  that admission refuses costs no body memory at all.
 - connection slots: at most connections_max connections are served. A new connection must
   deliver its first request head within first_request_timeout_s; between requests a
   keep-alive connection may idle idle_timeout_s. When every slot is taken, an idle connection
@@ -25,9 +30,10 @@ Rules kept here:
   evictable connection is closed first. Trouble is logged as JSON lines through the EventLog,
   at most one line per kind per ALARM_LOG_INTERVAL_S, never with a traceback.
 - responses are always Content-Length framed (no length on 204/304) with a content-type,
-  encoded here in one buffer and written with one send_all; handler-supplied headers are
-  validated before they go out. Keep-alive with many requests per connection; pipelined
-  requests are answered in order, not concurrently. One task per connection.
+  encoded here in one buffer and written with one send (socket_io.py on plain TCP, else the
+  stream's send_all); handler-supplied headers are validated before they go out. Keep-alive
+  with many requests per connection; pipelined requests are answered in order, not
+  concurrently. One task per connection.
 - a handler failure never kills its connection or the server: ApiError -> its error
   response; any other exception -> a `handler_failed` line naming the exception's type and
   code location only (never the path, a header, a body or a message: they may hold secrets)
