@@ -71,12 +71,10 @@ def parse_request_head(data: bytes, head_bytes_max: int) -> ParsedHead | None:
     and each header's name and value, plus 4 bytes a header): a head over either is h11's to
     parse and the server's to refuse.
     """
-    end = data.find(b"\r\n\r\n", 0, head_bytes_max + 1)
-    if end < 0 or end + 4 > head_bytes_max:
+    first = _first_line(data, head_bytes_max, _REQUEST_LINE_RE)
+    if first is None:
         return None
-    request_line = _REQUEST_LINE_RE.match(data)
-    if request_line is None:
-        return None
+    request_line, end = first
     target: bytes = request_line[2]
     fields = _header_fields(data, request_line.end(), end, len(target), head_bytes_max)
     if (
@@ -96,12 +94,10 @@ def parse_response_head(data: bytes, head_bytes_max: int) -> ParsedResponseHead 
     """The head of a response to a request other than HEAD at the start of ``data``, if it is
     of the plain kind: HTTP/1.1, a final status with a body, a Content-Length, no
     Transfer-Encoding, the header lines of a plain request head. None: let h11 parse it."""
-    end = data.find(b"\r\n\r\n", 0, head_bytes_max + 1)
-    if end < 0 or end + 4 > head_bytes_max:
+    first = _first_line(data, head_bytes_max, _STATUS_LINE_RE)
+    if first is None:
         return None
-    status_line = _STATUS_LINE_RE.match(data)
-    if status_line is None:
-        return None
+    status_line, end = first
     status = int(status_line[1])
     fields = _header_fields(data, status_line.end(), end, 0, head_bytes_max)
     if (
@@ -123,6 +119,18 @@ def parse_response_head(data: bytes, head_bytes_max: int) -> ParsedResponseHead 
 def comma_tokens(value: str) -> list[str]:
     """The lower-cased items of a comma-separated header value (Connection, ...)."""
     return [token.strip().lower() for token in value.split(",")]
+
+
+def _first_line(
+    data: bytes, head_bytes_max: int, line_re: re.Pattern[bytes]
+) -> tuple[re.Match[bytes], int] | None:
+    """The first line's match of a head whole in ``data`` and within ``head_bytes_max``, and
+    where its blank line begins; None if there is no such head or the line does not match."""
+    end = data.find(b"\r\n\r\n", 0, head_bytes_max + 1)
+    if end < 0 or end + 4 > head_bytes_max:
+        return None
+    line = line_re.match(data)
+    return None if line is None else (line, end)
 
 
 def _header_fields(
