@@ -307,3 +307,90 @@ async def test_reserved_headers_rejected_and_closed_connection_refuses() -> None
     await connection.aclose()
     with pytest.raises(PeerUnreachable, match="closed"):
         await connection.request("GET", "/", timeout_s=1.0)
+
+
+async def test_bytes_past_a_response_close_the_connection_after_it() -> None:
+    """A response followed by bytes nothing asked for: the response is the answer, and the
+    next request goes on a new connection, never reading those bytes as its response."""
+    reply = (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        b"HTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\njunk"
+    )
+    connections = 0
+
+    async def serve_one(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        async with stream:
+            while await receive_request_head(stream):
+                await stream.send_all(reply)
+
+    async with raw_server(serve_one) as port:
+        connection = HttpConnection("127.0.0.1", port)
+        try:
+            answers = [await connection.request("GET", p, timeout_s=GUARD_S) for p in ("/a", "/b")]
+        finally:
+            await connection.aclose()
+    assert answers == [(200, b"ok"), (200, b"ok")]
+    assert connections == 2
+
+
+async def test_a_response_in_pieces_and_to_head_are_read_whole() -> None:
+    """A body that arrives after its head (in several reads), and a response to HEAD (its
+    Content-Length frames no body), on one kept-alive connection."""
+    heads: list[bytes] = []
+    connections = 0
+
+    async def serve_one(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        async with stream:
+            heads.append(await receive_request_head(stream))
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.send_all(b"abc")
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.send_all(b"def")
+            heads.append(await receive_request_head(stream))
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")
+            heads.append(await receive_request_head(stream))
+
+    async with raw_server(serve_one) as port:
+        connection = HttpConnection("127.0.0.1", port)
+        try:
+            assert await connection.request(
+                "POST", "/a", headers=[("x-a", "b c")], body=b"xyz", timeout_s=GUARD_S
+            ) == (200, b"abcdef")
+            assert await connection.request("HEAD", "/b", timeout_s=GUARD_S) == (200, b"")
+            await connection.request("GET", "/c", timeout_s=0.5)  # the same connection
+        except PeerUnreachable:
+            pass  # the raw server answers no third request: only its head matters
+        finally:
+            await connection.aclose()
+    assert heads[0] == (
+        b"POST /a HTTP/1.1\r\nhost: 127.0.0.1:%d\r\ncontent-length: 3\r\nx-a: b c\r\n\r\nxyz" % port
+    )
+    assert heads[1].startswith(b"HEAD /b HTTP/1.1\r\n")
+    assert heads[2].startswith(b"GET /c HTTP/1.1\r\n")
+    assert connections == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/", [("bad name", "x")]),
+        ("GET", "/", [("x-a", "line\r\nbreak")]),
+        ("GET", "/", [("x-a", "\x00")]),
+        ("GET", "/", [("x-a", "caf\u00e9")]),
+        ("G T", "/", []),
+        ("GET", "/a b", []),
+        ("GET", "", []),
+    ],
+)
+async def test_a_request_that_cannot_be_framed_is_refused_before_sending(
+    method: str, path: str, headers: list[tuple[str, str]]
+) -> None:
+    connection = HttpConnection("127.0.0.1", 1)
+    with pytest.raises(ValueError):
+        await connection.request(method, path, headers=headers, timeout_s=1.0)
+    await connection.aclose()

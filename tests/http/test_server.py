@@ -1049,3 +1049,81 @@ def test_connection_slots_evict_unused_connections_before_kept_alive_ones() -> N
     assert slots.take_nowait(2.0) is not None  # and goes only when no unused one can
     assert not slots.busy(kept_alive)
     assert slots.statistics().evicted_total == 2
+
+
+# -- the fast path for plain heads (head_parser.py) and the h11 path, on one connection -------
+
+
+async def test_a_body_in_pieces_and_pipelined_requests_are_framed_in_order() -> None:
+    """A plain head whose body arrives in several reads, then a request h11 parses (a chunked
+    one), then a plain one, the last two in one read: each body is its own, the answers come
+    in order, the connection stays open."""
+    recorder = Recorder()
+    async with memory_server(recorder) as (listener, _):
+        client = listener.connect()
+        with trio.fail_after(GUARD_S):
+            await client.send_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(b"defg")
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(
+                b"hij"
+                + (CHUNKED_HEAD % b"/b")
+                + b"3\r\nklm\r\n0\r\n\r\n"
+                + b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nno"
+            )
+            answers = b""
+            while answers.count(b"HTTP/1.1 200") < 3:
+                answers += await client.receive_some(65536)
+    assert [(r.path, r.body) for r in recorder.requests] == [
+        ("/a", b"abcdefghij"),
+        ("/b", b"klm"),
+        ("/c", b"no"),
+    ]
+    assert b"connection: close" not in answers
+
+
+async def test_a_body_cut_short_by_the_client_closing_is_400() -> None:
+    recorder = Recorder()
+    async with memory_server(recorder) as (listener, _):
+        client = listener.connect()
+        await client.send_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        await client.send_eof()
+        status, headers, body = split_response(await read_until_eof(client))
+    assert status == 400 and headers["connection"] == "close"
+    assert json.loads(body)["error"]["code"] == "invalid_request"
+    assert recorder.requests == []
+
+
+async def test_a_kept_alive_tcp_connection_is_evicted_or_timed_out_while_it_waits() -> None:
+    """On a real socket (where the server waits for readable before it reads): eviction and
+    the idle deadline both end a kept-alive connection's wait."""
+    limits = ServerLimits(connections_max=1, evict_idle_after_s=0.0, idle_timeout_s=0.2)
+    async with (
+        running_server(Recorder(), limits) as port,
+        await trio.open_tcp_stream("127.0.0.1", port) as first,
+    ):
+        await first.send_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n")
+        response, _ = await read_full_response(first)
+        assert response.status_code == 200
+        async with await trio.open_tcp_stream("127.0.0.1", port) as second:
+            await second.send_all(b"GET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+            response, _ = await read_full_response(second)
+            assert response.status_code == 200
+            assert await read_until_eof(first) == b""  # evicted for the second
+            started = trio.current_time()
+            assert await read_until_eof(second) == b""  # idle past idle_timeout_s
+            assert trio.current_time() - started >= 0.1
+
+
+async def test_a_response_larger_than_the_socket_takes_at_once_is_written_whole() -> None:
+    body = bytes(range(256)) * 16 * 1024  # 4 MiB: more than one send of a TCP socket takes
+    async with (
+        running_server(HoldingHandler(body=body)) as port,
+        await trio.open_tcp_stream("127.0.0.1", port) as stream,
+    ):
+        for _ in range(2):
+            await stream.send_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            response, received = await read_full_response(stream)
+            assert response.status_code == 200
+            assert received == body

@@ -1,6 +1,14 @@
-"""Small, fast HTTP/1.1 client on trio + h11 for peer-to-peer links.
+"""Small, fast HTTP/1.1 client on trio for peer-to-peer links.
 
 Rules kept here:
+- a request is checked (token method and names, visible-ASCII target and values: else
+  ValueError) and sent with its body in one buffer. A response of the plain kind (HTTP/1.1,
+  a final status, a Content-Length: head_parser.parse_response_head, as our server answers)
+  is read without h11; any other (informational, chunked, an incomplete head, a response to
+  HEAD, ...) is read by h11, the same bytes handed over. Bytes past a response that nothing
+  asked for close the connection once the response is returned;
+- on plain TCP, the request goes out in one direct send when the socket takes it whole, and
+  the answer is read once the socket is readable (socket_io.py);
 - one HttpConnection is one TCP connection to one peer, one request at a time (a lock
   queues concurrent callers), kept alive and reused; it connects lazily;
 - any failure (connect, reset, timeout, bad HTTP, oversize response) closes the socket
@@ -15,7 +23,9 @@ Rules kept here:
 
 from __future__ import annotations
 
+import re
 import select
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
@@ -23,6 +33,8 @@ from typing import cast
 import h11
 import trio
 
+from tokenvault.http.head_parser import comma_tokens, parse_response_head
+from tokenvault.http.socket_io import raw_socket, receive_when_readable, send_nowait
 from tokenvault.tls import peer_id_of_certificate
 
 __all__ = ["HttpConnection", "PeerUnreachable"]
@@ -32,6 +44,37 @@ _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
 # A stream's receive_some: both kinds used here (SocketStream, SSLStream) return bytes, not the
 # bytearray trio.abc.Stream allows. (Built once: subscripting Callable costs microseconds.)
 _ReceiveSome = Callable[[int], Awaitable[bytes]]
+_Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+_RESPONSE_HEAD_BYTES_MAX = 16 * 1024  # h11's default bound of an incomplete head
+_TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_TARGET_RE = re.compile(r"[\x21-\x7e]+")
+_FIELD_VALUE_RE = re.compile(r"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?")
+
+
+class _Request:
+    """One request, checked and encoded whole (head and body in one buffer, one send)."""
+
+    __slots__ = ("body", "closes", "encoded", "headers", "method", "path")
+
+    def __init__(
+        self, method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> None:
+        if _TOKEN_RE.fullmatch(method) is None or _TARGET_RE.fullmatch(path) is None:
+            raise ValueError("invalid request: bad method or target")
+        self.method = method
+        self.path = path
+        self.body = body
+        self.headers = [*headers[:1], ("content-length", str(len(body))), *headers[1:]]
+        self.closes = False  # the request asks the server to close after it
+        lines = [f"{method} {path} HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            if _TOKEN_RE.fullmatch(name) is None or _FIELD_VALUE_RE.fullmatch(value) is None:
+                raise ValueError(f"invalid request: bad header {name!r}")
+            lines.append(f"{name}: {value}\r\n")
+            if name.lower() == "connection" and "close" in comma_tokens(value):
+                self.closes = True
+        lines.append("\r\n")
+        self.encoded = "".join(lines).encode("ascii") + body
 
 
 class PeerUnreachable(Exception):
@@ -61,8 +104,9 @@ class HttpConnection:
         authority = f"[{host}]" if ":" in host else host
         self._peer = f"{authority}:{port}"
         self._lock = trio.Lock()
-        self._stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
-        self._conn: h11.Connection | None = None
+        self._stream: _Stream | None = None
+        self._socket: socket.socket | None = None  # beneath a plain TCP stream (socket_io.py)
+        self._poller = select.poll()  # the stream's socket, for input pending while idle
         self._closed = False
 
     async def request(
@@ -78,15 +122,10 @@ class HttpConnection:
 
         ``headers`` must not contain Host, Content-Length or Transfer-Encoding (set here).
         """
-        request_headers = [("host", self._peer), ("content-length", str(len(body)))]
-        for name, value in headers:
+        for name, _ in headers:
             if name.lower() in _RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by HttpConnection")
-            request_headers.append((name, value))
-        try:
-            event = h11.Request(method=method, target=path, headers=request_headers)
-        except h11.LocalProtocolError as exc:
-            raise ValueError(f"invalid request: {exc}") from None
+        request = _Request(method, path, (("host", self._peer), *headers), body)
 
         lock = self._lock
         try:
@@ -99,7 +138,7 @@ class HttpConnection:
             deadline = trio.current_time() + timeout_s
             try:
                 with trio.fail_after(timeout_s):
-                    return await self._exchange(event, body, deadline)
+                    return await self._exchange(request, deadline)
             except trio.TooSlowError:
                 await self._drop()
                 raise PeerUnreachable(f"{self._peer}: timed out after {timeout_s}s") from None
@@ -125,24 +164,73 @@ class HttpConnection:
         self._closed = True
         await self._drop()
 
-    async def _exchange(
-        self, event: h11.Request, body: bytes, deadline: float
-    ) -> tuple[int, bytes]:
-        stream, conn = self._stream, self._conn
-        if stream is not None and _is_readable(stream):
+    async def _exchange(self, request: _Request, deadline: float) -> tuple[int, bytes]:
+        stream = self._stream
+        if stream is not None and self._poller.poll(0):
             # Idle keep-alive connection with pending input: the peer closed it (or sent
             # junk). Either way it is unusable; reconnect instead of failing the request.
             await self._drop()
-            stream = conn = None
-        if stream is None or conn is None:
-            stream, conn = await self._connect(deadline)
+            stream = None
+        if stream is None:
+            stream = await self._connect(deadline)
+        raw = self._socket
 
-        data = conn.send(event)
-        if body:
-            data += conn.send(h11.Data(data=body))
-        data += conn.send(h11.EndOfMessage())
-        await stream.send_all(data)
+        data = request.encoded
+        if raw is not None:
+            data = data[send_nowait(raw, data) :]
+        if data:
+            await stream.send_all(data)
 
+        if raw is not None:
+            received = await receive_when_readable(raw, _RECEIVE_BYTES_MAX)
+        else:
+            received = await cast(_ReceiveSome, stream.receive_some)(_RECEIVE_BYTES_MAX)
+        parsed = None
+        if request.method != "HEAD":
+            parsed = parse_response_head(received, _RESPONSE_HEAD_BYTES_MAX)
+        if parsed is None:
+            status, body, keep_alive = await self._h11_response(stream, request, received)
+        else:
+            status, keep_alive = parsed.status, parsed.keep_alive
+            body = await self._body(stream, received, parsed.end, parsed.content_length)
+        if not keep_alive or request.closes:
+            await self._drop()  # the server asked to close (or HTTP/1.0 framing), or we did
+        return status, body
+
+    async def _body(self, stream: _Stream, received: bytes, start: int, size: int) -> bytes:
+        """A Content-Length body of ``size`` bytes from ``start`` in ``received`` on."""
+        if size > self._response_bytes_max:
+            raise PeerUnreachable(
+                f"{self._peer}: response larger than {self._response_bytes_max} bytes"
+            )
+        end = start + size
+        if len(received) > end:
+            # Bytes past the response that nothing asked for: answer this request, but never
+            # read them as the next one's response.
+            await self._drop()
+        if len(received) >= end:
+            return received[start:end]
+        receive_some = cast(_ReceiveSome, stream.receive_some)
+        parts = [received[start:]]
+        missing = end - len(received)
+        while missing > 0:
+            data = await receive_some(min(missing, _RECEIVE_BYTES_MAX))
+            if not data:
+                raise PeerUnreachable(f"{self._peer}: connection closed mid-response")
+            parts.append(data)
+            missing -= len(data)
+        return b"".join(parts)
+
+    async def _h11_response(
+        self, stream: _Stream, request: _Request, received: bytes
+    ) -> tuple[int, bytes, bool]:
+        """Any response parse_response_head leaves (informational first, chunked, 204, an
+        incomplete head, a response to HEAD, ...): ``(status, body, keep_alive)`` by h11."""
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method=request.method, target=request.path, headers=request.headers))
+        conn.send(h11.Data(data=request.body))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(received)
         receive_some = cast(_ReceiveSome, stream.receive_some)
         bytes_max = self._response_bytes_max
         while True:
@@ -172,16 +260,11 @@ class HttpConnection:
                 break
             else:
                 raise PeerUnreachable(f"{self._peer}: connection closed mid-response")
+        trailing, _ = conn.trailing_data
+        keep_alive = conn.our_state is h11.DONE and conn.their_state is h11.DONE and not trailing
+        return response.status_code, b"".join(parts), keep_alive
 
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        else:
-            await self._drop()  # the server asked to close (or HTTP/1.0 framing)
-        return response.status_code, b"".join(parts)
-
-    async def _connect(
-        self, deadline: float
-    ) -> tuple[trio.SocketStream | trio.SSLStream[trio.SocketStream], h11.Connection]:
+    async def _connect(self, deadline: float) -> _Stream:
         connect_deadline = min(deadline, trio.current_time() + self._connect_timeout_s)
         with trio.move_on_at(connect_deadline):
             try:
@@ -190,14 +273,16 @@ class HttpConnection:
                 reason = type(exc).__name__
                 raise PeerUnreachable(f"{self._peer}: connect failed ({reason})") from None
             socket_stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
-            conn = h11.Connection(h11.CLIENT)
+            self._poller = select.poll()
+            self._poller.register(socket_stream.socket.fileno(), select.POLLIN)
             if self._ssl_context is None:
-                self._stream, self._conn = socket_stream, conn  # from here on, a failure drops it
-                return socket_stream, conn
+                # From here on, a failure drops it.
+                self._stream, self._socket = socket_stream, raw_socket(socket_stream)
+                return socket_stream
             stream = trio.SSLStream(socket_stream, self._ssl_context, server_hostname=self._host)
-            self._stream, self._conn = stream, conn
+            self._stream = stream
             await self._handshake(stream)
-            return stream, conn
+            return stream
         if trio.current_time() >= deadline:
             raise trio.TooSlowError
         raise PeerUnreachable(f"{self._peer}: connect timed out after {self._connect_timeout_s}s")
@@ -218,18 +303,6 @@ class HttpConnection:
 
     async def _drop(self) -> None:
         stream = self._stream
-        self._stream = self._conn = None
+        self._stream = self._socket = None
         if stream is not None:
             await trio.aclose_forcefully(stream)
-
-
-def _is_readable(stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> bool:
-    """True if the socket has input (or EOF/error) pending, without blocking."""
-    socket_stream = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    fd = socket_stream.socket.fileno()
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([fd], [], [], 0)
-    return bool(readable)

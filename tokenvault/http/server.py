@@ -1,6 +1,10 @@
-"""HTTP/1.1 server on trio + h11 for the vault API and peer-to-peer links.
+"""HTTP/1.1 server on trio for the vault API and peer-to-peer links.
 
 Rules kept here:
+- a plain request head already whole in what was received is parsed by head_parser.py (a
+  subset of what h11 accepts, with the same meaning) and its Content-Length body read here;
+  any other head goes, the same bytes, to a fresh h11.Connection. Both paths build the
+  RequestHead with the same code, and every rule below holds on both.
 - admission before reading: a request's head is parsed and handed to the Gate (messages.py)
   before any byte of its body is read. A refused request is answered at once; if it has a
   body, the body is never read and the connection closes after a linger bounded in time and
@@ -10,8 +14,9 @@ Rules kept here:
 - a request with both Content-Length and Transfer-Encoding is 400 and closes the connection
   (RFC 9112 section 6.3: the framing is ambiguous, a smuggled request could hide in it).
 - memory per connection is bounded: one receive (RECEIVE_BYTES_MAX) and what h11 holds of a
-  head (header_bytes_max) or of a pipelined request, plus the granted body, held twice while
-  its parts are joined. A request that admission refuses costs no body memory at all.
+  head (header_bytes_max) or of a pipelined request (the fast path reads a body to its length,
+  never past it), plus the granted body, held twice while its parts are joined. A request
+  that admission refuses costs no body memory at all.
 - connection slots: at most connections_max connections are served. A new connection must
   deliver its first request head within first_request_timeout_s; between requests a
   keep-alive connection may idle idle_timeout_s. When every slot is taken, an idle connection
@@ -25,9 +30,10 @@ Rules kept here:
   evictable connection is closed first. Trouble is logged as JSON lines through the EventLog,
   at most one line per kind per ALARM_LOG_INTERVAL_S, never with a traceback.
 - responses are always Content-Length framed (no length on 204/304) with a content-type,
-  encoded here in one buffer and written with one send_all; handler-supplied headers are
-  validated before they go out. Keep-alive with many requests per connection; pipelined
-  requests are answered in order, not concurrently. One task per connection.
+  encoded here in one buffer and written with one send (socket_io.py on plain TCP, else the
+  stream's send_all); handler-supplied headers are validated before they go out. Keep-alive
+  with many requests per connection; pipelined requests are answered in order, not
+  concurrently. One task per connection.
 - a handler failure never kills its connection or the server: ApiError -> its error
   response; any other exception -> a `handler_failed` line naming the exception's type and
   code location only (never the path, a header, a body or a message: they may hold secrets)
@@ -70,7 +76,9 @@ from tokenvault.http.errors import (
     Unavailable,
     error_response,
 )
+from tokenvault.http.head_parser import comma_tokens, parse_request_head
 from tokenvault.http.messages import Admission, Gate, Handler, Request, RequestHead, Response
+from tokenvault.http.socket_io import raw_socket, receive_when_readable, send_nowait
 from tokenvault.log import EventLog, LogThrottle
 from tokenvault.quorum.invariants import raised_at
 from tokenvault.tls import peer_id_of_certificate
@@ -393,6 +401,46 @@ class _Alarm:
 # -- the server ------------------------------------------------------------------------------
 
 
+class _Link:
+    """One served connection's stream, with the socket beneath it when it is plain TCP
+    (socket_io.py): then a kept-alive connection's next request is read once the socket is
+    readable (a read first would almost always fail: the client is still reading our answer),
+    and a response goes out in one direct send when the socket takes it whole, with no write
+    deadline to set; else the stream's own methods do, as on TLS and in-memory streams."""
+
+    __slots__ = ("_socket", "client", "peer_id", "scope", "stream")
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        client: str,
+        scope: trio.CancelScope,
+        peer_id: str | None = None,
+    ) -> None:
+        self.stream = stream
+        self.client = client
+        self.scope = scope  # bounds every I/O wait of the connection
+        self.peer_id = peer_id
+        self._socket = raw_socket(stream)
+
+    async def receive_next(self, *, first: bool) -> bytes:
+        """The first bytes of the next request (b"" at EOF). ``first``: the connection's first
+        request, likely to have arrived with the connection: read before waiting."""
+        if self._socket is None or first:
+            return await _receive(self.stream)
+        return await receive_when_readable(self._socket, RECEIVE_BYTES_MAX)
+
+    async def send_all(self, data: bytes, timeout_s: float) -> None:
+        """Write ``data`` within ``timeout_s`` (the scope's deadline moves to it)."""
+        if self._socket is not None:
+            sent = send_nowait(self._socket, data)
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.scope.deadline = trio.current_time() + timeout_s
+        await self.stream.send_all(data)
+
+
 class _Reject(Exception):
     """Internal: answer ``response`` and close the connection (the request's rest unread)."""
 
@@ -491,8 +539,8 @@ class _Server:
     async def _serve_connection(self, stream: trio.abc.HalfCloseableStream, slot: _Slot) -> None:
         """Serve requests on one connection until it closes, fails, idles or times out.
 
-        h11 parses requests; a fresh h11.Connection per request avoids driving its response
-        state machine, and responses are encoded here. The slot's cancel scope bounds every
+        Each request is one _exchange (head_parser.py's fast path, else h11); responses are
+        encoded here. The slot's cancel scope bounds every
         I/O wait of the connection: its deadline moves between the first-request, idle, read
         and write deadlines and is lifted while the handler runs; when it fires, or the slot
         is evicted, the connection is dropped.
@@ -502,38 +550,30 @@ class _Server:
         client = _peer_name(stream)
         limits, slots = self._limits, self.slots
         current_time = trio.current_time
-        served: trio.abc.Stream = stream
-        peer_id: str | None = None
         with slot.scope as io_scope:
+            link = _Link(stream, client, io_scope)
             if self._ssl_context is not None:
                 tls = await self._handshake(stream, slot, client)
                 if tls is None:
                     return
-                served, peer_id = tls, peer_id_of_certificate(tls.getpeercert())
+                link = _Link(tls, client, io_scope, peer_id_of_certificate(tls.getpeercert()))
             # A new connection has first_request_timeout_s for its first byte and first head.
             wait_deadline = head_deadline = current_time() + limits.first_request_timeout_s
-            pending = b""  # bytes received past the previous request (a pipelining client)
+            received = b""  # bytes received and not yet parsed (a pipelining client's next)
             while True:
-                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes_max)
-                if pending:
-                    conn.receive_data(pending)
+                if received:
+                    await trio.lowlevel.checkpoint()  # a pipelining client: yield, as a read would
                 else:
                     io_scope.deadline = wait_deadline
                     slots.idle(slot, current_time())
-                    data = await _receive(served)
-                    if not slots.busy(slot) or not data:
+                    received = await link.receive_next(first=head_deadline != math.inf)
+                    if not slots.busy(slot) or not received:
                         return  # evicted while idle, or closed between requests
-                    conn.receive_data(data)
                 read_deadline = current_time() + limits.request_read_timeout_s
-                io_scope.deadline = min(head_deadline, read_deadline)
-                keep_alive = await self._exchange(
-                    served, conn, client, peer_id, io_scope, read_deadline
-                )
-                if not keep_alive:
+                rest = await self._exchange(link, received, head_deadline, read_deadline)
+                if rest is None:
                     return
-                pending, eof = conn.trailing_data
-                if eof:
-                    return
+                received = rest
                 wait_deadline = current_time() + limits.idle_timeout_s
                 head_deadline = math.inf
 
@@ -565,49 +605,78 @@ class _Server:
         return tls
 
     async def _exchange(
-        self,
-        stream: trio.abc.Stream,
-        conn: h11.Connection,
-        client: str,
-        peer_id: str | None,
-        io_scope: trio.CancelScope,
-        read_deadline: float,
-    ) -> bool:
-        """One request: head, admission, body, handler, response. True if the connection may
-        serve another request."""
+        self, link: _Link, received: bytes, head_deadline: float, read_deadline: float
+    ) -> bytes | None:
+        """One request, from ``received`` (not empty) on: head, admission, body, handler,
+        response. Returns what was received past the request (b"" if nothing), or None if
+        the connection must close.
+
+        A plain head already whole in ``received`` is parsed by head_parser.py and its body
+        read here; any other goes to a fresh h11.Connection (which avoids driving h11's
+        response state machine: responses are encoded here).
+        """
+        stream, client, peer_id, io_scope = link.stream, link.client, link.peer_id, link.scope
+        parsed = parse_request_head(received, self._limits.header_bytes_max)
+        conn: h11.Connection | None = None
         try:
-            received = await _receive_head(
-                stream, conn, client, peer_id, self._limits.header_bytes_max
-            )
-            if received is None:
-                return False  # closed before a whole head
-            head, has_body, keep_alive = received
-            io_scope.deadline = read_deadline
+            if parsed is not None:
+                head, has_body, keep_alive = _head_of(
+                    parsed.method, parsed.target, b"1.1", parsed.headers, client, peer_id
+                )
+            else:
+                conn = h11.Connection(
+                    h11.SERVER, max_incomplete_event_size=self._limits.header_bytes_max
+                )
+                conn.receive_data(received)
+                io_scope.deadline = min(head_deadline, read_deadline)
+                head_read = await _receive_head(
+                    stream, conn, client, peer_id, self._limits.header_bytes_max
+                )
+                if head_read is None:
+                    return None  # closed before a whole head
+                head, has_body, keep_alive = head_read
             verdict = self._admit(head) if head.path else _BAD_TARGET_RESPONSE
             if isinstance(verdict, Response):
                 if has_body:
                     raise _Reject(verdict)
-                conn.next_event()  # EndOfMessage: the request is complete, nothing is unread
-                return await self._send(stream, io_scope, verdict, head, keep_alive)
-            body = await _receive_body(stream, conn, head, verdict.body_bytes_max)
+                if conn is None:
+                    assert parsed is not None
+                    rest: bytes | None = received[parsed.end :]
+                else:
+                    conn.next_event()  # EndOfMessage: the request is complete, nothing is unread
+                    rest = _trailing(conn)
+                return await self._send(link, verdict, head, keep_alive, rest)
+            if conn is None:
+                assert parsed is not None
+                size = parsed.content_length
+                if size > verdict.body_bytes_max:
+                    raise _Reject(error_response(PayloadTooLarge()))
+                end = parsed.end + size
+                body = received[parsed.end : end]
+                rest = received[end:]
+                if len(body) < size:
+                    io_scope.deadline = read_deadline
+                    body = await _receive_exactly(stream, body, size)
+            else:
+                io_scope.deadline = read_deadline
+                body = await _receive_body(stream, conn, head, verdict.body_bytes_max)
+                rest = _trailing(conn)
         except _Reject as reject:
             refusal = reject.response
         except h11.RemoteProtocolError as exc:
             refusal = error_response(
-                _HEADERS_TOO_LARGE
-                if exc.error_status_hint == 431
-                else InvalidRequest("The request is not valid HTTP/1.1.")
+                _HEADERS_TOO_LARGE if exc.error_status_hint == 431 else _NOT_HTTP
             )
         else:
             io_scope.deadline = math.inf
             response = await self._respond(verdict.handler, Request(head=head, body=body))
-            return await self._send(stream, io_scope, response, head, keep_alive)
+            return await self._send(link, response, head, keep_alive, rest)
         # Refused with the request's rest unread: answer, then close without reading it.
         io_scope.deadline = trio.current_time() + self._limits.response_write_timeout_s
         await stream.send_all(self._encode(refusal, head_only=False, keep_alive=False)[0])
         io_scope.deadline = math.inf
         await _linger(stream)
-        return False
+        return None
 
     def _admit(self, head: RequestHead) -> Admission | Response:
         try:
@@ -629,17 +698,17 @@ class _Server:
 
     async def _send(
         self,
-        stream: trio.abc.Stream,
-        io_scope: trio.CancelScope,
+        link: _Link,
         response: Response,
         head: RequestHead,
         keep_alive: bool,
-    ) -> bool:
-        """Write a response; True if the connection stays open for another request."""
+        rest: bytes | None,
+    ) -> bytes | None:
+        """Write a response; ``rest`` (what was received past the request) if the connection
+        stays open for another request, else None (``rest`` None: the client closed)."""
         data, keep_alive = self._encode(response, head.method == "HEAD", keep_alive)
-        io_scope.deadline = trio.current_time() + self._limits.response_write_timeout_s
-        await stream.send_all(data)
-        return keep_alive
+        await link.send_all(data, self._limits.response_write_timeout_s)
+        return rest if keep_alive else None
 
     def _encode(self, response: Response, head_only: bool, keep_alive: bool) -> tuple[bytes, bool]:
         encoded = _encode_response(response, head_only, keep_alive)
@@ -662,10 +731,16 @@ class _Server:
         self._log.emit(event, level="error", kind=type(exc).__name__, location=raised_at(exc))
 
 
-async def _receive(stream: trio.abc.Stream) -> bytes:
-    """One read of at most RECEIVE_BYTES_MAX (b"" at EOF), as bytes for h11."""
-    data = await stream.receive_some(RECEIVE_BYTES_MAX)
+async def _receive(stream: trio.abc.Stream, bytes_max: int = RECEIVE_BYTES_MAX) -> bytes:
+    """One read of at most ``bytes_max`` (b"" at EOF), as bytes for h11."""
+    data = await stream.receive_some(bytes_max)
     return data if type(data) is bytes else bytes(data)  # a socket's data is bytes already
+
+
+def _trailing(conn: h11.Connection) -> bytes | None:
+    """What h11 received past its request; None if the client closed its side too."""
+    data, closed = conn.trailing_data
+    return None if closed else bytes(data)
 
 
 async def _receive_head(
@@ -675,7 +750,8 @@ async def _receive_head(
     peer_certificate_id: str | None,
     header_bytes_max: int,
 ) -> tuple[RequestHead, bool, bool] | None:
-    """Read one request head: ``(head, has_body, keep_alive)``; None if the peer closed first.
+    """Read one request head with h11: ``(head, has_body, keep_alive)``; None if the peer
+    closed first.
 
     Raises _Reject for a head that cannot be admitted (too large, ambiguous framing, a bad
     target), h11.RemoteProtocolError for bad HTTP. Reads nothing past the head but what
@@ -687,9 +763,16 @@ async def _receive_head(
         event = conn.next_event()
     if not isinstance(event, h11.Request):
         return None  # ConnectionClosed before a request began
+    return _head_of_event(event, client, peer_certificate_id, header_bytes_max)
 
+
+def _head_of_event(
+    event: h11.Request, client: str, peer_certificate_id: str | None, header_bytes_max: int
+) -> tuple[RequestHead, bool, bool]:
+    """The h11 path's ``(head, has_body, keep_alive)`` (_Reject: too large, ambiguous)."""
     headers: dict[str, str] = {}
-    # h11 bounds only a head still incomplete; bound a head that arrived whole here.
+    # h11 bounds only a head still incomplete; bound a head that arrived whole here (as
+    # head_parser.py does, which leaves a head over the bound to this path).
     head_bytes = len(event.target)
     for raw_name, raw_value in event.headers:
         head_bytes += len(raw_name) + len(raw_value) + 4
@@ -699,20 +782,33 @@ async def _receive_head(
         headers[name] = value if previous is None else f"{previous}, {value}"
     if head_bytes > header_bytes_max:
         raise _Reject(error_response(_HEADERS_TOO_LARGE))
+    return _head_of(
+        event.method, event.target, event.http_version, headers, client, peer_certificate_id
+    )
+
+
+def _head_of(
+    raw_method: bytes,
+    target: bytes,
+    http_version: bytes,
+    headers: dict[str, str],
+    client: str,
+    peer_certificate_id: str | None,
+) -> tuple[RequestHead, bool, bool]:
+    """A parsed head (from h11 or head_parser.py: names lower-cased, repeats joined) as
+    ``(head, has_body, keep_alive)``. Raises _Reject for an ambiguous framing."""
     chunked = "transfer-encoding" in headers
     content_length = headers.get("content-length")
     if chunked and content_length is not None:
         raise _Reject(error_response(_AMBIGUOUS_FRAMING))
     has_body = chunked or (content_length is not None and int(content_length) > 0)
 
-    keep_alive = event.http_version == b"1.1"
+    keep_alive = http_version == b"1.1"
     connection = headers.get("connection")
-    if connection is not None and "close" in _comma_tokens(connection):
+    if connection is not None and "close" in comma_tokens(connection):
         keep_alive = False
 
-    raw_method = event.method
     method = _METHODS.get(raw_method) or raw_method.decode("ascii")
-    target = event.target
     query_at = target.find(b"?")
     if query_at < 0:
         raw_path, query = target, ""
@@ -735,6 +831,20 @@ async def _receive_head(
         peer_certificate_id=peer_certificate_id,
     )
     return head, has_body, keep_alive
+
+
+async def _receive_exactly(stream: trio.abc.Stream, first: bytes, size: int) -> bytes:
+    """A Content-Length body of ``size`` bytes whose ``first`` bytes arrived with its head;
+    reads nothing past it. _Reject (400) if the client closes before its end (as h11 does)."""
+    parts = [first]
+    missing = size - len(first)
+    while missing > 0:
+        data = await _receive(stream, min(RECEIVE_BYTES_MAX, missing))
+        if not data:
+            raise _Reject(error_response(_NOT_HTTP))
+        parts.append(data)
+        missing -= len(data)
+    return b"".join(parts)
 
 
 async def _receive_body(
@@ -783,7 +893,7 @@ def _encode_response(response: Response, head: bool, keep_alive: bool) -> tuple[
         return None
     if extra:
         for name, value in extra:
-            if name.lower() == "connection" and "close" in _comma_tokens(value):
+            if name.lower() == "connection" and "close" in comma_tokens(value):
                 keep_alive = False
     try:
         parts = [status_line, b"content-type: ", content_type.encode("latin-1")]
@@ -815,10 +925,6 @@ def _valid_extra_headers(headers: tuple[tuple[str, str], ...]) -> bool:
         if name.lower() in _RESERVED_HEADERS:
             return False
     return True
-
-
-def _comma_tokens(value: str) -> list[str]:
-    return [token.strip().lower() for token in value.split(",")]
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
@@ -867,6 +973,7 @@ def _status_text(response: Response) -> str:
 
 _INTERNAL_RESPONSE = error_response(ApiError())
 _HEADERS_TOO_LARGE = InvalidRequest("The request headers are too large.")
+_NOT_HTTP = InvalidRequest("The request is not valid HTTP/1.1.")
 _AMBIGUOUS_FRAMING = InvalidRequest(
     "A request must not carry both Content-Length and Transfer-Encoding."
 )
