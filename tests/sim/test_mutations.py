@@ -200,6 +200,7 @@ class Mutation:
     expected: frozenset[str]  # the first failing seed shows at least one of these
     black_box: bool  # a client-visible invariant also catches it within the sweep
     caught_in_core: bool = False  # a core's own assertion catches it first (no-core-exception)
+    sweep_seeds: int = SWEEP_SEEDS  # seeds 1..this are swept for a failure
 
 
 MUTATIONS = (
@@ -252,6 +253,10 @@ MUTATIONS = (
         lambda mp: mp.setattr(peer_core_module, "refusal", _votes_while_recovering),
         frozenset({"chosen-value-kept", "one-value-per-slot"}),
         black_box=False,
+        # Rare in a random run (a wipe must meet dueling rotates across a partition): the
+        # first seed that catches it moves whenever the message mix changes (572 once reads
+        # asked R replicas, not N). test_disk_wipe.py catches it on every seed.
+        sweep_seeds=1_000,
     ),
     Mutation(
         "skips-read-verification",
@@ -268,8 +273,10 @@ MUTATIONS = (
 )
 
 
-def _first_failure(predicate: Callable[[SimResult], bool]) -> SimResult | None:
-    for seed in range(1, SWEEP_SEEDS + 1):
+def _first_failure(
+    predicate: Callable[[SimResult], bool], sweep_seeds: int = SWEEP_SEEDS
+) -> SimResult | None:
+    for seed in range(1, sweep_seeds + 1):
         result = run_simulation(SimConfig(seed=seed))
         if predicate(result):
             return result
@@ -294,15 +301,15 @@ def test_the_sweep_catches_a_broken_rule_and_the_replay_reproduces_it(
     mutation: Mutation, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mutation.apply(monkeypatch)
-    failed = _first_failure(lambda r: not r.passed)
-    assert failed is not None, f"{mutation.name}: no seed of 1..{SWEEP_SEEDS} failed"
+    failed = _first_failure(lambda r: not r.passed, mutation.sweep_seeds)
+    assert failed is not None, f"{mutation.name}: no seed of 1..{mutation.sweep_seeds} failed"
     assert {v.invariant for v in failed.violations} & mutation.expected
     if mutation.caught_in_core:  # contained: the peer logged it and went on
         assert any("InvariantViolation" in v.summary for v in failed.violations)
 
-    # The CLI sweep up to that seed fails, prints the report and a replay command.
+    # A CLI sweep that ends on that seed fails, prints the report and a replay command.
     seed = failed.seed
-    assert main(["--seed", "1", "--seeds", str(max(seed, 2))]) == 1
+    assert main(["--seed", str(max(seed - 1, 1)), "--seeds", "2"]) == 1
     output = capsys.readouterr().out
     digest, violations = _report_of(output, seed)
     assert digest == failed.digest
