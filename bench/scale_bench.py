@@ -188,6 +188,41 @@ def bulk_load(bench: Bench, mappings: int) -> list[tuple[str, str]]:
     return sample
 
 
+def filter_costs(path: Path, absent_reads: int = 100_000) -> dict[str, float]:
+    """What the KeyFilter buys on this store: an absent key's read from LevelDB (its own bloom
+    filter, 10 bits per key) next to the filter's answer, and the first scrub's pass that fills
+    the filter (verify_page over every key), per key."""
+    store = LevelDBStore(str(path))
+    try:
+        cursor = None
+        started = time.process_time()
+        keys = 0
+        while True:
+            cursor = store.verify_page(cursor, 1_000)
+            keys += 1_000
+            if cursor is None:
+                break
+        scrub_us = 1e6 * (time.process_time() - started) / keys
+        assert store.key_filter_complete
+        absent = [b"m\x00alice\x00tok_absent-%d" % i for i in range(absent_reads)]
+        database = store._db
+        started = time.process_time()
+        for key in absent:
+            database.get(key, verify_checksums=True)
+        leveldb_us = 1e6 * (time.process_time() - started) / absent_reads
+        started = time.process_time()
+        for key in absent:
+            store.get(key)
+        filter_us = 1e6 * (time.process_time() - started) / absent_reads
+    finally:
+        store.close()
+    return {
+        "absent_get_leveldb_bloom_us": leveldb_us,
+        "absent_get_key_filter_us": filter_us,
+        "first_scrub_with_filter_fill_us_per_key": scrub_us,
+    }
+
+
 def wrk(bench: Bench, seconds: int) -> dict[str, float]:
     """One wrk run of 100-record tokenizes against the first peer; keys/s and CPU per 1k keys."""
     environment = {**os.environ, "BATCH": "100", "KEY": bench.key}
@@ -233,8 +268,10 @@ def main() -> int:
     full.call("/v1/tokenize", {"records": [{FIELD: "warm-up"}]})
     full.stop()
     sample = bulk_load(full, args.mappings)
-    empty = Bench("empty", empty_dir, args.base_port + 20)
     results: dict[str, object] = {"mappings_per_peer": args.mappings}
+    results["filter"] = filter_costs(full.directory / full.init.peers[0].data_dir / "leveldb")
+    progress(f"key filter against LevelDB's bloom filter: {results['filter']}")
+    empty = Bench("empty", empty_dir, args.base_port + 20)
     try:
         for bench in (empty, full):
             ready = bench.start()

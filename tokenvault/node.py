@@ -27,8 +27,9 @@ Rules:
   read on a handle being closed or reopened), a page at a time:
   - the scrub reads every block of the store, checksums verified: a first pass
     SCRUB_FIRST_PASS_DELAY_S after open (which also fills the store's KeyFilter, the verified
-    open scan of before), then one every SCRUB_INTERVAL_S, in pages of SCRUB_PAGE_KEYS keys, one
-    page per SCRUB_PAGE_INTERVAL_S, so a damaged block nobody reads is found too;
+    open scan of before: one page per FILTER_FILL_PAGE_INTERVAL_S while it does, since inserts
+    read LevelDB until it has), then one every SCRUB_INTERVAL_S, in pages of SCRUB_PAGE_KEYS
+    keys, one page per SCRUB_PAGE_INTERVAL_S, so a damaged block nobody reads is found too;
   - the replica's digests (merkle.py), DIGEST_PAGE_KEYS mappings per DIGEST_PAGE_INTERVAL_S,
     for every core built (at start, and over a store that replaced a damaged one); an owner's
     anti-entropy starts once its digests are whole.
@@ -76,6 +77,7 @@ SCRUB_INTERVAL_S = 600.0  # from the end of one scrub of the whole store to the 
 SCRUB_PAGE_KEYS = 1_000  # keys read per step: about 0.2 ms from the page cache
 SCRUB_PAGE_INTERVAL_S = 0.05  # between steps: at most 20,000 keys a second
 SCRUB_FIRST_PASS_DELAY_S = 1.0  # from open to the first scrub (which fills the KeyFilter)
+FILTER_FILL_PAGE_INTERVAL_S = 0.01  # between steps while they fill the KeyFilter: 100,000 keys/s
 DIGEST_PAGE_KEYS = 2_000  # mappings hashed per step of a digest build: about 4 ms
 DIGEST_PAGE_INTERVAL_S = 0.01  # between steps: at most 200,000 mappings a second
 _FINISHED_METRICS = {
@@ -480,7 +482,8 @@ class Node:
                 if cursor is None:
                     self.scrubs += 1
                     break
-                await trio.sleep(SCRUB_PAGE_INTERVAL_S)
+                filling = not store.key_filter_complete
+                await trio.sleep(FILTER_FILL_PAGE_INTERVAL_S if filling else SCRUB_PAGE_INTERVAL_S)
             await trio.sleep(self.scrub_interval_s)
 
     def _settle(self, ticket: int) -> None:
