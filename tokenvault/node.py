@@ -211,6 +211,7 @@ class Node:
         self._settled = trio.Event()
         self._core_generation = 0  # cores built over a new store since the start
         self._replace_wanted = trio.Event()
+        self._new_core_built = trio.Event()  # its digests are to be built (the digest builder)
         self._store_in_use = trio.Lock()  # a sync, or a store replacement: one at a time
         self._clock_wakeup = trio.Event()
         self._local_queue: list[Message] = []  # messages to itself, for the local task
@@ -279,7 +280,7 @@ class Node:
             nursery.start_soon(self._run_local)
             nursery.start_soon(self._run_store_replacer)
             nursery.start_soon(self._run_scrubber)
-            nursery.start_soon(self._build_digests, self.core)
+            nursery.start_soon(self._run_digest_builder)
             for link in self.links.values():
                 nursery.start_soon(link.run)
             task_status.started()
@@ -441,8 +442,7 @@ class Node:
 
                 old_waiters = list(self._waiters.values())
                 self.core = self._new_core()
-                assert self._nursery is not None
-                self._nursery.start_soon(self._build_digests, self.core)
+                self._new_core_built.set()
                 self._core_generation += 1
                 self._settled_ticket = 0
                 self._settle(0)
@@ -452,18 +452,23 @@ class Node:
                         waiter.event.set()
                 self._clock_wakeup.set()
 
-    async def _build_digests(self, core: PeerCore) -> None:
-        """Build the digests of core's replica from the store, a page at a time; ends once
-        they are whole or the core was replaced (its successor has its own build)."""
-        digests = core.replica.digests
-        while not digests.complete and core is self.core:
-            try:
-                digests.rebuild_page(self.store, DIGEST_PAGE_KEYS)
-            except StorageError:  # damaged (the replacer takes over), or closed meanwhile
-                if self.store.health().damage is not None:
-                    self._replace_wanted.set()
-                    return
-            await trio.sleep(DIGEST_PAGE_INTERVAL_S)
+    async def _run_digest_builder(self) -> None:
+        """Build the digests of the core's replica from the store, a page at a time, and again
+        for every core built over a store that replaced a damaged one."""
+        while True:
+            core = self.core
+            digests = core.replica.digests
+            while not digests.complete and core is self.core:
+                try:
+                    digests.rebuild_page(self.store, DIGEST_PAGE_KEYS)
+                except StorageError:  # damaged (the replacer takes over), or closed meanwhile
+                    if self.store.health().damage is not None:
+                        self._replace_wanted.set()
+                        break
+                await trio.sleep(DIGEST_PAGE_INTERVAL_S)
+            if core is self.core:
+                await self._new_core_built.wait()
+            self._new_core_built = trio.Event()
 
     async def _run_scrubber(self) -> None:
         """Verify every block of the store, a page at a time: first soon after open, then
