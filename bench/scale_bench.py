@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -147,11 +148,8 @@ class Bench:
         found = []
         for process in self.processes.values():
             status = Path(f"/proc/{process.pid}/status").read_text()
-            sizes = [
-                int(re.search(rf"^{name}:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024  # type: ignore[union-attr]
-                for name in ("VmRSS", "RssAnon")
-            ]
-            found.append((sizes[0], sizes[1]))
+            sizes = dict(re.findall(r"^(VmRSS|RssAnon):\s+(\d+) kB", status, re.MULTILINE))
+            found.append((int(sizes["VmRSS"]) / 1024, int(sizes["RssAnon"]) / 1024))
         return found
 
     def call(self, path: str, body: object) -> dict[str, object]:
@@ -359,7 +357,7 @@ def main() -> int:
     ready_f = max(results["full_ready_s"].values())  # type: ignore[attr-defined]
     print(f"| cluster start to /readyz 200, slowest peer | {ready_e:.2f} s | {ready_f:.2f} s |")
     cells = [
-        " / ".join(f"{v:.2f} s" for v in results[f"{name}_restart_ready_s"])  # type: ignore[attr-defined]
+        " / ".join(f"{v:.2f} s" for v in cast(list[float], results[f"{name}_restart_ready_s"]))
         for name in ("empty", "full")
     ]
     print(f"| one peer restarted: start to /readyz 200 | {cells[0]} | {cells[1]} |")
