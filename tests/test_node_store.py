@@ -137,6 +137,28 @@ async def test_a_scrub_finds_damage_nobody_reads_and_replaces_the_store(tmp_path
         assert (await peer.call("GET", "/readyz")).status == 200
 
 
+async def test_a_peer_serves_before_its_key_filter_and_digests_are_built(tmp_path: Path) -> None:
+    """Nothing scans the store before the peer serves: the key filter is filled by the first
+    scrub and the digests by a build of their own, after; the mappings answer throughout."""
+    config_path = _new_cluster(tmp_path / "cluster")
+    async with _running(config_path) as peer:
+        values = {"records": [{"ssn": f"123-45-{index:04d}"} for index in range(300)]}
+        answer = await peer.call("POST", "/v1/tokenize", values, "alice")
+        assert answer.status == 200
+        tokens = [r["ssn"] for r in json.loads(answer.body)["records"]]
+    async with _running(config_path) as peer:
+        assert (await peer.call("GET", "/readyz")).status == 200
+        assert not peer.node.store.key_filter_complete  # the first scrub has not run yet
+        found = await peer.call("POST", "/v1/detokenize", {"tokens": tokens}, "alice")
+        assert all(r["found"] for r in json.loads(found.body)["results"])
+        await _until(lambda: peer.node.core.replica.digests.complete)
+        assert peer.node.core.replica.digests.count("alice") == 300
+        await _until(lambda: peer.node.store.key_filter_complete and peer.node.scrubs == 1)
+        assert (await peer.tokenize("987-65-4321")).status == 200
+        found = await peer.call("POST", "/v1/detokenize", {"tokens": tokens}, "alice")
+        assert all(r["found"] for r in json.loads(found.body)["results"])
+
+
 async def test_damage_at_open_is_one_line_and_an_empty_store(tmp_path: Path) -> None:
     config_path = _new_cluster(tmp_path / "cluster")
     data_dir = tmp_path / "cluster" / "data" / "n1"

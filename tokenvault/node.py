@@ -22,9 +22,17 @@ Rules:
   never worked around: it is moved aside and replaced by a new, empty one (`store_damaged`, one
   error line naming the file), and a new core is built over it, as a process start would.
   Operations of the old core end as failures. Replicas and recovery refill the new store.
-- A scrub reads every block of the store again, checksums verified, every SCRUB_INTERVAL_S: in
-  pages of SCRUB_PAGE_KEYS keys in the event loop's thread (no read on a handle being closed or
-  reopened), one page per SCRUB_PAGE_INTERVAL_S, so a damaged block nobody reads is found too.
+- Start-up is O(1) in the size of the store: nothing scans it before the peer serves. What a
+  scan used to build at open is built after, in the background, in the event loop's thread (no
+  read on a handle being closed or reopened), a page at a time:
+  - the scrub reads every block of the store, checksums verified: a first pass
+    SCRUB_FIRST_PASS_DELAY_S after open (which also fills the store's KeyFilter, the verified
+    open scan of before: one page per FILTER_FILL_PAGE_INTERVAL_S while it does, since inserts
+    read LevelDB until it has), then one every SCRUB_INTERVAL_S, in pages of SCRUB_PAGE_KEYS
+    keys, one page per SCRUB_PAGE_INTERVAL_S, so a damaged block nobody reads is found too;
+  - the replica's digests (merkle.py), DIGEST_PAGE_KEYS mappings per DIGEST_PAGE_INTERVAL_S,
+    for every core built (at start, and over a store that replaced a damaged one); an owner's
+    anti-entropy starts once its digests are whole.
 - Readiness (`readiness()`, what /readyz and the views read): the core serving, and the store
   taking writes.
 - One clock task calls `advance` when the core's next timer or heartbeat is due.
@@ -40,7 +48,7 @@ import itertools
 import random
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -68,6 +76,10 @@ STORAGE_LOG_INTERVAL_S = 10.0  # at most one storage failure line per kind per i
 SCRUB_INTERVAL_S = 600.0  # from the end of one scrub of the whole store to the next
 SCRUB_PAGE_KEYS = 1_000  # keys read per step: about 0.2 ms from the page cache
 SCRUB_PAGE_INTERVAL_S = 0.05  # between steps: at most 20,000 keys a second
+SCRUB_FIRST_PASS_DELAY_S = 1.0  # from open to the first scrub (which fills the KeyFilter)
+FILTER_FILL_PAGE_INTERVAL_S = 0.01  # between steps while they fill the KeyFilter: 100,000 keys/s
+DIGEST_PAGE_KEYS = 2_000  # mappings hashed per step of a digest build: about 4 ms
+DIGEST_PAGE_INTERVAL_S = 0.01  # between steps: at most 200,000 mappings a second
 _FINISHED_METRICS = {
     WriteDone: "tokenvault_quorum_writes_total",
     ReadDone: "tokenvault_quorum_reads_total",
@@ -199,6 +211,7 @@ class Node:
         self._settled = trio.Event()
         self._core_generation = 0  # cores built over a new store since the start
         self._replace_wanted = trio.Event()
+        self._new_core_built = trio.Event()  # its digests are to be built (the digest builder)
         self._store_in_use = trio.Lock()  # a sync, or a store replacement: one at a time
         self._clock_wakeup = trio.Event()
         self._local_queue: list[Message] = []  # messages to itself, for the local task
@@ -218,7 +231,7 @@ class Node:
             secret=config.secret,
             rng=random.SystemRandom(),
             now=trio.current_time(),
-            limits=peer_limits(config),
+            limits=replace(peer_limits(config), digests_built_in_pages=True),
         )
 
     def _log_opened(self, opened: OpenedStore) -> None:
@@ -267,6 +280,7 @@ class Node:
             nursery.start_soon(self._run_local)
             nursery.start_soon(self._run_store_replacer)
             nursery.start_soon(self._run_scrubber)
+            nursery.start_soon(self._run_digest_builder)
             for link in self.links.values():
                 nursery.start_soon(link.run)
             task_status.started()
@@ -428,6 +442,7 @@ class Node:
 
                 old_waiters = list(self._waiters.values())
                 self.core = self._new_core()
+                self._new_core_built.set()
                 self._core_generation += 1
                 self._settled_ticket = 0
                 self._settle(0)
@@ -437,10 +452,29 @@ class Node:
                         waiter.event.set()
                 self._clock_wakeup.set()
 
-    async def _run_scrubber(self) -> None:
-        """Verify every block of the store every scrub_interval_s, a page at a time."""
+    async def _run_digest_builder(self) -> None:
+        """Build the digests of the core's replica from the store, a page at a time, and again
+        for every core built over a store that replaced a damaged one."""
         while True:
-            await trio.sleep(self.scrub_interval_s)
+            core = self.core
+            digests = core.replica.digests
+            while not digests.complete and core is self.core:
+                try:
+                    digests.rebuild_page(self.store, DIGEST_PAGE_KEYS)
+                except StorageError:  # damaged (the replacer takes over), or closed meanwhile
+                    if self.store.health().damage is not None:
+                        self._replace_wanted.set()
+                        break
+                await trio.sleep(DIGEST_PAGE_INTERVAL_S)
+            if core is self.core:
+                await self._new_core_built.wait()
+            self._new_core_built = trio.Event()
+
+    async def _run_scrubber(self) -> None:
+        """Verify every block of the store, a page at a time: first soon after open, then
+        every scrub_interval_s."""
+        await trio.sleep(SCRUB_FIRST_PASS_DELAY_S)
+        while True:
             store = self.store
             cursor: bytes | None = None
             while store is self.store:
@@ -453,7 +487,9 @@ class Node:
                 if cursor is None:
                     self.scrubs += 1
                     break
-                await trio.sleep(SCRUB_PAGE_INTERVAL_S)
+                filling = not store.key_filter_complete
+                await trio.sleep(FILTER_FILL_PAGE_INTERVAL_S if filling else SCRUB_PAGE_INTERVAL_S)
+            await trio.sleep(self.scrub_interval_s)
 
     def _settle(self, ticket: int) -> None:
         self._settled_ticket = max(self._settled_ticket, ticket)

@@ -299,16 +299,48 @@ async def test_reads_of_keys_never_held_skip_leveldb(tmp_path: Path) -> None:
     store = LevelDBStore(str(path))
     store.stage([(b"m/%d" % i, b"v%d" % i) for i in range(1_000)])
     await store.wait_durable()
-    store = _reopen(store, path)  # the filter is rebuilt from the disk
+    store = _reopen(store, path)  # the filter covers nothing durable until a scrub passed
     counting = _CountingDB(store._db)
     store._db = counting
     try:
+        assert not store.key_filter_complete
+        assert all(store.get(b"absent/%d" % i) is None for i in range(100))
+        assert counting.gets == 100  # not covered yet: a "maybe", read from LevelDB
+        cursor = store.verify_page(None, 300)  # covers the keys up to the cursor
+        assert cursor is not None and not store.key_filter_complete
+        while cursor is not None:
+            cursor = store.verify_page(cursor, 300)
+        assert store.key_filter_complete
+        counting.gets = 0
         assert all(store.get(b"m/%d" % i) == b"v%d" % i for i in range(1_000))
         assert counting.gets == 1_000
         assert all(store.get(b"absent/%d" % i) is None for i in range(10_000))
         assert counting.gets < 1_000 + 300  # only the filter's false positives read
     finally:
         store._db = counting._db
+        store.close()
+
+
+async def test_a_partly_filled_filter_never_hides_a_held_key(tmp_path: Path) -> None:
+    """Keys past the filter's cursor, durable before open or staged after, are always found."""
+    path = tmp_path / "db"
+    store = LevelDBStore(str(path))
+    store.stage([(b"k/%04d" % i, b"v") for i in range(0, 2_000, 2)])
+    await store.wait_durable()
+    store = _reopen(store, path)
+    try:
+        cursor = store.verify_page(None, 250)  # covers k/0000 .. k/0498
+        assert cursor == b"k/0498"
+        store.stage([(b"k/%04d" % i, b"w") for i in range(1, 2_000, 2)])
+        await store.wait_durable()
+        assert all(store.get(b"k/%04d" % i) is not None for i in range(2_000))
+        assert store.verify_page(b"k/1500", 10) is not None  # not contiguous: covers nothing
+        assert not store.key_filter_complete
+        while cursor is not None:
+            cursor = store.verify_page(cursor, 250)
+        assert store.key_filter_complete
+        assert all(store.get(b"k/%04d" % i) is not None for i in range(2_000))
+    finally:
         store.close()
 
 

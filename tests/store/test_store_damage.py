@@ -77,11 +77,6 @@ DAMAGES: dict[str, tuple[Damager, str, str]] = {
         r"\d{6}\.log",
         "checksum mismatch",
     ),
-    "table_block": (
-        lambda p: flip(_only(p, "*.ldb"), _only(p, "*.ldb").stat().st_size // 3),
-        r"\d{6}\.ldb",
-        "block checksum mismatch",
-    ),
     "table_footer": (
         lambda p: flip(_only(p, "*.ldb"), _only(p, "*.ldb").stat().st_size - 8),
         r"\d{6}\.ldb",
@@ -128,6 +123,33 @@ def test_damage_at_open_is_named_moved_aside_and_replaced(tmp_path: Path, name: 
         assert opened.store.health().writable
     finally:
         opened.store.close()
+
+
+def test_a_damaged_table_block_is_found_by_the_first_scrub_and_named(tmp_path: Path) -> None:
+    """No pass over the blocks runs at open (start-up stays O(1) in the keys); the first scrub
+    (node.py starts it soon after open) reads every block and names the damaged table, and the
+    store stays damaged for good: the node then replaces it (tests/test_node_store.py)."""
+    path = tmp_path / "leveldb"
+    _make_store(path)
+    table = _only(path, "*.ldb")
+    flip(table, table.stat().st_size // 3)
+    opened = open_store(path)
+    store = opened.store
+    try:
+        assert opened.damage is None  # the open reads no data block
+        cursor: bytes | None = None
+        with pytest.raises(StoreDamaged) as caught:
+            for _ in range(RECORDS + LATE_RECORDS):
+                cursor = store.verify_page(cursor, 100)
+                if cursor is None:
+                    break
+        damage = caught.value.damage
+        assert (damage.file, damage.reason) == (table.name, "block checksum mismatch")
+        assert SECRET.decode() not in str(caught.value)
+        assert store.health().damage == damage and not store.health().writable
+        assert not store.key_filter_complete  # the filter never covers past the damage
+    finally:
+        store.close()
 
 
 def test_an_undamaged_store_opens_with_everything(tmp_path: Path) -> None:

@@ -76,6 +76,8 @@ class DigestSource(Protocol):
 
     def count(self, owner: str) -> int: ...
 
+    def ready(self, owner: str) -> bool: ...
+
 
 class HeldRecords(Protocol):
     """The replica's verified view of what it holds (replica.py)."""
@@ -201,7 +203,9 @@ class AntiEntropy:
         self._next_pass_at = now + self._limits.pass_interval_s
         for _ in range(self._pair_count):
             owner, partner = next(self._pairs)
-            if partner not in down and not self._deferred(owner, partner, now):
+            # An owner whose digests are still being built (merkle.py) is compared later.
+            ready = self._digests.ready(owner)
+            if partner not in down and ready and not self._deferred(owner, partner, now):
                 break
         else:
             return effects

@@ -116,6 +116,9 @@ class PeerLimits:
     anti_entropy: AntiEntropyLimits = field(default_factory=AntiEntropyLimits)
     recovery: RecoveryLimits = field(default_factory=RecoveryLimits)
     anti_entropy_enabled: bool = True
+    # The replica's digests built page by page by the driver after start (merkle.py), not at
+    # once in the constructor: node.py, so that a large store serves at once.
+    digests_built_in_pages: bool = False
     tokenize_attempts_max: int = 3  # writes of one tokenize: the first, and one per FENCED
     inspect_timeout_s: float = 2.0  # an owner inspection answers with the views it has by then
     timers_max: int = 100_000  # pending timers; more are dropped and counted
@@ -251,7 +254,12 @@ class PeerCore:
         )
         self.recovery.resume(now)
         self.sealer = Sealer(secret, cached_max=limits.token_makers_cached_max)
-        self.replica = Replica(peer_id=peer_id, storage=storage, sealer=self.sealer)
+        self.replica = Replica(
+            peer_id=peer_id,
+            storage=storage,
+            sealer=self.sealer,
+            digests_built_in_pages=limits.digests_built_in_pages,
+        )
         self.acceptor = Acceptor(peer_id=peer_id, storage=storage, store_id=self.recovery.store_id)
         self.hints = HintedHandoff(
             peer_id=peer_id, storage=storage, sealer=self.sealer, limits=limits.hints

@@ -83,14 +83,25 @@ DECIDED_CACHED_MAX = 10_000  # (owner, epoch) decided values kept for verifying 
 
 
 class Replica:
-    def __init__(self, *, peer_id: str, storage: StorageView, sealer: Sealer) -> None:
+    def __init__(
+        self,
+        *,
+        peer_id: str,
+        storage: StorageView,
+        sealer: Sealer,
+        digests_built_in_pages: bool = False,
+    ) -> None:
         self._peer_id = peer_id
         self._storage = storage
         self._sealer = sealer
-        # Digests of what is held, kept with every stored mapping (rebuilt from the store at
-        # start: what a crash lost before its fsync is not counted).
+        # Digests of what is held, kept with every stored mapping (built from the store at
+        # start: what a crash lost before its fsync is not counted). At once, or, when
+        # digests_built_in_pages, by the driver calling `digests.rebuild_page` (merkle.py).
         self.digests = OwnerDigests()
-        self.digests.rebuild(storage)
+        if digests_built_in_pages:
+            self.digests.begin_build()
+        else:
+            self.digests.rebuild(storage)
         self.repaired = 0  # held records that failed verification, replaced by verified ones
         # Keys of corrupt records left out of the digests (`uncount_corrupt`); rebuilt digests
         # count them again until anti-entropy meets them once more.
@@ -155,8 +166,10 @@ class Replica:
         the mapping still repairs it: the key walk reads the store, not the digests."""
         effects = Effects()
         key = mapping_key(owner, token)
+        if key in self._uncounted or not self.digests.covers(key):
+            return effects  # a build in progress counts it later; a later pass meets it again
         raw = self._storage.get(key)
-        if key in self._uncounted or raw is None or self.verified(owner, token, raw) is not CORRUPT:
+        if raw is None or self.verified(owner, token, raw) is not CORRUPT:
             return effects
         self._uncounted.add(key)
         self.digests.remove_many(owner, ((token, key, raw),))
@@ -287,7 +300,7 @@ class Replica:
             owner=inspect.owner,
             token_count=self.digests.count(inspect.owner),
             digest=self.digests.root(inspect.owner),
-            complete=True,
+            complete=self.digests.ready(inspect.owner),
             decided=read_active_epoch(self._storage, inspect.owner),
             accepted_slot=meta.accepted_slot,
             next_slot_promised=next_slot.promised,

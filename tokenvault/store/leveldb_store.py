@@ -12,11 +12,16 @@ Rules it keeps:
 - tuned for insert-once mappings under random tokens (measured with bench/tokenize_bench.py):
   no block compression (random tokens do not compress; snappy only burnt compaction CPU),
   a 32 MiB memtable and 16 MiB tables (fewer level-0 files per read, fewer compactions).
+- open is O(1) in the number of keys: no pass over the store runs at open (it grew ~1 us per
+  key, 5 s at 5 million; bench/scale_bench.py).
 - reads of keys never held (every new mapping's insert-once check) are answered by an in-memory
-  KeyFilter of every key, built at open and fed by stage(), without a LevelDB read.
+  KeyFilter, without a LevelDB read, for the keys it covers: every key staged since open, and
+  the durable keys up to a cursor that the first scrub moves (`verify_page`, from the start of
+  the store on). A key past the cursor is a "maybe" and is read from LevelDB (whose own bloom
+  filter answers most absent keys in a few us). An empty store's filter covers every key.
 - damage is reported, never papered over: LevelDB opens with paranoid checks, every read
-  verifies block checksums, and the pass that builds the KeyFilter at open reads (and so
-  verifies) every block; a corruption LevelDB reports raises StoreDamaged naming the file
+  verifies block checksums, and the scrub (node.py: its first pass starts at open) reads (and
+  so verifies) every block; a corruption LevelDB reports raises StoreDamaged naming the file
   (damage.py) and marks the store damaged for good (`health()`): the owner replaces it.
 - a failed flush (a full disk, an I/O error) is never written after: LevelDB may have left a
   part of that batch at the end of its log, and a later record behind it would be dropped on
@@ -27,7 +32,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,7 +138,7 @@ def write_failure_of(error: BaseException) -> StoreWriteFailed:
     return StoreWriteFailed(kind, file_named(text) or "unknown", reason_of(text))
 
 
-def _open_leveldb(path: str, *, paranoid: bool) -> plyvel.DB:
+def open_leveldb(path: str, *, paranoid: bool) -> plyvel.DB:
     return plyvel.DB(
         path,
         create_if_missing=True,
@@ -165,7 +170,7 @@ class LevelDBStore:
         self._write_failure: StoreWriteFailed | None = None
         self._reopens = 0
         try:
-            self._db = _open_leveldb(path, paranoid=True)
+            self._db = open_leveldb(path, paranoid=True)
         except plyvel.CorruptionError as exc:
             raise StoreDamaged(damage_from_error(self._path, exc, at_open=True)) from None
         except Exception as exc:
@@ -174,11 +179,9 @@ class LevelDBStore:
             ) from None
         self._db_open = True
         self._keys = KeyFilter()
-        try:
-            self._keys.add_many(self._verified_keys())
-        except StoreDamaged:
-            self._db.close()
-            raise
+        # The durable keys the filter covers: up to _keys_cursor, or all once _keys_complete.
+        self._keys_cursor: bytes | None = None
+        self._keys_complete = self._is_empty()
         self._pending_writes_max = pending_writes_max
         self._overlay = StagedOverlay()
         self._pending: list[Write] = []
@@ -192,19 +195,15 @@ class LevelDBStore:
         self._largest_flush_writes = 0
         self._closed = False
 
-    def _verified_keys(self) -> Iterator[bytes]:
-        """Every key, reading (and so verifying the checksum of) every block; StoreDamaged
-        names the table at fault when a block fails."""
-        last: bytes | None = None
+    def _is_empty(self) -> bool:
+        """Whether the store holds no key at all (one step of an iterator)."""
         try:
-            with self._db.iterator(
-                include_value=False, verify_checksums=True, fill_cache=False
-            ) as every_key:
-                for key in every_key:
-                    yield key
-                    last = key
-        except plyvel.Error as exc:  # a corruption, or a table that cannot be read at all
-            raise self._damaged(exc, after=last) from None
+            with self._db.iterator(include_value=False, verify_checksums=True) as keys:
+                return next(keys, None) is None
+        except plyvel.Error as exc:
+            damaged = self._damaged(exc)
+            self._db.close()
+            raise damaged from None
 
     def _damaged(
         self, error: BaseException, *, after: bytes | None = None, key: bytes | None = None
@@ -230,7 +229,9 @@ class LevelDBStore:
         hit, value = self._overlay.get(key)
         if hit:
             return value
-        if not self._keys.might_contain(key):
+        if not self._keys.might_contain(key) and (
+            self._keys_complete or (self._keys_cursor is not None and key <= self._keys_cursor)
+        ):
             return None
         self._require_open()
         try:
@@ -242,10 +243,10 @@ class LevelDBStore:
     def verify_page(self, start_after: bytes | None, keys_max: int) -> bytes | None:
         """Read (and so verify) the blocks of up to keys_max durable keys after start_after,
         without filling the block cache: one step of a scrub. The last key read, or None when
-        the store ends here. Raises StoreDamaged when a block fails its checksum."""
+        the store ends here. Raises StoreDamaged when a block fails its checksum. A page that
+        starts within what the KeyFilter covers adds its keys to it and moves its cursor."""
         self._require_open()
-        last: bytes | None = None
-        count = 0
+        page: list[bytes] = []
         try:
             with self._db.iterator(
                 start=start_after,
@@ -255,13 +256,27 @@ class LevelDBStore:
                 fill_cache=False,
             ) as keys:
                 for key in keys:
-                    last = key
-                    count += 1
-                    if count >= keys_max:
-                        return last
+                    page.append(key)
+                    if len(page) >= keys_max:
+                        break
         except plyvel.Error as exc:
-            raise self._damaged(exc, after=last or start_after) from None
-        return None
+            raise self._damaged(exc, after=page[-1] if page else start_after) from None
+        last = page[-1] if len(page) >= keys_max else None
+        cursor = self._keys_cursor
+        if not self._keys_complete and (
+            start_after is None or (cursor is not None and start_after <= cursor)
+        ):
+            self._keys.add_many(page)
+            if last is None:
+                self._keys_complete = True
+            elif cursor is None or last > cursor:
+                self._keys_cursor = last
+        return last
+
+    @property
+    def key_filter_complete(self) -> bool:
+        """Whether the KeyFilter covers every key (the first scrub has passed the whole store)."""
+        return self._keys_complete
 
     def _require_open(self) -> None:
         if not self._db_open:
@@ -369,7 +384,7 @@ class LevelDBStore:
             self._db.close()
             self._db_open = False
         try:
-            self._db = _open_leveldb(str(self._path), paranoid=False)
+            self._db = open_leveldb(str(self._path), paranoid=False)
         except plyvel.CorruptionError as exc:
             raise self._damaged(exc) from None
         except Exception as exc:
