@@ -9,10 +9,11 @@ write (the production token maker, sealer and record encoder: tokens.py, sealing
 records.py); a sample of them is then detokenized through the API and must come back. Then:
 - start-up: from `tokenvault node` process start to GET /readyz 200, per peer, both clusters;
 - memory: VmRSS of every peer (/proc/PID/status) after start and after the load;
-- rate: wrk (`/work/shared/perf/tv_tokenize.lua`, 100 records per request, 64 connections, one
-  peer) alternately against the empty and the full cluster, --rounds times, with the peers' CPU
-  seconds (utime+stime) per 1,000 keys, the figure that moves least with a shared machine.
-A progress line per step; a table at the end. Needs wrk. A benchmark, not a test.
+- rate: `tokenvault bench`'s load generator (wrk where installed, with its tv_tokenize
+  script; 100 records per request, 64 connections, one peer) alternately against the empty and
+  the full cluster, --rounds times, with the peers' CPU seconds (utime+stime) per 1,000 keys,
+  the figure that moves least with a shared machine.
+A progress line per step; a table at the end. A benchmark, not a test.
 
 Example: python bench/scale_bench.py --dir /work/scale-data --mappings 5000000
 """
@@ -26,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,9 @@ from typing import cast
 
 import httpx
 
-from tokenvault.cli.peer_processes import peer_command
+from tokenvault.cli.bench.load import Load, choose_generator, run_load
+from tokenvault.cli.bench.workloads import Shape
+from tokenvault.cli.peer_processes import StopSignals, peer_command
 from tokenvault.cluster_init import init_cluster
 from tokenvault.config import load_config
 from tokenvault.quorum.merkle import OwnerDigests
@@ -50,7 +54,6 @@ SAMPLE = 100  # loaded tokens detokenized through the API
 SETTLE_MAX_S = 300.0  # waiting for the full peers' background builds, at most
 IDLE_CORES = 0.1  # a peer below this is taken as done with its background builds
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-WRK_SCRIPT = Path("/work/shared/perf/tv_tokenize.lua")
 
 
 def progress(text: str) -> None:
@@ -255,27 +258,26 @@ def filter_costs(path: Path, absent_reads: int = 100_000) -> dict[str, float]:
 
 
 def wrk(bench: Bench, seconds: int) -> dict[str, float]:
-    """One wrk run of 100-record tokenizes against the first peer; keys/s and CPU per 1k keys."""
-    environment = {**os.environ, "BATCH": "100", "KEY": bench.key}
-    cpu_before = bench.cpu_s()
-    url = bench.url(bench.peers[0]) + "/v1/tokenize"
-    finished = subprocess.run(
-        ["wrk", "-t1", "-c64", f"-d{seconds}s", "-s", str(WRK_SCRIPT), url],
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=True,
+    """One run of 100-record tokenizes against the first peer (`tokenvault bench`'s generator:
+    wrk where installed); keys/s and CPU per 1k keys."""
+    load = Load(
+        shape=Shape.TOKENVAULT_TOKENIZE,
+        batch=100,
+        urls=[bench.url(bench.peers[0])],
+        connections=64,
+        seconds=seconds,
+        environment={"KEY": bench.key},
     )
+    cpu_before = bench.cpu_s()
+    with StopSignals() as stop, tempfile.TemporaryDirectory() as work_dir:
+        figure = run_load(load, choose_generator("auto"), stop, Path(work_dir))
     cpu_s = bench.cpu_s() - cpu_before
-    line = next(x for x in finished.stdout.splitlines() if x.startswith("RESULT"))
-    fields = dict(item.split("=") for item in line.split()[1:])
-    keys = max(1.0, float(fields["ok"]) * 100)
     return {
-        "keys_s": float(fields["keys_s"]),  # of requests answered 200
-        "p99_ms": float(fields["p99_ms"]),
-        "cpu_ms_per_1k_keys": 1e6 * cpu_s / keys,
-        "not_ok": float(fields["not_ok"]),  # answered, not 200 (503: overloaded)
-        "errors": float(fields["errors"]),  # wrk's own: its 2 s timeout, mostly
+        "keys_s": figure.keys_per_s,  # of requests answered 200
+        "p99_ms": figure.p99_ms,
+        "cpu_ms_per_1k_keys": 1e6 * cpu_s / max(1.0, figure.ok * 100.0),
+        "not_ok": float(figure.not_ok),  # answered, not 200 (503: overloaded)
+        "errors": float(figure.errors),  # the generator's own: timeouts, mostly
     }
 
 
