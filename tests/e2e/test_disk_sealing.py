@@ -164,13 +164,22 @@ def test_a_flipped_bit_is_never_answered_and_the_replica_is_repaired(
             assert answer.status_code == 200, answer.text
             (result,) = answer.json()["results"]
             assert result["found"] and result["value"] == value
+    if flip is flip_in_table_file:  # found by a read or by the first scrub, which may be later
+        wait_for(
+            f"{victim} finds the flip (store_damaged or mapping_repaired)",
+            lambda: any(
+                e["event"] in ("store_damaged", "mapping_repaired")
+                for e in cluster.log_events(victim)
+            ),
+            REPAIR_DEADLINE_S,
+        )
     damaged_lines = [e for e in cluster.log_events(victim) if e["event"] == "store_damaged"]
     if flip is flip_in_table_file and damaged_lines:
         # In a table file LevelDB's block checksum usually sees the flip before the record's
-        # tag: the verified open finds the table damaged, moves the store aside and starts an
-        # empty one, which the replicas refill (docs/operations.md, Damaged stores). Where the
-        # flip escapes the block checksum (CI met one such run), the record's tag catches it
-        # and the repair below is what must happen.
+        # tag: a checksum-verified read or the first scrub finds the table damaged, moves the
+        # store aside and starts an empty one, which the replicas refill (docs/operations.md,
+        # Damaged stores). Where the flip escapes the block checksum (CI met one such run),
+        # the record's tag catches it and the repair below is what must happen.
         [damaged] = damaged_lines
         assert damaged["reason"] == "block checksum mismatch"
         assert str(damaged["file"]).endswith(".ldb")
