@@ -167,16 +167,17 @@ class Coalescer:
                         waiting.woken.set()
 
     def _merge(self, operations: list[Mergeable]) -> Mergeable:
+        """One operation of a group's (a lane holds one kind and one owner)."""
         first = operations[0]
         op_id = self._new_op_id()
         if isinstance(first, Tokenize):
-            items = tuple(
-                item for operation in operations for item in _tokenize_of(operation).items
-            )
+            tokenizes = [o for o in operations if isinstance(o, Tokenize)]
+            assert len(tokenizes) == len(operations), "a lane holds one kind"
+            items = tuple(item for o in tokenizes for item in o.items)
             return Tokenize(op_id=op_id, owner=first.owner, items=items)
-        tokens = tuple(
-            dict.fromkeys(t for operation in operations for t in _detokenize_of(operation).tokens)
-        )
+        reads = [o for o in operations if isinstance(o, Detokenize)]
+        assert len(reads) == len(operations), "a lane holds one kind"
+        tokens = tuple(dict.fromkeys(t for o in reads for t in o.tokens))
         return Detokenize(op_id=op_id, owner=first.owner, tokens=tokens)
 
 
@@ -206,13 +207,3 @@ def _share(answer: ClientAnswer, operation: Mergeable, offset: int) -> ClientAns
 
 def _items_of(operation: Mergeable) -> int:
     return len(operation.items) if isinstance(operation, Tokenize) else len(operation.tokens)
-
-
-def _tokenize_of(operation: Mergeable) -> Tokenize:
-    assert isinstance(operation, Tokenize)
-    return operation
-
-
-def _detokenize_of(operation: Mergeable) -> Detokenize:
-    assert isinstance(operation, Detokenize)
-    return operation
