@@ -5,7 +5,9 @@ Rules:
   line about an owner always names an epoch: the one the change is about, else the owner's
   active epoch as this peer knows it.
 - Levels: error for safety and integrity alarms, warning for failures an operator should see
-  (a quorum not reached, a peer down, a hint dropped, an epoch operation failed), info else.
+  (a quorum not reached, a peer down, a hint dropped, an epoch operation failed), info else; a
+  peer held down that was never heard from since this one started (`never_heard`: the peers of
+  a cluster start one by one) is info.
 - Values, tokens in full and keys are never logged: callers pass counts, ids and prefixes only.
 - The common outcomes of a write (`BATCHED_EVENTS`: a mapping stored, or found identical) are one
   line per step and (event, owner, epoch), not one per request: `count` sums their mappings,
@@ -106,7 +108,7 @@ class EventLog:
         """One core event; `active_epoch` is named when the event names no epoch of its own."""
         self.emit(
             event.name,
-            level=level_of(event.name),
+            level=level_of(event.name, event.details),
             owner=event.owner,
             epoch=event.epoch or active_epoch,
             request_id=event.request_id,
@@ -141,11 +143,11 @@ class EventLog:
             self._write(name, level_of(name), owner, epoch, ids[0], details)
 
 
-def level_of(event_name: str) -> str:
+def level_of(event_name: str, details: tuple[tuple[str, object], ...] = ()) -> str:
     """The level of a core event's line (module rules)."""
     if event_name in ALARM_EVENTS or "conflict" in event_name:
         return "error"
-    if event_name in WARNING_EVENTS:
+    if event_name in WARNING_EVENTS and ("never_heard", True) not in details:
         return "warning"
     return "info"
 

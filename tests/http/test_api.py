@@ -215,4 +215,6 @@ async def test_the_cluster_fingerprint_is_still_checked(tmp_path: Path) -> None:
         answer = await n1.post(dict(other.headers("POST", PEER_MESSAGES_PATH, body)), body)
         assert answer.status == 400
         assert b"configuration differs" in answer.body
-        assert n1.events("config_mismatch") and not n1.events("peer_auth_refused")
+        alarms = n1.events("config_mismatch")
+        assert alarms and not n1.events("peer_auth_refused")
+        assert alarms[0]["sender"] == "n2" and alarms[0]["theirs"] == "f" * 32

@@ -83,13 +83,18 @@ def synced(peer: Peer) -> Step:
 
 
 def recovering_peer() -> tuple[Peer, list[tuple[str, AeSummary]]]:
-    """p1 on an empty store; p2 remembers another store for it: p1 lost its disk. Also the
-    anti-entropy summaries it sent so far (their passes wait for an answer)."""
+    """p1 on an empty store; p2 and p3 remember another store for it: p1 lost its disk. Also
+    the anti-entropy summaries it sent so far (their passes wait for an answer; a pass starts
+    only with a peer heard from since p1 started)."""
     peer = Peer(store=MemoryStore())
     first = synced(peer)
     step = peer.settle(peer.receive("p2", heartbeat("p2", OLD_ID)))
     assert peer.core.recovery.phase.value == "recovering"
-    return peer, summaries(first) + summaries(step)
+    third = peer.settle(peer.receive("p3", heartbeat("p3", OLD_ID)))
+    assert not summaries(first)  # nobody heard from yet: no pass started
+    peer.now += 0.5  # the next tick: both heard, the refill's passes start
+    ticked = synced(peer)
+    return peer, summaries(step) + summaries(third) + summaries(ticked)
 
 
 def summaries(step: Step) -> list[tuple[str, AeSummary]]:

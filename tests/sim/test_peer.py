@@ -264,7 +264,7 @@ def test_routing_follows_node_py() -> None:
     h.deliver(6.0, Decide(op_id="r-9", owner=OWNER, value=value))
     h.run(until_s=7.0)
     log = [line.text for line in h.engine.log()]
-    assert "event p1 peer_down op= target=p2 was=suspect" in log
+    assert "event p1 peer_down op= target=p2 was=suspect never_heard=True" in log
     assert "event p1 peer_up op= target=p2 was=down" in log
     # p3 stays silent: down; p2 came back with its heartbeat.
     assert "p3" in h.peer.down_peers() and "p2" not in h.peer.down_peers()

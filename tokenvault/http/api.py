@@ -323,7 +323,9 @@ class PublicApi:
             raise self._peer_refused(head.client, error, "head") from None
         fingerprint = head.headers.get(CLUSTER_FINGERPRINT_HEADER, "")
         if fingerprint != self._node.cluster_fingerprint:
-            self._config_mismatch.refused(head.client.rpartition(":")[0], fingerprint)
+            self._config_mismatch.refused(
+                credential.sender, head.client.rpartition(":")[0], fingerprint
+            )
             raise InvalidRequest(
                 "The batch comes from a peer whose cluster configuration differs from this "
                 "peer's (peers, quorums, vnodes or owners' fields)."

@@ -3,7 +3,8 @@ foreign cluster.toml): the peer endpoint refuses them, and this says so to an op
 
 Rules: every refusal is counted; at most one `config_mismatch` line (level error) per sender per
 `CONFIG_MISMATCH_LOG_INTERVAL_S`, remembering at most `CONFIG_MISMATCH_SENDERS_MAX` senders. The
-line names the sender's address and both fingerprints (a malformed one is not echoed).
+line names the sending peer (its id, authenticated by the batch's signature), its address, and
+both fingerprints (a malformed one is not echoed).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class ConfigMismatchAlarm:
             clock_s=trio.current_time,
         )
 
-    def refused(self, sender: str, fingerprint: str) -> None:
+    def refused(self, sender: str, address: str, fingerprint: str) -> None:
         self._metrics.inc("tokenvault_config_mismatches_total")
         if self._throttle.allow(sender) is None:
             return
@@ -39,6 +40,7 @@ class ConfigMismatchAlarm:
             "config_mismatch",
             level="error",
             sender=sender,
+            address=address,
             theirs=fingerprint if _FINGERPRINT.fullmatch(fingerprint) else "missing-or-malformed",
             ours=self._ours,
         )

@@ -32,6 +32,9 @@ equal digests, or every differing window compared and the partner pushed nothing
 AeKeysReply says in `pushed`).
 Whatever a pass leaves undone still differs and is taken up by a later pass, at once after a
 pass that repaired something, else after `pass_interval_s` (the throttle of a quiet cluster).
+A pass starts only with a partner the peer core offers (not held down, and heard from since this
+peer started: a pass with a peer still starting would only time out); when no pair can start,
+the next tick asks again.
 A busy owner (its count here changed within `busy_window_s`) is compared at most once per
 `busy_pass_interval_s` per partner: under a steady stream of writes two replicas' digests
 always differ by the writes in flight, which the coordinator and hinted handoff deliver anyway,
@@ -200,7 +203,6 @@ class AntiEntropy:
             self._end_pass(current, now, "timed_out", effects)
         if self._pairs is None or now < self._next_pass_at:
             return effects
-        self._next_pass_at = now + self._limits.pass_interval_s
         for _ in range(self._pair_count):
             owner, partner = next(self._pairs)
             # An owner whose digests are still being built (merkle.py) is compared later.
@@ -208,7 +210,8 @@ class AntiEntropy:
             if partner not in down and ready and not self._deferred(owner, partner, now):
                 break
         else:
-            return effects
+            return effects  # no pair can start now: asked again at the next tick
+        self._next_pass_at = now + self._limits.pass_interval_s
         self._pair_passed_at[(owner, partner)] = now
         op_id = f"{AE_OP_PREFIX}{self._peer_id}:{next(self._sequence)}"
         self._current = _Pass(

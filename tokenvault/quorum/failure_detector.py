@@ -3,7 +3,9 @@
 Theory of operation: every peer sends a Heartbeat to every other peer each
 `heartbeat_interval_s`; any message from a peer counts as a sign of life. A peer silent for
 `suspect_after_s` is suspect, for `down_after_s` down; a sign of life makes it up again at once.
-Transitions are reported as events with the time they happened, so an operator sees when.
+Transitions are reported as events with the time they happened, so an operator sees when; a
+transition of a peer not heard from since this one started says so (`never_heard`): at a
+cluster's start the peers come up one by one, and that is not an outage.
 
 Rules: the view is advisory. Coordinators use it to stop waiting for replicas that are down (a
 write that cannot reach W live replicas fails at once instead of at its deadline), and hinted
@@ -72,6 +74,10 @@ class FailureDetector:
     def is_down(self, peer: str) -> bool:
         return self.state(peer) is PeerState.DOWN
 
+    def never_heard(self) -> frozenset[str]:
+        """Peers not heard from since this peer started."""
+        return frozenset(p for p, view in self._views.items() if view.last_heard is None)
+
     def heard_from(self, peer: str, now: float) -> Effects:
         """Any message from `peer` is a sign of life."""
         view = self._views.get(peer)
@@ -99,7 +105,10 @@ class FailureDetector:
             else:
                 target = PeerState.UP
             if target is not view.state and target is not PeerState.UP:
-                effects.events.append(self._transition(peer, view.state, target, now))
+                never_heard = view.last_heard is None
+                effects.events.append(
+                    self._transition(peer, view.state, target, now, never_heard=never_heard)
+                )
                 self._views[peer] = PeerView(
                     peer=peer, state=target, since=now, last_heard=view.last_heard
                 )
@@ -109,5 +118,10 @@ class FailureDetector:
             )
         return effects
 
-    def _transition(self, peer: str, old: PeerState, new: PeerState, now: float) -> Event:
-        return Event(name=f"peer_{new.value}", details=(("target", peer), ("was", old.value)))
+    def _transition(
+        self, peer: str, old: PeerState, new: PeerState, now: float, *, never_heard: bool = False
+    ) -> Event:
+        details: tuple[tuple[str, str | int], ...] = (("target", peer), ("was", old.value))
+        if never_heard:
+            details += (("never_heard", True),)
+        return Event(name=f"peer_{new.value}", details=details)

@@ -342,6 +342,11 @@ class PeerCore:
     def down_peers(self) -> frozenset[str]:
         return frozenset(v.peer for v in self.failure_detector.views() if v.state is PeerState.DOWN)
 
+    def _not_partners(self) -> frozenset[str]:
+        """Peers anti-entropy does not start a pass with: those held down, and those not heard
+        from since this peer started (a pass with a peer still starting would only time out)."""
+        return self.down_peers() | self.failure_detector.never_heard()
+
     def _unusable_replicas(self) -> frozenset[str]:
         """Replicas an operation should not count on: those held down, and this peer's own
         while it recovers (it refuses reads and writes: ask the others first)."""
@@ -652,11 +657,12 @@ class PeerCore:
         down = self.down_peers()
         self._call(step, "hints", "tick", lambda: self.hints.tick(now, down))
         if self.limits.anti_entropy_enabled:
+            unheard = self._not_partners()
             self._call(
                 step,
                 "anti_entropy",
                 "tick",
-                lambda: self._anti_entropy_call(lambda: self.anti_entropy.tick(now, down), now),
+                lambda: self._anti_entropy_call(lambda: self.anti_entropy.tick(now, unheard), now),
             )
         self._call(step, "recovery", "tick", lambda: self.recovery.tick(now), from_storage=True)
         self._check_recovered(step, now)
@@ -746,7 +752,7 @@ class PeerCore:
         if last is not None:
             self.recovery.on_pass(last.owner, last.partner, last.nothing_missing)
         if self.anti_entropy.urgent and self.limits.anti_entropy_enabled:
-            effects.extend(self.anti_entropy.tick(now, self.down_peers()))
+            effects.extend(self.anti_entropy.tick(now, self._not_partners()))
         return effects
 
     def _check_recovered(self, step: Step, now: float) -> None:
