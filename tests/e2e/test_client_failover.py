@@ -9,10 +9,15 @@ the next peer of cluster.toml.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Cluster
+from tests.e2e.harness import Cluster, running_cluster
 from tokenvault.cli import main
 from tokenvault.client import AsyncClient, AttemptReport, Client, NotFound
 
@@ -94,3 +99,53 @@ async def test_the_python_client_fails_over_the_same_way(cluster: Cluster, kille
         assert [f.value for f in found] == [f"{i}@example.com" for i in range(2_100)]
         assert (await async_client.epoch()).owner == "bob"
         assert async_client.last_peer != cluster.url(killed)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_blocks(language: str, section: str) -> list[str]:
+    """The ```language blocks of a README section (from its heading to the next one)."""
+    text = README.read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(rf"```{language}\n(.*?)```", text[start:end], flags=re.DOTALL)
+
+
+def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
+    """The Python client's examples, and the curl example, with the cluster's ports in place of
+    7401-7403 and the cluster's first peer SIGKILLed: they work from the directory where
+    `tokenvault up` made tokenvault-cluster."""
+    with running_cluster(tmp_path / "tokenvault-cluster") as cluster:
+        cluster.kill("n1")
+        ports = {f"127.0.0.1:740{i}": cluster.url(f"n{i}")[len("http://") :] for i in (1, 2, 3)}
+        outputs = []
+        blocks = readme_blocks("python", "Python client")
+        assert len(blocks) == 3
+        for block in blocks:
+            for example, real in ports.items():
+                block = block.replace(example, real)
+            completed = subprocess.run(
+                [sys.executable, "-c", block],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert completed.returncode == 0, completed.stderr
+            outputs.append(completed.stdout)
+        assert "123-45-6789\nssn\nTrue\n404 not_found No such token.\n" in outputs[0]
+        assert outputs[1] == "2500 3\n"
+        assert f"answered by http://{ports['127.0.0.1:7402']}" in outputs[2]
+        assert cluster.owner_keys["alice"] not in "".join(outputs)
+
+        if shutil.which("curl") is None:
+            pytest.skip("curl is not installed: the README's curl example was not run")
+        (shell,) = [b for b in readme_blocks("sh", "Use it") if "curl" in b]
+        shell = shell.replace("127.0.0.1:7401", ports["127.0.0.1:7402"])
+        completed = subprocess.run(
+            ["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert json.loads(completed.stdout)["records"][0]["note"] == "left as is"
