@@ -611,3 +611,27 @@ def test_every_command_has_a_description() -> None:
         "sim",
     }
     assert [name for name, text in described.items() if not text or len(text) < 20] == []
+
+
+def test_status_fails_over_for_the_ring_and_probes_a_dead_peer_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(tmp_path) == 0
+    capsys.readouterr()
+    peer = DeadFirstPeer()
+    ring = {
+        "peer": "n2",
+        "peers": [
+            {"id": f"n{i}", "address": f"127.0.0.1:740{i}", "state": "up" if i > 1 else "down"}
+            for i in (1, 2, 3)
+        ],
+    }
+    peer.answers["GET", "/v1/ring"] = httpx.Response(200, json=ring)
+    peer.answers["GET", "/v1/admin/node"] = httpx.Response(200, json={"peer": "n2", "owners": []})
+
+    assert main(["status", "--dir", str(tmp_path)], transport=peer.transport()) == 0
+
+    asked = [(r.url.port, r.url.path) for r in peer.requests]
+    assert asked[:2] == [(7401, "/v1/ring"), (7402, "/v1/ring")]
+    assert asked.count((7401, "/v1/admin/node")) == 2  # once for "first", once as n1's probe
+    assert "unreachable" in capsys.readouterr().out

@@ -6,7 +6,8 @@ Rules:
   connection errors, timeouts and 503 (bounded attempts, backoff with jitter, Retry-After
   honoured), each attempt with a REQUEST_TIMEOUT_S timeout; the key as a Bearer token; HTTPS
   checked with the target's CA. Whether a request may be sent twice is the library's rule
-  (calls.py); a raw request of status.py (`request_json`) is retried only if it is a GET.
+  (calls.py). A raw request of status.py (`request_json`) makes one attempt per peer of its
+  target (a probe of one peer fails as fast as one request), and is retried only if a GET.
 - Only a 2xx answer with a JSON body is an answer; anything else (no peer answered, an error
   status, a body that is not JSON) is a CliError with exit code 1, whose line carries the
   status, the API's error code and message, and its Retry-After.
@@ -25,6 +26,7 @@ import httpx
 from tokenvault.cli.exits import EXIT_OK, CliError, print_error
 from tokenvault.cli.target import Target
 from tokenvault.client import AttemptReport, Call, Client, Retry, RetryPolicy, TokenvaultError
+from tokenvault.client.failover import ATTEMPTS_MAX_DEFAULT
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -39,13 +41,19 @@ def print_answer(answer: Any) -> None:
     print(json.dumps(answer, indent=2, ensure_ascii=False))
 
 
-def send(target: Target, request: Call, transport: httpx.BaseTransport | None) -> Any:
+def send(
+    target: Target,
+    request: Call,
+    transport: httpx.BaseTransport | None,
+    *,
+    attempts_max: int = ATTEMPTS_MAX_DEFAULT,
+) -> Any:
     """The JSON answer of a 2xx response; CliError for anything else."""
     with Client(
         target.urls,
         target.key,
         verify=target.verify(),
-        policy=RetryPolicy(timeout_s=REQUEST_TIMEOUT_S),
+        policy=RetryPolicy(attempts_max=attempts_max, timeout_s=REQUEST_TIMEOUT_S),
         transport=transport,
         on_attempt=_print_attempt if target.verbose else None,
     ) as client:
@@ -62,9 +70,11 @@ def request_json(
     body: bytes | None,
     transport: httpx.BaseTransport | None,
 ) -> Any:
-    """The JSON answer of a 2xx response; CliError for anything else."""
+    """The JSON answer of a 2xx response; CliError for anything else. One attempt per peer of
+    the target: a probe of one peer (`Target.at`) is one attempt, as quick to fail as before."""
     retry = Retry.ALWAYS if method == "GET" else Retry.IF_UNSENT
-    return send(target, Call(method, path, body, retry), transport)
+    call = Call(method, path, body, retry)
+    return send(target, call, transport, attempts_max=len(target.urls))
 
 
 def _print_attempt(report: AttemptReport) -> None:

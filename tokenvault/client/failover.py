@@ -29,7 +29,17 @@ import enum
 import random
 from dataclasses import dataclass, field
 
-__all__ = ["Failover", "Failure", "FailureKind", "NextAttempt", "Retry", "RetryPolicy"]
+__all__ = [
+    "ATTEMPTS_MAX_DEFAULT",
+    "Failover",
+    "Failure",
+    "FailureKind",
+    "NextAttempt",
+    "Retry",
+    "RetryPolicy",
+]
+
+ATTEMPTS_MAX_DEFAULT = 5
 
 
 class Retry(enum.Enum):
@@ -47,7 +57,7 @@ class FailureKind(enum.Enum):
 class RetryPolicy:
     """The limits of one request's attempts (defaults: docs/api.md, "Python client")."""
 
-    attempts_max: int = 5
+    attempts_max: int = ATTEMPTS_MAX_DEFAULT
     timeout_s: float = 10.0  # per attempt: connect, send, and wait for the answer
     connect_timeout_s: float = 3.0
     backoff_base_s: float = 0.1
