@@ -104,13 +104,30 @@ def test_second_init_exits_1_and_changes_nothing(
     assert (tmp_path / "keys.json").read_bytes() == before
 
 
-def test_init_with_more_replicas_than_nodes_exits_1_and_writes_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--replicas", "5"],
+        ["--owners", "alice,alice"],
+        ["--owners", "no spaces"],
+        ["--write-quorum", "1"],
+    ],
+)
+def test_init_with_bad_parameters_exits_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: list[str]
 ) -> None:
+    """Bad usage is exit code 2, as docs/api.md says (it was 1: issue 13, item 8)."""
     directory = tmp_path / "cluster"
-    assert _init(directory, "--replicas", "5") == 1
-    assert "replicas" in capsys.readouterr().err
+    assert _init(directory, *bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tokenvault: init: ") and err.count("\n") == 1
     assert not directory.exists()
+
+
+def test_init_with_too_many_nodes_or_ports_out_of_range_exits_2(tmp_path: Path) -> None:
+    assert main(["init", "--nodes", "300", "--base-port", "7400", "--dir", str(tmp_path)]) == 2
+    assert main(["init", "--nodes", "3", "--base-port", "65534", "--dir", str(tmp_path)]) == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_init_with_a_non_number_exits_2(tmp_path: Path) -> None:
@@ -203,8 +220,10 @@ def test_detokenize_rotate_epoch_and_ring_requests(peer: FakePeer) -> None:
 
 
 def test_error_answer_prints_its_message_and_exits_1(
-    peer: FakePeer, capsys: pytest.CaptureFixture[str]
+    peer: FakePeer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr("time.sleep", sleeps.append)
     error = {"error": {"code": "unavailable", "message": "Too few replicas answered in time."}}
     peer.answers["GET", "/v1/epoch"] = httpx.Response(503, json=error, headers={"Retry-After": "2"})
 
@@ -215,6 +234,21 @@ def test_error_answer_prints_its_message_and_exits_1(
     assert captured.out == ""
     assert "503 unavailable: Too few replicas answered in time." in captured.err
     assert "retry after 2 s" in captured.err
+    assert captured.err.count("\n") == 1
+    # a 503 is retried, as the library's policy says: 5 attempts, each after its Retry-After
+    assert len(peer.requests) == 5
+    assert len(sleeps) == 4 and all(1.9 < s <= 2.0 for s in sleeps)
+
+
+def test_a_client_error_answer_is_not_retried(
+    peer: FakePeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = {"error": {"code": "unauthenticated", "message": "The key is not known."}}
+    peer.answers["GET", "/v1/epoch"] = httpx.Response(401, json=error)
+
+    assert main(["epoch", "--url", "h:1", "--key", "k"], transport=peer.transport()) == 1
+    assert len(peer.requests) == 1
+    assert "401 unauthenticated: The key is not known." in capsys.readouterr().err
 
 
 def test_dir_picks_the_first_peer_and_the_chosen_key(tmp_path: Path, peer: FakePeer) -> None:
@@ -407,3 +441,197 @@ def test_status_names_why_a_serving_peer_is_not_ready() -> None:
     full = {"state": "serving", "ready": False, "readiness": "disk_full"}
     assert _serving_text(full) == "serving, not ready: disk_full"
     assert _serving_text({"state": "serving", "ready": True, "readiness": "serving"}) == "serving"
+
+
+# -- failover, verbose, fields the owner lacks (issue 13) ---------------------------------------
+
+
+class DeadFirstPeer(FakePeer):
+    """Port 7401 refuses connections (or times out); the other peers answer like FakePeer."""
+
+    def __init__(self, failure: type[httpx.TransportError] = httpx.ConnectError) -> None:
+        super().__init__()
+        self.failure = failure
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.port == 7401:
+            self.requests.append(request)
+            raise self.failure("[Errno 111] Connection refused", request=request)
+        return super()._handle(request)
+
+
+def test_dir_tries_every_peer_in_turn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("time.sleep", lambda _: None)
+    assert _init(tmp_path) == 0
+    capsys.readouterr()
+    peer = DeadFirstPeer()
+    commands = [
+        ["tokenize", "v"],
+        ["detokenize", "tok_a"],
+        ["rotate", "--expected-epoch", "1"],
+        ["rotate"],  # never sent to 7401: safe to send elsewhere
+        ["epoch"],
+        ["ring"],
+        ["ring", "--owner", "bob", "--admin"],
+    ]
+    peer.answers["POST", "/v1/tokenize"] = httpx.Response(
+        200, json={"epoch": 1, "fields_left": [], "records": [{"ssn": "tok_v"}]}
+    )
+    for command in commands:
+        assert main([*command, "--dir", str(tmp_path)], transport=peer.transport()) == 0, command
+    ports = [r.url.port for r in peer.requests]
+    assert ports == [7401, 7402] * len(commands)
+    assert capsys.readouterr().err == ""  # quiet without -v
+
+
+def test_verbose_says_which_peer_answered_and_which_attempts_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("time.sleep", lambda _: None)
+    assert _init(tmp_path) == 0
+    capsys.readouterr()
+    assert main(["epoch", "--dir", str(tmp_path), "-v"], transport=DeadFirstPeer().transport()) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("tokenvault: attempt 1: cannot connect to http://127.0.0.1:7401: ")
+    assert err[0].endswith("next attempt: http://127.0.0.1:7402 in 0.0 s")
+    assert err[1] == "tokenvault: attempt 2: http://127.0.0.1:7402 answered"
+    keys = load_keys(tmp_path / "keys.json")
+    assert keys.owners["alice"] not in "".join(err)
+
+
+def test_a_blind_rotate_is_not_sent_again_after_a_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(tmp_path) == 0
+    peer = DeadFirstPeer(httpx.ReadTimeout)
+    assert main(["rotate", "--dir", str(tmp_path)], transport=peer.transport()) == 1
+    assert [r.url.port for r in peer.requests] == [7401]
+    assert "no answer from http://127.0.0.1:7401 within 10 s" in capsys.readouterr().err
+    assert (
+        main(
+            ["rotate", "--dir", str(tmp_path), "--expected-epoch", "2"], transport=peer.transport()
+        )
+        == 0
+    )
+    assert [r.url.port for r in peer.requests] == [7401, 7401, 7402]
+
+
+@pytest.mark.parametrize("who", [["--owner", "bob"], ["--key", "BOB"]])
+def test_tokenize_refuses_a_field_the_owner_lacks_before_sending(
+    tmp_path: Path, peer: FakePeer, capsys: pytest.CaptureFixture[str], who: list[str]
+) -> None:
+    assert _init(tmp_path) == 0
+    capsys.readouterr()
+    who = [load_keys(tmp_path / "keys.json").owners["bob"] if w == "BOB" else w for w in who]
+    code = main(
+        ["tokenize", "--dir", str(tmp_path), *who, "--field", "phone", "555-1234"],
+        transport=peer.transport(),
+    )
+    assert code == 2
+    captured = capsys.readouterr()
+    assert peer.requests == [] and captured.out == ""
+    assert "owner bob has no field 'phone'" in captured.err
+    assert "card_number, email, ssn" in captured.err and "555-1234" not in captured.err
+
+
+def test_tokenize_with_url_only_refuses_an_answer_that_left_the_field_as_given(
+    peer: FakePeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    peer.answers["POST", "/v1/tokenize"] = httpx.Response(
+        200, json={"epoch": 1, "fields_left": ["phone"], "records": [{"phone": "555-1234"}]}
+    )
+    code = main(
+        ["tokenize", "--url", "h:1", "--key", "k", "--field", "phone", "555-1234"],
+        transport=peer.transport(),
+    )
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the value is not printed as if it were a token
+    assert "field 'phone' is not configured" in captured.err and "555-1234" not in captured.err
+
+
+def test_a_raw_body_s_fields_left_are_named_on_stderr(
+    peer: FakePeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = {"epoch": 1, "fields_left": ["note"], "records": [{"ssn": "tok_a", "note": "x"}]}
+    peer.answers["POST", "/v1/tokenize"] = httpx.Response(200, json=answer)
+    body = '{"records": [{"ssn": "1", "note": "x"}]}'
+    assert (
+        main(["tokenize", "--url", "h:1", "--key", "k", "--json", body], transport=peer.transport())
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == answer
+    assert "fields left as given (not configured for this owner): note" in captured.err
+
+
+# -- friction: version, bare command, help ------------------------------------------------------
+
+
+def test_a_bare_tokenvault_prints_the_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tokenvault") and "tokenize" in out and "--version" in out
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    assert main(["--version"]) == 0
+    assert (
+        capsys.readouterr().out.strip() == f"tokenvault {importlib.metadata.version('tokenvault')}"
+    )
+
+
+def test_every_command_has_a_description() -> None:
+    import argparse
+
+    from tokenvault.cli.parser import build_parser
+
+    commands = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    described = {name: parser.description for name, parser in commands.choices.items()}
+    assert set(described) >= {
+        "init",
+        "node",
+        "up",
+        "tokenize",
+        "detokenize",
+        "rotate",
+        "epoch",
+        "ring",
+        "status",
+        "bench",
+        "renew-certs",
+        "sim",
+    }
+    assert [name for name, text in described.items() if not text or len(text) < 20] == []
+
+
+def test_status_fails_over_for_the_ring_and_probes_a_dead_peer_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _init(tmp_path) == 0
+    capsys.readouterr()
+    peer = DeadFirstPeer()
+    ring = {
+        "peer": "n2",
+        "peers": [
+            {"id": f"n{i}", "address": f"127.0.0.1:740{i}", "state": "up" if i > 1 else "down"}
+            for i in (1, 2, 3)
+        ],
+    }
+    peer.answers["GET", "/v1/ring"] = httpx.Response(200, json=ring)
+    peer.answers["GET", "/v1/admin/node"] = httpx.Response(200, json={"peer": "n2", "owners": []})
+
+    assert main(["status", "--dir", str(tmp_path)], transport=peer.transport()) == 0
+
+    asked = [(r.url.port, r.url.path) for r in peer.requests]
+    assert asked[:2] == [(7401, "/v1/ring"), (7402, "/v1/ring")]
+    assert asked.count((7401, "/v1/admin/node")) == 2  # once for "first", once as n1's probe
+    assert "unreachable" in capsys.readouterr().out

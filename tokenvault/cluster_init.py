@@ -3,7 +3,8 @@ renewing its peers' TLS certificates (`tokenvault renew-certs`).
 
 Rules:
 - Never overwrite: if the directory already holds a cluster.toml, keys.json or secret, or a peer's
-  data directory already holds something, nothing is written and `InitError` says why.
+  data directory already holds something, nothing is written and `InitError` says why
+  (`InitParameterError` when the parameters themselves are invalid).
 - Validate everything before touching the disk; on any error nothing new is left behind.
 - The secret (32 random bytes) and keys.json are created mode 0600 from the first byte: a temporary
   file opened with that mode, fsync'd, then linked into place (a link never replaces a file).
@@ -67,6 +68,10 @@ class InitError(Exception):
     """A new cluster cannot be written: bad parameters, or one is already there."""
 
 
+class InitParameterError(InitError):
+    """The parameters themselves are invalid (bad usage), whatever the directory holds."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InitPeer:
     id: str
@@ -124,7 +129,7 @@ def init_cluster(
         host=host,
     )
     if problem:
-        raise InitError(problem)
+        raise InitParameterError(problem)
     peers = tuple(
         InitPeer(id=f"n{i}", address=f"{host}:{base_port + i}", data_dir=Path("data", f"n{i}"))
         for i in range(1, nodes + 1)

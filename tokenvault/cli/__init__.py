@@ -4,8 +4,10 @@ Rules:
 - `main(argv)` returns the exit code: 0 success, 1 a failure (one line on stderr), 2 bad usage or
   a bad configuration. It never prints a traceback for an expected failure (a CliError).
 - API keys are never printed, except the one in `up`'s copy-paste example, which is its purpose.
+- A bare `tokenvault` prints the help and returns 2; `--version` prints the package's version.
 - Client commands print the peer's JSON answer, indented, on stdout; an error answer's message
-  goes to stderr. Every request has a 10 s timeout.
+  goes to stderr. They are built on the client library (tokenvault.client): with --dir every
+  peer is tried in turn; every attempt has a 10 s timeout.
 - `up` owns the peer processes it starts: it stops every one of them (SIGTERM, then SIGKILL after
   10 s) on SIGINT, SIGTERM or SIGHUP, and on any way out of it.
 
@@ -34,7 +36,11 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["sim"]:
         return _main_sim(arguments)
-    args = _parse(build_parser(), argv)
+    parser = build_parser()
+    if not arguments:  # a bare `tokenvault`: the help, and the exit code of bad usage
+        parser.print_help()
+        return EXIT_USAGE
+    args = _parse(parser, arguments)
     if isinstance(args, int):
         return args
     command: Command = args.run

@@ -1,12 +1,18 @@
-"""One request of a client command to a peer's API: its JSON answer, or one line that says what
-went wrong.
+"""A client command's request to the cluster, through the client library: its JSON answer, or
+one line that says what went wrong.
 
 Rules:
-- Every request has a REQUEST_TIMEOUT_S timeout and sends the key as a Bearer token; a body,
-  when there is one, is sent as application/json. HTTPS is checked with the target's CA.
-- Only a 2xx answer with a JSON body is an answer; anything else (no connection, no answer in
-  time, an error status, a body that is not JSON) is a CliError with exit code 1. An error
-  answer's line carries its status, the API's error code and message, and its Retry-After.
+- Every request goes through tokenvault.client: tried at the target's peers in turn on
+  connection errors, timeouts and 503 (bounded attempts, backoff with jitter, Retry-After
+  honoured), each attempt with a REQUEST_TIMEOUT_S timeout; the key as a Bearer token; HTTPS
+  checked with the target's CA. Whether a request may be sent twice is the library's rule
+  (calls.py). A raw request of status.py (`request_json`) makes one attempt per peer of its
+  target (a probe of one peer fails as fast as one request), and is retried only if a GET.
+- Only a 2xx answer with a JSON body is an answer; anything else (no peer answered, an error
+  status, a body that is not JSON) is a CliError with exit code 1, whose line carries the
+  status, the API's error code and message, and its Retry-After.
+- With -v (target.verbose), every attempt is one line on stderr: which peer answered, or
+  which failed and why, and where the next attempt goes.
 - `call` prints the answer on stdout as indented JSON, non-ASCII left as is.
 """
 
@@ -17,23 +23,44 @@ from typing import Any
 
 import httpx
 
-from tokenvault.cli.exits import EXIT_OK, CliError
+from tokenvault.cli.exits import EXIT_OK, CliError, print_error
 from tokenvault.cli.target import Target
+from tokenvault.client import AttemptReport, Call, Client, Retry, RetryPolicy, TokenvaultError
+from tokenvault.client.failover import ATTEMPTS_MAX_DEFAULT
 
 REQUEST_TIMEOUT_S = 10.0
 
 
-def call(
-    target: Target,
-    method: str,
-    path: str,
-    body: bytes | None,
-    transport: httpx.BaseTransport | None,
-) -> int:
+def call(target: Target, request: Call, transport: httpx.BaseTransport | None) -> int:
     """Sends one request, prints its answer; the exit code."""
-    answer = request_json(target, method, path, body, transport)
-    print(json.dumps(answer, indent=2, ensure_ascii=False))
+    print_answer(send(target, request, transport))
     return EXIT_OK
+
+
+def print_answer(answer: Any) -> None:
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
+
+
+def send(
+    target: Target,
+    request: Call,
+    transport: httpx.BaseTransport | None,
+    *,
+    attempts_max: int = ATTEMPTS_MAX_DEFAULT,
+) -> Any:
+    """The JSON answer of a 2xx response; CliError for anything else."""
+    with Client(
+        target.urls,
+        target.key,
+        verify=target.verify(),
+        policy=RetryPolicy(attempts_max=attempts_max, timeout_s=REQUEST_TIMEOUT_S),
+        transport=transport,
+        on_attempt=_print_attempt if target.verbose else None,
+    ) as client:
+        try:
+            return client.send(request)
+        except TokenvaultError as error:
+            raise CliError(str(error)) from None
 
 
 def request_json(
@@ -43,43 +70,25 @@ def request_json(
     body: bytes | None,
     transport: httpx.BaseTransport | None,
 ) -> Any:
-    """The JSON answer of a 2xx response; CliError for anything else."""
-    headers = {"Authorization": f"Bearer {target.key}", "Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    url = target.url + path
-    try:
-        with httpx.Client(
-            timeout=REQUEST_TIMEOUT_S, transport=transport, verify=target.verify()
-        ) as client:
-            response = client.request(method, url, content=body, headers=headers)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-        reason = str(error) or type(error).__name__
-        raise CliError(f"cannot connect to {target.url}: {reason}") from error
-    except httpx.TimeoutException as error:
-        raise CliError(f"no answer from {target.url} within {REQUEST_TIMEOUT_S:.0f} s") from error
-    except (httpx.HTTPError, httpx.InvalidURL) as error:
-        raise CliError(f"request to {target.url} failed: {error}") from error
-    if not response.is_success:
-        raise CliError(_error_line(response))
-    try:
-        return response.json()
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CliError(f"{target.url} answered {response.status_code} without JSON") from error
+    """The JSON answer of a 2xx response; CliError for anything else. One attempt per peer of
+    the target: a probe of one peer (`Target.at`) is one attempt, as quick to fail as before."""
+    retry = Retry.ALWAYS if method == "GET" else Retry.IF_UNSENT
+    call = Call(method, path, body, retry)
+    return send(target, call, transport, attempts_max=len(target.urls))
 
 
-def _error_line(response: httpx.Response) -> str:
-    """One line for an error answer: its status, code and message (the API's error shape)."""
-    code, message = "", ""
-    try:
-        error = response.json().get("error", {})
-        code, message = str(error.get("code", "")), str(error.get("message", ""))
-    except (AttributeError, UnicodeDecodeError, json.JSONDecodeError):
-        pass
-    line = f"{response.status_code} {code or response.reason_phrase}"
-    if message:
-        line += f": {message}"
-    retry_after = response.headers.get("Retry-After")
-    if retry_after:
-        line += f" (retry after {retry_after} s)"
-    return line
+def _print_attempt(report: AttemptReport) -> None:
+    error, peer = report.error, report.peer
+    if error is None:
+        print_error(f"attempt {report.attempt}: {peer} answered")
+        return
+    if error.status is not None and error.status != 503:
+        print_error(f"attempt {report.attempt}: {peer} answered {error.status} {error.code}")
+        return
+    what = str(error) if error.status is None else f"{peer}: {error}"  # a message names its peer
+    follows = (
+        "no more attempts"
+        if report.next_peer is None
+        else f"next attempt: {report.next_peer} in {report.next_delay_s:.1f} s"
+    )
+    print_error(f"attempt {report.attempt}: {what}; {follows}")

@@ -3,7 +3,8 @@ keys, and writing a new cluster with `init_cluster`.
 
 Rules:
 - A configuration or key file that is missing or invalid is a CliError with exit code 2 (bad
-  configuration); a cluster that cannot be written is a CliError with exit code 1.
+  configuration), as are invalid parameters of a new cluster (bad usage); a cluster that
+  cannot be written (one is already there, a disk error) is a CliError with exit code 1.
 - What `init` wrote is printed as paths and peers only: the API keys never are.
 """
 
@@ -16,7 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tokenvault.cli.exits import EXIT_USAGE, CliError
-from tokenvault.cluster_init import ClusterKeys, InitError, InitResult, load_keys
+from tokenvault.cluster_init import (
+    ClusterKeys,
+    InitError,
+    InitParameterError,
+    InitResult,
+    load_keys,
+)
 from tokenvault.config import ClusterConfig, ConfigError, load_config
 from tokenvault.tls import client_context
 
@@ -48,6 +55,8 @@ def init_errors(directory: Path) -> Iterator[None]:
     """Turns a failure of `init_cluster` into directory into a CliError."""
     try:
         yield
+    except InitParameterError as error:
+        raise CliError(f"init: {error}", EXIT_USAGE) from error
     except InitError as error:
         raise CliError(f"init: {error}") from error
     except OSError as error:

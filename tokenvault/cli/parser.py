@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,19 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenvault",
         description="A distributed token vault: make a cluster, run its peers, use its API.",
+        epilog="`tokenvault COMMAND --help` describes each command.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_cluster_commands(commands)
     _add_client_commands(commands)
     _add_bench_command(commands)
     commands.add_parser(
-        "sim", help="run the deterministic simulator (tokenvault sim --help)", add_help=False
+        "sim",
+        help="run the deterministic simulator (tokenvault sim --help)",
+        description="The deterministic simulator: tokenvault sim --help.",
+        add_help=False,
     )
     return parser
 
 
 def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    init = commands.add_parser("init", help="write a new cluster into a directory")
+    init = commands.add_parser(
+        "init",
+        help="write a new cluster into a directory",
+        description=(
+            "Write a new cluster into DIR: cluster.toml, the secret, keys.json (the API keys,"
+            " mode 0600) and with --tls a private CA and a certificate per peer. Peer i is n<i>"
+            " on 127.0.0.1:(BASE_PORT + i). It never overwrites a cluster (exit code 1); bad"
+            " parameters are exit code 2, and nothing is written."
+        ),
+    )
     init.add_argument("--nodes", type=int, required=True, help="number of peers")
     init.add_argument(
         "--base-port", type=int, required=True, help="peer i listens on BASE_PORT + i"
@@ -76,6 +91,11 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
     renew = commands.add_parser(
         "renew-certs",
         help="issue new TLS certificates for the peers from the cluster's CA (then restart them)",
+        description=(
+            "Issue a new certificate and key for each --peer (every peer by default) from the"
+            " cluster CA, for its address in cluster.toml, and replace its files. Peers read"
+            " them at start: restart each renewed peer, one at a time."
+        ),
     )
     renew.add_argument("--dir", type=Path, required=True, help="a cluster made by init --tls")
     renew.add_argument(
@@ -86,13 +106,28 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     renew.set_defaults(run=renew_certs_command)
 
-    node = commands.add_parser("node", help="run one peer in the foreground")
+    node = commands.add_parser(
+        "node",
+        help="run one peer in the foreground",
+        description=(
+            "Run peer --id of the cluster in --config in the foreground: serve the HTTP API on"
+            " its address, log JSON lines to stderr, recover whatever its data directory holds."
+            " SIGTERM or SIGINT stops it cleanly."
+        ),
+    )
     node.add_argument("--config", type=Path, required=True, help="the cluster.toml")
     node.add_argument("--id", required=True, help="this peer's id in the configuration")
     node.set_defaults(run=node_command)
 
     up = commands.add_parser(
-        "up", help="run a local cluster: init if needed, start every peer, stop all on Ctrl-C"
+        "up",
+        help="run a local cluster: init if needed, start every peer, stop all on Ctrl-C",
+        description=(
+            "The one-command local cluster: init DIR when it holds none (owners alice and bob),"
+            " start every peer as its own process, print a banner with the addresses, the key"
+            " file and a copy-paste example, and stop every peer on Ctrl-C. Run again, it"
+            " reuses DIR and its data."
+        ),
     )
     up.add_argument("--nodes", type=int, help=f"peers of a new cluster ({UP_DEFAULT_NODES})")
     up.add_argument(
@@ -115,7 +150,11 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "tokenize",
         parents=[_connection_options(as_owner)],
         help="replace values by tokens",
-        description="Tokenize one record per VALUE, or send a raw request body.",
+        description=(
+            "Tokenize one record {FIELD: VALUE} per VALUE, or send a raw request body. A FIELD"
+            " the owner has not configured is refused (exit code 2): with --dir before anything"
+            " is sent, else when the answer says the peer left it as given."
+        ),
     )
     source = tokenize.add_mutually_exclusive_group(required=True)
     source.add_argument("values", nargs="*", default=[], metavar="VALUE", help="values to tokenize")
@@ -127,13 +166,24 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     tokenize.set_defaults(run=tokenize_command)
 
     detokenize = commands.add_parser(
-        "detokenize", parents=[_connection_options(as_owner)], help="look tokens up"
+        "detokenize",
+        parents=[_connection_options(as_owner)],
+        help="look tokens up",
+        description="Look up each TOKEN: its value, field and epoch, or found: false.",
     )
     detokenize.add_argument("tokens", nargs="+", metavar="TOKEN")
     detokenize.set_defaults(run=detokenize_command)
 
     rotate = commands.add_parser(
-        "rotate", parents=[_connection_options(as_owner)], help="move the owner to a new epoch"
+        "rotate",
+        parents=[_connection_options(as_owner)],
+        help="move the owner to a new epoch",
+        description=(
+            "Move the owner to a new epoch: new tokens from then on; old tokens still"
+            " detokenize. With --expected-epoch it rotates only from that epoch and is retried"
+            " at other peers like any request; without, it goes to another peer only when the"
+            " first could not be reached at all (sent twice, it could rotate twice)."
+        ),
     )
     rotate.add_argument(
         "--expected-epoch",
@@ -143,7 +193,10 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     rotate.set_defaults(run=rotate_command)
 
     epoch = commands.add_parser(
-        "epoch", parents=[_connection_options(as_owner)], help="show the owner's active epoch"
+        "epoch",
+        parents=[_connection_options(as_owner)],
+        help="show the owner's active epoch",
+        description="Show the owner's active epoch.",
     )
     epoch.set_defaults(run=epoch_command)
 
@@ -157,6 +210,10 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
             )
         ],
         help="show the ring as a peer sees it",
+        description=(
+            "Show the ring as the peer that answers sees it: peers and their states, N, W, R;"
+            " with --owner, that owner's ring position and preference list."
+        ),
     )
     ring.set_defaults(run=ring_command)
 
@@ -164,6 +221,10 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "status",
         parents=[_connection_options("use this owner's key instead of the admin key")],
         help="show the peers and their states (with --dir, uses the admin key)",
+        description=(
+            "Show the ring as a table of peers; with the admin key (the default with --dir)"
+            " also every peer's own view and every owner's convergence."
+        ),
     )
     status.set_defaults(run=status_command)
 
@@ -232,6 +293,14 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     bench.set_defaults(run=bench_command, admin=False)
 
 
+def _version() -> str:
+    """The installed package's version (its metadata), or "unknown" outside an install."""
+    try:
+        return importlib.metadata.version("tokenvault")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -272,7 +341,9 @@ def _connection_options(
         help=f"API key (default: ${KEY_ENVIRONMENT_VARIABLE}; arguments are visible to others)",
     )
     group.add_argument(
-        "--dir", type=Path, help="a cluster made by init: its first peer's URL, keys from keys.json"
+        "--dir",
+        type=Path,
+        help="a cluster made by init: its peers (tried in turn), keys from keys.json",
     )
     group.add_argument(
         "--cacert",
@@ -283,4 +354,10 @@ def _connection_options(
     who = group if owner_is_subject else group.add_mutually_exclusive_group()
     who.add_argument("--owner", metavar="NAME", help=owner_help)
     who.add_argument("--admin", action="store_true", help="with --dir: use the admin key")
+    parent.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say on stderr which peer answered, and which attempts failed and why",
+    )
     return parent
