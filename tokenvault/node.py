@@ -52,6 +52,7 @@ from dataclasses import dataclass, field, replace
 
 import trio
 
+from tokenvault import node_metrics
 from tokenvault.coalescing import Coalescer
 from tokenvault.config import ClusterConfig, PeerConfig, cluster_fingerprint
 from tokenvault.http.peer_auth import PeerCredential, PeerSigner, new_incarnation, require_source
@@ -59,6 +60,7 @@ from tokenvault.http.peer_codec import CodecError, decode_batch, encode_message
 from tokenvault.http.peer_transport import PeerLink
 from tokenvault.log import EventLog, LogThrottle
 from tokenvault.metrics import Metrics
+from tokenvault.node_metrics import RunningTotals
 from tokenvault.quorum.anti_entropy import AntiEntropyLimits
 from tokenvault.quorum.client_operations import ClientAnswer, ClientOperation, failed_answer
 from tokenvault.quorum.effects import EpochDone, Failure, ReadDone, WriteDone
@@ -159,19 +161,7 @@ class Node:
         self.peer_id = peer_id
         self.log = log if log is not None else EventLog(peer_id)
         self.metrics = Metrics()
-        self.metrics.describe(
-            "tokenvault_store_writable", "1 while the store takes writes, else 0."
-        )
-        self.metrics.describe("tokenvault_ready", "1 while /readyz answers 200, else 0.")
-        self.metrics.describe(
-            "tokenvault_store_reopens_total", "Reopens of the store after a failed flush."
-        )
-        self.metrics.describe(
-            "tokenvault_stores_replaced_total", "Damaged stores moved aside and replaced."
-        )
-        self.metrics.describe(
-            "tokenvault_store_scrubs_total", "Whole passes over the store that found no damage."
-        )
+        node_metrics.declare(self.metrics)
         self.cluster_fingerprint = cluster_fingerprint(config)
         self._batch_rules = BatchRules(config)
         self.peer.data_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +172,7 @@ class Node:
         self.store: LevelDBStore = opened.store
         self.stores_replaced = 0 if opened.damage is None else 1
         self.core = self._new_core()
+        self._retired_totals = RunningTotals()  # of the stores and cores replaced so far
         # Random per process start: in request ids (the first 8 digits) and in every signed batch.
         self._incarnation = new_incarnation()
         own_key = derive_peer_key(config.secret, peer_id)
@@ -218,6 +209,10 @@ class Node:
         self._local_wanted = trio.Event()
         self._clock_sleeps_until = float("inf")
         self.started_at = 0.0
+
+    def running_totals(self) -> RunningTotals:
+        """What the stores and cores of this process counted, the replaced ones included."""
+        return self._retired_totals + RunningTotals.of(self.store, self.core)
 
     def _new_core(self) -> PeerCore:
         """Every core, built from the store (what a process start does)."""
@@ -433,6 +428,7 @@ class Node:
                 damage = self.store.health().damage
                 if damage is None:
                     continue
+                self._retired_totals += RunningTotals.of(self.store, self.core)
                 self.store.close()
                 moved_to = move_aside(self.store_path)
                 # StorageError here ends the peer: not even a new store opens.

@@ -84,7 +84,7 @@ class TlsHandshakeFailures:
         self._log = log
         self._metrics = metrics
         self._throttle = LogThrottle(TLS_FAILURE_LOG_INTERVAL_S, clock_s=trio.current_time)
-        metrics.describe(
+        metrics.counter(
             "tokenvault_tls_handshake_failures_total", "TLS handshakes that failed or timed out."
         )
 

@@ -1,4 +1,4 @@
-"""What a peer shows of itself: the JSON of /v1/ring and /v1/admin/node, and the gauges of
+"""What a peer shows of itself: the JSON of /v1/ring and /v1/admin/node, and the scraped series of
 /metrics. Read-only: nothing here changes the peer.
 
 Rules: views carry ids, counts, durations and states only; never a value, a token or a key.
@@ -6,11 +6,9 @@ Rules: views carry ids, counts, durations and states only; never a value, a toke
 
 from __future__ import annotations
 
-import os
-import resource
-
 import trio
 
+from tokenvault import process_metrics
 from tokenvault.node import Node
 
 
@@ -112,11 +110,10 @@ def recovery_view(node: Node) -> dict[str, object]:
 def file_descriptors_view() -> dict[str, int | None]:
     """This process's soft descriptor limit and the descriptors open now (None where the
     system does not list them, as /proc/self/fd does on Linux)."""
-    try:
-        open_now: int | None = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
-    except OSError:
-        open_now = None
-    return {"limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "open": open_now}
+    return {
+        "limit": process_metrics.descriptor_limit(),
+        "open": process_metrics.open_descriptors(),
+    }
 
 
 def _anti_entropy_view(node: Node) -> dict[str, object]:
@@ -145,26 +142,28 @@ def _anti_entropy_view(node: Node) -> dict[str, object]:
 
 
 def render_metrics(node: Node) -> str:
-    store = node.store.statistics()
+    """The families declared by node_metrics.py, the scraped ones set from the node now."""
     metrics = node.metrics
-    metrics.set_gauge("tokenvault_store_flushes", store.flushes)
-    metrics.set_gauge("tokenvault_store_writes_flushed", store.writes_flushed)
-    metrics.set_gauge("tokenvault_store_pending_writes", store.pending_writes)
-    health = node.store.health()
-    metrics.set_gauge("tokenvault_store_writable", int(health.writable))
-    metrics.set_total("tokenvault_store_reopens_total", health.reopens)
+    totals = node.running_totals()
+    metrics.set_total("tokenvault_store_flushes_total", totals.store_flushes)
+    metrics.set_total("tokenvault_store_writes_flushed_total", totals.store_writes_flushed)
+    metrics.set_total("tokenvault_store_reopens_total", totals.store_reopens)
+    metrics.set_total("tokenvault_timers_dropped_total", totals.timers_dropped)
+    metrics.set_total("tokenvault_held_messages_dropped_total", totals.held_messages_dropped)
+    metrics.set_total("tokenvault_anti_entropy_passes_total", totals.anti_entropy_passes)
+    metrics.set_total(
+        "tokenvault_anti_entropy_passes_in_sync_total", totals.anti_entropy_passes_in_sync
+    )
+    metrics.set_total(
+        "tokenvault_anti_entropy_mappings_pushed_total", totals.anti_entropy_mappings_pushed
+    )
     metrics.set_total("tokenvault_stores_replaced_total", node.stores_replaced)
     metrics.set_total("tokenvault_store_scrubs_total", node.scrubs)
+    metrics.set_gauge("tokenvault_store_pending_writes", node.store.statistics().pending_writes)
+    metrics.set_gauge("tokenvault_store_writable", int(node.store.health().writable))
     metrics.set_gauge("tokenvault_ready", int(node.readiness().ready))
     metrics.set_gauge("tokenvault_operations_in_flight", node.core.operations_in_flight())
-    core = node.core.statistics()
-    metrics.set_total("tokenvault_timers_dropped_total", core.timers_dropped)
-    metrics.set_total("tokenvault_held_messages_dropped_total", core.held_messages_dropped)
     metrics.set_gauge("tokenvault_hints_pending", node.core.hints.pending_total())
-    stats = node.core.anti_entropy.statistics
-    metrics.set_gauge("tokenvault_anti_entropy_passes", stats.passes)
-    metrics.set_gauge("tokenvault_anti_entropy_passes_in_sync", stats.passes_in_sync)
-    metrics.set_gauge("tokenvault_anti_entropy_mappings_pushed", stats.mappings_pushed)
     for state in ("up", "suspect", "down"):
         count = sum(1 for v in node.core.failure_detector.views() if v.state.value == state)
         metrics.set_gauge("tokenvault_peers", count, (("state", state),))
@@ -172,7 +171,8 @@ def render_metrics(node: Node) -> str:
         s = link.statistics()
         labels = (("peer", s.peer_id),)
         metrics.set_gauge("tokenvault_link_queued_messages", s.queued_messages, labels)
-        metrics.set_gauge("tokenvault_link_batches_failed", s.batches_failed, labels)
-        metrics.set_gauge("tokenvault_link_bytes_sent", s.bytes_sent, labels)
-        metrics.set_gauge("tokenvault_link_messages_dropped", s.messages_dropped, labels)
+        metrics.set_total("tokenvault_link_batches_failed_total", s.batches_failed, labels)
+        metrics.set_total("tokenvault_link_bytes_sent_total", s.bytes_sent, labels)
+        metrics.set_total("tokenvault_link_messages_dropped_total", s.messages_dropped, labels)
+    process_metrics.record(metrics)
     return metrics.render()

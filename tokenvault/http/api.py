@@ -63,6 +63,7 @@ from tokenvault.http.peer_auth import (
 from tokenvault.http.peer_codec import CodecError
 from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
 from tokenvault.http.server import Admission, Request, RequestHead, Response
+from tokenvault.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenvault.node import Node, NotConfigured
 from tokenvault.quorum.client_operations import (
     ClientAnswer,
@@ -210,11 +211,12 @@ class PublicApi:
         openapi = resources.files("tokenvault.http") / "openapi.json"
         self._openapi_json = openapi.read_bytes()
         metrics = node.metrics
-        metrics.describe("tokenvault_http_requests_total", "HTTP requests by route and status.")
-        metrics.describe(
+        metrics.counter(
+            "tokenvault_http_requests_total", "HTTP requests by route and status.", labelled=True
+        )
+        metrics.histogram(
             "tokenvault_http_request_seconds", "HTTP request latency by route and status."
         )
-        metrics.describe("tokenvault_events_total", "State changes reported by the cores.")
 
     # -- admission -----------------------------------------------------------------------------
 
@@ -568,7 +570,7 @@ class PublicApi:
 
     async def _metrics(self, request: Request, principal: Principal | None, _: str) -> Response:
         body = render_metrics(self._node).encode()
-        return Response(status=200, body=body, content_type="text/plain; version=0.0.4")
+        return Response(status=200, body=body, content_type=METRICS_CONTENT_TYPE)
 
     async def _openapi(self, request: Request, principal: Principal | None, _: str) -> Response:
         return Response(status=200, body=self._openapi_json)

@@ -26,6 +26,10 @@ class ConfigMismatchAlarm:
         self._ours = ours
         self._log = log
         self._metrics = metrics
+        metrics.counter(
+            "tokenvault_config_mismatches_total",
+            "Peer batches refused because the sender's cluster fingerprint differs.",
+        )
         self._throttle = LogThrottle(
             CONFIG_MISMATCH_LOG_INTERVAL_S,
             keys_max=CONFIG_MISMATCH_SENDERS_MAX,

@@ -341,9 +341,8 @@ class PeerAlarm:
         self._log = log
         self._metrics = metrics
         self._throttle = LogThrottle(PEER_ALARM_INTERVAL_S, clock_s=clock_s)
-        metrics.describe(counter, help_text)
-        for reason in reasons:  # every series exists from the start, at 0
-            metrics.inc(counter, (("reason", reason),), 0)
+        known = [(("reason", reason),) for reason in reasons]  # every series from the start, at 0
+        metrics.counter(counter, help_text, labelled=True, known=known)
 
     def raise_alarm(self, *, reason: str, sender: str, client: str, where: str) -> None:
         """One refusal: counted; logged unless this (sender, reason) was logged lately. `where`
