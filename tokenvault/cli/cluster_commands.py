@@ -6,7 +6,8 @@ Rules:
 - `renew-certs` replaces peers' certificates and keys, and says that each peer must restart
   to use them (peers read their files only at start). A cluster without TLS, an unknown peer
   or an unusable CA key is exit code 2.
-- `node` checks the configuration, the peer id and, with TLS, the peer's own certificate and
+- `node` takes its settings from flags, else the environment, else the file (peer_settings.py);
+  it checks the configuration, the peer id and, with TLS, the peer's own certificate and
   key (a bad one is exit code 2, like a bad configuration) before it loads the peer's code,
   which it imports lazily: the other commands start without it (and without cryptography).
   A store that cannot be opened at all (not even a new, empty one in place of a damaged one)
@@ -16,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from tokenvault.cli.cluster_files import init_errors, load_cluster_config, print
 from tokenvault.cli.exits import EXIT_OK, EXIT_USAGE, CliError
 from tokenvault.cluster_init import CONFIG_NAME, init_cluster, renew_peer_certificates
 from tokenvault.config import ConfigError
+from tokenvault.peer_settings import NodeFlags, resolve_peer_settings
 
 
 def init_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
@@ -68,12 +71,18 @@ def renew_certs_command(args: argparse.Namespace, _: httpx.BaseTransport | None)
 
 
 def node_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
-    peer_id: str = args.id
-    config = load_cluster_config(args.config)
+    flags = NodeFlags(
+        config=args.config,
+        peer_id=args.id,
+        listen=args.listen,
+        data_dir=args.data_dir,
+        secret_file=args.secret_file,
+    )
     try:
-        config.peer(peer_id)
+        settings = resolve_peer_settings(flags, os.environ)
     except ConfigError as error:
         raise CliError(str(error), EXIT_USAGE) from error
+    config, peer_id = settings.config, settings.peer_id
     # Lazily: the client commands need none of this.
     from tokenvault.peer_process import run_node
     from tokenvault.store.storage import StorageError

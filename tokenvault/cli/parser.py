@@ -86,9 +86,24 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     renew.set_defaults(run=renew_certs_command)
 
-    node = commands.add_parser("node", help="run one peer in the foreground")
-    node.add_argument("--config", type=Path, required=True, help="the cluster.toml")
-    node.add_argument("--id", required=True, help="this peer's id in the configuration")
+    node = commands.add_parser(
+        "node",
+        help="run one peer in the foreground",
+        description="Each option wins over its environment variable, which wins over cluster.toml.",
+    )
+    node.add_argument("--config", type=Path, help="the cluster.toml ($TOKENVAULT_CONFIG)")
+    node.add_argument("--id", help="this peer's id in the configuration ($TOKENVAULT_ID)")
+    node.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="bind here instead of the peer's address, e.g. 0.0.0.0:7600 ($TOKENVAULT_LISTEN)",
+    )
+    node.add_argument(
+        "--data-dir", type=Path, help="the peer's data directory ($TOKENVAULT_DATA_DIR)"
+    )
+    node.add_argument(
+        "--secret-file", type=Path, help="the cluster secret's file ($TOKENVAULT_SECRET_FILE)"
+    )
     node.set_defaults(run=node_command)
 
     up = commands.add_parser(
