@@ -166,15 +166,22 @@ class ContainerLikePeers:
         raise AssertionError(f"{peer_id} not ready after {READY_TIMEOUT_S} s: {self.log(peer_id)}")
 
     def _ready(self, peer_id: str) -> bool:
-        scheme = "https" if self.tls else "http"
-        verify: Any = True if self.ca_path is None else client_context(self.ca_path)
-        url = f"{scheme}://{self.network.host(peer_id)}:{PORT}/readyz"
-        try:  # from the test's namespace by address, the certificate checked for the name
-            with httpx.Client(verify=verify, timeout=2.0) as client:
-                answer = client.get(url, extensions={"sni_hostname": peer_id})
+        try:
+            return self.request(peer_id, "GET", "/readyz").status_code == 200
         except httpx.HTTPError:
             return False
-        return answer.status_code == 200
+
+    def request(self, peer_id: str, method: str, path: str, body: Any = None) -> httpx.Response:
+        """From the test's namespace, to the peer's address, its certificate checked for its
+        name (as a client in the peers' network would see it); as alice when there is a body."""
+        scheme = "https" if self.tls else "http"
+        verify: Any = True if self.ca_path is None else client_context(self.ca_path)
+        url = f"{scheme}://{self.network.host(peer_id)}:{PORT}{path}"
+        headers = {"Authorization": f"Bearer {self.keys['owners']['alice']}"}
+        with httpx.Client(verify=verify, timeout=10.0) as client:
+            return client.request(
+                method, url, json=body, headers=headers, extensions={"sni_hostname": peer_id}
+            )
 
     def cli(self, in_peer: str, *arguments: str, url_peer: str) -> Any:
         """The CLI as alice from `in_peer`'s namespace, to `url_peer` by its name."""
@@ -267,7 +274,8 @@ def test_peers_configured_as_the_containers_are_serve_by_name_and_stop_on_sigter
         for peer_id in PEER_IDS:
             peers.wait_ready(peer_id)
         for peer_id in PEER_IDS:
-            again = peers.cli(peer_id, "detokenize", token, url_peer=peer_id)
-            assert "123-45-6789" in json.dumps(again)
-        retokenized = peers.cli("n2", "tokenize", "--field", "ssn", "123-45-6789", url_peer="n1")
-        assert retokenized["records"][0]["ssn"] == token
+            again = peers.request(peer_id, "POST", "/v1/detokenize", {"tokens": [token]})
+            assert again.status_code == 200 and "123-45-6789" in again.text, again.text
+        records = {"records": [{"ssn": "123-45-6789"}]}
+        retokenized = peers.request("n1", "POST", "/v1/tokenize", records)
+        assert retokenized.json()["records"][0]["ssn"] == token
