@@ -11,7 +11,11 @@ from tokenvault.cli import main
 from tokenvault.cluster_init import InitResult, init_cluster
 from tokenvault.config import ConfigError
 from tokenvault.healthcheck import EXIT_UNHEALTHY, check
-from tokenvault.peer_settings import NodeFlags, resolve_peer_settings
+from tokenvault.peer_settings import (
+    PER_PEER_ENVIRONMENT_VARIABLES,
+    NodeFlags,
+    resolve_peer_settings,
+)
 
 
 @pytest.fixture
@@ -132,3 +136,16 @@ def test_the_healthcheck_without_a_peer_is_unhealthy(made: InitResult) -> None:
     environment = {"TOKENVAULT_CONFIG": str(made.config_path), "TOKENVAULT_ID": "n1"}
     code, line = check(environment)  # nothing listens on n1's port
     assert code == EXIT_UNHEALTHY and "127.0.0.1:7501" in line
+
+
+def test_up_hands_its_peers_no_per_peer_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up` starts every peer from its own environment: one TOKENVAULT_LISTEN or _DATA_DIR
+    there would send all its peers to one port or one store. The shared secret's file stays."""
+    from tokenvault.cli.peer_processes import _child_environment
+
+    for name in PER_PEER_ENVIRONMENT_VARIABLES:
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("TOKENVAULT_SECRET_FILE", "/run/secrets/s")
+    environment = _child_environment()
+    assert not set(PER_PEER_ENVIRONMENT_VARIABLES) & set(environment)
+    assert environment["TOKENVAULT_SECRET_FILE"] == "/run/secrets/s"

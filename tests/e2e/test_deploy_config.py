@@ -1,17 +1,20 @@
-"""End to end: three peers configured exactly as deploy/compose.yaml configures its containers,
-as real processes, since containers cannot run here.
+"""End to end: three peers configured exactly as deploy/compose.yaml configures its containers
+(and as deploy/kubernetes/statefulset.yaml configures its pods), as real processes, since
+containers cannot run here.
 
 Each peer runs in a network namespace of its own (netns.py) whose /etc/hosts (`ip netns exec`
-bind-mounts /etc/netns/<namespace>/hosts over it) names the peers n1, n2, n3, as Docker's DNS
-does on a compose network. cluster.toml addresses the peers by those names, all on port 7600;
-each peer binds 0.0.0.0:7600 in its namespace. A peer is started as the image starts it,
-`tokenvault node` without a flag, with the environment of its compose service; the container
-paths of that environment (/etc/tokenvault, /run/secrets, /var/lib/tokenvault) are mapped to
-directories of the test, the secret being a file apart from the configuration. The healthcheck
-is the image's HEALTHCHECK command, run in the peer's namespace. Clients use the CLI in a
-peer's namespace, by name (with TLS: certificates naming n1..n3, checked by the client).
-Then every peer gets SIGTERM: each exits 0 within SIGTERM_EXIT_MAX_S, and after a restart the
-data is intact.
+bind-mounts /etc/netns/<namespace>/hosts over it) names the peers as the container network's
+DNS does: n1, n2, n3 on a compose network; tokenvault-0.tokenvault ... under the headless
+Service. cluster.toml addresses the peers by those names, all on port 7600, made from `init`'s
+output by the steps docs/operations.md gives; each peer binds 0.0.0.0:7600 in its namespace. A
+peer is started as the image starts it, `tokenvault node` without a flag, with the environment
+of its compose service or of the StatefulSet's container (TOKENVAULT_ID from the pod's name);
+the container paths of that environment (/etc/tokenvault, /run/secrets, /var/lib/tokenvault)
+are mapped to directories of the test, the secret being a file apart from the configuration.
+The healthcheck is the image's HEALTHCHECK command, run in the peer's namespace. Clients use the
+CLI in a peer's namespace, by name (with TLS: certificates naming the peers' names, checked by
+the client). Then every peer gets SIGTERM: each exits 0 within SIGTERM_EXIT_MAX_S, and after a
+restart the data is intact.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,60 +46,112 @@ pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = REPO_ROOT / "deploy" / "compose.yaml"
-PEER_IDS = ["n1", "n2", "n3"]
+STATEFULSET_PATH = REPO_ROOT / "deploy" / "kubernetes" / "statefulset.yaml"
 PORT = 7600
 READY_TIMEOUT_S = 30.0
 SIGTERM_EXIT_MAX_S = 5.0  # "exits 0 within a few seconds"; the grace periods are 30 s
 COMMAND_TIMEOUT_S = 30.0
+# Where the containers mount things: each is mapped to a directory of the test.
+CONFIG_MOUNT = "/etc/tokenvault"
+SECRET_MOUNT = "/run/secrets"
+DATA_MOUNT = "/var/lib/tokenvault"
 
 
-def _compose_environment(service: str) -> dict[str, str]:
+def _compose_environment(peer_id: str) -> dict[str, str]:
     compose = yaml.safe_load(COMPOSE_PATH.read_text())
-    environment: dict[str, Any] = compose["services"][service]["environment"]
+    environment: dict[str, Any] = compose["services"][peer_id]["environment"]
     return {name: str(value) for name, value in environment.items()}
+
+
+def _statefulset_environment(pod: str) -> dict[str, str]:
+    statefulset = yaml.safe_load(STATEFULSET_PATH.read_text())
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    environment = {}
+    for variable in container["env"]:
+        if "value" in variable:
+            environment[variable["name"]] = str(variable["value"])
+        else:  # the downward API: only the pod's own name is used
+            assert variable["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+            environment[variable["name"]] = pod
+    return environment
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How one kind of deployment names and configures its peers."""
+
+    peer_ids: tuple[str, str, str]  # n1.. as init makes them, or renamed
+    address_host: Callable[[str], str]  # the name the others dial a peer by
+    environment: Callable[[str], dict[str, str]]  # the container's environment
+
+
+COMPOSE = Layout(("n1", "n2", "n3"), lambda peer: peer, _compose_environment)
+KUBERNETES = Layout(
+    ("tokenvault-0", "tokenvault-1", "tokenvault-2"),
+    lambda pod: f"{pod}.tokenvault",
+    _statefulset_environment,
+)
 
 
 class ContainerLikePeers:
     """The three peers, their namespaces' /etc/hosts, their 'container' directories."""
 
-    def __init__(self, directory: Path, network: Network, *, tls: bool) -> None:
+    def __init__(self, directory: Path, network: Network, layout: Layout, *, tls: bool) -> None:
         self.directory = directory
         self.network = network
+        self.layout = layout
         self.tls = tls
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.hosts_dirs: list[Path] = []
+        self.mounts = {
+            CONFIG_MOUNT: directory / "etc-tokenvault",
+            SECRET_MOUNT: directory / "run-secrets",
+        }
         made = init_cluster(directory / "made", nodes=3, base_port=PORT, tls=tls)
-        # The documented step: addresses by service name, every peer on the same port.
+        # The documented steps: ids renamed where the layout wants, addresses by name, every
+        # peer on the same port.
         config = made.config_path.read_text()
-        for peer in made.peers:
-            old = f"address = {json.dumps(peer.address)}"
-            assert config.count(old) == 1, old
-            config = config.replace(old, f'address = "{peer.id}:{PORT}"')
+        for peer, peer_id in zip(made.peers, layout.peer_ids, strict=True):
+            for old, new in (
+                (f"id = {json.dumps(peer.id)}", f"id = {json.dumps(peer_id)}"),
+                (
+                    f"address = {json.dumps(peer.address)}",
+                    f'address = "{layout.address_host(peer_id)}:{PORT}"',
+                ),
+            ):
+                assert config.count(old) == 1, old
+                config = config.replace(old, new)
         made.config_path.write_text(config)
-        if tls:  # certificates naming n1..n3, as `renew-certs` makes them after that edit
+        if tls:  # certificates naming the new ids and names, as `renew-certs` makes them
             renew_peer_certificates(load_config(made.config_path))
         self.keys = json.loads((directory / "made" / "keys.json").read_text())
         # What the containers mount: the configuration (with tls/), the secret apart, the data.
-        self.mounts = {
-            "/etc/tokenvault": directory / "etc-tokenvault",
-            "/run/secrets": directory / "run-secrets",
-        }
-        self.mounts["/etc/tokenvault"].mkdir()
-        shutil.copy(made.config_path, self.mounts["/etc/tokenvault"] / "cluster.toml")
+        container = layout.environment(layout.peer_ids[0])
+        config_path = self._mapped(container["TOKENVAULT_CONFIG"], self.mounts)
+        config_path.parent.mkdir(parents=True)
+        shutil.copy(made.config_path, config_path)
         if tls:
-            shutil.copytree(directory / "made" / "tls", self.mounts["/etc/tokenvault"] / "tls")
-        self.mounts["/run/secrets"].mkdir()
-        secret = self.mounts["/run/secrets"] / "tokenvault_secret"
+            shutil.copytree(directory / "made" / "tls", config_path.parent / "tls")
+        secret = self._mapped(container["TOKENVAULT_SECRET_FILE"], self.mounts)
+        secret.parent.mkdir(parents=True)
         shutil.copy(made.secret_path, secret)
         secret.chmod(0o400)
         (directory / "made" / "secret").unlink()  # the file named in cluster.toml is gone
         (directory / "logs").mkdir()
-        self.ca_path = self.mounts["/etc/tokenvault"] / "tls" / "ca.pem" if tls else None
+        self.ca_path = config_path.parent / "tls" / "ca.pem" if tls else None
         self._write_hosts()
+
+    @staticmethod
+    def _mapped(value: str, mounts: dict[str, Path]) -> Path:
+        for container_path, host_path in mounts.items():
+            if value == container_path or value.startswith(container_path + "/"):
+                return Path(str(host_path) + value[len(container_path) :])
+        raise AssertionError(f"{value}: no mount for that path")
 
     def _write_hosts(self) -> None:
         lines = ["127.0.0.1 localhost", "::1 localhost"]
-        lines += [f"{self.network.host(p)} {p}" for p in PEER_IDS]
+        for peer_id in self.layout.peer_ids:
+            lines.append(f"{self.network.host(peer_id)} {self.layout.address_host(peer_id)}")
         for namespace in self.network.namespaces.values():
             hosts_dir = Path("/etc/netns") / namespace
             hosts_dir.mkdir(parents=True)
@@ -103,23 +159,16 @@ class ContainerLikePeers:
             (hosts_dir / "hosts").write_text("\n".join(lines) + "\n")
 
     def environment(self, peer_id: str) -> dict[str, str]:
-        """This process's environment (less any peer settings) plus the compose service's,
-        its container paths mapped to the test's directories."""
+        """This process's environment (less any peer settings) plus the container's, its
+        container paths mapped to the test's directories."""
         environment = {
             name: value
             for name, value in os.environ.items()
             if name not in PER_PEER_ENVIRONMENT_VARIABLES
         }
-        data_dir = self.directory / "data" / peer_id
-        mounts = {**self.mounts, "/var/lib/tokenvault": data_dir}
-        for name, value in _compose_environment(peer_id).items():
-            for container_path, host_path in mounts.items():
-                if value == container_path or value.startswith(container_path + "/"):
-                    value = str(host_path) + value[len(container_path) :]
-                    break
-            else:
-                assert not value.startswith("/"), f"{name}={value}: no mount for that path"
-            environment[name] = value
+        mounts = {**self.mounts, DATA_MOUNT: self.directory / "data" / peer_id}
+        for name, value in self.layout.environment(peer_id).items():
+            environment[name] = str(self._mapped(value, mounts)) if value[:1] == "/" else value
         environment["PYTHONPATH"] = str(REPO_ROOT)
         return environment
 
@@ -178,9 +227,10 @@ class ContainerLikePeers:
         verify: Any = True if self.ca_path is None else client_context(self.ca_path)
         url = f"{scheme}://{self.network.host(peer_id)}:{PORT}{path}"
         headers = {"Authorization": f"Bearer {self.keys['owners']['alice']}"}
+        name = self.layout.address_host(peer_id)
         with httpx.Client(verify=verify, timeout=10.0) as client:
             return client.request(
-                method, url, json=body, headers=headers, extensions={"sni_hostname": peer_id}
+                method, url, json=body, headers=headers, extensions={"sni_hostname": name}
             )
 
     def cli(self, in_peer: str, *arguments: str, url_peer: str) -> Any:
@@ -189,7 +239,7 @@ class ContainerLikePeers:
         cacert = [] if self.ca_path is None else ["--cacert", str(self.ca_path)]
         command = self.in_namespace(
             in_peer, sys.executable, "-m", "tokenvault", *arguments,
-            "--url", f"{scheme}://{url_peer}:{PORT}", *cacert,
+            "--url", f"{scheme}://{self.layout.address_host(url_peer)}:{PORT}", *cacert,
         )  # fmt: skip
         environment = dict(os.environ, TOKENVAULT_KEY=self.keys["owners"]["alice"])
         completed = subprocess.run(
@@ -215,12 +265,17 @@ class ContainerLikePeers:
 
 
 @contextlib.contextmanager
-def container_like_peers(directory: Path, *, tls: bool) -> Iterator[ContainerLikePeers]:
-    network = Network(PEER_IDS)
+def container_like_peers(
+    directory: Path, layout: Layout, *, tls: bool
+) -> Iterator[ContainerLikePeers]:
+    problem = netns_problem()
+    if problem:
+        pytest.skip(problem)
+    network = Network(list(layout.peer_ids))
     network.create()
     peers: ContainerLikePeers | None = None
     try:
-        peers = ContainerLikePeers(directory, network, tls=tls)
+        peers = ContainerLikePeers(directory, network, layout, tls=tls)
         yield peers
     finally:
         try:
@@ -230,52 +285,64 @@ def container_like_peers(directory: Path, *, tls: bool) -> Iterator[ContainerLik
             network.close()
 
 
-def test_peers_configured_as_the_containers_are_serve_by_name_and_stop_on_sigterm(
+def _serve_by_name_and_stop_on_sigterm(peers: ContainerLikePeers) -> None:
+    first, second, third = peers.layout.peer_ids
+    for peer_id in peers.layout.peer_ids:
+        peers.start(peer_id)
+    for peer_id in peers.layout.peer_ids:
+        peers.wait_ready(peer_id)
+    for peer_id in peers.layout.peer_ids:
+        serving = [e for e in peers.log_events(peer_id) if e.get("event") == "peer_serving"]
+        assert serving[-1]["address"] == f"{peers.layout.address_host(peer_id)}:{PORT}"
+        assert serving[-1]["listen"] == f"0.0.0.0:{PORT}"
+
+    # Tokenize through the second peer, by name from the first's namespace; detokenize through
+    # the third from its own.
+    tokenized = peers.cli(first, "tokenize", "--field", "ssn", "123-45-6789", url_peer=second)
+    token = tokenized["records"][0]["ssn"]
+    assert token.startswith("tok_")
+    detokenized = peers.cli(third, "detokenize", token, url_peer=third)
+    assert "123-45-6789" in json.dumps(detokenized)
+    assert peers.healthcheck(second).stdout.startswith(f"healthy: peer {second}")
+
+    # SIGTERM: each exits 0, promptly, having said so.
+    for peer_id in peers.layout.peer_ids:
+        process = peers.processes[peer_id]
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        stopped_s = time.monotonic() - started
+        assert code == 0, peers.log(peer_id)[-2000:]
+        assert stopped_s < SIGTERM_EXIT_MAX_S, f"{peer_id} took {stopped_s:.1f} s"
+        stops = [e for e in peers.log_events(peer_id) if e.get("event") == "peer_stop"]
+        assert stops and stops[-1]["signal"] == "SIGTERM"
+    unhealthy = peers.healthcheck(first)
+    assert unhealthy.returncode == 1 and unhealthy.stdout.startswith("unhealthy:")
+
+    # Restarted, every peer serves the same data: a token from before reads back.
+    for peer_id in peers.layout.peer_ids:
+        peers.start(peer_id)
+    for peer_id in peers.layout.peer_ids:
+        peers.wait_ready(peer_id)
+    for peer_id in peers.layout.peer_ids:
+        again = peers.request(peer_id, "POST", "/v1/detokenize", {"tokens": [token]})
+        assert again.status_code == 200 and "123-45-6789" in again.text, again.text
+    records = {"records": [{"ssn": "123-45-6789"}]}
+    retokenized = peers.request(first, "POST", "/v1/tokenize", records)
+    assert retokenized.json()["records"][0]["ssn"] == token
+
+
+def test_peers_configured_as_the_compose_services_serve_by_name_and_stop_on_sigterm(
     tmp_path: Path, tls_mode: bool
 ) -> None:
-    problem = netns_problem()
-    if problem:
-        pytest.skip(problem)
-    with container_like_peers(tmp_path, tls=tls_mode) as peers:
-        for peer_id in PEER_IDS:
-            peers.start(peer_id)
-        for peer_id in PEER_IDS:
-            peers.wait_ready(peer_id)
-        for peer_id in PEER_IDS:
-            serving = [e for e in peers.log_events(peer_id) if e.get("event") == "peer_serving"]
-            assert serving[-1]["address"] == f"{peer_id}:{PORT}"
-            assert serving[-1]["listen"] == f"0.0.0.0:{PORT}"
+    with container_like_peers(tmp_path, COMPOSE, tls=tls_mode) as peers:
+        _serve_by_name_and_stop_on_sigterm(peers)
 
-        # Tokenize through n2, by name from n1's namespace; detokenize through n3 from n3's.
-        tokenized = peers.cli("n1", "tokenize", "--field", "ssn", "123-45-6789", url_peer="n2")
-        token = tokenized["records"][0]["ssn"]
-        assert token.startswith("tok_")
-        detokenized = peers.cli("n3", "detokenize", token, url_peer="n3")
-        assert "123-45-6789" in json.dumps(detokenized)
-        assert peers.healthcheck("n2").stdout.startswith("healthy: peer n2")
 
-        # SIGTERM: each exits 0, promptly, having said so.
-        for peer_id in PEER_IDS:
-            process = peers.processes[peer_id]
-            started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=30)
-            stopped_s = time.monotonic() - started
-            assert code == 0, peers.log(peer_id)[-2000:]
-            assert stopped_s < SIGTERM_EXIT_MAX_S, f"{peer_id} took {stopped_s:.1f} s"
-            stops = [e for e in peers.log_events(peer_id) if e.get("event") == "peer_stop"]
-            assert stops and stops[-1]["signal"] == "SIGTERM"
-        unhealthy = peers.healthcheck("n1")
-        assert unhealthy.returncode == 1 and unhealthy.stdout.startswith("unhealthy:")
-
-        # Restarted, every peer serves the same data: a token from before reads back.
-        for peer_id in PEER_IDS:
-            peers.start(peer_id)
-        for peer_id in PEER_IDS:
-            peers.wait_ready(peer_id)
-        for peer_id in PEER_IDS:
-            again = peers.request(peer_id, "POST", "/v1/detokenize", {"tokens": [token]})
-            assert again.status_code == 200 and "123-45-6789" in again.text, again.text
-        records = {"records": [{"ssn": "123-45-6789"}]}
-        retokenized = peers.request("n1", "POST", "/v1/tokenize", records)
-        assert retokenized.json()["records"][0]["ssn"] == token
+def test_peers_configured_as_the_statefulset_pods_serve_by_name_and_stop_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """Plain HTTP, as the manifests ship: ids are the pods' names, addresses under the
+    headless Service."""
+    with container_like_peers(tmp_path, KUBERNETES, tls=False) as peers:
+        _serve_by_name_and_stop_on_sigterm(peers)
