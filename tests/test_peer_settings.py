@@ -3,6 +3,9 @@ and the healthcheck's answer when there is no peer to ask."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +152,24 @@ def test_up_hands_its_peers_no_per_peer_variables(monkeypatch: pytest.MonkeyPatc
     environment = _child_environment()
     assert not set(PER_PEER_ENVIRONMENT_VARIABLES) & set(environment)
     assert environment["TOKENVAULT_SECRET_FILE"] == "/run/secrets/s"
+
+
+def test_sigterm_while_the_peer_starts_exits_0_at_once(made: InitResult) -> None:
+    """Between `node`'s start and the peer's own handler (stand-in: a run_node that signals
+    itself and hangs) SIGTERM ends the process with exit 0, not the default death."""
+    script = (
+        "import os, signal, sys, time\n"
+        "import tokenvault.peer_process as peer_process\n"
+        "from tokenvault.cli import main\n"
+        "def starting(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "peer_process.run_node = starting\n"
+        f"sys.exit(main(['node', '--config', {str(made.config_path)!r}, '--id', 'n1']))\n"
+    )
+    started = time.monotonic()
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert time.monotonic() - started < 20
