@@ -173,3 +173,10 @@ def test_sigterm_while_the_peer_starts_exits_0_at_once(made: InitResult) -> None
     )
     assert completed.returncode == 0, completed.stderr
     assert time.monotonic() - started < 20
+
+
+def test_a_bad_listen_in_the_file_is_refused(made: InitResult) -> None:
+    text = made.config_path.read_text()
+    made.config_path.write_text(text.replace('listen = "0.0.0.0:7602"', 'listen = "0.0.0.0"'))
+    with pytest.raises(ConfigError, match=r"\[\[peer\]\] n2: listen must be host:port"):
+        resolve_peer_settings(NodeFlags(config=made.config_path, peer_id="n1"), {})
