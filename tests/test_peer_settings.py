@@ -3,6 +3,7 @@ and the healthcheck's answer when there is no peer to ask."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -112,14 +113,8 @@ def test_flags_win_over_the_environment_which_wins_over_the_file(
 def test_bad_settings_say_where_they_came_from(
     made: InitResult, flags: NodeFlags, environment: dict[str, str], message: str
 ) -> None:
-    if flags.config is not None:
-        flags = NodeFlags(
-            config=made.config_path,
-            peer_id=flags.peer_id,
-            listen=flags.listen,
-            data_dir=flags.data_dir,
-            secret_file=flags.secret_file,
-        )
+    if flags.config is not None:  # CONFIG: this test's cluster
+        flags = dataclasses.replace(flags, config=made.config_path)
     with pytest.raises(ConfigError, match=message):
         resolve_peer_settings(flags, environment)
 
