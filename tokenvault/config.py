@@ -6,7 +6,11 @@ Rules:
 - Paths inside the file are relative to the file. The secret file must hold 32+ bytes; the
   environment variable TOKENVAULT_SECRET_FILE, when set, names it instead of `[cluster]
   secret_file` (a path, relative to the working directory), so that in a container the secret
-  can be mounted apart from the configuration and the data directory.
+  can be mounted apart from the configuration and the data directory; `load_config`'s
+  `secret_file` (the node's --secret-file) wins over both.
+- A peer serves on its `address` unless `[[peer]] listen` names another host:port to bind (a
+  container binds 0.0.0.0:7600 while the others reach it by name); peer_settings.py lets the
+  command line and the environment override it and `data_dir` for the peer being started.
 - Quorum sizes must be safe (see quorum_config): W + R > N and W > N / 2, N <= peers.
 - `[tls]` (optional) names the cluster CA's certificate and each peer's certificate and key;
   `enabled = false` or no section means plain HTTP. The CA file must be readable here (every
@@ -51,10 +55,18 @@ class PeerConfig:
     host: str
     port: int
     data_dir: Path
+    listen: tuple[str, int] | None = None  # (host, port) it binds, when not its address
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """Where this peer's server binds: `listen` when set, else its address; an IPv6 host
+        without its brackets, as a socket takes it."""
+        host, port = self.listen if self.listen is not None else (self.host, self.port)
+        return host.removeprefix("[").removesuffix("]"), port
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,20 +141,36 @@ def cluster_fingerprint(config: ClusterConfig) -> str:
 SECRET_FILE_ENVIRONMENT_VARIABLE = "TOKENVAULT_SECRET_FILE"
 
 
-def load_config(path: Path) -> ClusterConfig:
+def load_config(
+    path: Path,
+    *,
+    environment: Mapping[str, str] | None = None,
+    secret_file: Path | None = None,
+) -> ClusterConfig:
+    """`environment` defaults to the process's; `secret_file` wins over it and the file."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise ConfigError(f"no cluster configuration at {path}") from error
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"cannot read {path}: {error}") from error
-    return parse_config(raw, path, environment=os.environ)
+    return parse_config(
+        raw,
+        path,
+        environment=os.environ if environment is None else environment,
+        secret_file=secret_file,
+    )
 
 
 def parse_config(
-    raw: dict[str, Any], path: Path, *, environment: Mapping[str, str] | None = None
+    raw: dict[str, Any],
+    path: Path,
+    *,
+    environment: Mapping[str, str] | None = None,
+    secret_file: Path | None = None,
 ) -> ClusterConfig:
-    """`environment` (the process's, from load_config) may name the secret file."""
+    """`environment` (the process's, from load_config) may name the secret file; `secret_file`
+    (a path relative to the working directory) names it whatever the environment says."""
     base = path.parent
     cluster = _table(raw, "cluster")
     replica_count = _int(cluster, "replicas", 3)
@@ -183,7 +211,7 @@ def parse_config(
             replica_count=replica_count, write_quorum=write_quorum, read_quorum=read_quorum
         ),
         vnodes_per_peer=vnodes,
-        secret=_secret(cluster, base, environment or {}),
+        secret=_secret(cluster, base, environment or {}, secret_file),
         peers=peers,
         owners=owners,
         admin_key_sha256=admin_hash,
@@ -228,14 +256,28 @@ def _peer(entry: dict[str, Any], base: Path) -> PeerConfig:
     peer_id = entry.get("id")
     if not isinstance(peer_id, str) or not _PEER_ID.fullmatch(peer_id):
         raise ConfigError("[[peer]] id must be 1-32 letters, digits, '_' or '-'")
-    address = entry.get("address")
-    host, _, port_text = address.rpartition(":") if isinstance(address, str) else ("", "", "")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    address = parse_host_port(entry.get("address"))
+    if address is None:
         raise ConfigError(f"[[peer]] {peer_id}: address must be host:port")
+    listen = None
+    if "listen" in entry:
+        listen = parse_host_port(entry["listen"])
+        if listen is None:
+            raise ConfigError(f"[[peer]] {peer_id}: listen must be host:port")
     data_dir = entry.get("data_dir", f"data/{peer_id}")
     if not isinstance(data_dir, str) or not data_dir:
         raise ConfigError(f"[[peer]] {peer_id}: data_dir must be a path")
-    return PeerConfig(id=peer_id, host=host, port=int(port_text), data_dir=base / data_dir)
+    host, port = address
+    return PeerConfig(id=peer_id, host=host, port=port, data_dir=base / data_dir, listen=listen)
+
+
+def parse_host_port(text: object) -> tuple[str, int] | None:
+    """(host, port) of "host:port" (host a name, an IPv4 address or a [bracketed] IPv6 one;
+    port 1-65535), or None when `text` is not that."""
+    host, _, port_text = text.rpartition(":") if isinstance(text, str) else ("", "", "")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return host, int(port_text)
 
 
 def _owner(entry: dict[str, Any]) -> OwnerConfig:
@@ -284,20 +326,27 @@ def _tls(raw: dict[str, Any], base: Path) -> TlsConfig | None:
     )
 
 
-def _secret(cluster: dict[str, Any], base: Path, environment: Mapping[str, str]) -> bytes:
+def _secret(
+    cluster: dict[str, Any],
+    base: Path,
+    environment: Mapping[str, str],
+    secret_file: Path | None,
+) -> bytes:
     name = cluster.get("secret_file", "secret")
     if not isinstance(name, str) or not name:
         raise ConfigError("[cluster] secret_file must be a path")
     path = base / name
     overridden = environment.get(SECRET_FILE_ENVIRONMENT_VARIABLE)
-    if overridden is not None:
+    if secret_file is not None:
+        path = secret_file
+    elif overridden is not None:
         if not overridden:
             raise ConfigError(f"{SECRET_FILE_ENVIRONMENT_VARIABLE} is set but empty")
         path = Path(overridden)
     try:
         secret = path.read_bytes()
     except OSError as error:
-        raise ConfigError(f"cannot read the secret file: {error.strerror}") from error
+        raise ConfigError(f"cannot read the secret file {path}: {error.strerror}") from error
     if len(secret) < SECRET_BYTES_MIN:
-        raise ConfigError(f"the secret file must hold at least {SECRET_BYTES_MIN} bytes")
+        raise ConfigError(f"the secret file {path} must hold at least {SECRET_BYTES_MIN} bytes")
     return secret

@@ -127,8 +127,11 @@ async def _serve_until_signal(
                     ssl_context=None if peer_tls is None else peer_tls.server_context,
                     tls_handshake_failed=TlsHandshakeFailures(node.log, node.metrics),
                 )
-                await nursery.start(serve, api, node.peer.host, node.peer.port, limits)
-                node.log.emit("peer_serving", address=node.peer.address)
+                listen_host, listen_port = node.peer.listen_address
+                await nursery.start(serve, api, listen_host, listen_port, limits)
+                node.log.emit(
+                    "peer_serving", address=node.peer.address, listen=f"{listen_host}:{listen_port}"
+                )
                 async for signum in signals:
                     node.log.emit("peer_stop", signal=signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()

@@ -6,16 +6,20 @@ Rules:
 - `renew-certs` replaces peers' certificates and keys, and says that each peer must restart
   to use them (peers read their files only at start). A cluster without TLS, an unknown peer
   or an unusable CA key is exit code 2.
-- `node` checks the configuration, the peer id and, with TLS, the peer's own certificate and
+- `node` takes its settings from flags, else the environment, else the file (peer_settings.py);
+  it checks the configuration, the peer id and, with TLS, the peer's own certificate and
   key (a bad one is exit code 2, like a bad configuration) before it loads the peer's code,
   which it imports lazily: the other commands start without it (and without cryptography).
   A store that cannot be opened at all (not even a new, empty one in place of a damaged one)
-  is one line and exit code 1.
+  is one line and exit code 1. SIGTERM while the peer starts (before its own handler, which
+  stops it cleanly, takes over) ends it at once with exit code 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from tokenvault.cli.cluster_files import init_errors, load_cluster_config, print
 from tokenvault.cli.exits import EXIT_OK, EXIT_USAGE, CliError
 from tokenvault.cluster_init import CONFIG_NAME, init_cluster, renew_peer_certificates
 from tokenvault.config import ConfigError
+from tokenvault.peer_settings import NodeFlags, resolve_peer_settings
 
 
 def init_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
@@ -68,12 +73,26 @@ def renew_certs_command(args: argparse.Namespace, _: httpx.BaseTransport | None)
 
 
 def node_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int:
-    peer_id: str = args.id
-    config = load_cluster_config(args.config)
+    previous = signal.signal(signal.SIGTERM, _exit_while_starting)
     try:
-        config.peer(peer_id)
+        return _run_node_command(args)
+    finally:  # in-process callers (tests) get their handler back
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_node_command(args: argparse.Namespace) -> int:
+    flags = NodeFlags(
+        config=args.config,
+        peer_id=args.id,
+        listen=args.listen,
+        data_dir=args.data_dir,
+        secret_file=args.secret_file,
+    )
+    try:
+        settings = resolve_peer_settings(flags, os.environ)
     except ConfigError as error:
         raise CliError(str(error), EXIT_USAGE) from error
+    config, peer_id = settings.config, settings.peer_id
     # Lazily: the client commands need none of this.
     from tokenvault.peer_process import run_node
     from tokenvault.store.storage import StorageError
@@ -90,3 +109,11 @@ def node_command(args: argparse.Namespace, _: httpx.BaseTransport | None) -> int
     except StorageError as error:
         raise CliError(f"peer {peer_id}: no store could be opened: {error}") from None
     return EXIT_OK
+
+
+def _exit_while_starting(signum: int, frame: object) -> None:
+    """SIGTERM before the peer's own handler takes over (peer_process.py, once its store is open) or
+    after it let go: exit 0 at once. A starting peer has acknowledged nothing, and its store
+    recovers from an exit at any point as from a SIGKILL; without a handler, a container's
+    PID 1 would ignore the signal until the runtime's SIGKILL."""
+    os._exit(EXIT_OK)

@@ -110,13 +110,25 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
         "node",
         help="run one peer in the foreground",
         description=(
-            "Run peer --id of the cluster in --config in the foreground: serve the HTTP API on"
-            " its address, log JSON lines to stderr, recover whatever its data directory holds."
-            " SIGTERM or SIGINT stops it cleanly."
+            "Run one peer of the cluster in --config in the foreground: serve the HTTP API,"
+            " log JSON lines to stderr, recover whatever its data directory holds. SIGTERM or"
+            " SIGINT stops it cleanly. Each option wins over its environment variable, which"
+            " wins over cluster.toml."
         ),
     )
-    node.add_argument("--config", type=Path, required=True, help="the cluster.toml")
-    node.add_argument("--id", required=True, help="this peer's id in the configuration")
+    node.add_argument("--config", type=Path, help="the cluster.toml ($TOKENVAULT_CONFIG)")
+    node.add_argument("--id", help="this peer's id in the configuration ($TOKENVAULT_ID)")
+    node.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="bind here instead of the peer's address, e.g. 0.0.0.0:7600 ($TOKENVAULT_LISTEN)",
+    )
+    node.add_argument(
+        "--data-dir", type=Path, help="the peer's data directory ($TOKENVAULT_DATA_DIR)"
+    )
+    node.add_argument(
+        "--secret-file", type=Path, help="the cluster secret's file ($TOKENVAULT_SECRET_FILE)"
+    )
     node.set_defaults(run=node_command)
 
     up = commands.add_parser(

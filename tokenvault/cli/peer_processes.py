@@ -29,6 +29,7 @@ import httpx
 import tokenvault
 from tokenvault.cli.exits import EXIT_FAILURE, EXIT_OK, print_error
 from tokenvault.config import PeerConfig
+from tokenvault.peer_settings import PER_PEER_ENVIRONMENT_VARIABLES
 
 UP_READY_TIMEOUT_S = 30.0
 UP_HEALTH_POLL_INTERVAL_S = 0.2
@@ -99,8 +100,13 @@ def start_peer(peer: PeerConfig, config_path: Path, logs_dir: Path) -> PeerChild
 
 
 def _child_environment() -> dict[str, str]:
-    """Our environment; from a source checkout, with the checkout importable by the child."""
-    environment = dict(os.environ)
+    """Our environment less what names one peer's own settings (each child gets its own by
+    flags); from a source checkout, with the checkout importable by the child."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in PER_PEER_ENVIRONMENT_VARIABLES
+    }
     package_root = Path(tokenvault.__file__).resolve().parent.parent
     if package_root.name not in ("site-packages", "dist-packages"):
         existing = environment.get("PYTHONPATH")
