@@ -165,6 +165,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         parents=[_connection_options("use this owner's key instead of the admin key")],
         help="show the peers and their states (with --dir, uses the admin key)",
     )
+    status.add_argument("--json", action="store_true", help="print one JSON document")
     status.set_defaults(run=status_command)
 
 
