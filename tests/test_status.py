@@ -544,6 +544,22 @@ def test_an_owner_key_sees_the_ring_only(
     assert _rows(lines, "ID")[3] == ["n3", "127.0.0.1:7403", "down", "30s"]
 
 
+def test_an_owner_key_sees_rings_that_differ_as_configuration_differs(
+    directory: Path, cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forbidden = httpx.Response(403, json={"error": {"code": "forbidden", "message": "No."}})
+    for peer_id in PEERS:
+        cluster.answers[peer_id, "/v1/admin/node"] = forbidden
+    cluster.rings["n2"]["version"] = "0123456789abcdef"
+    code, lines = _status(directory, cluster, capsys, "--owner", "bob")
+    assert code == EXIT_CONFIGURATION
+    assert (
+        "  configuration differs (n1, n3 read ring af1737aecef992e7; n2 read ring"
+        " 0123456789abcdef): the peers refuse each other's messages; give every peer the same"
+        " cluster.toml"
+    ) in lines
+
+
 def test_url_asks_that_peer_then_the_peers_its_ring_lists(
     cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -569,6 +585,8 @@ def test_json_holds_what_the_table_shows(
     json_code, document = _status_json(directory, cluster, capsys)
 
     assert json_code == code == EXIT_PEERS
+    admin_key = load_keys(directory / "keys.json").admin
+    assert admin_key not in "\n".join(lines) and admin_key not in json.dumps(document)
     assert document["format"] == STATUS_FORMAT
     assert document["healthy"] is False
     assert document["admin"] is True
@@ -663,7 +681,7 @@ def test_progress_shows_on_a_terminal_after_a_moment_and_is_cleared() -> None:
 
     progress.update(_waiting(1.2))
     assert terminal.getvalue() == (
-        "\r\x1b[Ktokenvault status: asked 1 peers, waiting for http://127.0.0.1:7401 (1.2 s)"
+        "\r\x1b[Ktokenvault status: asked 1 peer, waiting for http://127.0.0.1:7401 (1.2 s)"
     )
     progress.clear()
     assert terminal.getvalue().endswith("\r\x1b[K")

@@ -33,8 +33,9 @@ class ProgressLine:
         named = ", ".join(waiting[:_WAITING_SHOWN_MAX])
         if len(waiting) > _WAITING_SHOWN_MAX:
             named += f" and {len(waiting) - _WAITING_SHOWN_MAX} more"
+        asked = len(probed.peers)
         text = (
-            f"tokenvault status: asked {len(probed.peers)} peers,"
+            f"tokenvault status: asked {asked} peer{'' if asked == 1 else 's'},"
             f" waiting for {named} ({probed.elapsed_s:.1f} s)"
         )
         self._err.write(_ERASE_LINE + text)
