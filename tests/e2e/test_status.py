@@ -20,6 +20,9 @@ from tokenvault.cli.status_model import EXIT_HEALTHY, EXIT_PEERS
 pytestmark = pytest.mark.e2e
 
 STATUS_WALL_S_MAX = 3.0  # issue 13's acceptance: with a peer paused, an answer in under 3 s
+# of which the probes' own part (the peers' 2 s wait for a silent replica, and some margin); the
+# rest is the command's start (about 0.5 s idle, far more on a loaded machine)
+STATUS_PROBES_S_MAX = 2.5
 HEALTHY_WITHIN_S = 20.0  # a fresh cluster: every peer serving, a first write spread everywhere
 
 
@@ -94,7 +97,9 @@ def test_a_paused_peer_answers_fast_and_exits_3_naming_it(cluster: Cluster) -> N
     code, out, elapsed_s = _status(cluster)
 
     assert code == EXIT_PEERS, out
-    assert elapsed_s < STATUS_WALL_S_MAX, out
+    probes_s = float(out.split(" answered in ")[1].split(" s)")[0])
+    assert probes_s < STATUS_PROBES_S_MAX, out
+    assert elapsed_s < STATUS_WALL_S_MAX, (elapsed_s, out)
     n3 = next(row for row in _table_rows(out, "ID") if row[0] == "n3")
     assert n3[2] in ("unreachable", "down"), out  # down once the others held it so for 4 s
     assert any(line.startswith("  n3 ") for line in out.splitlines()), out
@@ -108,8 +113,9 @@ def test_the_first_peer_killed_answers_fast_and_exits_3_naming_it(cluster: Clust
     code, out, elapsed_s = _status(cluster, "--json")
 
     assert code == EXIT_PEERS
-    assert elapsed_s < STATUS_WALL_S_MAX
     document = json.loads(out)
+    assert document["elapsed_s"] < STATUS_PROBES_S_MAX, document["elapsed_s"]
+    assert elapsed_s < STATUS_WALL_S_MAX, (elapsed_s, document["elapsed_s"])
     assert document["ring"]["seen_by"] in ("n2", "n3")
     n1 = document["peers"][0]
     assert (n1["id"], n1["answered"]) == ("n1", False)
