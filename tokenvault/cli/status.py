@@ -7,7 +7,7 @@ Rules:
   cluster.toml; the ring is the first that answers. Probes are short and parallel
   (status_probe), so a paused or dead peer delays the answer by PROBE_READ_TIMEOUT_S at most, and
   an owner's inspection by its 2 s inspection timeout.
-- Exit codes (status_model): 0 healthy; 3 a peer unreachable, down, suspect, recovering or not
+- Exit codes (status_verdict): 0 healthy; 3 a peer unreachable, down, suspect, recovering or not
   ready; 4 configuration differs; 5 an owner not converged; 1 when no peer gave a ring at all
   (nothing to judge), 2 bad usage.
 - With --dir the admin key is the default; an owner's key sees the ring only, which is not an
@@ -24,10 +24,10 @@ import httpx
 
 from tokenvault.cli.cluster_files import load_cluster_config
 from tokenvault.cli.exits import CliError
-from tokenvault.cli.status_model import build_status
 from tokenvault.cli.status_probe import Probed, probe_cluster
 from tokenvault.cli.status_progress import ProgressLine
 from tokenvault.cli.status_report import print_status, print_status_json
+from tokenvault.cli.status_verdict import build_status
 from tokenvault.cli.target import Target, target_of
 from tokenvault.cluster_init import CONFIG_NAME
 
