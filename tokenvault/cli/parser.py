@@ -238,6 +238,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
             " also every peer's own view and every owner's convergence."
         ),
     )
+    status.add_argument("--json", action="store_true", help="print one JSON document")
     status.set_defaults(run=status_command)
 
 

@@ -1,60 +1,63 @@
-"""`tokenvault status`: ask a peer for the ring, and with the admin key every peer for its own
-view and every owner for its convergence, then print it all as status_report renders it.
+"""`tokenvault status`: ask every peer at once for its ring and, with the admin key, its own view
+and every owner's convergence; print the table (or --json) and exit with a code that says
+whether the cluster is healthy.
 
 Rules:
+- Peers asked: the --url (then the peers its ring lists), or with --dir every peer of
+  cluster.toml; the ring is the first that answers. Probes are short and parallel
+  (status_probe), so a paused or dead peer delays the answer by PROBE_READ_TIMEOUT_S at most, and
+  an owner's inspection by its 2 s inspection timeout.
+- Exit codes (status_verdict): 0 healthy; 3 a peer unreachable, down, suspect, recovering or not
+  ready; 4 configuration differs; 5 an owner not converged; 1 when no peer gave a ring at all
+  (nothing to judge), 2 bad usage.
 - With --dir the admin key is the default; an owner's key sees the ring only, which is not an
-  error.
-- The ring must be answered (or the command fails with exit code 1); a peer that cannot be
-  asked for its own view is shown as unreachable.
+  error: its status judges the peers' states and rings alone.
+- A progress line goes to stderr while answers are awaited, on a terminal only.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 import httpx
 
-from tokenvault.cli.api_calls import request_json
-from tokenvault.cli.exits import EXIT_OK, CliError
-from tokenvault.cli.status_report import ClusterDetails, print_status
+from tokenvault.cli.cluster_files import load_cluster_config
+from tokenvault.cli.exits import CliError
+from tokenvault.cli.status_probe import Probed, probe_cluster
+from tokenvault.cli.status_progress import ProgressLine
+from tokenvault.cli.status_report import print_status, print_status_json
+from tokenvault.cli.status_verdict import build_status
 from tokenvault.cli.target import Target, target_of
+from tokenvault.cluster_init import CONFIG_NAME
 
 
 def status_command(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
     target = target_of(args, admin_by_default=True)
-    answer = request_json(target, "GET", "/v1/ring", None, transport)
-    print_status(answer, sys.stdout, _cluster_details(target, answer, transport))
-    return EXIT_OK
-
-
-def _cluster_details(
-    target: Target, ring: Any, transport: httpx.BaseTransport | None
-) -> ClusterDetails | None:
-    """None unless the key is the admin key (an owner key sees the ring only)."""
+    progress = ProgressLine(sys.stderr)
     try:
-        first = request_json(target, "GET", "/v1/admin/node", None, transport)
-    except CliError:
-        return None
-    nodes: dict[str, Any] = {}
-    for peer in ring.get("peers", []) if isinstance(ring, dict) else []:
-        peer_id, address = str(peer.get("id", "?")), str(peer.get("address", ""))
-        if peer_id == first.get("peer"):
-            nodes[peer_id] = first
-            continue
-        try:
-            nodes[peer_id] = request_json(
-                target.at(address),
-                "GET",
-                "/v1/admin/node",
-                None,
-                transport,
-            )
-        except CliError:
-            nodes[peer_id] = None
-    owners = [
-        request_json(target, "GET", f"/v1/admin/owners/{owner}", None, transport)
-        for owner in first.get("owners", [])
-    ]
-    return ClusterDetails(nodes=nodes, owners=owners)
+        probed = probe_cluster(target, _start_urls(args, target), transport, progress.update)
+    finally:
+        progress.clear()
+    if probed.ring is None:
+        raise CliError(_no_ring_message(probed))
+    status = build_status(probed, target)
+    if args.json:
+        print_status_json(status, sys.stdout)
+    else:
+        print_status(status, sys.stdout)
+    return status.exit_code
+
+
+def _start_urls(args: argparse.Namespace, target: Target) -> list[str]:
+    """The target's URL, and with --dir every peer of its cluster.toml."""
+    urls = [target.url]
+    if args.dir is not None:
+        config = load_cluster_config(args.dir / CONFIG_NAME)
+        urls += [target.at(peer.address).url for peer in config.peers]
+    return urls
+
+
+def _no_ring_message(probed: Probed) -> str:
+    errors = [p.ring.error for p in probed.peers.values() if p.ring is not None and p.ring.error]
+    return "no peer answered the ring: " + "; ".join(errors or ["no peer to ask"])

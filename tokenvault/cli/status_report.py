@@ -1,106 +1,71 @@
-"""The text of `tokenvault status`: a line on the ring, a table of its peers, and with the
-admin views a warning when the peers read different configurations and a table of the owners.
+"""The text of `tokenvault status`, rendered from a ClusterStatus: a line on the ring, a table of
+its peers, a warning when they read different configurations, a table of the owners' replicas,
+then the verdict: `healthy` or the problems found, with the exit code.
 
 Rules:
-- Renders what the peers answered and nothing else; a field of the ring or of a peer that is
-  missing shows as "?" or empty. A ring that is not an object listing peers is a CliError.
-- Tables are left-aligned columns two spaces apart, without trailing spaces.
+- Renders the ClusterStatus and nothing else (--json dumps the same record), so the two agree.
+- A column holds one kind of thing: STATE alone says whether a peer answered; a value that is
+  unknown (no answer) is "-", never a word in a numeric column.
+- Tables are left-aligned columns two spaces apart, without trailing spaces; the owners' table
+  has one row per replica, the owner repeated on each (grep-able).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, TextIO
+import json
+from typing import TextIO
 
-from tokenvault.cli.exits import CliError
+from tokenvault.cli.status_model import ClusterStatus, OwnerStatus, PeerStatus
 
-
-@dataclass(frozen=True)
-class ClusterDetails:
-    """What the admin views add to the ring: per peer its own view, per owner convergence."""
-
-    nodes: dict[str, Any]  # peer id -> its /v1/admin/node answer, or None when unreachable
-    owners: list[Any]  # /v1/admin/owners/{owner} answers
+DIGEST_SHOWN_CHARS = 8
+UNKNOWN = "-"
 
 
-def print_status(answer: Any, out: TextIO, details: ClusterDetails | None = None) -> None:
-    if not isinstance(answer, dict):
-        raise CliError("the ring answer is not a JSON object")
-    peers = answer.get("peers")
-    if not isinstance(peers, list) or not all(isinstance(p, dict) for p in peers):
-        raise CliError("the ring answer lists no peers")
+def print_status(status: ClusterStatus, out: TextIO) -> None:
+    ring = status.ring
+    answered = sum(1 for peer in status.peers if peer.answered)
     print(
-        f"as seen by {answer.get('peer', '?')}: ring version {answer.get('version', '?')},"
-        f" N={answer.get('replicas', '?')} W={answer.get('write_quorum', '?')}"
-        f" R={answer.get('read_quorum', '?')}",
+        f"as seen by {ring.seen_by}: ring version {_text(ring.version)},"
+        f" N={_text(ring.replicas)} W={_text(ring.write_quorum)} R={_text(ring.read_quorum)}"
+        f" ({answered} of {_count(len(status.peers), 'peer')} answered"
+        f" in {status.elapsed_s:.1f} s)",
         file=out,
     )
     header: tuple[str, ...] = ("ID", "ADDRESS", "STATE", "FOR")
-    if details is not None:
+    if status.admin:
         header += ("SERVING", "HINTS HELD", "ANTI-ENTROPY")
-    rows: list[tuple[str, ...]] = [header]
-    for peer in peers:
-        since = peer.get("for_s")
-        row: tuple[str, ...] = (
-            str(peer.get("id", "?")),
-            str(peer.get("address", "?")),
-            str(peer.get("state", "?")),
-            f"{since:.0f}s" if isinstance(since, int | float) else "",
-        )
-        if details is not None:
-            row += _node_columns(details.nodes.get(str(peer.get("id"))))
-        rows.append(row)
+    rows = [header] + [_peer_row(peer, status.admin) for peer in status.peers]
     _print_table(rows, out)
-    if details is not None:
-        _print_configuration_mismatch(details.nodes, out)
-    if details is None or not details.owners:
-        return
-    print("", file=out)
-    owner_rows: list[tuple[str, ...]] = [("OWNER", "CONVERGED", "EPOCHS", "TOKENS PER REPLICA")]
-    for view in details.owners:
-        replicas = view.get("replicas", [])
-        owner_rows.append(
-            (
-                str(view.get("owner", "?")),
-                "yes" if view.get("converged") else "NO",
-                ",".join(str(r.get("active_epoch", "-")) for r in replicas),
-                " ".join(
-                    f"{r.get('peer')}={r['token_count'] if r.get('reachable') else 'unreachable'}"
-                    for r in replicas
-                ),
-            )
-        )
-    _print_table(owner_rows, out)
-
-
-def _print_configuration_mismatch(nodes: dict[str, Any], out: TextIO) -> None:
-    """A warning when the peers that answered read different cluster configurations."""
-    readers: dict[str, list[str]] = {}
-    for peer_id, node in nodes.items():
-        fingerprint = node.get("cluster_fingerprint") if isinstance(node, dict) else None
-        if isinstance(fingerprint, str):
-            readers.setdefault(fingerprint, []).append(peer_id)
-    if len(readers) > 1:
+    if status.configuration_differs:
         groups = "; ".join(
-            f"{', '.join(sorted(ids))} read {fingerprint[:8]}"
-            for fingerprint, ids in sorted(readers.items(), key=lambda item: sorted(item[1]))
+            f"{', '.join(group.peers)} read {group.shown()}" for group in status.configurations
         )
         print(
             f"CONFIGURATION DIFFERS between peers ({groups}): they refuse each other's"
             " messages. Give every peer the same cluster.toml.",
             file=out,
         )
+    if status.owners:
+        print("", file=out)
+        _print_table(_owner_rows(status.owners), out)
+    print("", file=out)
+    _print_verdict(status, out)
 
 
-def _serving_text(node: dict[str, Any]) -> str:
+def print_status_json(status: ClusterStatus, out: TextIO) -> None:
+    print(json.dumps(status.to_json(), indent=2, ensure_ascii=False), file=out)
+
+
+def serving_text(peer: PeerStatus) -> str:
     """ "serving" (with why it is not ready, as /readyz says: a full disk, a failing store), or
-    "recovering" with how far the recovery of a lost store went."""
-    state = str(node.get("state", "?"))
-    progress = node.get("recovery")
-    if state != "recovering" or not isinstance(progress, dict):
-        if node.get("ready") is False and node.get("readiness") not in (None, state):
-            return f"{state}, not ready: {node.get('readiness')}"
-        return state
+    "recovering" with how far the recovery of a lost store went; "-" without its admin view."""
+    if peer.serving is None:
+        return UNKNOWN
+    progress = peer.recovery
+    if peer.serving != "recovering" or progress is None:
+        if peer.ready is False and peer.readiness not in (None, peer.serving):
+            return f"{peer.serving}, not ready: {peer.readiness}"
+        return peer.serving
     total = progress.get("owners_total", "?")
     return (
         f"recovering ({progress.get('phase', '?')}: learned {progress.get('owners_learned', '?')}"
@@ -108,14 +73,83 @@ def _serving_text(node: dict[str, Any]) -> str:
     )
 
 
-def _node_columns(node: Any) -> tuple[str, str, str]:
-    if not isinstance(node, dict):
-        return ("unreachable", "", "")
-    hints = node.get("hints", [])
-    held = ", ".join(f"{h['hints']} for {h['target']}" for h in hints) or "0"
-    last = (node.get("anti_entropy") or {}).get("last_pass")
-    pass_text = "" if not last else f"{last['outcome']} {last['finished_s_ago']:.0f}s ago"
-    return (_serving_text(node), held, pass_text)
+def _peer_row(peer: PeerStatus, admin: bool) -> tuple[str, ...]:
+    row: tuple[str, ...] = (
+        peer.id,
+        peer.address,
+        peer.state,
+        UNKNOWN if peer.for_s is None else f"{peer.for_s:.0f}s",
+    )
+    if admin:
+        row += (serving_text(peer), _hints_text(peer), _anti_entropy_text(peer))
+    return row
+
+
+def _hints_text(peer: PeerStatus) -> str:
+    if peer.hints_held is None:
+        return UNKNOWN
+    return ", ".join(f"{held.hints} for {held.target}" for held in peer.hints_held) or "0"
+
+
+def _anti_entropy_text(peer: PeerStatus) -> str:
+    anti_entropy = peer.anti_entropy
+    if anti_entropy is None:
+        return UNKNOWN
+    if not anti_entropy.enabled:
+        return "off"
+    last = anti_entropy.last_pass
+    if last is None:
+        up = "" if peer.uptime_s is None else f" (up {peer.uptime_s:.0f}s)"
+        return f"no pass yet{up}"
+    return f"{last.outcome} {last.finished_s_ago:.0f}s ago"
+
+
+def _owner_rows(owners: list[OwnerStatus]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        ("OWNER", "CONVERGED", "REPLICA", "ANSWERED", "EPOCH", "TOKENS", "DIGEST", "HINTS FOR IT")
+    ]
+    for owner in owners:
+        converged = {True: "yes", False: "NO", None: "unknown"}[owner.converged]
+        if not owner.replicas:
+            rows.append((owner.owner, converged, *(UNKNOWN,) * 6))
+        for replica in owner.replicas:
+            rows.append(
+                (
+                    owner.owner,
+                    converged,
+                    replica.peer,
+                    "yes" if replica.answered else "no",
+                    _text(replica.active_epoch),
+                    _text(replica.token_count),
+                    _text(None if replica.digest is None else replica.digest[:DIGEST_SHOWN_CHARS]),
+                    _text(replica.hints_for_it),
+                )
+            )
+    return rows
+
+
+def _print_verdict(status: ClusterStatus, out: TextIO) -> None:
+    if not status.problems:
+        peers = _count(len(status.peers), "peer")
+        checked = (
+            f"{peers} up and serving, one configuration,"
+            f" {_count(len(status.owners), 'owner')} converged"
+            if status.admin
+            else f"{peers} up, one ring (an owner key: no admin views)"
+        )
+        print(f"healthy (exit 0): {checked}", file=out)
+        return
+    print(f"{_count(len(status.problems), 'problem')} (exit {status.exit_code}):", file=out)
+    for problem in status.problems:
+        print(f"  {problem.message}", file=out)
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _text(value: object) -> str:
+    return UNKNOWN if value is None else str(value)
 
 
 def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
