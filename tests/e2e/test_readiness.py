@@ -68,7 +68,11 @@ def test_readyz_follows_the_write_quorum_while_healthz_stays_live(cluster: Clust
     assert "fewer than W replicas" in payload["error"]["message"]
     assert ready_gauge(c, "n1") == "0"
     view = get(c, "n1", "/v1/admin/node").json()
-    assert (view["ready"], view["readiness"], view["state"]) == (False, "no_write_quorum", "serving")
+    assert (view["ready"], view["readiness"], view["state"]) == (
+        False,
+        "no_write_quorum",
+        "serving",
+    )
     # Still alive, still serving what it can: liveness does not follow the quorum.
     health = get(c, "n1", "/healthz")
     assert health.status_code == 200 and health.json() == {"status": "serving", "peer": "n1"}

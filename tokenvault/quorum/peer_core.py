@@ -345,8 +345,8 @@ class PeerCore:
     def owners_without_write_quorum(self, owners: Sequence[str]) -> int:
         """How many of ``owners`` have fewer than W replicas this peer could count on now, as
         its failure detector sees them (`_unusable_replicas`: those held down, and its own
-        while it recovers): a write it coordinates for such an owner fails at once. O(1) while
-        at most N - W replicas are unusable (the common case), else one pass over ``owners``."""
+        while it recovers): a write it coordinates for such an owner fails at once. No pass
+        over ``owners`` while at most N - W peers are unusable (the common case)."""
         unusable = self._unusable_replicas()
         quorum = self.quorum
         if len(unusable) <= quorum.replica_count - quorum.write_quorum:
