@@ -33,8 +33,8 @@ Rules:
   - the replica's digests (merkle.py), DIGEST_PAGE_KEYS mappings per DIGEST_PAGE_INTERVAL_S,
     for every core built (at start, and over a store that replaced a damaged one); an owner's
     anti-entropy starts once its digests are whole.
-- Readiness (`readiness()`, what /readyz and the views read): the core serving, and the store
-  taking writes.
+- Readiness (`readiness()`, what /readyz and the views read): the core serving, the store
+  taking writes, and a write quorum of every owner's replicas not held down (PeerCore).
 - One clock task calls `advance` when the core's next timer or heartbeat is due.
 - A peer batch reaches the core only once it fits this cluster's configuration (`BatchRules`:
   owners that are configured, fields that the owner has, a heartbeat only of its sender); the
@@ -66,6 +66,7 @@ from tokenvault.quorum.client_operations import ClientAnswer, ClientOperation, f
 from tokenvault.quorum.effects import EpochDone, Failure, ReadDone, WriteDone
 from tokenvault.quorum.messages import Heartbeat, InsertRequest, Message
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
+from tokenvault.quorum.recovery import Phase
 from tokenvault.ring.hash_ring import HashRing
 from tokenvault.store.damage import Damage, move_aside
 from tokenvault.store.leveldb_store import LevelDBStore, OpenedStore, StoreWriteFailed, open_store
@@ -131,7 +132,9 @@ class Readiness:
     """Whether this peer should be sent traffic (/readyz), and if not, why."""
 
     ready: bool
-    reason: str  # "serving" when ready; else the core's state, "disk_full", "store_failing"
+    # "serving" when ready; else "starting", "recovering" (service_state), "disk_full",
+    # "store_failing" or "no_write_quorum"
+    reason: str
 
 
 def peer_limits(config: ClusterConfig) -> PeerLimits:
@@ -252,10 +255,19 @@ class Node:
             action="started an empty store",
         )
 
+    def service_state(self) -> str:
+        """ "serving"; "starting" while a fresh store waits for its peers to say whether the
+        cluster knew it (a brand-new peer: a heartbeat or two), or its `serving` record is not
+        yet durable; "recovering" while it rebuilds a lost store (PeerCore.state, refined)."""
+        if self.core.state == "serving":
+            return "serving"
+        return "recovering" if self.core.recovery.phase is Phase.RECOVERING else "starting"
+
     def readiness(self) -> Readiness:
-        """Ready while the core serves and the store takes writes; the one place views,
-        /readyz and /metrics read it from."""
-        state = self.core.state
+        """Ready while the core serves, the store takes writes, and every owner has at least W
+        replicas that this peer's failure detector does not hold down (itself counted): the
+        one place views, /readyz and /metrics read it from."""
+        state = self.service_state()
         if state != "serving":
             return Readiness(ready=False, reason=state)
         health = self.store.health()
@@ -263,6 +275,8 @@ class Node:
             return Readiness(ready=False, reason="disk_full")
         if not health.writable:
             return Readiness(ready=False, reason="store_failing")
+        if self.core.owners_without_write_quorum([o.id for o in self.config.owners]):
+            return Readiness(ready=False, reason="no_write_quorum")
         return Readiness(ready=True, reason="serving")
 
     # -- lifecycle -----------------------------------------------------------------------------

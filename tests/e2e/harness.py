@@ -144,7 +144,7 @@ class Cluster:
             self.wait_ready(peer_id)  # /readyz: serving, and its store takes writes
 
     def wait_serving(self, peer_id: str, timeout_s: float = READY_TIMEOUT_S) -> float:
-        """Waits until /healthz says "serving" (a fresh peer says "recovering" until it knows
+        """Waits until /healthz says "serving" (a fresh peer says "starting" until it knows
         whether its peers knew it); returns the seconds waited."""
         started = time.monotonic()
         while time.monotonic() < started + timeout_s:

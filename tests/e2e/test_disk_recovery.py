@@ -136,14 +136,17 @@ async def test_a_peer_whose_data_dir_was_deleted_recovers_before_it_votes(
         cluster.pause("n2")
         cluster.start("n3")
         cluster.wait_ready("n3", probe="/healthz")  # alive; not ready while it recovers
+        # "starting" until a peer's answer shows that its store was lost, then "recovering".
         ready = httpx.get(cluster.url("n3") + "/readyz", timeout=TIMEOUT_S)
-        assert ready.status_code == 503 and ready.json()["reason"] == "recovering"
+        assert ready.status_code == 503 and ready.json()["reason"] in ("starting", "recovering")
         deadline = time.monotonic() + TIMEOUT_S
         while node_view(cluster, "n3")["recovery"]["phase"] != "recovering":
             assert time.monotonic() < deadline, node_view(cluster, "n3")
             time.sleep(0.05)
         view = node_view(cluster, "n3")
         assert view["state"] == "recovering"
+        ready = httpx.get(cluster.url("n3") + "/readyz", timeout=TIMEOUT_S)
+        assert ready.status_code == 503 and ready.json()["reason"] == "recovering"
         assert view["recovery"]["owners_total"] == 1 and view["recovery"]["owners_learned"] == 0
         health = httpx.get(cluster.url("n3") + "/healthz", timeout=TIMEOUT_S)
         assert health.status_code == 200 and health.json()["status"] == "recovering"

@@ -62,7 +62,7 @@ VIRTUAL_GUARD_S = 10_000.0  # the same on the autojump clock, where deadlines ta
 
 @asynccontextmanager
 async def running_server(
-    handler: Handler, limits: ServerLimits | None = None
+    handler: Gate | Handler, limits: ServerLimits | None = None
 ) -> AsyncIterator[int]:
     async with trio.open_nursery() as nursery:
         port: int = await nursery.start(

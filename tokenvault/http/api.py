@@ -9,18 +9,24 @@ Rules:
   fails after a write.
 - A path that exists answers another method with 405 and `Allow` (its methods); an unknown path
   404. A token path that does not decode is a token like any malformed one: the uniform 404.
+  HEAD is routed as GET wherever GET is (same route, admission, handler and metrics label);
+  the server (server.py) sends its status and headers, Content-Length included, without the
+  body.
 - Admission before reading: the route and the key are checked once, from the request's head
   (`admit`), before any byte of its body is read; only an authenticated peer request on the
   exact peer path may send a large body (PEER_BODY_BYTES_MAX), every other request at most
   PUBLIC_BODY_BYTES_MAX, and the routes that need no key none.
 - Authentication is a dictionary lookup of the key's SHA-256, built once from the config. An
-  owner key acts for that owner alone; the admin key acts for no owner. The internal endpoint
-  takes only batches signed by another peer (http/peer_auth.py): the head is verified at
-  admission (`_admit_peer`: with TLS on, a verified peer certificate first; then the signature,
-  headers only), the body once read (`_verify_peer_body`); a refusal is a 401 and a
-  rate-limited `peer_auth_refused` alarm, a batch that is malformed or does not fit the
-  configuration a 400 and a rate-limited `peer_batch_refused` alarm; with TLS, a batch must
-  name the certified peer as its source.
+  owner key acts for that owner alone; the admin key acts for no owner. The key comes as
+  `Authorization: Bearer <key>`, or, on the routes a browser reaches (BASIC_AUTH_ROUTES: /ui
+  and what its page polls), as HTTP Basic credentials whose password is the key (the user
+  name is ignored); a 401 on /ui carries a Basic challenge so that a browser asks for them.
+  The internal endpoint takes only batches signed by another peer (http/peer_auth.py): the
+  head is verified at admission (`_admit_peer`: with TLS on, a verified peer certificate
+  first; then the signature, headers only), the body once read (`_verify_peer_body`); a
+  refusal is a 401 and a rate-limited `peer_auth_refused` alarm, a batch that is malformed or
+  does not fit the configuration a 400 and a rate-limited `peer_batch_refused` alarm; with
+  TLS, a batch must name the certified peer as its source.
 - A token that does not exist, belongs to another owner, or is malformed gets one and the same
   not-found answer: lookups are always made in the caller's own key space.
 - Errors map to statuses in errors.py only; values and keys never reach a log line or a message.
@@ -28,6 +34,7 @@ Rules:
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import functools
 import hashlib
@@ -63,6 +70,7 @@ from tokenvault.http.peer_auth import (
 from tokenvault.http.peer_codec import CodecError
 from tokenvault.http.peer_transport import PEER_MESSAGES_PATH
 from tokenvault.http.server import Admission, Request, RequestHead, Response
+from tokenvault.http.ui import StatusPage
 from tokenvault.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tokenvault.node import Node, NotConfigured
 from tokenvault.quorum.client_operations import (
@@ -87,6 +95,10 @@ PEER_BODY_BYTES_MAX = 32 * 1024 * 1024  # an authenticated peer batch on PEER_ME
 KEYLESS_BODY_BYTES_MAX = 0  # the routes that need no key take no body
 # Routes anyone may call: no key is looked at, and they take no body.
 KEYLESS_ROUTES = frozenset({"healthz", "readyz", "metrics", "openapi"})
+# Routes that also take the key as HTTP Basic credentials (a browser cannot send a Bearer key
+# when it navigates): the status page and the admin JSON its script polls.
+BASIC_AUTH_ROUTES = frozenset({"ui", "ring", "ring_owner", "admin_node", "admin_owner"})
+BASIC_CHALLENGE = 'Basic realm="tokenvault", charset="UTF-8"'
 RECORDS_MAX = 1_000
 TOKENS_MAX = 1_000
 VALUE_BYTES_MAX = 4 * 1024
@@ -197,11 +209,13 @@ class PublicApi:
             ("GET", "/v1/ring"): ("ring", self._ring),
             ("GET", "/v1/admin/node"): ("admin_node", self._admin_node),
             ("GET", "/v1/openapi.json"): ("openapi", self._openapi),
+            ("GET", "/ui"): ("ui", self._ui),
             ("POST", PEER_MESSAGES_PATH): ("peer_messages", self._peer_messages),
         }
         self._exact_paths: dict[str, tuple[str, ...]] = {}
         for method, path in sorted(self._exact):
-            self._exact_paths[path] = (*self._exact_paths.get(path, ()), method)
+            also_head = ("HEAD",) if method == "GET" else ()
+            self._exact_paths[path] = (*self._exact_paths.get(path, ()), method, *also_head)
         self._prefixed: tuple[tuple[str, str, str, RouteHandler], ...] = (
             ("GET", "/v1/tokens/", "token", self._get_token),
             ("GET", "/v1/ring/owners/", "ring_owner", self._ring_owner),
@@ -210,6 +224,7 @@ class PublicApi:
         # Read once at start: the OpenAPI document (docs/openapi.yaml) as the package ships it.
         openapi = resources.files("tokenvault.http") / "openapi.json"
         self._openapi_json = openapi.read_bytes()
+        self._status_page = StatusPage.load()
         metrics = node.metrics
         metrics.counter(
             "tokenvault_http_requests_total", "HTTP requests by route and status.", labelled=True
@@ -239,8 +254,14 @@ class PublicApi:
                 principal = self._admit_peer(head)
                 body_bytes_max = PEER_BODY_BYTES_MAX
             else:
-                principal = self._authenticate(head)
+                principal = self._authenticate(head, basic=route in BASIC_AUTH_ROUTES)
                 body_bytes_max = PUBLIC_BODY_BYTES_MAX
+        except Unauthenticated as error:
+            if route == "ui":  # a browser asks its user for the key, then sends it again
+                error.challenge = BASIC_CHALLENGE
+            response = error_response(error)
+            self._count(route, response.status, 0.0)
+            return response
         except ApiError as error:
             response = error_response(error)
             self._count(route, response.status, 0.0)
@@ -281,14 +302,15 @@ class PublicApi:
         metrics.observe("tokenvault_http_request_seconds", seconds, labels)
 
     def _route(self, head: RequestHead) -> tuple[str, RouteHandler | None, str]:
-        found = self._exact.get((head.method, head.path))
+        method = "GET" if head.method == "HEAD" else head.method  # HEAD: GET without a body
+        found = self._exact.get((method, head.path))
         if found is not None:
             return found[0], found[1], ""
         if head.path in self._exact_paths:
             return "method_not_allowed", None, ""
-        for method, prefix, name, handler in self._prefixed:
+        for route_method, prefix, name, handler in self._prefixed:
             if head.path.startswith(prefix):
-                if head.method != method:
+                if method != route_method:
                     return "method_not_allowed", None, ""
                 return name, handler, head.path[len(prefix) :]
         return "unknown", None, ""
@@ -300,11 +322,11 @@ class PublicApi:
             return exact
         for method, prefix, _, _ in self._prefixed:
             if path.startswith(prefix):
-                return (method,)
+                return (method, "HEAD") if method == "GET" else (method,)
         return ()
 
-    def _authenticate(self, head: RequestHead) -> Principal:
-        principal = self._principals.get(hash_api_key(_bearer_key(head)))
+    def _authenticate(self, head: RequestHead, *, basic: bool = False) -> Principal:
+        principal = self._principals.get(hash_api_key(_presented_key(head, basic=basic)))
         if principal is None:
             raise Unauthenticated("The key is not known.")
         return principal
@@ -341,9 +363,11 @@ class PublicApi:
         records = _bounded_list(parse_json_object(request.body), "records", RECORDS_MAX)
         # Validate everything first: (record index, field, value) of every configured field.
         sensitive: list[tuple[int, str, str]] = []
+        named: set[str] = set()  # every field name of every record: fields_left is the rest
         for index, record in enumerate(records):
             if not isinstance(record, dict):
                 raise InvalidRequest("Every record must be a JSON object.")
+            named.update(record)
             for name in owner.fields.intersection(record):
                 value = record[name]
                 if not isinstance(value, str):
@@ -365,7 +389,10 @@ class PublicApi:
         answered = [dict(record) for record in records]
         for token, (index, name, _) in zip(answer.tokens, sensitive, strict=True):
             answered[index][name] = token
-        return json_response(200, {"epoch": answer.epoch.epoch, "records": answered})
+        fields_left = sorted(named.difference(owner.fields))
+        return json_response(
+            200, {"epoch": answer.epoch.epoch, "fields_left": fields_left, "records": answered}
+        )
 
     async def _detokenize(self, request: Request, principal: Principal | None, _: str) -> Response:
         owner = _owner_of(principal)
@@ -549,16 +576,20 @@ class PublicApi:
         )
 
     async def _healthz(self, request: Request, principal: Principal | None, _: str) -> Response:
-        # Liveness: 200 while the process answers; "status" says whether it serves yet.
-        return json_response(200, {"status": self._node.core.state, "peer": self._node.peer_id})
+        # Liveness: 200 while the process answers; "status" says whether it serves yet
+        # (serving, starting or recovering: Node.service_state), not whether it is ready.
+        node = self._node
+        return json_response(200, {"status": node.service_state(), "peer": node.peer_id})
 
     async def _readyz(self, request: Request, principal: Principal | None, _: str) -> Response:
-        """200 while the peer serves and its store takes writes; else 503 in the error envelope,
-        with the reason (the core's state, disk_full, store_failing) beside it."""
+        """200 while the peer serves, its store takes writes and it sees a write quorum of every
+        owner's replicas; else 503 in the error envelope, with the reason (Node.readiness)
+        beside it and a sentence saying what it means."""
         readiness = self._node.readiness()
         if readiness.ready:
             return json_response(200, {"ready": True, "peer": self._node.peer_id})
-        error = Unavailable(f"This peer is not ready: {readiness.reason}.")
+        detail = _NOT_READY_TEXT.get(readiness.reason, readiness.reason)
+        error = Unavailable(f"This peer is not ready: {detail}.")
         body = {
             "error": {"code": error.code, "message": error.message},
             "ready": False,
@@ -574,6 +605,11 @@ class PublicApi:
 
     async def _openapi(self, request: Request, principal: Principal | None, _: str) -> Response:
         return Response(status=200, body=self._openapi_json)
+
+    async def _ui(self, request: Request, principal: Principal | None, _: str) -> Response:
+        if principal is not ADMIN:
+            raise Forbidden("Only the admin key may see this.")
+        return self._status_page.response
 
     # -- peers ---------------------------------------------------------------------------------
 
@@ -620,6 +656,8 @@ class PublicApi:
         """Runs a client operation on this peer; a failed one is a 503 naming why."""
         answer: ClientAnswer = await self._node.perform(operation)
         assert isinstance(answer, kind)
+        if answer.failure is Failure.RECOVERING and self._node.service_state() == "starting":
+            raise Unavailable(_STARTING_TEXT)
         if answer.failure is not None:
             raise Unavailable(_FAILURE_TEXT[answer.failure])
         return answer
@@ -650,6 +688,24 @@ _FAILURE_TEXT = {
         "This peer is recovering a lost store and serves no request yet; try another peer."
     ),
 }
+# RECOVERING's answer while the peer has not yet heard whether its empty store is new.
+_STARTING_TEXT = (
+    "This peer has just started on an empty store and waits for its peers to answer; it serves "
+    "no request yet; try another peer."
+)
+# /readyz's sentence per Readiness.reason (the reason itself is in the answer beside it).
+_NOT_READY_TEXT = {
+    "starting": (
+        "it started on an empty store and waits for its peers to say whether it is new or "
+        "must recover lost data (a heartbeat or two)"
+    ),
+    "recovering": "it is recovering a lost store from its replicas",
+    "disk_full": "its disk is full (disk_full); it retries every second",
+    "store_failing": "its store fails to write (store_failing)",
+    "no_write_quorum": (
+        "fewer than W replicas of an owner are up as this peer sees them (no_write_quorum)"
+    ),
+}
 
 
 def _ballot_text(ballot: Ballot | None) -> str | None:
@@ -662,12 +718,27 @@ def _owner_of(principal: Principal | None) -> OwnerConfig:
     raise Forbidden("The admin key acts for no owner; use an owner's key.")
 
 
-def _bearer_key(head: RequestHead) -> str:
-    scheme, _, key = head.headers.get("authorization", "").partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
-        raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
-    return key
+def _presented_key(head: RequestHead, *, basic: bool) -> str:
+    """The key of `Authorization: Bearer <key>`, or with ``basic`` also the password of
+    `Authorization: Basic <base64 of user:password>` (RFC 7617); never logged."""
+    scheme, _, credentials = head.headers.get("authorization", "").partition(" ")
+    credentials = credentials.strip()
+    scheme = scheme.lower()
+    if scheme == "bearer" and credentials:
+        return credentials
+    if basic and scheme == "basic" and credentials:
+        try:
+            decoded = binascii.a2b_base64(credentials, strict_mode=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise Unauthenticated("The Basic credentials are not base64 of UTF-8.") from None
+        _, colon, key = decoded.partition(":")
+        if colon and key:
+            return key
+    if basic:
+        raise Unauthenticated(
+            "Send 'Authorization: Bearer <key>', or Basic credentials with the key as password."
+        )
+    raise Unauthenticated("Send 'Authorization: Bearer <key>'.")
 
 
 def route_error(route: str, allowed_methods: tuple[str, ...] = ()) -> ApiError:

@@ -6,7 +6,8 @@ Rules kept here:
 - each error class owns its status and code; a message is a sentence for a person and
   never carries secrets (no tokens' plaintext, keys or request bodies);
 - ``retry_after_s``, when set, becomes a ``Retry-After`` header (whole seconds); a 405 names the
-  methods its path allows in an ``Allow`` header (RFC 9110 §15.5.6);
+  methods its path allows in an ``Allow`` header (RFC 9110 §15.5.6); a 401 with a
+  ``challenge`` sends it as ``WWW-Authenticate`` (RFC 9110 §11.6.1);
 - the responses are messages.py's Response: this module never imports server.py, which
   imports it.
 """
@@ -69,6 +70,7 @@ class Unauthenticated(ApiError):
     status = 401
     code = "unauthenticated"
     default_message = "The request lacks valid credentials."
+    challenge: str | None = None  # a WWW-Authenticate value, where a browser should ask
 
 
 class Forbidden(ApiError):
@@ -124,12 +126,14 @@ def json_response(status: int, payload: object) -> Response:
 
 
 def error_response(error: ApiError) -> Response:
-    """The Response for ``error``: its status, the JSON error body, Retry-After if set, and
-    Allow on a 405 that names its methods."""
+    """The Response for ``error``: its status, the JSON error body, Retry-After if set,
+    Allow on a 405 that names its methods, WWW-Authenticate on a 401 with a challenge."""
     body = _ENCODER.encode({"error": {"code": error.code, "message": error.message}})
     headers: tuple[tuple[str, str], ...] = ()
     if error.retry_after_s is not None:
         headers = (("retry-after", str(error.retry_after_s)),)
     if isinstance(error, MethodNotAllowed) and error.allowed_methods:
         headers += (("allow", ", ".join(error.allowed_methods)),)
+    elif isinstance(error, Unauthenticated) and error.challenge is not None:
+        headers += (("www-authenticate", error.challenge),)
     return Response(status=error.status, body=body.encode("utf-8"), headers=headers)

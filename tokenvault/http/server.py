@@ -618,6 +618,7 @@ class _Server:
         stream, client, peer_id, io_scope = link.stream, link.client, link.peer_id, link.scope
         parsed = parse_request_head(received, self._limits.header_bytes_max)
         conn: h11.Connection | None = None
+        head_only = False  # a HEAD request: its answer, a refusal included, has no body
         try:
             if parsed is not None:
                 head, has_body, keep_alive = _head_of(
@@ -635,6 +636,7 @@ class _Server:
                 if head_read is None:
                     return None  # closed before a whole head
                 head, has_body, keep_alive = head_read
+            head_only = head.method == "HEAD"
             verdict = self._admit(head) if head.path else _BAD_TARGET_RESPONSE
             if isinstance(verdict, Response):
                 if has_body:
@@ -673,7 +675,7 @@ class _Server:
             return await self._send(link, response, head, keep_alive, rest)
         # Refused with the request's rest unread: answer, then close without reading it.
         io_scope.deadline = trio.current_time() + self._limits.response_write_timeout_s
-        await stream.send_all(self._encode(refusal, head_only=False, keep_alive=False)[0])
+        await stream.send_all(self._encode(refusal, head_only, keep_alive=False)[0])
         io_scope.deadline = math.inf
         await _linger(stream)
         return None

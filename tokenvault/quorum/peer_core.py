@@ -347,6 +347,22 @@ class PeerCore:
         from since this peer started (a pass with a peer still starting would only time out)."""
         return self.down_peers() | self.failure_detector.never_heard()
 
+    def owners_without_write_quorum(self, owners: Sequence[str]) -> int:
+        """How many of ``owners`` have fewer than W replicas this peer could count on now, as
+        its failure detector sees them (`_unusable_replicas`: those held down, and its own
+        while it recovers): a write it coordinates for such an owner fails at once. No pass
+        over ``owners`` while at most N - W peers are unusable (the common case)."""
+        unusable = self._unusable_replicas()
+        quorum = self.quorum
+        if len(unusable) <= quorum.replica_count - quorum.write_quorum:
+            return 0
+        return sum(
+            1
+            for owner in owners
+            if sum(1 for p in self.preference_list(owner) if p not in unusable)
+            < quorum.write_quorum
+        )
+
     def _unusable_replicas(self) -> frozenset[str]:
         """Replicas an operation should not count on: those held down, and this peer's own
         while it recovers (it refuses reads and writes: ask the others first)."""
