@@ -5,8 +5,10 @@ cannot use (1), a disk too full to open a store (1), a bad configuration or secr
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,15 +24,33 @@ pytestmark = pytest.mark.e2e
 NODE_TIMEOUT_S = 60.0
 
 
-def run_node(config_path: Path, peer_id: str) -> subprocess.CompletedProcess[str]:
+def run(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """A command that is expected to end by itself: its exit code and output."""
     return subprocess.run(
-        peer_command(config_path, peer_id),
+        command,
         capture_output=True,
         text=True,
         timeout=NODE_TIMEOUT_S,
         check=False,
         stdin=subprocess.DEVNULL,
     )
+
+
+def run_node(config_path: Path, peer_id: str) -> subprocess.CompletedProcess[str]:
+    return run(peer_command(config_path, peer_id))
+
+
+@contextlib.contextmanager
+def one_peer_running(directory: Path, peer_id: str) -> Iterator[tuple[Cluster, int]]:
+    """A new 3-peer cluster in which only `peer_id` runs, started as by hand, and its pid;
+    every process of the cluster is killed on the way out."""
+    cluster = Cluster(directory)
+    try:
+        cluster.start(peer_id)
+        cluster.wait_ready(peer_id, probe="/healthz")
+        yield cluster, cluster.pid(peer_id)
+    finally:
+        cluster.close()
 
 
 def error_lines(finished: subprocess.CompletedProcess[str]) -> list[str]:
@@ -46,11 +66,7 @@ def data_dir(cluster: Cluster, peer_id: str) -> Path:
 def test_a_second_process_for_a_running_peer_is_one_line_and_touches_nothing(
     tmp_path: Path,
 ) -> None:
-    cluster = Cluster(tmp_path / "cluster")
-    try:
-        cluster.start("n1")
-        cluster.wait_ready("n1", probe="/healthz")
-        pid = cluster.pid("n1")
+    with one_peer_running(tmp_path / "cluster", "n1") as (cluster, pid):
         directory = data_dir(cluster, "n1")
         before = sorted(path.name for path in directory.iterdir())
         second = run_node(cluster.init.config_path, "n1")
@@ -66,8 +82,6 @@ def test_a_second_process_for_a_running_peer_is_one_line_and_touches_nothing(
         assert health.status_code == 200
         assert cluster.stop("n1") == 0
         assert peer_pid_path(directory).read_text() == ""  # a clean stop leaves no pid behind
-    finally:
-        cluster.close()
 
 
 def test_a_taken_port_is_one_line_and_lets_the_data_directory_go(tmp_path: Path) -> None:
