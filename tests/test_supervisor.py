@@ -3,6 +3,7 @@ restart delays, how a peer's place is read, and how an ended process is describe
 
 from __future__ import annotations
 
+import errno
 import socket
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tokenvault.cli.supervisor import (
     RESTART_DELAY_MAX_S,
     RESTART_RESET_AFTER_S,
     RestartBackoff,
+    cannot_listen_text,
     find_place,
 )
 from tokenvault.config import PeerConfig
@@ -32,16 +34,25 @@ def test_a_peer_place_is_free_held_or_taken(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     peer = PeerConfig(id="n1", host="127.0.0.1", port=port, data_dir=tmp_path)
-    assert (find_place(peer).holder, find_place(peer).port_error) == (None, None)
+    assert (find_place(peer).holder, find_place(peer).listen_errno) == (None, None)
     with socket.create_server(("127.0.0.1", port)):
         taken = find_place(peer)
-        assert (taken.holder, taken.port_error) == (None, "Address already in use")
+        assert (taken.holder, taken.listen_errno) == (None, errno.EADDRINUSE)
+        assert cannot_listen_text(peer, errno.EADDRINUSE) == (
+            f"peer n1: cannot listen on 127.0.0.1:{port}: Address already in use; the program"
+            f" there is not this cluster's n1 (no process holds {tmp_path})"
+        )
         lock = acquire_pid_lock(peer_pid_path(tmp_path))  # held: the port does not matter
         try:
             held = find_place(peer)
-            assert held.holder is not None and held.port_error is None
+            assert held.holder is not None and held.listen_errno is None
         finally:
             lock.release()
+    elsewhere = PeerConfig(id="n2", host="192.0.2.1", port=port, data_dir=tmp_path / "n2")
+    assert find_place(elsewhere).listen_errno == errno.EADDRNOTAVAIL  # not a local address
+    assert cannot_listen_text(elsewhere, errno.EADDRNOTAVAIL) == (
+        f"peer n2: cannot listen on 192.0.2.1:{port}: Cannot assign requested address"
+    )
 
 
 def test_an_ended_process_is_described_by_code_signal_and_its_last_error_line(

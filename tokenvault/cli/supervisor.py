@@ -6,9 +6,9 @@ Rules:
   process holds the peer's data directory, pid_lock.py: up watches it, never signals it) or
   `waiting` (to be started at `restart_at`).
 - Before a peer starts (at start, and at every restart) its place is looked at: held by another
-  process → adopted; else its port free → started; else the port is taken by a program that is
-  not this peer: at start, up refuses in one line before it starts anything; later, it tries
-  again after the next delay.
+  process → adopted; else its address can be listened on → started; else (its port taken by a
+  program that is not this peer, or not a local address): at start, up refuses in one line
+  before it starts anything; later, it says so and tries again after the next delay.
 - A process of up's that exits, whatever its exit code or signal, is restarted after a delay:
   RESTART_DELAY_FIRST_S, doubled after each exit up to RESTART_DELAY_MAX_S, and back to the
   first once a process ran RESTART_RESET_AFTER_S. Each exit is one line on stderr (code or
@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -69,11 +70,12 @@ class RestartBackoff:
 
 @dataclass(frozen=True, slots=True)
 class PeerPlace:
-    """Where a peer would run: another process runs it (`holder`), or its port is taken by
-    something else (`port_error`, the reason), or neither (it can be started)."""
+    """Where a peer would run: another process runs it (`holder`), or its address cannot be
+    listened on (`listen_errno`: taken by something else, not a local address), or neither
+    (it can be started)."""
 
     holder: LockHolder | None
-    port_error: str | None
+    listen_errno: int | None
 
 
 def find_place(peer: PeerConfig) -> PeerPlace:
@@ -84,15 +86,19 @@ def find_place(peer: PeerConfig) -> PeerPlace:
     try:
         with socket.create_server((host, peer.port)):
             return PeerPlace(None, None)
-    except OSError as error:  # create_server adds the address to strerror: name the errno only
-        return PeerPlace(None, os.strerror(error.errno) if error.errno else str(error))
+    except OSError as error:
+        return PeerPlace(None, error.errno or errno.EINVAL)
 
 
-def port_taken_text(peer: PeerConfig, reason: str) -> str:
-    return (
-        f"peer {peer.id}: cannot listen on {peer.address}: {reason}; the program there is not"
-        f" this cluster's {peer.id} (no process holds {peer.data_dir})"
-    )
+def cannot_listen_text(peer: PeerConfig, listen_errno: int) -> str:
+    """One line: why the peer cannot be started on its address."""
+    text = f"peer {peer.id}: cannot listen on {peer.address}: {os.strerror(listen_errno)}"
+    if listen_errno == errno.EADDRINUSE:
+        text += (
+            f"; the program there is not this cluster's {peer.id}"
+            f" (no process holds {peer.data_dir})"
+        )
+    return text
 
 
 @dataclass(slots=True, kw_only=True)
@@ -140,8 +146,8 @@ class Supervisor:
         starting anything, when a peer's port is taken by something that is not that peer."""
         places = [(entry, find_place(entry.peer)) for entry in self.peers]
         for entry, place in places:
-            if place.holder is None and place.port_error is not None:
-                raise CliError(port_taken_text(entry.peer, place.port_error))
+            if place.holder is None and place.listen_errno is not None:
+                raise CliError(cannot_listen_text(entry.peer, place.listen_errno))
         for entry, place in places:
             if place.holder is not None:
                 entry.adopted, entry.adopted_pid = True, place.holder.pid
@@ -230,11 +236,11 @@ class Supervisor:
                 flush=True,
             )
             return
-        if place.port_error is not None:
+        if place.listen_errno is not None:
             delay_s = entry.backoff.delay_s(0.0)
             entry.restart_at_s = now + delay_s
             print_error(
-                f"{port_taken_text(entry.peer, place.port_error)}; up tries again in"
+                f"{cannot_listen_text(entry.peer, place.listen_errno)}; up tries again in"
                 f" {delay_s:.1f} s"
             )
             return
