@@ -24,6 +24,7 @@ import pytest
 
 from tests.e2e.harness import Cluster, free_port_block
 from tests.e2e.test_node_errors import one_peer_running, run, run_node
+from tests.e2e.test_tls import child_pids
 from tokenvault.pid_lock import lock_holder, peer_pid_path
 from tokenvault.tls import client_context
 
@@ -78,14 +79,19 @@ class UpRun:
         return self.process.wait(timeout=STOP_TIMEOUT_S)
 
     def close(self) -> None:
+        """Kill up, the peers it started (still starting or not), and any peer of its cluster."""
+        leftovers = []
         if self.process.poll() is None:
+            leftovers = child_pids(self.process.pid)
             self.process.kill()
             self.process.wait(timeout=10)
         for data_dir in (self.directory / "data").glob("n*"):
             holder = lock_holder(peer_pid_path(data_dir))
             if holder is not None and holder.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(holder.pid, signal.SIGKILL)
+                leftovers.append(holder.pid)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
