@@ -1,16 +1,21 @@
 """Runs one peer as an operating-system process: the node, its HTTP server, and the signals
 that stop it.
 
-Rules: SIGTERM and SIGINT stop the peer cleanly (the store is closed on every way out); a
-store that cannot be opened at all ends it with StorageError (one line, exit 1, by the CLI); the
-process logs `peer_start`, `peer_serving` and `peer_stop` as JSON lines (and `tls_certificate`,
-its certificate's days left, a warning under CERTIFICATE_WARNING_DAYS). With TLS, the server
-speaks HTTPS and the links mutual TLS, from the contexts the caller loaded (tls_certificates.py);
-failed TLS handshakes (plain HTTP to the port, untrusted certificates, scanners) are counted,
-and logged as one `tls_handshake_failed` line per TLS_FAILURE_LOG_INTERVAL_S at most.
-At start it raises its soft descriptor limit (RLIMIT_NOFILE) to the hard limit, and its HTTP
-server serves no more connections than the descriptors left beside the store's and the peer
-links' allow (`server_limits`), so that a flood of clients cannot starve LevelDB or the links.
+Rules: one process per peer: before it touches its data directory (created, mode 0700, if
+missing) the peer locks the pid file in it (pid_lock.py) and holds it until it exits.
+SIGTERM and SIGINT stop the peer cleanly (the store is closed on every way out). Expected
+failures at start end it with PeerStartFailed, whose message the CLI prints as one line (exit 1):
+another process holds the data directory, the directory cannot be made or locked, its address
+cannot be listened on (taken, not local), or no store can be opened at all.
+The process logs `peer_start`, `peer_serving` and `peer_stop` as JSON lines (and
+`tls_certificate`, its certificate's days left, a warning under CERTIFICATE_WARNING_DAYS). With
+TLS, the server speaks HTTPS and the links mutual TLS, from the contexts the caller loaded
+(tls_certificates.py); failed TLS handshakes (plain HTTP to the port, untrusted certificates,
+scanners) are counted, and logged as one `tls_handshake_failed` line per
+TLS_FAILURE_LOG_INTERVAL_S at most. At start it raises its soft descriptor limit (RLIMIT_NOFILE)
+to the hard limit, and its HTTP server serves no more connections than the descriptors left
+beside the store's and the peer links' allow (`server_limits`), so that a flood of clients
+cannot starve LevelDB or the links.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ from datetime import UTC, datetime
 
 import trio
 
-from tokenvault.config import ClusterConfig
+from tokenvault.config import ClusterConfig, PeerConfig
 from tokenvault.http.api import PublicApi
 from tokenvault.http.peer_transport import PeerLinkLimits
 from tokenvault.http.server import ServerLimits, serve_http
 from tokenvault.log import EventLog, LogThrottle
 from tokenvault.metrics import Metrics
 from tokenvault.node import Node
+from tokenvault.pid_lock import PidLock, PidLockHeld, acquire_pid_lock, peer_pid_path
 from tokenvault.store.storage import StorageError
 from tokenvault.tls_certificates import PeerTls
 
@@ -47,14 +53,54 @@ CONNECTIONS_MIN = 16  # served even under a descriptor limit too low for the res
 FD_LIMIT_UNLIMITED_TARGET = 1024 * 1024
 
 
+class PeerStartFailed(Exception):
+    """An expected failure that ends the peer: its message is one line, naming the peer."""
+
+
 def run_node(config: ClusterConfig, peer_id: str, peer_tls: PeerTls | None = None) -> None:
     """Runs one peer in the foreground until SIGTERM or SIGINT; `peer_tls` when TLS is on.
-    Raises StorageError when no store opens at all (a damaged one is replaced, node.py)."""
-    fd_limit = raise_fd_limit()
+    Raises PeerStartFailed for an expected failure (a damaged store is no failure: it is
+    replaced, node.py)."""
+    peer = config.peer(peer_id)
+    lock = lock_data_dir(peer)
     try:
+        fd_limit = raise_fd_limit()
         trio.run(_serve_until_signal, config, peer_id, peer_tls, fd_limit)
     except* StorageError as failures:
+        raise PeerStartFailed(
+            f"peer {peer_id}: no store could be opened: {failures.exceptions[0]}"
+        ) from None
+    except* PeerStartFailed as failures:
         raise failures.exceptions[0] from None
+    finally:
+        lock.release()
+
+
+def lock_data_dir(peer: PeerConfig) -> PidLock:
+    """Make the peer's data directory if missing, and lock its pid file for this process."""
+    try:
+        peer.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return acquire_pid_lock(peer_pid_path(peer.data_dir))
+    except PidLockHeld as held:
+        holder = "another process" if held.pid is None else f"another process (pid {held.pid})"
+        raise PeerStartFailed(
+            f"peer {peer.id}: {holder} holds {peer.data_dir} (is {peer.id} already running?)"
+        ) from None
+    except OSError as error:
+        where = "" if error.filename in (None, str(peer.data_dir)) else f" ({error.filename})"
+        raise PeerStartFailed(
+            f"peer {peer.id}: cannot use the data directory {peer.data_dir}:"
+            f" {error.strerror or error}{where}"
+        ) from None
+
+
+def listen_failed(error: OSError, peer: PeerConfig) -> PeerStartFailed:
+    """The one line for an address the peer cannot listen on (where it binds: --listen, else
+    its address)."""
+    host, port = peer.listen_address
+    return PeerStartFailed(
+        f"peer {peer.id}: cannot listen on {host}:{port}: {error.strerror or error}"
+    )
 
 
 def raise_fd_limit() -> int:
@@ -128,7 +174,10 @@ async def _serve_until_signal(
                     tls_handshake_failed=TlsHandshakeFailures(node.log, node.metrics),
                 )
                 listen_host, listen_port = node.peer.listen_address
-                await nursery.start(serve, api, listen_host, listen_port, limits)
+                try:
+                    await nursery.start(serve, api, listen_host, listen_port, limits)
+                except OSError as error:  # taken, not a local address, a name that resolves not
+                    raise listen_failed(error, node.peer) from None
                 node.log.emit(
                     "peer_serving", address=node.peer.address, listen=f"{listen_host}:{listen_port}"
                 )

@@ -249,11 +249,24 @@ def test_up_runs_the_cluster_with_the_banner_of_its_mode(tmp_path: Path, tls_mod
                 "WARNING: plain HTTP: API keys, values and tokens cross the network unencrypted;"
                 " for TLS, start a new cluster with --tls"
             ]
-        if CURL is not None:  # the banner's own example works
+        keys = json.loads((directory / "keys.json").read_text())
+        assert not [key for key in keys["owners"].values() if key in "\n".join(banner)]
+        key_line = next(line for line in banner if line.startswith("  KEY="))
+        if CURL is not None:  # the banner's own example works, as printed, from anywhere
             tokenized = subprocess.run(
-                curl_line.strip(), shell=True, capture_output=True, text=True, timeout=30
+                f"{key_line.strip()}\n{curl_line.strip()}",
+                shell=True,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                cwd=tmp_path,
             )
             assert '"epoch":1' in tokenized.stdout, tokenized.stderr
+        cli_line = next(line for line in banner if " tokenize --dir " in line)
+        by_cli = subprocess.run(
+            cli_line.strip(), shell=True, capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert '"epoch": 1' in by_cli.stdout, by_cli.stderr
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=UP_STOP_TIMEOUT_S) == 0
         assert process.stdout is not None

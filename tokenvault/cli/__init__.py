@@ -3,18 +3,19 @@
 Rules:
 - `main(argv)` returns the exit code: 0 success, 1 a failure (one line on stderr), 2 bad usage or
   a bad configuration. It never prints a traceback for an expected failure (a CliError).
-- API keys are never printed, except the one in `up`'s copy-paste example, which is its purpose.
+- API keys are never printed (`up`'s copy-paste example reads one from keys.json).
 - A bare `tokenvault` prints the help and returns 2; `--version` prints the package's version.
 - Client commands print the peer's JSON answer, indented, on stdout; an error answer's message
   goes to stderr. They are built on the client library (tokenvault.client): with --dir every
-  peer is tried in turn; every attempt has a 10 s timeout.
-- `up` owns the peer processes it starts: it stops every one of them (SIGTERM, then SIGKILL after
-  10 s) on SIGINT, SIGTERM or SIGHUP, and on any way out of it.
+  peer is tried in turn; every attempt has a 10 s timeout (`status` has its own shorter ones).
+- `up` owns the peer processes it starts: it restarts one that dies, and stops every one of them
+  (SIGTERM, then SIGKILL after 10 s) on SIGINT, SIGTERM or SIGHUP, and on any way out of it; a
+  peer another process runs is adopted, never signalled.
 
 One module per concern: parser (the commands and their options), exits (exit codes and the error
-line), cluster_files and cluster_commands (init, node, renew-certs), up and peer_processes (a
-local cluster), target and api_calls (where, as whom, one request), client_commands, status and
-status_report.
+line), cluster_files and cluster_commands (init, node, renew-certs), up, supervisor and
+peer_processes (a local cluster), target and api_calls (where, as whom, one request),
+client_commands, status and status_report.
 """
 
 from __future__ import annotations

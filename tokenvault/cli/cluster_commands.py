@@ -10,9 +10,12 @@ Rules:
   it checks the configuration, the peer id and, with TLS, the peer's own certificate and
   key (a bad one is exit code 2, like a bad configuration) before it loads the peer's code,
   which it imports lazily: the other commands start without it (and without cryptography).
-  A store that cannot be opened at all (not even a new, empty one in place of a damaged one)
-  is one line and exit code 1. SIGTERM while the peer starts (before its own handler, which
-  stops it cleanly, takes over) ends it at once with exit code 0.
+  A failure to run the peer is one line and exit code 1 (peer_process.PeerStartFailed):
+  another process runs it already (holds its data directory), its port is taken, its data
+  directory cannot be used, or no store can be opened at all (not even a new, empty one in
+  place of a damaged one).
+  SIGTERM while the peer starts (before its own handler, which stops it cleanly, takes over)
+  ends it at once with exit code 0.
 """
 
 from __future__ import annotations
@@ -94,8 +97,7 @@ def _run_node_command(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from error
     config, peer_id = settings.config, settings.peer_id
     # Lazily: the client commands need none of this.
-    from tokenvault.peer_process import run_node
-    from tokenvault.store.storage import StorageError
+    from tokenvault.peer_process import PeerStartFailed, run_node
     from tokenvault.tls_certificates import load_peer_tls
 
     peer_tls = None
@@ -106,8 +108,8 @@ def _run_node_command(args: argparse.Namespace) -> int:
             raise CliError(f"[tls]: {error}", EXIT_USAGE) from error
     try:
         run_node(config, peer_id, peer_tls)
-    except StorageError as error:
-        raise CliError(f"peer {peer_id}: no store could be opened: {error}") from None
+    except PeerStartFailed as error:
+        raise CliError(str(error)) from None
     return EXIT_OK
 
 

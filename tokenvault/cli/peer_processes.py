@@ -1,5 +1,5 @@
-"""The peer processes of `tokenvault up`: start them, wait until they answer, watch them, and
-stop every one of them.
+"""The peer processes of `tokenvault up` (and of `bench`): start them, wait until they answer,
+and stop every one of them.
 
 Rules:
 - Whoever starts peers here owns them: `stop_peers` runs on every way out, and stops each running
@@ -8,7 +8,10 @@ Rules:
   reaches only `up`, which stops the peers itself; its stdout and stderr go to its log file.
 - While StopSignals is active, SIGINT, SIGTERM and SIGHUP are counted instead of ending the
   process; every wait below ends when one arrives.
-- A peer that exits on its own is reported once, on stderr; the others keep running.
+- A peer that another process runs (it holds the peer's data directory, pid_lock.py) can be
+  waited for beside the started ones; it is never signalled.
+- A process that ends is described by its exit code or signal, and by the `tokenvault:` line
+  it printed last (its one-line failure), if any.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +31,19 @@ from typing import Any
 import httpx
 
 import tokenvault
-from tokenvault.cli.exits import EXIT_FAILURE, EXIT_OK, print_error
+from tokenvault.cli.exits import print_error
 from tokenvault.config import PeerConfig
 from tokenvault.peer_settings import PER_PEER_ENVIRONMENT_VARIABLES
+from tokenvault.pid_lock import lock_holder, peer_pid_path
 
 UP_READY_TIMEOUT_S = 30.0
 UP_HEALTH_POLL_INTERVAL_S = 0.2
 UP_HEALTH_REQUEST_TIMEOUT_S = 1.0
-UP_SUPERVISE_INTERVAL_S = 0.25
 UP_STOP_TIMEOUT_S = 10.0
 UP_STOP_POLL_INTERVAL_S = 0.05
+
+
+UP_LOG_TAIL_BYTES = 4096  # how much of a log's end is searched for its last error line
 
 
 @dataclass(slots=True, kw_only=True)
@@ -44,8 +51,7 @@ class PeerChild:
     peer: PeerConfig
     process: subprocess.Popen[bytes]
     log_path: Path
-    healthy: bool = False
-    exit_reported: bool = False
+    started_at_s: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -116,46 +122,60 @@ def _child_environment() -> dict[str, str]:
     return environment
 
 
+def health_client(tls_context: ssl.SSLContext | None) -> httpx.Client:
+    """The client of readiness probes: HTTPS trusting the cluster CA when tls_context is given."""
+    verify: ssl.SSLContext | bool = True if tls_context is None else tls_context
+    return httpx.Client(timeout=UP_HEALTH_REQUEST_TIMEOUT_S, trust_env=False, verify=verify)
+
+
+def peer_url(peer: PeerConfig, tls_context: ssl.SSLContext | None) -> str:
+    return f"{'http' if tls_context is None else 'https'}://{peer.address}"
+
+
 def wait_until_healthy(
     children: list[PeerChild],
     stop: StopSignals,
     logs_dir: Path,
     tls_context: ssl.SSLContext | None = None,
+    *,
+    adopted: Sequence[PeerConfig] = (),
 ) -> bool:
-    """True once every peer answers /readyz 200 (over HTTPS, with tls_context, when given): it
-    serves and its store takes writes (a peer's readiness at start is immediate); False
-    on a stop signal, an exit or a timeout."""
+    """True once every peer, started (`children`) or run by another process (`adopted`),
+    answers /readyz 200 (over HTTPS, with tls_context, when given): it serves and its store
+    takes writes; False on a stop signal, an exit or a timeout."""
     deadline = time.monotonic() + UP_READY_TIMEOUT_S
-    scheme = "http" if tls_context is None else "https"
-    verify = True if tls_context is None else tls_context
-    with httpx.Client(
-        timeout=UP_HEALTH_REQUEST_TIMEOUT_S, trust_env=False, verify=verify
-    ) as client:
+    ready: set[str] = set()
+    with health_client(tls_context) as client:
         while not stop.count:
             for child in children:
                 code = child.process.poll()
                 if code is not None:
                     print_error(
-                        f"peer {child.peer.id} exited with code {code} while starting;"
-                        f" see {child.log_path}"
+                        f"peer {child.peer.id} ended while starting ({describe_exit(code)});"
+                        f" see {child.log_path}{error_line_suffix(child.log_path)}"
                     )
                     return False
-                if not child.healthy:
-                    child.healthy = _answers_health(client, f"{scheme}://{child.peer.address}")
-            if all(child.healthy for child in children):
+            for peer in adopted:
+                if lock_holder(peer_pid_path(peer.data_dir)) is None:
+                    print_error(f"peer {peer.id}, run by another process, stopped meanwhile")
+                    return False
+            for peer in [child.peer for child in children] + list(adopted):
+                if peer.id not in ready and answers_ready(client, peer_url(peer, tls_context)):
+                    ready.add(peer.id)
+            if len(ready) == len(children) + len(adopted):
                 return True
             if time.monotonic() >= deadline:
-                waiting = ", ".join(c.peer.id for c in children if not c.healthy)
+                waiting = [c.peer.id for c in children] + [p.id for p in adopted]
                 print_error(
-                    f"peers {waiting} were not ready (/readyz) within {UP_READY_TIMEOUT_S:.0f} s;"
-                    f" see the logs in {logs_dir}"
+                    f"peers {', '.join(p for p in waiting if p not in ready)} were not ready"
+                    f" (/readyz) within {UP_READY_TIMEOUT_S:.0f} s; see the logs in {logs_dir}"
                 )
                 return False
             time.sleep(UP_HEALTH_POLL_INTERVAL_S)
     return False
 
 
-def _answers_health(client: httpx.Client, url: str) -> bool:
+def answers_ready(client: httpx.Client, url: str) -> bool:
     """The peer is ready: it serves and its store takes writes (a fresh peer of a new cluster
     is not ready until a majority of its peers answered it, within a heartbeat or two)."""
     try:
@@ -164,25 +184,32 @@ def _answers_health(client: httpx.Client, url: str) -> bool:
         return False
 
 
-def supervise(children: list[PeerChild], stop: StopSignals) -> int:
-    """Reports peers that exit until a stop signal (exit code 0) or until none is left (1)."""
-    while not stop.count:
-        for child in children:
-            code = child.process.poll()
-            if code is not None and not child.exit_reported:
-                child.exit_reported = True
-                print_error(
-                    f"peer {child.peer.id} exited on its own with code {code};"
-                    f" see {child.log_path}. The other peers keep running."
-                )
-        if all(child.exit_reported for child in children):
-            print_error("every peer has exited")
-            return EXIT_FAILURE
-        time.sleep(UP_SUPERVISE_INTERVAL_S)
-    return EXIT_OK
+def describe_exit(returncode: int) -> str:
+    """`exit code 1`, or `signal SIGKILL` for a process a signal ended."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"signal {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"signal {-returncode}"
 
 
-def stop_peers(children: list[PeerChild], stop: StopSignals) -> None:
+def error_line_suffix(log_path: Path) -> str:
+    """`: <the last tokenvault: line of the log>` when the process ended on one, else ''."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - UP_LOG_TAIL_BYTES))
+            tail = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in tail.splitlines() if line.strip()]
+    return f": {lines[-1]}" if lines and lines[-1].startswith("tokenvault: ") else ""
+
+
+def stop_peers(
+    children: list[PeerChild], stop: StopSignals, *, stopped: str = "every peer"
+) -> None:
+    """Stop every running child; says `stopped <stopped>` when done."""
     running = [child for child in children if child.process.poll() is None]
     if not running:
         return
@@ -202,4 +229,4 @@ def stop_peers(children: list[PeerChild], stop: StopSignals) -> None:
             print_error(f"peer {child.peer.id} did not stop in time: killing it")
             child.process.kill()
             child.process.wait()
-    print("stopped every peer", flush=True)
+    print(f"stopped {stopped}", flush=True)
