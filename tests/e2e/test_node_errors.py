@@ -145,9 +145,12 @@ def test_a_disk_too_full_to_open_a_store_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("breakage", "line"),
     [
-        ("secret", "tokenvault: cannot read the secret file: No such file or directory"),
+        (
+            "secret",
+            "tokenvault: cannot read the secret file {secret}: No such file or directory",
+        ),
         ("config", "tokenvault: no cluster configuration at {config}"),
-        ("peer", "tokenvault: no peer with id 'n9' in {config}"),
+        ("peer", "tokenvault: no peer with id 'n9' in {config} (from --id)"),
     ],
 )
 def test_a_bad_configuration_is_one_line_and_exit_code_2(
@@ -163,4 +166,5 @@ def test_a_bad_configuration_is_one_line_and_exit_code_2(
         peer_id = "n9"
     finished = run_node(config, peer_id)
     assert finished.returncode == 2
-    assert error_lines(finished) == [line.format(config=config)]
+    secret = cluster.directory / "secret"
+    assert error_lines(finished) == [line.format(config=config, secret=secret)]
