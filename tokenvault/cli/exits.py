@@ -1,7 +1,8 @@
 """How a command of the `tokenvault` command line ends: its exit code, and its one error line.
 
 Rules:
-- Exit code 0 is success, 1 a failure, 2 bad usage or a bad configuration.
+- Exit code 0 is success, 1 a failure, 2 bad usage or a bad configuration, 130 an interruption
+  (Ctrl-C); `status` adds its own (status_verdict.py).
 - An expected failure is a CliError: `main` prints its message as one line on stderr, prefixed
   `tokenvault: `, and returns its exit code; it never becomes a traceback.
 """
@@ -13,6 +14,7 @@ import sys
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 
 class CliError(Exception):

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 
-from tokenvault.cli.bench import bench_command
 from tokenvault.cli.bench.workloads import WORKLOAD_NAMES, Workload, parse_workloads
 from tokenvault.cli.client_commands import (
     detokenize_command,
@@ -303,7 +302,7 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     running.add_argument("--dir", type=Path, help="a cluster made by init: its peers and keys")
     running.add_argument("--owner", metavar="NAME", help="with --dir: act as this owner")
     running.add_argument("--cacert", type=Path, metavar="PEM", help="trust this CA for https://")
-    bench.set_defaults(run=bench_command, admin=False)
+    bench.set_defaults(run=_bench_command, admin=False)
 
 
 def _version() -> str:
@@ -319,6 +318,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def _bench_command(args: argparse.Namespace, transport: httpx.BaseTransport | None) -> int:
+    from tokenvault.cli.bench.command import bench_command  # lazily: heavy, and bench only
+
+    return bench_command(args, transport)
 
 
 def _workloads(text: str) -> tuple[Workload, ...]:

@@ -11,7 +11,7 @@ Rules:
   asked is asked too (so --url reaches the whole ring in two waves).
 - The ring is the first ring answer to arrive. The owners are those of the first admin view to
   arrive, each inspected (`GET /v1/admin/owners/{owner}`) at the peer that gave it; an
-  inspection waits up to INSPECT_READ_TIMEOUT_S, since a peer waits 2 s for a silent replica.
+  inspection waits up to INSPECT_READ_TIMEOUT_S, since a peer waits 1.5 s for a silent replica.
 - A 403 on an admin view means an owner key: no owner is inspected (the ring only).
 - A ring answer that is not an object listing peers (each with an id and an address) counts
   as no answer.
@@ -37,7 +37,7 @@ from tokenvault.cli.target import Target
 
 PROBE_CONNECT_TIMEOUT_S = 0.5
 PROBE_READ_TIMEOUT_S = 1.5
-INSPECT_READ_TIMEOUT_S = 2.5  # a peer's own inspection waits 2 s for replicas that are silent
+INSPECT_READ_TIMEOUT_S = 2.0  # a peer's own inspection waits 1.5 s for replicas that are silent
 PROBE_WORKERS_MAX = 64  # threads asking at once; more owners than this wait for a free one
 PROGRESS_INTERVAL_S = 0.1
 

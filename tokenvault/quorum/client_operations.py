@@ -49,7 +49,8 @@ class RotateEpoch:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InspectOwner:
-    """Every replica's own view of the owner that answers within `inspect_timeout_s`."""
+    """Every replica's own view of the owner that answers within `inspect_timeout_s`; the
+    answer comes as soon as every replica not held down answered."""
 
     op_id: str
     owner: str

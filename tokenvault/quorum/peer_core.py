@@ -120,7 +120,7 @@ class PeerLimits:
     # once in the constructor: node.py, so that a large store serves at once.
     digests_built_in_pages: bool = False
     tokenize_attempts_max: int = 3  # writes of one tokenize: the first, and one per FENCED
-    inspect_timeout_s: float = 2.0  # an owner inspection answers with the views it has by then
+    inspect_timeout_s: float = 1.5  # an owner inspection answers with the views it has by then
     timers_max: int = 100_000  # pending timers; more are dropped and counted
     held_outputs_max: int = 100_000  # outputs waiting for durability; beyond, their messages
     # are dropped (and counted): peers resend, and client answers are always kept
@@ -966,7 +966,8 @@ class PeerCore:
         if view.owner != state.operation.owner:
             return
         state.views[source] = view
-        if len(state.views) == len(state.expected):
+        # A replica held down is not waited for: it is shown as not answering (unless it did).
+        if state.expected - state.views.keys() <= self.down_peers():
             self._answer_inspection(step, state)
 
     def _answer_inspection(self, step: Step, state: _Inspecting) -> None:

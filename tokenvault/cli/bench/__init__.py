@@ -12,11 +12,8 @@ One module per job: workloads (what is measured against what), load (wrk or the 
 as processes), python_load (the fallback itself), figures (a RESULT line and its rates),
 tokenvault_side and etcd_side (the clusters), processes (ports, CPU time, waits, stopping),
 progress (stderr lines), report (table and JSON), command (the rounds). The wrk scripts are
-package data in lua/.
+package data in lua/. This package's __init__ imports nothing: the command line imports
+`command` only when `bench` runs (every other command starts without it).
 """
 
 from __future__ import annotations
-
-from tokenvault.cli.bench.command import bench_command
-
-__all__ = ["bench_command"]

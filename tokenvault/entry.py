@@ -1,0 +1,29 @@
+"""The `tokenvault` console script and `python -m tokenvault`: signals first, then the CLI.
+
+Rules:
+- Nothing heavy is imported before the signals are set: loading the command line takes about
+  half a second, and a signal in that time must not print a traceback (Ctrl-C) or be ignored
+  (SIGTERM to a container's PID 1, whose default disposition ignores it).
+- While the CLI loads, Ctrl-C ends the process quietly (the default action of SIGINT) and
+  SIGTERM exits 0 at once (nothing was done yet); once it is loaded, Python's usual handlers
+  are back and each command sets what it needs (`node` its own).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _exit_while_loading)
+    from tokenvault.cli import main as cli_main
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return cli_main()
+
+
+def _exit_while_loading(signum: int, frame: object) -> None:
+    os._exit(0)
