@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from tokenvault.cli.target import Target
+from tokenvault.client.errors import error_from_answer
 
 PROBE_CONNECT_TIMEOUT_S = 0.5
 PROBE_READ_TIMEOUT_S = 1.5
@@ -234,20 +235,21 @@ def _get_json(client: httpx.Client, url: str, path: str, read_timeout_s: float) 
     except (httpx.HTTPError, httpx.InvalidURL) as error:
         return Answer(error=f"request to {url} failed: {error or type(error).__name__}")
     if not response.is_success:
-        return Answer(error=f"{url} answered {_error_text(response)}", status=response.status_code)
+        return Answer(
+            error=f"{url} answered {_error_text(response, url)}", status=response.status_code
+        )
     try:
         return Answer(body=response.json(), status=response.status_code)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return Answer(error=f"{url} answered {response.status_code} without JSON")
 
 
-def _error_text(response: httpx.Response) -> str:
-    """The status and the API's error code and message, as the error envelope gives them."""
-    code, message = "", ""
+def _error_text(response: httpx.Response, url: str) -> str:
+    """The API's error line of an error answer (the client library's, tokenvault.client)."""
     try:
-        error = response.json().get("error", {})
-        code, message = str(error.get("code", "")), str(error.get("message", ""))
-    except (AttributeError, UnicodeDecodeError, json.JSONDecodeError):
-        pass
-    text = f"{response.status_code} {code or response.reason_phrase}"
-    return f"{text}: {message}" if message else text
+        body: Any = response.json()
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = None
+    retry_after = response.headers.get("Retry-After")
+    reason = response.reason_phrase
+    return str(error_from_answer(response.status_code, body, retry_after, url, reason))
