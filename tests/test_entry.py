@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,19 @@ def test_ctrl_c_while_the_command_line_loads_ends_it_quietly() -> None:
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=DEADLINE_S)
     assert process.returncode == -signal.SIGINT and "Traceback" not in err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    init = ["init", "--nodes", "3", "--base-port", "7900", "--dir", str(tmp_path / "cluster")]
+    with subprocess.Popen(  # init prints a summary of what it wrote, with print()
+        [sys.executable, "-m", "tokenvault", *init],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # as `| head -0` would: every write to stdout breaks the pipe
+        err = process.stderr.read()
+        assert process.wait(timeout=DEADLINE_S) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    assert (tmp_path / "cluster" / "cluster.toml").is_file()  # the command itself was done

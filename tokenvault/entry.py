@@ -7,12 +7,15 @@ Rules:
 - While the CLI loads, Ctrl-C ends the process quietly (the default action of SIGINT) and
   SIGTERM exits 0 at once (nothing was done yet); once it is loaded, Python's usual handlers
   are back and each command sets what it needs (`node` its own).
+- A reader that goes away (`tokenvault status | head -3`) ends the command quietly with exit
+  code 1, as Python's documentation recommends for a broken pipe: no traceback.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 
 
 def main() -> int:
@@ -22,7 +25,13 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    return cli_main()
+    try:
+        code = cli_main()
+        sys.stdout.flush()  # here, not at exit, so that a broken pipe is caught
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # exit's flush: nowhere
+        return 1
+    return code
 
 
 def _exit_while_loading(signum: int, frame: object) -> None:
