@@ -447,7 +447,13 @@ def test_the_command_line_loads_neither_the_peer_nor_the_simulator() -> None:
     )
     loaded = set(completed.stdout.split())
     assert "tokenvault.cli.parser" in loaded
-    lazy = ("tokenvault.peer_process", "tokenvault.node", "tokenvault.sim", "trio", "plyvel")
+    lazy: tuple[str, ...] = (
+        "tokenvault.peer_process",
+        "tokenvault.node",
+        "tokenvault.sim",
+        "trio",
+        "plyvel",
+    )
     lazy += ("tokenvault.cli.bench.command",)
     assert sorted(module for module in loaded if module.startswith(lazy)) == []
 
