@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from tokenvault import ports
 from tokenvault.cli.peer_processes import peer_command
 from tokenvault.cluster_init import init_cluster
 from tokenvault.tls import client_context
@@ -41,26 +41,9 @@ def tls_modes() -> list[bool]:
 
 
 def free_port_block(count: int) -> int:
-    """A base port such that base+1 .. base+count are free right now on 127.0.0.1."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1] - 1
-        if base + count >= 65535:
-            continue
-        sockets = []
-        try:
-            for offset in range(1, count + 1):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + offset))
-            return int(base)
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no block of free ports found")
+    """A base port such that base+1 .. base+count are free right now on 127.0.0.1, outside the
+    ephemeral range (tokenvault/ports.py says why)."""
+    return ports.free_port_block(count)
 
 
 @contextlib.contextmanager

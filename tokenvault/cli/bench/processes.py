@@ -12,17 +12,16 @@ Rules:
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
 
+from tokenvault import ports
 from tokenvault.cli.exits import CliError
 from tokenvault.cli.peer_processes import StopSignals
 
 BENCH_STOP_TIMEOUT_S = 10.0
 BENCH_POLL_INTERVAL_S = 0.05
-_PORT_BLOCK_ATTEMPTS_MAX = 200
 
 
 class BenchInterrupted(CliError):
@@ -47,41 +46,19 @@ def pause(stop: StopSignals, seconds: float) -> None:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 right now (all held until all are chosen)."""
-    held: list[socket.socket] = []
+    """`count` distinct ports free on 127.0.0.1 now (tokenvault/ports.py)."""
     try:
-        for _ in range(count):
-            probe = socket.socket()
-            held.append(probe)
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in held]
-    finally:
-        for probe in held:
-            probe.close()
+        return ports.free_ports(count)
+    except ports.NoFreePorts as error:
+        raise CliError(str(error)) from None
 
 
 def free_port_block(count: int) -> int:
     """A base port such that base+1 .. base+count are free on 127.0.0.1 (what `init` takes)."""
-    for _ in range(_PORT_BLOCK_ATTEMPTS_MAX):
-        base = free_ports(1)[0] - 1
-        if base + count < 65536 and _all_free(range(base + 1, base + count + 1)):
-            return base
-    raise CliError(f"found no {count} consecutive free ports on 127.0.0.1")
-
-
-def _all_free(ports: range) -> bool:
-    held: list[socket.socket] = []
     try:
-        for port in ports:
-            probe = socket.socket()
-            held.append(probe)
-            probe.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        for probe in held:
-            probe.close()
+        return ports.free_port_block(count)
+    except ports.NoFreePorts as error:
+        raise CliError(str(error)) from None
 
 
 def cpu_seconds(pids: Sequence[int]) -> float | None:
