@@ -60,8 +60,14 @@ def test_sigterm_while_the_command_line_loads_exits_0_at_once() -> None:
 
 def test_ctrl_c_while_a_command_runs_is_quiet_with_code_130(silent_peer: str) -> None:
     process = start("epoch", "--url", silent_peer, "--key", "k" * 16)
-    time.sleep(2.0)  # loaded, and waiting for the silent peer (a 10 s timeout)
-    assert process.poll() is None
+    deadline = time.monotonic() + DEADLINE_S
+    while not catches_sigterm(process.pid):  # loading: entry.py's handler is set
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    while catches_sigterm(process.pid):  # loaded: the handler is gone, the command runs
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    assert process.poll() is None  # waiting for the silent peer (a 10 s timeout)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=DEADLINE_S)
     assert process.returncode == 130, err

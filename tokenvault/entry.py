@@ -6,7 +6,8 @@ Rules:
   (SIGTERM to a container's PID 1, whose default disposition ignores it).
 - While the CLI loads, Ctrl-C ends the process quietly (the default action of SIGINT) and
   SIGTERM exits 0 at once (nothing was done yet); once it is loaded, Python's usual handlers
-  are back and each command sets what it needs (`node` its own).
+  are back and each command sets what it needs (`node` its own); a Ctrl-C then ends the
+  command quietly with exit code 130 (EXIT_INTERRUPTED), wherever it comes.
 - A reader that goes away (`tokenvault status | head -3`) ends the command quietly with exit
   code 1, as Python's documentation recommends for a broken pipe: no traceback.
 """
@@ -22,12 +23,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, _exit_while_loading)
     from tokenvault.cli import main as cli_main
+    from tokenvault.cli.exits import EXIT_INTERRUPTED
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         code = cli_main()
         sys.stdout.flush()  # here, not at exit, so that a broken pipe is caught
+    except KeyboardInterrupt:  # Ctrl-C at any point of the command: quietly, the shell's code
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # exit's flush: nowhere
         return 1

@@ -2,9 +2,9 @@
 
 Rules:
 - `main(argv)` returns the exit code: 0 success, 1 a failure (one line on stderr), 2 bad usage or
-  a bad configuration, 130 after Ctrl-C (quietly). It never prints a traceback for an expected
-  failure (a CliError). The console script enters through tokenvault/entry.py, which sets the
-  signals before this package loads.
+  a bad configuration. It never prints a traceback for an expected failure (a CliError). The
+  console script enters through tokenvault/entry.py, which sets the signals before this
+  package loads and ends a Ctrl-C quietly with 130.
 - API keys are never printed (`up`'s copy-paste example reads one from keys.json).
 - A bare `tokenvault` prints the help and returns 2; `--version` prints the package's version.
 - Client commands print the peer's JSON answer, indented, on stdout; an error answer's message
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from tokenvault.cli.exits import EXIT_INTERRUPTED, EXIT_USAGE, CliError, print_error
+from tokenvault.cli.exits import EXIT_USAGE, CliError, print_error
 from tokenvault.cli.parser import Command, build_parser
 
 __all__ = ["main"]
@@ -52,8 +52,6 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
     except CliError as error:
         print_error(str(error))
         return error.exit_code
-    except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the shell's code for SIGINT
-        return EXIT_INTERRUPTED
 
 
 def _main_sim(arguments: list[str]) -> int:
