@@ -64,10 +64,10 @@ from tokenvault.node_metrics import RunningTotals
 from tokenvault.quorum.anti_entropy import AntiEntropyLimits
 from tokenvault.quorum.client_operations import ClientAnswer, ClientOperation, failed_answer
 from tokenvault.quorum.effects import EpochDone, Failure, ReadDone, WriteDone
-from tokenvault.quorum.messages import Heartbeat, InsertRequest, Message
+from tokenvault.quorum.messages import RING_MESSAGE_TYPES, Heartbeat, InsertRequest, Message
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.recovery import Phase
-from tokenvault.ring.hash_ring import HashRing
+from tokenvault.ring.membership import bootstrap_membership
 from tokenvault.store.damage import Damage, move_aside
 from tokenvault.store.leveldb_store import LevelDBStore, OpenedStore, StoreWriteFailed, open_store
 from tokenvault.store.storage import StorageError
@@ -107,6 +107,8 @@ class BatchRules:
                 if message.sender != source:
                     raise NotConfigured(f"$.messages[{index}].sender is not the batch's source")
                 continue
+            if isinstance(message, RING_MESSAGE_TYPES):
+                continue  # the ring's own: no owner
             fields = self._fields.get(message.owner)
             if fields is None:
                 raise NotConfigured(f"$.messages[{index}].owner is not a configured owner")
@@ -222,7 +224,11 @@ class Node:
         config = self.config
         return PeerCore(
             peer_id=self.peer_id,
-            ring=HashRing((p.id for p in config.peers), config.vnodes_per_peer),
+            bootstrap=bootstrap_membership(
+                ((p.id, p.address) for p in config.peers),
+                replica_count=config.quorum.replica_count,
+                vnodes_per_peer=config.vnodes_per_peer,
+            ),
             quorum=config.quorum,
             owners=[o.id for o in config.owners],
             storage=self.store,

@@ -17,7 +17,7 @@ def peer_views(node: Node) -> list[dict[str, object]]:
     seen = {v.peer: v for v in node.core.failure_detector.views()}
     views: list[dict[str, object]] = []
     heard: float | None
-    for peer in node.config.peers:
+    for peer in node.core.membership.members:
         view = seen.get(peer.id)
         if view is None:  # this peer itself
             state, since, heard = "up", node.started_at, now

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from tokenvault.quorum.messages import EpochValue, Mapping
 from tokenvault.quorum.records import StorageView
 from tokenvault.quorum.sealing import Sealer
+from tokenvault.ring.membership import Membership, bootstrap_membership
 
 
 class FirstReadMisses:
@@ -41,3 +44,14 @@ class SyntheticTokens(Sealer):
 
 TEST_SECRET = b"t" * 32
 SEALER = SyntheticTokens(TEST_SECRET)
+
+
+def membership_of(
+    peers: Iterable[str], *, vnodes_per_peer: int, replica_count: int = 3
+) -> Membership:
+    """A bootstrap ring of `peers` (each at a made-up address), as cluster.toml would give."""
+    return bootstrap_membership(
+        ((peer, f"{peer}.test:7000") for peer in peers),
+        replica_count=replica_count,
+        vnodes_per_peer=vnodes_per_peer,
+    )

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.quorum.helpers import membership_of
 from tests.stores import SERVING_STORE_ID, serving_store
 from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.client_operations import (
@@ -49,7 +50,6 @@ from tokenvault.quorum.messages import (
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import mapping_key
-from tokenvault.ring.hash_ring import HashRing
 from tokenvault.store.memory_store import MemoryStore
 from tokenvault.store.storage import StorageError, Write
 from tokenvault.tokens import TokenMaker, derive_epoch_key
@@ -89,7 +89,7 @@ class Peer:
         self.store = store if store is not None else serving_store()
         self.core = PeerCore(
             peer_id="p1",
-            ring=HashRing(peers, 8),
+            bootstrap=membership_of(peers, vnodes_per_peer=8),
             quorum=N3_W2_R2,
             owners=(OWNER,),
             storage=self.store,
@@ -281,7 +281,10 @@ def test_only_other_ring_peers_are_peers_and_a_batch_from_elsewhere_is_a_program
     core = Peer().core
     assert [core.is_peer(p) for p in ("p2", "p3", "p1", "p9")] == [True, True, False, False]
     with pytest.raises(AssertionError):
-        core.receive("p9", [Heartbeat(sender="p9")], 0.0)
+        core.receive("p9", [OwnerInspect(op_id="x", owner=OWNER)], 0.0)
+    # A peer that is no member yet may send what joining takes: heartbeats, ring fetches, a
+    # join request (the node admits nothing else from it: node.py's BatchRules).
+    core.receive("p9", [Heartbeat(sender="p9")], 0.0)
 
 
 # -- tokenize ----------------------------------------------------------------------------------
@@ -548,7 +551,13 @@ def test_the_first_heartbeat_is_due_at_start_and_goes_to_every_other_peer() -> N
     assert peer.core.next_due() == 0.0
     step = peer.core.advance(0.0)
     assert step.ticked
-    heartbeat = Heartbeat(sender="p1", store=SERVING_STORE_ID)
+    heartbeat = Heartbeat(
+        sender="p1",
+        store=SERVING_STORE_ID,
+        ring_version=1,
+        ring_digest=peer.core.membership.digest(),
+        transfers_done=1,  # the stable bootstrap: nothing to transfer
+    )
     assert sent(step, Heartbeat) == {p: heartbeat for p in OTHERS}
     assert peer.core.next_due() == PeerLimits().detector.heartbeat_interval_s
     quiet = peer.core.advance(0.1)
@@ -627,7 +636,7 @@ def test_an_inspection_answers_with_the_views_it_has_at_its_timeout() -> None:
 def test_an_inspection_ignores_views_of_strangers_other_operations_and_other_owners() -> None:
     peer = Peer(peers=("p1", "p2", "p3", "p4"))
     replicas = peer.core.preference_list(OWNER)
-    (stranger,) = set(peer.core.ring.peer_ids) - set(replicas)
+    (stranger,) = {m.id for m in peer.core.membership.members} - set(replicas)
     peer.start(InspectOwner(op_id="i1", owner=OWNER))
     *first, last = replicas
     strays = [
@@ -692,7 +701,7 @@ def test_a_core_built_without_limits_takes_the_default_limits() -> None:
     store = MemoryStore()
     core = PeerCore(
         peer_id="p1",
-        ring=HashRing(PEERS, 8),
+        bootstrap=membership_of(PEERS, vnodes_per_peer=8),
         quorum=N3_W2_R2,
         owners=(OWNER,),
         storage=store,

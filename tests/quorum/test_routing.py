@@ -97,7 +97,12 @@ def test_each_message_goes_to_one_core() -> None:
 
 def test_only_cores_that_read_the_store_make_replies_wait_for_durability() -> None:
     waiting = {d for d in Destination if d.answers_from_storage}
-    assert waiting == {Destination.REPLICA, Destination.ACCEPTOR, Destination.ANTI_ENTROPY}
+    assert waiting == {
+        Destination.REPLICA,
+        Destination.ACCEPTOR,
+        Destination.ANTI_ENTROPY,
+        Destination.RING,  # votes and memberships are read from the store
+    }
 
 
 def test_an_insert_reply_goes_back_by_its_origin_never_by_its_op_id() -> None:

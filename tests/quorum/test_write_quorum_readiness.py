@@ -7,13 +7,13 @@ from __future__ import annotations
 import itertools
 import random
 
+from tests.quorum.helpers import membership_of
 from tests.quorum.test_peer_core import OWNER, SECRET, Peer
 from tests.stores import serving_store
 from tokenvault.quorum.failure_detector import DetectorLimits
 from tokenvault.quorum.messages import Heartbeat
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits
 from tokenvault.quorum.quorum_config import QuorumConfig
-from tokenvault.ring.hash_ring import HashRing
 
 DOWN_AFTER_S = DetectorLimits().down_after_s
 
@@ -41,7 +41,7 @@ def test_it_agrees_with_a_dumb_reference_on_a_larger_ring() -> None:
     ):
         core = PeerCore(
             peer_id="p1",
-            ring=HashRing(peers, 8),
+            bootstrap=membership_of(peers, vnodes_per_peer=8),
             quorum=quorum,
             owners=owners,
             storage=serving_store(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.quorum.helpers import membership_of
 from tests.stores import serving_store
 from tokenvault.quorum import peer_core as peer_core_module
 from tokenvault.quorum.client_operations import Tokenized
@@ -25,7 +26,6 @@ from tokenvault.quorum.messages import (
 )
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.replica import Replica
-from tokenvault.ring.hash_ring import HashRing
 from tokenvault.sim.client import (
     ClientAnswer,
     ClientRequest,
@@ -64,7 +64,7 @@ class Harness:
         self.peer = SimPeer(
             "p1",
             engine=self.engine,
-            ring=HashRing(("p1", "p2", "p3"), 4),
+            bootstrap=membership_of(("p1", "p2", "p3"), vnodes_per_peer=4),
             quorum=QuorumConfig(replica_count=3, write_quorum=2, read_quorum=2),
             fsync_s=(FSYNC_S, FSYNC_S),
             client_latency_s=0.001,

@@ -86,6 +86,7 @@ from tokenvault.quorum.client_operations import (
 )
 from tokenvault.quorum.effects import EpochDone, Failure, ReadDone
 from tokenvault.quorum.messages import EPOCH_MAX, Ballot, EpochValue, Mapping
+from tokenvault.ring.hash_ring import ring_hash
 from tokenvault.tokens import derive_peer_key, hash_api_key, is_well_formed_token
 from tokenvault.views import node_view, peer_views, render_metrics
 
@@ -480,12 +481,12 @@ class PublicApi:
 
     async def _ring(self, request: Request, principal: Principal | None, _: str) -> Response:
         node = self._node
-        quorum, ring = node.config.quorum, node.core.ring
+        quorum, ring = node.config.quorum, node.core.membership
         return json_response(
             200,
             {
                 "peer": node.peer_id,
-                "version": ring.version,
+                "version": ring.digest(),
                 "replicas": quorum.replica_count,
                 "write_quorum": quorum.write_quorum,
                 "read_quorum": quorum.read_quorum,
@@ -504,13 +505,14 @@ class PublicApi:
         if self._node.config.owner(owner_id) is None:
             raise NotFound("No such owner.")
         node = self._node
-        addresses = {p.id: p.address for p in node.config.peers}
+        membership = node.core.membership
+        addresses = {m.id: m.address for m in (*membership.members, *membership.previous)}
         return json_response(
             200,
             {
                 "owner": owner_id,
-                "position": node.core.ring.position(owner_id),
-                "ring_version": node.core.ring.version,
+                "position": ring_hash(owner_id),
+                "ring_version": membership.digest(),
                 "preference_list": [
                     {"id": p, "address": addresses[p]} for p in node.core.preference_list(owner_id)
                 ],
@@ -686,6 +688,10 @@ _FAILURE_TEXT = {
     Failure.INTERNAL_ERROR: "This peer failed an internal check (logged); try another peer.",
     Failure.RECOVERING: (
         "This peer is recovering a lost store and serves no request yet; try another peer."
+    ),
+    Failure.NOT_A_MEMBER: (
+        "This peer is not a member of the ring (it is joining, or it was removed); try "
+        "another peer."
     ),
 }
 # RECOVERING's answer while the peer has not yet heard whether its empty store is new.

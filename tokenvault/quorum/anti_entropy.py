@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -174,6 +175,22 @@ class AntiEntropy:
         self._records = records
         self._decided = decided
         self._limits = limits
+        self._pairs: Iterator[tuple[str, str]] | None = None
+        self._pair_count = 0
+        self._replicas_by_owner: dict[str, tuple[str, ...]] = {}
+        self.set_replicas(replicas_by_owner)
+        self._current: _Pass | None = None
+        self._next_pass_at = 0.0
+        self._sequence = itertools.count(1)
+        self.statistics = AntiEntropyStatistics()
+        self.urgent = False  # refilling a lost store: passes back to back (recovery.py)
+        self._counts_seen: dict[str, tuple[int, float]] = {}  # owner -> (count, changed at)
+        self._pair_passed_at: dict[tuple[str, str], float] = {}
+
+    def set_replicas(self, replicas_by_owner: dict[str, tuple[str, ...]]) -> None:
+        """Each owner's replicas (all of them while a ring change moves it): the pairs passes
+        cycle through, and who may exchange an owner's data. A pass under way goes on."""
+        peer_id = self._peer_id
         pairs = [
             (owner, partner)
             for owner, replicas in sorted(replicas_by_owner.items())
@@ -184,13 +201,6 @@ class AntiEntropy:
         self._pairs = itertools.cycle(pairs) if pairs else None
         self._pair_count = len(pairs)
         self._replicas_by_owner = replicas_by_owner
-        self._current: _Pass | None = None
-        self._next_pass_at = 0.0
-        self._sequence = itertools.count(1)
-        self.statistics = AntiEntropyStatistics()
-        self.urgent = False  # refilling a lost store: passes back to back (recovery.py)
-        self._counts_seen: dict[str, tuple[int, float]] = {}  # owner -> (count, changed at)
-        self._pair_passed_at: dict[tuple[str, str], float] = {}
 
     # -- initiator -----------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenvault.quorum.effects import EpochDone, Failure, ReadDone
+from tokenvault.quorum.effects import EpochDone, Failure, ReadDone, RingDone
 from tokenvault.quorum.messages import EpochValue, Mapping, OwnerView
+from tokenvault.ring.membership import AddMember, RemoveMember, ReplaceMember
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +61,16 @@ ClientOperation = Tokenize | Detokenize | LearnEpoch | RotateEpoch | InspectOwne
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeMembership:
+    """An operator's change of the ring (docs/membership.md): proposed through this peer's ring
+    register, answered by a `RingDone` (changed, already, refused, timeout, contended). Not an
+    owner's operation: it has no owner."""
+
+    op_id: str
+    change: AddMember | RemoveMember | ReplaceMember
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Tokenized:
     """A tokenize's answer: the epoch its tokens were computed under, the token of each item
     (in order) and the distinct mappings written; or the failure of its last attempt."""
@@ -81,7 +92,7 @@ class Inspected:
     failure: Failure | None = None
 
 
-ClientAnswer = Tokenized | ReadDone | EpochDone | Inspected
+ClientAnswer = Tokenized | ReadDone | EpochDone | Inspected | RingDone
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

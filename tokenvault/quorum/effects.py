@@ -18,6 +18,7 @@ import enum
 from dataclasses import dataclass, field
 
 from tokenvault.quorum.messages import Envelope, EpochValue, Mapping
+from tokenvault.ring.membership import Membership
 
 Write = tuple[bytes, bytes | None]
 
@@ -48,6 +49,7 @@ class Failure(enum.Enum):
     STORE_FAILED = "store_failed"  # this peer's store failed to stage or sync what it needed
     INTERNAL_ERROR = "internal_error"  # a core of this peer raised: the input was dropped
     RECOVERING = "recovering"  # this peer is recovering a lost store: it coordinates nothing
+    NOT_A_MEMBER = "not_a_member"  # this peer is no member of the ring (yet, or any more)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,7 +83,28 @@ class EpochDone:
     failure: Failure | None
 
 
-ClientReply = WriteDone | ReadDone | EpochDone
+class RingOutcome(enum.Enum):
+    """How a membership change (ring_register.py) ended."""
+
+    CHANGED = "changed"  # this operation's membership was chosen
+    ALREADY = "already"  # the learned membership already holds the change
+    REFUSED = "refused"  # the change does not apply (`reason`: ChangeRefused's code)
+    TIMEOUT = "timeout"  # no majority of the voters answered in time
+    CONTENDED = "contended"  # the attempts ran out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RingDone:
+    """A membership change finished; `membership` is the one learned when it ended."""
+
+    op_id: str
+    outcome: RingOutcome
+    membership: Membership
+    reason: str = ""
+    failure: Failure | None = None  # always None: `outcome` says how it ended
+
+
+ClientReply = WriteDone | ReadDone | EpochDone | RingDone
 
 
 # The fields every log line has of its own: an event's details may not reuse these names.

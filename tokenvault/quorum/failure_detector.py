@@ -63,6 +63,16 @@ class FailureDetector:
             if p != peer_id
         }
 
+    def set_peers(self, peers: tuple[str, ...], now: float) -> None:
+        """The ring changed: new peers are watched from now (up, never heard), peers no
+        longer on it are forgotten."""
+        views = self._views
+        for gone in set(views) - set(peers):
+            del views[gone]
+        for peer in peers:
+            if peer != self._peer_id and peer not in views:
+                views[peer] = PeerView(peer=peer, state=PeerState.UP, since=now, last_heard=None)
+
     def views(self) -> tuple[PeerView, ...]:
         return tuple(self._views[p] for p in sorted(self._views))
 

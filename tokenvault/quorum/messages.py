@@ -35,6 +35,8 @@ from typing import Annotated, NamedTuple
 
 import msgspec
 
+from tokenvault.ring.membership import Member, Membership
+
 OWNER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 OWNER_ID_LENGTH_MAX = 64
 TOKEN_LENGTH_MAX = 64
@@ -140,6 +142,10 @@ class _OwnerMessage(_Message, frozen=True, kw_only=True):
 
     op_id: _OpId = msgspec.field(name="op")
     owner: str
+    # The ring version whose placement the sender's operation runs under (docs/membership.md
+    # §3): set on the requests of coordinators and proposers, 0 on everything else. A replica
+    # at a later version does not answer them (the ring fence, peer_core.py).
+    ring: _Count = 0
 
     def __post_init__(self) -> None:
         _check_owner(self.owner)
@@ -414,6 +420,12 @@ class Heartbeat(_Message, frozen=True, kw_only=True, tag="heartbeat"):
     sender: Annotated[str, msgspec.Meta(max_length=OP_ID_LENGTH_MAX)]
     store: _StoreId = ""
     known: _StoreId = ""
+    # The ring (docs/membership.md): the sender's learned version and its digest ("" from a
+    # peer of an older version), and the highest ring version whose transfers into the sender
+    # are all committed (0: none yet).
+    ring_version: Annotated[int, msgspec.Meta(ge=1, le=WIRE_INT_MAX)] = 1
+    ring_digest: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    transfers_done: _Count = 0
 
     @property
     def op_id(self) -> str:
@@ -507,6 +519,100 @@ class RecoveryReport(_OwnerMessage, frozen=True, kw_only=True, tag="recovery_rep
             raise ValueError("the genesis epoch is never decided by a round")
 
 
+# -- the ring register (ring_register.py): one single-decree Paxos instance per ring version ---
+# `version` is the ring version a Paxos message is about: the slot of one instance, decided by
+# the voters of version - 1. A `Membership` validates itself (ring/membership.py).
+
+_Version = Annotated[int, msgspec.Meta(ge=1, le=WIRE_INT_MAX)]
+_RingDigest = Annotated[str, msgspec.Meta(min_length=16, max_length=16)]
+
+
+class _RingMessage(_Message, frozen=True, kw_only=True):
+    op_id: _OpId
+
+
+class RingPrepare(_RingMessage, frozen=True, kw_only=True, tag="ring_prepare"):
+    """Proposer -> the voters of version - 1. `base_digest` is the proposer's membership at
+    version - 1: an acceptor that learned another one there reports a disagreement."""
+
+    version: _Version
+    ballot: Ballot
+    base_digest: _RingDigest
+
+    def __post_init__(self) -> None:
+        if self.version < 2:
+            raise ValueError("version 1 is the bootstrap: never proposed")
+        _check_ballot(self.ballot)
+
+
+class RingAccept(_RingMessage, frozen=True, kw_only=True, tag="ring_accept"):
+    version: _Version
+    ballot: Ballot
+    value: Membership
+
+    def __post_init__(self) -> None:
+        if self.value.version != self.version:
+            raise ValueError("a proposed membership's version is its slot")
+        _check_ballot(self.ballot)
+
+
+class RingVote(_RingMessage, frozen=True, kw_only=True, tag="ring_vote"):
+    """Acceptor -> proposer, the answer to a prepare (`phase` "prepare") or an accept
+    ("accept"). Not a vote at all when `learned` is set (this acceptor learned `version` or
+    later: here is its membership) or when `behind` (it has not learned version - 1 yet:
+    `learned_version` says where it is). Else `granted`, with the promise held and, for a
+    prepare, the value accepted in this slot (if any)."""
+
+    phase: Annotated[str, msgspec.Meta(pattern="^(prepare|accept)$")]
+    version: _Version
+    ballot: Ballot
+    granted: bool
+    promised: Ballot
+    accepted_ballot: Ballot | None = None
+    accepted_value: Membership | None = None
+    behind: bool = False
+    learned_version: _Version = 1
+    learned: Membership | None = None
+
+    def __post_init__(self) -> None:
+        for ballot in (self.ballot, self.promised, self.accepted_ballot):
+            _check_ballot(ballot)
+        if (self.accepted_ballot is None) != (self.accepted_value is None):
+            raise ValueError("an accepted value comes with its ballot")
+        if self.accepted_value is not None and self.accepted_value.version != self.version:
+            raise ValueError("an accepted membership's version is its slot")
+        if self.granted and (self.behind or self.learned is not None):
+            raise ValueError("a vote is granted, behind, or learned: one of them")
+
+
+class RingDecide(_RingMessage, frozen=True, kw_only=True, tag="ring_decide"):
+    """A membership chosen for its version: from a proposer that saw it chosen, or from any
+    member answering a fetch or a peer behind."""
+
+    value: Membership
+
+
+class RingFetch(_RingMessage, frozen=True, kw_only=True, tag="ring_fetch"):
+    """A member behind -> one ahead (as its gossip said): your membership, please."""
+
+    version: _Version  # the asker's
+
+
+class RingJoin(_RingMessage, frozen=True, kw_only=True, tag="ring_join"):
+    """A peer started with --join, not a member yet -> a bootstrap member: add me (id and
+    address of its peer links). The receiver proposes the add (idempotent by intent)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    address: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+    def __post_init__(self) -> None:
+        Member(id=self.id, address=self.address)  # the member rules: raises ValueError
+
+
+RingMessage = RingPrepare | RingAccept | RingVote | RingDecide | RingFetch | RingJoin
+RING_MESSAGE_TYPES = (RingPrepare, RingAccept, RingVote, RingDecide, RingFetch, RingJoin)
+
+
 AntiEntropyMessage = AeSummary | AeSummaryReply | AeKeys | AeKeysReply
 AcceptorMessage = EpochQuery | Prepare | Accept | Decide
 ProposerMessage = EpochReport | Promise | Accepted
@@ -523,6 +629,7 @@ Message = (
     | AntiEntropyMessage
     | RecoveryQuery
     | RecoveryReport
+    | RingMessage
 )
 
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from tokenvault.quorum.acceptor import Acceptor
 from tokenvault.quorum.anti_entropy import AntiEntropy, AntiEntropyLimits
 from tokenvault.quorum.client_operations import (
+    ChangeMembership,
     ClientAnswer,
     ClientOperation,
     Detokenize,
@@ -68,6 +69,8 @@ from tokenvault.quorum.effects import (
     Event,
     Failure,
     ReadDone,
+    RingDone,
+    RingOutcome,
     Timer,
     TimerKind,
     Write,
@@ -90,7 +93,14 @@ from tokenvault.quorum.messages import (
     OwnerView,
     RecoveryQuery,
     RecoveryReport,
+    RingAccept,
+    RingDecide,
+    RingFetch,
+    RingJoin,
+    RingPrepare,
+    RingVote,
 )
+from tokenvault.quorum.placement import OwnerPlacement, reachable_in_each
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import StorageCorrupt
 from tokenvault.quorum.recovery import (
@@ -101,9 +111,12 @@ from tokenvault.quorum.recovery import (
     refusal,
 )
 from tokenvault.quorum.replica import Replica
+from tokenvault.quorum.ring_placement import RingPlacement, drain_set
+from tokenvault.quorum.ring_register import RingLimits, RingRegister
 from tokenvault.quorum.routing import Destination, route
 from tokenvault.quorum.sealing import Sealer
-from tokenvault.ring.hash_ring import HashRing
+from tokenvault.ring.membership import AddMember, FinishChange, Membership, MembershipChange
+from tokenvault.ring.transfer_plan import plan_transfers
 from tokenvault.store.storage import Storage, StorageError
 
 
@@ -115,6 +128,7 @@ class PeerLimits:
     hints: HintLimits = field(default_factory=HintLimits)
     anti_entropy: AntiEntropyLimits = field(default_factory=AntiEntropyLimits)
     recovery: RecoveryLimits = field(default_factory=RecoveryLimits)
+    ring: RingLimits = field(default_factory=RingLimits)
     anti_entropy_enabled: bool = True
     # The replica's digests built page by page by the driver after start (merkle.py), not at
     # once in the constructor: node.py, so that a large store serves at once.
@@ -156,7 +170,7 @@ class Step:
     local: list[Message] = field(default_factory=list)
     answers: list[ClientAnswer] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    finished: list[ClientReply] = field(default_factory=list)  # coordinated operations done
+    finished: list[WriteDone | ReadDone | EpochDone] = field(default_factory=list)  # coordinated
     writes: list[Write] = field(default_factory=list)  # staged by this step
     attempts: list[TokenizeAttempt] = field(default_factory=list)
     faults: list[CoreFault] = field(default_factory=list)
@@ -185,6 +199,7 @@ class _Core:
     COORDINATOR = Destination.COORDINATOR.value  # a message's core is its destination's value
     EPOCH_COORDINATOR = Destination.EPOCH_COORDINATOR.value
     INSPECTION = Destination.INSPECTION.value
+    RING = Destination.RING.value
 
 
 @dataclass(slots=True)
@@ -226,7 +241,7 @@ class PeerCore:
         self,
         *,
         peer_id: str,
-        ring: HashRing,
+        bootstrap: Membership,
         quorum: QuorumConfig,
         owners: Sequence[str],
         storage: Storage,
@@ -234,19 +249,38 @@ class PeerCore:
         rng: RandomSource,
         now: float,
         limits: PeerLimits = PeerLimits(),
+        join_address: str | None = None,
     ) -> None:
-        """Builds every core from the store: what a peer is when its process starts."""
-        assert peer_id in ring.peer_ids, "a peer runs on its own ring"
+        """Builds every core from the store: what a peer is when its process starts.
+        `bootstrap` is version 1 of the ring (cluster.toml's peers); `join_address`, for a peer
+        started to join (not in the bootstrap): the address of its peer links, which it asks
+        the bootstrap members to add until it learns a membership that names it."""
         self.peer_id = peer_id
-        self.ring = ring
         self.quorum = quorum
         self.limits = limits
         self._storage = storage
-        self._preference_lists: dict[str, tuple[str, ...]] = {}
-        replicas_by_owner = {owner: self.preference_list(owner) for owner in owners}
+        self._owners = tuple(sorted(set(owners)))
+        self._bootstrap = bootstrap
+        self._join_address = join_address
+        self.ring_register = RingRegister(
+            peer_id=peer_id, storage=storage, bootstrap=bootstrap, rng=rng, limits=limits.ring
+        )
+        learned = self.ring_register.learned
+        assert join_address is not None or learned.member(peer_id) is not None, (
+            "a peer runs on its own ring unless it joins"
+        )
+        # What each peer's heartbeats said: its learned ring version, and the highest version
+        # whose transfers into it are all committed.
+        self._ring_versions: dict[str, int] = {}
+        self._transfers_done: dict[str, int] = {}
+        self._ring_ops = 0  # ring operations this peer started itself (finishes, joins)
+        self._ring_clients: set[str] = set()  # ChangeMembership operations in flight
+        self._ring = self._placement_of(learned)
+        peers = tuple(sorted(self._ring.peers() | {peer_id}))
+        replicas_by_owner = self._replicas_by_owner()
         self.recovery = Recovery(
             peer_id=peer_id,
-            peers=ring.peer_ids,
+            peers=peers,
             storage=storage,
             rng=rng,
             replicas_by_owner=replicas_by_owner,
@@ -269,7 +303,7 @@ class PeerCore:
         )
         self.epoch_coordinator = EpochCoordinator(peer_id=peer_id, rng=rng, limits=limits.epoch)
         self.failure_detector = FailureDetector(
-            peer_id=peer_id, peers=ring.peer_ids, now=now, limits=limits.detector
+            peer_id=peer_id, peers=self._detector_peers(), now=now, limits=limits.detector
         )
         self.anti_entropy = AntiEntropy(
             peer_id=peer_id,
@@ -286,7 +320,7 @@ class PeerCore:
         self._epochs: dict[str, EpochValue] = {
             owner: self.acceptor.active_epoch(owner)
             for owner in owners
-            if peer_id in self.preference_list(owner)
+            if peer_id in self.placement(owner).replicas
         }
         self._clients: dict[str, _ClientState] = {}  # client op id -> its state
         self._client_started: dict[str, float] = {}  # client op id -> when, oldest first
@@ -317,14 +351,21 @@ class PeerCore:
 
     # -- queries -------------------------------------------------------------------------------
 
+    @property
+    def membership(self) -> Membership:
+        """The ring as this peer learned it (the highest version)."""
+        return self._ring.membership
+
+    def placement(self, owner: str) -> OwnerPlacement:
+        """Where the owner's data lives at the learned ring version (placement.py)."""
+        return self._ring.placement(owner)
+
     def preference_list(self, owner: str) -> tuple[str, ...]:
-        """The owner's replicas; the ring is static, so each list is computed once."""
-        replicas = self._preference_lists.get(owner)
-        if replicas is None:
-            replicas = self.ring.preference_list(owner, self.quorum.replica_count)
-            if len(self._preference_lists) < self.limits.preference_lists_cached_max:
-                self._preference_lists[owner] = replicas
-        return replicas
+        """Every replica of the owner at the learned version (both sets during a change)."""
+        return self._ring.placement(owner).replicas
+
+    def is_member(self) -> bool:
+        return self._ring.membership.member(self.peer_id) is not None
 
     @property
     def state(self) -> str:
@@ -359,8 +400,9 @@ class PeerCore:
         return sum(
             1
             for owner in owners
-            if sum(1 for p in self.preference_list(owner) if p not in unusable)
-            < quorum.write_quorum
+            if not reachable_in_each(
+                unusable, self.placement(owner).quorum_sets, quorum.write_quorum
+            )
         )
 
     def _unusable_replicas(self) -> frozenset[str]:
@@ -370,8 +412,9 @@ class PeerCore:
         return down if self.state == "serving" else down | {self.peer_id}
 
     def is_peer(self, peer_id: str) -> bool:
-        """Another peer of this ring: the only source a batch may name."""
-        return peer_id != self.peer_id and peer_id in self.ring.peer_ids
+        """Another peer of this ring (or, for a joining peer, of the bootstrap): the only
+        source a batch may name, but for a join request or a ring fetch."""
+        return peer_id != self.peer_id and peer_id in self._detector_peers()
 
     def next_due(self) -> float:
         """When `advance` must run next: the earliest timer or the next heartbeat tick."""
@@ -405,10 +448,17 @@ class PeerCore:
     # -- inputs --------------------------------------------------------------------------------
 
     def receive(self, source: str, messages: Sequence[Message], now: float) -> Step:
-        """Messages from `source` (a ring peer, or this peer's own `local` output)."""
-        assert source in self.ring.peer_ids, "the driver admits batches of ring peers only"
+        """Messages from `source` (a ring peer, or this peer's own `local` output; from any
+        other authenticated peer, only join requests, ring fetches and heartbeats)."""
+        assert (
+            source == self.peer_id
+            or self.is_peer(source)
+            or all(isinstance(m, RingJoin | RingFetch | Heartbeat) for m in messages)
+        ), "the driver admits batches of ring peers only"
         self._now = now
         step = Step()
+        if source != self.peer_id:
+            messages = self._fence(step, source, messages)
         if source != self.peer_id:  # any message is a sign of life
             self._call(
                 step,
@@ -428,6 +478,11 @@ class PeerCore:
                     continue
             destination = route(message)
             if destination is Destination.NONE:
+                if isinstance(message, Heartbeat) and source != self.peer_id:
+                    self._note_ring_gossip(step, source, message, now)
+                continue
+            if destination is Destination.RING:
+                self._on_ring_message(step, source, message, now)
                 continue
             if destination is Destination.RECOVERY:
                 assert isinstance(message, RecoveryReport)
@@ -452,13 +507,19 @@ class PeerCore:
             self._check_recovered(step, now)
         return self._finish(step)
 
-    def start(self, operation: ClientOperation, now: float) -> Step:
+    def start(self, operation: ClientOperation | ChangeMembership, now: float) -> Step:
         """A client operation; its answer comes in this step or a later one, by `op_id`."""
         self._now = now
         step = Step()
         op_id = operation.op_id
-        if op_id in self._clients:
+        if op_id in self._clients or op_id in self._ring_clients:
             raise ValueError("client operation ids are unique while in flight")
+        if isinstance(operation, ChangeMembership):
+            self._start_ring_change(step, operation)
+            return self._finish(step)
+        if not self.is_member():
+            step.answers.append(failed_answer(operation, Failure.NOT_A_MEMBER))
+            return self._finish(step)
         if len(self._clients) >= self.limits.client_operations_max:
             step.answers.append(failed_answer(operation, Failure.OVERLOADED))
             return self._finish(step)
@@ -658,6 +719,8 @@ class PeerCore:
             return
         if core == _Core.COORDINATOR:
             self._call(step, core, "timer", lambda: self.coordinator.on_timer(timer, now))
+        elif core == _Core.RING:
+            self._ring_call(step, "timer", lambda: self.ring_register.on_timer(timer, now))
         else:
             assert core == _Core.EPOCH_COORDINATOR, core
             self._call(step, core, "timer", lambda: self.epoch_coordinator.on_timer(timer, now))
@@ -682,6 +745,7 @@ class PeerCore:
             )
         self._call(step, "recovery", "tick", lambda: self.recovery.tick(now), from_storage=True)
         self._check_recovered(step, now)
+        self._ring_tick(step, now)
 
     def _note_events(self, step: Step, events: list[Event]) -> None:
         """Every event about an owner names an epoch: its own, else the owner's known one."""
@@ -702,6 +766,191 @@ class PeerCore:
         if step.writes or (self._held and self._held[-1].ticket > self._durable_ticket):
             step.sync_ticket = self._staged_ticket
         return step
+
+    # -- the ring (ring_register.py, ring_placement.py; docs/membership.md) --------------------
+
+    def _placement_of(self, membership: Membership) -> RingPlacement:
+        versions = self._ring_versions
+        drained = all(
+            versions.get(peer, 0) >= membership.version
+            for peer in drain_set(membership)
+            if peer != self.peer_id
+        )
+        return RingPlacement(
+            membership, drained=drained, cached_max=self.limits.preference_lists_cached_max
+        )
+
+    def _replicas_by_owner(self) -> dict[str, tuple[str, ...]]:
+        return {owner: self.placement(owner).replicas for owner in self._owners}
+
+    def _detector_peers(self) -> tuple[str, ...]:
+        """Whom this peer heartbeats: every peer of its ring (both rings while a change is not
+        drained); a joining peer that is no member yet, the bootstrap members too."""
+        peers = set(self._ring.peers())
+        if self._join_address is not None and not self.is_member():
+            peers |= {m.id for m in self._bootstrap.members}
+        peers.add(self.peer_id)
+        return tuple(sorted(peers))
+
+    def _refresh_ring(self, step: Step) -> None:
+        """The learned membership or its drain changed: placements, anti-entropy's partners
+        and the failure detector's peers follow."""
+        learned = self.ring_register.learned
+        previous = self._ring
+        ring = self._placement_of(learned)
+        if ring.membership == previous.membership and ring.drained == previous.drained:
+            return
+        self._ring = ring
+        if ring.membership.version != previous.membership.version:
+            step.events.append(
+                Event(
+                    name="ring_applied",
+                    details=(
+                        ("version", learned.version),
+                        ("stable", int(learned.stable)),
+                        ("member", int(self.is_member())),
+                    ),
+                )
+            )
+        elif ring.drained:
+            step.events.append(Event(name="ring_drained", details=(("version", learned.version),)))
+        self.anti_entropy.set_replicas(self._replicas_by_owner())
+        self.failure_detector.set_peers(self._detector_peers(), self._now)
+        for owner in self._owners:
+            if self.peer_id in self.placement(owner).replicas and owner not in self._epochs:
+                self._epochs[owner] = self.acceptor.active_epoch(owner)
+
+    def _ring_call(self, step: Step, what: str, call: Callable[[], Effects]) -> None:
+        """A ring register call: its output persists before it leaves (votes and learned
+        memberships are records); the ring follows what it learned."""
+        self._call(step, _Core.RING, what, call, from_storage=True)
+        self._refresh_ring(step)
+
+    def _fence(self, step: Step, source: str, messages: Sequence[Message]) -> Sequence[Message]:
+        """The ring fence: a request sent under an older ring version than this peer's (a
+        coordinator's write or read, a proposer's query, prepare or accept) is not answered;
+        its sender is sent this peer's ring, learns it, and starts its next operations under
+        the new placement (the refused one times out or completes on other replicas)."""
+        version = self._ring.membership.version
+        if version == 1:
+            return messages  # the bootstrap: nothing is older
+        kept = [m for m in messages if not 0 < getattr(m, "ring", 0) < version]
+        if len(kept) < len(messages):
+            step.events.append(
+                Event(
+                    name="ring_fenced",
+                    details=(("sender", source), ("refused", len(messages) - len(kept))),
+                )
+            )
+            decide = RingDecide(op_id=f"{self.peer_id}-ring-fence", value=self._ring.membership)
+            self._send(step, Envelope(source=self.peer_id, destination=source, message=decide))
+        return kept
+
+    def _note_ring_gossip(self, step: Step, source: str, heartbeat: Heartbeat, now: float) -> None:
+        self._ring_versions[source] = heartbeat.ring_version
+        self._transfers_done[source] = heartbeat.transfers_done
+        if heartbeat.ring_digest:
+            version, digest = heartbeat.ring_version, heartbeat.ring_digest
+            self._ring_call(
+                step, "gossip", lambda: self.ring_register.on_gossip(source, version, digest, now)
+            )
+        else:
+            self._refresh_ring(step)
+
+    def _on_ring_message(self, step: Step, source: str, message: Message, now: float) -> None:
+        if isinstance(message, RingJoin):
+            self._on_join_request(step, message, now)
+            return
+        assert isinstance(message, RingPrepare | RingAccept | RingVote | RingDecide | RingFetch)
+        ring_message = message
+        self._ring_call(
+            step,
+            type(message).__name__,
+            lambda: self.ring_register.on_message(source, ring_message, now),
+        )
+
+    def _on_join_request(self, step: Step, join: RingJoin, now: float) -> None:
+        """A peer started with --join asks to be added: proposed here, once at a time."""
+        if not self.is_member() or self.ring_register.operations_in_flight():
+            return  # it asks again every heartbeat interval
+        change = AddMember(id=join.id, address=join.address)
+        self._propose(step, change, f"{self.peer_id}-join-{join.id}", now)
+
+    def _start_ring_change(self, step: Step, operation: ChangeMembership) -> None:
+        if self.state != "serving" or not self.is_member():
+            reason = "recovering" if self.state != "serving" else "not_a_member"
+            step.answers.append(
+                RingDone(
+                    op_id=operation.op_id,
+                    outcome=RingOutcome.REFUSED,
+                    membership=self._ring.membership,
+                    reason=reason,
+                )
+            )
+            return
+        self._ring_clients.add(operation.op_id)
+        self._propose(step, operation.change, operation.op_id, self._now)
+
+    def _propose(self, step: Step, change: MembershipChange, op_id: str, now: float) -> None:
+        self._ring_call(step, "propose", lambda: self.ring_register.propose(op_id, change, now))
+
+    def _on_ring_done(self, step: Step, reply: RingDone) -> None:
+        step.events.append(
+            Event(
+                name="ring_change_done",
+                details=(
+                    ("outcome", reply.outcome.value),
+                    ("version", reply.membership.version),
+                    ("reason", reply.reason),
+                ),
+            )
+        )
+        if reply.op_id in self._ring_clients:
+            self._ring_clients.discard(reply.op_id)
+            step.answers.append(reply)
+
+    def _ring_tick(self, step: Step, now: float) -> None:
+        """Each heartbeat interval: a joining peer asks to be added; a voter proposes the
+        finish of a change whose transfers all committed."""
+        membership = self._ring.membership
+        if self._join_address is not None and not self.is_member():
+            join = RingJoin(
+                op_id=f"{self.peer_id}-join", id=self.peer_id, address=self._join_address
+            )
+            for member in self._bootstrap.members:
+                if member.id != self.peer_id:
+                    envelope = Envelope(source=self.peer_id, destination=member.id, message=join)
+                    self._send(step, envelope)
+            return
+        self._refresh_ring(step)
+        if membership.stable or self.peer_id not in membership.voters:
+            return
+        self._start_transfers(step, now)
+        if self._change_transferred() and not self.ring_register.operations_in_flight():
+            self._ring_ops += 1
+            self._propose(step, FinishChange(), f"{self.peer_id}-finish-{self._ring_ops}", now)
+
+    def _start_transfers(self, step: Step, now: float) -> None:
+        """Transfers into this peer of the pending change, each once its owner is fenced."""
+        del step, now  # the transfer core (wiring)
+
+    def _own_transfers_done(self) -> int:
+        """The highest joint version whose transfers into this peer all committed."""
+        membership = self._ring.membership
+        if membership.stable:
+            return membership.version
+        return 0
+
+    def _change_transferred(self) -> bool:
+        """Every target of the pending change reported its transfers committed."""
+        membership = self._ring.membership
+        version = membership.version
+        targets = {
+            target for move in plan_transfers(membership, self._owners) for target in move.targets
+        }
+        done = dict(self._transfers_done)
+        done[self.peer_id] = self._own_transfers_done()
+        return all(done.get(target, 0) >= version for target in targets)
 
     # -- recovery (recovery.py) ----------------------------------------------------------------
 
@@ -734,9 +983,18 @@ class PeerCore:
         decided its phase is durable (persist before send: a peer that restarts undecided must
         not find its identity already known)."""
         heartbeat = self.recovery.heartbeat(destination)
-        if self._durable_ticket < self._identity_ticket and heartbeat.store:
-            return Heartbeat(sender=heartbeat.sender, store="", known=heartbeat.known)
-        return heartbeat
+        store = heartbeat.store
+        if self._durable_ticket < self._identity_ticket and store:
+            store = ""
+        version, digest = self.ring_register.gossip()
+        return Heartbeat(
+            sender=heartbeat.sender,
+            store=store,
+            known=heartbeat.known,
+            ring_version=version,
+            ring_digest=digest,
+            transfers_done=self._own_transfers_done(),
+        )
 
     def _on_phase(self, step: Step, now: float) -> None:
         """The store's phase moved on (undecided -> recovering or serving)."""
@@ -793,7 +1051,7 @@ class PeerCore:
             start,
             op_id=op_id,
             owner=operation.owner,
-            replicas=self.preference_list(operation.owner),
+            replicas=self.placement(operation.owner).old,  # joint quorums: coordinators (wiring)
             now=self._now,
             down=self._unusable_replicas(),
             **arguments,
@@ -821,6 +1079,9 @@ class PeerCore:
         return _Core.EPOCH_COORDINATOR, self.epoch_coordinator.start_rotate, arguments
 
     def _on_core_reply(self, step: Step, reply: ClientReply) -> None:
+        if isinstance(reply, RingDone):
+            self._on_ring_done(step, reply)
+            return
         step.finished.append(reply)
         client_op = self._core_ops.pop(reply.op_id, None)
         state = None if client_op is None else self._clients.get(client_op)

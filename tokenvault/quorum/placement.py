@@ -25,6 +25,7 @@ class OwnerPlacement:
     old: tuple[str, ...]  # the owner's preference list on the old ring
     new: tuple[str, ...]  # on the new ring: equal to `old` when the owner does not move
     reads_new: bool = False  # reads go to the new set (the finish is learned), else the old
+    version: int = 0  # the ring version it was computed at: what requests carry (`ring`)
 
     def __post_init__(self) -> None:
         assert len(set(self.old)) == len(self.old), "a replica set never repeats a peer"
@@ -32,8 +33,8 @@ class OwnerPlacement:
         assert len(self.old) == len(self.new), "both sets are N replicas"
 
     @staticmethod
-    def stable(replicas: tuple[str, ...]) -> OwnerPlacement:
-        return OwnerPlacement(old=replicas, new=replicas)
+    def stable(replicas: tuple[str, ...], version: int = 0) -> OwnerPlacement:
+        return OwnerPlacement(old=replicas, new=replicas, version=version)
 
     @property
     def joint(self) -> bool:

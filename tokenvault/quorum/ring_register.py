@@ -35,21 +35,21 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from tokenvault.quorum.effects import Event, Timer, TimerKind, Write
+from tokenvault.quorum.effects import Effects, Event, RingDone, RingOutcome, Timer, TimerKind
 from tokenvault.quorum.epoch_coordinator import RandomSource
 from tokenvault.quorum.invariants import require
-from tokenvault.quorum.messages import Ballot
-from tokenvault.quorum.quorum_config import majority
-from tokenvault.quorum.records import StorageView
-from tokenvault.quorum.ring_messages import (
+from tokenvault.quorum.messages import (
+    Ballot,
+    Envelope,
     RingAccept,
     RingDecide,
-    RingEnvelope,
     RingFetch,
     RingMessage,
     RingPrepare,
     RingVote,
 )
+from tokenvault.quorum.quorum_config import majority
+from tokenvault.quorum.records import StorageView
 from tokenvault.quorum.ring_records import (
     LEARNED_KEY,
     RING_ACCEPTOR_PREFIX,
@@ -84,34 +84,6 @@ class RingLimits:
     attempts_max: int = 12  # preemptions and restarts on a newer version, per operation
     operations_max: int = 16  # changes in flight on this peer (operators make them one by one)
     fetch_interval_s: float = 1.0  # between two fetches while the gossip says we are behind
-
-
-class RingOutcome(enum.Enum):
-    CHANGED = "changed"  # this operation's membership was chosen
-    ALREADY = "already"  # the learned membership already holds the change
-    REFUSED = "refused"  # the change does not apply (`reason`: ChangeRefused's code)
-    TIMEOUT = "timeout"  # no majority of the voters answered in time
-    CONTENDED = "contended"  # the attempts ran out
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RingDone:
-    op_id: str
-    outcome: RingOutcome
-    membership: Membership  # the learned membership when the operation ended
-    reason: str = ""
-
-
-@dataclass(slots=True)
-class RingEffects:
-    """As effects.Effects (persist `writes`, arm `timers`, then send `messages`, give
-    `replies`), with the ring register's own envelopes and replies."""
-
-    writes: list[Write] = field(default_factory=list)
-    timers: list[Timer] = field(default_factory=list)
-    messages: list[RingEnvelope] = field(default_factory=list)
-    replies: list[RingDone] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
 
 
 class _Phase(enum.Enum):
@@ -171,9 +143,9 @@ class RingRegister:
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    def propose(self, op_id: str, change: MembershipChange, now: float) -> RingEffects:
+    def propose(self, op_id: str, change: MembershipChange, now: float) -> Effects:
         require(op_id not in self._proposals, f"ring operation {op_id} started twice")
-        effects = RingEffects()
+        effects = Effects()
         learned = self.learned
         if len(self._proposals) >= self._limits.operations_max:
             return self._done(op_id, RingOutcome.REFUSED, learned, effects, reason="overloaded")
@@ -199,8 +171,8 @@ class RingRegister:
         )
         return effects
 
-    def on_message(self, source: str, message: RingMessage, now: float) -> RingEffects:
-        effects = RingEffects()
+    def on_message(self, source: str, message: RingMessage, now: float) -> Effects:
+        effects = Effects()
         if isinstance(message, RingPrepare):
             self._on_prepare(source, message, effects)
         elif isinstance(message, RingAccept):
@@ -211,13 +183,13 @@ class RingRegister:
             learned = self._learn(message.value, source, effects)
             if learned is not None:
                 self._rebase_all(learned, now, effects)
-        else:
+        elif isinstance(message, RingFetch):
             self._on_fetch(source, message, effects)
-        return effects
+        return effects  # a join request is the peer core's (peer_core.py)
 
-    def on_gossip(self, source: str, version: int, digest: str, now: float) -> RingEffects:
+    def on_gossip(self, source: str, version: int, digest: str, now: float) -> Effects:
         """A heartbeat's ring fields: fetch from a peer ahead (at most once a fetch interval)."""
-        effects = RingEffects()
+        effects = Effects()
         learned = self.learned
         if version == learned.version and digest != learned.digest():
             effects.events.append(self._event("ring_disagreement", version, ("sender", source)))
@@ -231,8 +203,8 @@ class RingRegister:
             self._send(source, RingFetch(op_id=op_id, version=learned.version), effects)
         return effects
 
-    def on_timer(self, timer: Timer, now: float) -> RingEffects:
-        effects = RingEffects()
+    def on_timer(self, timer: Timer, now: float) -> Effects:
+        effects = Effects()
         proposal = self._proposals.get(timer.op_id)
         if proposal is None:
             return effects
@@ -281,7 +253,7 @@ class RingRegister:
             )
         return None
 
-    def _on_prepare(self, source: str, prepare: RingPrepare, effects: RingEffects) -> None:
+    def _on_prepare(self, source: str, prepare: RingPrepare, effects: Effects) -> None:
         version, ballot = prepare.version, prepare.ballot
         answer = self._not_voting(source, prepare.op_id, version, ballot)
         if answer is not None:
@@ -303,7 +275,7 @@ class RingRegister:
         vote = _vote(prepare.op_id, "prepare", version, ballot, granted, state, learned)
         self._send(source, vote, effects)
 
-    def _on_accept(self, source: str, accept: RingAccept, effects: RingEffects) -> None:
+    def _on_accept(self, source: str, accept: RingAccept, effects: Effects) -> None:
         version, ballot = accept.version, accept.ballot
         answer = self._not_voting(source, accept.op_id, version, ballot)
         if answer is not None:
@@ -325,14 +297,14 @@ class RingRegister:
         vote = _vote(accept.op_id, "accept", version, ballot, granted, kept, learned)
         self._send(source, vote, effects)
 
-    def _on_fetch(self, source: str, fetch: RingFetch, effects: RingEffects) -> None:
+    def _on_fetch(self, source: str, fetch: RingFetch, effects: Effects) -> None:
         learned = self.learned
         if learned.version > fetch.version:
             self._send(source, RingDecide(op_id=fetch.op_id, value=learned), effects)
 
     # -- learner --------------------------------------------------------------------------------
 
-    def _learn(self, value: Membership, source: str, effects: RingEffects) -> Membership | None:
+    def _learn(self, value: Membership, source: str, effects: Effects) -> Membership | None:
         """Learns `value` if it is newer; returns it then, else None."""
         learned = self.learned
         if value.version < learned.version:
@@ -353,7 +325,7 @@ class RingRegister:
 
     # -- proposer -------------------------------------------------------------------------------
 
-    def _prepare(self, proposal: _Proposal, round_: int, effects: RingEffects) -> None:
+    def _prepare(self, proposal: _Proposal, round_: int, effects: Effects) -> None:
         proposal.phase = _Phase.PREPARE
         proposal.ballot = Ballot(round=round_, peer=proposal.op_id)
         proposal.value = None
@@ -363,7 +335,7 @@ class RingRegister:
         effects.events.append(self._event("ring_proposed", proposal.own.version, ("round", round_)))
         self._resend(proposal, effects)
 
-    def _resend(self, proposal: _Proposal, effects: RingEffects) -> None:
+    def _resend(self, proposal: _Proposal, effects: Effects) -> None:
         """The current phase's message to every voter that has not answered it."""
         answered = proposal.refusals | (
             proposal.promises.keys() if proposal.phase is _Phase.PREPARE else proposal.accepts
@@ -372,7 +344,7 @@ class RingRegister:
             if voter not in answered:
                 self._send_phase(proposal, voter, effects)
 
-    def _send_phase(self, proposal: _Proposal, voter: str, effects: RingEffects) -> None:
+    def _send_phase(self, proposal: _Proposal, voter: str, effects: Effects) -> None:
         version = proposal.base.version + 1
         message: RingMessage
         if proposal.phase is _Phase.PREPARE:
@@ -390,7 +362,7 @@ class RingRegister:
             return
         self._send(voter, message, effects)
 
-    def _on_vote(self, source: str, vote: RingVote, now: float, effects: RingEffects) -> None:
+    def _on_vote(self, source: str, vote: RingVote, now: float, effects: Effects) -> None:
         if vote.learned is not None:
             learned = self._learn(vote.learned, source, effects)
             if learned is not None:
@@ -425,7 +397,7 @@ class RingRegister:
             if len(proposal.accepts) >= majority(len(proposal.base.voters)):
                 self._chosen(proposal, now, effects)
 
-    def _start_accept(self, proposal: _Proposal, effects: RingEffects) -> None:
+    def _start_accept(self, proposal: _Proposal, effects: Effects) -> None:
         accepted = [
             (v.accepted_ballot, v.accepted_value)
             for v in proposal.promises.values()
@@ -441,7 +413,7 @@ class RingRegister:
         proposal.refusals.clear()
         self._resend(proposal, effects)
 
-    def _chosen(self, proposal: _Proposal, now: float, effects: RingEffects) -> None:
+    def _chosen(self, proposal: _Proposal, now: float, effects: Effects) -> None:
         value = proposal.value
         require(
             value is not None
@@ -457,14 +429,14 @@ class RingRegister:
             self._send(member, RingDecide(op_id=proposal.op_id, value=value), effects)
         self._rebase_all(value, now, effects)  # this operation too: done if `value` is its own
 
-    def _rebase_all(self, learned: Membership, now: float, effects: RingEffects) -> None:
+    def _rebase_all(self, learned: Membership, now: float, effects: Effects) -> None:
         """Operations proposing a version now learned start again on `learned`."""
         for proposal in list(self._proposals.values()):
             if proposal.base.version < learned.version:
                 self._rebase(proposal, learned, now, effects)
 
     def _rebase(
-        self, proposal: _Proposal, learned: Membership, now: float, effects: RingEffects
+        self, proposal: _Proposal, learned: Membership, now: float, effects: Effects
     ) -> None:
         if learned == proposal.own:
             self._finish(proposal, RingOutcome.CHANGED, learned, effects)
@@ -484,7 +456,7 @@ class RingRegister:
         proposal.base, proposal.own, proposal.round_seen = learned, own, 0
         self._prepare(proposal, 1, effects)
 
-    def _back_off(self, proposal: _Proposal, now: float, effects: RingEffects) -> None:
+    def _back_off(self, proposal: _Proposal, now: float, effects: Effects) -> None:
         proposal.attempts += 1
         if proposal.attempts >= self._limits.attempts_max:
             self._finish(proposal, RingOutcome.CONTENDED, self.learned, effects)
@@ -505,7 +477,7 @@ class RingRegister:
         proposal: _Proposal,
         outcome: RingOutcome,
         learned: Membership,
-        effects: RingEffects,
+        effects: Effects,
         *,
         reason: str = "",
     ) -> None:
@@ -517,10 +489,10 @@ class RingRegister:
         op_id: str,
         outcome: RingOutcome,
         learned: Membership,
-        effects: RingEffects,
+        effects: Effects,
         *,
         reason: str = "",
-    ) -> RingEffects:
+    ) -> Effects:
         effects.replies.append(
             RingDone(op_id=op_id, outcome=outcome, membership=learned, reason=reason)
         )
@@ -528,7 +500,7 @@ class RingRegister:
 
     # -- the only writers of ring records: each checks the record it replaces -------------------
 
-    def _write_slot(self, version: int, new: RingSlot, effects: RingEffects) -> None:
+    def _write_slot(self, version: int, new: RingSlot, effects: Effects) -> None:
         stored = read_ring_slot(self._storage, version)
         require(
             self.learned.version == version - 1,
@@ -548,7 +520,7 @@ class RingRegister:
             )
         effects.writes.append((ring_slot_key(version), encode_ring_slot(new)))
 
-    def _write_learned(self, value: Membership, effects: RingEffects) -> None:
+    def _write_learned(self, value: Membership, effects: Effects) -> None:
         stored = self.learned
         require(
             value.version > stored.version,
@@ -558,9 +530,9 @@ class RingRegister:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _send(self, destination: str, message: RingMessage, effects: RingEffects) -> None:
+    def _send(self, destination: str, message: RingMessage, effects: Effects) -> None:
         effects.messages.append(
-            RingEnvelope(source=self._peer_id, destination=destination, message=message)
+            Envelope(source=self._peer_id, destination=destination, message=message)
         )
 
     @staticmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 
 from tokenvault.quorum.messages import (
+    RING_MESSAGE_TYPES,
     Accept,
     Accepted,
     AeKeys,
@@ -47,13 +48,16 @@ class Destination(enum.Enum):
     EPOCH_COORDINATOR = "epoch_coordinator"
     INSPECTION = "inspection"  # an admin view's answer, for whoever asked
     RECOVERY = "recovery"  # a report for a peer recovering a lost store (recovery.py)
+    RING = "ring"  # the ring register (ring_register.py); a join request, for the peer core
 
     @property
     def answers_from_storage(self) -> bool:
         return self in _FROM_STORAGE
 
 
-_FROM_STORAGE = frozenset({Destination.REPLICA, Destination.ACCEPTOR, Destination.ANTI_ENTROPY})
+_FROM_STORAGE = frozenset(
+    {Destination.REPLICA, Destination.ACCEPTOR, Destination.ANTI_ENTROPY, Destination.RING}
+)
 _INSERT_REPLY_DESTINATIONS = {
     Origin.COORDINATOR: Destination.COORDINATOR,
     Origin.HINTS: Destination.HINTS,
@@ -74,6 +78,8 @@ def route(message: Message) -> Destination:
         return Destination.INSPECTION
     if isinstance(message, RecoveryReport):
         return Destination.RECOVERY
+    if isinstance(message, RING_MESSAGE_TYPES):
+        return Destination.RING
     if isinstance(message, InsertReply):
         return _INSERT_REPLY_DESTINATIONS[message.origin]
     if isinstance(message, ReadReply):

@@ -112,6 +112,11 @@ class Membership:
     replica_count: int
     vnodes_per_peer: int
     members: tuple[Member, ...]  # sorted by id
+    # A finish version only: the members of the joint version it ends, as they were (joining,
+    # leaving). Until the change is drained, writes still reach the old ring's replicas
+    # (docs/membership.md §3), and a peer that learned the finish without the joint version
+    # finds that ring here.
+    previous: tuple[Member, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.version < 2**53:
@@ -127,6 +132,8 @@ class Membership:
             raise ValueError("two members of one ring share a vnode seed")
         if min(len(old), len(new)) < self.replica_count:
             raise ValueError("a ring of the membership has fewer peers than replica_count")
+        if len(self.previous) > RING_MEMBERS_MAX or (self.previous and not self.stable):
+            raise ValueError("only a stable membership ends a change")
 
     def member(self, peer_id: str) -> Member | None:
         for member in self.members:
@@ -149,14 +156,21 @@ class Membership:
     def new_ring(self) -> MemberRing:
         return MemberRing((m for m in self.members if m.state != LEAVING), self.vnodes_per_peer)
 
+    def previous_old_ring(self) -> MemberRing | None:
+        """The old ring of the change this finish version ended; None for another version."""
+        if not self.previous:
+            return None
+        old = (m for m in self.previous if m.state != JOINING)
+        return MemberRing(old, self.vnodes_per_peer)
+
     def digest(self) -> str:
         """16 hex characters over everything the membership holds: equal on every peer that
         learned this version (gossiped beside the version to catch a disagreement)."""
         h = hashlib.blake2b(digest_size=8)
         h.update(_DIGEST_DOMAIN)
         counts = (self.version, self.replica_count, self.vnodes_per_peer, len(self.members))
-        h.update(struct.pack(">QQQQ", *counts))
-        for member in self.members:
+        h.update(struct.pack(">QQQQQ", *counts, len(self.previous)))
+        for member in (*self.members, *self.previous):
             for text in (member.id, member.address, member.state, member.vnode_seed):
                 raw = text.encode()
                 h.update(struct.pack(">Q", len(raw)))
@@ -220,7 +234,7 @@ def apply_change(base: Membership, change: MembershipChange) -> Membership:
         if base.stable:
             raise ChangeRefused("nothing_pending", "no change is pending")
         members = [_with(m, ACTIVE) for m in base.members if m.state != LEAVING]
-        return _next(base, members)
+        return _next(base, members, previous=base.members)
     if not base.stable:
         raise ChangeRefused("change_pending", "a membership change is pending: finish it first")
     if isinstance(change, AddMember):
@@ -263,13 +277,16 @@ def change_satisfied(membership: Membership, change: MembershipChange) -> bool:
     )
 
 
-def _next(base: Membership, members: list[Member]) -> Membership:
+def _next(
+    base: Membership, members: list[Member], *, previous: tuple[Member, ...] = ()
+) -> Membership:
     try:
         return Membership(
             version=base.version + 1,
             replica_count=base.replica_count,
             vnodes_per_peer=base.vnodes_per_peer,
             members=tuple(sorted(members, key=lambda m: m.id)),
+            previous=previous,
         )
     except ValueError as error:
         raise ChangeRefused("invalid_member", str(error)) from error

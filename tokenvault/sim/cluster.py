@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from tokenvault.quorum.messages import Envelope, EpochValue, Mapping
 from tokenvault.quorum.records import AcceptorSlot
 from tokenvault.ring.hash_ring import HashRing
+from tokenvault.ring.membership import bootstrap_membership
 from tokenvault.sim.client import ClientAnswer, ClientRequest
 from tokenvault.sim.config import SimConfig
 from tokenvault.sim.engine import Engine
@@ -64,6 +65,11 @@ class SimCluster:
         self._config = config
         self._engine = engine
         self.ring = HashRing(config.peer_ids, config.vnodes_per_peer)
+        bootstrap = bootstrap_membership(
+            ((p, f"{p}.sim:7000") for p in config.peer_ids),
+            replica_count=config.replica_count,
+            vnodes_per_peer=config.vnodes_per_peer,
+        )
         self.network = Network(engine, links, self._deliver)
         self.observer = (
             observer if observer is not None else Observer(replica_count=config.replica_count)
@@ -73,7 +79,7 @@ class SimCluster:
             peer_id: factory(
                 peer_id,
                 engine=engine,
-                ring=self.ring,
+                bootstrap=bootstrap,
                 quorum=config.quorum,
                 fsync_s=mix.fsync_s,
                 client_latency_s=config.client_latency_s,

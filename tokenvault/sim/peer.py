@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tokenvault.quorum.client_operations import Inspected
+from tokenvault.quorum.effects import RingDone
 from tokenvault.quorum.messages import (
     Accept,
     Envelope,
@@ -49,7 +50,7 @@ from tokenvault.quorum.messages import (
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import MAPPING_PREFIX
-from tokenvault.ring.hash_ring import HashRing
+from tokenvault.ring.membership import Membership
 from tokenvault.sim.client import (
     SIM_SECRET,
     AnswerSink,
@@ -119,7 +120,7 @@ class SimPeer:
         peer_id: str,
         *,
         engine: Engine,
-        ring: HashRing,
+        bootstrap: Membership,
         quorum: QuorumConfig,
         fsync_s: tuple[float, float],
         client_latency_s: float,
@@ -147,7 +148,7 @@ class SimPeer:
             observer if observer is not None else Observer(replica_count=quorum.replica_count)
         )
         self._engine = engine
-        self._ring = ring
+        self._bootstrap = bootstrap
         self._quorum = quorum
         self._owners = owners
         self._limits = limits
@@ -171,7 +172,7 @@ class SimPeer:
         """Every core, from the durable store (what a process builds when it starts)."""
         return PeerCore(
             peer_id=self.peer_id,
-            ring=self._ring,
+            bootstrap=self._bootstrap,
             quorum=self._quorum,
             owners=self._owners,
             storage=self.store,
@@ -300,7 +301,7 @@ class SimPeer:
         for answer in step.answers:
             sink = self._clients.pop(answer.op_id, None)
             if sink is not None:
-                assert not isinstance(answer, Inspected), "simulated clients never inspect"
+                assert not isinstance(answer, Inspected | RingDone), "clients read and write only"
                 self._answer(sink, answer)
         self.stats.tokenize_relearned = (
             self._relearned_before + self.core.statistics().tokenize_relearned
