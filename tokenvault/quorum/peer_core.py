@@ -265,10 +265,8 @@ class PeerCore:
         self.ring_register = RingRegister(
             peer_id=peer_id, storage=storage, bootstrap=bootstrap, rng=rng, limits=limits.ring
         )
-        learned = self.ring_register.learned
-        assert join_address is not None or learned.member(peer_id) is not None, (
-            "a peer runs on its own ring unless it joins"
-        )
+        learned = self.ring_register.learned  # a peer that was removed is no member: it
+        # serves no client (NOT_A_MEMBER) until its operator stops it
         # What each peer's heartbeats said: its learned ring version, and the highest version
         # whose transfers into it are all committed.
         self._ring_versions: dict[str, int] = {}
@@ -862,6 +860,8 @@ class PeerCore:
             self._on_join_request(step, message, now)
             return
         assert isinstance(message, RingPrepare | RingAccept | RingVote | RingDecide | RingFetch)
+        if isinstance(message, RingPrepare | RingAccept) and self.state != "serving":
+            return  # a store that lost its records lost its ring votes too: no vote (amnesia)
         ring_message = message
         self._ring_call(
             step,

@@ -1,0 +1,242 @@
+"""The ring as the peer core runs it (docs/membership.md): a few whole cores on a lossless
+network played by the test, every sync done at once. Membership changes through a peer, a peer
+that joins by itself, the gossip that brings a peer behind up to date, placements during a
+change, and the ring fence."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import pytest
+
+from tests.quorum.helpers import membership_of
+from tests.stores import serving_store
+from tokenvault.quorum.client_operations import ChangeMembership, ClientAnswer, Tokenize
+from tokenvault.quorum.effects import Failure, RingDone, RingOutcome
+from tokenvault.quorum.messages import (
+    Ballot,
+    InsertRequest,
+    Mapping,
+    Message,
+    ReadRequest,
+    RingPrepare,
+    RingVote,
+)
+from tokenvault.quorum.peer_core import PeerCore, Step
+from tokenvault.quorum.quorum_config import QuorumConfig
+from tokenvault.ring.membership import JOINING, LEAVING, AddMember, RemoveMember, ReplaceMember
+from tokenvault.store.memory_store import MemoryStore
+
+OWNERS = tuple(f"owner-{i}" for i in range(12))
+N3 = QuorumConfig(replica_count=3, write_quorum=2, read_quorum=2)
+SECRET = b"ring-wiring-test-secret"
+BOOT_DIGEST = membership_of(("p1", "p2", "p3"), vnodes_per_peer=8).digest()
+STEPS_MAX = 20_000
+
+
+class Cores:
+    """Whole peer cores; messages delivered in order, syncs at once, time moved by the test."""
+
+    def __init__(self, peers: tuple[str, ...] = ("p1", "p2", "p3")) -> None:
+        self.bootstrap = membership_of(peers, vnodes_per_peer=8)
+        self.now = 0.0
+        self.cores: dict[str, PeerCore] = {}
+        self.stores: dict[str, MemoryStore] = {}
+        self.queue: deque[tuple[str, str, Message]] = deque()
+        self.answers: dict[str, ClientAnswer] = {}
+        self.cut: set[str] = set()  # peers whose messages are lost, both ways
+        for peer in peers:
+            self.start(peer)
+
+    def start(self, peer: str, *, join_address: str | None = None) -> None:
+        store = self.stores.get(peer)
+        if store is None:
+            store = self.stores[peer] = serving_store(
+                store_id=f"{peer:0<32}"[:32].replace("p", "a")
+            )
+        self.cores[peer] = PeerCore(
+            peer_id=peer,
+            bootstrap=self.bootstrap,
+            quorum=N3,
+            owners=OWNERS,
+            storage=store,
+            secret=SECRET,
+            rng=random.Random(peer),
+            now=self.now,
+            join_address=join_address,
+        )
+
+    def act(self, peer: str, step: Step) -> None:
+        pending = [step]
+        while pending:
+            step = pending.pop()
+            for envelope in step.messages:
+                self.queue.append((envelope.source, envelope.destination, envelope.message))
+            for message in step.local:
+                self.queue.append((peer, peer, message))
+            for answer in step.answers:
+                self.answers[answer.op_id] = answer
+            if step.sync_ticket is not None:
+                self.stores[peer].sync()
+                pending.append(self.cores[peer].on_durable(step.sync_ticket, self.now))
+
+    def run(self) -> None:
+        steps = 0
+        while self.queue:
+            steps += 1
+            assert steps < STEPS_MAX, "the cores do not settle"
+            source, destination, message = self.queue.popleft()
+            if source in self.cut or destination in self.cut or destination not in self.cores:
+                continue
+            self.act(destination, self.cores[destination].receive(source, [message], self.now))
+
+    def advance(self, seconds: float, step_s: float = 0.25) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + step_s)
+            for peer, core in self.cores.items():
+                if peer not in self.cut and core.next_due() <= self.now:
+                    self.act(peer, core.advance(self.now))
+            self.run()
+
+    def change(
+        self, peer: str, op_id: str, change: AddMember | RemoveMember | ReplaceMember
+    ) -> RingDone:
+        self.act(
+            peer, self.cores[peer].start(ChangeMembership(op_id=op_id, change=change), self.now)
+        )
+        self.run()
+        for _ in range(40):
+            if op_id in self.answers:
+                break
+            self.advance(0.25)
+        answer = self.answers[op_id]
+        assert isinstance(answer, RingDone)
+        return answer
+
+
+def test_an_add_through_any_member_is_learned_by_every_member_and_the_new_peer() -> None:
+    cores = Cores()
+    done = cores.change("p2", "add", AddMember(id="p4", address="p4.test:7000"))
+    assert done.outcome is RingOutcome.CHANGED and done.membership.version == 2
+    cores.start("p4", join_address="p4.test:7000")
+    cores.advance(3.0)  # heartbeats: p4 hears of version 2 and fetches it
+    for peer, core in cores.cores.items():
+        assert core.membership == done.membership, peer
+        assert core.membership.member("p4") is not None
+    joining = done.membership.member("p4")
+    assert joining is not None and joining.state == JOINING
+
+
+def test_the_same_add_again_is_already_in_and_a_conflicting_one_is_refused() -> None:
+    cores = Cores()
+    cores.change("p1", "a1", AddMember(id="p4", address="p4.test:7000"))
+    again = cores.change("p3", "a2", AddMember(id="p4", address="p4.test:7000"))
+    assert again.outcome is RingOutcome.ALREADY and again.membership.version == 2
+    other = cores.change("p3", "a3", AddMember(id="p5", address="p5.test:7000"))
+    assert (other.outcome, other.reason) == (RingOutcome.REFUSED, "change_pending")
+    unknown = Cores().change("p1", "r", RemoveMember(id="p9"))
+    assert (unknown.outcome, unknown.reason) == (RingOutcome.REFUSED, "unknown_member")
+
+
+def test_a_peer_started_with_join_asks_to_be_added_and_learns_it_is_a_member() -> None:
+    cores = Cores()
+    cores.start("p4", join_address="p4.test:7000")
+    assert not cores.cores["p4"].is_member()
+    cores.advance(4.0)
+    for core in cores.cores.values():
+        assert core.membership.version == 2
+        member = core.membership.member("p4")
+        assert member is not None and member.address == "p4.test:7000"
+    assert cores.cores["p4"].is_member()
+
+
+def test_a_peer_that_is_no_member_coordinates_nothing() -> None:
+    cores = Cores()
+    cores.start("p4", join_address="p4.test:7000")
+    step = cores.cores["p4"].start(Tokenize(op_id="t", owner=OWNERS[0], items=(("ssn", "x"),)), 0.0)
+    (answer,) = step.answers
+    assert answer.failure is Failure.NOT_A_MEMBER
+
+
+def test_during_a_change_moved_owners_have_two_sets_and_reads_stay_on_the_old_one() -> None:
+    cores = Cores()
+    done = cores.change("p1", "add", AddMember(id="p4", address="p4.test:7000"))
+    core = cores.cores["p1"]
+    moved = [o for o in OWNERS if core.placement(o).joint]
+    assert moved, "with 12 owners some move to p4"
+    for owner in OWNERS:
+        placement = core.placement(owner)
+        old = done.membership.old_ring().preference_list(owner, 3)
+        new = done.membership.new_ring().preference_list(owner, 3)
+        assert (placement.old, placement.new, placement.read_set) == (old, new, old)
+        assert placement.version == 2
+        assert ("p4" in placement.replicas) == (owner in moved)
+
+
+def test_a_removed_member_is_leaving_and_a_replaced_one_hands_its_vnodes_over() -> None:
+    cores = Cores(("p1", "p2", "p3", "p4"))
+    removed = cores.change("p1", "rm", RemoveMember(id="p4"))
+    leaving = removed.membership.member("p4")
+    assert leaving is not None and leaving.state == LEAVING
+    cores = Cores(("p1", "p2", "p3"))
+    replaced = cores.change("p1", "rp", ReplaceMember(old="p3", new="p5", address="p5.test:7000"))
+    core = cores.cores["p1"]
+    for owner in OWNERS:  # every list is the old one with p5 in p3's place
+        placement = core.placement(owner)
+        assert placement.new == tuple("p5" if p == "p3" else p for p in placement.old)
+    assert replaced.membership.member("p5") is not None
+
+
+def test_a_request_made_under_an_older_ring_is_not_answered_and_its_sender_learns_the_ring() -> (
+    None
+):
+    cores = Cores()
+    cores.cut.add("p3")  # p3 misses the change
+    done = cores.change("p1", "add", AddMember(id="p4", address="p4.test:7000"))
+    assert cores.cores["p3"].membership.version == 1
+    cores.cut.clear()
+    mapping = Mapping(owner=OWNERS[0], token="t" * 20, value="v", field="ssn", epoch=1)
+    stale = InsertRequest(op_id="w", owner=OWNERS[0], mappings=(mapping,), ring=1)
+    step = cores.cores["p1"].receive("p3", [stale], cores.now)
+    assert not step.writes, "the stale write is not taken"
+    (back,) = [e for e in step.messages if e.destination == "p3"]
+    assert back.message.value == done.membership  # type: ignore[union-attr]
+    assert any(e.name == "ring_fenced" for e in step.events)
+    cores.act("p1", step)
+    cores.run()
+    assert cores.cores["p3"].membership == done.membership
+    current = ReadRequest(op_id="r", owner=OWNERS[0], tokens=("t" * 20,), ring=2)
+    answered = cores.cores["p1"].receive("p3", [current], cores.now)
+    assert not any(e.name == "ring_fenced" for e in answered.events)
+
+
+def test_a_member_that_was_down_learns_the_ring_from_heartbeats_after_a_restart() -> None:
+    cores = Cores()
+    cores.cut.add("p2")
+    done = cores.change("p1", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p2")  # restarted from its store: version 1
+    cores.cut.clear()
+    cores.advance(3.0)
+    assert cores.cores["p2"].membership == done.membership
+
+
+@pytest.mark.parametrize("peer", ["p1", "p2", "p3"])
+def test_the_learned_ring_survives_a_restart(peer: str) -> None:
+    cores = Cores()
+    done = cores.change("p1", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start(peer)
+    assert cores.cores[peer].membership == done.membership
+
+
+def test_a_peer_that_is_not_serving_casts_no_ring_vote() -> None:
+    cores = Cores()
+    cores.stores["p3"] = MemoryStore()  # its disk was wiped: it restarts undecided
+    cores.start("p3")
+    assert cores.cores["p3"].state != "serving"
+    prepare = RingPrepare(
+        op_id="x", version=2, ballot=Ballot(round=1, peer="x"), base_digest=BOOT_DIGEST
+    )
+    step = cores.cores["p3"].receive("p1", [prepare], 0.0)
+    assert not [e for e in step.messages if isinstance(e.message, RingVote)]
