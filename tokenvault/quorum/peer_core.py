@@ -779,7 +779,10 @@ class PeerCore:
         )
 
     def _replicas_by_owner(self) -> dict[str, tuple[str, ...]]:
-        return {owner: self.placement(owner).replicas for owner in self._owners}
+        """Whom anti-entropy compares an owner with: the set reads go to. A new replica is
+        filled by its transfer (throttled, resumable: transfer.py), not by anti-entropy, and
+        compared once the finish moved the reads to the new set."""
+        return {owner: self.placement(owner).read_set for owner in self._owners}
 
     def _detector_peers(self) -> tuple[str, ...]:
         """Whom this peer heartbeats: every peer of its ring (both rings while a change is not
