@@ -112,7 +112,8 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
             "Run one peer of the cluster in --config in the foreground: serve the HTTP API,"
             " log JSON lines to stderr, recover whatever its data directory holds. SIGTERM or"
             " SIGINT stops it cleanly. Each option wins over its environment variable, which"
-            " wins over cluster.toml."
+            " wins over cluster.toml. A new peer joins a running cluster with --join --address"
+            " (docs/operations.md, Growing and shrinking)."
         ),
     )
     node.add_argument("--config", type=Path, help="the cluster.toml ($TOKENVAULT_CONFIG)")
@@ -127,6 +128,19 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     node.add_argument(
         "--secret-file", type=Path, help="the cluster secret's file ($TOKENVAULT_SECRET_FILE)"
+    )
+    node.add_argument(
+        "--join",
+        action="store_true",
+        help=(
+            "a new peer, not in the configuration: start on an empty data directory and ask"
+            " the cluster to add it at --address ($TOKENVAULT_JOIN=1)"
+        ),
+    )
+    node.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="with --join: where the other peers reach this one ($TOKENVAULT_ADDRESS)",
     )
     node.set_defaults(run=node_command)
 
