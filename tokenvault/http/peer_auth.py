@@ -306,7 +306,7 @@ class PeerAuthenticator:
             raise PeerAuthError(Refusal.UNKNOWN_SENDER, self._named(sender))
         expected = _signature(key, method, path, self._local_peer, credential)
         if not hmac.compare_digest(expected, signature):
-            raise PeerAuthError(Refusal.BAD_SIGNATURE, sender)
+            raise PeerAuthError(Refusal.BAD_SIGNATURE, self._named(sender))
         skew_s = abs(self._clock_s() - credential.timestamp_ms / 1000)
         if not skew_s <= PEER_CLOCK_SKEW_MAX_S:
             raise PeerAuthError(Refusal.OUTSIDE_WINDOW, sender)
