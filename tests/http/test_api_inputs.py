@@ -328,6 +328,7 @@ ALLOWED: dict[str, str] = {
     "/v1/ring/owners/alice": GET_AND_HEAD,
     "/v1/admin/owners/alice": GET_AND_HEAD,
     "/v1/admin/node": GET_AND_HEAD,
+    "/v1/admin/members": "GET, HEAD, POST",
     "/healthz": GET_AND_HEAD,
     "/readyz": GET_AND_HEAD,
     "/metrics": GET_AND_HEAD,
