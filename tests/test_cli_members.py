@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from tokenvault.cli import main, members_commands
+from tokenvault.client import Members
+from tokenvault.client.results import decode_answer
 from tokenvault.cluster_init import init_cluster, load_keys
 
 MEMBERS = "/v1/admin/members"
@@ -169,8 +171,8 @@ def test_a_refused_change_prints_its_code_and_exits_1(
 
 
 def test_is_finished_needs_stable_and_the_change_in() -> None:
-    decode = members_commands.decode_answer
-    results = members_commands.Members
+    decode = decode_answer
+    results = Members
     joint = decode(ring(2, *BOOTSTRAP, member("n4", "joining")), "u", results)
     done = decode(ring(3, *BOOTSTRAP, member("n4")), "u", results)
     assert not members_commands.is_finished(joint, "add", "n4", None)
