@@ -120,6 +120,20 @@ class Cluster:
         )
         log.close()
 
+    def start_joining(self, peer_id: str) -> str:
+        """Starts a new peer, not in cluster.toml, with `node --join` at a free port of its
+        own (its data directory beside the others'); returns its address."""
+        assert peer_id not in self._addresses
+        address = f"127.0.0.1:{ports.free_ports(1)[0]}"
+        self._addresses[peer_id] = address
+        log = open(self.directory / "logs" / f"{peer_id}.log", "ab")  # noqa: SIM115
+        command = [*peer_command(self.init.config_path, peer_id), "--join", "--address", address]
+        self._processes[peer_id] = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        return address
+
     def start_all(self) -> None:
         for peer_id in self.peer_ids:
             self.start(peer_id)
