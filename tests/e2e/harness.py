@@ -77,6 +77,7 @@ class Cluster:
         self.owner_keys: dict[str, str] = keys["owners"]
         self.peer_ids = [p.id for p in self.init.peers]
         self._addresses = {p.id: p.address for p in self.init.peers}
+        self._data_dirs = {p.id: p.data_dir for p in self.init.peers}
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         (directory / "logs").mkdir(exist_ok=True)
 
@@ -180,6 +181,13 @@ class Cluster:
         stat = Path(f"/proc/{self.pid(peer_id)}/stat").read_text()
         fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def data_dir(self, peer_id: str) -> Path:
+        return self._data_dirs[peer_id]
+
+    def started_peers(self) -> list[str]:
+        """Every peer this cluster ever started a process for."""
+        return list(self._processes)
 
     def pid(self, peer_id: str) -> int:
         return self._processes[peer_id].pid
