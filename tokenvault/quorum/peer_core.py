@@ -1063,7 +1063,7 @@ class PeerCore:
             start,
             op_id=op_id,
             owner=operation.owner,
-            replicas=self.placement(operation.owner).old,  # joint quorums: coordinators (wiring)
+            placement=self.placement(operation.owner),
             now=self._now,
             down=self._unusable_replicas(),
             **arguments,
