@@ -2,8 +2,7 @@
 Every owner message type is refused for an owner that is not configured; a mapping is refused
 for a field its owner lacks when it is a new write (a held mapping, repaired or read, stays
 readable after its field left the configuration); a heartbeat speaks only for its sender, and so
-does a join request; a peer outside the learned ring sends only heartbeats, ring fetches and its
-join request."""
+does a join request (what a peer outside the ring may send at all is PeerCore.admits's)."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ from tokenvault.quorum.messages import (
     Prepare,
     ReadReply,
     ReadRequest,
-    RingFetch,
     RingJoin,
 )
 
@@ -107,24 +105,8 @@ def test_the_refusal_names_where_never_the_value(rules: BatchRules) -> None:
     assert secret_field not in str(caught.value) and "alice" not in str(caught.value)
 
 
-def test_a_peer_outside_the_ring_sends_only_heartbeats_ring_fetches_and_its_join(
-    rules: BatchRules,
-) -> None:
-    """A joining peer (or one removed) is authenticated, but is no replica of anything."""
-    allowed: list[Message] = [
-        Heartbeat(sender="n4"),
-        RingFetch(op_id="f", version=1),
-        RingJoin(op_id="j", id="n4", address="127.0.0.1:7404"),
-    ]
-    rules.check("n4", allowed, ring_peer=False)
-    for message in owner_messages("alice"):
-        with pytest.raises(NotConfigured, match=r"\$\.messages\[1\] is more than"):
-            rules.check("n4", [Heartbeat(sender="n4"), message], ring_peer=False)
-    rules.check("n2", owner_messages("alice"), ring_peer=True)
-
-
 def test_a_join_request_asks_only_for_its_sender(rules: BatchRules) -> None:
+    rules.check("n4", [RingJoin(op_id="j", id="n4", address="127.0.0.1:7404")])
     other = RingJoin(op_id="j", id="n5", address="127.0.0.1:7405")
-    for ring_peer in (False, True):
-        with pytest.raises(NotConfigured, match=r"\.id is not the batch's source"):
-            rules.check("n4", [other], ring_peer=ring_peer)
+    with pytest.raises(NotConfigured, match=r"\.id is not the batch's source"):
+        rules.check("n4", [other])

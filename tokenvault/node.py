@@ -38,10 +38,10 @@ Rules:
 - One clock task calls `advance` when the core's next timer or heartbeat is due.
 - A peer batch reaches the core only once it fits this cluster's configuration (`BatchRules`:
   owners that are configured, fields that the owner has, a heartbeat only of its sender, a join
-  request only for its sender; from a peer that is no member of the ring this peer learned,
-  only heartbeats, ring fetches and join requests); the codec has already checked every type
-  and range. A batch that does not fit is refused whole: peers of one configuration (the
-  fingerprint says so) never send one.
+  request only for its sender; from a peer outside the ring this peer learned, only what
+  PeerCore.admits: heartbeats, join requests, ring fetches and decided memberships); the
+  codec has already checked every type and range. A batch that does not fit is refused
+  whole: peers of one configuration (the fingerprint says so) never send one.
 - The ring (docs/membership.md): the peer links follow the learned membership (peer_links.py:
   a link per member address, and per bootstrap peer while this peer joins), updated after
   every step that changed it and before that step's messages leave; a message for a peer with
@@ -91,7 +91,6 @@ from tokenvault.quorum.messages import (
     Heartbeat,
     InsertRequest,
     Message,
-    RingFetch,
     RingJoin,
 )
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
@@ -130,26 +129,16 @@ class NotConfigured(CodecError):
     """A peer batch that decodes but does not fit this cluster's configuration."""
 
 
-# What a peer that is no member of the ring this peer learned may send (a peer joining, or
-# one that was removed): its heartbeats, a fetch of the ring, and its request to be added.
-NON_MEMBER_MESSAGE_TYPES = (Heartbeat, RingFetch, RingJoin)
-
-
 class BatchRules:
-    """What a decoded peer batch must fit beyond the codec's checks: the configuration, and
-    what a source that is no peer of the learned ring may send. The text of a refusal names
-    only where it failed, never a value."""
+    """What a decoded peer batch must fit beyond the codec's checks: the configuration. The text
+    of a refusal names only where it failed, never a value. (What a peer outside the learned
+    ring may send at all is the core's rule: PeerCore.admits.)"""
 
     def __init__(self, config: ClusterConfig) -> None:
         self._fields: dict[str, frozenset[str]] = {o.id: o.fields for o in config.owners}
 
-    def check(self, source: str, messages: Sequence[Message], *, ring_peer: bool = True) -> None:
-        """`ring_peer`: the source is a peer of the ring this peer learned (PeerCore.is_peer)."""
+    def check(self, source: str, messages: Sequence[Message]) -> None:
         for index, message in enumerate(messages):
-            if not ring_peer and not isinstance(message, NON_MEMBER_MESSAGE_TYPES):
-                raise NotConfigured(
-                    f"$.messages[{index}] is more than a peer outside the ring may send"
-                )
             if isinstance(message, Heartbeat):
                 if message.sender != source:
                     raise NotConfigured(f"$.messages[{index}].sender is not the batch's source")
@@ -434,9 +423,11 @@ class Node:
         require_source(credential, source)
         if source == self.peer_id:
             raise CodecError("batch from this peer itself")
+        if not self.core.admits(source, messages):
+            raise CodecError("batch from a peer outside the ring naming more than ring messages")
         if certified_source is not None and source != certified_source:
             raise CodecError("batch whose source is not the peer its certificate names")
-        self._batch_rules.check(source, messages, ring_peer=self.core.is_peer(source))
+        self._batch_rules.check(source, messages)
         step = self.core.receive(source, messages, trio.current_time())
         self._act(step)
         if step.sync_ticket is not None:

@@ -83,7 +83,8 @@ def plain(cluster: Cluster) -> Cluster:
 
 def test_a_peer_started_with_join_is_added_at_the_joint_version(plain: Cluster) -> None:
     c = plain
-    address = c.start_joining("n4")
+    c.start_joining("n4")
+    address = c.reserve_address("n4")
     joint = wait_for_version(c, "n1", 2, JOIN_TIMEOUT_S)
     states = {m["id"]: (m["address"], m["state"]) for m in joint["members"]}
     assert states == {
