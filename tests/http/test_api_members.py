@@ -11,7 +11,6 @@ tested on `change_answer` directly.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,52 +20,26 @@ import pytest
 import trio
 import trio.testing
 
-from tests.http.test_api_inputs import Case, Vault, assert_refused_and_nothing_changed, error_of
-from tokenvault.cluster_init import init_cluster, load_keys
-from tokenvault.config import load_config
-from tokenvault.http.api import PublicApi
+from tests.http.test_api_inputs import (
+    Case,
+    Vault,
+    assert_refused_and_nothing_changed,
+    error_of,
+    start_vault,
+)
 from tokenvault.http.errors import ApiError
 from tokenvault.http.members_api import REFUSAL_ERRORS, change_answer
-from tokenvault.log import EventLog
-from tokenvault.node import Node
 from tokenvault.quorum.effects import RingDone, RingOutcome
-from tokenvault.quorum.records import IDENTITY_KEY, StoreIdentity, encode_identity
 from tokenvault.ring.membership import bootstrap_membership
-from tokenvault.store.leveldb_store import LevelDBStore
 
 MEMBERS = "/v1/admin/members"
 NOWHERE = "127.0.0.1:9"  # an added member's address: nothing listens there
 
 
-async def start(directory: Path, nursery: trio.Nursery, *, nodes: int) -> Vault:
-    quorum = 1 if nodes == 1 else 2
-    init = init_cluster(
-        directory,
-        nodes=nodes,
-        base_port=1,  # never bound: requests go to PublicApi.handle directly
-        replicas=nodes,
-        write_quorum=quorum,
-        read_quorum=quorum,
-    )
-    config = load_config(init.config_path)
-    if nodes > 1:  # n1 has been serving: it proposes at once (a fresh one waits for its peers)
-        store = LevelDBStore(str(config.peer("n1").data_dir / "leveldb"))
-        identity = StoreIdentity(store_id="5e" * 16, phase="serving")
-        store.stage([(IDENTITY_KEY, encode_identity(identity))])
-        await store.wait_durable()
-        store.close()
-    keys = load_keys(init.keys_path)
-    log = io.StringIO()
-    node = Node(config, "n1", log=EventLog("n1", log))
-    api = PublicApi(node)
-    await nursery.start(node.run)
-    return Vault(api=api, node=node, keys={**keys.owners, "admin": keys.admin}, log=log)
-
-
 @pytest.fixture
 async def vault(tmp_path: Path) -> AsyncIterator[Vault]:
     async with trio.open_nursery() as nursery:
-        running = await start(tmp_path / "cluster", nursery, nodes=1)
+        running = await start_vault(tmp_path / "cluster", nursery)
         try:
             yield running
         finally:
@@ -97,7 +70,7 @@ async def test_get_answers_the_learned_membership(vault: Vault) -> None:
     assert await show(vault) == {
         "version": 1,
         "stable": True,
-        "members": [{"id": "n1", "address": "127.0.0.1:2", "state": "active"}],
+        "members": [{"id": "n1", "address": "127.0.0.1:7401", "state": "active"}],
         "transfers": [],
     }
     assert (await vault.call("HEAD", MEMBERS, key="admin")).status == 200
@@ -173,7 +146,7 @@ async def test_an_add_is_decided_at_the_joint_version_and_idempotent(vault: Vaul
     status, answer = await post(vault, {"action": "add", "id": "n2", "address": NOWHERE})
     assert status == 202, answer
     assert (answer["version"], answer["outcome"], answer["stable"]) == (2, "changed", False)
-    members = [{"id": "n1", "address": "127.0.0.1:2", "state": "active"}]
+    members = [{"id": "n1", "address": "127.0.0.1:7401", "state": "active"}]
     members.append({"id": "n2", "address": NOWHERE, "state": "joining"})
     assert answer["members"] == members
     assert (await show(vault)) == {
@@ -196,7 +169,7 @@ async def test_503_ring_unavailable_without_a_majority_of_the_voters(
 ) -> None:
     """n1 of a 3-peer cluster whose other peers never run: no majority promises."""
     async with trio.open_nursery() as nursery:
-        alone = await start(tmp_path / "cluster", nursery, nodes=3)
+        alone = await start_vault(tmp_path / "cluster", nursery, nodes=3, served_before=True)
         try:
             before = (await show(alone))["version"]
             status, answer = await post(alone, {"action": "add", "id": "n4", "address": NOWHERE})
