@@ -258,3 +258,33 @@ def test_a_peer_that_is_not_serving_casts_no_ring_vote() -> None:
     )
     step = cores.cores["p3"].receive("p1", [prepare], 0.0)
     assert not [e for e in step.messages if isinstance(e.message, RingVote)]
+
+
+def test_a_tokenize_of_a_moved_owner_needs_w_of_both_sets() -> None:
+    """The coordinator runs under the owner's placement (joint quorums): with the new set short
+    of W the write is not acknowledged, though W of the old set took it."""
+    cores = Cores()
+    cores.start("p4", join_address="p4.test:7000")
+    cores.advance(4.0)
+    owner = next(o for o in OWNERS if cores.cores["p1"].placement(o).joint)
+    placement = cores.cores["p1"].placement(owner)
+    assert placement.version == 2
+    (old_only,) = set(placement.old) - set(placement.new)
+    common = sorted(set(placement.old) & set(placement.new))
+    assert len(common) == 2 and set(placement.new) - set(placement.old) == {"p4"}
+    cores.cut.update({"p4", common[0]})  # the old set keeps W (old_only, common[1]), the new not
+    coordinator = cores.cores[old_only]
+    step = coordinator.start(Tokenize(op_id="t1", owner=owner, items=(("ssn", "x"),)), cores.now)
+    inserts = [e for e in step.messages if isinstance(e.message, InsertRequest)]
+    assert sorted(e.destination for e in inserts) == sorted(set(placement.replicas) - {old_only})
+    assert {e.message.ring for e in inserts if isinstance(e.message, InsertRequest)} == {2}
+    cores.act(old_only, step)
+    cores.run()
+    cores.advance(3.0)
+    failed = cores.answers["t1"]
+    assert failed.failure is Failure.QUORUM_TIMEOUT
+    cores.cut.clear()
+    step = coordinator.start(Tokenize(op_id="t2", owner=owner, items=(("ssn", "x"),)), cores.now)
+    cores.act(old_only, step)
+    cores.run()
+    assert cores.answers["t2"].failure is None

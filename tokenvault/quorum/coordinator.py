@@ -18,10 +18,10 @@ Theory of operation:
   answers; the replicas of the read set it did not ask are asked too when it is still
   undecided after `read_hedge_s`, or at once when an answer cannot count (a recovering
   replica, a record that failed verification), and at every resend. A read costs R replicas'
-  work, not N. A mapping found on fewer than W
-  replicas of some set is written back until W of each hold it (blocking read repair: to every
-  replica of the placement, the new set too while the owner moves) before the read answers, so
-  once a read returned a token, every later read (R meets W) finds it too. Responders that lacked
+  work, not N. A mapping found on fewer than W replicas of some set is written back until W of
+  each hold it (blocking read repair: to every replica of the placement, the new set too while
+  the owner moves) before the read answers, so once a read returned a token, every later read
+  (R meets W) finds it too. Responders that lacked
   a mapping W already hold are repaired in the background.
 - A replica whose record of a token failed verification says so (`ReadReply.corrupt`): for that
   token its answer is neither a value nor an absence. A token is decided by the healthy answers:
