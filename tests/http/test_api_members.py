@@ -220,3 +220,16 @@ async def test_a_member_address_no_resolver_takes_fails_its_link_not_the_peer(
     await trio.testing.wait_all_tasks_blocked()  # the link tried to send n2 the new ring
     assert vault.node.links["n2"].statistics().batches_failed >= 1
     assert (await show(vault))["version"] == 2  # and the peer still serves
+
+
+async def test_a_replace_is_decided_with_the_old_member_leaving(vault: Vault) -> None:
+    body = {"action": "replace", "id": "n2", "address": NOWHERE, "replaces": "n1"}
+    status, answer = await post(vault, body)
+    assert status == 202, answer
+    assert (answer["version"], answer["outcome"]) == (2, "changed")
+    assert answer["members"] == [
+        {"id": "n1", "address": "127.0.0.1:7401", "state": "leaving"},
+        {"id": "n2", "address": NOWHERE, "state": "joining"},
+    ]
+    assert answer["moved_owners"] == ["alice", "bob"]  # n1 held every owner: all move to n2
+    assert await post(vault, body) == (202, {**answer, "outcome": "already"})
