@@ -156,6 +156,8 @@ async def test_an_add_is_decided_at_the_joint_version_and_idempotent(vault: Vaul
         "transfers": [],
     }
     assert "n2" in vault.node.links  # the links follow the learned ring
+    ring = json.loads((await vault.call("GET", "/v1/ring", key="admin")).body)
+    assert [(p["id"], p["self"]) for p in ring["peers"]] == [("n1", True), ("n2", False)]
     again = await post(vault, {"action": "add", "id": "n2", "address": NOWHERE})
     assert again == (202, {**answer, "outcome": "already"})
     # one change at a time: another one waits for the finish
