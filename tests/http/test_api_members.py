@@ -235,3 +235,11 @@ async def test_a_replace_is_decided_with_the_old_member_leaving(vault: Vault) ->
     ]
     assert answer["moved_owners"] == ["alice", "bob"]  # n1 held every owner: all move to n2
     assert await post(vault, body) == (202, {**answer, "outcome": "already"})
+
+
+async def test_413_for_a_body_over_the_public_limit(vault: Vault) -> None:
+    padding = " " * (1024 * 1024)
+    body = ('{"action": "remove", "id": "n1"' + padding + "}").encode()
+    await assert_refused_and_nothing_changed(
+        vault, [("over 1 MiB", "POST", MEMBERS, body, "admin")], 413, "payload_too_large"
+    )
