@@ -12,7 +12,6 @@ tested on `change_answer` directly.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from tests.http.test_api_inputs import (
     error_of,
     start_vault,
 )
+from tests.http.test_api_inputs import vault as vault  # the fixture: a running one-peer node
 from tokenvault.http.errors import ApiError
 from tokenvault.http.members_api import REFUSAL_ERRORS, change_answer
 from tokenvault.quorum.effects import RingDone, RingOutcome
@@ -34,17 +34,6 @@ from tokenvault.ring.membership import bootstrap_membership
 
 MEMBERS = "/v1/admin/members"
 NOWHERE = "127.0.0.1:9"  # an added member's address: nothing listens there
-
-
-@pytest.fixture
-async def vault(tmp_path: Path) -> AsyncIterator[Vault]:
-    async with trio.open_nursery() as nursery:
-        running = await start_vault(tmp_path / "cluster", nursery)
-        try:
-            yield running
-        finally:
-            nursery.cancel_scope.cancel()
-    running.node.close()
 
 
 async def post(vault: Vault, payload: Any) -> tuple[int, dict[str, Any]]:
