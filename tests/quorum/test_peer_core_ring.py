@@ -12,7 +12,7 @@ import pytest
 
 from tests.quorum.helpers import membership_of
 from tests.stores import serving_store
-from tokenvault.quorum.client_operations import ChangeMembership, ClientAnswer, Tokenize
+from tokenvault.quorum.client_operations import ChangeMembership, ClientAnswer, Tokenize, Tokenized
 from tokenvault.quorum.effects import Failure, RingDone, RingOutcome
 from tokenvault.quorum.messages import (
     Ballot,
@@ -240,3 +240,83 @@ def test_a_peer_that_is_not_serving_casts_no_ring_vote() -> None:
     )
     step = cores.cores["p3"].receive("p1", [prepare], 0.0)
     assert not [e for e in step.messages if isinstance(e.message, RingVote)]
+
+
+# -- transfers (transfer.py): a change finishes once its new replicas are filled -----------------
+
+
+def tokenize_everywhere(cores: Cores, peer: str, per_owner: int) -> dict[str, list[Mapping]]:
+    """`per_owner` tokenizes of each owner through `peer`: the mappings acknowledged."""
+    written: dict[str, list[Mapping]] = {}
+    for owner in OWNERS:
+        for i in range(per_owner):
+            op_id = f"tok-{owner}-{i}"
+            operation = Tokenize(op_id=op_id, owner=owner, items=(("ssn", f"v-{owner}-{i}"),))
+            cores.act(peer, cores.cores[peer].start(operation, cores.now))
+            cores.run()
+            answer = cores.answers[op_id]
+            assert isinstance(answer, Tokenized) and answer.failure is None, answer
+            written.setdefault(owner, []).extend(answer.mappings)
+    return written
+
+
+def advance_until_stable(cores: Cores, version: int, seconds_max: float = 60.0) -> None:
+    end = cores.now + seconds_max
+    while cores.now < end:
+        cores.advance(0.5)
+        live = [c for p, c in cores.cores.items() if p not in cores.cut]
+        if all(c.membership.version >= version for c in live):
+            return
+    raise AssertionError(
+        f"no finish in {seconds_max}s: "
+        + str({p: c.membership.version for p, c in cores.cores.items()})
+        + str([v for c in cores.cores.values() for v in c.transfer_views()])
+    )
+
+
+def assert_final_replicas_hold(cores: Cores, written: dict[str, list[Mapping]]) -> None:
+    for peer, core in cores.cores.items():
+        if peer in cores.cut or not core.is_member():
+            continue
+        for owner, mappings in written.items():
+            if peer not in core.placement(owner).new:
+                continue
+            for mapping in mappings:
+                assert core.replica.read_mapping(owner, mapping.token) == mapping, (peer, owner)
+
+
+def test_an_add_finishes_once_the_new_peer_holds_every_mapping_of_the_owners_it_got() -> None:
+    cores = Cores()
+    written = tokenize_everywhere(cores, "p1", 5)
+    done = cores.change("p2", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    advance_until_stable(cores, done.membership.version + 1)
+    finish = cores.cores["p4"].membership
+    assert finish.stable and finish.member("p4") is not None
+    moved = [o for o in OWNERS if "p4" in cores.cores["p4"].placement(o).new]
+    assert moved, "with 12 owners some move to p4"
+    assert_final_replicas_hold(cores, written)
+
+
+def test_a_remove_finishes_and_the_owners_of_the_removed_peer_are_on_the_others() -> None:
+    cores = Cores(("p1", "p2", "p3", "p4"))
+    written = tokenize_everywhere(cores, "p1", 5)
+    done = cores.change("p1", "rm", RemoveMember(id="p4"))
+    advance_until_stable(cores, done.membership.version + 1)
+    assert cores.cores["p1"].membership.member("p4") is None
+    assert_final_replicas_hold(cores, written)
+
+
+def test_a_replace_of_a_dead_peer_finishes_filled_from_the_survivors() -> None:
+    cores = Cores()
+    written = tokenize_everywhere(cores, "p1", 5)
+    cores.cut.add("p3")  # dead for good
+    done = cores.change("p1", "rp", ReplaceMember(old="p3", new="p5", address="p5.test:7000"))
+    cores.start("p5", join_address="p5.test:7000")
+    advance_until_stable(cores, done.membership.version + 1)
+    core = cores.cores["p5"]
+    assert core.membership.member("p3") is None
+    for owner, mappings in written.items():
+        assert "p5" in core.placement(owner).new
+        for mapping in mappings:
+            assert core.replica.read_mapping(owner, mapping.token) == mapping
