@@ -514,7 +514,6 @@ class Transfers:
         transfer.record = self._end_pass(record, effects) if reply.done else record
         if reply.done:
             transfer.seen_in_pass = 0
-            transfer.skipped.clear()
         self._persist(transfer, effects)
         self._pump(now, effects)
 
