@@ -103,6 +103,7 @@ class ClusterConfig:
     owners: tuple[OwnerConfig, ...]
     admin_key_sha256: str
     anti_entropy_interval_s: float = 1.0  # 0 turns anti-entropy off (for measurements)
+    transfer_rate_mb_s: float = 10.0  # what a peer's transfers may read, MB (10^6 bytes) a second
     tls: TlsConfig | None = None  # None: plain HTTP
 
     def peer(self, peer_id: str) -> PeerConfig:
@@ -189,6 +190,13 @@ def parse_config(
         or not 0 <= anti_entropy_interval_s <= 3600
     ):
         raise ConfigError("[cluster] anti_entropy_interval_s must be between 0 and 3600")
+    transfer_rate_mb_s = cluster.get("transfer_rate_mb_s", 10.0)
+    if (
+        not isinstance(transfer_rate_mb_s, int | float)
+        or isinstance(transfer_rate_mb_s, bool)
+        or not 0.01 <= transfer_rate_mb_s <= 10_000
+    ):
+        raise ConfigError("[cluster] transfer_rate_mb_s must be between 0.01 and 10000")
     peers = tuple(_peer(entry, base) for entry in _array(raw, "peer"))
     if not peers:
         raise ConfigError("the configuration lists no [[peer]]")
@@ -216,6 +224,7 @@ def parse_config(
         owners=owners,
         admin_key_sha256=admin_hash,
         anti_entropy_interval_s=float(anti_entropy_interval_s),
+        transfer_rate_mb_s=float(transfer_rate_mb_s),
         tls=_tls(raw, base),
     )
 
