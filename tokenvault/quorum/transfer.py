@@ -525,7 +525,11 @@ class Transfers:
         no mapping there, and another source's pass brings it."""
         owner = reply.owner
         mappings = []
+        read = self._storage.get
+        prefix = owner_mapping_prefix(owner)
         for token, raw in reply.entries:
+            if read(prefix + token.encode()) == raw:
+                continue  # the same record held here (sealing is deterministic): identical
             held = self._replica.verified(owner, token, raw)
             if isinstance(held, Mapping):
                 mappings.append(held)
