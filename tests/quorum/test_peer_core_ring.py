@@ -123,7 +123,8 @@ def test_an_add_through_any_member_is_learned_by_every_member_and_the_new_peer()
     cores.start("p4", join_address="p4.test:7000")
     cores.advance(3.0)  # heartbeats: p4 hears of version 2 and fetches it
     for peer, core in cores.cores.items():
-        assert core.membership == done.membership, peer
+        # version 2, or already its finish: with nothing to transfer it comes within seconds
+        assert core.membership.version >= done.membership.version, peer
         assert core.membership.member("p4") is not None
     joining = done.membership.member("p4")
     assert joining is not None and joining.state == JOINING
@@ -146,7 +147,7 @@ def test_a_peer_started_with_join_asks_to_be_added_and_learns_it_is_a_member() -
     assert not cores.cores["p4"].is_member()
     cores.advance(4.0)
     for core in cores.cores.values():
-        assert core.membership.version == 2
+        assert core.membership.version >= 2  # the add, or already its finish
         member = core.membership.member("p4")
         assert member is not None and member.address == "p4.test:7000"
     assert cores.cores["p4"].is_member()
