@@ -25,6 +25,7 @@ from tokenvault.quorum.messages import (
 )
 from tokenvault.quorum.peer_core import PeerCore, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
+from tokenvault.quorum.records import TRANSFER_PREFIX
 from tokenvault.ring.membership import JOINING, LEAVING, AddMember, RemoveMember, ReplaceMember
 from tokenvault.store.memory_store import MemoryStore
 
@@ -297,6 +298,11 @@ def test_an_add_finishes_once_the_new_peer_holds_every_mapping_of_the_owners_it_
     moved = [o for o in OWNERS if "p4" in cores.cores["p4"].placement(o).new]
     assert moved, "with 12 owners some move to p4"
     assert_final_replicas_hold(cores, written)
+    views = cores.cores["p4"].transfer_views()
+    assert {v.owner for v in views} == set(moved) and {v.state for v in views} == {"committed"}
+    cores.advance(1.0)
+    assert cores.cores["p4"].transfer_views() == [], "forgotten once the finish is learned"
+    assert not cores.stores["p4"].scan(TRANSFER_PREFIX, limit=1)
 
 
 def test_a_remove_finishes_and_the_owners_of_the_removed_peer_are_on_the_others() -> None:

@@ -31,6 +31,11 @@ Theory of operation:
   and a rotate's ballots on a proposer that forgot its own; heartbeats and RecoveryQuery
   carry store identities, noted (and told to the proposer, which drops answers of a replaced
   store) before anything else of the batch. It serves once the `serving` record is durable.
+- Transfers (transfer.py): while a change is pending, this peer fills the owners it is a new
+  replica of, each once the owner is fenced (every replica of both sets reported the joint
+  version), and resumes them from their records at its first serving tick; its heartbeats say
+  when all of them committed (`transfers_done`), and a voter proposes the finish once every
+  target said so. Transfers of earlier changes are forgotten.
 - Containment: an exception from a core (a violated invariant, a failed store) drops the input
   that caused it. It is one `core_error` or `storage_error` event (level error) and one entry of
   `Step.faults`; a client operation it interrupts is answered with a failure; the peer goes on.

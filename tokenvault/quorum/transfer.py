@@ -144,6 +144,7 @@ class _Transfer:
     asking: str = ""  # whom it was sent to
     asked_at: float = 0.0
     skipped: set[str] = field(default_factory=set)  # sources that failed this pass
+    retry_due: float = 0.0  # when a transfer with no source left tries them all again
     held: int = 0  # how many mappings the source said it holds
     seen_in_pass: int = 0
     bytes_this_run: int = 0
@@ -402,9 +403,12 @@ class Transfers:
         record = transfer.record
         source = self._source_for(transfer)
         due = now + self._limits.source_silence_s
+        if source is None:  # every source failed: try them again then (one timer at a time)
+            if transfer.retry_due <= now:
+                transfer.retry_due = due
+                effects.timers.append(Timer(kind=TimerKind.DEADLINE, op_id=transfer.op_id, due=due))
+            return False
         effects.timers.append(Timer(kind=TimerKind.DEADLINE, op_id=transfer.op_id, due=due))
-        if source is None:
-            return False  # every source failed this pass: try them again at the deadline
         if source != record.source:
             if record.cursor is not None:  # half-way through a pass: it is whole no more
                 self.statistics.sources_replaced += 1
