@@ -152,6 +152,21 @@ class Network:
         return view.state
 
 
+def dies_after_one_page(network: Network, peer: str) -> Callable[[str, str, Message], Message]:
+    """A tamper: `peer`'s first page arrives, then it dies (its second page is lost)."""
+    replies = 0
+
+    def tamper(source: str, destination: str, message: Message) -> Message:
+        nonlocal replies
+        if isinstance(message, TransferPageReply) and source == peer:
+            replies += 1
+            if replies == 2:
+                network.silent.add(peer)
+        return message
+
+    return tamper
+
+
 def pages_from(network: Network, source: str) -> list[TransferPage]:
     return [m for s, d, m in network.delivered if isinstance(m, TransferPage) and d == source]
 
@@ -276,17 +291,7 @@ def test_a_silent_source_is_replaced_from_the_same_cursor_and_its_pass_counts_fo
     everything = [mapping(i) for i in range(30)]
     for source in OLD:
         network.fill(source, everything)
-    replies = 0
-
-    def s1_dies_after_one_page(source: str, destination: str, message: Message) -> Message:
-        nonlocal replies
-        if isinstance(message, TransferPageReply) and source == "s1":
-            replies += 1
-            if replies == 2:  # the first page arrives, the second is lost with s1
-                network.silent.add("s1")
-        return message
-
-    network.tamper = s1_dies_after_one_page
+    network.tamper = dies_after_one_page(network, "s1")
     network.start()
     assert network.state() == "copying"
     network.advance(5.0)
@@ -427,17 +432,7 @@ def test_a_pass_read_from_two_sources_verifies_neither() -> None:
     network.fill("s2", everything)  # mapping 3 was acknowledged by s2 and s3 only
     network.fill("s3", everything)
     network.silent.add("s3")
-    replies = 0
-
-    def s1_dies_after_one_page(source: str, destination: str, message: Message) -> Message:
-        nonlocal replies
-        if isinstance(message, TransferPageReply) and source == "s1":
-            replies += 1
-            if replies == 2:
-                network.silent.add("s1")
-        return message
-
-    network.tamper = s1_dies_after_one_page
+    network.tamper = dies_after_one_page(network, "s1")
     network.start()
     network.advance(6.0)  # s2 goes on after s1's first page: a pass of two sources
     network.tamper = lambda s, d, m: m

@@ -171,6 +171,11 @@ def page_checksum(entries: Iterable[tuple[str, bytes]]) -> str:
     return digest.hexdigest()
 
 
+def _event(name: str, record: TransferRecord, *details: tuple[str, str | int]) -> Event:
+    """A transfer's event: its owner, its change's version, then `details`."""
+    return Event(name=name, owner=record.owner, details=(("version", record.version), *details))
+
+
 def passes_needed(quorum: QuorumConfig, old_count: int) -> int:
     """Old replicas a whole pass must be read from: N - W + 1, which meet every write quorum
     of the old set (never fewer because some are down: then it waits)."""
@@ -288,11 +293,7 @@ class Transfers:
         self.statistics.started += 1
         self._persist(transfer, effects)
         effects.events.append(
-            Event(
-                name="transfer_started",
-                owner=owner,
-                details=(("version", version), ("sources", ",".join(old))),
-            )
+            _event("transfer_started", transfer.record, ("sources", ",".join(old)))
         )
         self._query_epochs(transfer, now, effects)
         return effects
@@ -413,14 +414,11 @@ class Transfers:
             if record.cursor is not None:  # half-way through a pass: it is whole no more
                 self.statistics.sources_replaced += 1
                 effects.events.append(
-                    Event(
-                        name="transfer_source_replaced",
-                        owner=record.owner,
-                        details=(
-                            ("version", record.version),
-                            ("was", record.source),
-                            ("source", source),
-                        ),
+                    _event(
+                        "transfer_source_replaced",
+                        record,
+                        ("was", record.source),
+                        ("source", source),
                     )
                 )
             transfer.record = replace(record, source=source, whole=record.cursor is None)
@@ -477,13 +475,7 @@ class Transfers:
         self._bucket.charge(size, now)
         if page_checksum(reply.entries) != reply.checksum:
             self.statistics.pages_corrupt += 1
-            effects.events.append(
-                Event(
-                    name="transfer_page_corrupt",
-                    owner=record.owner,
-                    details=(("version", record.version), ("source", source)),
-                )
-            )
+            effects.events.append(_event("transfer_page_corrupt", record, ("source", source)))
             self._pump(now, effects)
             return
         stored, conflicts = self._store(source, transfer, reply, effects)
@@ -503,16 +495,13 @@ class Transfers:
         self.statistics.mappings_moved += stored
         self.statistics.bytes_moved += size
         effects.events.append(
-            Event(
-                name="transfer_page",
-                owner=record.owner,
-                details=(
-                    ("version", record.version),
-                    ("source", source),
-                    ("mappings", len(reply.entries)),
-                    ("stored", stored),
-                    ("bytes", size),
-                ),
+            _event(
+                "transfer_page",
+                record,
+                ("source", source),
+                ("mappings", len(reply.entries)),
+                ("stored", stored),
+                ("bytes", size),
             )
         )
         transfer.record = self._end_pass(record, effects) if reply.done else record
@@ -585,16 +574,13 @@ class Transfers:
             record, step=step.value, source="", cursor=None, whole=True, verified=verified
         )
         effects.events.append(
-            Event(
-                name="transfer_committed" if step is TransferStep.COMMITTED else "transfer_pass",
-                owner=record.owner,
-                details=(
-                    ("version", record.version),
-                    ("source", record.source),
-                    ("whole", int(record.whole)),
-                    ("verified", len(verified)),
-                    ("mappings_moved", record.mappings_moved),
-                ),
+            _event(
+                "transfer_committed" if step is TransferStep.COMMITTED else "transfer_pass",
+                record,
+                ("source", record.source),
+                ("whole", int(record.whole)),
+                ("verified", len(verified)),
+                ("mappings_moved", record.mappings_moved),
             )
         )
         if step is TransferStep.COMMITTED:
