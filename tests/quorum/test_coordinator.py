@@ -31,6 +31,7 @@ from tokenvault.quorum.messages import (
     ReadReply,
     ReadRequest,
 )
+from tokenvault.quorum.placement import OwnerPlacement
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import encode_mapping, mapping_key
 from tokenvault.quorum.replica import Replica
@@ -96,7 +97,7 @@ class Network:
             self.coordinator.start_write(
                 op_id=op_id,
                 owner=OWNER,
-                replicas=self.replica_ids,
+                placement=OwnerPlacement.stable(self.replica_ids),
                 mappings=mappings,
                 now=self.now,
             )
@@ -105,7 +106,11 @@ class Network:
     def read(self, op_id: str, *tokens: str) -> Effects:
         return self.absorb(
             self.coordinator.start_read(
-                op_id=op_id, owner=OWNER, replicas=self.replica_ids, tokens=tokens, now=self.now
+                op_id=op_id,
+                owner=OWNER,
+                placement=OwnerPlacement.stable(self.replica_ids),
+                tokens=tokens,
+                now=self.now,
             )
         )
 
@@ -552,11 +557,19 @@ def test_wrong_preference_list_asserts() -> None:
     coordinator = Coordinator(peer_id=COORD, quorum=N3_W2_R2)
     with pytest.raises(AssertionError):
         coordinator.start_write(
-            op_id="w", owner=OWNER, replicas=("r1", "r2"), mappings=[mapping()], now=0.0
+            op_id="w",
+            owner=OWNER,
+            placement=OwnerPlacement.stable(("r1", "r2")),
+            mappings=[mapping()],
+            now=0.0,
         )
     with pytest.raises(AssertionError):
         coordinator.start_read(
-            op_id="q", owner=OWNER, replicas=("r1", "r1", "r2"), tokens=["t"], now=0.0
+            op_id="q",
+            owner=OWNER,
+            placement=OwnerPlacement.stable(("r1", "r1", "r2")),
+            tokens=["t"],
+            now=0.0,
         )
     assert coordinator.operations_in_flight() == 0
 
@@ -723,7 +736,7 @@ def test_a_quorum_the_failure_detector_holds_down_gets_a_short_deadline() -> Non
     effects = coordinator.start_write(
         op_id="w",
         owner=OWNER,
-        replicas=REPLICAS,
+        placement=OwnerPlacement.stable(REPLICAS),
         mappings=[mapping()],
         now=0.0,
         down=frozenset({"r2", "r3"}),
@@ -732,7 +745,12 @@ def test_a_quorum_the_failure_detector_holds_down_gets_a_short_deadline() -> Non
     assert deadlines == [LIMITS.down_grace_s]
     assert len(effects.messages) == 3  # still asked: a peer just back may answer in time
     effects = coordinator.start_read(
-        op_id="r", owner=OWNER, replicas=REPLICAS, tokens=["tok_A"], now=0.0, down=frozenset({"r3"})
+        op_id="r",
+        owner=OWNER,
+        placement=OwnerPlacement.stable(REPLICAS),
+        tokens=["tok_A"],
+        now=0.0,
+        down=frozenset({"r3"}),
     )
     deadlines = [t.due for t in effects.timers if t.kind is TimerKind.DEADLINE]
     assert deadlines == [LIMITS.operation_timeout_s]
@@ -751,7 +769,7 @@ def test_a_write_counted_done_below_w_is_stopped_before_it_answers(
         net.exchange("r1")
     assert str(raised.value) == (
         "coordinator would answer success below W (writing):"
-        " owner acme token prefix tok_A epoch 1: 1 of 2"
+        " owner acme token prefix tok_A epoch 1: 1 of 2 in set r1,r2,r3 at ring 0"
     )
     assert net.replies == []
 
@@ -779,7 +797,9 @@ def test_acknowledgements_from_outside_the_preference_list_never_make_a_quorum()
     net.write("w1", mapping())
     holders = net.coordinator._operations["w1"].holders["tok_A"]
     holders.update({"stranger-1", "stranger-2"})  # corrupted bookkeeping
-    with pytest.raises(InvariantViolation, match=r"\(writing\): owner acme .* 1 of 2$"):
+    with pytest.raises(
+        InvariantViolation, match=r"\(writing\): owner acme .* 1 of 2 in set r1,r2,r3 at ring 0$"
+    ):
         net.exchange("r1")
     assert net.replies == []
 

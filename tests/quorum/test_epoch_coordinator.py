@@ -33,6 +33,7 @@ from tokenvault.quorum.messages import (
     Prepare,
     Promise,
 )
+from tokenvault.quorum.placement import OwnerPlacement
 from tokenvault.quorum.records import read_acceptor_slot, read_decided, read_epoch_meta
 from tokenvault.store.memory_store import MemoryStore
 
@@ -103,7 +104,7 @@ class Network:
             self.coordinators[coordinator].start_rotate(
                 op_id=op_id,
                 owner=OWNER,
-                replicas=REPLICAS,
+                placement=OwnerPlacement.stable(REPLICAS),
                 expected_epoch=expected,
                 requested_at_s=1_700_000_000.0 + self.now,
                 now=self.now,
@@ -115,7 +116,7 @@ class Network:
         return self.absorb(
             coordinator,
             self.coordinators[coordinator].start_learn(
-                op_id=op_id, owner=OWNER, replicas=REPLICAS, now=self.now
+                op_id=op_id, owner=OWNER, placement=OwnerPlacement.stable(REPLICAS), now=self.now
             ),
         )
 
@@ -1053,13 +1054,17 @@ def test_the_deadline_is_short_when_the_failure_detector_holds_no_majority_up(
         coordinator = EpochCoordinator(peer_id="c1", rng=random.Random(0), limits=LIMITS)
         if start == "learn":
             effects = coordinator.start_learn(
-                op_id="op", owner=OWNER, replicas=REPLICAS, now=10.0, down=down
+                op_id="op",
+                owner=OWNER,
+                placement=OwnerPlacement.stable(REPLICAS),
+                now=10.0,
+                down=down,
             )
         else:
             effects = coordinator.start_rotate(
                 op_id="op",
                 owner=OWNER,
-                replicas=REPLICAS,
+                placement=OwnerPlacement.stable(REPLICAS),
                 expected_epoch=None,
                 requested_at_s=0.0,
                 now=10.0,
@@ -1116,7 +1121,7 @@ def test_a_proposer_counting_answers_to_another_ballot_is_stopped_before_chosen(
         net.coordinators["c1"].on_message("r2", stale, net.now)
     assert str(raised.value) == (
         "proposer would report a value chosen with 0 granted Accepted of 3"
-        " at owner acme slot 2 ballot 1.r"
+        " in set r1,r2,r3 at owner acme slot 2 ballot 1.r"
     )
     assert net.named("epoch_chosen") == []
 

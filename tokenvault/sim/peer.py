@@ -222,6 +222,8 @@ class SimPeer:
         return lambda: self._enter(text, action, incarnation)
 
     def _on_messages(self, source: str, messages: list[Message]) -> None:
+        if not self.core.admits(source, messages):
+            return  # the node refuses such a batch (node.py): it never reaches the core
         step = self.core.receive(source, messages, self._engine.now_s)
         if step.writes and self._armed is StrikeOn.REPAIR:
             repair = next((m for m in messages if is_repair_insert(m)), None)
