@@ -265,13 +265,16 @@ def test_a_peer_that_is_not_serving_casts_no_ring_vote() -> None:
 # -- transfers (transfer.py): a change finishes once its new replicas are filled -----------------
 
 
-def tokenize_everywhere(cores: Cores, peer: str, per_owner: int) -> dict[str, list[Mapping]]:
+def tokenize_everywhere(
+    cores: Cores, peer: str, per_owner: int, tag: str = ""
+) -> dict[str, list[Mapping]]:
     """`per_owner` tokenizes of each owner through `peer`: the mappings acknowledged."""
     written: dict[str, list[Mapping]] = {}
     for owner in OWNERS:
         for i in range(per_owner):
-            op_id = f"tok-{owner}-{i}"
-            operation = Tokenize(op_id=op_id, owner=owner, items=(("ssn", f"v-{owner}-{i}"),))
+            op_id = f"tok-{owner}-{tag}{i}"
+            value = f"v-{owner}-{tag}{i}"
+            operation = Tokenize(op_id=op_id, owner=owner, items=(("ssn", value),))
             cores.act(peer, cores.cores[peer].start(operation, cores.now))
             cores.run()
             answer = cores.answers[op_id]
@@ -345,3 +348,25 @@ def test_a_replace_of_a_dead_peer_finishes_filled_from_the_survivors() -> None:
         assert "p5" in core.placement(owner).new
         for mapping in mappings:
             assert core.replica.read_mapping(owner, mapping.token) == mapping
+
+
+def test_writes_during_the_change_are_on_w_of_the_final_replicas_at_the_finish() -> None:
+    cores = Cores()
+    before = tokenize_everywhere(cores, "p1", 3)
+    done = cores.change("p3", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    during: dict[str, list[Mapping]] = {}
+    for round_ in range(3):  # while the change is pending (or just finished)
+        for owner, mappings in tokenize_everywhere(cores, "p2", 1, f"r{round_}").items():
+            during.setdefault(owner, []).extend(mappings)
+        cores.advance(0.5)
+    advance_until_stable(cores, done.membership.version + 1)
+    core = cores.cores["p1"]
+    for written in (before, during):
+        for owner, mappings in written.items():
+            final = core.placement(owner).new
+            for mapping in mappings:
+                holders = [
+                    p for p in final if cores.cores[p].replica.read_mapping(owner, mapping.token)
+                ]
+                assert len(holders) >= N3.write_quorum, (owner, holders)
