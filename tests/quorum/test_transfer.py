@@ -472,3 +472,20 @@ def test_a_reply_to_another_request_or_from_another_peer_is_ignored() -> None:
         assert transfers.on_message(source, stray, network.now).is_empty()
     (view,) = transfers.views(network.now)
     assert (view.state, view.mappings_moved, view.bytes_moved) == ("copying", 0, 0)
+
+
+def test_the_tick_goes_on_where_a_lost_timer_would_have() -> None:
+    limits = TransferLimits(page_mappings_max=10, rate_bytes_s=2_000.0, burst_bytes=1_000)
+    network = Network(limits)
+    everything = [mapping(i, value="v" * 100) for i in range(40)]
+    for source in OLD:
+        network.fill(source, everything)
+    network.start()
+    assert network.state() != "committed", "the throttle holds it back"
+    network.timers.clear()  # every timer lost (the driver dropped them)
+    for _ in range(60):
+        network.now += 1.0
+        network.apply("t", network.peers["t"].transfers.tick(network.now))
+        network.run()
+        network.timers.clear()
+    assert network.state() == "committed"

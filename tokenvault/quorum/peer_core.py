@@ -987,6 +987,7 @@ class PeerCore:
         self._call(step, _Core.TRANSFER, "forget", lambda: transfers.forget_before(oldest_kept))
         if membership.stable:
             return
+        self._call(step, _Core.TRANSFER, "tick", lambda: transfers.tick(now))
         transfers.set_down(self.down_peers())
         versions = {**self._ring_versions, self.peer_id: version}
         for owner in self._targeted_owners():

@@ -145,6 +145,7 @@ class _Transfer:
     asked_at: float = 0.0
     skipped: set[str] = field(default_factory=set)  # sources that failed this pass
     retry_due: float = 0.0  # when a transfer with no source left tries them all again
+    query_due: float = 0.0  # when epoch queries go again to old replicas that did not answer
     held: int = 0  # how many mappings the source said it holds
     seen_in_pass: int = 0
     bytes_this_run: int = 0
@@ -308,6 +309,18 @@ class Transfers:
         self._pump(now, effects)
         return effects
 
+    def tick(self, now: float) -> Effects:
+        """Every heartbeat interval: what a lost timer (the driver bounds them) would leave
+        waiting goes on: epoch queries due again, pages the throttle allows."""
+        effects = Effects()
+        for transfer in self._transfers.values():
+            if transfer.step is TransferStep.EPOCHS and transfer.query_due <= now:
+                self._query_epochs(transfer, now, effects)
+        if self._throttle_due is not None and self._throttle_due <= now:
+            self._throttle_due = None
+        self._pump(now, effects)
+        return effects
+
     def forget_before(self, version: int) -> Effects:
         """Transfers of changes before `version` are over: their records go."""
         effects = Effects()
@@ -355,7 +368,8 @@ class Transfers:
         if transfer is None:
             return effects
         if transfer.step is TransferStep.EPOCHS:
-            self._query_epochs(transfer, now, effects)
+            if transfer.query_due <= now:
+                self._query_epochs(transfer, now, effects)
             return effects
         silent = now - transfer.asked_at >= self._limits.source_silence_s
         if transfer.request and silent:
@@ -373,6 +387,7 @@ class Transfers:
             if peer not in transfer.reports:
                 self._send(peer, query, effects)
         due = now + self._limits.query_interval_s
+        transfer.query_due = due
         effects.timers.append(Timer(kind=TimerKind.RESEND, op_id=transfer.op_id, due=due))
 
     def _pump(self, now: float, effects: Effects) -> None:
