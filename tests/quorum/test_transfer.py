@@ -489,3 +489,15 @@ def test_the_tick_goes_on_where_a_lost_timer_would_have() -> None:
         network.run()
         network.timers.clear()
     assert network.state() == "committed"
+
+
+def test_statistics_count_pages_on_both_sides() -> None:
+    network = Network()
+    for source in OLD:
+        network.fill(source, [mapping(i) for i in range(25)])
+    network.start()
+    target = network.peers["t"].transfers.statistics()
+    assert (target.started, target.committed, target.pending) == (1, 1, 0)
+    assert (target.pages, target.mappings_moved) == (6, 25)  # 3 pages a pass, two passes
+    answered = sum(network.peers[s].transfers.statistics().pages_answered for s in OLD)
+    assert answered == 6

@@ -44,6 +44,7 @@ Limits: `TransferLimits` (pages, bytes, silence, in flight, transfers held).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import itertools
@@ -123,7 +124,7 @@ class TransferView:
 
 
 @dataclass(slots=True)
-class TransferStatistics:
+class _Counts:
     started: int = 0
     committed: int = 0
     pages: int = 0  # pages stored here
@@ -133,6 +134,22 @@ class TransferStatistics:
     mappings_moved: int = 0
     bytes_moved: int = 0
     conflicts: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferStatistics:
+    """Counts since this process started; `pending`: transfers here not committed yet."""
+
+    started: int
+    committed: int
+    pending: int
+    pages: int  # pages stored here
+    pages_corrupt: int
+    pages_answered: int  # pages this peer answered as a source
+    sources_replaced: int
+    mappings_moved: int
+    bytes_moved: int
+    conflicts: int
 
 
 @dataclass(slots=True, kw_only=True)
@@ -213,7 +230,7 @@ class Transfers:
         self._throttle_due: float | None = None
         self._turn = 0  # round-robin over transfers waiting to ask
         self._requests = itertools.count(1)  # page request numbers (replies echo them)
-        self.statistics = TransferStatistics()
+        self._counts = _Counts()
         self._transfers: dict[tuple[int, str], _Transfer] = {
             (record.version, record.owner): _Transfer(record=record, started_at=now)
             for record in read_transfers(storage, limits.transfers_max)
@@ -232,6 +249,9 @@ class Transfers:
 
     def pending(self) -> int:
         return sum(1 for t in self._transfers.values() if t.step is not TransferStep.COMMITTED)
+
+    def statistics(self) -> TransferStatistics:
+        return TransferStatistics(pending=self.pending(), **dataclasses.asdict(self._counts))
 
     def expects(self, report: RecoveryReport) -> bool:
         """`report` answers an epoch query of a transfer (else it is recovery's)."""
@@ -291,7 +311,7 @@ class Transfers:
         )
         self._transfers[key] = transfer
         self._by_op[transfer.op_id] = transfer
-        self.statistics.started += 1
+        self._counts.started += 1
         self._persist(transfer, effects)
         effects.events.append(
             _event("transfer_started", transfer.record, ("sources", ",".join(old)))
@@ -427,7 +447,7 @@ class Transfers:
         effects.timers.append(Timer(kind=TimerKind.DEADLINE, op_id=transfer.op_id, due=due))
         if source != record.source:
             if record.cursor is not None:  # half-way through a pass: it is whole no more
-                self.statistics.sources_replaced += 1
+                self._counts.sources_replaced += 1
                 effects.events.append(
                     _event(
                         "transfer_source_replaced",
@@ -489,7 +509,7 @@ class Transfers:
         size = sum(len(raw) for _, raw in reply.entries)
         self._bucket.charge(size, now)
         if page_checksum(reply.entries) != reply.checksum:
-            self.statistics.pages_corrupt += 1
+            self._counts.pages_corrupt += 1
             effects.events.append(_event("transfer_page_corrupt", record, ("source", source)))
             self._pump(now, effects)
             return
@@ -506,9 +526,9 @@ class Transfers:
             bytes_moved=record.bytes_moved + size,
             conflicts=record.conflicts + conflicts,
         )
-        self.statistics.pages += 1
-        self.statistics.mappings_moved += stored
-        self.statistics.bytes_moved += size
+        self._counts.pages += 1
+        self._counts.mappings_moved += stored
+        self._counts.bytes_moved += size
         effects.events.append(
             _event(
                 "transfer_page",
@@ -573,7 +593,7 @@ class Transfers:
                         details=(("source", source), ("token_prefix", mapping.token[:8])),
                     )
                 )
-        self.statistics.conflicts += conflicts
+        self._counts.conflicts += conflicts
         return stored, conflicts
 
     def _end_pass(self, record: TransferRecord, effects: Effects) -> TransferRecord:
@@ -599,7 +619,7 @@ class Transfers:
             )
         )
         if step is TransferStep.COMMITTED:
-            self.statistics.committed += 1
+            self._counts.committed += 1
         return ended
 
     def _persist(self, transfer: _Transfer, effects: Effects) -> None:
@@ -633,7 +653,7 @@ class Transfers:
                 break
             entries.append((key[prefix_length:].decode(), raw))
             size += len(raw)
-        self.statistics.pages_answered += 1
+        self._counts.pages_answered += 1
         reply = TransferPageReply(
             op_id=page.op_id,
             owner=owner,
