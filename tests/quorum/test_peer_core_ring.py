@@ -23,9 +23,10 @@ from tokenvault.quorum.messages import (
     RingPrepare,
     RingVote,
 )
-from tokenvault.quorum.peer_core import PeerCore, Step
+from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import TRANSFER_PREFIX
+from tokenvault.quorum.transfer import TransferLimits
 from tokenvault.ring.membership import JOINING, LEAVING, AddMember, RemoveMember, ReplaceMember
 from tokenvault.store.memory_store import MemoryStore
 
@@ -39,8 +40,11 @@ STEPS_MAX = 20_000
 class Cores:
     """Whole peer cores; messages delivered in order, syncs at once, time moved by the test."""
 
-    def __init__(self, peers: tuple[str, ...] = ("p1", "p2", "p3")) -> None:
+    def __init__(
+        self, peers: tuple[str, ...] = ("p1", "p2", "p3"), limits: PeerLimits = PeerLimits()
+    ) -> None:
         self.bootstrap = membership_of(peers, vnodes_per_peer=8)
+        self.limits = limits
         self.now = 0.0
         self.cores: dict[str, PeerCore] = {}
         self.stores: dict[str, MemoryStore] = {}
@@ -67,6 +71,7 @@ class Cores:
             rng=random.Random(peer),
             now=self.now,
             join_address=join_address,
+            limits=self.limits,
         )
 
     def act(self, peer: str, step: Step) -> None:
@@ -308,8 +313,16 @@ def assert_final_replicas_hold(cores: Cores, written: dict[str, list[Mapping]]) 
                 assert core.replica.read_mapping(owner, mapping.token) == mapping, (peer, owner)
 
 
+# Transfers slow enough (500 B/s) that a finish not waiting for them would come first, and no
+# anti-entropy: what the new replicas hold, only transfers brought.
+SLOW_TRANSFERS = PeerLimits(
+    transfer=TransferLimits(rate_bytes_s=500.0, burst_bytes=200, page_mappings_max=4),
+    anti_entropy_enabled=False,
+)
+
+
 def test_an_add_finishes_once_the_new_peer_holds_every_mapping_of_the_owners_it_got() -> None:
-    cores = Cores()
+    cores = Cores(limits=SLOW_TRANSFERS)
     written = tokenize_everywhere(cores, "p1", 5)
     done = cores.change("p2", "add", AddMember(id="p4", address="p4.test:7000"))
     cores.start("p4", join_address="p4.test:7000")
@@ -327,8 +340,8 @@ def test_an_add_finishes_once_the_new_peer_holds_every_mapping_of_the_owners_it_
 
 
 def test_a_remove_finishes_and_the_owners_of_the_removed_peer_are_on_the_others() -> None:
-    cores = Cores(("p1", "p2", "p3", "p4"))
-    written = tokenize_everywhere(cores, "p1", 5)
+    cores = Cores(("p1", "p2", "p3", "p4"), limits=SLOW_TRANSFERS)
+    written = tokenize_everywhere(cores, "p1", 20)  # a pass of a moved owner takes seconds
     done = cores.change("p1", "rm", RemoveMember(id="p4"))
     advance_until_stable(cores, done.membership.version + 1)
     assert cores.cores["p1"].membership.member("p4") is None
