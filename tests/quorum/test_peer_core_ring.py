@@ -22,11 +22,13 @@ from tokenvault.quorum.messages import (
     ReadRequest,
     RingPrepare,
     RingVote,
+    TransferPage,
 )
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import TRANSFER_PREFIX
 from tokenvault.quorum.transfer import TransferLimits
+from tokenvault.quorum.transfer_records import read_transfers
 from tokenvault.ring.membership import JOINING, LEAVING, AddMember, RemoveMember, ReplaceMember
 from tokenvault.store.memory_store import MemoryStore
 
@@ -383,3 +385,35 @@ def test_writes_during_the_change_are_on_w_of_the_final_replicas_at_the_finish()
                     p for p in final if cores.cores[p].replica.read_mapping(owner, mapping.token)
                 ]
                 assert len(holders) >= N3.write_quorum, (owner, holders)
+
+
+def test_a_target_restarted_half_way_resumes_its_transfers_from_their_cursors() -> None:
+    cores = Cores(limits=SLOW_TRANSFERS)
+    written = tokenize_everywhere(cores, "p1", 20)
+    done = cores.change("p2", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    cursors: dict[str, str] = {}
+    for _ in range(40):
+        cores.advance(0.25)
+        cursors = {
+            r.owner: r.cursor
+            for r in read_transfers(cores.stores["p4"], 100)
+            if r.cursor is not None and r.step == "copying"
+        }
+        if cursors:
+            break
+    assert cursors, "a transfer half-way through its first pass"
+    cores.start("p4", join_address="p4.test:7000")  # the process restarts on its store
+    asked: list[TransferPage] = []
+    act = cores.act
+
+    def watch(peer: str, step: Step) -> None:
+        asked.extend(e.message for e in step.messages if isinstance(e.message, TransferPage))
+        act(peer, step)
+
+    cores.act = watch  # type: ignore[method-assign]
+    advance_until_stable(cores, done.membership.version + 1)
+    for owner, cursor in cursors.items():
+        first = next(page for page in asked if page.owner == owner)
+        assert first.after == cursor, "asked from its cursor, not from zero"
+    assert_final_replicas_hold(cores, written)

@@ -978,17 +978,17 @@ class PeerCore:
         if self.state != "serving":
             return
         transfers = self.transfers
-        if not self._transfers_resumed:
-            self._transfers_resumed = True
-            self._call(step, _Core.TRANSFER, "resume", lambda: transfers.resume(now))
         membership = self._ring.membership
         version = membership.version
         oldest_kept = version + 1 if membership.stable else version
         self._call(step, _Core.TRANSFER, "forget", lambda: transfers.forget_before(oldest_kept))
+        transfers.set_down(self.down_peers())
+        if not self._transfers_resumed:
+            self._transfers_resumed = True
+            self._call(step, _Core.TRANSFER, "resume", lambda: transfers.resume(now))
         if membership.stable:
             return
         self._call(step, _Core.TRANSFER, "tick", lambda: transfers.tick(now))
-        transfers.set_down(self.down_peers())
         versions = {**self._ring_versions, self.peer_id: version}
         for owner in self._targeted_owners():
             if self._ring.fenced(owner, versions):
