@@ -95,6 +95,7 @@ from tokenvault.quorum.messages import (
 )
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.recovery import Phase
+from tokenvault.quorum.transfer import BYTES_PER_MB, TransferLimits, TransferView
 from tokenvault.ring.membership import (
     AddMember,
     Member,
@@ -180,12 +181,20 @@ class Readiness:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """One transfer into this peer, and the owner's new replica set it fills."""
+
+    view: TransferView
+    new_set: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MembersView:
-    """The ring as this peer learned it, and the transfers of its pending change."""
+    """The ring as this peer learned it, and the transfers into this peer."""
 
     version: int
     members: tuple[Member, ...]
-    transfers: tuple[dict[str, object], ...]  # none until the transfer core is wired
+    transfers: tuple[TransferProgress, ...]
 
 
 def peer_limits(config: ClusterConfig) -> PeerLimits:
@@ -194,6 +203,7 @@ def peer_limits(config: ClusterConfig) -> PeerLimits:
     return PeerLimits(
         anti_entropy=AntiEntropyLimits(pass_interval_s=interval_s or 1.0),
         anti_entropy_enabled=interval_s > 0,
+        transfer=TransferLimits(rate_bytes_s=config.transfer_rate_mb_s * BYTES_PER_MB),
     )
 
 
@@ -387,11 +397,16 @@ class Node:
         return await self.coalescer.perform(operation)
 
     def members_view(self) -> MembersView:
-        """The learned membership, and the transfers of its pending change (none yet)."""
-        membership = self.core.membership
-        # Seam: the transfer core's views (PeerCore.transfer_views, docs/membership.md §3)
-        # go here once it is wired; until then no transfer runs, and none is shown.
-        return MembersView(version=membership.version, members=membership.members, transfers=())
+        """The learned membership, and the transfers into this peer (transfer.py)."""
+        core = self.core
+        membership = core.membership
+        transfers = tuple(
+            TransferProgress(view=view, new_set=core.placement(view.owner).new)
+            for view in core.transfer_views()
+        )
+        return MembersView(
+            version=membership.version, members=membership.members, transfers=transfers
+        )
 
     async def change_members(self, change: AddMember | RemoveMember | ReplaceMember) -> RingDone:
         """Proposes one membership change through this peer's ring register; its answer once
