@@ -1,9 +1,9 @@
 """Elastic membership on real processes (docs/membership.md, issue 14): a 3-peer cluster, and a
 fourth peer started with `node --join` on an empty data directory. It asks the bootstrap peers
-to add it, the cluster decides the joint version (2) with n4 `joining`, and every peer learns it:
-`tokenvault members show` says so through any peer, n4's own included. That n4 then becomes
-`active` (the finish, version 3) needs the transfers, not built yet: that test is a strict
-xfail until they are.
+to add it, the cluster decides the joint version (2) with n4 `joining`, the transfers into n4
+commit, and the finish (version 3) makes it `active`: every peer learns it, and `tokenvault
+members show` says so through any peer, n4's own included. (Under client load, with removes
+and replaces: test_membership_load.py.)
 
 Plain HTTP only: a joining peer's TLS certificate is not issued by `init --tls` or
 `renew-certs` yet (they know cluster.toml's peers).
@@ -25,8 +25,7 @@ from tests.e2e.harness import Cluster
 
 pytestmark = pytest.mark.e2e
 
-JOIN_TIMEOUT_S = 20.0  # a join takes a heartbeat or two (0.5 s each) and one Paxos round
-FINISH_TIMEOUT_S = 20.0
+FINISH_TIMEOUT_S = 60.0  # a join, transfers of an empty cluster and the finish, 2 busy cores
 
 
 def members(cluster: Cluster, peer: str) -> dict[str, Any] | None:
@@ -81,44 +80,28 @@ def plain(cluster: Cluster) -> Cluster:
     return cluster
 
 
-def test_a_peer_started_with_join_is_added_at_the_joint_version(plain: Cluster) -> None:
+def test_a_peer_started_with_join_is_added_then_active(plain: Cluster) -> None:
     c = plain
     c.start_joining("n4")
     address = c.reserve_address("n4")
-    joint = wait_for_version(c, "n1", 2, JOIN_TIMEOUT_S)
-    states = {m["id"]: (m["address"], m["state"]) for m in joint["members"]}
+    finished = wait_for_version(c, "n1", 3, FINISH_TIMEOUT_S)
+    states = {m["id"]: (m["address"], m["state"]) for m in finished["members"]}
     assert states == {
         "n1": (c.url("n1").removeprefix("http://"), "active"),
         "n2": (c.url("n2").removeprefix("http://"), "active"),
         "n3": (c.url("n3").removeprefix("http://"), "active"),
-        "n4": (address, "joining"),
+        "n4": (address, "active"),
     }
-    assert (joint["version"], joint["stable"], joint["transfers"]) == (2, False, [])
+    assert (finished["version"], finished["stable"]) == (3, True)
     for peer in ("n1", "n2", "n3", "n4"):  # every peer learned it, the new one too
-        wait_for_version(c, peer, 2, JOIN_TIMEOUT_S)
+        wait_for_version(c, peer, 3, FINISH_TIMEOUT_S)
         shown = members_show(c, peer)
-        assert shown["version"] == 2, peer
-        assert {m["id"]: m["state"] for m in shown["members"]}["n4"] == "joining", peer
-    # one change at a time: another one is refused until this one finished
-    refused = httpx.post(
-        c.url("n2") + "/v1/admin/members",
-        headers=c.admin_headers(),
-        json={"action": "remove", "id": "n3"},
-        timeout=10,
-    )
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "change_pending"
+        assert (shown["version"], shown["stable"]) == (3, True), peer
+        assert {m["id"]: m["state"] for m in shown["members"]}["n4"] == "active", peer
+    # n1 went through the joint version (n4 joining: not stable) before the finish
+    applied = [
+        (e["version"], e["stable"]) for e in c.log_events("n1") if e["event"] == "ring_applied"
+    ]
+    assert applied[:2] == [(2, 0), (3, 1)], applied
     for peer in ("n1", "n2", "n3", "n4"):
         assert not [e for e in c.log_events(peer) if e.get("level") == "error"], peer
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the finish needs the transfers into n4 (quorum/transfer*.py, another branch)",
-)
-def test_a_joined_peer_becomes_active_once_its_transfers_committed(plain: Cluster) -> None:
-    c = plain
-    c.start_joining("n4")
-    wait_for_version(c, "n1", 2, JOIN_TIMEOUT_S)
-    finished = wait_for_version(c, "n1", 3, FINISH_TIMEOUT_S)
-    assert finished["stable"]
-    assert {m["id"]: m["state"] for m in finished["members"]}["n4"] == "active"
