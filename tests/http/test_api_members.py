@@ -28,8 +28,10 @@ from tests.http.test_api_inputs import (
 )
 from tests.http.test_api_inputs import vault as vault  # the fixture: a running one-peer node
 from tokenvault.http.errors import ApiError
-from tokenvault.http.members_api import REFUSAL_ERRORS, change_answer
+from tokenvault.http.members_api import REFUSAL_ERRORS, change_answer, members_answer
+from tokenvault.node import MembersView, TransferProgress
 from tokenvault.quorum.effects import RingDone, RingOutcome
+from tokenvault.quorum.transfer import TransferView
 from tokenvault.ring.membership import bootstrap_membership
 
 MEMBERS = "/v1/admin/members"
@@ -232,3 +234,42 @@ async def test_413_for_a_body_over_the_public_limit(vault: Vault) -> None:
     await assert_refused_and_nothing_changed(
         vault, [("over 1 MiB", "POST", MEMBERS, body, "admin")], 413, "payload_too_large"
     )
+
+
+def test_a_transfer_is_shown_with_its_sets_and_progress() -> None:
+    view = TransferView(
+        version=2,
+        owner="alice",
+        target="n4",
+        sources=("n1", "n2", "n3"),
+        source="n2",
+        state="copying",
+        running=True,
+        mappings_moved=1200,
+        bytes_moved=310_000,
+        rate_bytes_s=98_000.04,
+        eta_s=None,
+        verified=0,
+        conflicts=0,
+    )
+    membership = bootstrap_membership([("n1", "h:1")], replica_count=1, vnodes_per_peer=1)
+    progress = TransferProgress(view=view, new_set=("n4", "n1", "n2"))
+    shown = members_answer(
+        MembersView(version=2, members=membership.members, transfers=(progress,))
+    )
+    assert shown["transfers"] == [
+        {
+            "owner": "alice",
+            "from": ["n1", "n2", "n3"],
+            "to": ["n4", "n1", "n2"],
+            "target": "n4",
+            "version": 2,
+            "state": "copying",
+            "source": "n2",
+            "mappings_moved": 1200,
+            "bytes_moved": 310_000,
+            "rate_bytes_s": 98_000.0,
+            "eta_s": None,
+            "verified": 0,
+        }
+    ]
