@@ -16,6 +16,7 @@ from tokenvault.quorum.client_operations import (
     ChangeMembership,
     ClientAnswer,
     Detokenize,
+    LearnEpoch,
     Tokenize,
     Tokenized,
 )
@@ -454,7 +455,7 @@ def test_a_target_restarted_half_way_resumes_its_transfers_from_their_cursors() 
     assert_final_replicas_hold(cores, written)
 
 
-@pytest.mark.parametrize("kind", ["tokenize", "detokenize"])
+@pytest.mark.parametrize("kind", ["tokenize", "detokenize", "learn"])
 def test_an_operation_refused_by_the_ring_fence_starts_again_under_the_new_ring(kind: str) -> None:
     cores = Cores()
     written = tokenize_everywhere(cores, "p1", 1)
@@ -464,9 +465,11 @@ def test_an_operation_refused_by_the_ring_fence_starts_again_under_the_new_ring(
     owner = OWNERS[0]
     coordinator = cores.cores["p3"]
     assert coordinator.membership.version == 1
-    operation: Tokenize | Detokenize
+    operation: Tokenize | Detokenize | LearnEpoch
     if kind == "tokenize":
         operation = Tokenize(op_id="op", owner=owner, items=(("ssn", "new value"),))
+    elif kind == "learn":
+        operation = LearnEpoch(op_id="op", owner=owner)
     else:
         operation = Detokenize(op_id="op", owner=owner, tokens=(written[owner][0].token,))
     step = coordinator.start(operation, cores.now)
