@@ -95,6 +95,7 @@ from tokenvault.quorum.messages import (
 )
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.recovery import Phase
+from tokenvault.quorum.transfer import BYTES_PER_MB, TransferLimits
 from tokenvault.ring.membership import (
     AddMember,
     Member,
@@ -194,6 +195,7 @@ def peer_limits(config: ClusterConfig) -> PeerLimits:
     return PeerLimits(
         anti_entropy=AntiEntropyLimits(pass_interval_s=interval_s or 1.0),
         anti_entropy_enabled=interval_s > 0,
+        transfer=TransferLimits(rate_bytes_s=config.transfer_rate_mb_s * BYTES_PER_MB),
     )
 
 
