@@ -95,7 +95,7 @@ from tokenvault.quorum.messages import (
 )
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.recovery import Phase
-from tokenvault.quorum.transfer import BYTES_PER_MB, TransferLimits
+from tokenvault.quorum.transfer import BYTES_PER_MB, TransferLimits, TransferView
 from tokenvault.ring.membership import (
     AddMember,
     Member,
@@ -186,7 +186,27 @@ class MembersView:
 
     version: int
     members: tuple[Member, ...]
-    transfers: tuple[dict[str, object], ...]  # none until the transfer core is wired
+    transfers: tuple[dict[str, object], ...]  # transfer_answer's, one per transfer into it
+
+
+def transfer_answer(view: TransferView, new: tuple[str, ...]) -> dict[str, object]:
+    """One transfer's JSON in GET /v1/admin/members: `from` its old replicas (the sources),
+    `to` the owner's replicas on the new ring (`new`, this peer's placement)."""
+    return {
+        "owner": view.owner,
+        "version": view.version,
+        "from": list(view.sources),
+        "to": list(new),
+        "target": view.target,
+        "source": view.source,
+        "state": view.state,
+        "verified": view.verified,
+        "mappings_moved": view.mappings_moved,
+        "bytes_moved": view.bytes_moved,
+        "rate_bytes_s": round(view.rate_bytes_s, 1),
+        "eta_s": None if view.eta_s is None else round(view.eta_s, 1),
+        "conflicts": view.conflicts,
+    }
 
 
 def peer_limits(config: ClusterConfig) -> PeerLimits:
@@ -389,11 +409,16 @@ class Node:
         return await self.coalescer.perform(operation)
 
     def members_view(self) -> MembersView:
-        """The learned membership, and the transfers of its pending change (none yet)."""
-        membership = self.core.membership
-        # Seam: the transfer core's views (PeerCore.transfer_views, docs/membership.md §3)
-        # go here once it is wired; until then no transfer runs, and none is shown.
-        return MembersView(version=membership.version, members=membership.members, transfers=())
+        """The learned membership, and the transfers into this peer that it still holds (those
+        of the pending change, or of the last one until the next starts)."""
+        core = self.core
+        membership = core.membership
+        transfers = tuple(
+            transfer_answer(view, core.placement(view.owner).new) for view in core.transfer_views()
+        )
+        return MembersView(
+            version=membership.version, members=membership.members, transfers=transfers
+        )
 
     async def change_members(self, change: AddMember | RemoveMember | ReplaceMember) -> RingDone:
         """Proposes one membership change through this peer's ring register; its answer once

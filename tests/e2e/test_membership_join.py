@@ -1,9 +1,10 @@
 """Elastic membership on real processes (docs/membership.md, issue 14): a 3-peer cluster, and a
 fourth peer started with `node --join` on an empty data directory. It asks the bootstrap peers
 to add it, the cluster decides the joint version (2) with n4 `joining`, and every peer learns it:
-`tokenvault members show` says so through any peer, n4's own included. That n4 then becomes
-`active` (the finish, version 3) needs the transfers, not built yet: that test is a strict
-xfail until they are.
+`tokenvault members show` says so through any peer, n4's own included. With no data the
+transfers into n4 commit at once, so the finish (version 3, n4 `active`) may already be learned
+when a peer is first asked: the first test accepts either; the second waits for the finish.
+(A change held at its joint version, and the transfers' progress: test_transfer_resume.py.)
 
 Plain HTTP only: a joining peer's TLS certificate is not issued by `init --tls` or
 `renew-certs` yet (they know cluster.toml's peers).
@@ -85,36 +86,26 @@ def test_a_peer_started_with_join_is_added_at_the_joint_version(plain: Cluster) 
     c = plain
     c.start_joining("n4")
     address = c.reserve_address("n4")
-    joint = wait_for_version(c, "n1", 2, JOIN_TIMEOUT_S)
-    states = {m["id"]: (m["address"], m["state"]) for m in joint["members"]}
+    joined = wait_for_version(c, "n1", 2, JOIN_TIMEOUT_S)
+    n4_state = "joining" if joined["version"] == 2 else "active"  # 3: already finished
+    states = {m["id"]: (m["address"], m["state"]) for m in joined["members"]}
     assert states == {
         "n1": (c.url("n1").removeprefix("http://"), "active"),
         "n2": (c.url("n2").removeprefix("http://"), "active"),
         "n3": (c.url("n3").removeprefix("http://"), "active"),
-        "n4": (address, "joining"),
+        "n4": (address, n4_state),
     }
-    assert (joint["version"], joint["stable"], joint["transfers"]) == (2, False, [])
+    assert joined["stable"] == (n4_state == "active")
+    assert joined["transfers"] == []  # n1 is the target of none
     for peer in ("n1", "n2", "n3", "n4"):  # every peer learned it, the new one too
         wait_for_version(c, peer, 2, JOIN_TIMEOUT_S)
         shown = members_show(c, peer)
-        assert shown["version"] == 2, peer
-        assert {m["id"]: m["state"] for m in shown["members"]}["n4"] == "joining", peer
-    # one change at a time: another one is refused until this one finished
-    refused = httpx.post(
-        c.url("n2") + "/v1/admin/members",
-        headers=c.admin_headers(),
-        json={"action": "remove", "id": "n3"},
-        timeout=10,
-    )
-    assert refused.status_code == 409 and refused.json()["error"]["code"] == "change_pending"
+        assert shown["version"] >= 2, peer
+        assert {m["id"]: m["state"] for m in shown["members"]}["n4"] in ("joining", "active")
     for peer in ("n1", "n2", "n3", "n4"):
         assert not [e for e in c.log_events(peer) if e.get("level") == "error"], peer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the finish needs the transfers into n4 (quorum/transfer*.py, another branch)",
-)
 def test_a_joined_peer_becomes_active_once_its_transfers_committed(plain: Cluster) -> None:
     c = plain
     c.start_joining("n4")

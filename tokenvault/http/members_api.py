@@ -5,8 +5,8 @@ Rules:
 - Admin key only (an owner's key: 403), like every /v1/admin/* route; the body limits and
   admission are api.py's.
 - GET answers this peer's learned membership: its version, every member (id, address, state),
-  whether it is stable, and the transfers of the pending change (none until the transfer core
-  is wired: node.Node.members_view is the seam).
+  whether it is stable, and the transfers into this peer (node.transfer_answer: a transfer is
+  shown by its target only; ask each new peer for its own).
 - POST `{"action": "add"|"remove"|"replace", "id", "address", "replaces"}` is validated whole
   before anything is proposed: a malformed body, a missing, mistyped or foreign field is
   400 invalid_request; an id or address no member may have is 400 invalid_member. Bad input
