@@ -51,9 +51,9 @@ POLL_S = 0.05
 TRANSFER_BOUND_S = 60.0  # a transfer of 2 passes at RATE_MB_S on 2 busy cores, and the finish
 
 
-def moved_owner(cluster: Cluster) -> str:
-    """The first of CANDIDATE_OWNERS whose replicas change when n4 is added (placement does
-    not depend on n4's address)."""
+def owners_moving_to_n4(cluster: Cluster) -> tuple[str, ...]:
+    """The cluster's owners whose replicas change when n4 is added, each to n4 (placement
+    does not depend on n4's address)."""
     config = load_config(cluster.init.config_path)
     base = bootstrap_membership(
         ((p.id, p.address) for p in config.peers),
@@ -61,15 +61,16 @@ def moved_owner(cluster: Cluster) -> str:
         vnodes_per_peer=config.vnodes_per_peer,
     )
     joint = apply_change(base, AddMember(id="n4", address="127.0.0.1:1"))
-    moves = plan_transfers(joint, CANDIDATE_OWNERS)
-    assert moves, "no candidate owner moves to n4"
-    assert moves[0].targets == ("n4",)
-    return moves[0].owner
+    moves = plan_transfers(joint, (o.id for o in config.owners))
+    assert all(move.targets == ("n4",) for move in moves)
+    return tuple(move.owner for move in moves)
 
 
 def new_cluster(tmp_path: Path) -> tuple[Cluster, str]:
     cluster = Cluster(tmp_path / "cluster", owners=CANDIDATE_OWNERS)
-    owner = moved_owner(cluster)
+    moving = owners_moving_to_n4(cluster)
+    assert moving, f"none of {CANDIDATE_OWNERS} moves to n4"
+    owner = moving[0]
     cluster.set_cluster_option("transfer_rate_mb_s", RATE_MB_S)
     return cluster, owner
 
