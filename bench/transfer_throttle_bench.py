@@ -15,9 +15,11 @@ bytes moved to the committed one, is the transfer's rate; client requests comple
 same window give the rate during the transfer. Printed, one JSON line per rate:
 `transfer_rate_ratio` (measured bytes/s over X MB/s: at most about 1) and `client_ratio`
 (client requests/s during the transfer over before it), with both rates, p99 latencies and
-the transfer's bytes. The load generator shares the machine's cores with the peers: compare
-ratios from one run, not absolute rates. A benchmark, not a test: it asserts only that every
-client answer was 200 or 503 (retriable; counted) and the change finished.
+the transfer's bytes; and, as a control, `client_ratio_after`: the same load for
+`--baseline-s` seconds once the change finished (4 peers, no transfer) over before it, and
+the peers' busy cores in each window. The load generator shares the machine's cores with the
+peers: compare ratios from one run, not absolute rates. A benchmark, not a test: it asserts
+only that every client answer was 200 or 503 (retriable; counted) and the change finished.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ LOAD_BATCH = 400  # records per loading request: under the 1 MiB body limit
 CLIENT_RECORDS = 10  # records per client request during the measure
 SAMPLE_S = 0.25
 TRANSFER_BOUND_S = 600.0
+AFTER_SETTLE_S = 2.0
 
 
 @dataclass
@@ -64,6 +67,13 @@ class Load:
             return 0.0, 0.0
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         return len(latencies) / (end - start), 1000 * p99
+
+    def per_second(self, start: float, end: float) -> list[int]:
+        counts = [0] * (int(end - start) + 1)
+        for at, _ in self.done:
+            if start <= at <= end:
+                counts[int(at - start)] += 1
+        return counts
 
 
 async def client(cluster: Cluster, owner: str, index: int, load: Load) -> None:
@@ -159,6 +169,10 @@ async def measure(
             if view is not None and view["state"] == "committed":
                 break
             await trio.sleep(SAMPLE_S)
+        await trio.sleep(AFTER_SETTLE_S)  # the finish (ring version 3) is decided and learned
+        after_start = time.monotonic()
+        await trio.sleep(baseline_s)  # the same load on the 4-peer ring: no transfer
+        after_end = time.monotonic()
         load.stop = True
     assert view is not None and view["state"] == "committed", view
     assert set(load.failures) <= {503}, (load.failures, load.errors)
@@ -166,9 +180,16 @@ async def measure(
     transfer_bytes_s = (last_bytes - first_bytes) / (last_at - first_at)
     before, before_p99 = load.rate(baseline_start, baseline_end)
     during, during_p99 = load.rate(first_at, last_at)
+    after, after_p99 = load.rate(after_start, after_end)
     cores_before = cores(cpu_start, cpu_baseline, baseline_end - baseline_start)
     cores_during = cores(cpu_samples[0], cpu_samples[-1], last_at - first_at)
     return {
+        # client requests completed per second, from the baseline's start (join at baseline_s)
+        "client_req_per_s": load.per_second(baseline_start, max(at for at, _ in load.done)),
+        "transfer_s_after_join": [
+            round(first_at - baseline_end, 1),
+            round(last_at - baseline_end, 1),
+        ],
         "transfer_bytes": last_bytes,
         "transfer_window_s": round(last_at - first_at, 2),
         "transfer_mb_s": round(transfer_bytes_s / 1e6, 3),
@@ -176,7 +197,10 @@ async def measure(
         "client_req_s_during": round(during, 1),
         "client_p99_ms_before": round(before_p99, 1),
         "client_p99_ms_during": round(during_p99, 1),
+        "client_req_s_after": round(after, 1),
+        "client_p99_ms_after": round(after_p99, 1),
         "client_ratio": round(during / before, 3),
+        "client_ratio_after": round(after / before, 3),
         "peer_cpu_cores_before": cores_before,
         "peer_cpu_cores_during": cores_during,
         "client_failures": load.failures,  # 503s (retriable), when: below
