@@ -181,32 +181,20 @@ class Readiness:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """One transfer into this peer, and the owner's new replica set it fills."""
+
+    view: TransferView
+    new_set: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MembersView:
-    """The ring as this peer learned it, and the transfers of its pending change."""
+    """The ring as this peer learned it, and the transfers into this peer."""
 
     version: int
     members: tuple[Member, ...]
-    transfers: tuple[dict[str, object], ...]  # transfer_answer's, one per transfer into it
-
-
-def transfer_answer(view: TransferView, new: tuple[str, ...]) -> dict[str, object]:
-    """One transfer's JSON in GET /v1/admin/members: `from` its old replicas (the sources),
-    `to` the owner's replicas on the new ring (`new`, this peer's placement)."""
-    return {
-        "owner": view.owner,
-        "version": view.version,
-        "from": list(view.sources),
-        "to": list(new),
-        "target": view.target,
-        "source": view.source,
-        "state": view.state,
-        "verified": view.verified,
-        "mappings_moved": view.mappings_moved,
-        "bytes_moved": view.bytes_moved,
-        "rate_bytes_s": round(view.rate_bytes_s, 1),
-        "eta_s": None if view.eta_s is None else round(view.eta_s, 1),
-        "conflicts": view.conflicts,
-    }
+    transfers: tuple[TransferProgress, ...]
 
 
 def peer_limits(config: ClusterConfig) -> PeerLimits:
@@ -409,12 +397,12 @@ class Node:
         return await self.coalescer.perform(operation)
 
     def members_view(self) -> MembersView:
-        """The learned membership, and the transfers into this peer that it still holds (those
-        of the pending change, or of the last one until the next starts)."""
+        """The learned membership, and the transfers into this peer (transfer.py)."""
         core = self.core
         membership = core.membership
         transfers = tuple(
-            transfer_answer(view, core.placement(view.owner).new) for view in core.transfer_views()
+            TransferProgress(view=view, new_set=core.placement(view.owner).new)
+            for view in core.transfer_views()
         )
         return MembersView(
             version=membership.version, members=membership.members, transfers=transfers

@@ -1,10 +1,9 @@
 """Elastic membership on real processes (docs/membership.md, issue 14): a 3-peer cluster, and a
 fourth peer started with `node --join` on an empty data directory. It asks the bootstrap peers
-to add it, the cluster decides the joint version (2) with n4 `joining`, and every peer learns it:
-`tokenvault members show` says so through any peer, n4's own included. With no data the
-transfers into n4 commit at once, so the finish (version 3, n4 `active`) may already be learned
-when a peer is first asked: the first test accepts either; the second waits for the finish.
-(A change held at its joint version, and the transfers' progress: test_transfer_resume.py.)
+to add it, the cluster decides the joint version (2) with n4 `joining`, the transfers into n4
+commit, and the finish (version 3) makes it `active`: every peer learns it, and `tokenvault
+members show` says so through any peer, n4's own included. (Under client load, with removes
+and replaces: test_membership_load.py.)
 
 Plain HTTP only: a joining peer's TLS certificate is not issued by `init --tls` or
 `renew-certs` yet (they know cluster.toml's peers).
@@ -26,8 +25,7 @@ from tests.e2e.harness import Cluster
 
 pytestmark = pytest.mark.e2e
 
-JOIN_TIMEOUT_S = 20.0  # a join takes a heartbeat or two (0.5 s each) and one Paxos round
-FINISH_TIMEOUT_S = 20.0
+FINISH_TIMEOUT_S = 60.0  # a join, transfers of an empty cluster and the finish, 2 busy cores
 
 
 def members(cluster: Cluster, peer: str) -> dict[str, Any] | None:
@@ -82,34 +80,28 @@ def plain(cluster: Cluster) -> Cluster:
     return cluster
 
 
-def test_a_peer_started_with_join_is_added_at_the_joint_version(plain: Cluster) -> None:
+def test_a_peer_started_with_join_is_added_then_active(plain: Cluster) -> None:
     c = plain
     c.start_joining("n4")
     address = c.reserve_address("n4")
-    joined = wait_for_version(c, "n1", 2, JOIN_TIMEOUT_S)
-    n4_state = "joining" if joined["version"] == 2 else "active"  # 3: already finished
-    states = {m["id"]: (m["address"], m["state"]) for m in joined["members"]}
+    finished = wait_for_version(c, "n1", 3, FINISH_TIMEOUT_S)
+    states = {m["id"]: (m["address"], m["state"]) for m in finished["members"]}
     assert states == {
         "n1": (c.url("n1").removeprefix("http://"), "active"),
         "n2": (c.url("n2").removeprefix("http://"), "active"),
         "n3": (c.url("n3").removeprefix("http://"), "active"),
-        "n4": (address, n4_state),
+        "n4": (address, "active"),
     }
-    assert joined["stable"] == (n4_state == "active")
-    assert joined["transfers"] == []  # n1 is the target of none
+    assert (finished["version"], finished["stable"]) == (3, True)
     for peer in ("n1", "n2", "n3", "n4"):  # every peer learned it, the new one too
-        wait_for_version(c, peer, 2, JOIN_TIMEOUT_S)
+        wait_for_version(c, peer, 3, FINISH_TIMEOUT_S)
         shown = members_show(c, peer)
-        assert shown["version"] >= 2, peer
-        assert {m["id"]: m["state"] for m in shown["members"]}["n4"] in ("joining", "active")
+        assert (shown["version"], shown["stable"]) == (3, True), peer
+        assert {m["id"]: m["state"] for m in shown["members"]}["n4"] == "active", peer
+    # n1 went through the joint version (n4 joining: not stable) before the finish
+    applied = [
+        (e["version"], e["stable"]) for e in c.log_events("n1") if e["event"] == "ring_applied"
+    ]
+    assert applied[:2] == [(2, 0), (3, 1)], applied
     for peer in ("n1", "n2", "n3", "n4"):
         assert not [e for e in c.log_events(peer) if e.get("level") == "error"], peer
-
-
-def test_a_joined_peer_becomes_active_once_its_transfers_committed(plain: Cluster) -> None:
-    c = plain
-    c.start_joining("n4")
-    wait_for_version(c, "n1", 2, JOIN_TIMEOUT_S)
-    finished = wait_for_version(c, "n1", 3, FINISH_TIMEOUT_S)
-    assert finished["stable"]
-    assert {m["id"]: m["state"] for m in finished["members"]}["n4"] == "active"

@@ -12,7 +12,6 @@ tested on `change_answer` directly.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +26,16 @@ from tests.http.test_api_inputs import (
     error_of,
     start_vault,
 )
+from tests.http.test_api_inputs import vault as vault  # the fixture: a running one-peer node
 from tokenvault.http.errors import ApiError
-from tokenvault.http.members_api import REFUSAL_ERRORS, change_answer
+from tokenvault.http.members_api import REFUSAL_ERRORS, change_answer, members_answer
+from tokenvault.node import MembersView, TransferProgress
 from tokenvault.quorum.effects import RingDone, RingOutcome
+from tokenvault.quorum.transfer import TransferView
 from tokenvault.ring.membership import bootstrap_membership
 
 MEMBERS = "/v1/admin/members"
 NOWHERE = "127.0.0.1:9"  # an added member's address: nothing listens there
-
-
-@pytest.fixture
-async def vault(tmp_path: Path) -> AsyncIterator[Vault]:
-    async with trio.open_nursery() as nursery:
-        running = await start_vault(tmp_path / "cluster", nursery)
-        try:
-            yield running
-        finally:
-            nursery.cancel_scope.cancel()
-    running.node.close()
 
 
 async def post(vault: Vault, payload: Any) -> tuple[int, dict[str, Any]]:
@@ -156,6 +147,8 @@ async def test_an_add_is_decided_at_the_joint_version_and_idempotent(vault: Vaul
         "transfers": [],
     }
     assert "n2" in vault.node.links  # the links follow the learned ring
+    ring = json.loads((await vault.call("GET", "/v1/ring", key="admin")).body)
+    assert [(p["id"], p["self"]) for p in ring["peers"]] == [("n1", True), ("n2", False)]
     again = await post(vault, {"action": "add", "id": "n2", "address": NOWHERE})
     assert again == (202, {**answer, "outcome": "already"})
     # one change at a time: another one waits for the finish
@@ -220,3 +213,63 @@ async def test_a_member_address_no_resolver_takes_fails_its_link_not_the_peer(
     await trio.testing.wait_all_tasks_blocked()  # the link tried to send n2 the new ring
     assert vault.node.links["n2"].statistics().batches_failed >= 1
     assert (await show(vault))["version"] == 2  # and the peer still serves
+
+
+async def test_a_replace_is_decided_with_the_old_member_leaving(vault: Vault) -> None:
+    body = {"action": "replace", "id": "n2", "address": NOWHERE, "replaces": "n1"}
+    status, answer = await post(vault, body)
+    assert status == 202, answer
+    assert (answer["version"], answer["outcome"]) == (2, "changed")
+    assert answer["members"] == [
+        {"id": "n1", "address": "127.0.0.1:7401", "state": "leaving"},
+        {"id": "n2", "address": NOWHERE, "state": "joining"},
+    ]
+    assert answer["moved_owners"] == ["alice", "bob"]  # n1 held every owner: all move to n2
+    assert await post(vault, body) == (202, {**answer, "outcome": "already"})
+
+
+async def test_413_for_a_body_over_the_public_limit(vault: Vault) -> None:
+    padding = " " * (1024 * 1024)
+    body = ('{"action": "remove", "id": "n1"' + padding + "}").encode()
+    await assert_refused_and_nothing_changed(
+        vault, [("over 1 MiB", "POST", MEMBERS, body, "admin")], 413, "payload_too_large"
+    )
+
+
+def test_a_transfer_is_shown_with_its_sets_and_progress() -> None:
+    view = TransferView(
+        version=2,
+        owner="alice",
+        target="n4",
+        sources=("n1", "n2", "n3"),
+        source="n2",
+        state="copying",
+        running=True,
+        mappings_moved=1200,
+        bytes_moved=310_000,
+        rate_bytes_s=98_000.04,
+        eta_s=None,
+        verified=0,
+        conflicts=0,
+    )
+    membership = bootstrap_membership([("n1", "h:1")], replica_count=1, vnodes_per_peer=1)
+    progress = TransferProgress(view=view, new_set=("n4", "n1", "n2"))
+    shown = members_answer(
+        MembersView(version=2, members=membership.members, transfers=(progress,))
+    )
+    assert shown["transfers"] == [
+        {
+            "owner": "alice",
+            "from": ["n1", "n2", "n3"],
+            "to": ["n4", "n1", "n2"],
+            "target": "n4",
+            "version": 2,
+            "state": "copying",
+            "source": "n2",
+            "mappings_moved": 1200,
+            "bytes_moved": 310_000,
+            "rate_bytes_s": 98_000.0,
+            "eta_s": None,
+            "verified": 0,
+        }
+    ]

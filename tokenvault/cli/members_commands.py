@@ -94,8 +94,7 @@ def wait_for_finish(
             state = "stable" if members.stable else "a change pending"
             raise CliError(
                 f"the change did not finish within {args.timeout:g} s: the ring is at version"
-                f" {members.version}, {state} (the transfers into a new peer: GET"
-                " /v1/admin/members on it)"
+                f" {members.version}, {state}; the change goes on (members show)"
             )
         pause(WAIT_POLL_INTERVAL_S)
 

@@ -5,8 +5,8 @@ Rules:
 - Admin key only (an owner's key: 403), like every /v1/admin/* route; the body limits and
   admission are api.py's.
 - GET answers this peer's learned membership: its version, every member (id, address, state),
-  whether it is stable, and the transfers into this peer (node.transfer_answer: a transfer is
-  shown by its target only; ask each new peer for its own).
+  whether it is stable, and the transfers into this peer (transfer.py: each owner it fills,
+  from which old replicas, how far).
 - POST `{"action": "add"|"remove"|"replace", "id", "address", "replaces"}` is validated whole
   before anything is proposed: a malformed body, a missing, mistyped or foreign field is
   400 invalid_request; an id or address no member may have is 400 invalid_member. Bad input
@@ -38,7 +38,7 @@ from tokenvault.http.errors import (
     json_response,
 )
 from tokenvault.http.messages import Response
-from tokenvault.node import MembersView, Node
+from tokenvault.node import MembersView, Node, TransferProgress
 from tokenvault.quorum.effects import RingDone, RingOutcome
 from tokenvault.ring.membership import (
     ADDRESS_LENGTH_MAX,
@@ -80,7 +80,25 @@ def members_answer(view: MembersView) -> dict[str, Any]:
         "version": view.version,
         "stable": all(m.state == "active" for m in view.members),
         "members": [_member(m) for m in view.members],
-        "transfers": list(view.transfers),
+        "transfers": [_transfer(t) for t in view.transfers],
+    }
+
+
+def _transfer(progress: TransferProgress) -> dict[str, Any]:
+    view = progress.view
+    return {
+        "owner": view.owner,
+        "from": list(view.sources),
+        "to": list(progress.new_set),
+        "target": view.target,
+        "version": view.version,
+        "state": view.state,
+        "source": view.source,
+        "mappings_moved": view.mappings_moved,
+        "bytes_moved": view.bytes_moved,
+        "rate_bytes_s": round(view.rate_bytes_s, 1),
+        "eta_s": None if view.eta_s is None else round(view.eta_s, 1),
+        "verified": view.verified,
     }
 
 
