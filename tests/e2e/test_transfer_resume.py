@@ -36,6 +36,7 @@ import pytest
 
 from tests.e2e.harness import Cluster
 from tokenvault.config import load_config
+from tokenvault.quorum.messages import TRANSFER_PAGE_MAPPINGS_MAX
 from tokenvault.ring.membership import AddMember, apply_change, bootstrap_membership
 from tokenvault.ring.transfer_plan import plan_transfers
 
@@ -44,8 +45,8 @@ pytestmark = pytest.mark.e2e
 MAPPINGS = 24_000
 BATCH = 1_000  # records per tokenize request (the API's limit)
 RATE_MB_S = 0.4  # a whole pass of MAPPINGS (about 61 bytes each) takes about 4 s
-KILL_AT = MAPPINGS // 3  # mappings_moved at which a side is killed (half-way through pass 1)
-PAGE_MAPPINGS = 1_000  # TRANSFER_PAGE_MAPPINGS_MAX: a page
+KILL_AT = MAPPINGS // 3  # mappings_moved at which a side is killed (well into pass 1)
+PAGE_MAPPINGS = TRANSFER_PAGE_MAPPINGS_MAX  # at most this many mappings a page
 CANDIDATE_OWNERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 POLL_S = 0.05
 TRANSFER_BOUND_S = 60.0  # a transfer of 2 passes at RATE_MB_S on 2 busy cores, and the finish
