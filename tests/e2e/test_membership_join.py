@@ -57,6 +57,23 @@ def wait_for_version(cluster: Cluster, peer: str, version: int, timeout_s: float
     raise AssertionError(f"{peer} did not learn ring version {version} in {timeout_s} s: {seen}")
 
 
+def status_json(cluster: Cluster, peer: str) -> tuple[int, dict[str, Any]]:
+    """`tokenvault status --json` through one peer (the admin key from the environment)."""
+    env = {**os.environ, "TOKENVAULT_KEY": cluster.admin_key}
+    command = [sys.executable, "-m", "tokenvault", "status", "--json", "--url", cluster.url(peer)]
+    result = subprocess.run(
+        [*command, *cluster.cacert_options()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.stdout, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return result.returncode, document
+
+
 def members_show(cluster: Cluster, peer: str) -> dict[str, Any]:
     """`tokenvault members show --json` against one peer (the admin key from the environment)."""
     env = {**os.environ, "TOKENVAULT_KEY": cluster.admin_key}
@@ -92,6 +109,14 @@ def test_a_peer_started_with_join_is_added_then_active(cluster: Cluster) -> None
         shown = members_show(c, peer)
         assert (shown["version"], shown["stable"]) == (3, True), peer
         assert {m["id"]: m["state"] for m in shown["members"]}["n4"] == "active", peer
+    # status through the new peer: all four at version 3, n4 a peer of its table
+    code, status = status_json(c, "n4")
+    assert code == 0, status["problems"]
+    assert [p["id"] for p in status["peers"]] == ["n1", "n2", "n3", "n4"]
+    membership = status["membership"]
+    assert (membership["version"], membership["stable"]) == (3, True)
+    assert membership["versions"] == {"n1": 3, "n2": 3, "n3": 3, "n4": 3}
+    assert membership["transfers"] == [] and status["notes"] == []
     # n1 went through the joint version (n4 joining: not stable) before the finish
     applied = [
         (e["version"], e["stable"]) for e in c.log_events("n1") if e["event"] == "ring_applied"
