@@ -261,7 +261,8 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="show the peers and their states (with --dir, uses the admin key)",
         description=(
             "Show the ring as a table of peers; with the admin key (the default with --dir)"
-            " also every peer's own view and every owner's convergence."
+            " also every peer's own view, the membership (the ring version each peer is at, a"
+            " change pending, one progress line per transfer) and every owner's convergence."
         ),
     )
     status.add_argument("--json", action="store_true", help="print one JSON document")
