@@ -675,6 +675,27 @@ def test_a_peer_whose_members_view_does_not_answer_has_no_ring_version(
     assert [row[-1] for row in _rows(lines, "ID")] == ["RING", "1", "-", "1"]
 
 
+def test_the_transfers_into_a_peer_the_ring_shown_does_not_list_yet_are_shown(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """n3 joins: n1 (asked first, its ring shown) does not know it yet, n2 does; n3 is asked
+    because n2's ring lists it, and its transfer is shown."""
+    cluster.rings["n1"]["peers"] = cluster.rings["n1"]["peers"][:2]
+    cluster.members["n1"] = {**_members(1), "members": _members(1)["members"][:2]}
+    for peer_id in ("n2", "n3"):
+        cluster.members[peer_id] = _members(2, {"n3": "joining"})
+    cluster.members["n3"]["transfers"] = [_transfer("alice", "n3")]
+    code = main(["status", "--url", "127.0.0.1:7401", "--key", "k"], transport=cluster.transport())
+    lines = capsys.readouterr().out.splitlines()
+
+    assert code == EXIT_HEALTHY
+    assert [row[0] for row in _rows(lines, "ID")] == ["ID", "n1", "n2"]
+    assert "members: ring version 2, a change pending: n3 joining (1 transfer)" in lines
+    assert any(line.startswith("  alice into n3 (") for line in lines)
+    assert any(line.startswith("note: peers at different ring versions (n2, n3 at 2; n1 at 1)")
+               for line in lines)  # fmt: skip
+
+
 def test_transfer_progress_is_a_bar_on_a_terminal_and_plain_text_otherwise() -> None:
     membership = membership_status(
         {"n1": {**_members(2, {"n4": "joining"}), "transfers": [_transfer("alice", "n4")]}},

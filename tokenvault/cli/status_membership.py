@@ -7,7 +7,8 @@ Rules (docs/api.md, `status`):
   among equals): a version spreads from the peers that decided it, so the highest is the
   newest. Its members and `stable` are that answer's.
 - A peer answers the transfers into it alone (it is their target): the transfers are the union
-  of every answer, sorted by owner then target.
+  of every answer, sorted by owner then target; a peer that answered counts whether or not the
+  ring shown lists it (a joining peer, when that ring came from a peer not knowing it yet).
 - A pending change (members joining or leaving, transfers running) is no problem: it is shown,
   and the exit code does not change. Peers at different versions are a Note, not a Problem: a
   version reaches every peer within a heartbeat or two, so one status cannot tell a version

@@ -68,7 +68,7 @@ def build_status(probed: Probed, target: Target) -> ClusterStatus:
     probes = {peer_id: probed.probe_of(peer_id, address, target) for peer_id, address in rows}
     rings = _bodies({i: None if p is None else p.ring for i, p in probes.items()})
     nodes = _bodies({i: None if p is None or not admin else p.node for i, p in probes.items()})
-    members = _bodies({i: None if p is None or not admin else p.members for i, p in probes.items()})
+    members = _bodies(_members_answers(probed)) if admin else {}
     membership = membership_status(members, [peer_id for peer_id, _ in rows])
     filling = filling_replicas(membership)
     views = _views_of_peers(rings)
@@ -104,6 +104,16 @@ def build_status(probed: Probed, target: Target) -> ClusterStatus:
         exit_code=exit_code,
         elapsed_s=round(probed.elapsed_s, 3),
     )
+
+
+def _members_answers(probed: Probed) -> dict[str, Answer | None]:
+    """Every peer's members answer, by the id it answered under: those the ring shown does not
+    list too (a peer that joined, when that ring came from a peer not knowing it yet)."""
+    return {
+        peer_id: probed.peers[url].members
+        for peer_id, url in probed.url_of_peer.items()
+        if url in probed.peers
+    }
 
 
 def _peer_entry(peer: dict[str, Any]) -> tuple[str, str]:
