@@ -13,8 +13,9 @@ Rules (docs/api.md, `status`):
   and the exit code does not change. Peers at different versions are a Note, not a Problem: a
   version reaches every peer within a heartbeat or two, so one status cannot tell a version
   spreading from a peer that does not hear the others; only repeated notes can.
-- An owner whose transfer into a replica has not committed yet has that replica `filling`: it
-  is still being copied, so its convergence is judged without it (status_verdict).
+- An owner whose transfer into a replica has not committed yet (FILLING_STATES) has that
+  replica `filling`: it is still being copied, so its convergence is judged without it
+  (status_verdict). A state this version does not know fills nothing: judged as usual.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tokenvault.cli.json_values import float_or_none, int_or_none, list_or_empty
 from tokenvault.cli.status_model import MemberEntry, MembershipStatus, Note, TransferStatus
 
 COMMITTED = "committed"
+FILLING_STATES = ("epochs", "copying", "verifying")  # before the commit: the target is not full
 
 
 def membership_status(
@@ -58,7 +60,7 @@ def filling_replicas(membership: MembershipStatus | None) -> dict[str, list[str]
     """owner -> the replicas a transfer into them still fills (not committed yet)."""
     filling: dict[str, list[str]] = {}
     for transfer in [] if membership is None else membership.transfers:
-        if transfer.state != COMMITTED:
+        if transfer.state in FILLING_STATES:
             filling.setdefault(transfer.owner, []).append(transfer.target)
     return filling
 
