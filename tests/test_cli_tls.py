@@ -152,6 +152,27 @@ def test_renew_certs_replaces_the_chosen_peers_certificates(
     assert (tls_dir / "n2.key").read_bytes() != before["n2.key"]
 
 
+def test_renew_certs_with_an_address_issues_a_joining_peers_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert init(tmp_path / "c", "--tls") == 0
+    tls_dir = tmp_path / "c" / "tls"
+    capsys.readouterr()
+    command = ["renew-certs", "--dir", str(tmp_path / "c"), "--peer", "n4"]
+
+    assert main([*command, "--address", "127.0.0.1:7404"]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"peer n4: {tls_dir / 'n4.pem'} and {tls_dir / 'n4.key'}, valid")
+    assert out[1] == (
+        f"start it with: tokenvault node --config {tmp_path / 'c' / 'cluster.toml'} --id n4"
+        " --address 127.0.0.1:7404 --join"
+    )
+    assert (tls_dir / "n4.pem").exists() and (tls_dir / "n4.key").exists()
+    assert main([*command[:-1], "n1", "--address", "127.0.0.1:7404"]) == 2
+    assert "renew-certs: n1 is in " in capsys.readouterr().err
+
+
 def test_renew_certs_of_a_cluster_without_tls_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,14 @@ import httpx
 import pytest
 
 from tokenvault.cli import main
+from tokenvault.cli.status_membership import membership_status
 from tokenvault.cli.status_model import (
     EXIT_CONFIGURATION,
     EXIT_HEALTHY,
     EXIT_NOT_CONVERGED,
     EXIT_PEERS,
     STATUS_FORMAT,
+    TransferStatus,
 )
 from tokenvault.cli.status_probe import (
     INSPECT_READ_TIMEOUT_S,
@@ -32,6 +35,7 @@ from tokenvault.cli.status_probe import (
     Probed,
 )
 from tokenvault.cli.status_progress import PROGRESS_DELAY_S, ProgressLine
+from tokenvault.cli.status_transfers import print_membership, progress_bar, transfer_line
 from tokenvault.cluster_init import load_keys
 
 PEERS = ("n1", "n2", "n3")
@@ -56,6 +60,7 @@ class FakeCluster:
         self.views: dict[tuple[str, str], str] = {}  # (holder, peer) -> state, else "up"
         self.nodes: dict[str, dict[str, Any]] = {p: _node(p) for p in PEERS}
         self.rings: dict[str, dict[str, Any]] = {p: _ring(p) for p in PEERS}
+        self.members: dict[str, dict[str, Any]] = {p: _members() for p in PEERS}
         self.replicas: dict[tuple[str, str], dict[str, Any]] = {}  # (owner, peer) -> changes
         self.answers: dict[tuple[str, str], httpx.Response] = {}  # (peer, path) -> answer
         self.barrier: threading.Barrier | None = None  # ring requests wait here when set
@@ -90,6 +95,8 @@ class FakeCluster:
             return httpx.Response(200, json=self._ring_of(peer_id))
         if path == "/v1/admin/node":
             return httpx.Response(200, json={**self.nodes[peer_id], "peers": []})
+        if path == "/v1/admin/members":
+            return httpx.Response(200, json=self.members[peer_id])
         if path.startswith("/v1/admin/owners/"):
             return httpx.Response(200, json=self._inspection(path.rsplit("/", 1)[1]))
         return httpx.Response(404, json={"error": {"code": "not_found", "message": "No."}})
@@ -139,6 +146,40 @@ def _ring(holder: str) -> dict[str, Any]:
             {"id": p, "address": _address(p), "state": "up", "for_s": 30.0, "self": p == holder}
             for p in PEERS
         ],
+    }
+
+
+def _members(version: int = 1, states: dict[str, str] | None = None) -> dict[str, Any]:
+    """GET /v1/admin/members: every peer active at `version` unless `states` says otherwise."""
+    states = states or {}
+    members = [
+        {"id": p, "address": _address(p), "state": states.get(p, "active")}
+        for p in (*PEERS, *states.keys() - set(PEERS))
+    ]
+    return {
+        "version": version,
+        "stable": all(m["state"] == "active" for m in members),
+        "members": members,
+        "transfers": [],
+    }
+
+
+def _transfer(owner: str, target: str, **changes: Any) -> dict[str, Any]:
+    """One transfer into `target`, as its GET /v1/admin/members lists it."""
+    return {
+        "owner": owner,
+        "from": ["n1", "n2", "n3"],
+        "to": ["n1", "n2", "n4"],
+        "target": target,
+        "version": 2,
+        "state": "copying",
+        "source": "n1",
+        "mappings_moved": 1200,
+        "bytes_moved": 300_000,
+        "rate_bytes_s": 100_000.0,
+        "eta_s": 9.0,
+        "verified": 0,
+        **changes,
     }
 
 
@@ -226,11 +267,12 @@ def test_a_healthy_converged_cluster_exits_0(
     assert lines[0].startswith("as seen by n")
     assert "ring version af1737aecef992e7, N=3 W=2 R=2 (3 of 3 peers answered in" in lines[0]
     assert _rows(lines, "ID") == [
-        ["ID", "ADDRESS", "STATE", "FOR", "SERVING", "HINTS HELD", "ANTI-ENTROPY"],
-        ["n1", "127.0.0.1:7401", "up", "30s", "serving", "0", "in_sync 0s ago"],
-        ["n2", "127.0.0.1:7402", "up", "30s", "serving", "0", "in_sync 0s ago"],
-        ["n3", "127.0.0.1:7403", "up", "30s", "serving", "0", "in_sync 0s ago"],
+        ["ID", "ADDRESS", "STATE", "FOR", "SERVING", "HINTS HELD", "ANTI-ENTROPY", "RING"],
+        ["n1", "127.0.0.1:7401", "up", "30s", "serving", "0", "in_sync 0s ago", "1"],
+        ["n2", "127.0.0.1:7402", "up", "30s", "serving", "0", "in_sync 0s ago", "1"],
+        ["n3", "127.0.0.1:7403", "up", "30s", "serving", "0", "in_sync 0s ago", "1"],
     ]
+    assert "members: ring version 1, stable (3 active)" in lines
     owners = _rows(lines, "OWNER")
     assert owners[0] == [
         "OWNER",
@@ -261,6 +303,7 @@ def test_every_peer_is_asked_with_short_timeouts_and_the_admin_key(
     for peer_id in PEERS:
         assert cluster.paths(peer_id).count("/v1/ring") == 1
         assert cluster.paths(peer_id).count("/v1/admin/node") == 1
+        assert cluster.paths(peer_id).count("/v1/admin/members") == 1
     owner_requests = [r for r in cluster.requests if r.url.path.startswith("/v1/admin/owners/")]
     assert sorted(r.url.path for r in owner_requests) == [
         "/v1/admin/owners/alice",
@@ -296,7 +339,7 @@ def test_a_paused_peer_is_unreachable_exit_3_and_no_word_in_a_numeric_column(
 
     assert code == EXIT_PEERS  # its owners are not converged either, the peer comes first
     peers = _rows(lines, "ID")
-    assert peers[3] == ["n3", "127.0.0.1:7403", "unreachable", "-", "-", "-", "-"]
+    assert peers[3] == ["n3", "127.0.0.1:7403", "unreachable", "-", "-", "-", "-", "-"]
     alice = [row for row in _rows(lines, "OWNER") if row[0] == "alice"]
     assert alice[2] == ["alice", "NO", "n3", "no", "-", "-", "-", "0"]
     assert "3 problems (exit 3):" in lines
@@ -318,7 +361,7 @@ def test_a_dead_peer_held_down_is_down(
     assert code == EXIT_PEERS
     peers = _rows(lines, "ID")
     assert peers[1][5] == "4 for n2"
-    assert peers[2] == ["n2", "127.0.0.1:7402", "down", "30s", "-", "-", "-"]
+    assert peers[2] == ["n2", "127.0.0.1:7402", "down", "30s", "-", "-", "-", "-"]
     assert (
         [row[2:] for row in _rows(lines, "OWNER")[1:4]]
         == [
@@ -519,6 +562,166 @@ def test_an_inspection_without_answer_is_not_converged(
     assert problem.endswith("answered 503 unavailable: Busy.")
 
 
+# -- the membership --------------------------------------------------------------------------
+
+
+def _a_change_in_progress(cluster: FakeCluster) -> None:
+    """n3 leaving at ring version 2: alice moves to n1 (copying; its replica there holds part of
+    it), bob to n2 (committed)."""
+    for peer_id in PEERS:
+        cluster.members[peer_id] = _members(2, {"n3": "leaving"})
+    cluster.members["n1"]["transfers"] = [_transfer("alice", "n1")]
+    cluster.members["n2"]["transfers"] = [
+        _transfer("bob", "n2", state="committed", eta_s=0.0, rate_bytes_s=0.0)
+    ]
+    cluster.replicas["alice", "n1"] = {"token_count": 2, "digest": "77" * 16}
+
+
+def test_a_change_in_progress_is_shown_and_no_problem(
+    directory: Path, cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _a_change_in_progress(cluster)
+    code, lines = _status(directory, cluster, capsys)
+
+    assert code == EXIT_HEALTHY
+    assert [row[-1] for row in _rows(lines, "ID")] == ["RING", "2", "2", "2"]
+    start = lines.index("members: ring version 2, a change pending: n3 leaving (2 transfers)")
+    assert lines[start + 1 : start + 3] == [
+        "  alice into n1 (n1, n2, n3 -> n1, n2, n4): copying, 1200 mappings, 300.0 kB moved,"
+        " 100.0 kB/s, eta 9s",
+        "  bob into n2 (n1, n2, n3 -> n1, n2, n4): committed, 1200 mappings, 300.0 kB moved",
+    ]
+    # alice's replica on n1 is still being filled: judged without it; bob's committed: with it
+    owners = _rows(lines, "OWNER")
+    assert {row[1] for row in owners if row[0] == "alice"} == {"yes (n1 filling)"}
+    assert {row[1] for row in owners if row[0] == "bob"} == {"yes"}
+    assert not any(line.startswith("note:") for line in lines)
+    assert lines[-1] == (
+        "healthy (exit 0): 3 peers up and serving, one configuration, 2 owners converged;"
+        " a membership change in progress (ring version 2)"
+    )
+
+
+def test_a_filling_replica_does_not_hide_the_others_differing(
+    directory: Path, cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _a_change_in_progress(cluster)
+    cluster.replicas["alice", "n2"] = {"token_count": 4, "digest": "66" * 16}
+    code, lines = _status(directory, cluster, capsys)
+
+    assert code == EXIT_NOT_CONVERGED
+    assert "  alice not converged: replicas differ (n2 4 tokens, n3 5 tokens)" in lines
+
+
+def test_json_holds_the_membership_and_the_transfers(
+    directory: Path, cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _a_change_in_progress(cluster)
+    code, document = _status_json(directory, cluster, capsys)
+
+    assert code == EXIT_HEALTHY
+    membership = document["membership"]
+    assert (membership["version"], membership["stable"]) == (2, False)
+    assert membership["versions"] == {"n1": 2, "n2": 2, "n3": 2}
+    assert membership["members"][2] == {"id": "n3", "address": "127.0.0.1:7403", "state": "leaving"}
+    assert membership["transfers"][0] == {
+        "owner": "alice",
+        "target": "n1",
+        "from_replicas": ["n1", "n2", "n3"],
+        "to_replicas": ["n1", "n2", "n4"],
+        "version": 2,
+        "state": "copying",
+        "source": "n1",
+        "mappings_moved": 1200,
+        "bytes_moved": 300000,
+        "rate_bytes_s": 100000.0,
+        "eta_s": 9.0,
+        "done_fraction": 0.25,  # 300 kB moved, 900 kB left at 100 kB/s for 9 s
+    }
+    assert membership["transfers"][1]["done_fraction"] == 1.0
+    assert [o["filling"] for o in document["owners"]] == [["n1"], []]
+    assert document["notes"] == []
+
+
+def test_peers_at_different_ring_versions_are_a_note_not_a_problem(
+    directory: Path, cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster.members["n1"] = cluster.members["n2"] = _members(3, {"n4": "active"})
+    code, lines = _status(directory, cluster, capsys)
+    _, document = _status_json(directory, cluster, capsys)
+
+    assert code == EXIT_HEALTHY
+    assert [row[-1] for row in _rows(lines, "ID")] == ["RING", "3", "3", "1"]
+    assert "members: ring version 3, stable (4 active)" in lines
+    note = (
+        "peers at different ring versions (n1, n2 at 3; n3 at 1): a new version reaches every"
+        " peer within a heartbeat or two; if the next status still says so, the peers behind"
+        " (n3) do not hear the others (see their logs)"
+    )
+    assert lines[-2:] == [
+        f"note: {note}",
+        "healthy (exit 0): 3 peers up and serving, one configuration, 2 owners converged",
+    ]
+    assert document["notes"] == [{"subject": "membership", "message": note}]
+    assert document["problems"] == []
+
+
+def test_a_peer_whose_members_view_does_not_answer_has_no_ring_version(
+    directory: Path, cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster.answers["n2", "/v1/admin/members"] = httpx.Response(503, json={})
+    code, lines = _status(directory, cluster, capsys)
+    assert code == EXIT_HEALTHY
+    assert [row[-1] for row in _rows(lines, "ID")] == ["RING", "1", "-", "1"]
+
+
+def test_the_transfers_into_a_peer_the_ring_shown_does_not_list_yet_are_shown(
+    cluster: FakeCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """n3 joins: n1 (asked first, its ring shown) does not know it yet, n2 does; n3 is asked
+    because n2's ring lists it, and its transfer is shown."""
+    cluster.rings["n1"]["peers"] = cluster.rings["n1"]["peers"][:2]
+    cluster.members["n1"] = {**_members(1), "members": _members(1)["members"][:2]}
+    for peer_id in ("n2", "n3"):
+        cluster.members[peer_id] = _members(2, {"n3": "joining"})
+    cluster.members["n3"]["transfers"] = [_transfer("alice", "n3")]
+    code = main(["status", "--url", "127.0.0.1:7401", "--key", "k"], transport=cluster.transport())
+    lines = capsys.readouterr().out.splitlines()
+
+    assert code == EXIT_HEALTHY
+    assert [row[0] for row in _rows(lines, "ID")] == ["ID", "n1", "n2"]
+    assert "members: ring version 2, a change pending: n3 joining (1 transfer)" in lines
+    assert any(line.startswith("  alice into n3 (") for line in lines)
+    assert any(line.startswith("note: peers at different ring versions (n2, n3 at 2; n1 at 1)")
+               for line in lines)  # fmt: skip
+
+
+def test_transfer_progress_is_a_bar_on_a_terminal_and_plain_text_otherwise() -> None:
+    membership = membership_status(
+        {"n1": {**_members(2, {"n4": "joining"}), "transfers": [_transfer("alice", "n4")]}},
+        ["n1"],
+    )
+    assert membership is not None
+    terminal, pipe = _Terminal(), io.StringIO()
+    print_membership(membership, terminal)
+    print_membership(membership, pipe)
+
+    assert terminal.getvalue().splitlines() == [
+        "members: ring version 2, a change pending: n4 joining (1 transfer)",
+        "  alice into n4 (n1, n2, n3 -> n1, n2, n4) [#####---------------]  25% copying,"
+        " 1200 mappings, 300.0 kB moved, 100.0 kB/s, eta 9s",
+    ]
+    assert pipe.getvalue().splitlines()[1] == (
+        "  alice into n4 (n1, n2, n3 -> n1, n2, n4): copying, 1200 mappings, 300.0 kB moved,"
+        " 100.0 kB/s, eta 9s"
+    )
+    assert "\x1b" not in terminal.getvalue()
+    unknown = TransferStatus(**{**asdict(membership.transfers[0]), "eta_s": None})
+    assert transfer_line(unknown, bar=True).endswith("eta unknown")  # no estimate: no bar
+    assert "[" not in transfer_line(replace(unknown, done_fraction=None), bar=True)
+    assert progress_bar(1.0) == "[####################] 100%"
+
+
 # -- an owner key, --url ----------------------------------------------------------------------
 
 
@@ -530,6 +733,7 @@ def test_an_owner_key_sees_the_ring_only(
     )
     for peer_id in PEERS:
         cluster.answers[peer_id, "/v1/admin/node"] = forbidden
+        cluster.answers[peer_id, "/v1/admin/members"] = forbidden
     code, lines = _status(directory, cluster, capsys, "--owner", "alice")
 
     assert code == EXIT_HEALTHY
@@ -550,6 +754,7 @@ def test_an_owner_key_sees_rings_that_differ_as_configuration_differs(
     forbidden = httpx.Response(403, json={"error": {"code": "forbidden", "message": "No."}})
     for peer_id in PEERS:
         cluster.answers[peer_id, "/v1/admin/node"] = forbidden
+        cluster.answers[peer_id, "/v1/admin/members"] = forbidden
     cluster.rings["n2"]["version"] = "0123456789abcdef"
     code, lines = _status(directory, cluster, capsys, "--owner", "bob")
     assert code == EXIT_CONFIGURATION
@@ -599,7 +804,9 @@ def test_json_holds_what_the_table_shows(
         "configuration_differs",
         "configurations",
         "owners",
+        "membership",
         "problems",
+        "notes",
         "exit_code",
         "elapsed_s",
     }

@@ -197,6 +197,39 @@ def test_renewal_needs_tls_on_a_known_peer_and_the_cas_key(tls: TlsConfig, tmp_p
         renew_peer_certificates(plain)
 
 
+def test_a_peer_outside_the_file_gets_its_files_for_the_address_given(tls: TlsConfig) -> None:
+    """A peer that joins (`node --join`): its files where `node` looks for them by its id."""
+    config = load_config(tls.base / "cluster.toml")
+    before = {p: tls.cert_path(p).read_bytes() for p in ("n1", "n2", "n3")}
+
+    renewed = renew_peer_certificates(config, ["n4"], address="db4.example:7404")
+
+    assert [peer_id for peer_id, _ in renewed] == ["n4"]
+    assert {p: tls.cert_path(p).read_bytes() for p in ("n1", "n2", "n3")} == before
+    assert stat.S_IMODE(tls.key_path("n4").stat().st_mode) == 0o600
+    peer = load_peer_tls(tls, "n4", now=datetime.now(UTC))  # the cluster CA's, naming n4
+    assert peer.not_valid_after == renewed[0][1]
+    certificate = x509.load_pem_x509_certificate(tls.cert_path("n4").read_bytes())
+    assert certificate_peer_id(certificate) == "n4"
+    names = extension(certificate, x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["db4.example"]
+
+
+def test_an_address_is_for_one_new_peer_alone(tls: TlsConfig) -> None:
+    config = load_config(tls.base / "cluster.toml")
+    with pytest.raises(ConfigError, match=r"n2 is in .*cluster.toml: its certificate is for"):
+        renew_peer_certificates(config, ["n2"], address="127.0.0.1:7409")
+    with pytest.raises(ConfigError, match=r"an address is given for one peer"):
+        renew_peer_certificates(config, ["n4", "n5"], address="127.0.0.1:7409")
+    with pytest.raises(ConfigError, match=r"an address is given for one peer"):
+        renew_peer_certificates(config, [], address="127.0.0.1:7409")
+    with pytest.raises(ConfigError, match=r"'127.0.0.1' is not host:port"):
+        renew_peer_certificates(config, ["n4"], address="127.0.0.1")
+    with pytest.raises(ConfigError, match=r"'n/4' is no peer id"):
+        renew_peer_certificates(config, ["n/4"], address="127.0.0.1:7409")
+    assert not tls.cert_path("n4").exists() and not tls.cert_path("n5").exists()
+
+
 def test_renewal_from_a_new_ca_appended_to_ca_file(tls: TlsConfig, tmp_path: Path) -> None:
     """operations.md's CA rotation, step 3: ca_file holds the old and the new CA."""
     new_ca = new_certificate_authority("local", now=datetime.now(UTC))

@@ -18,6 +18,9 @@ Rules:
 - Renewing is the one place that replaces files: a peer's new certificate and key, issued by
   the CA whose key is tls/ca.key for the peer's address in cluster.toml as it is now, each
   written 0600 to a temporary file, fsync'd, then renamed over the old one.
+- A peer outside cluster.toml (one that joins with `node --join`, or joined) gets its files the
+  same way, for the address given with it, under the names its id gives in [tls] (where `node`
+  looks for them); an id of cluster.toml given an address is refused: its address is the file's.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from tokenvault.config import (
     TLS_KEY_FILE_DEFAULT,
     ClusterConfig,
     ConfigError,
+    PeerConfig,
+    is_valid_peer_id,
+    parse_host_port,
 )
 from tokenvault.quorum.messages import is_valid_owner_id
 from tokenvault.quorum.quorum_config import quorum_problem
@@ -305,26 +311,54 @@ def renew_peer_certificates(
     peer_ids: Sequence[str] = (),
     *,
     ca_key_path: Path | None = None,
+    address: str | None = None,
 ) -> list[tuple[str, datetime]]:
     """New certificates and keys for `peer_ids` (every peer when empty), from the cluster CA,
-    for each peer's address in `config`: (peer id, valid until) of each. ConfigError when TLS
-    is off, a peer is unknown, or the CA's key cannot be read or matches no CA certificate."""
+    for each peer's address in `config`: (peer id, valid until) of each. With `address`: one
+    peer outside cluster.toml (a peer that joins), for that address. ConfigError when TLS is
+    off, a peer is unknown (or, with `address`, not one new peer), or the CA's key cannot be
+    read or matches no CA certificate."""
     from tokenvault.tls_certificates import authority_of, issue_peer_certificate
 
     if config.tls is None:
         raise ConfigError(f"{config.path} has TLS off: there are no certificates to renew")
     tls = config.tls
-    peers = [config.peer(peer_id) for peer_id in peer_ids] or list(config.peers)
+    if address is None:
+        hosts = [(peer.id, peer.host) for peer in _peers_of(config, peer_ids)]
+    else:
+        hosts = [_peer_outside(config, peer_ids, address)]
     key_path = ca_key_path or config.path.parent / TLS_CA_KEY_FILE
     ca = authority_of(tls.ca_path, key_path)
     now = datetime.now(UTC)
     renewed = []
-    for peer in peers:
-        issued = issue_peer_certificate(ca, peer.id, peer.host, now=now)
-        _replace_file(tls.key_path(peer.id), issued.key_pem, _PRIVATE_FILE_MODE)
-        _replace_file(tls.cert_path(peer.id), issued.certificate_pem, _PRIVATE_FILE_MODE)
-        renewed.append((peer.id, issued.not_valid_after))
+    for peer_id, host in hosts:
+        issued = issue_peer_certificate(ca, peer_id, host, now=now)
+        _replace_file(tls.key_path(peer_id), issued.key_pem, _PRIVATE_FILE_MODE)
+        _replace_file(tls.cert_path(peer_id), issued.certificate_pem, _PRIVATE_FILE_MODE)
+        renewed.append((peer_id, issued.not_valid_after))
     return renewed
+
+
+def _peers_of(config: ClusterConfig, peer_ids: Sequence[str]) -> list[PeerConfig]:
+    return [config.peer(peer_id) for peer_id in peer_ids] or list(config.peers)
+
+
+def _peer_outside(config: ClusterConfig, peer_ids: Sequence[str], address: str) -> tuple[str, str]:
+    """(id, host) of the one peer outside cluster.toml that `address` is given for."""
+    if len(peer_ids) != 1:
+        raise ConfigError("an address is given for one peer: name it (and it alone)")
+    (peer_id,) = peer_ids
+    if not is_valid_peer_id(peer_id):
+        raise ConfigError(f"{peer_id!r} is no peer id (1-32 letters, digits, '_' or '-')")
+    if any(peer.id == peer_id for peer in config.peers):
+        raise ConfigError(
+            f"{peer_id} is in {config.path}: its certificate is for the address there"
+            " (renew it without an address)"
+        )
+    host_port = parse_host_port(address)
+    if host_port is None:
+        raise ConfigError(f"{address!r} is not host:port")
+    return peer_id, host_port[0]
 
 
 def _refuse_existing(directory: Path, peers: Sequence[InitPeer], *, tls: bool) -> None:

@@ -27,7 +27,8 @@ import httpx
 
 from tokenvault import ports
 from tokenvault.cli.peer_processes import peer_command
-from tokenvault.cluster_init import init_cluster
+from tokenvault.cluster_init import init_cluster, renew_peer_certificates
+from tokenvault.config import load_config
 from tokenvault.tls import client_context
 
 READY_TIMEOUT_S = 20.0
@@ -98,6 +99,10 @@ class Cluster:
     def url(self, peer_id: str) -> str:
         return f"{'https' if self.tls else 'http'}://{self._addresses[peer_id]}"
 
+    def peer_address(self, peer_id: str) -> str:
+        """host:port, as the ring lists it."""
+        return self._addresses[peer_id]
+
     def cacert_options(self) -> list[str]:
         """The command line's options to trust this cluster's CA (none in plain mode)."""
         return [] if self.ca_path is None else ["--cacert", str(self.ca_path)]
@@ -134,9 +139,13 @@ class Cluster:
 
     def start_joining(self, peer_id: str) -> None:
         """Starts a peer outside cluster.toml with `--join` (it asks to be added) on its own
-        address and data directory, and waits until it answers (/healthz)."""
-        self.reserve_address(peer_id)
+        address and data directory, and waits until it answers (/healthz). In TLS mode its
+        certificate is issued first, as an operator would (`renew-certs --peer ID --address`)."""
+        address = self.reserve_address(peer_id)
         self._data_dirs[peer_id].mkdir(parents=True, exist_ok=True)
+        config = load_config(self.init.config_path)
+        if config.tls is not None and not config.tls.cert_path(peer_id).exists():
+            renew_peer_certificates(config, [peer_id], address=address)
         self.start(peer_id)
         self.wait_ready(peer_id, probe="/healthz")
 

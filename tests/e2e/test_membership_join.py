@@ -5,8 +5,9 @@ commit, and the finish (version 3) makes it `active`: every peer learns it, and 
 members show` says so through any peer, n4's own included. (Under client load, with removes
 and replaces: test_membership_load.py.)
 
-Plain HTTP only: a joining peer's TLS certificate is not issued by `init --tls` or
-`renew-certs` yet (they know cluster.toml's peers).
+In both modes: with TLS, the harness issues n4's certificate first (`renew-certs --peer n4
+--address`, as docs/operations.md says), and n4 serves HTTPS and links to the others over
+mutual TLS with it.
 """
 
 from __future__ import annotations
@@ -56,12 +57,29 @@ def wait_for_version(cluster: Cluster, peer: str, version: int, timeout_s: float
     raise AssertionError(f"{peer} did not learn ring version {version} in {timeout_s} s: {seen}")
 
 
+def status_json(cluster: Cluster, peer: str) -> tuple[int, dict[str, Any]]:
+    """`tokenvault status --json` through one peer (the admin key from the environment)."""
+    env = {**os.environ, "TOKENVAULT_KEY": cluster.admin_key}
+    command = [sys.executable, "-m", "tokenvault", "status", "--json", "--url", cluster.url(peer)]
+    result = subprocess.run(
+        [*command, *cluster.cacert_options()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.stdout, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return result.returncode, document
+
+
 def members_show(cluster: Cluster, peer: str) -> dict[str, Any]:
     """`tokenvault members show --json` against one peer (the admin key from the environment)."""
     env = {**os.environ, "TOKENVAULT_KEY": cluster.admin_key}
     command = [sys.executable, "-m", "tokenvault", "members", "show", "--json"]
     result = subprocess.run(
-        [*command, "--url", cluster.url(peer)],
+        [*command, "--url", cluster.url(peer), *cluster.cacert_options()],
         env=env,
         capture_output=True,
         text=True,
@@ -73,23 +91,16 @@ def members_show(cluster: Cluster, peer: str) -> dict[str, Any]:
     return shown
 
 
-@pytest.fixture
-def plain(cluster: Cluster) -> Cluster:
-    if cluster.tls:
-        pytest.skip("a joining peer has no TLS certificate yet (init --tls issues the file's)")
-    return cluster
-
-
-def test_a_peer_started_with_join_is_added_then_active(plain: Cluster) -> None:
-    c = plain
+def test_a_peer_started_with_join_is_added_then_active(cluster: Cluster) -> None:
+    c = cluster
     c.start_joining("n4")
     address = c.reserve_address("n4")
     finished = wait_for_version(c, "n1", 3, FINISH_TIMEOUT_S)
     states = {m["id"]: (m["address"], m["state"]) for m in finished["members"]}
     assert states == {
-        "n1": (c.url("n1").removeprefix("http://"), "active"),
-        "n2": (c.url("n2").removeprefix("http://"), "active"),
-        "n3": (c.url("n3").removeprefix("http://"), "active"),
+        "n1": (c.peer_address("n1"), "active"),
+        "n2": (c.peer_address("n2"), "active"),
+        "n3": (c.peer_address("n3"), "active"),
         "n4": (address, "active"),
     }
     assert (finished["version"], finished["stable"]) == (3, True)
@@ -98,6 +109,14 @@ def test_a_peer_started_with_join_is_added_then_active(plain: Cluster) -> None:
         shown = members_show(c, peer)
         assert (shown["version"], shown["stable"]) == (3, True), peer
         assert {m["id"]: m["state"] for m in shown["members"]}["n4"] == "active", peer
+    # status through the new peer: all four at version 3, n4 a peer of its table
+    code, status = status_json(c, "n4")
+    assert code == 0, status["problems"]
+    assert [p["id"] for p in status["peers"]] == ["n1", "n2", "n3", "n4"]
+    membership = status["membership"]
+    assert (membership["version"], membership["stable"]) == (3, True)
+    assert membership["versions"] == {"n1": 3, "n2": 3, "n3": 3, "n4": 3}
+    assert membership["transfers"] == [] and status["notes"] == []
     # n1 went through the joint version (n4 joining: not stable) before the finish
     applied = [
         (e["version"], e["stable"]) for e in c.log_events("n1") if e["event"] == "ring_applied"

@@ -79,6 +79,12 @@ def test_a_healthy_converged_cluster_exits_0_and_its_json_agrees(cluster: Cluste
     assert [row[:3] for row in _table_rows(out, "ID")] == [
         [p["id"], p["address"], p["state"]] for p in document["peers"]
     ]
+    # the membership: cluster.toml's peers, version 1, every peer at it (the RING column, last)
+    membership = document["membership"]
+    assert (membership["version"], membership["stable"]) == (1, True)
+    assert membership["versions"] == dict.fromkeys(cluster.peer_ids, 1)
+    assert [row[-1] for row in _table_rows(out, "ID")] == ["1", "1", "1"]
+    assert "members: ring version 1, stable (3 active)" in out.splitlines()
     alice = next(o for o in document["owners"] if o["owner"] == "alice")
     assert alice["converged"] is True
     assert sorted(r["peer"] for r in alice["replicas"]) == cluster.peer_ids

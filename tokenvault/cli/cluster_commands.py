@@ -4,8 +4,10 @@ peers in the foreground; `tokenvault renew-certs` issues new TLS certificates fo
 Rules:
 - `init` prints where it wrote what, and how to start the peers; never an API key.
 - `renew-certs` replaces peers' certificates and keys, and says that each peer must restart
-  to use them (peers read their files only at start). A cluster without TLS, an unknown peer
-  or an unusable CA key is exit code 2.
+  to use them (peers read their files only at start). With --address it issues one peer's
+  outside cluster.toml (a peer that joins) and says how to start it. A cluster without TLS, an
+  unknown peer (or with --address, a peer of cluster.toml) or an unusable CA key is exit
+  code 2.
 - `node` takes its settings from flags, else the environment, else the file (peer_settings.py);
   it checks the configuration, the peer id and, with TLS, the peer's own certificate and
   key (a bad one is exit code 2, like a bad configuration) before it loads the peer's code,
@@ -60,7 +62,9 @@ def renew_certs_command(args: argparse.Namespace, _: httpx.BaseTransport | None)
     config = load_cluster_config(args.dir / CONFIG_NAME)
     peer_ids: list[str] = args.peer or []
     try:
-        renewed = renew_peer_certificates(config, peer_ids, ca_key_path=args.ca_key)
+        renewed = renew_peer_certificates(
+            config, peer_ids, ca_key_path=args.ca_key, address=args.address
+        )
     except ConfigError as error:
         raise CliError(f"renew-certs: {error}", EXIT_USAGE) from error
     except OSError as error:
@@ -71,7 +75,13 @@ def renew_certs_command(args: argparse.Namespace, _: httpx.BaseTransport | None)
             f"peer {peer_id}: {config.tls.cert_path(peer_id)} and {config.tls.key_path(peer_id)},"
             f" valid until {valid_until:%Y-%m-%d}"
         )
-    print("peers read their certificates at start: restart them, one at a time, to use these")
+    if args.address is None:
+        print("peers read their certificates at start: restart them, one at a time, to use these")
+    else:
+        print(
+            f"start it with: tokenvault node --config {config.path} --id {peer_ids[0]}"
+            f" --address {args.address} --join"
+        )
     return EXIT_OK
 
 

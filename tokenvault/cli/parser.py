@@ -99,7 +99,9 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
         description=(
             "Issue a new certificate and key for each --peer (every peer by default) from the"
             " cluster CA, for its address in cluster.toml, and replace its files. Peers read"
-            " them at start: restart each renewed peer, one at a time."
+            " them at start: restart each renewed peer, one at a time. With --address: the"
+            " certificate of one --peer outside cluster.toml, a peer that joins (node --join)"
+            " at that address."
         ),
     )
     renew.add_argument("--dir", type=Path, required=True, help="a cluster made by init --tls")
@@ -108,6 +110,11 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     renew.add_argument(
         "--ca-key", type=Path, metavar="PEM", help="the CA's private key (DIR/tls/ca.key)"
+    )
+    renew.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="for one --peer outside cluster.toml (node --join): its address",
     )
     renew.set_defaults(run=renew_certs_command)
 
@@ -254,7 +261,8 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="show the peers and their states (with --dir, uses the admin key)",
         description=(
             "Show the ring as a table of peers; with the admin key (the default with --dir)"
-            " also every peer's own view and every owner's convergence."
+            " also every peer's own view, the membership (the ring version each peer is at, a"
+            " change pending, one progress line per transfer) and every owner's convergence."
         ),
     )
     status.add_argument("--json", action="store_true", help="print one JSON document")

@@ -1,6 +1,7 @@
-"""`tokenvault status`: ask every peer at once for its ring and, with the admin key, its own view
-and every owner's convergence; print the table (or --json) and exit with a code that says
-whether the cluster is healthy.
+"""`tokenvault status`: ask every peer at once for its ring and, with the admin key, its own view,
+its membership (the ring version it is at, the transfers into it) and every owner's
+convergence; print the table (or --json) and exit with a code that says whether the cluster is
+healthy.
 
 Rules:
 - Peers asked: the --url (then the peers its ring lists), or with --dir every peer of
@@ -9,7 +10,8 @@ Rules:
   an owner's inspection by its 2 s inspection timeout.
 - Exit codes (status_verdict): 0 healthy; 3 a peer unreachable, down, suspect, recovering or not
   ready; 4 configuration differs; 5 an owner not converged; 1 when no peer gave a ring at all
-  (nothing to judge), 2 bad usage.
+  (nothing to judge), 2 bad usage. A membership change in progress changes none of them, and
+  peers at different ring versions are a note (status_membership).
 - With --dir the admin key is the default; an owner's key sees the ring only, which is not an
   error: its status judges the peers' states and rings alone.
 - A progress line goes to stderr while answers are awaited, on a terminal only.

@@ -4,7 +4,8 @@ ClusterStatus (status_verdict builds it), so they cannot disagree; `to_json` is 
 document of docs/api.md.
 
 Exit codes (docs/api.md, `status`): EXIT_HEALTHY without problems; else the first of
-EXIT_CONFIGURATION, EXIT_PEERS, EXIT_NOT_CONVERGED that a problem has (EXIT_PRECEDENCE).
+EXIT_CONFIGURATION, EXIT_PEERS, EXIT_NOT_CONVERGED that a problem has (EXIT_PRECEDENCE). Notes
+(peers at different ring versions) are said and never change the exit code.
 """
 
 from __future__ import annotations
@@ -82,11 +83,56 @@ class ReplicaStatus:
 @dataclass(frozen=True, slots=True)
 class OwnerStatus:
     owner: str
-    converged: bool | None  # None: the inspection did not answer
+    converged: bool | None  # None: the inspection did not answer; filling replicas left out
     epochs_agree: bool | None
     inspected_by: str | None
     error: str | None
     replicas: list[ReplicaStatus]
+    filling: list[str]  # replicas a transfer into them still fills (a membership change)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEntry:
+    id: str
+    address: str
+    state: str  # active / joining / leaving
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStatus:
+    """One transfer, as the peer it fills (its target) answered GET /v1/admin/members."""
+
+    owner: str
+    target: str
+    from_replicas: list[str]  # the owner's old replica set
+    to_replicas: list[str]  # its new one
+    version: int | None  # the ring version whose change it belongs to
+    state: str  # epochs / copying / verifying / committed
+    source: str | None  # the old replica read now
+    mappings_moved: int | None
+    bytes_moved: int | None
+    rate_bytes_s: float | None
+    eta_s: float | None
+    done_fraction: float | None  # estimated: moved / (moved + rate * eta); 1.0 once committed
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipStatus:
+    """The ring's membership, from every peer's GET /v1/admin/members (admin key)."""
+
+    version: int  # the highest version a peer answered
+    stable: bool  # at that version: every member active
+    members: list[MemberEntry]  # at that version
+    versions: dict[str, int | None]  # ring peer id -> the version it is at (None: no answer)
+    transfers: list[TransferStatus]  # into every peer that answered, by owner then target
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something worth saying that is no problem: it never changes the exit code."""
+
+    subject: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +160,9 @@ class ClusterStatus:
     configuration_differs: bool
     configurations: list[ConfigurationGroup]
     owners: list[OwnerStatus]
+    membership: MembershipStatus | None  # None with an owner key, or when no peer answered it
     problems: list[Problem]
+    notes: list[Note]
     exit_code: int
     elapsed_s: float
 

@@ -2,7 +2,8 @@
 what each answered (or why not) collected into a Probed record. Nothing here judges it.
 
 Rules:
-- Every peer is asked `GET /v1/ring` and `GET /v1/admin/node` in parallel, on a pool of at most
+- Every peer is asked `GET /v1/ring`, `GET /v1/admin/node` and `GET /v1/admin/members` (the
+  version it is at, the transfers into it) in parallel, on a pool of at most
   PROBE_WORKERS_MAX threads sharing one httpx client. A request has PROBE_CONNECT_TIMEOUT_S to
   connect (a TLS handshake included) and PROBE_READ_TIMEOUT_S to answer: a paused peer costs
   PROBE_READ_TIMEOUT_S, a dead one a refused connection, and neither holds up the others.
@@ -12,7 +13,8 @@ Rules:
 - The ring is the first ring answer to arrive. The owners are those of the first admin view to
   arrive, each inspected (`GET /v1/admin/owners/{owner}`) at the peer that gave it; an
   inspection waits up to INSPECT_READ_TIMEOUT_S, since a peer waits 1.5 s for a silent replica.
-- A 403 on an admin view means an owner key: no owner is inspected (the ring only).
+- A 403 on an admin view (the node's or the members') means an owner key: no owner is
+  inspected (the ring only).
 - A ring answer that is not an object listing peers (each with an id and an address) counts
   as no answer.
 - An Answer carries a 2xx JSON body, or one line saying why there is none; that line names the
@@ -44,6 +46,7 @@ PROGRESS_INTERVAL_S = 0.1
 
 RING_PATH = "/v1/ring"
 NODE_PATH = "/v1/admin/node"
+MEMBERS_PATH = "/v1/admin/members"
 OWNER_PATH = "/v1/admin/owners/"
 
 
@@ -67,6 +70,10 @@ class PeerProbe:
     url: str
     ring: Answer | None = None
     node: Answer | None = None
+    members: Answer | None = None
+
+    def awaited(self) -> bool:
+        return self.ring is None or self.node is None or self.members is None
 
 
 @dataclass(slots=True)
@@ -89,7 +96,7 @@ class Probed:
 
     def waiting_for(self) -> list[str]:
         """URLs and owners whose answers are still awaited."""
-        waiting = [p.url for p in self.peers.values() if p.ring is None or p.node is None]
+        waiting = [p.url for p in self.peers.values() if p.awaited()]
         return waiting + [owner for owner, answer in self.owners.items() if answer is None]
 
 
@@ -98,7 +105,7 @@ ProgressCallback = Callable[[Probed], None]
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    kind: str  # "ring", "node" or "owner"
+    kind: str  # "ring", "node", "members" or "owner"
     url: str
     owner: str = ""
 
@@ -146,6 +153,7 @@ class _Asking:
         self._probed.peers[url] = PeerProbe(url=url)
         self._submit(_Job("ring", url), RING_PATH, PROBE_READ_TIMEOUT_S)
         self._submit(_Job("node", url), NODE_PATH, PROBE_READ_TIMEOUT_S)
+        self._submit(_Job("members", url), MEMBERS_PATH, PROBE_READ_TIMEOUT_S)
 
     def take(self, future: Future[Answer]) -> None:
         job = self.pending.pop(future)
@@ -166,6 +174,10 @@ class _Asking:
                 probed.ring, probed.ring_url = answer.body, job.url
             if answer.ok:
                 self._ask_the_ring(answer.body)
+        elif job.kind == "members":
+            probe.members = answer
+            if answer.status == 403:
+                probed.owner_key = True
         else:
             probe.node = answer
             if answer.status == 403:

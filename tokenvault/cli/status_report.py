@@ -1,6 +1,7 @@
 """The text of `tokenvault status`, rendered from a ClusterStatus: a line on the ring, a table of
-its peers, a warning when they read different configurations, a table of the owners' replicas,
-then the verdict: `healthy` or the problems found, with the exit code.
+its peers, a warning when they read different configurations, the membership (its version,
+a change pending, one progress line per transfer: status_transfers), a table of the owners'
+replicas, then the notes and the verdict: `healthy` or the problems found, with the exit code.
 
 Rules:
 - Renders the ClusterStatus and nothing else (--json dumps the same record), so the two agree.
@@ -16,6 +17,7 @@ import json
 from typing import TextIO
 
 from tokenvault.cli.status_model import ClusterStatus, OwnerStatus, PeerStatus
+from tokenvault.cli.status_transfers import print_membership
 
 DIGEST_SHOWN_CHARS = 8
 UNKNOWN = "-"
@@ -31,10 +33,13 @@ def print_status(status: ClusterStatus, out: TextIO) -> None:
         f" in {status.elapsed_s:.1f} s)",
         file=out,
     )
+    versions = None if status.membership is None else status.membership.versions
     header: tuple[str, ...] = ("ID", "ADDRESS", "STATE", "FOR")
     if status.admin:
         header += ("SERVING", "HINTS HELD", "ANTI-ENTROPY")
-    rows = [header] + [_peer_row(peer, status.admin) for peer in status.peers]
+    if versions is not None:  # last: the columns before keep their places
+        header += ("RING",)
+    rows = [header] + [_peer_row(peer, status.admin, versions) for peer in status.peers]
     _print_table(rows, out)
     if status.configuration_differs:
         groups = "; ".join(
@@ -45,10 +50,15 @@ def print_status(status: ClusterStatus, out: TextIO) -> None:
             " messages. Give every peer the same cluster.toml.",
             file=out,
         )
+    if status.membership is not None:
+        print("", file=out)
+        print_membership(status.membership, out)
     if status.owners:
         print("", file=out)
         _print_table(_owner_rows(status.owners), out)
     print("", file=out)
+    for note in status.notes:
+        print(f"note: {note.message}", file=out)
     _print_verdict(status, out)
 
 
@@ -73,7 +83,9 @@ def serving_text(peer: PeerStatus) -> str:
     )
 
 
-def _peer_row(peer: PeerStatus, admin: bool) -> tuple[str, ...]:
+def _peer_row(
+    peer: PeerStatus, admin: bool, versions: dict[str, int | None] | None
+) -> tuple[str, ...]:
     row: tuple[str, ...] = (
         peer.id,
         peer.address,
@@ -82,6 +94,8 @@ def _peer_row(peer: PeerStatus, admin: bool) -> tuple[str, ...]:
     )
     if admin:
         row += (serving_text(peer), _hints_text(peer), _anti_entropy_text(peer))
+    if versions is not None:
+        row += (_text(versions.get(peer.id)),)
     return row
 
 
@@ -110,6 +124,8 @@ def _owner_rows(owners: list[OwnerStatus]) -> list[tuple[str, ...]]:
     ]
     for owner in owners:
         converged = {True: "yes", False: "NO", None: "unknown"}[owner.converged]
+        if owner.filling:
+            converged += f" ({', '.join(owner.filling)} filling)"
         if not owner.replicas:
             rows.append((owner.owner, converged, *(UNKNOWN,) * 6))
         for replica in owner.replicas:
@@ -137,6 +153,10 @@ def _print_verdict(status: ClusterStatus, out: TextIO) -> None:
             if status.admin
             else f"{peers} up, one ring (an owner key: no admin views)"
         )
+        if status.membership is not None and not status.membership.stable:
+            checked += (
+                f"; a membership change in progress (ring version {status.membership.version})"
+            )
         print(f"healthy (exit 0): {checked}", file=out)
         return
     print(f"{_count(len(status.problems), 'problem')} (exit {status.exit_code}):", file=out)

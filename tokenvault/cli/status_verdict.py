@@ -14,7 +14,10 @@ Rules (the contract of docs/api.md, `status`):
   other (they look down), and a peer down leaves its owners unconverged, so the cause outranks
   its consequences.
 - Hints held and anti-entropy passes are shown, never problems: hints drain and passes repeat
-  on their own once the peers are up, which the problems above already cover.
+  on their own once the peers are up, which the problems above already cover. So is a
+  membership change in progress (status_membership): its joining or leaving members and its
+  transfers are shown; a replica a transfer still fills is left out of its owner's
+  convergence; peers at different ring versions are a Note, which never changes the exit code.
 - With an owner key there are no admin views: only peer states and ring versions are judged.
 """
 
@@ -22,6 +25,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenvault.cli.json_values import (
+    bool_or_none,
+    dict_or_none,
+    float_or_none,
+    int_or_none,
+    str_or_none,
+)
+from tokenvault.cli.status_membership import (
+    filling_replicas,
+    membership_notes,
+    membership_status,
+)
 from tokenvault.cli.status_model import (
     EXIT_CONFIGURATION,
     EXIT_HEALTHY,
@@ -53,6 +68,9 @@ def build_status(probed: Probed, target: Target) -> ClusterStatus:
     probes = {peer_id: probed.probe_of(peer_id, address, target) for peer_id, address in rows}
     rings = _bodies({i: None if p is None else p.ring for i, p in probes.items()})
     nodes = _bodies({i: None if p is None or not admin else p.node for i, p in probes.items()})
+    members = _bodies(_members_answers(probed)) if admin else {}
+    membership = membership_status(members, [peer_id for peer_id, _ in rows])
+    filling = filling_replicas(membership)
     views = _views_of_peers(rings)
     peers = [
         _peer_status(peer_id, address, probes[peer_id], ring, views.get(peer_id, {}), admin)
@@ -60,7 +78,7 @@ def build_status(probed: Probed, target: Target) -> ClusterStatus:
     ]
     groups = _configuration_groups(peers, admin)
     owners = [
-        _owner_status(owner, answer, nodes, probed)
+        _owner_status(owner, answer, nodes, probed, filling.get(owner, []))
         for owner, answer in sorted(probed.owners.items())
     ]
     problems = _peer_problems(peers) + _configuration_problems(groups) + _owner_problems(owners)
@@ -68,10 +86,10 @@ def build_status(probed: Probed, target: Target) -> ClusterStatus:
     exit_code = next((code for code in EXIT_PRECEDENCE if code in codes), EXIT_HEALTHY)
     summary = RingSummary(
         seen_by=str(ring.get("peer", "?")),
-        version=_str_or_none(ring.get("version")),
-        replicas=_int_or_none(ring.get("replicas")),
-        write_quorum=_int_or_none(ring.get("write_quorum")),
-        read_quorum=_int_or_none(ring.get("read_quorum")),
+        version=str_or_none(ring.get("version")),
+        replicas=int_or_none(ring.get("replicas")),
+        write_quorum=int_or_none(ring.get("write_quorum")),
+        read_quorum=int_or_none(ring.get("read_quorum")),
     )
     return ClusterStatus(
         ring=summary,
@@ -80,10 +98,22 @@ def build_status(probed: Probed, target: Target) -> ClusterStatus:
         configuration_differs=len(groups) > 1,
         configurations=groups,
         owners=owners,
+        membership=membership,
         problems=problems,
+        notes=membership_notes(membership),
         exit_code=exit_code,
         elapsed_s=round(probed.elapsed_s, 3),
     )
+
+
+def _members_answers(probed: Probed) -> dict[str, Answer | None]:
+    """Every peer's members answer, by the id it answered under: those the ring shown does not
+    list too (a peer that joined, when that ring came from a peer not knowing it yet)."""
+    return {
+        peer_id: probed.peers[url].members
+        for peer_id, url in probed.url_of_peer.items()
+        if url in probed.peers
+    }
 
 
 def _peer_entry(peer: dict[str, Any]) -> tuple[str, str]:
@@ -141,17 +171,17 @@ def _peer_status(
         id=peer_id,
         address=address,
         state=state,
-        for_s=_float_or_none(for_s),
+        for_s=float_or_none(for_s),
         views=held,
         answered=answered,
         error=None if answered else _why_unanswered(asked),
         serving=serving,
-        ready=_bool_or_none(None if node is None else node.get("ready")),
-        readiness=None if node is None else _str_or_none(node.get("readiness")),
-        recovery=_dict_or_none(None if node is None else node.get("recovery")),
-        uptime_s=_float_or_none(None if node is None else node.get("uptime_s")),
-        cluster_fingerprint=None if node is None else _str_or_none(node.get("cluster_fingerprint")),
-        ring_version=None if own_ring is None else _str_or_none(own_ring.get("version")),
+        ready=bool_or_none(None if node is None else node.get("ready")),
+        readiness=None if node is None else str_or_none(node.get("readiness")),
+        recovery=dict_or_none(None if node is None else node.get("recovery")),
+        uptime_s=float_or_none(None if node is None else node.get("uptime_s")),
+        cluster_fingerprint=None if node is None else str_or_none(node.get("cluster_fingerprint")),
+        ring_version=None if own_ring is None else str_or_none(own_ring.get("version")),
         hints_held=None if node is None else _hints_held(node),
         anti_entropy=None if node is None else _anti_entropy(node),
     )
@@ -199,7 +229,11 @@ def _configuration_groups(peers: list[PeerStatus], admin: bool) -> list[Configur
 
 
 def _owner_status(
-    owner: str, answer: Answer | None, nodes: dict[str, dict[str, Any]], probed: Probed
+    owner: str,
+    answer: Answer | None,
+    nodes: dict[str, dict[str, Any]],
+    probed: Probed,
+    filling: list[str],
 ) -> OwnerStatus:
     hints_for: dict[str, int] = {}
     for node in nodes.values():
@@ -211,19 +245,33 @@ def _owner_status(
     view = _body(answer)
     if view is None:
         error = "not answered" if answer is None or answer.error is None else answer.error
-        return OwnerStatus(owner, None, None, inspected_by, error, [])
+        return OwnerStatus(owner, None, None, inspected_by, error, [], filling)
     replicas = [
         _replica_status(r, hints_for.get(str(r.get("peer")), 0) if nodes else None)
         for r in view.get("replicas", [])
         if isinstance(r, dict)
     ]
+    converged = view.get("converged") is True
+    if filling:  # judged without the replicas still being filled, as the peer cannot know
+        converged = _agree([r for r in replicas if r.peer not in filling])
     return OwnerStatus(
         owner=owner,
-        converged=view.get("converged") is True,
-        epochs_agree=_bool_or_none(view.get("epochs_agree")),
+        converged=converged,
+        epochs_agree=bool_or_none(view.get("epochs_agree")),
         inspected_by=inspected_by,
         error=None,
         replicas=replicas,
+        filling=filling,
+    )
+
+
+def _agree(replicas: list[ReplicaStatus]) -> bool:
+    """Every replica answered, with one digest and one decided epoch."""
+    return (
+        bool(replicas)
+        and all(r.answered for r in replicas)
+        and len({r.digest for r in replicas}) == 1
+        and len({(r.active_epoch, r.active_epoch_id) for r in replicas}) == 1
     )
 
 
@@ -232,10 +280,10 @@ def _replica_status(replica: dict[str, Any], hints_for_it: int | None) -> Replic
     return ReplicaStatus(
         peer=str(replica.get("peer", "?")),
         answered=answered,
-        active_epoch=_int_or_none(replica.get("active_epoch")) if answered else None,
-        active_epoch_id=_str_or_none(replica.get("active_epoch_id")) if answered else None,
-        token_count=_int_or_none(replica.get("token_count")) if answered else None,
-        digest=_str_or_none(replica.get("digest")) if answered else None,
+        active_epoch=int_or_none(replica.get("active_epoch")) if answered else None,
+        active_epoch_id=str_or_none(replica.get("active_epoch_id")) if answered else None,
+        token_count=int_or_none(replica.get("token_count")) if answered else None,
+        digest=str_or_none(replica.get("digest")) if answered else None,
         hints_for_it=hints_for_it,
     )
 
@@ -285,8 +333,9 @@ def _owner_problems(owners: list[OwnerStatus]) -> list[Problem]:
 
 
 def _why_not_converged(owner: OwnerStatus) -> str:
-    silent = [r.peer for r in owner.replicas if not r.answered]
-    answered = [r for r in owner.replicas if r.answered]
+    judged = [r for r in owner.replicas if r.peer not in owner.filling]
+    silent = [r.peer for r in judged if not r.answered]
+    answered = [r for r in judged if r.answered]
     reasons = [f"{', '.join(silent)} did not answer"] if silent else []
     if len({r.digest for r in answered}) > 1:
         reasons.append(
@@ -299,23 +348,3 @@ def _why_not_converged(owner: OwnerStatus) -> str:
             "epochs differ (" + ", ".join(f"{r.peer} {r.active_epoch}" for r in answered) + ")"
         )
     return "; ".join(reasons) or "the replicas' views differ"
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _bool_or_none(value: Any) -> bool | None:
-    return value if isinstance(value, bool) else None
-
-
-def _dict_or_none(value: Any) -> dict[str, Any] | None:
-    return value if isinstance(value, dict) else None
