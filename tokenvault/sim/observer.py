@@ -45,11 +45,16 @@ from tokenvault.quorum.records import (
     read_decided,
     read_epoch_meta,
 )
+from tokenvault.quorum.ring_records import RING_PREFIX
 from tokenvault.sim.durable import SIM_SEALER
 from tokenvault.sim.network import describe_ballot, describe_value, short_token
+from tokenvault.sim.observation import Observation
+from tokenvault.sim.ring_log import RingLog
 
 Write = tuple[bytes, bytes | None]
-WATCHED_PREFIXES = frozenset((ACCEPTOR_PREFIX, DECIDED_PREFIX, EPOCH_META_PREFIX, HINT_PREFIX))
+WATCHED_PREFIXES = frozenset(
+    (ACCEPTOR_PREFIX, DECIDED_PREFIX, EPOCH_META_PREFIX, HINT_PREFIX, RING_PREFIX)
+)
 DurableMapping = Callable[[str, str, str], Mapping | None]  # (peer, owner, token)
 
 
@@ -59,18 +64,6 @@ def is_watched(key: bytes) -> bool:
 
 # One write a peer's tokenize started: the peer core reports it in its step.
 WriteAttempt = TokenizeAttempt
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Observation:
-    """A rule broken inside a peer, seen when it happened."""
-
-    invariant: str
-    summary: str
-    at_s: float
-    peers: tuple[str, ...] = ()
-    op_ids: tuple[str, ...] = ()  # operations it involves (the proposers of ballots and values)
-    tokens: tuple[str, ...] = ()  # tokens it involves
 
 
 def _proposers(*items: Ballot | EpochValue | None) -> tuple[str, ...]:
@@ -125,6 +118,7 @@ class Observer:
         self.hints_written = 0
         self.hints_deleted = 0
         self.promises_seen = 0
+        self.ring: RingLog | None = None  # the ring records and decides (cluster.py attaches)
 
     def attach(self, durable_mapping: DurableMapping) -> None:
         """How to read a peer's durable mapping (the cluster, once its peers exist)."""
@@ -158,6 +152,8 @@ class Observer:
         # Its hints are gone with it; hints others hold for it can no longer be judged (what
         # it acknowledged before the wipe it no longer holds).
         self._hints = {k: v for k, v in self._hints.items() if peer not in (k[0], v[0])}
+        if self.ring is not None:
+            self.ring.on_wipe(peer)
 
     def on_durable(self, peer: str, writes: Iterable[Write], at_s: float) -> None:
         """Records that just became durable on peer, in the order they were staged."""
@@ -171,6 +167,8 @@ class Observer:
                 self._on_meta(peer, key, raw, at_s)
             elif prefix == HINT_PREFIX:
                 self._on_hint(peer, key, raw, at_s)
+            elif prefix == RING_PREFIX and self.ring is not None:
+                self.ring.on_durable(peer, key, raw, at_s)
 
     def _observe(
         self,
