@@ -388,6 +388,8 @@ def _check_reads_never_go_back(state: CheckInput, ops: list[Operation], report: 
 def _check_convergence(state: CheckInput, ops: list[Operation], report: _Report) -> None:
     replicas = {r.peer: r for r in state.replicas}
     for replica in state.replicas:
+        if not replica.judged:
+            continue  # outside the learned ring: its operator stops it
         problems = []
         if not replica.up:
             problems.append("is down")
@@ -455,7 +457,7 @@ def _check_full_convergence(state: CheckInput, ops: list[Operation], report: _Re
             window_s=None if started is None else (started, started + state.convergence_bound_s),
         )
     for replica in state.replicas:
-        if replica.hints_pending:
+        if replica.hints_pending and replica.judged:
             report.add(
                 "convergence",
                 f"peer {replica.peer} still holds {replica.hints_pending} hint(s) at the end",

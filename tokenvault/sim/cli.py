@@ -58,6 +58,13 @@ def add_sim_parser(
         help="client operations per run (%(default)s)",
     )
     parser.add_argument(
+        "--membership",
+        type=int,
+        default=_DEFAULTS.membership_changes,
+        metavar="N",
+        help="membership changes (joins, removes, replaces) drawn from the seed (%(default)s)",
+    )
+    parser.add_argument(
         "--check-determinism",
         action="store_true",
         help="run every seed twice and compare the digests",
@@ -97,6 +104,7 @@ def run_sim_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 peer_count=args.peers,
                 owner_count=args.owners,
                 operation_count=args.ops,
+                membership_changes=args.membership,
                 require_full_convergence=not args.no_full_convergence,
             )
             for seed in range(args.seed, args.seed + args.seeds)

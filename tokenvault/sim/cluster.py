@@ -57,6 +57,7 @@ class ReplicaState:
     active_epochs: dict[str, EpochValue] = field(default_factory=dict)  # owners it replicates
     merkle_roots: dict[str, str] = field(default_factory=dict)  # owners it replicates
     hints_pending: int = 0
+    judged: bool = True  # placed on the learned ring: its convergence is judged
 
 
 def address_of(peer_id: str) -> str:
@@ -141,6 +142,22 @@ class SimCluster:
         """Every peer but the retired ones."""
         return [p for p in self.peers.values() if p.peer_id not in self.retired]
 
+    def judged(self) -> list[SimPeer]:
+        """The running peers the ring places owners on (members, and the members a change not
+        yet drained removed): those whose convergence is judged. A peer outside (removed and
+        drained: its operator stops it; a spare never let in) is not."""
+        placed = self.ring().peers()
+        return [p for p in self.running() if p.peer_id in placed]
+
+    def serving_members(self) -> tuple[str, ...]:
+        """The members of the learned ring that run and serve: where the liveness reads go."""
+        members = self.members()
+        return tuple(
+            p.peer_id
+            for p in self.running()
+            if members.member(p.peer_id) is not None and p.core.state == "serving"
+        )
+
     def ring(self) -> RingPlacement:
         """The placements of the highest ring version any peer learned."""
         membership = self.ring_log.highest()
@@ -159,6 +176,14 @@ class SimCluster:
             )
             self._placements[key] = ring
         return ring
+
+    def hints_pending(self, peer: SimPeer) -> int:
+        """Hints `peer` holds for a target that may still take them (not one retired: a dead
+        replaced member; its copies are the transfer's to rebuild, not the hints')."""
+        if not self.retired:
+            return peer.core.hints.pending_total()
+        held = peer.core.hints.statistics()
+        return sum(h.hints for h in held if h.target not in self.retired)
 
     def members(self) -> Membership:
         return self.ring_log.highest()
@@ -284,13 +309,13 @@ class SimCluster:
             and not peer.store.has_unsynced()
             and not peer.held_effects()
             and not peer.operations_in_flight()
-            for peer in self.running()
+            for peer in self.judged()
         )
 
     def converged(self) -> bool:
         """Every peer idle, up and serving, no hint pending, every owner's replicas alike."""
-        running = self.running()
-        if not self.quiet() or any(p.core.hints.pending_total() for p in running):
+        running = self.judged()
+        if not self.quiet() or any(self.hints_pending(p) for p in running):
             return False
         if any(p.core.state != "serving" for p in running):
             return False  # a wiped peer still recovering
@@ -315,9 +340,10 @@ class SimCluster:
         return [error for peer in self.peers.values() for error in peer.core_errors]
 
     def snapshot(self) -> tuple[ReplicaState, ...]:
-        return tuple(self._state_of(peer) for peer in self.running())
+        judged = {p.peer_id for p in self.judged()}
+        return tuple(self._state_of(peer, peer.peer_id in judged) for peer in self.running())
 
-    def _state_of(self, peer: SimPeer) -> ReplicaState:
+    def _state_of(self, peer: SimPeer, judged: bool) -> ReplicaState:
         up = peer.state is PeerState.UP
         replicated = [o for o in self._config.owner_ids if peer.peer_id in self.preference_list(o)]
 
@@ -332,5 +358,6 @@ class SimCluster:
             acceptor_slots=peer.durable.acceptor_slots(),
             active_epochs={o: peer.core.acceptor.active_epoch(o) for o in replicated} if up else {},
             merkle_roots={o: peer.core.replica.digests.root(o) for o in replicated} if up else {},
-            hints_pending=peer.core.hints.pending_total() if up else 0,
+            hints_pending=self.hints_pending(peer) if up else 0,
+            judged=judged,
         )

@@ -248,10 +248,10 @@ class Phases:
             # The liveness reads go through random peers once every peer serves: a peer still
             # recovering a lost store rightly refuses clients (a real client tries another
             # peer), and a recovery that never ends fails the convergence bound instead.
-            if all(p.core.state == "serving" for p in cluster.peers.values()):
+            if all(p.core.state == "serving" for p in cluster.judged()):
                 self._checks_started = True
                 engine.record("liveness reads")
-                workload.start_checks()
+                workload.start_checks(cluster.serving_members())
         elif self.phase is _Phase.LIVENESS and workload.checks_done() and self._settled():
             assert self.liveness_started_s is not None
             self.converged_after_s = engine.now_s - self.liveness_started_s

@@ -210,9 +210,11 @@ class Workload:
     def finished(self) -> bool:
         return self._remaining == 0 and not any(c.busy for c in self._clients)
 
-    def start_checks(self) -> None:
-        """The liveness phase: one read per owner, through a random peer, of every token a
+    def start_checks(self, peers: Sequence[str] | None = None) -> None:
+        """The liveness phase: one read per owner, through a random peer (of `peers`, the
+        members of the learned ring that serve; the bootstrap's by default), of every token a
         tokenize acknowledged or a read returned."""
+        through = tuple(peers) if peers else self.peer_ids
         wanted: dict[str, dict[str, None]] = {owner: {} for owner in self._owners}
         for op in self.history:
             if op.outcome is not Outcome.OK:
@@ -223,7 +225,7 @@ class Workload:
                 wanted[op.owner].update(dict.fromkeys(m.token for m in op.found if m is not None))
         for owner, tokens in wanted.items():
             if tokens:
-                peer = self._checker_rng.choice(self.peer_ids)
+                peer = self._checker_rng.choice(through)
                 checker = _Client(self, f"check-{owner}", self._owners[owner])
                 self._checkers.append(checker)
                 checker.check(peer, tuple(tokens))
