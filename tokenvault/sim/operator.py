@@ -13,9 +13,10 @@ Rules:
   other peer lost copies it has not got back; else the member is replaced alive
   (`replace-dead-as-live`).
 - An answer that is not final (refused `change_pending`, `timeout`, `contended`, a peer down
-  or reset, or no answer within ANSWER_TIMEOUT_S) is asked again after RETRY_S through another voter, until the fault window ends;
-  then the change is given up (`abandoned`). Changes are indeterminate like any ring change:
-  the ring records (ring_log.py) say what was decided, not the answers.
+  or reset, or no answer within ANSWER_TIMEOUT_S) is asked again after RETRY_S through another
+  voter, until the fault window ends; then the change is given up (`abandoned`). Changes are
+  indeterminate like any ring change: the ring records (ring_log.py) say what was decided, not
+  the answers.
 - Every step is a log line (`ring-change`, `ring-answer`), so it is in the digest.
 """
 
