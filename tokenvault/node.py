@@ -332,8 +332,8 @@ class Node:
         source than `certified_source` (the peer its TLS certificate names) when given."""
         source, messages = decode_batch(body)
         require_source(credential, source)
-        if not self.core.is_peer(source):
-            raise CodecError("batch from an unknown peer")
+        if not self.core.admits(source, messages):
+            raise CodecError("batch from a peer outside the ring naming more than ring messages")
         if certified_source is not None and source != certified_source:
             raise CodecError("batch whose source is not the peer its certificate names")
         self._batch_rules.check(source, messages)

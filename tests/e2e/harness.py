@@ -77,6 +77,7 @@ class Cluster:
         self.owner_keys: dict[str, str] = keys["owners"]
         self.peer_ids = [p.id for p in self.init.peers]
         self._addresses = {p.id: p.address for p in self.init.peers}
+        self._data_dirs = {p.id: p.data_dir for p in self.init.peers}
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         (directory / "logs").mkdir(exist_ok=True)
 
@@ -115,10 +116,29 @@ class Cluster:
         assert peer_id not in self._processes or self._processes[peer_id].poll() is not None
         log = open(self.directory / "logs" / f"{peer_id}.log", "ab")  # noqa: SIM115
         command = peer_command(config_path or self.init.config_path, peer_id)
+        if peer_id not in self.peer_ids:  # a peer that joined: its own address and directory
+            command += ["--address", self._addresses[peer_id], "--join"]
+            command += ["--data-dir", str(self._data_dirs[peer_id])]
         self._processes[peer_id] = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL
         )
         log.close()
+
+    def reserve_address(self, peer_id: str) -> str:
+        """A free loopback address for a peer that is not in cluster.toml (one that joins)."""
+        if peer_id not in self._addresses:
+            (port,) = ports.free_ports(1)
+            self._addresses[peer_id] = f"127.0.0.1:{port}"
+            self._data_dirs[peer_id] = self.directory / "data" / peer_id
+        return self._addresses[peer_id]
+
+    def start_joining(self, peer_id: str) -> None:
+        """Starts a peer outside cluster.toml with `--join` (it asks to be added) on its own
+        address and data directory, and waits until it answers (/healthz)."""
+        self.reserve_address(peer_id)
+        self._data_dirs[peer_id].mkdir(parents=True, exist_ok=True)
+        self.start(peer_id)
+        self.wait_ready(peer_id, probe="/healthz")
 
     def start_all(self) -> None:
         for peer_id in self.peer_ids:
@@ -180,6 +200,13 @@ class Cluster:
         stat = Path(f"/proc/{self.pid(peer_id)}/stat").read_text()
         fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def data_dir(self, peer_id: str) -> Path:
+        return self._data_dirs[peer_id]
+
+    def started_peers(self) -> list[str]:
+        """Every peer this cluster ever started a process for."""
+        return list(self._processes)
 
     def pid(self, peer_id: str) -> int:
         return self._processes[peer_id].pid

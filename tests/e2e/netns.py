@@ -304,6 +304,7 @@ class NetnsCluster(Cluster):
         self.owner_keys = keys["owners"]
         self.peer_ids = [p.id for p in self.init.peers]
         self._addresses = {p.id: p.address for p in self.init.peers}
+        self._data_dirs = {p.id: p.data_dir for p in self.init.peers}
         self._processes = {}
         (directory / "logs").mkdir(exist_ok=True)
 

@@ -46,6 +46,7 @@ class Cores:
         self.queue: deque[tuple[str, str, Message]] = deque()
         self.answers: dict[str, ClientAnswer] = {}
         self.cut: set[str] = set()  # peers whose messages are lost, both ways
+        self.refused: list[tuple[str, str, Message]] = []  # batches a driver would drop
         for peer in peers:
             self.start(peer)
 
@@ -88,6 +89,9 @@ class Cores:
             assert steps < STEPS_MAX, "the cores do not settle"
             source, destination, message = self.queue.popleft()
             if source in self.cut or destination in self.cut or destination not in self.cores:
+                continue
+            if not self.cores[destination].admits(source, [message]):
+                self.refused.append((source, destination, message))
                 continue
             self.act(destination, self.cores[destination].receive(source, [message], self.now))
 
@@ -220,6 +224,20 @@ def test_a_member_that_was_down_learns_the_ring_from_heartbeats_after_a_restart(
     cores.cut.clear()
     cores.advance(3.0)
     assert cores.cores["p2"].membership == done.membership
+
+
+def test_a_peer_behind_learns_the_ring_from_a_joining_peer_it_alone_hears() -> None:
+    cores = Cores()
+    cores.cut.add("p3")  # p3 misses the add
+    done = cores.change("p1", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    cores.advance(3.0)
+    assert cores.cores["p4"].membership == done.membership
+    cores.cut = {"p1", "p2"}  # p3 back, hearing only from p4, a stranger to its ring
+    assert not cores.cores["p3"].is_peer("p4")
+    cores.advance(3.0)
+    assert cores.cores["p3"].membership == done.membership
+    assert not [m for s, d, m in cores.refused if d == "p3" and s == "p4"], "nothing dropped"
 
 
 @pytest.mark.parametrize("peer", ["p1", "p2", "p3"])

@@ -266,16 +266,11 @@ def _only_from(sender: str, to: str) -> Callable[[Envelope], bool]:
     return predicate
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peer core: a RingFetch goes to whichever peer gossiped a higher version, but the"
-    " answer of a sender outside the fetching peer's learned ring is no batch the core admits"
-    " (PeerCore.receive's contract, node.py's BatchRules): the peer behind never learns from"
-    " it (the lead fixes peer_core.py / ring_register.py)",
-)
 def test_a_peer_behind_learns_the_ring_from_a_peer_outside_its_ring() -> None:
     """p1 misses a join (it hears only p6, the joining peer) and then hears the new version
-    only from p6: it fetches from p6, and must learn from p6's answer."""
+    only from p6: it fetches from p6, and learns from p6's answer (a decided membership is
+    admitted from any authenticated peer: PeerCore.admits; before, it was refused and p1 never
+    learned while it heard only p6)."""
     scenario = Scenario(SCENARIO)
     scenario.drop(_only_from("p6", "p1"), "p1-hears-only-p6")
     scenario.membership(MembershipAction(at_s=1.0, kind=ChangeKind.JOIN, draw=0))
@@ -283,7 +278,8 @@ def test_a_peer_behind_learns_the_ring_from_a_peer_outside_its_ring() -> None:
     scenario.at(7.9, lambda: learned.append(scenario.cluster.ring_log.learned_version("p1")))
     result = scenario.run(heal_at_s=8.0)
     assert result.cluster is not None
-    assert any("refuse-batch p6->p1" in line for line in result.log)
+    assert any("deliver p6->p1 RingDecide" in line for line in result.log)
+    assert not any("refuse-batch p6->p1" in line for line in result.log)
     assert learned == [2]
 
 

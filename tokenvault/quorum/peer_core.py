@@ -119,6 +119,9 @@ from tokenvault.ring.membership import AddMember, FinishChange, Membership, Memb
 from tokenvault.ring.transfer_plan import plan_transfers
 from tokenvault.store.storage import Storage, StorageError
 
+# What a peer outside this peer's learned ring may send (`PeerCore.admits`).
+STRANGER_MESSAGE_TYPES = (Heartbeat, RingJoin, RingFetch, RingDecide)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerLimits:
@@ -445,14 +448,20 @@ class PeerCore:
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def receive(self, source: str, messages: Sequence[Message], now: float) -> Step:
-        """Messages from `source` (a ring peer, or this peer's own `local` output; from any
-        other authenticated peer, only join requests, ring fetches and heartbeats)."""
-        assert (
+    def admits(self, source: str, messages: Sequence[Message]) -> bool:
+        """Whether a driver may deliver this batch: from a ring peer (or this peer's own
+        `local` output) anything; from any other authenticated peer only what a stranger may
+        send: heartbeats, join requests, ring fetches and decided memberships (a peer behind
+        fetches the ring from whoever gossiped a later version, a joining peer too)."""
+        return (
             source == self.peer_id
             or self.is_peer(source)
-            or all(isinstance(m, RingJoin | RingFetch | Heartbeat) for m in messages)
-        ), "the driver admits batches of ring peers only"
+            or all(isinstance(m, STRANGER_MESSAGE_TYPES) for m in messages)
+        )
+
+    def receive(self, source: str, messages: Sequence[Message], now: float) -> Step:
+        """Messages from `source`, a batch the driver admitted (`admits`)."""
+        assert self.admits(source, messages), "the driver admits what `admits` allows only"
         self._now = now
         step = Step()
         if source != self.peer_id:

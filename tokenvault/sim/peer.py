@@ -27,10 +27,10 @@ Rules (the driver's part, as node.py's):
 - A lost write-ahead log tail (`crash_losing_wal_tail`) is a crash after which the store is
   found damaged: the restart replaces it with an empty one, as node.py does with a store that
   LevelDB reports corrupt (the synced writes of its lost tail go with it).
-- Admission, as node.py's: a batch from a peer the core does not count as one of its ring
-  (`PeerCore.is_peer`) is refused (`refuse-batch`), unless it holds only what the core takes
-  from any authenticated peer (join requests, ring fetches, heartbeats). Judged when the batch
-  is taken in, against the ring the core holds then.
+- Admission, as node.py's: a batch the core does not admit (`PeerCore.admits`: a stranger to
+  its learned ring may send only heartbeats, join requests, ring fetches and decided
+  memberships) is refused (`refuse-batch`). Judged when the batch is taken in, against the
+  ring the core holds then.
 - Membership changes (`admin_request`) are the operator's, not a client's: answered by a
   `RingDone` to their own sink (or `Refused` when down, `Reset` when the peer crashed).
 """
@@ -48,14 +48,11 @@ from tokenvault.quorum.messages import (
     Accept,
     Envelope,
     EpochValue,
-    Heartbeat,
     InsertRequest,
     Mapping,
     Message,
     Origin,
     RingDecide,
-    RingFetch,
-    RingJoin,
     RingVote,
 )
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
@@ -80,7 +77,6 @@ from tokenvault.store.memory_store import MemoryStore
 
 AdminAnswer = RingDone | Refused | Reset
 AdminSink = Callable[[AdminAnswer], None]
-FROM_ANY_PEER = (RingJoin, RingFetch, Heartbeat)  # what the core takes from a non-ring peer
 DEFERRED_INPUTS_MAX = 100_000  # inputs waiting for a paused peer
 DISK_FULL_RETRY_S = 0.5  # a failed sync is tried again after this (node.py backs off to 1 s)
 
@@ -253,7 +249,8 @@ class SimPeer:
         return lambda: self._enter(text, action, incarnation)
 
     def _on_messages(self, source: str, messages: list[Message]) -> None:
-        if not self._admits(source, messages):
+        if not self.core.admits(source, messages):
+            # the node refuses such a batch (node.py): it never reaches the core
             self._engine.record(f"refuse-batch {source}->{self.peer_id} not-a-ring-peer")
             return
         step = self.core.receive(source, messages, self._engine.now_s)
@@ -262,14 +259,6 @@ class SimPeer:
             if repair is not None:
                 self._strike(StrikeOn.REPAIR, repair.op_id)
         self._act(step)
-
-    def _admits(self, source: str, messages: list[Message]) -> bool:
-        """node.py's admission: a ring peer's batch, or only what any peer may send."""
-        return (
-            source == self.peer_id
-            or self.core.is_peer(source)
-            or all(isinstance(m, FROM_ANY_PEER) for m in messages)
-        )
 
     def _on_client_request(self, request: ClientRequest, sink: AnswerSink) -> None:
         self._clients[request.op_id] = sink
