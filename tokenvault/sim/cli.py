@@ -151,6 +151,8 @@ def _run_one(config: SimConfig, args: argparse.Namespace, out: TextIO) -> tuple[
         ok = ok and same
     if not result.passed:
         print(f"  faults: {result.mix}", file=out)
+        for change in result.changes:
+            print(f"  {change}", file=out)
         for violation in result.violations:
             print(_indent(violation.render()), file=out)
     if not ok:
@@ -176,6 +178,11 @@ def _summary(result: SimResult, wall_s: float) -> str:
         f" ops {stats.operations} attempts {stats.attempts} (ok {stats.ok}, fail {stats.failed},"
         f" indeterminate {stats.indeterminate}) events {stats.events}"
         f" virtual {stats.virtual_s:.1f} s wall {wall_s:.3f} s {rate:.0f} ops/s"
+        + (
+            f" ring v{stats.ring_version} changes {stats.ring_changes_done}/{stats.ring_changes}"
+            if stats.ring_changes
+            else ""
+        )
     )
 
 
