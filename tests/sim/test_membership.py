@@ -11,11 +11,13 @@ MEMBERSHIP_LONG_SEEDS seeds or more.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import pytest
 
 from tests.sim.conftest import SWEEP_SEEDS_DEFAULT, sweep_seed_count
+from tokenvault.quorum import ring_register
 from tokenvault.quorum.client_operations import ChangeMembership
 from tokenvault.quorum.effects import RingDone
 from tokenvault.quorum.messages import Ballot, Envelope
@@ -298,3 +300,31 @@ def test_a_change_through_a_peer_whose_disk_is_full_is_answered() -> None:
     scenario.at(1.0, lambda: peer.admin_request(operation, answers.append))
     scenario.run(heal_at_s=8.0)
     assert [type(a) for a in answers] == [RingDone]
+
+
+def _dueling_changes() -> SimResult:
+    """Three removes asked at once through three peers: three proposers of version 2."""
+    scenario = Scenario(dataclasses.replace(SCENARIO, membership_changes=0))
+    answers: list[AdminAnswer] = []
+    for via, removed in (("p1", "p5"), ("p2", "p4"), ("p3", "p2")):
+        operation = ChangeMembership(op_id=f"duel-{via}", change=RemoveMember(id=removed))
+        peer = scenario.cluster.peers[via]
+        scenario.at(1.0, functools.partial(peer.admin_request, operation, answers.append))
+    result = scenario.run(heal_at_s=5.0)
+    assert len(answers) == 3
+    return result
+
+
+def test_dueling_changes_decide_one_membership() -> None:
+    result = _dueling_changes()
+    assert result.passed, "\n".join(v.render() for v in result.violations)
+    assert result.cluster is not None and result.cluster.members().version == 2
+
+
+def test_a_ring_acceptor_that_forgets_its_votes_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mutation *forgetful-ring-acceptor* (production code, quorum/ring_register.py: every
+    acceptor slot reads back empty, so promises and acceptances are forgotten): the dueling
+    proposers each get a value chosen for version 2."""
+    monkeypatch.setattr(ring_register, "read_ring_slot", lambda storage, version: RingSlot())
+    result = _dueling_changes()
+    assert "one-membership-per-version" in {v.invariant for v in result.violations}

@@ -9,7 +9,8 @@ the observer keeps what that takes:
 - Every epoch value an Accept carried when a peer sent it.
 - The durable stream of every peer: at each sync, the records it made durable, in the order they
   were staged (`on_durable`), for the kinds the invariants watch: acceptor slots (`a`), decided
-  values (`d`), epoch metas (`e`) and hints (`h`). A crash throws away what was staged, so only
+  values (`d`), epoch metas (`e`) and hints (`h`); ring records (`r`) go to the ring log
+  (`ring`, ring_log.py) the cluster attaches. A crash throws away what was staged, so only
   what a peer could have answered from is seen, across restarts too.
 
 Invariants judged as the stream arrives (each becomes an `Observation`; the checker reports it):
