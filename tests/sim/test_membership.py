@@ -36,9 +36,11 @@ from tokenvault.ring.membership import (
     RemoveMember,
     apply_change,
 )
+from tokenvault.sim.checker import CheckInput, check
 from tokenvault.sim.cli import main
 from tokenvault.sim.client import RequestKind
-from tokenvault.sim.config import SimConfig
+from tokenvault.sim.config import MEMBERSHIP_FINISH_CHECKED, SimConfig
+from tokenvault.sim.history import History
 from tokenvault.sim.membership_faults import ChangeKind, MembershipAction, plan_membership
 from tokenvault.sim.peer import AdminAnswer
 from tokenvault.sim.ring_log import RingLog
@@ -328,3 +330,30 @@ def test_a_ring_acceptor_that_forgets_its_votes_is_caught(monkeypatch: pytest.Mo
     monkeypatch.setattr(ring_register, "read_ring_slot", lambda storage, version: RingSlot())
     result = _dueling_changes()
     assert "one-membership-per-version" in {v.invariant for v in result.violations}
+
+
+def test_owners_on_final_ring_holds_a_run_to_the_finished_ring() -> None:
+    """Behind MEMBERSHIP_FINISH_CHECKED in a run; here on a hand-made final state: a final ring
+    still joint, a member behind it, and an acknowledged write on one replica of the final
+    list are each reported."""
+    bootstrap = Scenario(SCENARIO).cluster.bootstrap
+    joint = apply_change(bootstrap, AddMember(id="p6", address="p6.sim:7000"))
+    state = CheckInput(
+        history=History(),
+        replicas=(),
+        preference_lists={},
+        write_quorum=2,
+        require_finish=True,
+        final_ring=joint,
+        ring_drained=False,
+        ring_learned={"p1": 2, "p2": 1},
+    )
+    found = [v for v in check(state) if v.invariant == "owners-on-final-ring"]
+    assert len(found) == 2
+    assert "not finished" in found[0].summary and "p2:v1" in found[1].summary
+    finished = apply_change(joint, FinishChange())
+    fine = dataclasses.replace(
+        state, final_ring=finished, ring_drained=True, ring_learned={"p1": 3, "p2": 3}
+    )
+    assert [v for v in check(fine) if v.invariant == "owners-on-final-ring"] == []
+    assert not MEMBERSHIP_FINISH_CHECKED or SimConfig(seed=1).require_finish
