@@ -47,7 +47,7 @@ from tokenvault.quorum.records import (
     read_epoch_meta,
 )
 from tokenvault.quorum.ring_records import RING_PREFIX
-from tokenvault.sim.durable import SIM_SEALER
+from tokenvault.sim.durable import SIM_SEALER, OneRecord
 from tokenvault.sim.network import describe_ballot, describe_value, short_token
 from tokenvault.sim.observation import Observation
 from tokenvault.sim.ring_log import RingLog
@@ -85,18 +85,6 @@ class _Slot:
     accepts: dict[Ballot, dict[EpochValue, set[str]]] = field(default_factory=dict)
     decided: dict[EpochValue, list[str]] = field(default_factory=dict)
     reported_split: bool = False
-
-
-class _OneRecord:
-    """A StorageReader holding one record: to decode it with the records helpers."""
-
-    __slots__ = ("_key", "_raw")
-
-    def __init__(self, key: bytes, raw: bytes | None) -> None:
-        self._key, self._raw = key, raw
-
-    def get(self, key: bytes) -> bytes | None:
-        return self._raw if key == self._key else None
 
 
 def _owner_and_slot(key: bytes) -> tuple[str, int]:
@@ -199,7 +187,7 @@ class Observer:
 
     def _on_acceptor(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
         owner, slot = _owner_and_slot(key)
-        state = read_acceptor_slot(_OneRecord(key, raw), owner, slot)
+        state = read_acceptor_slot(OneRecord(key, raw), owner, slot)
         where = (peer, owner, slot)
         self.promises_seen += 1
         before = self._promised.get(where, ZERO_BALLOT)
@@ -247,7 +235,7 @@ class Observer:
 
     def _on_decided(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
         owner, slot = _owner_and_slot(key)
-        value = read_decided(_OneRecord(key, raw), owner, slot)
+        value = read_decided(OneRecord(key, raw), owner, slot)
         if value is None:
             self._observe(
                 "one-value-per-slot",
@@ -283,7 +271,7 @@ class Observer:
 
     def _on_meta(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
         owner = key[2:].decode()
-        meta = read_epoch_meta(_OneRecord(key, raw), owner)
+        meta = read_epoch_meta(OneRecord(key, raw), owner)
         before = self._meta.get((peer, owner), EpochMeta())
         if meta.decided_slot < before.decided_slot or meta.fence_slot < before.fence_slot:
             self._observe(

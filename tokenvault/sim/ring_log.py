@@ -33,6 +33,7 @@ from tokenvault.quorum.ring_records import (
     version_of_slot_key,
 )
 from tokenvault.ring.membership import Membership, is_successor
+from tokenvault.sim.durable import OneRecord
 from tokenvault.sim.observation import Observation
 
 CLAIMS_KEPT_MAX = 4  # where a membership was claimed decided: the first few, for the report
@@ -44,18 +45,6 @@ def describe_membership(membership: Membership) -> str:
         m.id + ("" if m.state == "active" else f"({m.state})") for m in membership.members
     )
     return f"v{membership.version}[{members}]"
-
-
-class _OneRecord:
-    """A StorageReader holding one record."""
-
-    __slots__ = ("_key", "_raw")
-
-    def __init__(self, key: bytes, raw: bytes) -> None:
-        self._key, self._raw = key, raw
-
-    def get(self, key: bytes) -> bytes | None:
-        return self._raw if key == self._key else None
 
 
 @dataclass(slots=True)
@@ -83,12 +72,12 @@ class RingLog:
             return  # an acceptor slot dropped once a later version was learned
         try:
             if key == LEARNED_KEY:
-                learned = read_learned(_OneRecord(key, raw))
+                learned = read_learned(OneRecord(key, raw))
                 assert learned is not None
                 self._on_learned(peer, learned, at_s)
             elif key.startswith(RING_ACCEPTOR_PREFIX):
                 version = version_of_slot_key(key)
-                slot = read_ring_slot(_OneRecord(key, raw), version)
+                slot = read_ring_slot(OneRecord(key, raw), version)
                 if slot.accepted_value is not None:
                     self._on_accepted(peer, version, slot.accepted_value)
         except StorageCorrupt:
