@@ -150,6 +150,11 @@ class SimCluster:
         placed = self.ring().peers()
         return [p for p in self.running() if p.peer_id in placed]
 
+    def client_peers(self) -> tuple[str, ...]:
+        """The members of the learned ring that exist (a spare is started before it is named):
+        whom clients talk to once the ring changes."""
+        return tuple(m.id for m in self.members().members if m.id in self.peers)
+
     def serving_members(self) -> tuple[str, ...]:
         """The members of the learned ring that run and serve: where the liveness reads go."""
         members = self.members()

@@ -190,7 +190,13 @@ def run_simulation(
     )
     operator.start()
     history = History()
-    workload = Workload(config=config, engine=engine, history=history, gateway=cluster)
+    workload = Workload(
+        config=config,
+        engine=engine,
+        history=history,
+        gateway=cluster,
+        client_peers=cluster.client_peers if config.membership_changes else None,
+    )
     workload.start()
     return finish_run(
         config=config,

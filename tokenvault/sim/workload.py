@@ -175,13 +175,20 @@ def record_timeout(history: History, engine: Engine, client: str, op_id: str) ->
 
 class Workload:
     def __init__(
-        self, *, config: SimConfig, engine: Engine, history: History, gateway: Gateway
+        self,
+        *,
+        config: SimConfig,
+        engine: Engine,
+        history: History,
+        gateway: Gateway,
+        client_peers: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
         self.history = history
         self.gateway = gateway
         self.peer_ids = config.peer_ids
+        self._client_peers = client_peers
         self._remaining = config.operation_count
         self.values = tuple(
             f"v{index}" for index in range(max(VALUES_MIN, config.operation_count // 10))
@@ -235,6 +242,11 @@ class Workload:
 
     # -- shared by clients ---------------------------------------------------------------------
 
+    def peers(self) -> Sequence[str]:
+        """The peers clients talk to now: the bootstrap's, or (`client_peers`, with membership
+        changes) the members of the ring the cluster learned, as an operator tells clients."""
+        return self.peer_ids if self._client_peers is None else self._client_peers()
+
     def take_operation(self) -> bool:
         if self._remaining == 0:
             return False
@@ -277,7 +289,7 @@ class _Client:
         owner = self._owner
         read_next, self._read_next = self._read_next, ()
         draw = self._rng.random()
-        peer = self._rng.choice(self._workload.peer_ids)
+        peer = self._rng.choice(self._workload.peers())
         if read_next and self._rng.random() < READ_AFTER_GIVING_UP_SHARE:
             self._intent = _Intent(kind=OperationKind.DETOKENIZE, tokens=read_next)
         elif not owner.answered or draw < TOKENIZE_SHARE:
@@ -301,7 +313,7 @@ class _Client:
         owner = self._owner
         owner.bursts += 1
         size = self._rng.randint(*BURST_SIZE)
-        peers = self._rng.sample(list(self._workload.peer_ids), size)
+        peers = self._rng.sample(list(self._workload.peers()), size)
         intent = _Intent(
             kind=OperationKind.ROTATE,
             expected_epoch=self._expected(),
@@ -427,7 +439,7 @@ class _Client:
         if retry:
             peer = intent.last_peer
             if self._rng.random() < OTHER_PEER_ON_RETRY_SHARE:
-                peer = self._rng.choice(self._workload.peer_ids)
+                peer = self._rng.choice(self._workload.peers())
             backoff_s = self._rng.uniform(*BACKOFF_S) * intent.attempts
             self._engine.after(backoff_s, functools.partial(self._attempt, peer))
             return
