@@ -17,6 +17,7 @@ from tokenvault.config import (
     cluster_fingerprint,
     load_config,
 )
+from tokenvault.node import peer_limits
 from tokenvault.quorum.quorum_config import QuorumConfig
 
 
@@ -42,6 +43,7 @@ def test_what_each_peer_may_set_for_itself_does_not_count(config: ClusterConfig)
         peers=tuple(reversed(moved)),
         owners=tuple(reversed(rekeyed)),
         anti_entropy_interval_s=0.0,
+        transfer_rate_mb_s=1.5,
         admin_key_sha256="1" * 64,
         secret=b"x" * 32,
     )
@@ -95,3 +97,22 @@ def test_the_secret_file_may_be_named_by_the_environment(
         load_config(init.config_path)
     monkeypatch.delenv(SECRET_FILE_ENVIRONMENT_VARIABLE)
     assert load_config(init.config_path).secret != b"e" * 32
+
+
+def test_the_transfer_rate_defaults_to_10_mb_s_and_is_bounded(
+    config: ClusterConfig, tmp_path: Path
+) -> None:
+    assert config.transfer_rate_mb_s == 10.0
+    text = config.path.read_text()
+    assert "[cluster]\n" in text
+    for rate, valid in (("2.5", True), ("0", False), ("true", False), ('"fast"', False)):
+        config.path.write_text(
+            text.replace("[cluster]\n", f"[cluster]\ntransfer_rate_mb_s = {rate}\n")
+        )
+        if valid:
+            loaded = load_config(config.path)
+            assert loaded.transfer_rate_mb_s == float(rate)
+            assert peer_limits(loaded).transfer.rate_bytes_s == float(rate) * 1_000_000
+        else:
+            with pytest.raises(ConfigError, match="transfer_rate_mb_s"):
+                load_config(config.path)

@@ -103,6 +103,7 @@ class ClusterConfig:
     owners: tuple[OwnerConfig, ...]
     admin_key_sha256: str
     anti_entropy_interval_s: float = 1.0  # 0 turns anti-entropy off (for measurements)
+    transfer_rate_mb_s: float = 10.0  # what a peer's transfers may read, MB (10^6 bytes) a second
     tls: TlsConfig | None = None  # None: plain HTTP
 
     def peer(self, peer_id: str) -> PeerConfig:
@@ -182,13 +183,8 @@ def parse_config(
     vnodes = _int(cluster, "vnodes_per_peer", 64)
     if not 1 <= vnodes <= 4096:
         raise ConfigError("[cluster] vnodes_per_peer must be between 1 and 4096")
-    anti_entropy_interval_s = cluster.get("anti_entropy_interval_s", 1.0)
-    if (
-        not isinstance(anti_entropy_interval_s, int | float)
-        or isinstance(anti_entropy_interval_s, bool)
-        or not 0 <= anti_entropy_interval_s <= 3600
-    ):
-        raise ConfigError("[cluster] anti_entropy_interval_s must be between 0 and 3600")
+    anti_entropy_interval_s = _number(cluster, "anti_entropy_interval_s", 1.0, (0, 3600))
+    transfer_rate_mb_s = _number(cluster, "transfer_rate_mb_s", 10.0, (0.01, 10_000))
     peers = tuple(_peer(entry, base) for entry in _array(raw, "peer"))
     if not peers:
         raise ConfigError("the configuration lists no [[peer]]")
@@ -215,7 +211,8 @@ def parse_config(
         peers=peers,
         owners=owners,
         admin_key_sha256=admin_hash,
-        anti_entropy_interval_s=float(anti_entropy_interval_s),
+        anti_entropy_interval_s=anti_entropy_interval_s,
+        transfer_rate_mb_s=transfer_rate_mb_s,
         tls=_tls(raw, base),
     )
 
@@ -243,6 +240,14 @@ def _int(table: dict[str, Any], key: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"[cluster] {key} must be an integer")
     return value
+
+
+def _number(table: dict[str, Any], key: str, default: float, bounds: tuple[float, float]) -> float:
+    value = table.get(key, default)
+    low, high = bounds
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"[cluster] {key} must be between {low:g} and {high:g}")
+    return float(value)
 
 
 def _sha256(table: dict[str, Any], where: str) -> str:

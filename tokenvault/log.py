@@ -51,6 +51,9 @@ WARNING_EVENTS = frozenset(
         "hint_dropped",
         "epoch_operation_failed",
         "client_operation_expired",
+        "transfer_page_corrupt",  # a transfer page failed its checksum: asked again
+        "transfer_source_replaced",  # a transfer's source went silent: the next one goes on
+        "transfer_record_corrupt",  # a source sent a record that fails verification: skipped
     }
 )
 # The common outcomes of a write: one line per step, with counts (module rules).

@@ -67,6 +67,7 @@ from tokenvault.quorum.effects import EpochDone, Failure, ReadDone, WriteDone
 from tokenvault.quorum.messages import RING_MESSAGE_TYPES, Heartbeat, InsertRequest, Message
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.recovery import Phase
+from tokenvault.quorum.transfer import BYTES_PER_MB, TransferLimits
 from tokenvault.ring.membership import bootstrap_membership
 from tokenvault.store.damage import Damage, move_aside
 from tokenvault.store.leveldb_store import LevelDBStore, OpenedStore, StoreWriteFailed, open_store
@@ -145,6 +146,7 @@ def peer_limits(config: ClusterConfig) -> PeerLimits:
     return PeerLimits(
         anti_entropy=AntiEntropyLimits(pass_interval_s=interval_s or 1.0),
         anti_entropy_enabled=interval_s > 0,
+        transfer=TransferLimits(rate_bytes_s=config.transfer_rate_mb_s * BYTES_PER_MB),
     )
 
 

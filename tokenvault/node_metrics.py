@@ -25,7 +25,13 @@ from tokenvault.store.leveldb_store import LevelDBStore
 OUTCOMES = ("ok", *(failure.value for failure in Failure))
 # Alarms by name (log.py counts any `*conflict*` event an alarm too): alerted on from 0.
 CONFLICT_EVENTS = frozenset(
-    {"anti_entropy_conflict", "hint_conflict", "mapping_conflict", "peer_protocol_conflict"}
+    {
+        "anti_entropy_conflict",
+        "hint_conflict",
+        "mapping_conflict",
+        "peer_protocol_conflict",
+        "transfer_conflict",
+    }
 )
 ALERTED_EVENTS = ALARM_EVENTS | WARNING_EVENTS | CONFLICT_EVENTS
 

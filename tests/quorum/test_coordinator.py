@@ -21,6 +21,7 @@ from tokenvault.quorum.effects import (
     TimerKind,
     WriteDone,
 )
+from tokenvault.quorum.hinted_handoff import HintedHandoff
 from tokenvault.quorum.invariants import InvariantViolation
 from tokenvault.quorum.messages import (
     Envelope,
@@ -31,6 +32,7 @@ from tokenvault.quorum.messages import (
     ReadReply,
     ReadRequest,
 )
+from tokenvault.quorum.placement import OwnerPlacement
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import encode_mapping, mapping_key
 from tokenvault.quorum.replica import Replica
@@ -60,8 +62,11 @@ class Network:
         quorum: QuorumConfig = N3_W2_R2,
         limits: CoordinatorLimits = LIMITS,
         replicas: tuple[str, ...] = REPLICAS,
+        placement: OwnerPlacement | None = None,  # of `replicas` at version 0 when None
     ) -> None:
         self.quorum = quorum
+        self.placement = placement or OwnerPlacement.stable(replicas)
+        replicas = self.placement.replicas
         self.replica_ids = replicas
         self.stores = {r: MemoryStore() for r in replicas}
         self.replicas = {
@@ -96,7 +101,7 @@ class Network:
             self.coordinator.start_write(
                 op_id=op_id,
                 owner=OWNER,
-                replicas=self.replica_ids,
+                placement=self.placement,
                 mappings=mappings,
                 now=self.now,
             )
@@ -105,7 +110,11 @@ class Network:
     def read(self, op_id: str, *tokens: str) -> Effects:
         return self.absorb(
             self.coordinator.start_read(
-                op_id=op_id, owner=OWNER, replicas=self.replica_ids, tokens=tokens, now=self.now
+                op_id=op_id,
+                owner=OWNER,
+                placement=self.placement,
+                tokens=tokens,
+                now=self.now,
             )
         )
 
@@ -552,11 +561,19 @@ def test_wrong_preference_list_asserts() -> None:
     coordinator = Coordinator(peer_id=COORD, quorum=N3_W2_R2)
     with pytest.raises(AssertionError):
         coordinator.start_write(
-            op_id="w", owner=OWNER, replicas=("r1", "r2"), mappings=[mapping()], now=0.0
+            op_id="w",
+            owner=OWNER,
+            placement=OwnerPlacement.stable(("r1", "r2")),
+            mappings=[mapping()],
+            now=0.0,
         )
     with pytest.raises(AssertionError):
         coordinator.start_read(
-            op_id="q", owner=OWNER, replicas=("r1", "r1", "r2"), tokens=["t"], now=0.0
+            op_id="q",
+            owner=OWNER,
+            placement=OwnerPlacement.stable(("r1", "r1", "r2")),
+            tokens=["t"],
+            now=0.0,
         )
     assert coordinator.operations_in_flight() == 0
 
@@ -632,22 +649,39 @@ operation_strategy = st.tuples(
 )
 
 
+# A moved owner: old set r1..r3, new set r3..r5 (two peers replaced), or r1, r2, r4 (one).
+JOINT = OwnerPlacement(old=REPLICAS, new=("r3", "r4", "r5"), version=7)
+ONE_MOVED = OwnerPlacement(old=REPLICAS, new=("r1", "r2", "r4"), version=7)
+FINISHING = OwnerPlacement(old=REPLICAS, new=("r3", "r4", "r5"), reads_new=True, version=8)
+PLACEMENTS = (OwnerPlacement.stable(REPLICAS), JOINT, ONE_MOVED, FINISHING)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     operations=st.lists(operation_strategy, min_size=1, max_size=6),
-    preload=st.lists(st.tuples(st.sampled_from(REPLICAS), st.sampled_from(TOKENS)), max_size=3),
+    placement=st.sampled_from(PLACEMENTS),
+    preload=st.lists(
+        st.tuples(st.sampled_from(JOINT.replicas), st.sampled_from(TOKENS)), max_size=4
+    ),
     data=st.data(),
 )
 def test_acknowledged_writes_and_returned_reads_are_durable_on_w(
     operations: list[tuple[str, list[str], int]],
+    placement: OwnerPlacement,
     preload: list[tuple[str, str]],
     data: st.DataObject,
 ) -> None:
-    net = Network()
+    """Whatever is delivered, dropped or late: a success means W durable holders in EACH set."""
+    net = Network(placement=placement)
     w = net.quorum.write_quorum
     for replica, token in preload:  # leftovers of writes that failed or were never acked
-        if net.stores[replica].get(mapping_key(OWNER, token)) is None:
+        if replica in net.stores and net.stores[replica].get(mapping_key(OWNER, token)) is None:
             net.put_durably(replica, candidate(token, 0))
+
+    def held_in_each(m: Mapping) -> bool:
+        holders = net.durable_holders(m)
+        return all(len(holders & set(s)) >= w for s in placement.quorum_sets)
+
     started: dict[str, tuple[Mapping, ...]] = {}
     seen_replies = 0
 
@@ -656,11 +690,11 @@ def test_acknowledged_writes_and_returned_reads_are_durable_on_w(
         for reply in net.replies[seen_replies:]:
             if isinstance(reply, WriteDone) and reply.failure is None:
                 for m in started[reply.op_id]:
-                    assert len(net.durable_holders(m)) >= w
+                    assert held_in_each(m)
             if isinstance(reply, ReadDone) and reply.failure is None:
                 for held in reply.mappings:
                     if held is not None:
-                        assert len(net.durable_holders(held)) >= w
+                        assert held_in_each(held)
         seen_replies = len(net.replies)
 
     queue = list(operations)
@@ -697,7 +731,7 @@ def test_acknowledged_writes_and_returned_reads_are_durable_on_w(
             net.now = max(net.now, timer.due)
             net.absorb(net.coordinator.on_timer(timer, net.now))
         else:
-            replica = data.draw(st.sampled_from(REPLICAS), label="toggle")
+            replica = data.draw(st.sampled_from(net.replica_ids), label="toggle")
             net.down ^= {replica}
         check_new_replies()
 
@@ -723,7 +757,7 @@ def test_a_quorum_the_failure_detector_holds_down_gets_a_short_deadline() -> Non
     effects = coordinator.start_write(
         op_id="w",
         owner=OWNER,
-        replicas=REPLICAS,
+        placement=OwnerPlacement.stable(REPLICAS),
         mappings=[mapping()],
         now=0.0,
         down=frozenset({"r2", "r3"}),
@@ -732,7 +766,12 @@ def test_a_quorum_the_failure_detector_holds_down_gets_a_short_deadline() -> Non
     assert deadlines == [LIMITS.down_grace_s]
     assert len(effects.messages) == 3  # still asked: a peer just back may answer in time
     effects = coordinator.start_read(
-        op_id="r", owner=OWNER, replicas=REPLICAS, tokens=["tok_A"], now=0.0, down=frozenset({"r3"})
+        op_id="r",
+        owner=OWNER,
+        placement=OwnerPlacement.stable(REPLICAS),
+        tokens=["tok_A"],
+        now=0.0,
+        down=frozenset({"r3"}),
     )
     deadlines = [t.due for t in effects.timers if t.kind is TimerKind.DEADLINE]
     assert deadlines == [LIMITS.operation_timeout_s]
@@ -751,7 +790,7 @@ def test_a_write_counted_done_below_w_is_stopped_before_it_answers(
         net.exchange("r1")
     assert str(raised.value) == (
         "coordinator would answer success below W (writing):"
-        " owner acme token prefix tok_A epoch 1: 1 of 2"
+        " owner acme token prefix tok_A epoch 1: 1 of 2 in set r1,r2,r3 at ring 0"
     )
     assert net.replies == []
 
@@ -779,7 +818,9 @@ def test_acknowledgements_from_outside_the_preference_list_never_make_a_quorum()
     net.write("w1", mapping())
     holders = net.coordinator._operations["w1"].holders["tok_A"]
     holders.update({"stranger-1", "stranger-2"})  # corrupted bookkeeping
-    with pytest.raises(InvariantViolation, match=r"\(writing\): owner acme .* 1 of 2$"):
+    with pytest.raises(
+        InvariantViolation, match=r"\(writing\): owner acme .* 1 of 2 in set r1,r2,r3 at ring 0$"
+    ):
         net.exchange("r1")
     assert net.replies == []
 
@@ -910,3 +951,184 @@ def test_with_only_corrupt_answers_a_read_times_out_and_never_says_not_found() -
     net.fire(TimerKind.DEADLINE, "rd")
     (reply,) = net.replies_for("rd")
     assert isinstance(reply, ReadDone) and reply.failure is Failure.QUORUM_TIMEOUT
+
+
+# -- joint placements (a moved owner: docs/membership.md §3) ------------------------------------
+
+
+def test_a_stable_placement_sends_what_a_preference_list_did() -> None:
+    """The fast path: one set, the same messages to the same replicas in the same order; only
+    the ring version the placement was computed at is stamped on client requests."""
+    net = Network(placement=OwnerPlacement.stable(REPLICAS, version=5))
+    effects = net.write("w1", mapping())
+    request = InsertRequest(op_id="w1", owner=OWNER, mappings=(mapping(),), ring=5)
+    assert effects.messages == [
+        Envelope(source=COORD, destination=r, message=request) for r in REPLICAS
+    ]
+    net.run()
+    assert net.replies == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
+    effects = net.read("q1", "tok_A")
+    read = ReadRequest(op_id="q1", owner=OWNER, tokens=("tok_A",), ring=5)
+    assert effects.messages == [
+        Envelope(source=COORD, destination=r, message=read) for r in REPLICAS[:2]
+    ]
+    assert [t.kind for t in effects.timers] == [
+        TimerKind.DEADLINE,
+        TimerKind.RESEND,
+        TimerKind.HEDGE,
+    ]
+
+
+def test_a_joint_write_goes_to_both_sets_and_needs_w_of_each() -> None:
+    net = Network(placement=JOINT)
+    effects = net.write("w1", mapping())
+    assert [e.destination for e in effects.messages] == ["r1", "r2", "r3", "r4", "r5"]
+    assert {e.message.ring for e in effects.messages if isinstance(e.message, InsertRequest)} == {7}
+    net.exchange("r1")
+    net.exchange("r2")  # W of the old set
+    assert net.replies == [], "W in the old set alone is no joint quorum"
+    net.exchange("r4")  # one of the new set
+    assert net.replies == []
+    net.exchange("r5")  # W of the new set too
+    assert net.replies == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
+    assert net.durable_holders(mapping()) == {"r1", "r2", "r4", "r5"}
+
+
+def test_a_replica_of_both_sets_counts_in_each() -> None:
+    net = Network(placement=ONE_MOVED)  # old r1 r2 r3, new r1 r2 r4
+    net.write("w1", mapping())
+    net.exchange("r3")
+    net.exchange("r4")
+    assert net.replies == []
+    net.exchange("r1")  # r1 + r3 in old, r1 + r4 in new
+    assert net.replies == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
+
+
+def test_a_joint_write_lingers_and_hints_for_every_replica_lacking() -> None:
+    hints = HintedHandoff(peer_id=COORD, storage=MemoryStore(), sealer=SEALER)
+    net = Network(placement=JOINT)
+    net.coordinator = Coordinator(peer_id=COORD, quorum=N3_W2_R2, limits=LIMITS, hints=hints)
+    net.write("w1", mapping())
+    for replica in ("r1", "r4", "r5"):
+        net.exchange(replica)
+    assert net.replies == []
+    net.exchange("r2")
+    assert net.replies == [WriteDone(op_id="w1", owner=OWNER, failure=None)]
+    (deadline,) = [t for t in net.timers if t.kind is TimerKind.DEADLINE]
+    effects = net.coordinator.on_timer(deadline, deadline.due)
+    assert [s.target for s in hints.statistics()] == ["r3"]
+    assert len(effects.writes) == 1
+    assert net.coordinator.operations_in_flight() == 0
+
+
+def test_fenced_replicas_of_one_set_fail_a_joint_write() -> None:
+    net = Network(placement=JOINT)
+    net.write("w1", mapping())
+    for replica in ("r1", "r2"):
+        net.exchange(replica)
+    for replica in ("r4", "r5"):  # the new set's replicas at a later epoch: W of it out of reach
+        (request,) = [e for e in net.pending if e.destination == replica]
+        net.pending.remove(request)
+        assert isinstance(request.message, InsertRequest)
+        reply = InsertReply(
+            op_id="w1",
+            owner=OWNER,
+            tokens=("tok_A",),
+            outcomes=(InsertOutcome.FENCED,),
+        )
+        net.absorb(net.coordinator.on_message(replica, reply))
+    assert net.replies == [WriteDone(op_id="w1", owner=OWNER, failure=Failure.FENCED)]
+
+
+def test_a_set_held_down_gives_a_joint_write_the_short_deadline() -> None:
+    coordinator = Coordinator(peer_id=COORD, quorum=N3_W2_R2, limits=LIMITS)
+    effects = coordinator.start_write(
+        op_id="w",
+        owner=OWNER,
+        placement=JOINT,
+        mappings=[mapping()],
+        now=0.0,
+        down=frozenset({"r4", "r5"}),
+    )
+    assert [t.due for t in effects.timers if t.kind is TimerKind.DEADLINE] == [LIMITS.down_grace_s]
+    effects = coordinator.start_read(  # reads need the old set only
+        op_id="r",
+        owner=OWNER,
+        placement=JOINT,
+        tokens=["tok_A"],
+        now=0.0,
+        down=frozenset({"r4", "r5"}),
+    )
+    assert [t.due for t in effects.timers if t.kind is TimerKind.DEADLINE] == [
+        LIMITS.operation_timeout_s
+    ]
+
+
+@pytest.mark.parametrize(
+    ("placement", "first", "rest"),
+    [(JOINT, ["r1", "r2"], ["r3"]), (FINISHING, ["r3", "r4"], ["r5"])],
+)
+def test_a_joint_read_asks_the_read_set_only(
+    placement: OwnerPlacement, first: list[str], rest: list[str]
+) -> None:
+    net = Network(placement=placement)
+    effects = net.read("q1", "tok_A")
+    assert [e.destination for e in effects.messages] == first
+    assert {e.message.ring for e in effects.messages if isinstance(e.message, ReadRequest)} == {
+        placement.version
+    }
+    hedge = net.fire(TimerKind.HEDGE, "q1")
+    assert [e.destination for e in hedge.messages] == rest
+    resend = net.fire(TimerKind.RESEND, "q1")
+    assert sorted(e.destination for e in resend.messages) == sorted(first + rest)
+
+
+def test_a_joint_read_decides_on_the_read_set_and_ignores_the_others() -> None:
+    net = Network(placement=JOINT)
+    for replica in ("r4", "r5"):
+        net.put_durably(replica, mapping())  # only the new set holds it (the read cannot see it)
+    net.read("q1", "tok_A")
+    stray = ReadReply(op_id="q1", owner=OWNER, tokens=("tok_A",), mappings=(mapping(),))
+    assert net.coordinator.on_message("r4", stray).is_empty(), "r4 was not asked"
+    net.exchange("r1")
+    net.exchange("r2")
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(None,), failure=None)]
+
+
+def test_a_joint_read_repairs_until_w_of_each_set_hold_it() -> None:
+    net = Network(placement=JOINT)
+    net.put_durably("r1", mapping())
+    net.put_durably("r2", mapping())  # W of the old set hold it, none of the new
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    net.exchange("r2")
+    assert net.replies == [], "the new set lacks it: blocking repair first"
+    repairs = {e.destination: e.message for e in net.pending}
+    assert sorted(repairs) == ["r3", "r4", "r5"]
+    for repair in repairs.values():
+        assert isinstance(repair, InsertRequest)
+        assert repair.repair and repair.ring == 0  # never ring-fenced
+    net.exchange("r3")
+    assert net.replies == []
+    net.exchange("r4")
+    assert net.replies == [ReadDone(op_id="q1", owner=OWNER, mappings=(mapping(),), failure=None)]
+    holders = net.durable_holders(mapping())
+    assert len(holders & set(JOINT.old)) >= 2 and len(holders & set(JOINT.new)) >= 2
+
+
+def test_a_joint_read_answered_before_its_new_set_is_repaired_is_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = Network(placement=JOINT)
+    monkeypatch.setattr(  # the bug: repairs count the old set only
+        Coordinator,
+        "_held_in_each",
+        lambda self, operation, holders: len(holders & set(operation.placement.old)) >= 2,
+    )
+    net.put_durably("r1", mapping())
+    net.put_durably("r2", mapping())
+    net.read("q1", "tok_A")
+    net.exchange("r1")
+    with pytest.raises(InvariantViolation, match=r"0 of 2 in set r3,r4,r5 at ring 7$"):
+        net.exchange("r2")
+    assert net.replies == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -33,6 +34,7 @@ from tokenvault.quorum.messages import (
     Prepare,
     Promise,
 )
+from tokenvault.quorum.placement import OwnerPlacement
 from tokenvault.quorum.records import read_acceptor_slot, read_decided, read_epoch_meta
 from tokenvault.store.memory_store import MemoryStore
 
@@ -61,9 +63,11 @@ class Network:
         limits: EpochLimits = LIMITS,
         seed: int = 0,
         rngs: dict[str, RandomSource] | None = None,
+        placement: OwnerPlacement = OwnerPlacement.stable(REPLICAS),
     ) -> None:
-        self.stores = {r: MemoryStore() for r in REPLICAS}
-        self.acceptors = {r: Acceptor(peer_id=r, storage=self.stores[r]) for r in REPLICAS}
+        self.placement = placement
+        self.stores = {r: MemoryStore() for r in placement.replicas}
+        self.acceptors = {r: Acceptor(peer_id=r, storage=self.stores[r]) for r in self.stores}
         rngs = rngs or {}
         self.coordinators = {
             c: EpochCoordinator(
@@ -92,7 +96,7 @@ class Network:
         self.events.extend(effects.events)
         for envelope in effects.messages:
             assert envelope.source == coordinator
-            assert envelope.destination in REPLICAS
+            assert envelope.destination in self.placement.replicas
             assert isinstance(envelope.message, ACCEPTOR_MESSAGES)
         return effects
 
@@ -103,7 +107,7 @@ class Network:
             self.coordinators[coordinator].start_rotate(
                 op_id=op_id,
                 owner=OWNER,
-                replicas=REPLICAS,
+                placement=self.placement,
                 expected_epoch=expected,
                 requested_at_s=1_700_000_000.0 + self.now,
                 now=self.now,
@@ -115,7 +119,7 @@ class Network:
         return self.absorb(
             coordinator,
             self.coordinators[coordinator].start_learn(
-                op_id=op_id, owner=OWNER, replicas=REPLICAS, now=self.now
+                op_id=op_id, owner=OWNER, placement=self.placement, now=self.now
             ),
         )
 
@@ -1053,13 +1057,17 @@ def test_the_deadline_is_short_when_the_failure_detector_holds_no_majority_up(
         coordinator = EpochCoordinator(peer_id="c1", rng=random.Random(0), limits=LIMITS)
         if start == "learn":
             effects = coordinator.start_learn(
-                op_id="op", owner=OWNER, replicas=REPLICAS, now=10.0, down=down
+                op_id="op",
+                owner=OWNER,
+                placement=OwnerPlacement.stable(REPLICAS),
+                now=10.0,
+                down=down,
             )
         else:
             effects = coordinator.start_rotate(
                 op_id="op",
                 owner=OWNER,
-                replicas=REPLICAS,
+                placement=OwnerPlacement.stable(REPLICAS),
                 expected_epoch=None,
                 requested_at_s=0.0,
                 now=10.0,
@@ -1116,7 +1124,7 @@ def test_a_proposer_counting_answers_to_another_ballot_is_stopped_before_chosen(
         net.coordinators["c1"].on_message("r2", stale, net.now)
     assert str(raised.value) == (
         "proposer would report a value chosen with 0 granted Accepted of 3"
-        " at owner acme slot 2 ballot 1.r"
+        " in set r1,r2,r3 at owner acme slot 2 ballot 1.r"
     )
     assert net.named("epoch_chosen") == []
 
@@ -1271,3 +1279,118 @@ def test_no_answers_an_acceptor_can_send_trip_an_invariant(
     net.settle()
     (done,) = [r for r in net.replies if r.op_id == "r"]
     assert not done.rotated or done.value == own_value()
+
+
+# -- joint placements: a majority of each set (docs/membership.md §3) ---------------------------
+
+# A moved owner: old set r1..r3, new set r3..r5.
+JOINT = OwnerPlacement(old=REPLICAS, new=("r3", "r4", "r5"), version=7)
+
+
+def test_a_stable_placement_sends_what_a_preference_list_did() -> None:
+    """The fast path: the same rounds, messages, destinations and order; client requests carry
+    the placement's ring version, a Decide none."""
+    traces = []
+    for version in (0, 5):
+        net = Network(placement=OwnerPlacement.stable(REPLICAS, version=version))
+        net.rotate("rot", expected=1)
+        net.settle()
+        assert net.reply("rot").rotated
+        traces.append(net.sent)
+    unversioned, versioned = traces
+    assert [e.destination for e in versioned] == [e.destination for e in unversioned]
+    for before, after in zip(unversioned, versioned, strict=True):
+        ring = 0 if isinstance(before.message, Decide) else 5
+        assert after.message == msgspec.structs.replace(before.message, ring=ring)
+
+
+def test_a_joint_learn_needs_a_majority_of_each_set() -> None:
+    net = Network(placement=JOINT)
+    effects = net.learn("l1")
+    assert [e.destination for e in effects.messages] == ["r1", "r2", "r3", "r4", "r5"]
+    assert {e.message.ring for e in effects.messages if isinstance(e.message, EpochQuery)} == {7}
+    net.step("l1", EpochQuery, ("r1", "r2"))
+    assert net.replies == [], "a majority of the old set alone"
+    net.step("l1", EpochQuery, ("r4",))
+    assert net.replies == []
+    net.step("l1", EpochQuery, ("r5",))
+    assert net.reply("l1").value == GENESIS
+
+
+def test_a_joint_rotate_prepares_and_accepts_with_a_majority_of_each_set() -> None:
+    net = Network(placement=JOINT)
+    net.rotate("rot", expected=1)
+    net.step("rot", EpochQuery, JOINT.replicas)
+    net.step("rot", Prepare, ("r1", "r2", "r4"))
+    assert net.sent_of(Accept, "rot") == [], "one of the new set promised"
+    net.step("rot", Prepare, ("r5",))
+    accepts = net.sent_of(Accept, "rot")
+    assert [e.destination for e in accepts] == list(JOINT.replicas)
+    assert {e.message.ring for e in accepts if isinstance(e.message, Accept)} == {7}
+    net.step("rot", Accept, ("r1", "r2", "r4"))
+    assert net.replies == [], "accepted by a majority of the old set only"
+    net.step("rot", Accept, ("r3",))
+    done = net.reply("rot")
+    assert done.rotated and done.value is not None and done.value.epoch == 2
+    decides = net.sent_of(Decide, "rot")
+    assert [e.destination for e in decides] == list(JOINT.replicas)
+    assert {e.message.ring for e in decides if isinstance(e.message, Decide)} == {0}
+
+
+def test_a_set_that_cannot_give_a_majority_ends_a_joint_round() -> None:
+    net = Network(placement=JOINT)
+    net.rotate("rot", expected=1)
+    net.step("rot", EpochQuery, JOINT.replicas)
+    (prepare,) = [e for e in net.pending if e.destination == "r4"]
+    assert isinstance(prepare.message, Prepare)
+    higher = Ballot(round=9, peer="other")
+    for replica in ("r4", "r5"):  # two of the new set promised a higher ballot
+        refusal = Promise(
+            op_id="rot",
+            owner=OWNER,
+            slot=prepare.message.slot,
+            ballot=prepare.message.ballot,
+            granted=False,
+            promised=higher,
+            accepted_ballot=None,
+            accepted_value=None,
+            decided=None,
+        )
+        net.absorb("c1", net.coordinators["c1"].on_message(replica, refusal, net.now))
+    assert [e.details for e in net.named("paxos_preempted")] == [(("slot", 2), ("by_round", 9))]
+
+
+def test_recovering_replicas_of_one_set_fail_a_joint_learn_at_once() -> None:
+    net = Network(placement=JOINT)
+    net.learn("l1")
+    for replica in ("r4", "r5"):
+        report = EpochReport(
+            op_id="l1", owner=OWNER, decided=GENESIS, accepted_slot=1, unavailable=True
+        )
+        net.absorb("c1", net.coordinators["c1"].on_message(replica, report, net.now))
+    assert net.reply("l1").failure is Failure.QUORUM_TIMEOUT
+
+
+def test_a_new_set_held_down_gives_a_joint_round_the_short_deadline() -> None:
+    coordinator = EpochCoordinator(peer_id="c1", rng=random.Random(0), limits=LIMITS)
+    effects = coordinator.start_learn(
+        op_id="l1", owner=OWNER, placement=JOINT, now=0.0, down=frozenset({"r4", "r5"})
+    )
+    assert [t.due for t in effects.timers if t.kind is TimerKind.DEADLINE] == [LIMITS.down_grace_s]
+
+
+def test_a_joint_value_chosen_by_one_set_only_is_stopped_before_it_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(  # the bug: a round counts the old set only
+        EpochCoordinator,
+        "_majority_of_each",
+        staticmethod(lambda operation, answered: len(set(answered) & set(REPLICAS)) >= 2),
+    )
+    net = Network(placement=JOINT)
+    net.rotate("rot", expected=1)
+    net.step("rot", EpochQuery, ("r1", "r2"))
+    net.step("rot", Prepare, ("r1", "r2"))
+    with pytest.raises(InvariantViolation, match=r"0 granted Accepted of 3 in set r3,r4,r5"):
+        net.step("rot", Accept, ("r1", "r2"))
+    assert net.replies == []

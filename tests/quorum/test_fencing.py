@@ -38,6 +38,7 @@ from tokenvault.quorum.messages import (
     Mapping,
     Prepare,
 )
+from tokenvault.quorum.placement import OwnerPlacement
 from tokenvault.quorum.quorum_config import QuorumConfig
 from tokenvault.quorum.records import decode_mapping, encode_mapping, mapping_key
 from tokenvault.quorum.replica import Replica
@@ -227,14 +228,22 @@ class Network:
     def write(self, op_id: str, *mappings: Mapping) -> None:
         self.absorb(
             self.coordinator.start_write(
-                op_id=op_id, owner=OWNER, replicas=REPLICAS, mappings=mappings, now=self.now
+                op_id=op_id,
+                owner=OWNER,
+                placement=OwnerPlacement.stable(REPLICAS),
+                mappings=mappings,
+                now=self.now,
             )
         )
 
     def read(self, op_id: str, *tokens: str) -> None:
         self.absorb(
             self.coordinator.start_read(
-                op_id=op_id, owner=OWNER, replicas=REPLICAS, tokens=tokens, now=self.now
+                op_id=op_id,
+                owner=OWNER,
+                placement=OwnerPlacement.stable(REPLICAS),
+                tokens=tokens,
+                now=self.now,
             )
         )
 

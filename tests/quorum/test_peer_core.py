@@ -299,7 +299,7 @@ def test_a_tokenize_writes_deterministic_tokens_to_w_replicas_and_answers_in_ite
         Mapping(owner=OWNER, token=tokens[0], value="alice", field="ssn", epoch=1),
         Mapping(owner=OWNER, token=tokens[1], value="alice@example.com", field="email", epoch=1),
     )
-    request = insert("c1/w1", *mappings)
+    request = InsertRequest(op_id="c1/w1", owner=OWNER, mappings=mappings, ring=1)  # version 1
     assert sent(step, InsertRequest) == {"p2": request, "p3": request}
     assert step.local == [request]
     assert step.attempts == [
@@ -348,7 +348,7 @@ def test_a_fenced_tokenize_learns_the_epoch_and_writes_again_at_most_attempts_ma
     fenced = answer_inserts(peer, peer.start(tokenize()), InsertOutcome.FENCED)
     assert fenced.finished == [WriteDone(op_id="c1/w1", owner=OWNER, failure=Failure.FENCED)]
     assert fenced.answers == []
-    query = EpochQuery(op_id="c1/l1", owner=OWNER)
+    query = EpochQuery(op_id="c1/l1", owner=OWNER, ring=1)  # under the ring's version 1
     assert sent(fenced, EpochQuery) == {"p2": query, "p3": query} and fenced.local == [query]
 
     report = EpochReport(op_id="c1/l1", owner=OWNER, decided=EPOCH_2, accepted_slot=2)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.quorum.helpers import membership_of
 from tests.stores import serving_store
-from tokenvault.quorum.client_operations import ChangeMembership, ClientAnswer, Tokenize
+from tokenvault.quorum.client_operations import ChangeMembership, ClientAnswer, Tokenize, Tokenized
 from tokenvault.quorum.effects import Failure, RingDone, RingOutcome
 from tokenvault.quorum.messages import (
     Ballot,
@@ -22,9 +22,13 @@ from tokenvault.quorum.messages import (
     ReadRequest,
     RingPrepare,
     RingVote,
+    TransferPage,
 )
-from tokenvault.quorum.peer_core import PeerCore, Step
+from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
+from tokenvault.quorum.records import TRANSFER_PREFIX
+from tokenvault.quorum.transfer import TransferLimits
+from tokenvault.quorum.transfer_records import read_transfers
 from tokenvault.ring.membership import JOINING, LEAVING, AddMember, RemoveMember, ReplaceMember
 from tokenvault.store.memory_store import MemoryStore
 
@@ -38,8 +42,11 @@ STEPS_MAX = 20_000
 class Cores:
     """Whole peer cores; messages delivered in order, syncs at once, time moved by the test."""
 
-    def __init__(self, peers: tuple[str, ...] = ("p1", "p2", "p3")) -> None:
+    def __init__(
+        self, peers: tuple[str, ...] = ("p1", "p2", "p3"), limits: PeerLimits = PeerLimits()
+    ) -> None:
         self.bootstrap = membership_of(peers, vnodes_per_peer=8)
+        self.limits = limits
         self.now = 0.0
         self.cores: dict[str, PeerCore] = {}
         self.stores: dict[str, MemoryStore] = {}
@@ -66,6 +73,7 @@ class Cores:
             rng=random.Random(peer),
             now=self.now,
             join_address=join_address,
+            limits=self.limits,
         )
 
     def act(self, peer: str, step: Step) -> None:
@@ -127,7 +135,8 @@ def test_an_add_through_any_member_is_learned_by_every_member_and_the_new_peer()
     cores.start("p4", join_address="p4.test:7000")
     cores.advance(3.0)  # heartbeats: p4 hears of version 2 and fetches it
     for peer, core in cores.cores.items():
-        assert core.membership == done.membership, peer
+        # version 2, or already its finish: with nothing to transfer it comes within seconds
+        assert core.membership.version >= done.membership.version, peer
         assert core.membership.member("p4") is not None
     joining = done.membership.member("p4")
     assert joining is not None and joining.state == JOINING
@@ -150,7 +159,7 @@ def test_a_peer_started_with_join_asks_to_be_added_and_learns_it_is_a_member() -
     assert not cores.cores["p4"].is_member()
     cores.advance(4.0)
     for core in cores.cores.values():
-        assert core.membership.version == 2
+        assert core.membership.version >= 2  # the add, or already its finish
         member = core.membership.member("p4")
         assert member is not None and member.address == "p4.test:7000"
     assert cores.cores["p4"].is_member()
@@ -258,3 +267,182 @@ def test_a_peer_that_is_not_serving_casts_no_ring_vote() -> None:
     )
     step = cores.cores["p3"].receive("p1", [prepare], 0.0)
     assert not [e for e in step.messages if isinstance(e.message, RingVote)]
+
+
+def test_a_tokenize_of_a_moved_owner_needs_w_of_both_sets() -> None:
+    """The coordinator runs under the owner's placement (joint quorums): with the new set short
+    of W the write is not acknowledged, though W of the old set took it."""
+    cores = Cores()
+    cores.change("p1", "add", AddMember(id="p4", address="p4.test:7000"))  # p4 never runs:
+    owner = next(o for o in OWNERS if cores.cores["p1"].placement(o).joint)  # no finish
+    placement = cores.cores["p1"].placement(owner)
+    assert placement.version == 2
+    (old_only,) = set(placement.old) - set(placement.new)
+    common = sorted(set(placement.old) & set(placement.new))
+    assert len(common) == 2 and set(placement.new) - set(placement.old) == {"p4"}
+    cores.cut.update({"p4", common[0]})  # the old set keeps W (old_only, common[1]), the new not
+    coordinator = cores.cores[old_only]
+    step = coordinator.start(Tokenize(op_id="t1", owner=owner, items=(("ssn", "x"),)), cores.now)
+    inserts = [e for e in step.messages if isinstance(e.message, InsertRequest)]
+    assert sorted(e.destination for e in inserts) == sorted(set(placement.replicas) - {old_only})
+    assert {e.message.ring for e in inserts if isinstance(e.message, InsertRequest)} == {2}
+    cores.act(old_only, step)
+    cores.run()
+    cores.advance(3.0)
+    failed = cores.answers["t1"]
+    assert failed.failure is Failure.QUORUM_TIMEOUT
+    cores.cut.clear()
+    step = coordinator.start(Tokenize(op_id="t2", owner=owner, items=(("ssn", "x"),)), cores.now)
+    cores.act(old_only, step)
+    cores.run()
+    assert cores.answers["t2"].failure is None
+
+
+# -- transfers (transfer.py): a change finishes once its new replicas are filled -----------------
+
+
+def tokenize_everywhere(
+    cores: Cores, peer: str, per_owner: int, tag: str = ""
+) -> dict[str, list[Mapping]]:
+    """`per_owner` tokenizes of each owner through `peer`: the mappings acknowledged."""
+    written: dict[str, list[Mapping]] = {}
+    for owner in OWNERS:
+        for i in range(per_owner):
+            op_id = f"tok-{owner}-{tag}{i}"
+            value = f"v-{owner}-{tag}{i}"
+            operation = Tokenize(op_id=op_id, owner=owner, items=(("ssn", value),))
+            cores.act(peer, cores.cores[peer].start(operation, cores.now))
+            cores.run()
+            answer = cores.answers[op_id]
+            assert isinstance(answer, Tokenized) and answer.failure is None, answer
+            written.setdefault(owner, []).extend(answer.mappings)
+    return written
+
+
+def advance_until_stable(cores: Cores, version: int, seconds_max: float = 60.0) -> None:
+    end = cores.now + seconds_max
+    while cores.now < end:
+        cores.advance(0.5)
+        live = [c for p, c in cores.cores.items() if p not in cores.cut]
+        if all(c.membership.version >= version for c in live):
+            return
+    raise AssertionError(
+        f"no finish in {seconds_max}s: "
+        + str({p: c.membership.version for p, c in cores.cores.items()})
+        + str([v for c in cores.cores.values() for v in c.transfer_views()])
+    )
+
+
+def assert_final_replicas_hold(cores: Cores, written: dict[str, list[Mapping]]) -> None:
+    for peer, core in cores.cores.items():
+        if peer in cores.cut or not core.is_member():
+            continue
+        for owner, mappings in written.items():
+            if peer not in core.placement(owner).new:
+                continue
+            for mapping in mappings:
+                assert core.replica.read_mapping(owner, mapping.token) == mapping, (peer, owner)
+
+
+# Transfers slow enough (500 B/s) that a finish not waiting for them would come first, and no
+# anti-entropy: what the new replicas hold, only transfers brought.
+SLOW_TRANSFERS = PeerLimits(
+    transfer=TransferLimits(rate_bytes_s=500.0, burst_bytes=200, page_mappings_max=4),
+    anti_entropy_enabled=False,
+)
+
+
+def test_an_add_finishes_once_the_new_peer_holds_every_mapping_of_the_owners_it_got() -> None:
+    cores = Cores(limits=SLOW_TRANSFERS)
+    written = tokenize_everywhere(cores, "p1", 5)
+    done = cores.change("p2", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    advance_until_stable(cores, done.membership.version + 1)
+    finish = cores.cores["p4"].membership
+    assert finish.stable and finish.member("p4") is not None
+    moved = [o for o in OWNERS if "p4" in cores.cores["p4"].placement(o).new]
+    assert moved, "with 12 owners some move to p4"
+    assert_final_replicas_hold(cores, written)
+    views = cores.cores["p4"].transfer_views()
+    assert {v.owner for v in views} == set(moved) and {v.state for v in views} == {"committed"}
+    cores.advance(1.0)
+    assert cores.cores["p4"].transfer_views() == [], "forgotten once the finish is learned"
+    assert not cores.stores["p4"].scan(TRANSFER_PREFIX, limit=1)
+
+
+def test_a_remove_finishes_and_the_owners_of_the_removed_peer_are_on_the_others() -> None:
+    cores = Cores(("p1", "p2", "p3", "p4"), limits=SLOW_TRANSFERS)
+    written = tokenize_everywhere(cores, "p1", 20)  # a pass of a moved owner takes seconds
+    done = cores.change("p1", "rm", RemoveMember(id="p4"))
+    advance_until_stable(cores, done.membership.version + 1)
+    assert cores.cores["p1"].membership.member("p4") is None
+    assert_final_replicas_hold(cores, written)
+
+
+def test_a_replace_of_a_dead_peer_finishes_filled_from_the_survivors() -> None:
+    cores = Cores()
+    written = tokenize_everywhere(cores, "p1", 5)
+    cores.cut.add("p3")  # dead for good
+    done = cores.change("p1", "rp", ReplaceMember(old="p3", new="p5", address="p5.test:7000"))
+    cores.start("p5", join_address="p5.test:7000")
+    advance_until_stable(cores, done.membership.version + 1)
+    core = cores.cores["p5"]
+    assert core.membership.member("p3") is None
+    for owner, mappings in written.items():
+        assert "p5" in core.placement(owner).new
+        for mapping in mappings:
+            assert core.replica.read_mapping(owner, mapping.token) == mapping
+
+
+def test_writes_during_the_change_are_on_w_of_the_final_replicas_at_the_finish() -> None:
+    cores = Cores()
+    before = tokenize_everywhere(cores, "p1", 3)
+    done = cores.change("p3", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    during: dict[str, list[Mapping]] = {}
+    for round_ in range(3):  # while the change is pending (or just finished)
+        for owner, mappings in tokenize_everywhere(cores, "p2", 1, f"r{round_}").items():
+            during.setdefault(owner, []).extend(mappings)
+        cores.advance(0.5)
+    advance_until_stable(cores, done.membership.version + 1)
+    core = cores.cores["p1"]
+    for written in (before, during):
+        for owner, mappings in written.items():
+            final = core.placement(owner).new
+            for mapping in mappings:
+                holders = [
+                    p for p in final if cores.cores[p].replica.read_mapping(owner, mapping.token)
+                ]
+                assert len(holders) >= N3.write_quorum, (owner, holders)
+
+
+def test_a_target_restarted_half_way_resumes_its_transfers_from_their_cursors() -> None:
+    cores = Cores(limits=SLOW_TRANSFERS)
+    written = tokenize_everywhere(cores, "p1", 20)
+    done = cores.change("p2", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    cursors: dict[str, str] = {}
+    for _ in range(40):
+        cores.advance(0.25)
+        cursors = {
+            r.owner: r.cursor
+            for r in read_transfers(cores.stores["p4"], 100)
+            if r.cursor is not None and r.step == "copying"
+        }
+        if cursors:
+            break
+    assert cursors, "a transfer half-way through its first pass"
+    cores.start("p4", join_address="p4.test:7000")  # the process restarts on its store
+    asked: list[TransferPage] = []
+    act = cores.act
+
+    def watch(peer: str, step: Step) -> None:
+        asked.extend(e.message for e in step.messages if isinstance(e.message, TransferPage))
+        act(peer, step)
+
+    cores.act = watch  # type: ignore[method-assign]
+    advance_until_stable(cores, done.membership.version + 1)
+    for owner, cursor in cursors.items():
+        first = next(page for page in asked if page.owner == owner)
+        assert first.after == cursor, "asked from its cursor, not from zero"
+    assert_final_replicas_hold(cores, written)

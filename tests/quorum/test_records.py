@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.quorum.helpers import SEALER
+from tokenvault.quorum import records
 from tokenvault.quorum.messages import EPOCH_MAX, OWNER_ID_CHARS, Mapping
 from tokenvault.quorum.records import (
     StorageCorrupt,
@@ -16,6 +17,7 @@ from tokenvault.quorum.records import (
     owner_mapping_prefix,
     token_from_mapping_key,
 )
+from tokenvault.store.memory_store import MemoryStore
 
 names = st.text(alphabet=sorted(OWNER_ID_CHARS), min_size=1, max_size=64)
 values = st.text(alphabet=st.characters(codec="utf-8"), max_size=200)
@@ -83,3 +85,15 @@ def test_any_flipped_bit_of_a_format_2_record_is_refused() -> None:
         flipped[bit // 8] ^= 1 << (bit % 8)
         with pytest.raises(StorageCorrupt):
             decode_mapping(SEALER, "alice", "tok_x", bytes(flipped))
+
+
+def test_a_store_holding_only_ring_and_transfer_records_is_empty() -> None:
+    store = MemoryStore()
+    assert records.is_empty_store(store)
+    store.stage([(records.RING_PREFIX + b"c", b"{}")])
+    store.stage([(records.TRANSFER_PREFIX + bytes([i]), b"{}") for i in range(100)])
+    assert records.is_empty_store(store), "a joining peer's fetched ring says nothing of votes"
+    store.stage([(records.ACCEPTOR_PREFIX + b"alice", b"{}")])
+    assert not records.is_empty_store(store)
+    store.stage([(records.ACCEPTOR_PREFIX + b"alice", None), (b"z\x00", b"")])
+    assert not records.is_empty_store(store), "a record after the transfers' counts too"

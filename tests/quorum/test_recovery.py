@@ -54,6 +54,7 @@ from tokenvault.quorum.messages import (
     SlotState,
 )
 from tokenvault.quorum.peer_core import Step
+from tokenvault.quorum.placement import OwnerPlacement
 from tokenvault.quorum.records import (
     IDENTITY_KEY,
     StoreIdentity,
@@ -319,7 +320,7 @@ def proposer() -> tuple[EpochCoordinator, str]:
     effects = coordinator.start_rotate(
         op_id="r-1",
         owner=OWNER,
-        replicas=("p1", "p2", "p3"),
+        placement=OwnerPlacement.stable(("p1", "p2", "p3")),
         expected_epoch=1,
         requested_at_s=0.0,
         now=0.0,

@@ -22,6 +22,8 @@ from tokenvault.quorum.messages import (
     Promise,
     ReadReply,
     ReadRequest,
+    TransferPage,
+    TransferPageReply,
 )
 from tokenvault.quorum.routing import Destination, route
 
@@ -90,6 +92,11 @@ def test_each_message_goes_to_one_core() -> None:
             ),
             Destination.INSPECTION,
         ),
+        (
+            TransferPage(op_id="o", owner="alice", after=None, limit=10, request=1),
+            Destination.TRANSFER,
+        ),
+        (TransferPageReply(op_id="o", owner="alice", after=None, request=1), Destination.TRANSFER),
     ]
     for message, expected in cases:
         assert route(message) is expected, type(message).__name__
@@ -102,6 +109,7 @@ def test_only_cores_that_read_the_store_make_replies_wait_for_durability() -> No
         Destination.ACCEPTOR,
         Destination.ANTI_ENTROPY,
         Destination.RING,  # votes and memberships are read from the store
+        Destination.TRANSFER,  # pages are read from the store
     }
 
 
@@ -110,6 +118,7 @@ def test_an_insert_reply_goes_back_by_its_origin_never_by_its_op_id() -> None:
         Origin.COORDINATOR: Destination.COORDINATOR,
         Origin.HINTS: Destination.HINTS,
         Origin.ANTI_ENTROPY: Destination.ANTI_ENTROPY,
+        Origin.TRANSFER: Destination.TRANSFER,
     }
     assert set(expected) == set(Origin)
     for origin, destination in expected.items():

@@ -1,18 +1,27 @@
 """The coordinator core: one client operation fanned out to an owner's replicas, sans-IO.
 
 Theory of operation:
-- A write sends every mapping to the owner's N replicas (its preference list) and succeeds when
-  each mapping has W durable acknowledgements (STORED or IDENTICAL). A CONFLICT is an integrity
+- An operation runs under the owner's placement at one ring version (placement.py): one set of N
+  replicas (its preference list) when the owner is stable; while a membership change moves it,
+  an old and a new set, and then quorums are joint (docs/membership.md §3): W of EACH set for a
+  write or a repair, R of the one read set for a read. A stable placement is the one-set case,
+  with the same messages in the same order as before placements existed. Every request a
+  client's operation sends carries the placement's ring version (`ring`, the ring fence of
+  peer_core.py); repairs carry none (never fenced).
+- A write sends every mapping to every replica of the placement and succeeds when each mapping
+  has W durable acknowledgements (STORED or IDENTICAL) in each set. A CONFLICT is an integrity
   alarm and fails the write. A write that misses its deadline fails and claims nothing: the
   client gets no token, and whatever a minority stored is the same deterministic mapping a retry
   would write.
-- A read asks R replicas (this peer first when it is one, then the others in preference order,
-  those the failure detector holds down last) and decides on the first R answers; the replicas
-  it did not ask are asked too when it is still undecided after `read_hedge_s`, or at once when
-  an answer cannot count (a recovering replica, a record that failed verification), and at
-  every resend. A read costs R replicas' work, not N. A mapping found on fewer than W
-  replicas is written back until W hold it (blocking read repair) before the read answers, so
-  once a read returned a token, every later read (R meets W) finds it too. Responders that lacked
+- A read asks R replicas of the read set (this peer first when it is one, then the others in
+  preference order, those the failure detector holds down last) and decides on the first R
+  answers; the replicas of the read set it did not ask are asked too when it is still
+  undecided after `read_hedge_s`, or at once when an answer cannot count (a recovering
+  replica, a record that failed verification), and at every resend. A read costs R replicas'
+  work, not N. A mapping found on fewer than W replicas of some set is written back until W of
+  each hold it (blocking read repair: to every replica of the placement, the new set too while
+  the owner moves) before the read answers, so once a read returned a token, every later read
+  (R meets W) finds it too. Responders that lacked
   a mapping W already hold are repaired in the background.
 - A replica whose record of a token failed verification says so (`ReadReply.corrupt`): for that
   token its answer is neither a value nor an absence. A token is decided by the healthy answers:
@@ -21,28 +30,31 @@ Theory of operation:
   replica is no holder, so read repair sends it the good mapping, which its replica writes in
   place of the corrupt record (replica.py: the one overwrite); a refusal from it (CONFLICT: the
   mapping did not verify there) does not fail the read: that replica is just no holder.
-- FENCED answers fail the write once W unfenced replicas are out of reach: the owner moved to a
-  later epoch, the caller learns it and tokenizes again. (A single fenced replica, e.g. one that
-  accepted an orphaned proposal, does not block writes the others can still take.) Read
-  repairs are marked as repairs and never fenced.
+- FENCED answers fail the write once W unfenced replicas of some set are out of reach: the
+  owner moved to a later epoch, the caller learns it and tokenizes again. (A single fenced
+  replica, e.g. one that accepted an orphaned proposal, does not block writes the others can
+  still take.) Read repairs are marked as repairs and never fenced.
 - An answered write lingers until its deadline for the replicas that lag (no more resends);
   whatever they still lack then becomes hints (hinted_handoff.py) on this peer.
-- Replicas the failure detector holds down are not waited for: when fewer than the quorum are
-  left, the operation's deadline is a short grace (`down_grace_s`) instead of the full timeout.
+- Replicas the failure detector holds down are not waited for: when some set has fewer than its
+  quorum left, the operation's deadline is a short grace (`down_grace_s`) instead of the full
+  timeout.
 - Replicas that have not answered get the request again every `resend_interval_s` (inserts and
   reads are idempotent), until the operation's deadline.
 - Time arrives as `now`; the core has no clock, no randomness and no I/O.
 - A replica recovering a lost store (recovery.py) answers UNAVAILABLE (an insert) or an
   `unavailable` read reply: it is no holder and no responder, like a replica that is down but
-  without the wait; when too few replicas are left for the quorum the operation fails at once.
+  without the wait; when some set has too few replicas left for its quorum the operation fails
+  at once.
   An answered write leaves hints for it, which it takes (repairs are never refused).
 - A FENCED answer to a repair breaks the protocol (repairs are never fenced): a buggy or
   hostile replica. It is refused, the replica counts as no holder, and it is reported
   (`peer_protocol_conflict`).
 
-Invariant (invariants.py): success is answered only with W durable acknowledgements. When the
-core answers a write or a read as successful, every mapping of the write, and every mapping the
-read returns, is durably held by at least W distinct replicas of the owner's preference list.
+Invariant (invariants.py): success is answered only with W durable acknowledgements in each set.
+When the core answers a write or a read as successful, every mapping of the write, and every
+mapping the read returns, is durably held by at least W distinct replicas of EACH quorum set of
+the owner's placement (the preference list when stable; the old and the new list while moving).
 """
 
 from __future__ import annotations
@@ -73,6 +85,7 @@ from tokenvault.quorum.messages import (
     ReadRequest,
     highest_epoch,
 )
+from tokenvault.quorum.placement import OwnerPlacement, quorum_in_each, reachable_in_each
 from tokenvault.quorum.quorum_config import QuorumConfig
 
 
@@ -96,7 +109,7 @@ class _Phase(enum.Enum):
 class _Operation:
     op_id: str
     owner: str
-    replicas: tuple[str, ...]
+    placement: OwnerPlacement
     phase: _Phase
     # writes and repairs: the mappings to make durable on W replicas, and who holds each.
     mappings: dict[str, Mapping] = field(default_factory=dict)
@@ -109,6 +122,11 @@ class _Operation:
     responses: dict[str, tuple[Mapping | None, ...]] = field(default_factory=dict)
     corrupt: dict[str, frozenset[str]] = field(default_factory=dict)  # replica -> tokens
     asked: set[str] = field(default_factory=set)  # replicas a read was sent to
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        """Every replica of the owner: whom writes and repairs go to, whose answers count."""
+        return self.placement.replicas
 
     def lacking(self, replica: str) -> tuple[Mapping, ...]:
         return tuple(m for t, m in self.mappings.items() if replica not in self.holders[t])
@@ -155,13 +173,13 @@ class Coordinator:
         *,
         op_id: str,
         owner: str,
-        replicas: tuple[str, ...],
+        placement: OwnerPlacement,
         mappings: Sequence[Mapping],
         now: float,
         down: frozenset[str] = frozenset(),
     ) -> Effects:
         assert op_id not in self._operations, "operation ids are unique"
-        assert len(replicas) == self._quorum.replica_count == len(set(replicas))
+        assert all(len(s) == self._quorum.replica_count for s in placement.quorum_sets)
         assert mappings, "a write carries at least one mapping"
         if len(self._operations) >= self._limits.operations_max:
             return Effects(
@@ -173,15 +191,15 @@ class Coordinator:
         operation = _Operation(
             op_id=op_id,
             owner=owner,
-            replicas=replicas,
+            placement=placement,
             phase=_Phase.WRITING,
             mappings=unique,
             holders={token: set() for token in unique},
         )
         self._operations[op_id] = operation
-        live = sum(1 for r in replicas if r not in down)
-        effects = self._arm_timers(op_id, now, live < self._quorum.write_quorum)
-        self._send_inserts(operation, replicas, effects)
+        looks_down = not reachable_in_each(down, placement.quorum_sets, self._quorum.write_quorum)
+        effects = self._arm_timers(op_id, now, looks_down)
+        self._send_inserts(operation, placement.replicas, effects)
         return effects
 
     def start_read(
@@ -189,13 +207,13 @@ class Coordinator:
         *,
         op_id: str,
         owner: str,
-        replicas: tuple[str, ...],
+        placement: OwnerPlacement,
         tokens: Sequence[str],
         now: float,
         down: frozenset[str] = frozenset(),
     ) -> Effects:
         assert op_id not in self._operations, "operation ids are unique"
-        assert len(replicas) == self._quorum.replica_count == len(set(replicas))
+        assert all(len(s) == self._quorum.replica_count for s in placement.quorum_sets)
         assert tokens, "a read asks for at least one token"
         if len(self._operations) >= self._limits.operations_max:
             return Effects(
@@ -206,17 +224,18 @@ class Coordinator:
         operation = _Operation(
             op_id=op_id,
             owner=owner,
-            replicas=replicas,
+            placement=placement,
             phase=_Phase.READING,
             tokens=tuple(dict.fromkeys(tokens)),
         )
         self._operations[op_id] = operation
-        live = sum(1 for r in replicas if r not in down)
-        effects = self._arm_timers(op_id, now, live < self._quorum.read_quorum)
-        ranked = sorted(replicas, key=lambda r: (r in down, r != self._peer_id))  # stable
+        read_set = placement.read_set
+        looks_down = not reachable_in_each(down, (read_set,), self._quorum.read_quorum)
+        effects = self._arm_timers(op_id, now, looks_down)
+        ranked = sorted(read_set, key=lambda r: (r in down, r != self._peer_id))  # stable
         first = ranked[: self._quorum.read_quorum]
         self._send_reads(operation, first, effects)
-        if len(first) < len(replicas):
+        if len(first) < len(read_set):
             effects.timers.append(
                 Timer(kind=TimerKind.HEDGE, op_id=op_id, due=now + self._limits.read_hedge_s)
             )
@@ -230,7 +249,11 @@ class Coordinator:
             return Effects()  # late or stray answer for a finished operation
         if isinstance(message, InsertReply) and operation.phase is not _Phase.READING:
             return self._on_insert_reply(operation, source, message)
-        if isinstance(message, ReadReply) and operation.phase is not _Phase.WRITING:
+        if (
+            isinstance(message, ReadReply)
+            and operation.phase is not _Phase.WRITING
+            and source in operation.placement.read_set  # only the read set is asked
+        ):
             return self._on_read_reply(operation, source, message)
         return Effects()
 
@@ -271,7 +294,8 @@ class Coordinator:
             ]
         )
         if operation.phase is _Phase.READING:
-            silent = tuple(r for r in operation.replicas if r not in operation.responses)
+            read_set = operation.placement.read_set
+            silent = tuple(r for r in read_set if r not in operation.responses)
             self._send_reads(operation, silent, effects)
         else:
             self._send_inserts(operation, operation.replicas, effects)
@@ -302,24 +326,32 @@ class Coordinator:
                 continue
             if request is None or request.mappings != lacking:
                 # Replicas that lack the same share one request object: encoded once.
+                repair = operation.phase is not _Phase.WRITING
                 request = InsertRequest(
                     op_id=operation.op_id,
                     owner=operation.owner,
                     mappings=lacking,
-                    repair=operation.phase is not _Phase.WRITING,
+                    repair=repair,
+                    # A client's write is ring-fenced, a repair never (docs/membership.md §1).
+                    ring=0 if repair else operation.placement.version,
                 )
             effects.messages.append(
                 Envelope(source=self._peer_id, destination=replica, message=request)
             )
 
     def _ask_the_rest(self, operation: _Operation, effects: Effects) -> None:
-        """A read that cannot decide on the replicas it asked asks the others."""
-        rest = [r for r in operation.replicas if r not in operation.asked]
+        """A read that cannot decide on the replicas it asked asks the rest of the read set."""
+        rest = [r for r in operation.placement.read_set if r not in operation.asked]
         if rest:
             self._send_reads(operation, rest, effects)
 
     def _send_reads(self, operation: _Operation, targets: Sequence[str], effects: Effects) -> None:
-        request = ReadRequest(op_id=operation.op_id, owner=operation.owner, tokens=operation.tokens)
+        request = ReadRequest(
+            op_id=operation.op_id,
+            owner=operation.owner,
+            tokens=operation.tokens,
+            ring=operation.placement.version,
+        )
         operation.asked.update(targets)
         for replica in targets:
             effects.messages.append(
@@ -347,7 +379,7 @@ class Coordinator:
                 continue  # answered already; what a lagging replica refuses, hints cannot fix
             elif outcome is InsertOutcome.UNAVAILABLE:
                 operation.unavailable.add(source)
-                if self._out_of_reach(operation, self._quorum.write_quorum):
+                if self._out_of_reach(operation, writing=True):
                     failure = Failure.FENCED if operation.fenced else Failure.QUORUM_TIMEOUT
                     self._finish(operation, failure, effects)
                     return effects
@@ -355,7 +387,7 @@ class Coordinator:
                 if operation.phase is not _Phase.WRITING:
                     continue  # a fenced repair, reported above: no holder
                 operation.fenced.add(source)
-                if self._out_of_reach(operation, self._quorum.write_quorum):
+                if self._out_of_reach(operation, writing=True):
                     self._finish(operation, Failure.FENCED, effects)
                     return effects
             elif token in operation.corrupt.get(source, ()):
@@ -397,7 +429,7 @@ class Coordinator:
             return effects  # not an answer to what we asked
         if reply.unavailable:
             operation.unavailable.add(source)
-            if self._out_of_reach(operation, self._quorum.read_quorum):
+            if self._out_of_reach(operation, writing=False):
                 effects.events.append(
                     _event(operation, "quorum_failed", ("phase", "replicas_recovering"))
                 )
@@ -433,7 +465,9 @@ class Coordinator:
             self._finish(operation, None, effects)
             return effects
         behind = sum(
-            1 for holders in operation.holders.values() if len(holders) < self._quorum.write_quorum
+            1
+            for holders in operation.holders.values()
+            if not self._held_in_each(operation, holders)
         )
         effects.events.append(
             _event(operation, "read_repair", ("mappings", behind), ("blocking", 1))
@@ -442,10 +476,15 @@ class Coordinator:
         self._send_inserts(operation, operation.replicas, effects)
         return effects
 
-    @staticmethod
-    def _out_of_reach(operation: _Operation, quorum: int) -> bool:
-        """Fewer replicas left than `quorum`, once the fenced and recovering ones are out."""
-        return len(operation.replicas) - len(operation.fenced | operation.unavailable) < quorum
+    def _out_of_reach(self, operation: _Operation, *, writing: bool) -> bool:
+        """Some set has fewer replicas left than its quorum, once the fenced and recovering
+        ones are out: W in each set for a write or a repair, R in the read set for a read."""
+        excluded = operation.fenced | operation.unavailable
+        if writing:
+            sets, quorum = operation.placement.quorum_sets, self._quorum.write_quorum
+        else:
+            sets, quorum = (operation.placement.read_set,), self._quorum.read_quorum
+        return not reachable_in_each(excluded, sets, quorum)
 
     @staticmethod
     def _healthy_answers(operation: _Operation, index: int) -> list[Mapping | None]:
@@ -457,22 +496,32 @@ class Coordinator:
             if token not in operation.corrupt.get(peer, ())
         ]
 
+    def _held_in_each(self, operation: _Operation, holders: set[str]) -> bool:
+        """W of each quorum set hold a mapping. Holders are always replicas of the owner, so a
+        stable owner (one set) only counts them: the fast path of every operation but a
+        moved owner's."""
+        if not operation.placement.joint:
+            return len(holders) >= self._quorum.write_quorum
+        return quorum_in_each(holders, operation.placement.quorum_sets, self._quorum.write_quorum)
+
     def _write_quorum_reached(self, operation: _Operation) -> bool:
-        quorum = self._quorum.write_quorum
-        return all(len(holders) >= quorum for holders in operation.holders.values())
+        return all(self._held_in_each(operation, h) for h in operation.holders.values())
 
     def _require_write_quorum(self, operation: _Operation) -> None:
-        """A success needs every mapping held durably by W distinct replicas of the owner."""
+        """A success needs every mapping held durably by W distinct replicas of EACH set of the
+        owner's placement (both the old and the new one while it moves)."""
         quorum = self._quorum.write_quorum
-        replicas = frozenset(operation.replicas)
         for token in operation.mappings:
             holders = operation.holders.get(token, set())
-            if len(holders & replicas) < quorum:
-                raise InvariantViolation(
-                    f"coordinator would answer success below W ({operation.phase.value}):"
-                    f" owner {operation.owner} token prefix {token[:8]}"
-                    f" epoch {_epoch_of(operation)}: {len(holders & replicas)} of {quorum}"
-                )
+            for replica_set in operation.placement.quorum_sets:
+                held = len(holders & frozenset(replica_set))
+                if held < quorum:
+                    raise InvariantViolation(
+                        f"coordinator would answer success below W ({operation.phase.value}):"
+                        f" owner {operation.owner} token prefix {token[:8]}"
+                        f" epoch {_epoch_of(operation)}: {held} of {quorum}"
+                        f" in set {','.join(replica_set)} at ring {operation.placement.version}"
+                    )
 
     def _finish(self, operation: _Operation, failure: Failure | None, effects: Effects) -> None:
         if failure is None:

@@ -28,6 +28,7 @@ class TimerKind(enum.Enum):
     DEADLINE = "deadline"  # give up on an operation
     BACKOFF = "backoff"  # a preempted Paxos round tries again with a higher ballot
     HEDGE = "hedge"  # a read still undecided asks the replicas it has not asked yet
+    THROTTLE = "throttle"  # transfers may ask pages again: the throttle's budget is back
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,12 @@
 """The proposer and learner of owners' epochs: learn the active epoch, or rotate it, sans-IO.
 
-Theory of operation, per operation:
+Theory of operation, per operation. The owner's acceptors are its placement at one ring version
+(placement.py): its N replicas when stable; while a membership change moves it, the old and the
+new set, and then every "majority" below is a majority of EACH set (joint consensus, Raft §6,
+docs/membership.md §3), messages go to both sets, and a refusal or an unavailable answer ends a
+round once some set can no longer give a majority. Queries, prepares and accepts carry the
+placement's ring version (`ring`: the ring fence, peer_core.py); a Decide does not (a decided
+value is final: any replica may learn it, whatever its version).
 1. QUERY: ask the owner's N replicas what they decided and accepted (changes nothing). With a
    majority of reports: d = the highest decided epoch, a = the highest slot anyone accepted in.
    If a > d a round may be half done: finish slot d+1 (step 2 with no value of our own).
@@ -42,7 +48,8 @@ deadline of every open round) to pass.
 Invariants: at most one value is chosen per slot (Paxos), and this core only counts answers to
 the ballot and slot of its current phase. Asserted (invariants.py): a ballot carries one value,
 of its slot; a value is reported chosen only with a majority of granted Accepted for its slot
-and ballot from distinct replicas; a rotate answers `rotated` only with its own value.
+and ballot from distinct replicas of each set of the placement; a rotate answers `rotated` only
+with its own value.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from tokenvault.quorum.messages import (
     Prepare,
     Promise,
 )
+from tokenvault.quorum.placement import OwnerPlacement, quorum_in_each, reachable_in_each
 from tokenvault.quorum.quorum_config import majority
 
 
@@ -100,7 +108,7 @@ class _Phase(enum.Enum):
 class _Operation:
     op_id: str
     owner: str
-    replicas: tuple[str, ...]
+    placement: OwnerPlacement
     rotate: bool
     expected: int | None
     own_value_salt: str
@@ -117,6 +125,11 @@ class _Operation:
     stores: dict[str, str] = field(default_factory=dict)  # counted answer -> its store identity
     promise_stores: dict[str, str] = field(default_factory=dict)  # the promises ACCEPT rests on
     unavailable: set[str] = field(default_factory=set)  # replicas recovering a lost store
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        """Every acceptor of the owner (both sets while it moves): asked, and told decisions."""
+        return self.placement.replicas
 
 
 class EpochCoordinator:
@@ -139,18 +152,20 @@ class EpochCoordinator:
         *,
         op_id: str,
         owner: str,
-        replicas: tuple[str, ...],
+        placement: OwnerPlacement,
         now: float,
         down: frozenset[str] = frozenset(),
     ) -> Effects:
-        return self._start(op_id, owner, replicas, now, down, rotate=False, expected=None, at_s=0.0)
+        return self._start(
+            op_id, owner, placement, now, down, rotate=False, expected=None, at_s=0.0
+        )
 
     def start_rotate(
         self,
         *,
         op_id: str,
         owner: str,
-        replicas: tuple[str, ...],
+        placement: OwnerPlacement,
         expected_epoch: int | None,
         requested_at_s: float,
         now: float,
@@ -159,7 +174,7 @@ class EpochCoordinator:
         return self._start(
             op_id,
             owner,
-            replicas,
+            placement,
             now,
             down,
             rotate=True,
@@ -171,7 +186,7 @@ class EpochCoordinator:
         self,
         op_id: str,
         owner: str,
-        replicas: tuple[str, ...],
+        placement: OwnerPlacement,
         now: float,
         down: frozenset[str],
         *,
@@ -180,7 +195,7 @@ class EpochCoordinator:
         at_s: float,
     ) -> Effects:
         assert op_id not in self._operations, "operation ids are unique"
-        assert replicas and len(set(replicas)) == len(replicas)
+        assert placement.old, "an owner has acceptors"
         if len(self._operations) >= self._limits.operations_max:
             overloaded = EpochDone(
                 op_id=op_id, owner=owner, value=None, rotated=False, failure=Failure.OVERLOADED
@@ -190,7 +205,7 @@ class EpochCoordinator:
         operation = _Operation(
             op_id=op_id,
             owner=owner,
-            replicas=replicas,
+            placement=placement,
             rotate=rotate,
             expected=expected,
             own_value_salt=salt,
@@ -199,8 +214,7 @@ class EpochCoordinator:
         self._operations[op_id] = operation
         # When the failure detector holds no majority up, do not wait the whole timeout for
         # it; a short grace still lets a peer just back answer.
-        live = sum(1 for replica in replicas if replica not in down)
-        no_majority = live < majority(len(replicas))
+        no_majority = not reachable_in_each(down, placement.quorum_sets)
         limits = self._limits
         timeout_s = limits.down_grace_s if no_majority else limits.operation_timeout_s
         effects = Effects(
@@ -304,7 +318,7 @@ class EpochCoordinator:
         self._send_phase(operation, effects, only_silent=False)
 
     def _after_query(self, operation: _Operation, effects: Effects) -> None:
-        if len(operation.answered) < majority(len(operation.replicas)):
+        if not self._majority_of_each(operation, operation.answered):
             return
         known = operation.known
         assert known is not None, "a report always carries a decided value"
@@ -360,7 +374,7 @@ class EpochCoordinator:
         operation.answered[source] = promise
         operation.stores[source] = promise.store
         operation.unavailable.discard(source)
-        if len(operation.answered) < majority(len(operation.replicas)):
+        if not self._majority_of_each(operation, operation.answered):
             return
         promises = [m for m in operation.answered.values() if isinstance(m, Promise)]
         accepted = [p for p in promises if p.accepted_ballot is not None]
@@ -403,24 +417,25 @@ class EpochCoordinator:
         operation.answered[source] = accepted
         operation.stores[source] = accepted.store
         operation.unavailable.discard(source)
-        if len(operation.answered) < majority(len(operation.replicas)):
+        if not self._majority_of_each(operation, operation.answered):
             return
         value = operation.value
         assert value is not None and value.epoch == operation.slot
-        votes = sum(
-            1
+        voters = {
+            replica
             for replica, answer in operation.answered.items()
-            if replica in operation.replicas
-            and isinstance(answer, Accepted)
+            if isinstance(answer, Accepted)
             and answer.granted
             and answer.slot == operation.slot
             and answer.ballot == operation.ballot
-        )
-        require(
-            votes >= majority(len(operation.replicas)),
-            f"proposer would report a value chosen with {votes} granted Accepted of"
-            f" {len(operation.replicas)} at {self._where(operation)}",
-        )
+        }
+        for acceptors in operation.placement.quorum_sets:
+            votes = sum(1 for replica in acceptors if replica in voters)
+            require(
+                votes >= majority(len(acceptors)),
+                f"proposer would report a value chosen with {votes} granted Accepted of"
+                f" {len(acceptors)} in set {','.join(acceptors)} at {self._where(operation)}",
+            )
         effects.events.append(
             self._event(
                 operation,
@@ -449,18 +464,17 @@ class EpochCoordinator:
         if source in operation.answered:
             return  # it answered this phase before (a late or reordered reply)
         operation.unavailable.add(source)
-        replicas = len(operation.replicas)
-        if replicas - len(operation.unavailable) < majority(replicas):
+        if not reachable_in_each(operation.unavailable, operation.placement.quorum_sets):
             self._fail(operation, Failure.QUORUM_TIMEOUT, effects, phase="replicas_recovering")
 
     def _refused(
         self, operation: _Operation, source: str, promised: Ballot, now: float, effects: Effects
     ) -> None:
-        """A refusal preempts the round only once a majority of grants is out of reach."""
+        """A refusal preempts the round only once a majority of grants is out of reach in some
+        set."""
         operation.highest_round = max(operation.highest_round, promised.round)
         operation.refused.add(source)
-        replicas = len(operation.replicas)
-        if len(operation.refused) > replicas - majority(replicas):
+        if not reachable_in_each(operation.refused, operation.placement.quorum_sets):
             self._preempted(operation, promised, now, effects)
 
     def _preempted(
@@ -498,6 +512,14 @@ class EpochCoordinator:
         self._finish(operation, failure, effects)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _majority_of_each(operation: _Operation, answered: dict[str, Message]) -> bool:
+        """Answers from a majority of each set (both while the owner moves: joint consensus).
+        Only replicas' answers are ever kept, so a stable owner just counts them."""
+        if not operation.placement.joint:
+            return len(answered) >= majority(len(operation.replicas))
+        return quorum_in_each(answered, operation.placement.quorum_sets)
 
     def _is_current(self, operation: _Operation, phase: _Phase, reply: Promise | Accepted) -> bool:
         return (
@@ -551,14 +573,16 @@ class EpochCoordinator:
 
     def _send_phase(self, operation: _Operation, effects: Effects, *, only_silent: bool) -> None:
         message: Message
+        ring = operation.placement.version  # the ring fence (peer_core.py); not on a Decide
         if operation.phase is _Phase.QUERY:
-            message = EpochQuery(op_id=operation.op_id, owner=operation.owner)
+            message = EpochQuery(op_id=operation.op_id, owner=operation.owner, ring=ring)
         elif operation.phase is _Phase.PREPARE:
             message = Prepare(
                 op_id=operation.op_id,
                 owner=operation.owner,
                 slot=operation.slot,
                 ballot=operation.ballot,
+                ring=ring,
             )
         elif operation.phase is _Phase.ACCEPT:
             assert operation.value is not None
@@ -568,6 +592,7 @@ class EpochCoordinator:
                 slot=operation.slot,
                 ballot=operation.ballot,
                 value=operation.value,
+                ring=ring,
             )
         else:
             return  # backing off: the BACKOFF timer sends the next prepare

@@ -131,6 +131,7 @@ class Origin(enum.Enum):
     COORDINATOR = "coordinator"  # a client's write, or a read's blocking repair
     HINTS = "hints"  # hinted handoff delivering what a replica missed
     ANTI_ENTROPY = "anti_entropy"  # anti-entropy copying what a partner lacks
+    TRANSFER = "transfer"  # a transfer's page, stored by the new replica itself (transfer.py)
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -519,6 +520,53 @@ class RecoveryReport(_OwnerMessage, frozen=True, kw_only=True, tag="recovery_rep
             raise ValueError("the genesis epoch is never decided by a round")
 
 
+# -- transfers of a moved owner to a new replica (transfer.py) ----------------------------------
+
+TRANSFER_PAGE_MAPPINGS_MAX = 1_000  # mappings one page carries
+TRANSFER_PAGE_BYTES_MAX = 1 << 20  # bytes of records one page carries (at least one record)
+TRANSFER_RECORD_BYTES_MAX = 64 * 1024  # one stored record: a sealed value of 4,096 characters
+# and its header stay far below
+_Checksum = Annotated[str, msgspec.Meta(min_length=32, max_length=32, pattern="^[0-9a-f]{32}$")]
+
+
+class TransferPage(_OwnerMessage, frozen=True, kw_only=True, tag="transfer_page"):
+    """New replica -> an old replica of the owner: up to `limit` of your mappings of the owner,
+    in token order, after the token `after` (from the start when None). `request` numbers the
+    asker's requests: the reply echoes it, so a late answer to an earlier request is known."""
+
+    after: _Token | None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=TRANSFER_PAGE_MAPPINGS_MAX)]
+    request: _Count
+
+
+class TransferPageReply(_OwnerMessage, frozen=True, kw_only=True, tag="transfer_page_reply"):
+    """Old replica -> new replica: the owner's records as stored (sealed, format 2), in token
+    order after `after`; `done` when nothing follows them; `checksum` is the hex blake2b-128 of
+    the length-prefixed (token, record) pairs (transfer.py `page_checksum`); `held` is how
+    many mappings of the owner the source holds (for progress only). `unavailable`: the
+    source does not serve the owner now (it recovers, or holds no copy): ask another."""
+
+    after: _Token | None
+    request: _Count
+    entries: tuple[
+        tuple[_Token, Annotated[bytes, msgspec.Meta(max_length=TRANSFER_RECORD_BYTES_MAX)]], ...
+    ] = ()
+    checksum: _Checksum = "0" * 32
+    done: bool = False
+    held: _Count = 0
+    unavailable: bool = False
+
+    def __post_init__(self) -> None:
+        _check_owner(self.owner)
+        if len(self.entries) > TRANSFER_PAGE_MAPPINGS_MAX:
+            raise ValueError("a transfer page carries too many mappings")
+        previous = self.after
+        for token, _ in self.entries:
+            if previous is not None and token <= previous:
+                raise ValueError("a transfer page is in strict token order after its cursor")
+            previous = token
+
+
 # -- the ring register (ring_register.py): one single-decree Paxos instance per ring version ---
 # `version` is the ring version a Paxos message is about: the slot of one instance, decided by
 # the voters of version - 1. A `Membership` validates itself (ring/membership.py).
@@ -629,6 +677,8 @@ Message = (
     | AntiEntropyMessage
     | RecoveryQuery
     | RecoveryReport
+    | TransferPage
+    | TransferPageReply
     | RingMessage
 )
 

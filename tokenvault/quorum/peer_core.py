@@ -31,6 +31,11 @@ Theory of operation:
   and a rotate's ballots on a proposer that forgot its own; heartbeats and RecoveryQuery
   carry store identities, noted (and told to the proposer, which drops answers of a replaced
   store) before anything else of the batch. It serves once the `serving` record is durable.
+- Transfers (transfer.py): while a change is pending, this peer fills the owners it is a new
+  replica of, each once the owner is fenced (every replica of both sets reported the joint
+  version), and resumes them from their records at its first serving tick; its heartbeats say
+  when all of them committed (`transfers_done`), and a voter proposes the finish once every
+  target said so. Transfers of earlier changes are forgotten.
 - Containment: an exception from a core (a violated invariant, a failed store) drops the input
   that caused it. It is one `core_error` or `storage_error` event (level error) and one entry of
   `Step.faults`; a client operation it interrupts is answered with a failure; the peer goes on.
@@ -115,6 +120,7 @@ from tokenvault.quorum.ring_placement import RingPlacement, drain_set
 from tokenvault.quorum.ring_register import RingLimits, RingRegister
 from tokenvault.quorum.routing import Destination, route
 from tokenvault.quorum.sealing import Sealer
+from tokenvault.quorum.transfer import TransferLimits, Transfers, TransferView
 from tokenvault.ring.membership import AddMember, FinishChange, Membership, MembershipChange
 from tokenvault.ring.transfer_plan import plan_transfers
 from tokenvault.store.storage import Storage, StorageError
@@ -132,6 +138,7 @@ class PeerLimits:
     anti_entropy: AntiEntropyLimits = field(default_factory=AntiEntropyLimits)
     recovery: RecoveryLimits = field(default_factory=RecoveryLimits)
     ring: RingLimits = field(default_factory=RingLimits)
+    transfer: TransferLimits = field(default_factory=TransferLimits)
     anti_entropy_enabled: bool = True
     # The replica's digests built page by page by the driver after start (merkle.py), not at
     # once in the constructor: node.py, so that a large store serves at once.
@@ -203,6 +210,7 @@ class _Core:
     EPOCH_COORDINATOR = Destination.EPOCH_COORDINATOR.value
     INSPECTION = Destination.INSPECTION.value
     RING = Destination.RING.value
+    TRANSFER = Destination.TRANSFER.value
 
 
 @dataclass(slots=True)
@@ -296,6 +304,19 @@ class PeerCore:
             digests_built_in_pages=limits.digests_built_in_pages,
         )
         self.acceptor = Acceptor(peer_id=peer_id, storage=storage, store_id=self.recovery.store_id)
+        self.transfers = Transfers(
+            peer_id=peer_id,
+            storage=storage,
+            replica=self.replica,
+            acceptor=self.acceptor,
+            quorum=quorum,
+            store_id=self.recovery.store_id,
+            holds=self._holds,
+            now=now,
+            limits=limits.transfer,
+        )
+        self._transfers_resumed = False  # resumed at the first tick that serves
+        self._targets: tuple[int, tuple[str, ...]] = (0, ())  # (version, owners moved here)
         self.hints = HintedHandoff(
             peer_id=peer_id, storage=storage, sealer=self.sealer, limits=limits.hints
         )
@@ -377,6 +398,10 @@ class PeerCore:
 
     def recovery_progress(self) -> RecoveryProgress:
         return self.recovery.progress()
+
+    def transfer_views(self) -> list[TransferView]:
+        """The transfers into this peer (transfer.py), for /v1/admin/members."""
+        return self.transfers.views(self._now)
 
     def known_epoch(self, owner: str) -> EpochValue:
         return self._epochs.get(owner, GENESIS)
@@ -609,6 +634,8 @@ class PeerCore:
             return lambda: self.hints.on_reply(source, reply)
         if destination is Destination.COORDINATOR:
             return lambda: self.coordinator.on_message(source, message)
+        if destination is Destination.TRANSFER:
+            return lambda: self.transfers.on_message(source, message, now)
         assert destination is Destination.EPOCH_COORDINATOR
         return lambda: self.epoch_coordinator.on_message(source, message, now)
 
@@ -728,6 +755,8 @@ class PeerCore:
             self._call(step, core, "timer", lambda: self.coordinator.on_timer(timer, now))
         elif core == _Core.RING:
             self._ring_call(step, "timer", lambda: self.ring_register.on_timer(timer, now))
+        elif core == _Core.TRANSFER:
+            self._call(step, core, "timer", lambda: self.transfers.on_timer(timer, now))
         else:
             assert core == _Core.EPOCH_COORDINATOR, core
             self._call(step, core, "timer", lambda: self.epoch_coordinator.on_timer(timer, now))
@@ -935,21 +964,61 @@ class PeerCore:
                     self._send(step, envelope)
             return
         self._refresh_ring(step)
+        self._start_transfers(step, now)
         if membership.stable or self.peer_id not in membership.voters:
             return
-        self._start_transfers(step, now)
         if self._change_transferred() and not self.ring_register.operations_in_flight():
             self._ring_ops += 1
             self._propose(step, FinishChange(), f"{self.peer_id}-finish-{self._ring_ops}", now)
 
     def _start_transfers(self, step: Step, now: float) -> None:
-        """Transfers into this peer of the pending change, each once its owner is fenced."""
-        del step, now  # the transfer core (wiring)
+        """Transfers into this peer of the pending change, each once its owner is fenced
+        (every replica of both its sets reported the joint version); those of earlier
+        changes are forgotten. A store that does not serve yet transfers nothing."""
+        if self.state != "serving":
+            return
+        transfers = self.transfers
+        membership = self._ring.membership
+        version = membership.version
+        oldest_kept = version + 1 if membership.stable else version
+        self._call(step, _Core.TRANSFER, "forget", lambda: transfers.forget_before(oldest_kept))
+        transfers.set_down(self.down_peers())
+        if not self._transfers_resumed:
+            self._transfers_resumed = True
+            self._call(step, _Core.TRANSFER, "resume", lambda: transfers.resume(now))
+        if membership.stable:
+            return
+        self._call(step, _Core.TRANSFER, "tick", lambda: transfers.tick(now))
+        versions = {**self._ring_versions, self.peer_id: version}
+        for owner in self._targeted_owners():
+            if self._ring.fenced(owner, versions):
+                old = self.placement(owner).old
+                call = functools.partial(transfers.start, version, owner, old, now)
+                self._call(step, _Core.TRANSFER, "start", call)
+
+    def _targeted_owners(self) -> tuple[str, ...]:
+        """The owners the pending change moves to this peer: in the new set, not the old."""
+        version = self._ring.membership.version
+        if self._targets[0] != version:
+            owners = tuple(
+                owner
+                for owner in self._owners
+                if self.peer_id in self.placement(owner).new
+                and self.peer_id not in self.placement(owner).old
+            )
+            self._targets = (version, owners)
+        return self._targets[1]
+
+    def _holds(self, owner: str) -> bool:
+        """This peer keeps a copy of the owner now: a transfer may read it."""
+        return self.peer_id in self.placement(owner).replicas
 
     def _own_transfers_done(self) -> int:
         """The highest joint version whose transfers into this peer all committed."""
         membership = self._ring.membership
         if membership.stable:
+            return membership.version
+        if self.transfers.committed(membership.version, self._targeted_owners()):
             return membership.version
         return 0
 
@@ -1019,9 +1088,15 @@ class PeerCore:
         self._call(step, "recovery", "tick", lambda: self.recovery.tick(now), from_storage=True)
 
     def _on_recovery_report(self, step: Step, source: str, report: RecoveryReport) -> None:
+        owner = report.owner
+        if self.transfers.expects(report):  # a transfer's epochs step (transfer.py)
+            now = self._now
+            call = functools.partial(self.transfers.on_recovery_report, source, report, now)
+            if self._call(step, _Core.TRANSFER, "RecoveryReport", call):
+                self._note_epoch(step, owner, self.acceptor.active_epoch(owner))
+            return
         reports = self.recovery.on_report(source, report)
         if reports is not None:
-            owner = report.owner
             self._call(step, "acceptor", "adopt", lambda: self.acceptor.adopt(owner, reports))
             self._note_epoch(step, owner, self.acceptor.active_epoch(owner))
         self._check_recovered(step, self._now)
@@ -1063,7 +1138,7 @@ class PeerCore:
             start,
             op_id=op_id,
             owner=operation.owner,
-            replicas=self.placement(operation.owner).old,  # joint quorums: coordinators (wiring)
+            placement=self.placement(operation.owner),
             now=self._now,
             down=self._unusable_replicas(),
             **arguments,

@@ -37,6 +37,8 @@ MAPPING_PREFIX = b"m\x00"
 ACCEPTOR_PREFIX = b"a\x00"
 DECIDED_PREFIX = b"d\x00"
 EPOCH_META_PREFIX = b"e\x00"
+RING_PREFIX = b"r\x00"  # the ring register's records (ring_records.py)
+TRANSFER_PREFIX = b"t\x00"  # transfers' progress (transfer_records.py)
 FIELD_BYTES_MAX = 255
 _MAPPING_FORMAT_V1 = b"\x01"
 _MAPPING_FORMAT_V2 = b"\x02"
@@ -324,6 +326,21 @@ def encode_peer_identity(store_id: str) -> bytes:
     return store_id.encode("ascii")
 
 
+# Records a fresh store may hold before it held anything of an owner: the ring it learned (a
+# joining peer fetches it first) and transfers into it. They say nothing of what it voted.
+_NOT_STATE_PREFIXES = (RING_PREFIX, TRANSFER_PREFIX)
+_EMPTY_SCAN_PAGE = 64
+
+
 def is_empty_store(storage: StorageView) -> bool:
-    """No record at all: a store made just now (a new peer, or one that lost its disk)."""
-    return not storage.scan(b"", limit=1)
+    """No record but ring and transfer records: a store made just now (a new peer, or one
+    that lost its disk). Keys sort by prefix, and the owners' records (a, d, e, m) come before
+    the ring's and transfers' (r, t): a store that holds any says so on the first page."""
+    after: bytes | None = None
+    while True:
+        page = storage.scan(b"", start_after=after, limit=_EMPTY_SCAN_PAGE)
+        if any(not key.startswith(_NOT_STATE_PREFIXES) for key, _ in page):
+            return False
+        if len(page) < _EMPTY_SCAN_PAGE:
+            return True
+        after = page[-1][0]

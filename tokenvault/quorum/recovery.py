@@ -75,6 +75,8 @@ from tokenvault.quorum.messages import (
     ReadRequest,
     RecoveryQuery,
     RecoveryReport,
+    TransferPage,
+    TransferPageReply,
 )
 from tokenvault.quorum.quorum_config import majority
 from tokenvault.quorum.records import (
@@ -374,6 +376,14 @@ def refusal(peer_id: str, store_id: str, source: str, message: Message) -> list[
         )
     elif isinstance(message, RecoveryQuery):
         return []  # what it knows is what it is learning: no answer
+    elif isinstance(message, TransferPage):
+        reply = TransferPageReply(  # what it holds may lack anything: ask another source
+            op_id=message.op_id,
+            owner=message.owner,
+            after=message.after,
+            request=message.request,
+            unavailable=True,
+        )
     else:
         return None
     return [Envelope(source=peer_id, destination=source, message=reply)]

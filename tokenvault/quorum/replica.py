@@ -48,6 +48,7 @@ from tokenvault.quorum.messages import (
     InsertRequest,
     Mapping,
     Message,
+    Origin,
     OwnerInspect,
     OwnerView,
     ReadReply,
@@ -207,6 +208,17 @@ class Replica:
         if isinstance(message, OwnerInspect):
             return self._on_inspect(source, message)
         raise AssertionError(f"replica got a message it does not serve: {type(message).__name__}")
+
+    def store_copies(
+        self, source: str, request: InsertRequest
+    ) -> tuple[Effects, tuple[InsertOutcome, ...]]:
+        """Mappings a transfer copied from `source` (a repair: never fenced), through the same
+        insert-once path as every insert; the outcomes instead of a reply message."""
+        assert request.repair and request.origin is Origin.TRANSFER
+        effects = self._on_insert(source, request)
+        reply = effects.messages.pop().message
+        assert isinstance(reply, InsertReply) and not effects.messages
+        return effects, reply.outcomes
 
     def _on_insert(self, source: str, request: InsertRequest) -> Effects:
         effects = Effects()

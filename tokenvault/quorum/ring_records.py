@@ -14,12 +14,11 @@ from typing import TypeVar
 import msgspec
 
 from tokenvault.quorum.messages import ZERO_BALLOT, Ballot
-from tokenvault.quorum.records import StorageCorrupt, StorageReader
+from tokenvault.quorum.records import RING_PREFIX, StorageCorrupt, StorageReader
 from tokenvault.ring.membership import Membership
 
 _T = TypeVar("_T")
 
-RING_PREFIX = b"r\x00"
 LEARNED_KEY = RING_PREFIX + b"c"
 RING_ACCEPTOR_PREFIX = RING_PREFIX + b"a\x00"
 

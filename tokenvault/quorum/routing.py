@@ -35,6 +35,8 @@ from tokenvault.quorum.messages import (
     ReadRequest,
     RecoveryQuery,
     RecoveryReport,
+    TransferPage,
+    TransferPageReply,
 )
 
 
@@ -49,6 +51,7 @@ class Destination(enum.Enum):
     INSPECTION = "inspection"  # an admin view's answer, for whoever asked
     RECOVERY = "recovery"  # a report for a peer recovering a lost store (recovery.py)
     RING = "ring"  # the ring register (ring_register.py); a join request, for the peer core
+    TRANSFER = "transfer"  # transfers of moved owners (transfer.py): pages asked and answered
 
     @property
     def answers_from_storage(self) -> bool:
@@ -56,12 +59,19 @@ class Destination(enum.Enum):
 
 
 _FROM_STORAGE = frozenset(
-    {Destination.REPLICA, Destination.ACCEPTOR, Destination.ANTI_ENTROPY, Destination.RING}
+    {
+        Destination.REPLICA,
+        Destination.ACCEPTOR,
+        Destination.ANTI_ENTROPY,
+        Destination.RING,
+        Destination.TRANSFER,
+    }
 )
 _INSERT_REPLY_DESTINATIONS = {
     Origin.COORDINATOR: Destination.COORDINATOR,
     Origin.HINTS: Destination.HINTS,
     Origin.ANTI_ENTROPY: Destination.ANTI_ENTROPY,
+    Origin.TRANSFER: Destination.TRANSFER,
 }
 
 
@@ -78,6 +88,8 @@ def route(message: Message) -> Destination:
         return Destination.INSPECTION
     if isinstance(message, RecoveryReport):
         return Destination.RECOVERY
+    if isinstance(message, TransferPage | TransferPageReply):
+        return Destination.TRANSFER
     if isinstance(message, RING_MESSAGE_TYPES):
         return Destination.RING
     if isinstance(message, InsertReply):
