@@ -41,12 +41,12 @@ from tokenvault.quorum.records import (
     ACCEPTOR_PREFIX,
     DECIDED_PREFIX,
     EPOCH_META_PREFIX,
+    RING_PREFIX,
     EpochMeta,
     read_acceptor_slot,
     read_decided,
     read_epoch_meta,
 )
-from tokenvault.quorum.ring_records import RING_PREFIX
 from tokenvault.sim.durable import SIM_SEALER, OneRecord
 from tokenvault.sim.network import describe_ballot, describe_value, short_token
 from tokenvault.sim.observation import Observation
