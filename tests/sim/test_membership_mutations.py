@@ -6,14 +6,36 @@ The pattern is test_mutations.py's: every mutant (tests/sim/membership_mutants.p
 module under tokenvault/quorum/, never the simulator. The seeds are pinned (a small range found
 by scanning offline, whose first seed catches the mutation) so that the default suite stays
 short; with the long sweep (TOKENVAULT_SIM_SEEDS above its default) each mutation is swept over
-MEMBERSHIP_LONG_SEEDS seeds from 1 instead.
-MUTATIONS_DOC
+MEMBERSHIP_LONG_SEEDS seeds from 1 instead. The runs have 3 changes and do not require full
+convergence (`--no-full-convergence`): until old replicas drop what they no longer replicate
+(docs/membership.md §3 step 5) a membership run keeps strays on former replicas.
+
+Caught (first seed 1 each):
+- skip-dual-write: while an owner moves, a write or a repair counts W of the NEW set only; the
+  coordinator's own assertion (`_require_write_quorum`, W of each set) refuses the success:
+  `no-core-exception`;
+- skip-dual-write-unasserted: the same, that assertion off: `answers-are-durable` (W of the old
+  set, the read set, not held); seed 4 also `acknowledged-write-visible`;
+- skip-dual-write-old: W of the OLD set only (the assertion);
+- finish-ends-dual-write: once the finish is learned, before the drain, W of the new set only
+  (the assertion);
+- epoch-round-one-majority: a joint-phase epoch round won with a majority of the new set only;
+  the proposer's own assertion (a value chosen needs a majority of each set).
+Not caught yet (strict xfails, findings: docs/simulation.md):
+- skip-dual-write-old-unasserted and finish-ends-dual-write-unasserted: `answers-are-durable`
+  counts durable copies on the read set only (SimCluster.durable_copies), so W missing from
+  the other set goes unseen; counted on each quorum set, both are caught on seed 1;
+- epoch-round-one-majority-unasserted: no seed of 1..30 (two rounds must choose apart);
+- commit-before-digests-match: a transfer commits after its first whole pass, without the
+  N - W + 1 verifying passes: no seed of 1..40 (every change moves one replica per owner, so
+  the N - 1 kept replicas meet every old write quorum and anti-entropy fills the target).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -22,6 +44,7 @@ from tests.sim.conftest import SWEEP_SEEDS_DEFAULT, sweep_seed_count
 from tests.sim.test_mutations import BLACK_BOX, _report_of
 from tokenvault.quorum import epoch_coordinator as epoch_module
 from tokenvault.quorum import peer_core as peer_core_module
+from tokenvault.quorum import transfer as transfer_module
 from tokenvault.sim.cli import main
 from tokenvault.sim.config import SimConfig
 from tokenvault.sim.runner import SimResult, run_simulation
@@ -44,9 +67,13 @@ class MembershipMutation:
     seeds: range  # pinned: the first of them catches it (scanned offline)
     caught_in_core: bool = False  # a core's own assertion catches it first (no-core-exception)
     client_visible_seed: int | None = None  # a seed where a client-visible invariant catches it
+    # Not caught yet (a finding, docs/simulation.md): why, and what would catch it. Such a
+    # mutation's test is a strict xfail on its pinned seeds: once a checker catches it there,
+    # the test XPASSes and fails, and the mutation joins the caught ones.
+    uncaught: str = ""
 
     def sweep(self) -> range:
-        if sweep_seed_count() > SWEEP_SEEDS_DEFAULT:
+        if sweep_seed_count() > SWEEP_SEEDS_DEFAULT and not self.uncaught:
             return range(1, max(MEMBERSHIP_LONG_SEEDS, self.seeds.stop))
         return self.seeds
 
@@ -68,6 +95,11 @@ def _epoch_coordinator_unasserted(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(epoch_module, "require", mutants.require_but_chosen_with_both_majorities)
 
 
+_COUNTS_THE_READ_SET_ONLY = (
+    "answers-are-durable counts durable copies on the read set of the highest ring"
+    " (SimCluster.durable_copies), not on each quorum set: W of the other set is never checked"
+)
+
 MUTATIONS = (
     MembershipMutation(
         "skip-dual-write",
@@ -84,11 +116,60 @@ MUTATIONS = (
         client_visible_seed=4,
     ),
     MembershipMutation(
+        "skip-dual-write-old",
+        _coordinator(mutants.SkipDualWriteOld),
+        frozenset({"no-core-exception"}),
+        range(1, 3),
+        caught_in_core=True,
+    ),
+    MembershipMutation(
+        "finish-ends-dual-write",
+        _coordinator(mutants.FinishEndsDualWrite),
+        frozenset({"no-core-exception"}),
+        range(1, 3),
+        caught_in_core=True,
+    ),
+    MembershipMutation(
         "epoch-round-one-majority",
         lambda mp: mp.setattr(peer_core_module, "EpochCoordinator", mutants.EpochRoundOneMajority),
         frozenset({"no-core-exception"}),
         range(1, 3),
         caught_in_core=True,
+    ),
+    MembershipMutation(
+        "skip-dual-write-old-unasserted",
+        _coordinator(mutants.SkipDualWriteOldUnasserted),
+        frozenset({"answers-are-durable", "acknowledged-write-visible"}),
+        range(1, 2),
+        uncaught=_COUNTS_THE_READ_SET_ONLY,
+    ),
+    MembershipMutation(
+        "finish-ends-dual-write-unasserted",
+        _coordinator(mutants.FinishEndsDualWriteUnasserted),
+        frozenset({"answers-are-durable", "acknowledged-write-visible"}),
+        range(1, 2),
+        uncaught=_COUNTS_THE_READ_SET_ONLY,
+    ),
+    MembershipMutation(
+        "epoch-round-one-majority-unasserted",
+        _epoch_coordinator_unasserted,
+        frozenset({"one-value-per-slot", "chosen-value-kept", "rotations-agree"}),
+        range(1, 2),
+        uncaught=(
+            "not caught in seeds 1..8: two rounds must choose different values with a majority"
+            " of the new set and one of the old set that miss each other, across a partition"
+        ),
+    ),
+    MembershipMutation(
+        "commit-before-digests-match",
+        lambda mp: mp.setattr(transfer_module, "passes_needed", mutants.commit_after_one_pass),
+        frozenset({"acknowledged-write-visible", "owners-on-final-ring"}),
+        range(1, 2),
+        uncaught=(
+            "not caught in seeds 1..40: one replica moves per change, so the N-1 kept replicas"
+            " meet every old write quorum and anti-entropy fills the target; only a read racing"
+            " it could see the hole"
+        ),
     ),
 )
 
@@ -101,7 +182,18 @@ def _first_caught(mutation: MembershipMutation) -> SimResult | None:
     return None
 
 
-@pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
+def _params(mutations: tuple[MembershipMutation, ...]) -> list[Any]:
+    return [
+        pytest.param(
+            m,
+            id=m.name,
+            marks=[pytest.mark.xfail(strict=True, reason=m.uncaught)] if m.uncaught else [],
+        )
+        for m in mutations
+    ]
+
+
+@pytest.mark.parametrize("mutation", _params(MUTATIONS))
 def test_a_membership_sweep_catches_a_broken_rule_and_the_replay_reproduces_it(
     mutation: MembershipMutation,
     monkeypatch: pytest.MonkeyPatch,
@@ -138,7 +230,7 @@ def test_a_client_visible_invariant_catches_it_too(
 
 def test_the_unmutated_cores_pass_the_seeds_that_catch_the_mutations() -> None:
     seeds = sorted(
-        {m.seeds.start for m in MUTATIONS}
+        {m.seeds.start for m in MUTATIONS if not m.uncaught}
         | {m.client_visible_seed for m in MUTATIONS if m.client_visible_seed}
     )
     failed = [r.replay_command() for r in map(run_simulation, map(_config, seeds)) if not r.passed]
