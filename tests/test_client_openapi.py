@@ -55,6 +55,9 @@ CASES: list[tuple[type[msgspec.Struct], Any]] = [
     (results.RingPeer, lambda: schemas()["PeerView"]),
     (results.OwnerPlacement, lambda: schemas()["RingOwner"]),
     (results.PeerAddress, lambda: items_of("RingOwner", "preference_list")),
+    (results.Members, lambda: schemas()["Members"]),
+    (results.MembersChanged, lambda: schemas()["MembersChanged"]),
+    (results.Member, lambda: schemas()["Member"]),
 ]
 
 

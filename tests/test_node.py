@@ -1,7 +1,8 @@
 """node.BatchRules: what a decoded peer batch must fit beyond the codec, the configuration.
 Every owner message type is refused for an owner that is not configured; a mapping is refused
 for a field its owner lacks when it is a new write (a held mapping, repaired or read, stays
-readable after its field left the configuration); a heartbeat speaks only for its sender."""
+readable after its field left the configuration); a heartbeat speaks only for its sender, and so
+does a join request (what a peer outside the ring may send at all is PeerCore.admits's)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tokenvault.quorum.messages import (
     Prepare,
     ReadReply,
     ReadRequest,
+    RingJoin,
 )
 
 TOKEN = "tok_" + "A" * 32
@@ -101,3 +103,10 @@ def test_the_refusal_names_where_never_the_value(rules: BatchRules) -> None:
     with pytest.raises(NotConfigured) as caught:
         rules.check("n2", [message])
     assert secret_field not in str(caught.value) and "alice" not in str(caught.value)
+
+
+def test_a_join_request_asks_only_for_its_sender(rules: BatchRules) -> None:
+    rules.check("n4", [RingJoin(op_id="j", id="n4", address="127.0.0.1:7404")])
+    other = RingJoin(op_id="j", id="n5", address="127.0.0.1:7405")
+    with pytest.raises(NotConfigured, match=r"\.id is not the batch's source"):
+        rules.check("n4", [other])

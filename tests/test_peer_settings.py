@@ -175,3 +175,50 @@ def test_a_bad_listen_in_the_file_is_refused(made: InitResult) -> None:
     made.config_path.write_text(text.replace('listen = "0.0.0.0:7602"', 'listen = "0.0.0.0"'))
     with pytest.raises(ConfigError, match=r"\[\[peer\]\] n2: listen must be host:port"):
         resolve_peer_settings(NodeFlags(config=made.config_path, peer_id="n1"), {})
+
+
+def test_a_joining_peer_is_its_own_entry_and_the_file_stays_the_bootstrap(
+    made: InitResult, tmp_path: Path
+) -> None:
+    flags = NodeFlags(config=made.config_path, peer_id="n4", join=True, address="10.0.0.4:7404")
+    settings = resolve_peer_settings(flags, {})
+    assert settings.joining is not None
+    assert (settings.joining.id, settings.joining.address) == ("n4", "10.0.0.4:7404")
+    assert settings.joining.data_dir == made.config_path.parent / "data" / "n4"
+    assert [p.id for p in settings.config.peers] == ["n1", "n2", "n3"]  # the fingerprint's
+    environment = {
+        "TOKENVAULT_CONFIG": str(made.config_path),
+        "TOKENVAULT_ID": "n5",
+        "TOKENVAULT_JOIN": "true",
+        "TOKENVAULT_ADDRESS": "10.0.0.5:7405",
+        "TOKENVAULT_DATA_DIR": str(tmp_path / "n5-data"),
+    }
+    by_variables = resolve_peer_settings(NodeFlags(), environment)
+    assert by_variables.joining is not None
+    assert by_variables.joining.address == "10.0.0.5:7405"
+    assert by_variables.joining.data_dir == tmp_path / "n5-data"
+    not_joining = environment | {"TOKENVAULT_JOIN": "0"}
+    assert resolve_peer_settings(NodeFlags(peer_id="n1"), not_joining).joining is None
+    bootstrap = resolve_peer_settings(NodeFlags(config=made.config_path, peer_id="n1"), {})
+    assert bootstrap.joining is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "environment", "message"),
+    [
+        (NodeFlags(peer_id="n1", join=True, address="10.0.0.9:7409"), {}, "bootstrap peer"),
+        (NodeFlags(peer_id="n4", join=True), {}, "needs its address"),
+        (NodeFlags(peer_id="n4", address="10.0.0.4:7404"), {}, "give --join too"),
+        (NodeFlags(peer_id="n4"), {}, "a new peer joins with --join"),
+        (NodeFlags(peer_id="n4", join=True, address="nowhere"), {}, "--address must be host"),
+        (NodeFlags(peer_id="n4", join=True, address="127.0.0.1:7501"), {}, "bootstrap peer's"),
+        (NodeFlags(peer_id="n4"), {"TOKENVAULT_JOIN": "yes"}, "TOKENVAULT_JOIN must be"),
+        (NodeFlags(peer_id="n4", join=True), {"TOKENVAULT_ADDRESS": ""}, "is given but empty"),
+    ],
+)
+def test_join_settings_that_cannot_be_are_errors(
+    made: InitResult, flags: NodeFlags, environment: dict[str, str], message: str
+) -> None:
+    flags = dataclasses.replace(flags, config=made.config_path)
+    with pytest.raises(ConfigError, match=message):
+        resolve_peer_settings(flags, environment)

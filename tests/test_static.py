@@ -29,3 +29,17 @@ def test_ruff_is_clean() -> None:
 def test_ruff_format_is_clean() -> None:
     result = run_tool("ruff", "format", "--check", "tokenvault", "tests", "bench")
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_no_file_holds_a_merge_conflict_marker() -> None:
+    """A merge resolved in haste can commit its markers (docs are not parsed by any tool)."""
+    markers = ("<" * 7 + " ", ">" * 7 + " ", "=" * 7 + "\n")
+    found = []
+    for folder in ("tokenvault", "tests", "bench", "docs", "deploy"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix not in (".py", ".md", ".toml", ".yaml", ".yml", ".json", ".txt"):
+                continue
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(True), 1):
+                if line.startswith(markers):
+                    found.append(f"{path.relative_to(ROOT)}:{number}")
+    assert not found, found

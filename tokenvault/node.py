@@ -37,9 +37,18 @@ Rules:
   taking writes, and a write quorum of every owner's replicas not held down (PeerCore).
 - One clock task calls `advance` when the core's next timer or heartbeat is due.
 - A peer batch reaches the core only once it fits this cluster's configuration (`BatchRules`:
-  owners that are configured, fields that the owner has, a heartbeat only of its sender); the
-  codec has already checked every type and range. A batch that does not fit is refused whole:
-  peers of one configuration (the fingerprint says so) never send one.
+  owners that are configured, fields that the owner has, a heartbeat only of its sender, a join
+  request only for its sender; from a peer outside the ring this peer learned, only what
+  PeerCore.admits: heartbeats, join requests, ring fetches and decided memberships); the
+  codec has already checked every type and range. A batch that does not fit is refused
+  whole: peers of one configuration (the fingerprint says so) never send one.
+- The ring (docs/membership.md): the peer links follow the learned membership (peer_links.py:
+  a link per member address, and per bootstrap peer while this peer joins), updated after
+  every step that changed it and before that step's messages leave; a message for a peer with
+  no link is dropped and counted (`tokenvault_peer_messages_unroutable_total`). A peer started
+  with `joining` (its own entry: `tokenvault node --join`, not in cluster.toml) asks the
+  bootstrap members to add it (PeerCore's join_address) until it learns a membership naming it.
+  `members_view` and `change_members` are what /v1/admin/members reads and asks.
 """
 
 from __future__ import annotations
@@ -55,20 +64,46 @@ import trio
 from tokenvault import node_metrics
 from tokenvault.coalescing import Coalescer
 from tokenvault.config import ClusterConfig, PeerConfig, cluster_fingerprint
-from tokenvault.http.peer_auth import PeerCredential, PeerSigner, new_incarnation, require_source
+from tokenvault.http.peer_auth import PeerCredential, new_incarnation, require_source
 from tokenvault.http.peer_codec import CodecError, decode_batch, encode_message
 from tokenvault.http.peer_transport import PeerLink
 from tokenvault.log import EventLog, LogThrottle
 from tokenvault.metrics import Metrics
 from tokenvault.node_metrics import RunningTotals
+from tokenvault.peer_links import PeerLinks
 from tokenvault.quorum.anti_entropy import AntiEntropyLimits
-from tokenvault.quorum.client_operations import ClientAnswer, ClientOperation, failed_answer
-from tokenvault.quorum.effects import EpochDone, Failure, ReadDone, WriteDone
-from tokenvault.quorum.messages import RING_MESSAGE_TYPES, Heartbeat, InsertRequest, Message
+from tokenvault.quorum.client_operations import (
+    ChangeMembership,
+    ClientAnswer,
+    ClientOperation,
+    failed_answer,
+)
+from tokenvault.quorum.effects import (
+    EpochDone,
+    Failure,
+    ReadDone,
+    RingDone,
+    RingOutcome,
+    WriteDone,
+)
+from tokenvault.quorum.messages import (
+    RING_MESSAGE_TYPES,
+    Heartbeat,
+    InsertRequest,
+    Message,
+    RingJoin,
+)
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.recovery import Phase
-from tokenvault.quorum.transfer import BYTES_PER_MB, TransferLimits
-from tokenvault.ring.membership import bootstrap_membership
+from tokenvault.quorum.transfer import BYTES_PER_MB, TransferLimits, TransferView
+from tokenvault.ring.membership import (
+    AddMember,
+    Member,
+    Membership,
+    RemoveMember,
+    ReplaceMember,
+    bootstrap_membership,
+)
 from tokenvault.store.damage import Damage, move_aside
 from tokenvault.store.leveldb_store import LevelDBStore, OpenedStore, StoreWriteFailed, open_store
 from tokenvault.store.storage import StorageError
@@ -97,7 +132,8 @@ class NotConfigured(CodecError):
 
 class BatchRules:
     """What a decoded peer batch must fit beyond the codec's checks: the configuration. The text
-    of a refusal names only where it failed, never a value."""
+    of a refusal names only where it failed, never a value. (What a peer outside the learned
+    ring may send at all is the core's rule: PeerCore.admits.)"""
 
     def __init__(self, config: ClusterConfig) -> None:
         self._fields: dict[str, frozenset[str]] = {o.id: o.fields for o in config.owners}
@@ -107,6 +143,10 @@ class BatchRules:
             if isinstance(message, Heartbeat):
                 if message.sender != source:
                     raise NotConfigured(f"$.messages[{index}].sender is not the batch's source")
+                continue
+            if isinstance(message, RingJoin):
+                if message.id != source:
+                    raise NotConfigured(f"$.messages[{index}].id is not the batch's source")
                 continue
             if isinstance(message, RING_MESSAGE_TYPES):
                 continue  # the ring's own: no owner
@@ -125,7 +165,7 @@ class BatchRules:
 
 @dataclass(slots=True)
 class _Waiter:
-    operation: ClientOperation
+    operation: ClientOperation | ChangeMembership
     event: trio.Event = field(default_factory=trio.Event)
     answer: ClientAnswer | None = None
 
@@ -138,6 +178,23 @@ class Readiness:
     # "serving" when ready; else "starting", "recovering" (service_state), "disk_full",
     # "store_failing" or "no_write_quorum"
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress:
+    """One transfer into this peer, and the owner's new replica set it fills."""
+
+    view: TransferView
+    new_set: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MembersView:
+    """The ring as this peer learned it, and the transfers into this peer."""
+
+    version: int
+    members: tuple[Member, ...]
+    transfers: tuple[TransferProgress, ...]
 
 
 def peer_limits(config: ClusterConfig) -> PeerLimits:
@@ -159,12 +216,18 @@ class Node:
         log: EventLog | None = None,
         link_context: ssl.SSLContext | None = None,
         scrub_interval_s: float = SCRUB_INTERVAL_S,
+        joining: PeerConfig | None = None,
     ) -> None:
-        """`link_context`: the mutual-TLS context of this peer's links (None: plain HTTP)."""
+        """`link_context`: the mutual-TLS context of this peer's links (None: plain HTTP).
+        `joining`: this peer's own entry when it is not in cluster.toml (`node --join`): it
+        asks the bootstrap members to add it at that address."""
         self.scrub_interval_s = scrub_interval_s
         self.scrubs = 0  # whole passes over the store that found nothing
         self.config = config
-        self.peer: PeerConfig = config.peer(peer_id)
+        if joining is not None:
+            assert joining.id == peer_id and peer_id not in {p.id for p in config.peers}
+        self.peer: PeerConfig = joining if joining is not None else config.peer(peer_id)
+        self._join_address = None if joining is None else joining.address
         self.peer_id = peer_id
         self.log = log if log is not None else EventLog(peer_id)
         self.metrics = Metrics()
@@ -182,25 +245,15 @@ class Node:
         self._retired_totals = RunningTotals()  # of the stores and cores replaced so far
         # Random per process start: in request ids (the first 8 digits) and in every signed batch.
         self._incarnation = new_incarnation()
-        own_key = derive_peer_key(config.secret, peer_id)
-        self.links: dict[str, PeerLink] = {
-            p.id: PeerLink(
-                local_peer_id=peer_id,
-                peer_id=p.id,
-                host=p.host,
-                port=p.port,
-                signer=PeerSigner(
-                    sender=peer_id,
-                    receiver=p.id,
-                    key=own_key,
-                    incarnation=self._incarnation,
-                    fingerprint=self.cluster_fingerprint,
-                ),
-                link_context=link_context,
-            )
-            for p in config.peers
-            if p.id != peer_id
-        }
+        self._links = PeerLinks(
+            local_peer_id=peer_id,
+            key=derive_peer_key(config.secret, peer_id),
+            incarnation=self._incarnation,
+            fingerprint=self.cluster_fingerprint,
+            link_context=link_context,
+        )
+        self._links_follow: tuple[Membership, bool] | None = None  # what the links follow
+        self._follow_ring()
         self._op_counter = itertools.count(1)
         self.coalescer = Coalescer(self._perform_alone, self.new_request_id)
         self._waiters: dict[str, _Waiter] = {}
@@ -221,16 +274,45 @@ class Node:
         """What the stores and cores of this process counted, the replaced ones included."""
         return self._retired_totals + RunningTotals.of(self.store, self.core)
 
+    @property
+    def links(self) -> dict[str, PeerLink]:
+        """The peer links now, by peer id (they follow the ring: `_follow_ring`)."""
+        return self._links.links
+
+    @property
+    def messages_unroutable(self) -> int:
+        """Messages dropped because their destination had no link (not in the learned ring)."""
+        return self._links.unroutable
+
+    def _bootstrap(self) -> Membership:
+        config = self.config
+        return bootstrap_membership(
+            ((p.id, p.address) for p in config.peers),
+            replica_count=config.quorum.replica_count,
+            vnodes_per_peer=config.vnodes_per_peer,
+        )
+
+    def _follow_ring(self) -> None:
+        """The links follow the learned membership: a link per member (and per member of the
+        change it ended, until the next one), and per bootstrap peer while this peer joins."""
+        core = self.core
+        membership = core.membership
+        joining = self._join_address is not None and not core.is_member()
+        if self._links_follow == (membership, joining):
+            return
+        self._links_follow = (membership, joining)
+        addresses = {p.id: p.address for p in self.config.peers} if joining else {}
+        for member in (*membership.previous, *membership.members):
+            addresses[member.id] = member.address
+        self._links.follow(addresses)
+
     def _new_core(self) -> PeerCore:
         """Every core, built from the store (what a process start does)."""
         config = self.config
         return PeerCore(
             peer_id=self.peer_id,
-            bootstrap=bootstrap_membership(
-                ((p.id, p.address) for p in config.peers),
-                replica_count=config.quorum.replica_count,
-                vnodes_per_peer=config.vnodes_per_peer,
-            ),
+            bootstrap=self._bootstrap(),
+            join_address=self._join_address,
             quorum=config.quorum,
             owners=[o.id for o in config.owners],
             storage=self.store,
@@ -298,8 +380,7 @@ class Node:
             nursery.start_soon(self._run_store_replacer)
             nursery.start_soon(self._run_scrubber)
             nursery.start_soon(self._run_digest_builder)
-            for link in self.links.values():
-                nursery.start_soon(link.run)
+            await nursery.start(self._links.run)
             task_status.started()
 
     def close(self) -> None:
@@ -315,7 +396,28 @@ class Node:
         tokenizes and detokenizes of one owner are merged under load (coalescing.py)."""
         return await self.coalescer.perform(operation)
 
-    async def _perform_alone(self, operation: ClientOperation) -> ClientAnswer:
+    def members_view(self) -> MembersView:
+        """The learned membership, and the transfers into this peer (transfer.py)."""
+        core = self.core
+        membership = core.membership
+        transfers = tuple(
+            TransferProgress(view=view, new_set=core.placement(view.owner).new)
+            for view in core.transfer_views()
+        )
+        return MembersView(
+            version=membership.version, members=membership.members, transfers=transfers
+        )
+
+    async def change_members(self, change: AddMember | RemoveMember | ReplaceMember) -> RingDone:
+        """Proposes one membership change through this peer's ring register; its answer once
+        decided, refused, or out of time (RingOutcome)."""
+        answer = await self._perform_alone(
+            ChangeMembership(op_id=self.new_request_id(), change=change)
+        )
+        assert isinstance(answer, RingDone)
+        return answer
+
+    async def _perform_alone(self, operation: ClientOperation | ChangeMembership) -> ClientAnswer:
         waiter = self._waiters[operation.op_id] = _Waiter(operation)
         try:
             self._act(self.core.start(operation, trio.current_time()))
@@ -334,6 +436,8 @@ class Node:
         source than `certified_source` (the peer its TLS certificate names) when given."""
         source, messages = decode_batch(body)
         require_source(credential, source)
+        if source == self.peer_id:
+            raise CodecError("batch from this peer itself")
         if not self.core.admits(source, messages):
             raise CodecError("batch from a peer outside the ring naming more than ring messages")
         if certified_source is not None and source != certified_source:
@@ -374,13 +478,15 @@ class Node:
         for reply in step.finished:
             outcome = "ok" if reply.failure is None else reply.failure.value
             metrics.inc(_FINISHED_METRICS[type(reply)], (("outcome", outcome),))
+        self._follow_ring()  # before the step's messages: a new member gets its own
         encoded: dict[int, bytes] = {}
         for envelope in step.messages:
             message = envelope.message
             wire = encoded.get(id(message))
             if wire is None:
                 wire = encoded[id(message)] = encode_message(message)
-            self.links[envelope.destination].send_nowait(wire)
+            if not self._links.send_nowait(envelope.destination, wire):
+                metrics.inc("tokenvault_peer_messages_unroutable_total")
         if step.local:
             self._local_queue.extend(step.local)
             self._local_wanted.set()
@@ -466,9 +572,23 @@ class Node:
                 self._settle(0)
                 for waiter in old_waiters:
                     if waiter.answer is None:
-                        waiter.answer = failed_answer(waiter.operation, Failure.STORE_FAILED)
+                        waiter.answer = self._store_failed_answer(waiter.operation)
                         waiter.event.set()
+                self._follow_ring()
                 self._clock_wakeup.set()
+
+    def _store_failed_answer(self, operation: ClientOperation | ChangeMembership) -> ClientAnswer:
+        """The answer of an operation whose core was replaced with its damaged store; a
+        membership change is indeterminate then (its accept may still be chosen)."""
+        if isinstance(operation, ChangeMembership):
+            membership = self.core.membership
+            return RingDone(
+                op_id=operation.op_id,
+                outcome=RingOutcome.TIMEOUT,
+                membership=membership,
+                reason=Failure.STORE_FAILED.value,
+            )
+        return failed_answer(operation, Failure.STORE_FAILED)
 
     async def _run_digest_builder(self) -> None:
         """Build the digests of the core's replica from the store, a page at a time, and again

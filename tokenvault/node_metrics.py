@@ -54,6 +54,9 @@ _COUNTERS = {
     "tokenvault_anti_entropy_passes_total": "Anti-entropy passes.",
     "tokenvault_anti_entropy_passes_in_sync_total": "Anti-entropy passes that found no work.",
     "tokenvault_anti_entropy_mappings_pushed_total": "Mappings pushed to anti-entropy partners.",
+    "tokenvault_peer_messages_unroutable_total": (
+        "Peer messages dropped because their destination is no peer of the learned ring."
+    ),
 }
 _LINK_COUNTERS = {
     "tokenvault_link_bytes_sent_total": "Bytes of delivered peer batches, by peer.",

@@ -48,6 +48,7 @@ CERTIFICATE_WARNING_DAYS = 30  # `tls_certificate` at start is a warning when ex
 # each, so this leaves room for about 3 GiB of tables per peer before LevelDB closes some).
 FDS_RESERVED = 256
 CONNECTIONS_MIN = 16  # served even under a descriptor limit too low for the reserve
+JOINED_PEERS_PLANNED = 8  # peers that may join later: their links' descriptors are reserved
 # Where the hard limit is unlimited, the soft limit is raised this far (Linux refuses more
 # than its nr_open, 1,048,576 by default).
 FD_LIMIT_UNLIMITED_TARGET = 1024 * 1024
@@ -57,15 +58,21 @@ class PeerStartFailed(Exception):
     """An expected failure that ends the peer: its message is one line, naming the peer."""
 
 
-def run_node(config: ClusterConfig, peer_id: str, peer_tls: PeerTls | None = None) -> None:
-    """Runs one peer in the foreground until SIGTERM or SIGINT; `peer_tls` when TLS is on.
+def run_node(
+    config: ClusterConfig,
+    peer_id: str,
+    peer_tls: PeerTls | None = None,
+    joining: PeerConfig | None = None,
+) -> None:
+    """Runs one peer in the foreground until SIGTERM or SIGINT; `peer_tls` when TLS is on;
+    `joining`, its own entry when it is not in cluster.toml and joins (`node --join`).
     Raises PeerStartFailed for an expected failure (a damaged store is no failure: it is
     replaced, node.py)."""
-    peer = config.peer(peer_id)
+    peer = joining if joining is not None else config.peer(peer_id)
     lock = lock_data_dir(peer)
     try:
         fd_limit = raise_fd_limit()
-        trio.run(_serve_until_signal, config, peer_id, peer_tls, fd_limit)
+        trio.run(_serve_until_signal, config, peer_id, peer_tls, fd_limit, joining)
     except* StorageError as failures:
         raise PeerStartFailed(
             f"peer {peer_id}: no store could be opened: {failures.exceptions[0]}"
@@ -145,15 +152,27 @@ class TlsHandshakeFailures:
 
 
 async def _serve_until_signal(
-    config: ClusterConfig, peer_id: str, peer_tls: PeerTls | None, fd_limit: int
+    config: ClusterConfig,
+    peer_id: str,
+    peer_tls: PeerTls | None,
+    fd_limit: int,
+    joining: PeerConfig | None,
 ) -> None:
-    node = Node(config, peer_id, link_context=None if peer_tls is None else peer_tls.link_context)
+    node = Node(
+        config,
+        peer_id,
+        link_context=None if peer_tls is None else peer_tls.link_context,
+        joining=joining,
+    )
     api = PublicApi(node)
-    limits = server_limits(fd_limit, PeerLinkLimits().connections_per_peer * len(node.links))
+    # Outgoing connections: the links of the ring as it grows, up to its members' limit.
+    peers_max = max(len(node.links), len(config.peers) + JOINED_PEERS_PLANNED)
+    limits = server_limits(fd_limit, PeerLinkLimits().connections_per_peer * peers_max)
     recovered = node.store.scan(b"", limit=1)
     node.log.emit(
         "peer_start",
         address=node.peer.address,
+        joining=joining is not None,
         store_empty=not recovered,
         tls=bool(peer_tls),
         fd_limit=fd_limit,

@@ -251,6 +251,11 @@ def history_problems(run: Run) -> list[str]:
     ops = run.ops
     tally = Counter((op.kind, op.outcome, op.status) for op in ops)
     print(f"[history] operations: {sorted(tally.items(), key=str)}")
+    for op in [op for op in ops if op.outcome != "ok"][:20]:
+        print(
+            f"[history] not ok: op {op.index} {op.kind} via {op.peer} {op.invoked:.2f}-"
+            f"{op.completed:.2f} s: {op.outcome} {op.status} {op.error or str(op.answer)[:100]}"
+        )
     problems: list[str] = []
 
     # -- statuses: only 200 or 503 (with Retry-After), never a 500 or anything else

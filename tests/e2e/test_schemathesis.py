@@ -36,6 +36,9 @@ SEED = int(os.environ.get("TOKENVAULT_SCHEMATHESIS_SEED", "20260101"))
 # Refusals a request that violates the document may get (schemathesis' default list lacks 413,
 # which the document gives for lists and values over their limits).
 NEGATIVE_STATUSES = ["400", "401", "403", "404", "405", "413"]
+# Operations not fuzzed, by operationId: a membership change the fuzzer found valid would change
+# the ring of the cluster under test (its refusals are tests/http/test_api_members.py's).
+NOT_FUZZED = {"changeMembers": "POST /v1/admin/members"}
 
 
 def run_schemathesis(cluster: Cluster, peer: str, key: str, directory: Path) -> None:
@@ -72,6 +75,7 @@ def run_schemathesis(cluster: Cluster, peer: str, key: str, directory: Path) -> 
         "1",
         "--request-timeout",
         "10",
+        *(option for operation in NOT_FUZZED for option in ("--exclude-operation-id", operation)),
         "--report",
         "junit",
         "--report-junit-path",
@@ -100,7 +104,7 @@ def run_schemathesis(cluster: Cluster, peer: str, key: str, directory: Path) -> 
         for path, operations in load_source()["paths"].items()
         for method in operations
     }
-    assert documented <= exercised, (documented - exercised, report)
+    assert documented - set(NOT_FUZZED.values()) <= exercised, (documented - exercised, report)
 
 
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(

@@ -30,6 +30,8 @@ from tokenvault.http.server import Request, RequestHead, Response
 from tokenvault.log import EventLog
 from tokenvault.node import Node
 from tokenvault.quorum.messages import EPOCH_MAX
+from tokenvault.quorum.records import IDENTITY_KEY, StoreIdentity, encode_identity
+from tokenvault.store.leveldb_store import LevelDBStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SCAN_LIMIT = 100_000
@@ -66,7 +68,11 @@ def error_of(response: Response) -> dict[str, str]:
     return error
 
 
-async def start_vault(directory: Path, nursery: trio.Nursery, *, nodes: int = 1) -> Vault:
+async def start_vault(
+    directory: Path, nursery: trio.Nursery, *, nodes: int = 1, served_before: bool = False
+) -> Vault:
+    """n1 of a new cluster; `served_before`: its store says it has been serving (it serves at
+    once, where a fresh store of a several-peer cluster waits for its peers first)."""
     quorum = 1 if nodes == 1 else 2
     init = init_cluster(
         directory,
@@ -77,8 +83,15 @@ async def start_vault(directory: Path, nursery: trio.Nursery, *, nodes: int = 1)
         read_quorum=quorum,
     )
     keys = load_keys(init.keys_path)
+    config = load_config(init.config_path)
+    if served_before:
+        store = LevelDBStore(str(config.peer("n1").data_dir / "leveldb"))
+        identity = StoreIdentity(store_id="5e" * 16, phase="serving")
+        store.stage([(IDENTITY_KEY, encode_identity(identity))])
+        await store.wait_durable()
+        store.close()
     log = io.StringIO()
-    node = Node(load_config(init.config_path), "n1", log=EventLog("n1", log))
+    node = Node(config, "n1", log=EventLog("n1", log))
     api = PublicApi(node)
     await nursery.start(node.run)
     return Vault(api=api, node=node, keys={**keys.owners, "admin": keys.admin}, log=log)
@@ -328,6 +341,7 @@ ALLOWED: dict[str, str] = {
     "/v1/ring/owners/alice": GET_AND_HEAD,
     "/v1/admin/owners/alice": GET_AND_HEAD,
     "/v1/admin/node": GET_AND_HEAD,
+    "/v1/admin/members": "GET, HEAD, POST",
     "/healthz": GET_AND_HEAD,
     "/readyz": GET_AND_HEAD,
     "/metrics": GET_AND_HEAD,

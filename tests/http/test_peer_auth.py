@@ -5,6 +5,7 @@ runs real peer links against a real server: no honest batch is refused."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import io
@@ -521,3 +522,26 @@ async def test_real_links_over_two_connections_are_never_refused() -> None:
     assert received == {"n1": messages_per_link, "n3": messages_per_link}
     assert all(link.statistics().batches_failed == 0 for link in links)
     assert sum(link.statistics().batches_sent for link in links) > 2
+
+
+def test_a_peer_outside_the_bootstrap_is_verified_under_its_derived_key() -> None:
+    """A peer that joined later (not in cluster.toml's peers) signs under the key derived from
+    the secret for its id: taken, replays refused as any; without `key_of` it is unknown, and
+    a batch signed under another key for that id is a bad signature."""
+    clock = Clock()
+    auth = PeerAuthenticator(
+        local_peer="n2",
+        keys=KEYS,
+        key_of=functools.partial(derive_peer_key, SECRET),
+        clock_s=clock,
+    )
+    joiner = signer("n4", key=derive_peer_key(SECRET, "n4"), clock=clock)
+    headers = signed(joiner)
+    assert accept(auth, headers).sender == "n4"
+    assert refusal(auth, headers).reason is Refusal.REPLAYED
+    assert auth.incarnations_remembered("n4") == 1
+    forged = signer("n5", key=derive_peer_key(b"another-secret-0123456789abcdefgh", "n5"))
+    refused = refusal(auth, signed(forged))
+    assert (refused.reason, refused.claimed_sender) == (Refusal.BAD_SIGNATURE, "unknown")
+    bootstrap_only = receiver(clock=clock)
+    assert refusal(bootstrap_only, signed(joiner)).reason is Refusal.UNKNOWN_SENDER

@@ -111,7 +111,7 @@ def test_empty_batch() -> None:
 
 
 def test_encoded_message_is_compact_json_of_the_documented_shape() -> None:
-    raw = encode_message(InsertRequest(op_id="o", owner=OWNER, mappings=(mapping(),)))
+    raw = encode_message(InsertRequest(op_id="o", owner=OWNER, mappings=(mapping(),), ring=3))
     assert b" " not in raw.replace(b"4111 1111", b"")
     assert json.loads(raw) == {
         "type": "insert",
@@ -120,6 +120,7 @@ def test_encoded_message_is_compact_json_of_the_documented_shape() -> None:
         "mappings": [[OWNER, "tok_A", "4111 1111", "card", 1]],
         "repair": False,
         "origin": "coordinator",
+        "ring": 3,  # the ring version of the coordinator's placement (the ring fence)
     }
 
 
@@ -744,6 +745,7 @@ def test_epoch_messages_have_the_documented_shape() -> None:
         "owner": OWNER,
         "slot": 2,
         "ballot": [1, "n1"],
+        "ring": 0,  # sent under no placement's version
     }
     assert json.loads(encode_message(Decide(op_id="o", owner=OWNER, value=EPOCH_2))) == {
         "type": "decide",
@@ -755,6 +757,7 @@ def test_epoch_messages_have_the_documented_shape() -> None:
             "requested_by": "n1-a1b2-17",
             "requested_at_s": 1.7e9 + 0.25,
         },
+        "ring": 0,
     }
 
 

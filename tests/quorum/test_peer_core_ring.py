@@ -12,8 +12,15 @@ import pytest
 
 from tests.quorum.helpers import membership_of
 from tests.stores import serving_store
-from tokenvault.quorum.client_operations import ChangeMembership, ClientAnswer, Tokenize, Tokenized
-from tokenvault.quorum.effects import Failure, RingDone, RingOutcome
+from tokenvault.quorum.client_operations import (
+    ChangeMembership,
+    ClientAnswer,
+    Detokenize,
+    LearnEpoch,
+    Tokenize,
+    Tokenized,
+)
+from tokenvault.quorum.effects import Failure, ReadDone, RingDone, RingOutcome
 from tokenvault.quorum.messages import (
     Ballot,
     InsertRequest,
@@ -446,3 +453,30 @@ def test_a_target_restarted_half_way_resumes_its_transfers_from_their_cursors() 
         first = next(page for page in asked if page.owner == owner)
         assert first.after == cursor, "asked from its cursor, not from zero"
     assert_final_replicas_hold(cores, written)
+
+
+@pytest.mark.parametrize("kind", ["tokenize", "detokenize", "learn"])
+def test_an_operation_refused_by_the_ring_fence_starts_again_under_the_new_ring(kind: str) -> None:
+    cores = Cores()
+    written = tokenize_everywhere(cores, "p1", 1)
+    cores.cut.add("p3")  # p3 misses the change: it coordinates under version 1
+    cores.change("p1", "add", AddMember(id="p4", address="p4.test:7000"))  # p4 never runs
+    cores.cut.clear()
+    owner = OWNERS[0]
+    coordinator = cores.cores["p3"]
+    assert coordinator.membership.version == 1
+    operation: Tokenize | Detokenize | LearnEpoch
+    if kind == "tokenize":
+        operation = Tokenize(op_id="op", owner=owner, items=(("ssn", "new value"),))
+    elif kind == "learn":
+        operation = LearnEpoch(op_id="op", owner=owner)
+    else:
+        operation = Detokenize(op_id="op", owner=owner, tokens=(written[owner][0].token,))
+    step = coordinator.start(operation, cores.now)
+    cores.act("p3", step)
+    cores.run()  # no time passes: the answer comes from the restart, not after a deadline
+    answer = cores.answers["op"]
+    assert answer.failure is None, answer
+    assert coordinator.membership.version == 2
+    if isinstance(answer, ReadDone):
+        assert answer.mappings == (written[owner][0],)

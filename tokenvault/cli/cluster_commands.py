@@ -90,6 +90,8 @@ def _run_node_command(args: argparse.Namespace) -> int:
         listen=args.listen,
         data_dir=args.data_dir,
         secret_file=args.secret_file,
+        join=args.join,
+        address=args.address,
     )
     try:
         settings = resolve_peer_settings(flags, os.environ)
@@ -107,7 +109,7 @@ def _run_node_command(args: argparse.Namespace) -> int:
         except ConfigError as error:
             raise CliError(f"[tls]: {error}", EXIT_USAGE) from error
     try:
-        run_node(config, peer_id, peer_tls)
+        run_node(config, peer_id, peer_tls, settings.joining)
     except PeerStartFailed as error:
         raise CliError(str(error)) from None
     return EXIT_OK

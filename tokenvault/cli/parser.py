@@ -27,6 +27,11 @@ from tokenvault.cli.client_commands import (
     tokenize_command,
 )
 from tokenvault.cli.cluster_commands import init_command, node_command, renew_certs_command
+from tokenvault.cli.members_commands import (
+    WAIT_TIMEOUT_S_DEFAULT,
+    members_change_command,
+    members_show_command,
+)
 from tokenvault.cli.status import status_command
 from tokenvault.cli.target import KEY_ENVIRONMENT_VARIABLE
 from tokenvault.cli.up import (
@@ -53,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_cluster_commands(commands)
     _add_client_commands(commands)
+    _add_members_command(commands)
     _add_bench_command(commands)
     commands.add_parser(
         "sim",
@@ -112,7 +118,8 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
             "Run one peer of the cluster in --config in the foreground: serve the HTTP API,"
             " log JSON lines to stderr, recover whatever its data directory holds. SIGTERM or"
             " SIGINT stops it cleanly. Each option wins over its environment variable, which"
-            " wins over cluster.toml."
+            " wins over cluster.toml. A new peer joins a running cluster with --join --address"
+            " (docs/operations.md, Growing and shrinking)."
         ),
     )
     node.add_argument("--config", type=Path, help="the cluster.toml ($TOKENVAULT_CONFIG)")
@@ -127,6 +134,19 @@ def _add_cluster_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     node.add_argument(
         "--secret-file", type=Path, help="the cluster secret's file ($TOKENVAULT_SECRET_FILE)"
+    )
+    node.add_argument(
+        "--join",
+        action="store_true",
+        help=(
+            "a new peer, not in the configuration: start on an empty data directory and ask"
+            " the cluster to add it at --address ($TOKENVAULT_JOIN=1)"
+        ),
+    )
+    node.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help="with --join: where the other peers reach this one ($TOKENVAULT_ADDRESS)",
     )
     node.set_defaults(run=node_command)
 
@@ -239,6 +259,77 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     status.add_argument("--json", action="store_true", help="print one JSON document")
     status.set_defaults(run=status_command)
+
+
+def _add_members_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    as_owner = "use this owner's key instead of the admin key (the peer refuses it: 403)"
+    members = commands.add_parser(
+        "members",
+        help="show or change the ring's members (admin key; with --dir, the default)",
+        description=(
+            "Show the ring's members, or change them one at a time: add a peer, remove one,"
+            " replace one (a dead machine) by a new one. A change returns once the cluster"
+            " decided its joint version; --wait waits for the finish (its transfers done)."
+            " docs/operations.md, Growing and shrinking."
+        ),
+    )
+    actions = members.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show",
+        parents=[_connection_options(as_owner)],
+        help="the ring's version and members",
+        description="The ring's version and every member, with its state, as a peer learned it.",
+    )
+    show.add_argument("--json", action="store_true", help="print the peer's answer")
+    show.set_defaults(run=members_show_command)
+    add = actions.add_parser(
+        "add",
+        parents=[_connection_options(as_owner), _change_options()],
+        help="add a peer at its address (start it with node --join)",
+        description="Add peer ID, reached at ADDRESS (host:port), to the ring.",
+    )
+    add.add_argument("member", metavar="ID")
+    add.add_argument("address", metavar="ADDRESS", help="host:port of the new peer")
+    add.set_defaults(run=members_change_command, old=None)
+    remove = actions.add_parser(
+        "remove",
+        parents=[_connection_options(as_owner), _change_options()],
+        help="remove a peer: its owners move to the others",
+        description="Remove peer ID from the ring; with --wait, return once it can be stopped.",
+    )
+    remove.add_argument("member", metavar="ID")
+    remove.set_defaults(run=members_change_command, old=None)
+    replace = actions.add_parser(
+        "replace",
+        parents=[_connection_options(as_owner), _change_options()],
+        help="replace a peer (a dead machine) by a new one",
+        description=(
+            "NEW, reached at ADDRESS, takes OLD's place: exactly OLD's owners move, to NEW"
+            " alone, filled from the surviving replicas. Start NEW with node --join."
+        ),
+    )
+    replace.add_argument("old", metavar="OLD")
+    replace.add_argument("new", metavar="NEW")
+    replace.add_argument("address", metavar="ADDRESS", help="host:port of NEW")
+    replace.set_defaults(run=members_change_command)
+
+
+def _change_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the change is finished (stable, its transfers done)",
+    )
+    parent.add_argument(
+        "--timeout",
+        type=float,
+        default=WAIT_TIMEOUT_S_DEFAULT,
+        metavar="SECONDS",
+        help="with --wait: give up after this long (exit code 1; %(default)g)",
+    )
+    parent.add_argument("--json", action="store_true", help="print the peer's answer")
+    return parent
 
 
 def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -20,6 +20,8 @@ from tokenvault.client.calls import Call
 from tokenvault.client.exchange import Wait
 from tokenvault.client.results import (
     Epoch,
+    Members,
+    MembersChanged,
     OwnerPlacement,
     Ring,
     Rotated,
@@ -116,6 +118,25 @@ class AsyncClient(ClientBase):
 
     async def ring_owner(self, owner: str) -> OwnerPlacement:
         return decode_answer(*await self._send(calls.ring_owner_call(owner)), OwnerPlacement)
+
+    async def members(self) -> Members:
+        """GET /v1/admin/members (admin key): the ring's version and members."""
+        return decode_answer(*await self._send(calls.members_call()), Members)
+
+    async def add_member(self, member: str, address: str) -> MembersChanged:
+        """Adds `member` at `address` (host:port); answers once the joint version is decided."""
+        call = calls.members_change_call("add", member, address=address)
+        return decode_answer(*await self._send(call), MembersChanged)
+
+    async def remove_member(self, member: str) -> MembersChanged:
+        return decode_answer(
+            *await self._send(calls.members_change_call("remove", member)), MembersChanged
+        )
+
+    async def replace_member(self, old: str, new: str, address: str) -> MembersChanged:
+        """`new` (at `address`) takes `old`'s place: exactly `old`'s owners move to it."""
+        call = calls.members_change_call("replace", new, address=address, replaces=old)
+        return decode_answer(*await self._send(call), MembersChanged)
 
     async def get_json(self, path: str) -> Any:
         """A GET of any other endpoint (/v1/admin/node ...): its JSON as the peer sent it."""

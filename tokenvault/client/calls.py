@@ -27,6 +27,8 @@ __all__ = [
     "detokenize_call",
     "epoch_call",
     "get_call",
+    "members_call",
+    "members_change_call",
     "ring_call",
     "ring_owner_call",
     "rotate_call",
@@ -84,6 +86,26 @@ def ring_call() -> Call:
 
 def ring_owner_call(owner: str) -> Call:
     return get_call(f"/v1/ring/owners/{_segment(owner)}")
+
+
+MEMBERS_PATH = "/v1/admin/members"
+
+
+def members_call() -> Call:
+    return get_call(MEMBERS_PATH)
+
+
+def members_change_call(
+    action: str, member: str, *, address: str | None = None, replaces: str | None = None
+) -> Call:
+    """A membership change (admin key). Idempotent by intent: the same change sent again
+    answers `already`, so a retry after a timeout or a 503 is safe."""
+    body: dict[str, str] = {"action": action, "id": member}
+    if address is not None:
+        body["address"] = address
+    if replaces is not None:
+        body["replaces"] = replaces
+    return Call("POST", MEMBERS_PATH, _json(body), Retry.ALWAYS)
 
 
 def get_call(path: str) -> Call:

@@ -17,18 +17,26 @@ from typing import Any
 
 __all__ = [
     "ERROR_CLASSES",
+    "AlreadyMember",
     "BadAnswer",
+    "ChangePending",
     "ClientError",
+    "Conflict",
     "Forbidden",
     "Internal",
+    "InvalidMember",
     "InvalidRequest",
     "MethodNotAllowed",
     "NotFound",
+    "NothingPending",
     "PayloadTooLarge",
+    "RingUnavailable",
     "ServerError",
     "TokenvaultError",
+    "TooFewPeers",
     "Unauthenticated",
     "Unavailable",
+    "UnknownMember",
     "Unreachable",
     "error_from_answer",
 ]
@@ -104,6 +112,38 @@ class PayloadTooLarge(ClientError):
     default_code = "payload_too_large"
 
 
+class InvalidMember(InvalidRequest):
+    """A membership change naming an id or address no member may have."""
+
+    default_code = "invalid_member"
+
+
+class UnknownMember(NotFound):
+    default_code = "unknown_member"
+
+
+class Conflict(ClientError):
+    """409: a membership change that does not apply to the ring as it is."""
+
+    default_code = "conflict"
+
+
+class ChangePending(Conflict):
+    default_code = "change_pending"
+
+
+class AlreadyMember(Conflict):
+    default_code = "already_member"
+
+
+class TooFewPeers(Conflict):
+    default_code = "too_few_peers"
+
+
+class NothingPending(Conflict):
+    default_code = "nothing_pending"
+
+
 class Internal(ServerError):
     default_code = "internal"
 
@@ -112,6 +152,14 @@ class Unavailable(ServerError):
     """503: nothing was claimed; the client already retried as its RetryPolicy allows."""
 
     default_code = "unavailable"
+
+
+class RingUnavailable(Unavailable):
+    """503 of a membership change that no majority decided in time: indeterminate (it may
+    still be decided); retried like any 503, which is safe (the same change answers
+    `already`)."""
+
+    default_code = "ring_unavailable"
 
 
 class Unreachable(TokenvaultError):
@@ -137,6 +185,13 @@ ERROR_CLASSES: dict[str, type[TokenvaultError]] = {
         PayloadTooLarge,
         Internal,
         Unavailable,
+        InvalidMember,
+        UnknownMember,
+        ChangePending,
+        AlreadyMember,
+        TooFewPeers,
+        NothingPending,
+        RingUnavailable,
     )
 }
 

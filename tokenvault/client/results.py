@@ -20,6 +20,9 @@ from tokenvault.client.errors import BadAnswer
 
 __all__ = [
     "Epoch",
+    "Member",
+    "Members",
+    "MembersChanged",
     "OwnerPlacement",
     "PeerAddress",
     "Ring",
@@ -116,6 +119,32 @@ class OwnerPlacement(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     ring_version: str
     preference_list: tuple[PeerAddress, ...]
+
+
+class Member(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    address: str
+    state: Literal["active", "joining", "leaving"]
+
+
+class Members(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /v1/admin/members: the ring as the peer that answered learned it."""
+
+    version: int
+    stable: bool
+    members: tuple[Member, ...]
+    transfers: tuple[dict[str, Any], ...]
+
+
+class MembersChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """POST /v1/admin/members: the version learned once the change was decided (its joint
+    version), `outcome` "changed" or "already" (the change was in: a retry)."""
+
+    version: int
+    outcome: Literal["changed", "already"]
+    stable: bool
+    members: tuple[Member, ...]
+    moved_owners: tuple[str, ...]
 
 
 class _Detokenized(msgspec.Struct, frozen=True, kw_only=True):

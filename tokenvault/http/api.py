@@ -59,6 +59,7 @@ from tokenvault.http.errors import (
     error_response,
     json_response,
 )
+from tokenvault.http.members_api import MembersApi
 from tokenvault.http.peer_auth import (
     CLUSTER_FINGERPRINT_HEADER,
     PeerAlarm,
@@ -178,6 +179,7 @@ class PublicApi:
         self._peer_auth = PeerAuthenticator(
             local_peer=node.peer_id,
             keys={p.id: derive_peer_key(config.secret, p.id) for p in config.peers},
+            key_of=functools.partial(derive_peer_key, config.secret),
         )
         self._peer_auth_alarm = PeerAlarm(
             event="peer_auth_refused",
@@ -209,6 +211,8 @@ class PublicApi:
             ("POST", "/v1/epoch/rotate"): ("rotate", self._rotate),
             ("GET", "/v1/ring"): ("ring", self._ring),
             ("GET", "/v1/admin/node"): ("admin_node", self._admin_node),
+            ("GET", "/v1/admin/members"): ("admin_members", self._admin_members),
+            ("POST", "/v1/admin/members"): ("admin_members_change", self._admin_members_change),
             ("GET", "/v1/openapi.json"): ("openapi", self._openapi),
             ("GET", "/ui"): ("ui", self._ui),
             ("POST", PEER_MESSAGES_PATH): ("peer_messages", self._peer_messages),
@@ -226,6 +230,7 @@ class PublicApi:
         openapi = resources.files("tokenvault.http") / "openapi.json"
         self._openapi_json = openapi.read_bytes()
         self._status_page = StatusPage.load()
+        self._members = MembersApi(node)
         metrics = node.metrics
         metrics.counter(
             "tokenvault_http_requests_total", "HTTP requests by route and status.", labelled=True
@@ -523,6 +528,20 @@ class PublicApi:
         if principal is not ADMIN:
             raise Forbidden("Only the admin key may see this.")
         return json_response(200, node_view(self._node))
+
+    async def _admin_members(
+        self, request: Request, principal: Principal | None, _: str
+    ) -> Response:
+        if principal is not ADMIN:
+            raise Forbidden("Only the admin key may see this.")
+        return self._members.show()
+
+    async def _admin_members_change(
+        self, request: Request, principal: Principal | None, _: str
+    ) -> Response:
+        if principal is not ADMIN:
+            raise Forbidden("Only the admin key may change the ring.")
+        return await self._members.change(parse_json_object(request.body))
 
     async def _admin_owner(
         self, request: Request, principal: Principal | None, owner_id: str

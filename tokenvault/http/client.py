@@ -269,7 +269,8 @@ class HttpConnection:
         with trio.move_on_at(connect_deadline):
             try:
                 socket_stream = await trio.open_tcp_stream(self._host, self._port)
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
+                # (a label over 63 characters): a member's address is any printable text
                 reason = type(exc).__name__
                 raise PeerUnreachable(f"{self._peer}: connect failed ({reason})") from None
             socket_stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)

@@ -20,14 +20,21 @@ from typing import ClassVar
 from tokenvault.http.messages import Response
 
 __all__ = [
+    "AlreadyMember",
     "ApiError",
+    "ChangePending",
     "Forbidden",
+    "InvalidMember",
     "InvalidRequest",
     "MethodNotAllowed",
     "NotFound",
+    "NothingPending",
     "PayloadTooLarge",
+    "RingUnavailable",
+    "TooFewPeers",
     "Unauthenticated",
     "Unavailable",
+    "UnknownMember",
     "error_response",
     "json_response",
 ]
@@ -111,6 +118,55 @@ class Unavailable(ApiError):
     status = 503
     code = "unavailable"
     default_message = "The service is temporarily unavailable; retry later."
+    retry_after_s = 1
+
+
+# -- membership changes (POST /v1/admin/members; docs/membership.md §2) ------------------------
+
+
+class InvalidMember(ApiError):
+    status = 400
+    code = "invalid_member"
+    default_message = "The member's id or address is not valid."
+
+
+class UnknownMember(ApiError):
+    status = 404
+    code = "unknown_member"
+    default_message = "No member of the ring has that id."
+
+
+class ChangePending(ApiError):
+    status = 409
+    code = "change_pending"
+    default_message = "A membership change is pending: wait for it to finish first."
+
+
+class AlreadyMember(ApiError):
+    status = 409
+    code = "already_member"
+    default_message = "That id is already a member of the ring (with another address)."
+
+
+class TooFewPeers(ApiError):
+    status = 409
+    code = "too_few_peers"
+    default_message = "Fewer active peers than replicas (N) would remain."
+
+
+class NothingPending(ApiError):
+    status = 409
+    code = "nothing_pending"
+    default_message = "No membership change is pending."
+
+
+class RingUnavailable(ApiError):
+    status = 503
+    code = "ring_unavailable"
+    default_message = (
+        "Too few members answered in time to decide the change; it may still be decided: "
+        "read GET /v1/admin/members, or send the same change again (it is idempotent)."
+    )
     retry_after_s = 1
 
 

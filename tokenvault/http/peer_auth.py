@@ -2,9 +2,12 @@
 is new. No reusable credential travels: each batch carries its own signature.
 
 Scheme (version 1). Each peer signs with a key of its own, derived from the cluster secret and
-its peer id (tokens.derive_peer_key); every peer derives every peer's key at start. Besides the
-cluster fingerprint header (`x-tokenvault-cluster`, config.py), a batch carries one header, in
-this exact form (one line; the fields in this order, ", " between them):
+its peer id (tokens.derive_peer_key); every peer derives the bootstrap peers' keys at start, and
+the key of any other id (a peer that joined later: docs/membership.md) when it first signs: only
+a holder of the secret can sign as any id, and which ids may send what is the node's rule
+(node.BatchRules: a peer that is no member sends only heartbeats, ring fetches and join
+requests). Besides the cluster fingerprint header (`x-tokenvault-cluster`, config.py), a batch
+carries one header, in this exact form (one line; the fields in this order, ", " between them):
 
     authorization: TokenvaultPeer-HMAC-SHA256 sender=<peer id>, incarnation=<32 hex>,
         sequence=<n>, timestamp_ms=<n>, body_sha256=<64 hex>, signature=<64 hex>
@@ -68,6 +71,7 @@ REPLAY_WINDOW_SEQUENCES = 1_024  # how far below the highest accepted a sequence
 INCARNATIONS_PER_SENDER_MAX = 4  # remembered per sender; the least recently used is forgotten
 SEQUENCE_MAX = 2**63 - 1
 PEER_ALARM_INTERVAL_S = 60.0  # at most one alarm line per (sender, reason) per interval
+DERIVED_SENDERS_MAX = 1_024  # peers outside the bootstrap whose keys and streams are kept
 
 _LABEL = "tokenvault-peer-batch/v1"
 _PEER_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -234,6 +238,7 @@ class _Stream:
 
 
 _WINDOW_MASK = (1 << REPLAY_WINDOW_SEQUENCES) - 1
+_NO_STREAMS: collections.OrderedDict[str, _Stream] = collections.OrderedDict()
 
 
 class PeerAuthenticator:
@@ -244,15 +249,36 @@ class PeerAuthenticator:
         *,
         local_peer: str,
         keys: Mapping[str, bytes],
+        key_of: Callable[[str], bytes] | None = None,
         clock_s: Callable[[], float] = time.time,
     ) -> None:
+        """`keys`: the bootstrap peers' keys; `key_of` derives the key of any other peer id
+        (a peer that joined the ring later: docs/membership.md); without it, only `keys`."""
         self._local_peer = local_peer
         self._keys = {peer: key for peer, key in keys.items() if peer != local_peer}
+        self._key_of = key_of
+        self._derived: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._clock_s = clock_s
-        # sender -> incarnation -> stream, least recently accepted first
+        # sender -> incarnation -> stream, least recently accepted first; senders outside
+        # `keys` (at most DERIVED_SENDERS_MAX), least recently accepted first too
         self._streams: dict[str, collections.OrderedDict[str, _Stream]] = {
             peer: collections.OrderedDict() for peer in self._keys
         }
+
+    def _key(self, sender: str) -> bytes | None:
+        """The sender's key: a bootstrap peer's, else derived (and remembered: at most
+        DERIVED_SENDERS_MAX, the least recently used forgotten first)."""
+        key = self._keys.get(sender)
+        if key is not None or self._key_of is None or sender == self._local_peer:
+            return key
+        key = self._derived.get(sender)
+        if key is None:
+            key = self._derived[sender] = self._key_of(sender)
+            if len(self._derived) > DERIVED_SENDERS_MAX:
+                forgotten, _ = self._derived.popitem(last=False)
+                self._streams.pop(forgotten, None)
+        self._derived.move_to_end(sender)
+        return key
 
     def verify_head(self, headers: Mapping[str, str], *, method: str, path: str) -> PeerCredential:
         """The checks a request head allows; raises PeerAuthError. Changes nothing."""
@@ -275,16 +301,16 @@ class PeerAuthenticator:
         )
         if credential.sequence > SEQUENCE_MAX:
             raise PeerAuthError(Refusal.MALFORMED, self._named(sender))
-        key = self._keys.get(sender)
+        key = self._key(sender)
         if key is None:
             raise PeerAuthError(Refusal.UNKNOWN_SENDER, self._named(sender))
         expected = _signature(key, method, path, self._local_peer, credential)
         if not hmac.compare_digest(expected, signature):
-            raise PeerAuthError(Refusal.BAD_SIGNATURE, sender)
+            raise PeerAuthError(Refusal.BAD_SIGNATURE, self._named(sender))
         skew_s = abs(self._clock_s() - credential.timestamp_ms / 1000)
         if not skew_s <= PEER_CLOCK_SKEW_MAX_S:
             raise PeerAuthError(Refusal.OUTSIDE_WINDOW, sender)
-        stream = self._streams[sender].get(credential.incarnation)
+        stream = self._streams.get(sender, _NO_STREAMS).get(credential.incarnation)
         if stream is not None and not stream.is_new(credential.sequence):
             raise PeerAuthError(Refusal.REPLAYED, sender)
         return credential
@@ -293,7 +319,7 @@ class PeerAuthenticator:
         """The body is the one signed: then, and only then, its sequence is spent."""
         if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), credential.body_sha256):
             raise PeerAuthError(Refusal.BODY_MISMATCH, credential.sender)
-        streams = self._streams[credential.sender]
+        streams = self._streams.setdefault(credential.sender, collections.OrderedDict())
         stream = streams.get(credential.incarnation)
         if stream is None:
             if len(streams) >= INCARNATIONS_PER_SENDER_MAX:
@@ -309,8 +335,10 @@ class PeerAuthenticator:
         return len(self._streams.get(sender, ()))
 
     def _named(self, sender: str | None) -> str:
-        """The claimed sender as an alarm may name it: a peer id of this ring, else "unknown"."""
-        return sender if sender is not None and sender in self._keys else _UNKNOWN_SENDER
+        """The claimed sender as an alarm may name it: a bootstrap peer's id or one that signed
+        a batch accepted here, else "unknown" (an attacker's text never becomes a label)."""
+        known = sender is not None and (sender in self._keys or sender in self._streams)
+        return sender if known and sender is not None else _UNKNOWN_SENDER
 
 
 def require_source(credential: PeerCredential, source: str) -> None:

@@ -243,6 +243,22 @@ class Coordinator:
 
     # -- peer and timer inputs -----------------------------------------------------------------
 
+    def abandon_older_than(self, ring_version: int) -> list[str]:
+        """Drops every operation not yet answered that runs under a placement of an older ring
+        version (the replicas that learned the later one refuse its requests: the ring fence);
+        the caller starts each again under its new placement. Nothing is answered for them and
+        their timers and late answers do nothing. An answered write lingering for its laggards
+        is kept: its answer is given."""
+        abandoned = [
+            op_id
+            for op_id, operation in self._operations.items()
+            if operation.phase is not _Phase.LINGERING
+            and 0 < operation.placement.version < ring_version
+        ]
+        for op_id in abandoned:
+            del self._operations[op_id]
+        return abandoned
+
     def on_message(self, source: str, message: Message) -> Effects:
         operation = self._operations.get(message.op_id)
         if operation is None or source not in operation.replicas:

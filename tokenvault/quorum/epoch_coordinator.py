@@ -226,6 +226,22 @@ class EpochCoordinator:
         self._enter_query(operation, effects)
         return effects
 
+    def abandon_older_than(self, ring_version: int) -> list[str]:
+        """Drops every learn running under a placement of an older ring version (the replicas
+        that learned the later one refuse its queries: the ring fence); the caller starts each
+        again under its new placement, which Paxos allows (a learn proposes no value of its own:
+        an abandoned round is one more proposer that stopped). Rotates are kept: one started
+        again could answer `rotated: false` for its own rotation. Nothing is answered for the
+        dropped ones; their timers and late answers do nothing."""
+        abandoned = [
+            op_id
+            for op_id, operation in self._operations.items()
+            if not operation.rotate and 0 < operation.placement.version < ring_version
+        ]
+        for op_id in abandoned:
+            del self._operations[op_id]
+        return abandoned
+
     # -- peer and timer inputs -----------------------------------------------------------------
 
     def note_store(self, peer: str, store_id: str, now: float) -> Effects:

@@ -855,9 +855,39 @@ class PeerCore:
             step.events.append(Event(name="ring_drained", details=(("version", learned.version),)))
         self.anti_entropy.set_replicas(self._replicas_by_owner())
         self.failure_detector.set_peers(self._detector_peers(), self._now)
+        if ring.membership.version != previous.membership.version:
+            self._restart_under(step, ring.membership.version)
         for owner in self._owners:
             if self.peer_id in self.placement(owner).replicas and owner not in self._epochs:
                 self._epochs[owner] = self.acceptor.active_epoch(owner)
+
+    def _restart_under(self, step: Step, version: int) -> None:
+        """A later ring version is learned: the coordinated reads, writes and epoch learns in
+        flight were sent under an older one, which every replica that learned the later one
+        refuses (the ring fence), so each starts again at once under its owner's new placement
+        instead of timing out (a read or a learn asks again; a write inserts the same mappings
+        again: insert-once). Rotates are left to finish or time out (epoch_coordinator.py)."""
+        abandoned = [(op, False) for op in self.coordinator.abandon_older_than(version)]
+        abandoned += [(op, True) for op in self.epoch_coordinator.abandon_older_than(version)]
+        if abandoned:
+            details = (("version", version), ("operations", len(abandoned)))
+            step.events.append(Event(name="restarted_under_ring", details=details))
+        for core_op, learning in abandoned:
+            client_op = self._core_ops.pop(core_op, None)
+            state = None if client_op is None else self._clients.get(client_op)
+            if client_op is None or state is None:
+                continue
+            again = f"{core_op.partition('@')[0]}@r{version}"
+            if isinstance(state, _Tokenizing):
+                operation = state.operation
+                if learning:
+                    learn = LearnEpoch(op_id=client_op, owner=operation.owner)
+                    self._start_core_op(step, client_op, again, learn)
+                else:
+                    self._start_core_op(step, client_op, again, operation, state.mappings)
+            else:
+                assert isinstance(state, Detokenize | LearnEpoch), "no rotate is abandoned"
+                self._start_core_op(step, client_op, again, state)
 
     def _ring_call(self, step: Step, what: str, call: Callable[[], Effects]) -> None:
         """A ring register call: its output persists before it leaves (votes and learned

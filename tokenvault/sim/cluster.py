@@ -31,7 +31,7 @@ from tokenvault.quorum.records import AcceptorSlot
 from tokenvault.quorum.ring_placement import RingPlacement, drain_set
 from tokenvault.ring.membership import Membership, bootstrap_membership
 from tokenvault.sim.client import ClientAnswer, ClientRequest
-from tokenvault.sim.config import MEMBERSHIP_FINISH_CHECKED, SimConfig
+from tokenvault.sim.config import MEMBERSHIP_DROP_CHECKED, MEMBERSHIP_FINISH_CHECKED, SimConfig
 from tokenvault.sim.engine import Engine
 from tokenvault.sim.faults import FaultAction, FaultKind, FaultMix, LinkFaults, StrikeOn
 from tokenvault.sim.membership_faults import spare_link_faults
@@ -184,12 +184,18 @@ class SimCluster:
         return ring
 
     def hints_pending(self, peer: SimPeer) -> int:
-        """Hints `peer` holds for a target that may still take them (not one retired: a dead
-        replaced member; its copies are the transfer's to rebuild, not the hints')."""
-        if not self.retired:
+        """Hints `peer` holds for a target that may still take them: not one retired (a dead
+        replaced member; its copies are the transfer's to rebuild, not the hints'), nor (until
+        dropping is built: MEMBERSHIP_DROP_CHECKED) one the ring no longer places."""
+        if not self.retired and self.members().version == 1:
             return peer.core.hints.pending_total()
+        placed = self.ring().peers()
         held = peer.core.hints.statistics()
-        return sum(h.hints for h in held if h.target not in self.retired)
+        return sum(
+            h.hints
+            for h in held
+            if h.target not in self.retired and (MEMBERSHIP_DROP_CHECKED or h.target in placed)
+        )
 
     def members(self) -> Membership:
         return self.ring_log.highest()
@@ -200,9 +206,24 @@ class SimCluster:
         return tuple(p for p in read_set if p not in self.retired)
 
     def placed_on(self, owner: str) -> tuple[str, ...]:
-        """Every peer that may hold the owner's data: both sets while a change is pending."""
-        replicas = self.ring().placement(owner).replicas
-        return tuple(p for p in replicas if p not in self.retired)
+        """Every peer that may hold the owner's data: both sets while a change is pending, and
+        (until dropping is built: MEMBERSHIP_DROP_CHECKED) every former replica."""
+        replicas = set(self.ring().placement(owner).replicas)
+        if not MEMBERSHIP_DROP_CHECKED:
+            for membership in self.ring_log.memberships():
+                replicas.update(self._placement_at(membership).placement(owner).replicas)
+        return tuple(sorted(p for p in replicas if p not in self.retired))
+
+    def _placement_at(self, membership: Membership) -> RingPlacement:
+        """The placements of one decided version, both sets of its change (not drained)."""
+        key = (membership.version, False)
+        ring = self._placements.get(key)
+        if ring is None or ring.membership != membership:
+            limit = self._config.peer_limits.preference_lists_cached_max
+            ring = self._placements[key] = RingPlacement(
+                membership, drained=False, cached_max=limit
+            )
+        return ring
 
     # -- traffic -------------------------------------------------------------------------------
 

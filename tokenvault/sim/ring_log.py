@@ -154,6 +154,11 @@ class RingLog:
         decided = [v for v, r in self._versions.items() if r.claims]
         return self.decided(max(decided)) if decided else self.bootstrap  # type: ignore[return-value]
 
+    def memberships(self) -> list[Membership]:
+        """Every membership claimed decided, by version (the bootstrap first)."""
+        found = [self.decided(v) for v in sorted(self._versions)]
+        return [self.bootstrap, *(m for m in found if m is not None and m.version > 1)]
+
     def versions_decided(self) -> int:
         return sum(1 for record in self._versions.values() if record.claims)
 

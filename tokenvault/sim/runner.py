@@ -40,6 +40,7 @@ from tokenvault.sim.history import History, OperationKind, Outcome
 from tokenvault.sim.membership_faults import plan_membership
 from tokenvault.sim.network import short_token
 from tokenvault.sim.operator import Operator
+from tokenvault.sim.peer import PeerState
 from tokenvault.sim.workload import Workload
 
 PROBE_INTERVAL_S = 0.25  # how often the runner looks whether a phase reached its goal
@@ -139,6 +140,7 @@ class SimStats:
     ring_version: int = 1  # the highest ring version any peer learned
     spares_started: int = 0
     peers_retired: int = 0  # replaced dead: killed, disk wiped, never restarted
+    peers_not_serving: int = 0  # judged peers still recovering at the end
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -485,4 +487,9 @@ def _stats(
         ring_version=cluster.members().version,
         spares_started=len(cluster.peers) - config.peer_count,
         peers_retired=len(cluster.retired),
+        peers_not_serving=sum(
+            1
+            for p in cluster.judged()
+            if p.state is not PeerState.DOWN and p.core.state != "serving"
+        ),
     )
