@@ -15,7 +15,7 @@ Caught (first catching seed 1 unless said):
   coordinator's own assertion (`_require_write_quorum`, W of each set) refuses the success:
   `no-core-exception`;
 - skip-dual-write-unasserted: the same, that assertion off: `answers-are-durable` (W of the old
-  set, the read set, not held); seed 4 also `acknowledged-write-visible`;
+  set, the read set, not held); seed 14 also `epochs-never-go-back`;
 - skip-dual-write-old: W of the OLD set only (the assertion);
 - finish-ends-dual-write: once the finish is learned, before the drain, W of the new set only
   (the assertion);
@@ -115,7 +115,7 @@ MUTATIONS = (
         _coordinator(mutants.SkipDualWriteNewUnasserted),
         frozenset({"answers-are-durable", "acknowledged-write-visible"}),
         range(1, 3),
-        client_visible_seed=4,
+        client_visible_seed=14,
     ),
     MembershipMutation(
         "skip-dual-write-old",
@@ -226,9 +226,10 @@ def test_a_client_visible_invariant_catches_it_too(
     assert {v.invariant for v in result.violations} & BLACK_BOX, result.replay_command()
 
 
-# Seeds the unmutated cores fail at this commit, for a reason of their own: no liveness read
-# completes (docs/simulation.md, membership runs whose liveness phase stalls). A mutation pinned
-# on one is only checked not to show its catching invariants unmutated.
+# Seeds the unmutated cores fail for a reason of their own: the open bug "a peer whose store is
+# lost after a change finished recovers for ever" (docs/simulation.md, Bugs found): no liveness
+# read completes. A mutation pinned on one is only checked not to show its catching invariants
+# unmutated.
 FAILING_UNMUTATED = frozenset({16})
 
 
