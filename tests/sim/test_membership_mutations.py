@@ -146,7 +146,8 @@ MUTATIONS = (
     MembershipMutation(
         "skip-dual-write-old-unasserted",
         _coordinator(mutants.SkipDualWriteOldUnasserted),
-        frozenset({"answers-are-durable", "acknowledged-write-visible", "epochs-never-go-back"}),
+        # Not acknowledged-write-visible: the open recovery bug's seeds show it unmutated.
+        frozenset({"answers-are-durable", "epochs-never-go-back"}),
         range(13, 14),  # the first of 1..40 (31: answers-are-durable, once the finish is read)
         client_visible_seed=13,
     ),
