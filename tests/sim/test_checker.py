@@ -7,7 +7,7 @@ from tokenvault.sim.checker import CheckInput, ContextQuery, Violation, check
 from tokenvault.sim.client import epoch_key
 from tokenvault.sim.cluster import ReplicaState
 from tokenvault.sim.history import History, Operation, OperationKind, Outcome
-from tokenvault.sim.observer import Observation
+from tokenvault.sim.observation import Observation
 from tokenvault.sim.peer import CoreError
 from tokenvault.tokens import make_token
 

@@ -42,6 +42,17 @@ whole run (observer.py) and at the end, and on what clients were answered:
   rotate's own value, at expected + 1; a rotate expecting a known epoch e answers e + 1 or later;
   and the rotates of a burst with one expected epoch answer one epoch, unless another rotate
   that could move the epoch further (expecting e + 1, or nothing) was asked meanwhile.
+The ring (membership changes; ring_log.py judges the first three as records become durable):
+- one-membership-per-version: at most one membership is decided per ring version.
+- ring-never-goes-back: a peer's durable learned version never decreases; every decided version
+  is one change (or the finish of the pending one) of the version before it.
+- ring-decided-by-voters: every decided version was accepted by a majority of the voters of the
+  version before it.
+- owners-on-final-ring (only with `require_finish`, once transfers let a change finish): at the
+  end every running member learned the final version and it is drained; every acknowledged
+  mapping and every decided epoch is on at least W replicas of the final preference lists.
+The preference lists the checker is given are those of the ring the peers learned (the read
+set of each owner), and `placed_on` where an owner's data may be (both sets of a pending change).
 Each violation names its operations with their virtual times, and the log lines that show it.
 """
 
@@ -49,14 +60,17 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tokenvault.quorum.messages import GENESIS, EpochValue, Mapping
+from tokenvault.quorum.quorum_config import majority
+from tokenvault.ring.membership import Membership
 from tokenvault.sim.cluster import ReplicaState
 from tokenvault.sim.durable import SIM_SEALER
 from tokenvault.sim.history import History, Operation, OperationKind, Outcome
 from tokenvault.sim.network import describe_value
-from tokenvault.sim.observer import Observation, WriteAttempt
+from tokenvault.sim.observation import Observation
+from tokenvault.sim.observer import WriteAttempt
 from tokenvault.sim.peer import CoreError
 
 VIOLATIONS_PER_INVARIANT_MAX = 5
@@ -114,6 +128,14 @@ class CheckInput:
     converged: bool = True
     convergence_bound_s: float = 0.0
     liveness_started_s: float | None = None
+    # The ring (membership changes): where an owner's data may be (both sets of a pending
+    # change; the preference lists when not given), what ring_log.py saw, and the final ring.
+    placed_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    ring_observations: tuple[Observation, ...] = ()
+    require_finish: bool = False
+    final_ring: Membership | None = None
+    ring_drained: bool = True
+    ring_learned: dict[str, int] = field(default_factory=dict)  # running peer -> version
 
 
 def no_context(query: ContextQuery) -> tuple[str, ...]:
@@ -190,6 +212,7 @@ def check(state: CheckInput) -> list[Violation]:
     _check_client_epochs(ops, report)
     _check_same_input_same_token(state, ops, report)
     _check_rotations(ops, report)
+    _check_ring(state, ops, report)
     return report.finish()
 
 
@@ -365,6 +388,8 @@ def _check_reads_never_go_back(state: CheckInput, ops: list[Operation], report: 
 def _check_convergence(state: CheckInput, ops: list[Operation], report: _Report) -> None:
     replicas = {r.peer: r for r in state.replicas}
     for replica in state.replicas:
+        if not replica.judged:
+            continue  # outside the learned ring: its operator stops it
         problems = []
         if not replica.up:
             problems.append("is down")
@@ -432,7 +457,7 @@ def _check_full_convergence(state: CheckInput, ops: list[Operation], report: _Re
             window_s=None if started is None else (started, started + state.convergence_bound_s),
         )
     for replica in state.replicas:
-        if replica.hints_pending:
+        if replica.hints_pending and replica.judged:
             report.add(
                 "convergence",
                 f"peer {replica.peer} still holds {replica.hints_pending} hint(s) at the end",
@@ -482,10 +507,11 @@ def _check_full_convergence(state: CheckInput, ops: list[Operation], report: _Re
                     tokens=[key[1]],
                     peers=preference_list,
                 )
+        placed = state.placed_on.get(owner, preference_list)
         strays = [
             (r.peer, key)
             for r in state.replicas
-            if r.peer not in preference_list
+            if r.peer not in placed
             for key in r.mappings
             if key[0] == owner
         ]
@@ -747,4 +773,73 @@ def _check_rotations(ops: list[Operation], report: _Report) -> None:
                 f"the rotates of burst {group} (expecting epoch {expected}) answered different"
                 f" epochs with no other rotate that could move it: {listed}",
                 members,
+            )
+
+
+# -- the ring ----------------------------------------------------------------------------------
+
+
+def _check_ring(state: CheckInput, ops: list[Operation], report: _Report) -> None:
+    for observation in state.ring_observations:
+        report.add(
+            observation.invariant,
+            f"at {observation.at_s:.6f} s: {observation.summary}",
+            peers=observation.peers,
+            window_s=(observation.at_s - 1.0, observation.at_s),
+        )
+    if state.require_finish and state.final_ring is not None:
+        _check_final_ring(state, ops, state.final_ring, report)
+
+
+def _check_final_ring(
+    state: CheckInput, ops: list[Operation], final: Membership, report: _Report
+) -> None:
+    """owners-on-final-ring: the final ring is stable, learned by every running member and
+    drained; acknowledged mappings and decided epochs are on its preference lists."""
+    invariant = "owners-on-final-ring"
+    if not final.stable or not state.ring_drained:
+        report.add(invariant, f"the final ring version {final.version} is not finished and drained")
+    behind = [
+        f"{peer}:v{version}"
+        for peer, version in sorted(state.ring_learned.items())
+        if final.member(peer) is not None and version < final.version
+    ]
+    if behind:
+        report.add(
+            invariant,
+            f"members end behind the final ring version {final.version}: {', '.join(behind)}",
+            peers=[b.split(":")[0] for b in behind],
+        )
+    replicas = {r.peer: r for r in state.replicas}
+    for write in ops:
+        if write.kind is not OperationKind.TOKENIZE or write.outcome is not Outcome.OK:
+            continue
+        for m in write.mappings:
+            listed = state.preference_lists.get(m.owner, ())
+            holders = [
+                p
+                for p in listed
+                if p in replicas and replicas[p].mappings.get((m.owner, m.token)) == m
+            ]
+            if len(holders) < state.write_quorum:
+                report.add(
+                    invariant,
+                    f"token {m.token} of {m.owner}, acknowledged by op {write.op_id}, is on"
+                    f" {len(holders)} replica(s) of the final ring's list {','.join(listed)}",
+                    [write],
+                    tokens=[m.token],
+                )
+    decided: dict[tuple[str, int], EpochValue] = {
+        (owner, slot): value for owner, slot, value, _ in state.decided_over_run
+    }
+    for (owner, slot), value in sorted(decided.items()):
+        listed = state.preference_lists.get(owner, ())
+        holding = [
+            p for p in listed if p in replicas and replicas[p].decided.get((owner, slot)) == value
+        ]
+        if len(holding) < majority(len(listed) or 1):
+            report.add(
+                invariant,
+                f"epoch {slot} of {owner} ({describe_value(value)}) is decided on"
+                f" {','.join(holding) or 'no replica'} of the final ring's list {','.join(listed)}",
             )

@@ -58,6 +58,13 @@ def add_sim_parser(
         help="client operations per run (%(default)s)",
     )
     parser.add_argument(
+        "--membership",
+        type=int,
+        default=_DEFAULTS.membership_changes,
+        metavar="N",
+        help="membership changes (joins, removes, replaces) drawn from the seed (%(default)s)",
+    )
+    parser.add_argument(
         "--check-determinism",
         action="store_true",
         help="run every seed twice and compare the digests",
@@ -97,6 +104,7 @@ def run_sim_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 peer_count=args.peers,
                 owner_count=args.owners,
                 operation_count=args.ops,
+                membership_changes=args.membership,
                 require_full_convergence=not args.no_full_convergence,
             )
             for seed in range(args.seed, args.seed + args.seeds)
@@ -143,6 +151,8 @@ def _run_one(config: SimConfig, args: argparse.Namespace, out: TextIO) -> tuple[
         ok = ok and same
     if not result.passed:
         print(f"  faults: {result.mix}", file=out)
+        for change in result.changes:
+            print(f"  {change}", file=out)
         for violation in result.violations:
             print(_indent(violation.render()), file=out)
     if not ok:
@@ -168,6 +178,11 @@ def _summary(result: SimResult, wall_s: float) -> str:
         f" ops {stats.operations} attempts {stats.attempts} (ok {stats.ok}, fail {stats.failed},"
         f" indeterminate {stats.indeterminate}) events {stats.events}"
         f" virtual {stats.virtual_s:.1f} s wall {wall_s:.3f} s {rate:.0f} ops/s"
+        + (
+            f" ring v{stats.ring_version} changes {stats.ring_changes_done}/{stats.ring_changes}"
+            if stats.ring_changes
+            else ""
+        )
     )
 
 

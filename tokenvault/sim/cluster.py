@@ -1,5 +1,5 @@
-"""The simulated cluster: the peers on one ring, the network between them, the clients' link,
-and the faults applied to them.
+"""The simulated cluster: the peers on their learned ring, the network between them, the
+clients' link, and the faults applied to them.
 
 Rules:
 - Messages between peers cross the Network; clients reach every peer over a reliable link of
@@ -10,8 +10,15 @@ Rules:
   values and acceptor records, merkle roots, active epochs, hints pending, operations in flight,
   unsynced writes and held outputs.
 - `converged()` is the liveness phase's goal: every peer up and serving (a wiped peer has
-  recovered) with nothing in flight, unsynced or held, no hint pending anywhere, and every
-  owner's replicas with one merkle root and one decided active epoch.
+  recovered) with nothing in flight, unsynced or held, no hint pending anywhere, every member
+  of the highest ring version durably learned it (and, with `require_finish` once transfers
+  let changes finish, that version is stable and drained), and every owner's replicas with one
+  merkle root and one decided active epoch.
+- The ring is the one the peers learned (ring_log.py: the highest version any peer made
+  durable or sent as decided), not a static one: an owner's replicas are its placement's read
+  set there (`preference_list`), and every replica of its sets may hold it (`placed_on`).
+- Spare peers (membership changes) join the cluster when started (`start_spare`); a member
+  replaced dead is `retire`d: killed, its disk wiped, never restarted, and no longer judged.
 """
 
 from __future__ import annotations
@@ -21,15 +28,17 @@ from dataclasses import dataclass, field
 
 from tokenvault.quorum.messages import Envelope, EpochValue, Mapping
 from tokenvault.quorum.records import AcceptorSlot
-from tokenvault.ring.hash_ring import HashRing
-from tokenvault.ring.membership import bootstrap_membership
+from tokenvault.quorum.ring_placement import RingPlacement, drain_set
+from tokenvault.ring.membership import Membership, bootstrap_membership
 from tokenvault.sim.client import ClientAnswer, ClientRequest
-from tokenvault.sim.config import SimConfig
+from tokenvault.sim.config import MEMBERSHIP_DROP_CHECKED, MEMBERSHIP_FINISH_CHECKED, SimConfig
 from tokenvault.sim.engine import Engine
 from tokenvault.sim.faults import FaultAction, FaultKind, FaultMix, LinkFaults, StrikeOn
+from tokenvault.sim.membership_faults import spare_link_faults
 from tokenvault.sim.network import Network
 from tokenvault.sim.observer import Observer
 from tokenvault.sim.peer import CoreError, PeerState, SimPeer
+from tokenvault.sim.ring_log import RingLog
 
 PeerFactory = Callable[..., SimPeer]
 
@@ -49,6 +58,12 @@ class ReplicaState:
     active_epochs: dict[str, EpochValue] = field(default_factory=dict)  # owners it replicates
     merkle_roots: dict[str, str] = field(default_factory=dict)  # owners it replicates
     hints_pending: int = 0
+    judged: bool = True  # placed on the learned ring: its convergence is judged
+
+
+def address_of(peer_id: str) -> str:
+    """A simulated peer's address (its member address on the ring)."""
+    return f"{peer_id}.sim:7000"
 
 
 class SimCluster:
@@ -64,9 +79,9 @@ class SimCluster:
     ) -> None:
         self._config = config
         self._engine = engine
-        self.ring = HashRing(config.peer_ids, config.vnodes_per_peer)
-        bootstrap = bootstrap_membership(
-            ((p, f"{p}.sim:7000") for p in config.peer_ids),
+        self._mix = mix
+        self.bootstrap = bootstrap_membership(
+            ((p, address_of(p)) for p in config.peer_ids),
             replica_count=config.replica_count,
             vnodes_per_peer=config.vnodes_per_peer,
         )
@@ -74,32 +89,150 @@ class SimCluster:
         self.observer = (
             observer if observer is not None else Observer(replica_count=config.replica_count)
         )
-        factory = SimPeer if peer_factory is None else peer_factory
+        self.ring_log = RingLog(self.bootstrap)
+        self.observer.ring = self.ring_log
+        self._factory = SimPeer if peer_factory is None else peer_factory
         self.peers: dict[str, SimPeer] = {
-            peer_id: factory(
-                peer_id,
-                engine=engine,
-                bootstrap=bootstrap,
-                quorum=config.quorum,
-                fsync_s=mix.fsync_s,
-                client_latency_s=config.client_latency_s,
-                send=self.network.send,
-                owners=config.owner_ids,
-                observer=self.observer,
-                limits=config.peer_limits,
-            )
-            for peer_id in config.peer_ids
+            peer_id: self._new_peer(peer_id) for peer_id in config.peer_ids
         }
+        self.retired: set[str] = set()  # replaced dead: never restarted, no longer judged
+        self._placements: dict[tuple[int, bool], RingPlacement] = {}
         self.observer.attach(self._durable_mapping)
         self.healed = False
 
+    def _new_peer(self, peer_id: str, join_address: str | None = None) -> SimPeer:
+        # Only a joining spare's factory call names a join address: scenario factories that
+        # build bootstrap peers need not know the argument.
+        arguments: dict[str, str] = {} if join_address is None else {"join_address": join_address}
+        return self._factory(
+            peer_id,
+            engine=self._engine,
+            bootstrap=self.bootstrap,
+            quorum=self._config.quorum,
+            fsync_s=self._mix.fsync_s,
+            client_latency_s=self._config.client_latency_s,
+            send=self.network.send,
+            owners=self._config.owner_ids,
+            observer=self.observer,
+            limits=self._config.peer_limits,
+            **arguments,  # type: ignore[arg-type]
+        )
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def start_spare(self, peer_id: str, *, join: bool) -> SimPeer:
+        """A spare peer starts on an empty store; with `join`, it asks to be added by itself."""
+        config = self._config
+        self.network.add_links(
+            spare_link_faults(config.seed, self._mix, config.peer_ids, config.spare_ids)
+        )
+        peer = self._new_peer(peer_id, address_of(peer_id) if join else None)
+        self.peers[peer_id] = peer
+        self._engine.record(f"spare-start {peer_id} {'join' if join else 'named'}")
+        return peer
+
+    def retire(self, peer_id: str) -> None:
+        """A member dies for good: killed, its disk wiped, never restarted (it is replaced)."""
+        self.retired.add(peer_id)
+        peer = self.peers[peer_id]
+        peer.resume()
+        peer.wipe()
+        self._engine.record(f"retire {peer_id}")
+
+    def running(self) -> list[SimPeer]:
+        """Every peer but the retired ones."""
+        return [p for p in self.peers.values() if p.peer_id not in self.retired]
+
+    def judged(self) -> list[SimPeer]:
+        """The running peers the ring places owners on (members, and the members a change not
+        yet drained removed): those whose convergence is judged. A peer outside (removed and
+        drained: its operator stops it; a spare never let in) is not."""
+        placed = self.ring().peers()
+        return [p for p in self.running() if p.peer_id in placed]
+
+    def client_peers(self) -> tuple[str, ...]:
+        """The members of the learned ring that exist (a spare is started before it is named):
+        whom clients talk to once the ring changes."""
+        return tuple(m.id for m in self.members().members if m.id in self.peers)
+
+    def serving_members(self) -> tuple[str, ...]:
+        """The members of the learned ring that run and serve: where the liveness reads go."""
+        members = self.members()
+        return tuple(
+            p.peer_id
+            for p in self.running()
+            if members.member(p.peer_id) is not None and p.core.state == "serving"
+        )
+
+    def ring(self) -> RingPlacement:
+        """The placements of the highest ring version any peer learned."""
+        membership = self.ring_log.highest()
+        drained = all(
+            self.ring_log.learned_version(peer) >= membership.version
+            for peer in sorted(drain_set(membership))
+            if peer not in self.retired
+        )
+        key = (membership.version, drained)
+        ring = self._placements.get(key)
+        if ring is None:
+            ring = RingPlacement(
+                membership,
+                drained=drained,
+                cached_max=self._config.peer_limits.preference_lists_cached_max,
+            )
+            self._placements[key] = ring
+        return ring
+
+    def hints_pending(self, peer: SimPeer) -> int:
+        """Hints `peer` holds for a target that may still take them: not one retired (a dead
+        replaced member; its copies are the transfer's to rebuild, not the hints'), nor (until
+        dropping is built: MEMBERSHIP_DROP_CHECKED) one the ring no longer places."""
+        if not self.retired and self.members().version == 1:
+            return peer.core.hints.pending_total()
+        placed = self.ring().peers()
+        held = peer.core.hints.statistics()
+        return sum(
+            h.hints
+            for h in held
+            if h.target not in self.retired and (MEMBERSHIP_DROP_CHECKED or h.target in placed)
+        )
+
+    def members(self) -> Membership:
+        return self.ring_log.highest()
+
     def preference_list(self, owner: str) -> tuple[str, ...]:
-        return self.ring.preference_list(owner, self._config.replica_count)
+        """Where the owner's data must be: its read set on the learned ring (retired aside)."""
+        read_set = self.ring().placement(owner).read_set
+        return tuple(p for p in read_set if p not in self.retired)
+
+    def placed_on(self, owner: str) -> tuple[str, ...]:
+        """Every peer that may hold the owner's data: both sets while a change is pending, and
+        (until dropping is built: MEMBERSHIP_DROP_CHECKED) every former replica."""
+        replicas = set(self.ring().placement(owner).replicas)
+        if not MEMBERSHIP_DROP_CHECKED:
+            for membership in self.ring_log.memberships():
+                replicas.update(self._placement_at(membership).placement(owner).replicas)
+        return tuple(sorted(p for p in replicas if p not in self.retired))
+
+    def _placement_at(self, membership: Membership) -> RingPlacement:
+        """The placements of one decided version, both sets of its change (not drained)."""
+        key = (membership.version, False)
+        ring = self._placements.get(key)
+        if ring is None or ring.membership != membership:
+            limit = self._config.peer_limits.preference_lists_cached_max
+            ring = self._placements[key] = RingPlacement(
+                membership, drained=False, cached_max=limit
+            )
+        return ring
 
     # -- traffic -------------------------------------------------------------------------------
 
     def _deliver(self, envelope: Envelope) -> None:
-        self.peers[envelope.destination].receive(envelope)
+        peer = self.peers.get(envelope.destination)
+        if peer is None:  # a spare not started (nothing sends to one)
+            self._engine.record(f"drop-unknown {envelope.source}->{envelope.destination}")
+            return
+        peer.receive(envelope)
 
     def submit(
         self, peer_id: str, request: ClientRequest, sink: Callable[[ClientAnswer], None]
@@ -138,6 +271,8 @@ class SimCluster:
             self.network.start_partition(action.partition)
         elif kind is FaultKind.PARTITION_END:
             self.network.end_partition()
+        elif action.peer in self.retired:
+            self._engine.record(f"{kind.value}-skipped {action.peer} retired")
         else:
             peer = self.peers[action.peer]
             if kind is FaultKind.ARM_CRASH:
@@ -147,7 +282,7 @@ class SimCluster:
                 self._wipe(peer, lost_wal_tail=kind is FaultKind.LOSE_WAL_TAIL)
                 return
             if kind is FaultKind.BIT_FLIP:
-                if self._copy_lost_elsewhere(peer):
+                if self.copy_lost_elsewhere(peer):
                     self._engine.record(f"bit-flip-skipped {peer.peer_id}")
                 else:
                     peer.flip_bit(action.draw)
@@ -161,22 +296,23 @@ class SimCluster:
                 FaultKind.DISK_FREED: peer.free_disk,
             }[kind]()
 
-    def _copy_lost_elsewhere(self, peer: SimPeer) -> bool:
+    def copy_lost_elsewhere(self, peer: SimPeer) -> bool:
         """Whether another peer has lost copies it has not got back yet: it is wiped or still
         recovering, or holds a record a bit flip corrupted and nothing repaired. A disk fault
         on `peer` then could destroy the last copy of an acknowledged write (W = 2 of N = 3
         tolerates one lost copy): beyond the model, so the fault is called off."""
+        placed = self.ring().peers()  # a retired peer counts while the ring places it
         return any(
             other.wiped or other.core.state != "serving" or other.holds_unrepaired_flip()
             for other in self.peers.values()
-            if other is not peer
+            if other is not peer and (other.peer_id not in self.retired or other.peer_id in placed)
         )
 
     def _wipe(self, peer: SimPeer, *, lost_wal_tail: bool) -> None:
         """Wipes `peer`'s disk, unless that could lose more than the model allows: another peer
-        that lost copies and has not got them back (`_copy_lost_elsewhere`), or fewer than
+        that lost copies and has not got them back (`copy_lost_elsewhere`), or fewer than
         three replicas. Then it is a plain crash."""
-        if not self._copy_lost_elsewhere(peer) and self._config.replica_count >= 3:
+        if not self.copy_lost_elsewhere(peer) and self._config.replica_count >= 3:
             peer.wipe(lost_wal_tail=lost_wal_tail)
         else:
             cause = "lose-wal-tail" if lost_wal_tail else "wipe"
@@ -187,7 +323,7 @@ class SimCluster:
         self._engine.record("heal")
         self.healed = True
         self.network.heal()
-        for peer in self.peers.values():
+        for peer in self.running():
             peer.disarm()
             peer.free_disk()
             peer.restart()
@@ -200,15 +336,26 @@ class SimCluster:
             and not peer.store.has_unsynced()
             and not peer.held_effects()
             and not peer.operations_in_flight()
-            for peer in self.peers.values()
+            for peer in self.judged()
         )
 
     def converged(self) -> bool:
         """Every peer idle, up and serving, no hint pending, every owner's replicas alike."""
-        if not self.quiet() or any(p.core.hints.pending_total() for p in self.peers.values()):
+        running = self.judged()
+        if not self.quiet() or any(self.hints_pending(p) for p in running):
             return False
-        if any(p.core.state != "serving" for p in self.peers.values()):
+        if any(p.core.state != "serving" for p in running):
             return False  # a wiped peer still recovering
+        members = self.members()
+        if any(
+            self.ring_log.learned_version(p.peer_id) < members.version
+            for p in running
+            if members.member(p.peer_id) is not None
+        ):
+            return False  # a member still behind the ring
+        finish = self._config.require_finish and MEMBERSHIP_FINISH_CHECKED
+        if finish and not (members.stable and self.ring().drained):
+            return False  # a change not finished, or not drained
         for owner in self._config.owner_ids:
             replicas = [self.peers[p] for p in self.preference_list(owner)]
             if len({peer.core.replica.digests.root(owner) for peer in replicas}) != 1:
@@ -223,11 +370,13 @@ class SimCluster:
         return [error for peer in self.peers.values() for error in peer.core_errors]
 
     def snapshot(self) -> tuple[ReplicaState, ...]:
-        return tuple(self._state_of(peer) for peer in self.peers.values())
+        judged = {p.peer_id for p in self.judged()}
+        return tuple(self._state_of(peer, peer.peer_id in judged) for peer in self.running())
 
-    def _state_of(self, peer: SimPeer) -> ReplicaState:
+    def _state_of(self, peer: SimPeer, judged: bool) -> ReplicaState:
         up = peer.state is PeerState.UP
         replicated = [o for o in self._config.owner_ids if peer.peer_id in self.preference_list(o)]
+
         return ReplicaState(
             peer=peer.peer_id,
             up=up,
@@ -239,5 +388,6 @@ class SimCluster:
             acceptor_slots=peer.durable.acceptor_slots(),
             active_epochs={o: peer.core.acceptor.active_epoch(o) for o in replicated} if up else {},
             merkle_roots={o: peer.core.replica.digests.root(o) for o in replicated} if up else {},
-            hints_pending=peer.core.hints.pending_total() if up else 0,
+            hints_pending=self.hints_pending(peer) if up else 0,
+            judged=judged,
         )

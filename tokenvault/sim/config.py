@@ -2,10 +2,15 @@
 
 Rules:
 - A run is a pure function of its SimConfig: the same config gives the same digest.
-- Only seed, peer_count, owner_count and operation_count (and require_full_convergence, on by
-  default: `--no-full-convergence` turns it off) are on the command line; every other field
-  keeps its default in a replay, so a replay command with those flags reproduces the run
-  exactly.
+- Only seed, peer_count, owner_count, operation_count and membership_changes (and
+  require_full_convergence, on by default: `--no-full-convergence` turns it off) are on the
+  command line; every other field keeps its default in a replay, so a replay command with
+  those flags reproduces the run exactly.
+- Membership changes (docs/simulation.md, membership faults) come from generators of their own:
+  with `membership_changes = 0` (the default) a run is exactly what it was before they existed.
+  `MEMBERSHIP_FINISH_CHECKED` gates what holds a run to a finished ring (`owners-on-final-ring`,
+  `require_finish`); `MEMBERSHIP_DROP_CHECKED` what needs old replicas to drop what they no
+  longer replicate (strays on former replicas, hints for a target that left).
 - The fault schedule depends only on the seed, the peers and faults_end_s, never on the
   workload: replaying with fewer operations keeps the same faults (that is how a failure is
   shrunk).
@@ -17,6 +22,15 @@ from dataclasses import dataclass, field
 
 from tokenvault.quorum.peer_core import PeerLimits
 from tokenvault.quorum.quorum_config import QuorumConfig, quorum_problem
+
+# Flipped to True once transfers are merged: a change then reaches its finish version, and the
+# checks that need it run (owners-on-final-ring; require_finish on by default).
+MEMBERSHIP_FINISH_CHECKED = False
+# Flipped to True once dropping is built (docs/membership.md §3 step 5): an old replica that left
+# an owner's list deletes it once the change is drained, and hints for a target that left the
+# ring are dropped. Until then a former replica may keep the owner (no stray) and such hints are
+# not pending.
+MEMBERSHIP_DROP_CHECKED = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,6 +55,12 @@ class SimConfig:
     # pending, within convergence_bound_s of the start of the liveness phase.
     require_full_convergence: bool = True
     convergence_bound_s: float = 60.0
+    # Joins, removes and replaces drawn from the seed (membership_faults.py), and the spare
+    # peers (started empty, named after the bootstrap's) that joins and replaces bring in.
+    membership_changes: int = 0
+    spare_count: int = 2
+    # Every change reached its finish version and was drained by the end (owners-on-final-ring).
+    require_finish: bool = MEMBERSHIP_FINISH_CHECKED
 
     def __post_init__(self) -> None:
         problem = quorum_problem(self.replica_count, self.write_quorum, self.read_quorum)
@@ -56,6 +76,8 @@ class SimConfig:
             raise ValueError("faults must end within the run")
         if self.convergence_bound_s <= 0.0:
             raise ValueError("the convergence bound must be positive")
+        if self.membership_changes < 0 or self.spare_count < 0:
+            raise ValueError("membership changes and spare peers must be >= 0")
 
     @property
     def quorum(self) -> QuorumConfig:
@@ -70,6 +92,14 @@ class SimConfig:
         return tuple(f"p{index}" for index in range(1, self.peer_count + 1))
 
     @property
+    def spare_ids(self) -> tuple[str, ...]:
+        """Peers outside the bootstrap that joins and replaces start (when there are changes)."""
+        if not self.membership_changes:
+            return ()
+        first = self.peer_count + 1
+        return tuple(f"p{index}" for index in range(first, first + self.spare_count))
+
+    @property
     def owner_ids(self) -> tuple[str, ...]:
         return tuple(f"owner-{index}" for index in range(self.owner_count))
 
@@ -78,6 +108,8 @@ class SimConfig:
             f"tokenvault sim --seed {self.seed} --peers {self.peer_count}"
             f" --owners {self.owner_count} --ops {self.operation_count}"
         )
+        if self.membership_changes:
+            command += f" --membership {self.membership_changes}"
         if not self.require_full_convergence:
             command += " --no-full-convergence"
         return command

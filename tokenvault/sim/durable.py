@@ -73,7 +73,7 @@ class DurableView:
         found: dict[tuple[str, int], EpochValue] = {}
         for key, raw in self._store.durable_items(DECIDED_PREFIX):
             owner, slot = key[2:-9].decode(), int.from_bytes(key[-8:], "big")
-            value = read_decided(_Record(key, raw), owner, slot)
+            value = read_decided(OneRecord(key, raw), owner, slot)
             assert value is not None
             found[(owner, slot)] = value
         return found
@@ -82,16 +82,17 @@ class DurableView:
         found: dict[tuple[str, int], AcceptorSlot] = {}
         for key, raw in self._store.durable_items(ACCEPTOR_PREFIX):
             owner, slot = key[2:-9].decode(), int.from_bytes(key[-8:], "big")
-            found[(owner, slot)] = read_acceptor_slot(_Record(key, raw), owner, slot)
+            found[(owner, slot)] = read_acceptor_slot(OneRecord(key, raw), owner, slot)
         return found
 
 
-class _Record:
-    """A StorageReader over one durable record."""
+class OneRecord:
+    """A StorageReader holding one record (to decode it with the records helpers); `raw` None
+    is a deleted record."""
 
     __slots__ = ("_key", "_raw")
 
-    def __init__(self, key: bytes, raw: bytes) -> None:
+    def __init__(self, key: bytes, raw: bytes | None) -> None:
         self._key, self._raw = key, raw
 
     def get(self, key: bytes) -> bytes | None:

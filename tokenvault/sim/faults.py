@@ -174,16 +174,21 @@ def link_faults(
                 continue
             base = mix.link
             if rng.random() < mix.bad_link_share:
-                base = LinkFaults(
-                    loss=min(0.5, 2 * base.loss + 0.05),
-                    duplicate=min(0.5, 2 * base.duplicate),
-                    reorder=min(0.5, 2 * base.reorder + 0.05),
-                    delay_s=base.delay_s,
-                    jitter_s=2 * base.jitter_s,
-                    reorder_delay_s=base.reorder_delay_s,
-                )
+                base = bad_link(base)
             links[(source, destination)] = base
     return links
+
+
+def bad_link(base: LinkFaults) -> LinkFaults:
+    """A bad link of a mix: loses, duplicates and reorders twice as often as `base`."""
+    return LinkFaults(
+        loss=min(0.5, 2 * base.loss + 0.05),
+        duplicate=min(0.5, 2 * base.duplicate),
+        reorder=min(0.5, 2 * base.reorder + 0.05),
+        delay_s=base.delay_s,
+        jitter_s=2 * base.jitter_s,
+        reorder_delay_s=base.reorder_delay_s,
+    )
 
 
 # -- the schedule ------------------------------------------------------------------------------

@@ -168,6 +168,7 @@ class Network:
         self._partition: Partition | None = None
         self._blocked: frozenset[tuple[str, str]] = frozenset()
         self._filters: list[tuple[DropPredicate, str]] = []
+        self._healed = False
         self.stats = NetworkStats()
 
     # -- partitions ----------------------------------------------------------------------------
@@ -187,7 +188,13 @@ class Network:
         """Drop every message predicate picks, from now until healing."""
         self._filters.append((predicate, label))
 
+    def add_links(self, links: dict[tuple[str, str], LinkFaults]) -> None:
+        """Links of a peer started during the run (a spare); healthy once healed."""
+        for link, faults in links.items():
+            self._links[link] = HEALTHY_LINK if self._healed else faults
+
     def heal(self) -> None:
+        self._healed = True
         self.end_partition()
         self._filters.clear()
         self._links = {link: HEALTHY_LINK for link in self._links}

@@ -9,7 +9,8 @@ the observer keeps what that takes:
 - Every epoch value an Accept carried when a peer sent it.
 - The durable stream of every peer: at each sync, the records it made durable, in the order they
   were staged (`on_durable`), for the kinds the invariants watch: acceptor slots (`a`), decided
-  values (`d`), epoch metas (`e`) and hints (`h`). A crash throws away what was staged, so only
+  values (`d`), epoch metas (`e`) and hints (`h`); ring records (`r`) go to the ring log
+  (`ring`, ring_log.py) the cluster attaches. A crash throws away what was staged, so only
   what a peer could have answered from is seen, across restarts too.
 
 Invariants judged as the stream arrives (each becomes an `Observation`; the checker reports it):
@@ -40,16 +41,21 @@ from tokenvault.quorum.records import (
     ACCEPTOR_PREFIX,
     DECIDED_PREFIX,
     EPOCH_META_PREFIX,
+    RING_PREFIX,
     EpochMeta,
     read_acceptor_slot,
     read_decided,
     read_epoch_meta,
 )
-from tokenvault.sim.durable import SIM_SEALER
+from tokenvault.sim.durable import SIM_SEALER, OneRecord
 from tokenvault.sim.network import describe_ballot, describe_value, short_token
+from tokenvault.sim.observation import Observation
+from tokenvault.sim.ring_log import RingLog
 
 Write = tuple[bytes, bytes | None]
-WATCHED_PREFIXES = frozenset((ACCEPTOR_PREFIX, DECIDED_PREFIX, EPOCH_META_PREFIX, HINT_PREFIX))
+WATCHED_PREFIXES = frozenset(
+    (ACCEPTOR_PREFIX, DECIDED_PREFIX, EPOCH_META_PREFIX, HINT_PREFIX, RING_PREFIX)
+)
 DurableMapping = Callable[[str, str, str], Mapping | None]  # (peer, owner, token)
 
 
@@ -59,18 +65,6 @@ def is_watched(key: bytes) -> bool:
 
 # One write a peer's tokenize started: the peer core reports it in its step.
 WriteAttempt = TokenizeAttempt
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Observation:
-    """A rule broken inside a peer, seen when it happened."""
-
-    invariant: str
-    summary: str
-    at_s: float
-    peers: tuple[str, ...] = ()
-    op_ids: tuple[str, ...] = ()  # operations it involves (the proposers of ballots and values)
-    tokens: tuple[str, ...] = ()  # tokens it involves
 
 
 def _proposers(*items: Ballot | EpochValue | None) -> tuple[str, ...]:
@@ -93,18 +87,6 @@ class _Slot:
     reported_split: bool = False
 
 
-class _OneRecord:
-    """A StorageReader holding one record: to decode it with the records helpers."""
-
-    __slots__ = ("_key", "_raw")
-
-    def __init__(self, key: bytes, raw: bytes | None) -> None:
-        self._key, self._raw = key, raw
-
-    def get(self, key: bytes) -> bytes | None:
-        return self._raw if key == self._key else None
-
-
 def _owner_and_slot(key: bytes) -> tuple[str, int]:
     return key[2:-9].decode(), int.from_bytes(key[-8:], "big")
 
@@ -125,6 +107,7 @@ class Observer:
         self.hints_written = 0
         self.hints_deleted = 0
         self.promises_seen = 0
+        self.ring: RingLog | None = None  # the ring records and decides (cluster.py attaches)
 
     def attach(self, durable_mapping: DurableMapping) -> None:
         """How to read a peer's durable mapping (the cluster, once its peers exist)."""
@@ -158,6 +141,8 @@ class Observer:
         # Its hints are gone with it; hints others hold for it can no longer be judged (what
         # it acknowledged before the wipe it no longer holds).
         self._hints = {k: v for k, v in self._hints.items() if peer not in (k[0], v[0])}
+        if self.ring is not None:
+            self.ring.on_wipe(peer)
 
     def on_durable(self, peer: str, writes: Iterable[Write], at_s: float) -> None:
         """Records that just became durable on peer, in the order they were staged."""
@@ -171,6 +156,8 @@ class Observer:
                 self._on_meta(peer, key, raw, at_s)
             elif prefix == HINT_PREFIX:
                 self._on_hint(peer, key, raw, at_s)
+            elif prefix == RING_PREFIX and self.ring is not None:
+                self.ring.on_durable(peer, key, raw, at_s)
 
     def _observe(
         self,
@@ -200,7 +187,7 @@ class Observer:
 
     def _on_acceptor(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
         owner, slot = _owner_and_slot(key)
-        state = read_acceptor_slot(_OneRecord(key, raw), owner, slot)
+        state = read_acceptor_slot(OneRecord(key, raw), owner, slot)
         where = (peer, owner, slot)
         self.promises_seen += 1
         before = self._promised.get(where, ZERO_BALLOT)
@@ -248,7 +235,7 @@ class Observer:
 
     def _on_decided(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
         owner, slot = _owner_and_slot(key)
-        value = read_decided(_OneRecord(key, raw), owner, slot)
+        value = read_decided(OneRecord(key, raw), owner, slot)
         if value is None:
             self._observe(
                 "one-value-per-slot",
@@ -284,7 +271,7 @@ class Observer:
 
     def _on_meta(self, peer: str, key: bytes, raw: bytes | None, at_s: float) -> None:
         owner = key[2:].decode()
-        meta = read_epoch_meta(_OneRecord(key, raw), owner)
+        meta = read_epoch_meta(OneRecord(key, raw), owner)
         before = self._meta.get((peer, owner), EpochMeta())
         if meta.decided_slot < before.decided_slot or meta.fence_slot < before.fence_slot:
             self._observe(

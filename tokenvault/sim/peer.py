@@ -27,6 +27,12 @@ Rules (the driver's part, as node.py's):
 - A lost write-ahead log tail (`crash_losing_wal_tail`) is a crash after which the store is
   found damaged: the restart replaces it with an empty one, as node.py does with a store that
   LevelDB reports corrupt (the synced writes of its lost tail go with it).
+- Admission, as node.py's: a batch the core does not admit (`PeerCore.admits`: a stranger to
+  its learned ring may send only heartbeats, join requests, ring fetches and decided
+  memberships) is refused (`refuse-batch`). Judged when the batch is taken in, against the
+  ring the core holds then.
+- Membership changes (`admin_request`) are the operator's, not a client's: answered by a
+  `RingDone` to their own sink (or `Refused` when down, `Reset` when the peer crashed).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tokenvault.quorum.client_operations import Inspected
+from tokenvault.quorum.client_operations import ChangeMembership, Inspected
 from tokenvault.quorum.effects import RingDone
 from tokenvault.quorum.messages import (
     Accept,
@@ -46,6 +52,8 @@ from tokenvault.quorum.messages import (
     Mapping,
     Message,
     Origin,
+    RingDecide,
+    RingVote,
 )
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
@@ -67,6 +75,8 @@ from tokenvault.sim.network import describe_message, short_token
 from tokenvault.sim.observer import Observer, is_watched
 from tokenvault.store.memory_store import MemoryStore
 
+AdminAnswer = RingDone | Refused | Reset
+AdminSink = Callable[[AdminAnswer], None]
 DEFERRED_INPUTS_MAX = 100_000  # inputs waiting for a paused peer
 DISK_FULL_RETRY_S = 0.5  # a failed sync is tried again after this (node.py backs off to 1 s)
 
@@ -129,8 +139,10 @@ class SimPeer:
         observer: Observer | None = None,
         limits: PeerLimits = PeerLimits(),
         store: MemoryStore | None = None,
+        join_address: str | None = None,
     ) -> None:
         self.peer_id = peer_id
+        self.join_address = join_address  # started to join: asks to be added by itself
         self.store = MemoryStore() if store is None else store
         self.durable = DurableView(self.store)
         self.wiped = False  # its store was wiped and it has not restarted yet
@@ -162,6 +174,7 @@ class SimPeer:
         self._wake_at = float("inf")
         self._deferred: list[tuple[str, Action, int | None]] = []
         self._clients: dict[str, AnswerSink] = {}  # client op id -> its sink
+        self._admins: dict[str, AdminSink] = {}  # membership change op id -> its sink
         self._armed: StrikeOn | None = None
         self.disk_full = False
         self._relearned_before = 0  # tokenize relearns of earlier lives
@@ -180,6 +193,7 @@ class SimPeer:
             rng=self._epoch_rng,
             now=self._engine.now_s,
             limits=self._limits,
+            join_address=self.join_address,
         )
 
     # -- inputs --------------------------------------------------------------------------------
@@ -198,6 +212,19 @@ class SimPeer:
             self._answer(sink, Refused(op_id=request.op_id))
             return
         self._enter(text, lambda: self._on_client_request(request, sink))
+
+    def admin_request(self, operation: ChangeMembership, sink: AdminSink) -> None:
+        """The operator's membership change reaches this peer."""
+        if self.state is PeerState.DOWN:
+            self._engine.record(f"refuse {self.peer_id} op={operation.op_id}")
+            self._admin_answer(sink, Refused(op_id=operation.op_id))
+            return
+        text = f"request {self.peer_id} ring-change op={operation.op_id}"
+        self._enter(text, lambda: self._on_admin_request(operation, sink))
+
+    def _on_admin_request(self, operation: ChangeMembership, sink: AdminSink) -> None:
+        self._admins[operation.op_id] = sink
+        self._act(self.core.start(operation, self._engine.now_s))
 
     def _enter(self, text: str, action: Action, incarnation: int | None = None) -> None:
         """Run an input now, defer it while paused, drop it when down or from an earlier life."""
@@ -223,7 +250,9 @@ class SimPeer:
 
     def _on_messages(self, source: str, messages: list[Message]) -> None:
         if not self.core.admits(source, messages):
-            return  # the node refuses such a batch (node.py): it never reaches the core
+            # the node refuses such a batch (node.py): it never reaches the core
+            self._engine.record(f"refuse-batch {source}->{self.peer_id} not-a-ring-peer")
+            return
         step = self.core.receive(source, messages, self._engine.now_s)
         if step.writes and self._armed is StrikeOn.REPAIR:
             repair = next((m for m in messages if is_repair_insert(m)), None)
@@ -301,9 +330,14 @@ class SimPeer:
             action = functools.partial(self._on_messages, self.peer_id, [message])
             self._engine.after(0.0, self._bound(text, action))
         for answer in step.answers:
+            if isinstance(answer, RingDone):
+                admin = self._admins.pop(answer.op_id, None)
+                if admin is not None:
+                    self._admin_answer(admin, answer)
+                continue
             sink = self._clients.pop(answer.op_id, None)
             if sink is not None:
-                assert not isinstance(answer, Inspected | RingDone), "clients read and write only"
+                assert not isinstance(answer, Inspected), "clients read and write only"
                 self._answer(sink, answer)
         self.stats.tokenize_relearned = (
             self._relearned_before + self.core.statistics().tokenize_relearned
@@ -325,8 +359,13 @@ class SimPeer:
             )
 
     def _observe_sent(self, message: Message) -> None:
+        ring = self.observer.ring
         if isinstance(message, Accept):
             self.observer.on_accept_sent(message.owner, message.value)
+        elif isinstance(message, RingDecide) and ring is not None:
+            ring.on_decided_sent(self.peer_id, message.value, self._engine.now_s)
+        elif isinstance(message, RingVote) and message.learned is not None and ring is not None:
+            ring.on_decided_sent(self.peer_id, message.learned, self._engine.now_s)
         elif isinstance(message, InsertRequest) and self._armed is not None:
             armed = self._armed
             repair = is_repair_insert(message)
@@ -364,6 +403,9 @@ class SimPeer:
     def _answer(self, sink: AnswerSink, answer: ClientAnswer) -> None:
         self._engine.after(self._client_latency_s, lambda: sink(answer))
 
+    def _admin_answer(self, sink: AdminSink, answer: AdminAnswer) -> None:
+        self._engine.after(self._client_latency_s, lambda: sink(answer))
+
     # -- faults --------------------------------------------------------------------------------
 
     def crash(self) -> None:
@@ -378,6 +420,7 @@ class SimPeer:
         self.stats.hints_lost_in_flight += hints_in_flight
         self._relearned_before = self.stats.tokenize_relearned
         waiting = sorted(self._clients.items())
+        admins = sorted(self._admins.items())
         self._engine.record(
             f"crash {self.peer_id} lost_writes={lost} held={held}"
             f" deferred={len(self._deferred)} ops_reset={len(waiting)}"
@@ -385,6 +428,7 @@ class SimPeer:
         )
         self._deferred.clear()
         self._clients.clear()
+        self._admins.clear()
         self._staged_watched.clear()
         self._sync_pending = False
         self._wake_at = float("inf")
@@ -394,6 +438,8 @@ class SimPeer:
         for op_id, sink in waiting:
             self.stats.reset += 1
             self._answer(sink, Reset(op_id=op_id))
+        for op_id, admin in admins:
+            self._admin_answer(admin, Reset(op_id=op_id))
 
     def wipe(self, *, lost_wal_tail: bool = False) -> None:
         """A crash that loses the whole store: a replaced disk, or (`lost_wal_tail`) a store

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from tokenvault.sim.checker import CheckInput, ContextQuery, Violation, check
 from tokenvault.sim.cluster import PeerFactory, SimCluster
-from tokenvault.sim.config import SimConfig
+from tokenvault.sim.config import MEMBERSHIP_FINISH_CHECKED, SimConfig
 from tokenvault.sim.engine import Engine, LogLine
 from tokenvault.sim.faults import (
     FaultAction,
@@ -37,7 +37,10 @@ from tokenvault.sim.faults import (
     plan_faults,
 )
 from tokenvault.sim.history import History, OperationKind, Outcome
+from tokenvault.sim.membership_faults import plan_membership
 from tokenvault.sim.network import short_token
+from tokenvault.sim.operator import Operator
+from tokenvault.sim.peer import PeerState
 from tokenvault.sim.workload import Workload
 
 PROBE_INTERVAL_S = 0.25  # how often the runner looks whether a phase reached its goal
@@ -58,6 +61,11 @@ FAULT_WORDS = (
     "sync-failed",
     "lose-wal-tail",
     "store-replaced",
+    "spare-start",
+    "retire",
+    "ring-change",
+    "ring-answer",
+    "change ",
 )
 CONTEXT_OP_LINES_MAX = 25
 CONTEXT_TOKEN_LINES_MAX = 12
@@ -127,6 +135,12 @@ class SimStats:
     bit_flips: int = 0  # bits flipped in stored records (faults.py)
     records_found_corrupt: int = 0  # storage_corrupt events: a held record failed verification
     records_repaired: int = 0  # corrupt records replaced by a mapping that verifies
+    ring_changes: int = 0  # membership changes drawn (membership_faults.py)
+    ring_changes_done: int = 0  # answered changed or already
+    ring_version: int = 1  # the highest ring version any peer learned
+    spares_started: int = 0
+    peers_retired: int = 0  # replaced dead: killed, disk wiped, never restarted
+    peers_not_serving: int = 0  # judged peers still recovering at the end
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +153,7 @@ class SimResult:
     log: tuple[str, ...] = ()  # every event line, when asked for (keep_log)
     history: History | None = None  # when asked for (keep_log)
     cluster: SimCluster | None = None  # when asked for (keep_log)
+    changes: tuple[str, ...] = ()  # what each membership change came to (operator.py)
 
     @property
     def seed(self) -> int:
@@ -169,8 +184,21 @@ def run_simulation(
     for action in schedule:
         engine.at(action.at_s, functools.partial(cluster.apply, action))
     engine.at(config.faults_end_s, cluster.heal)
+    operator = Operator(
+        config=config,
+        engine=engine,
+        cluster=cluster,
+        actions=plan_membership(config.seed, config.membership_changes, config.faults_end_s),
+    )
+    operator.start()
     history = History()
-    workload = Workload(config=config, engine=engine, history=history, gateway=cluster)
+    workload = Workload(
+        config=config,
+        engine=engine,
+        history=history,
+        gateway=cluster,
+        client_peers=cluster.client_peers if config.membership_changes else None,
+    )
     workload.start()
     return finish_run(
         config=config,
@@ -181,6 +209,7 @@ def run_simulation(
         mix=mix.describe(),
         schedule=schedule,
         keep_log=keep_log,
+        operator=operator,
     )
 
 
@@ -227,10 +256,10 @@ class Phases:
             # The liveness reads go through random peers once every peer serves: a peer still
             # recovering a lost store rightly refuses clients (a real client tries another
             # peer), and a recovery that never ends fails the convergence bound instead.
-            if all(p.core.state == "serving" for p in cluster.peers.values()):
+            if all(p.core.state == "serving" for p in cluster.judged()):
                 self._checks_started = True
                 engine.record("liveness reads")
-                workload.start_checks()
+                workload.start_checks(cluster.serving_members())
         elif self.phase is _Phase.LIVENESS and workload.checks_done() and self._settled():
             assert self.liveness_started_s is not None
             self.converged_after_s = engine.now_s - self.liveness_started_s
@@ -262,6 +291,7 @@ def finish_run(
     mix: str,
     schedule: tuple[FaultAction, ...],
     keep_log: bool,
+    operator: Operator | None = None,
 ) -> SimResult:
     """Run the phases, then judge the run."""
     phases = Phases(config=config, engine=engine, cluster=cluster, workload=workload)
@@ -269,11 +299,23 @@ def finish_run(
     engine.run(until_s=config.run_s_max, events_max=config.events_max)
     replicas = cluster.snapshot()
     observer = cluster.observer
+    ring_log = cluster.ring_log
     violations = check(
         CheckInput(
             history=history,
             replicas=replicas,
             preference_lists={o: cluster.preference_list(o) for o in config.owner_ids},
+            placed_on={o: cluster.placed_on(o) for o in config.owner_ids},
+            ring_observations=(
+                *ring_log.observations,
+                *ring_log.final_observations(engine.now_s),
+            ),
+            require_finish=config.require_finish and MEMBERSHIP_FINISH_CHECKED,
+            final_ring=cluster.members(),
+            ring_drained=cluster.ring().drained,
+            ring_learned={
+                p.peer_id: ring_log.learned_version(p.peer_id) for p in cluster.running()
+            },
             write_quorum=config.write_quorum,
             core_errors=tuple(cluster.core_errors()),
             quiesced=phases.clients_done,
@@ -309,11 +351,12 @@ def finish_run(
         config=config,
         digest=engine.digest(),
         violations=tuple(violations),
-        stats=_stats(config, engine, cluster, history, schedule, phases),
+        stats=_stats(config, engine, cluster, history, schedule, phases, operator),
         mix=mix,
         log=tuple(line.render() for line in engine.log()) if keep_log else (),
         history=history if keep_log else None,
         cluster=cluster if keep_log else None,
+        changes=() if operator is None else tuple(r.describe() for r in operator.records),
     )
 
 
@@ -355,6 +398,7 @@ def _stats(
     history: History,
     schedule: tuple[FaultAction, ...],
     phases: Phases,
+    operator: Operator | None = None,
 ) -> SimStats:
     net = cluster.network.stats
     peers = [peer.stats for peer in cluster.peers.values()]
@@ -436,4 +480,16 @@ def _stats(
         bit_flips=sum(p.bit_flips for p in peers),
         records_found_corrupt=events("storage_corrupt"),
         records_repaired=events("mapping_repaired"),
+        ring_changes=0 if operator is None else len(operator.records),
+        ring_changes_done=0
+        if operator is None
+        else sum(1 for r in operator.records if r.outcome in ("changed", "already")),
+        ring_version=cluster.members().version,
+        spares_started=len(cluster.peers) - config.peer_count,
+        peers_retired=len(cluster.retired),
+        peers_not_serving=sum(
+            1
+            for p in cluster.judged()
+            if p.state is not PeerState.DOWN and p.core.state != "serving"
+        ),
     )

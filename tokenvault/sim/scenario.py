@@ -3,7 +3,9 @@ requests and faults a test chooses instead of drawn ones.
 
 A scenario starts from a healthy cluster (links with the base delay only, fsync of
 `SCENARIO_FSYNC_S`, no random fault and no random client). The test schedules client requests
-(`request`), faults (`crash`, `restart`, `partition`, ...), drops of chosen messages (`drop`) and
+(`request`), faults (`crash`, `restart`, `partition`, ...), membership changes (`membership`:
+applied by the operator as in a seeded run; the config's `membership_changes` sets how many
+spare peers exist), drops of chosen messages (`drop`) and
 actions triggered by a log line (`when`: "crash p4 once p2's promise reaches it"), then calls
 `run(heal_at_s)`: the cluster heals there, the scripted requests finish, and the liveness phase
 reads back every acknowledged token and waits for full convergence, exactly as in a seeded run.
@@ -24,6 +26,8 @@ from tokenvault.sim.config import SimConfig
 from tokenvault.sim.engine import Action, Engine
 from tokenvault.sim.faults import HEALTHY_LINK, FaultMix, Partition, PartitionKind
 from tokenvault.sim.history import History, Operation, OperationKind
+from tokenvault.sim.membership_faults import MembershipAction
+from tokenvault.sim.operator import Operator
 from tokenvault.sim.runner import SimResult, finish_run
 from tokenvault.sim.workload import Workload, record_answer, record_timeout
 
@@ -87,6 +91,7 @@ class Scenario:
         self.history = History()
         self._counter = itertools.count(1)
         self._pending: set[str] = set()
+        self.operator: Operator | None = None
 
     # -- what the test schedules ---------------------------------------------------------------
 
@@ -123,6 +128,15 @@ class Scenario:
         self.engine.at(at_s, functools.partial(self._invoke, peer, request, group))
         return op
 
+    def membership(self, *actions: MembershipAction) -> Operator:
+        """Membership changes, each at its moment, by the operator (operator.py)."""
+        assert self.operator is None, "one set of membership changes per scenario"
+        self.operator = Operator(
+            config=self.config, engine=self.engine, cluster=self.cluster, actions=actions
+        )
+        self.operator.start()
+        return self.operator
+
     def pause(self, at_s: float, peer: str) -> None:
         self.engine.at(at_s, self.cluster.peers[peer].pause)
 
@@ -141,7 +155,8 @@ class Scenario:
 
     def partition(self, at_s: float, side: tuple[str, ...], *, one_way: bool = False) -> None:
         """Cut side from the other peers (both ways, or only side's messages out)."""
-        others = tuple(p for p in self.config.peer_ids if p not in side)
+        everyone = (*self.config.peer_ids, *self.config.spare_ids)
+        others = tuple(p for p in everyone if p not in side)
         blocked = {(a, b) for a in side for b in others}
         if not one_way:
             blocked |= {(b, a) for a, b in blocked}
@@ -183,6 +198,7 @@ class Scenario:
             mix="scenario",
             schedule=(),
             keep_log=True,
+            operator=self.operator,
         )
 
     def _invoke(self, peer: str, request: ClientRequest, group: str) -> None:

@@ -2,10 +2,12 @@
 invariant, so that its replay is short enough to read whole (`tokenvault sim --trace`).
 
 Rules:
-- A candidate keeps the seed and changes one knob: fewer owners, fewer operations, fewer peers.
+- A candidate keeps the seed and changes one knob: fewer owners, fewer operations, fewer
+  membership changes, fewer peers.
   It is accepted when its run violates at least one of the invariants the original run did.
 - Fewer operations or owners keep the fault schedule (it depends on the seed and the peers
-  only), so those shrink well; fewer peers draw a new schedule and are tried last.
+  only), so those shrink well; fewer membership changes keep the first ones (each is drawn in
+  turn from its own generator); fewer peers draw a new schedule and are tried last.
 - Greedy and bounded: at most `runs_max` runs, each a full deterministic run, so the result is
   itself a pure function of the failing configuration.
 """
@@ -57,5 +59,7 @@ def _candidates(config: SimConfig) -> Iterator[SimConfig]:
     for smaller in sorted({ops // 4, ops // 2, ops * 3 // 4, ops - ops // 8, ops - 1}):
         if 0 <= smaller < ops:
             yield dataclasses.replace(config, operation_count=smaller)
+    for changes in range(config.membership_changes):
+        yield dataclasses.replace(config, membership_changes=changes)
     for peers in range(config.replica_count, config.peer_count):
         yield dataclasses.replace(config, peer_count=peers)

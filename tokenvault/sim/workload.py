@@ -175,13 +175,20 @@ def record_timeout(history: History, engine: Engine, client: str, op_id: str) ->
 
 class Workload:
     def __init__(
-        self, *, config: SimConfig, engine: Engine, history: History, gateway: Gateway
+        self,
+        *,
+        config: SimConfig,
+        engine: Engine,
+        history: History,
+        gateway: Gateway,
+        client_peers: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
         self.history = history
         self.gateway = gateway
         self.peer_ids = config.peer_ids
+        self._client_peers = client_peers
         self._remaining = config.operation_count
         self.values = tuple(
             f"v{index}" for index in range(max(VALUES_MIN, config.operation_count // 10))
@@ -210,9 +217,11 @@ class Workload:
     def finished(self) -> bool:
         return self._remaining == 0 and not any(c.busy for c in self._clients)
 
-    def start_checks(self) -> None:
-        """The liveness phase: one read per owner, through a random peer, of every token a
+    def start_checks(self, peers: Sequence[str] | None = None) -> None:
+        """The liveness phase: one read per owner, through a random peer (of `peers`, the
+        members of the learned ring that serve; the bootstrap's by default), of every token a
         tokenize acknowledged or a read returned."""
+        through = tuple(peers) if peers else self.peer_ids
         wanted: dict[str, dict[str, None]] = {owner: {} for owner in self._owners}
         for op in self.history:
             if op.outcome is not Outcome.OK:
@@ -223,7 +232,7 @@ class Workload:
                 wanted[op.owner].update(dict.fromkeys(m.token for m in op.found if m is not None))
         for owner, tokens in wanted.items():
             if tokens:
-                peer = self._checker_rng.choice(self.peer_ids)
+                peer = self._checker_rng.choice(through)
                 checker = _Client(self, f"check-{owner}", self._owners[owner])
                 self._checkers.append(checker)
                 checker.check(peer, tuple(tokens))
@@ -232,6 +241,11 @@ class Workload:
         return not any(c.busy for c in self._checkers)
 
     # -- shared by clients ---------------------------------------------------------------------
+
+    def peers(self) -> Sequence[str]:
+        """The peers clients talk to now: the bootstrap's, or (`client_peers`, with membership
+        changes) the members of the ring the cluster learned, as an operator tells clients."""
+        return self.peer_ids if self._client_peers is None else self._client_peers()
 
     def take_operation(self) -> bool:
         if self._remaining == 0:
@@ -275,7 +289,7 @@ class _Client:
         owner = self._owner
         read_next, self._read_next = self._read_next, ()
         draw = self._rng.random()
-        peer = self._rng.choice(self._workload.peer_ids)
+        peer = self._rng.choice(self._workload.peers())
         if read_next and self._rng.random() < READ_AFTER_GIVING_UP_SHARE:
             self._intent = _Intent(kind=OperationKind.DETOKENIZE, tokens=read_next)
         elif not owner.answered or draw < TOKENIZE_SHARE:
@@ -299,7 +313,7 @@ class _Client:
         owner = self._owner
         owner.bursts += 1
         size = self._rng.randint(*BURST_SIZE)
-        peers = self._rng.sample(list(self._workload.peer_ids), size)
+        peers = self._rng.sample(list(self._workload.peers()), size)
         intent = _Intent(
             kind=OperationKind.ROTATE,
             expected_epoch=self._expected(),
@@ -425,7 +439,7 @@ class _Client:
         if retry:
             peer = intent.last_peer
             if self._rng.random() < OTHER_PEER_ON_RETRY_SHARE:
-                peer = self._rng.choice(self._workload.peer_ids)
+                peer = self._rng.choice(self._workload.peers())
             backoff_s = self._rng.uniform(*BACKOFF_S) * intent.attempts
             self._engine.after(backoff_s, functools.partial(self._attempt, peer))
             return
