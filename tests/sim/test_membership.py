@@ -19,7 +19,7 @@ import pytest
 from tests.sim.conftest import SWEEP_SEEDS_DEFAULT, sweep_seed_count
 from tokenvault.quorum import ring_register
 from tokenvault.quorum.client_operations import ChangeMembership
-from tokenvault.quorum.effects import RingDone
+from tokenvault.quorum.effects import RingDone, RingOutcome
 from tokenvault.quorum.messages import Ballot, Envelope
 from tokenvault.quorum.ring_records import (
     LEARNED_KEY,
@@ -312,12 +312,6 @@ def test_a_peer_behind_learns_the_ring_from_a_peer_outside_its_ring() -> None:
     assert learned[0] >= 2  # the join (and, transfers done, its finish)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peer core: the RingDone of a ChangeMembership held for durability is lost when the"
-    " sync fails (on_durability_failed fails client operations of `_clients` only; ring"
-    " changes are in `_ring_clients`): the operator is never answered",
-)
 def test_a_change_through_a_peer_whose_disk_is_full_is_answered() -> None:
     scenario = Scenario(SCENARIO)
     answers: list[AdminAnswer] = []
@@ -327,6 +321,9 @@ def test_a_change_through_a_peer_whose_disk_is_full_is_answered() -> None:
     scenario.at(1.0, lambda: peer.admin_request(operation, answers.append))
     scenario.run(heal_at_s=8.0)
     assert [type(a) for a in answers] == [RingDone]
+    (answer,) = answers
+    assert isinstance(answer, RingDone)
+    assert answer.outcome is RingOutcome.TIMEOUT and answer.reason == "store_failed", answer
 
 
 def _dueling_changes() -> SimResult:

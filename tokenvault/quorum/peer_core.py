@@ -612,8 +612,26 @@ class PeerCore:
             for timer in output.timers:
                 self._arm(output.core, timer)
             for reply in output.replies:
-                self._fail_client(step, reply.op_id, Failure.STORE_FAILED)
+                if isinstance(reply, RingDone):
+                    self._ring_store_failed(step, reply)
+                else:
+                    self._fail_client(step, reply.op_id, Failure.STORE_FAILED)
         return self._finish(step)
+
+    def _ring_store_failed(self, step: Step, reply: RingDone) -> None:
+        """A membership change whose outcome could not be made durable here: its client is
+        told the outcome is unknown (the change may be decided on the other peers)."""
+        if reply.op_id not in self._ring_clients:
+            return
+        self._ring_clients.discard(reply.op_id)
+        step.answers.append(
+            RingDone(
+                op_id=reply.op_id,
+                outcome=RingOutcome.TIMEOUT,
+                membership=self._ring.membership,
+                reason="store_failed",
+            )
+        )
 
     # -- the core calls ------------------------------------------------------------------------
 
