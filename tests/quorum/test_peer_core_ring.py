@@ -480,3 +480,20 @@ def test_an_operation_refused_by_the_ring_fence_starts_again_under_the_new_ring(
     assert coordinator.membership.version == 2
     if isinstance(answer, ReadDone):
         assert answer.mappings == (written[owner][0],)
+
+
+def test_a_peer_that_joined_by_itself_and_was_removed_stays_out_across_a_restart() -> None:
+    cores = Cores()
+    cores.start("p4", join_address="p4.test:7000")
+    advance_until_stable(cores, 3)  # joined, transferred, finished
+    assert cores.cores["p4"].is_member()
+    removed = cores.change("p1", "rm", RemoveMember(id="p4"))
+    assert removed.outcome is RingOutcome.CHANGED
+    advance_until_stable(cores, removed.membership.version + 1)
+    for restart in (False, True):
+        if restart:
+            cores.start("p4", join_address="p4.test:7000")  # the same command again
+        cores.advance(5.0)
+        for peer, core in cores.cores.items():
+            assert core.membership.member("p4") is None, (peer, restart)
+        assert not cores.cores["p4"].is_member()

@@ -840,11 +840,21 @@ class PeerCore:
         compared once the finish moved the reads to the new set."""
         return {owner: self.placement(owner).read_set for owner in self._owners}
 
+    def _asks_to_join(self) -> bool:
+        """Started with --join and no membership learned here ever named this peer: it asks the
+        bootstrap members to add it. Once named, never again: a peer removed stays out (a
+        restart with the same command does not undo the operator's remove)."""
+        return (
+            self._join_address is not None
+            and not self.is_member()
+            and not self.ring_register.ever_named
+        )
+
     def _detector_peers(self) -> tuple[str, ...]:
         """Whom this peer heartbeats: every peer of its ring (both rings while a change is not
         drained); a joining peer that is no member yet, the bootstrap members too."""
         peers = set(self._ring.peers())
-        if self._join_address is not None and not self.is_member():
+        if self._asks_to_join():
             peers |= {m.id for m in self._bootstrap.members}
         peers.add(self.peer_id)
         return tuple(sorted(peers))
@@ -1002,7 +1012,7 @@ class PeerCore:
         """Each heartbeat interval: a joining peer asks to be added; a voter proposes the
         finish of a change whose transfers all committed."""
         membership = self._ring.membership
-        if self._join_address is not None and not self.is_member():
+        if self._asks_to_join():
             join = RingJoin(
                 op_id=f"{self.peer_id}-join", id=self.peer_id, address=self._join_address
             )

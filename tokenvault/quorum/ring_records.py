@@ -3,7 +3,9 @@
 Rules:
 - Its own one-byte prefix, `r\\0`, beside records.py's: `r\\0c` holds the learned membership (the
   highest version learned here), `r\\0a\\0<version, 8 bytes big-endian>` the acceptor's state in
-  one version's instance. Both are small JSON records (msgspec), rare (a few per change).
+  one version's instance, `r\\0n` (empty) once a membership learned here named this peer (a
+  peer started with --join asks to be added until then, never after: a removed one stays out).
+  The first two are small JSON records (msgspec), rare (a few per change).
 - Decoding anything else is StorageCorrupt (records.py's operating error), never a crash.
 """
 
@@ -20,6 +22,7 @@ from tokenvault.ring.membership import Membership
 _T = TypeVar("_T")
 
 LEARNED_KEY = RING_PREFIX + b"c"
+NAMED_KEY = RING_PREFIX + b"n"  # present once a learned membership named this peer
 RING_ACCEPTOR_PREFIX = RING_PREFIX + b"a\x00"
 
 

@@ -52,6 +52,7 @@ from tokenvault.quorum.quorum_config import majority
 from tokenvault.quorum.records import StorageView
 from tokenvault.quorum.ring_records import (
     LEARNED_KEY,
+    NAMED_KEY,
     RING_ACCEPTOR_PREFIX,
     RingSlot,
     encode_learned,
@@ -132,6 +133,11 @@ class RingRegister:
     def learned(self) -> Membership:
         """The highest version learned here (the bootstrap until a change was learned)."""
         return read_learned(self._storage) or self._bootstrap
+
+    @property
+    def ever_named(self) -> bool:
+        """Whether a membership learned here (durably) ever named this peer."""
+        return self._storage.get(NAMED_KEY) is not None
 
     def gossip(self) -> tuple[int, str]:
         """What a heartbeat carries: the learned version and its digest."""
@@ -527,6 +533,8 @@ class RingRegister:
             f"ring learner would go back from version {stored.version} to {value.version}",
         )
         effects.writes.append((LEARNED_KEY, encode_learned(value)))
+        if value.member(self._peer_id) is not None and not self.ever_named:
+            effects.writes.append((NAMED_KEY, b""))
 
     # -- helpers --------------------------------------------------------------------------------
 
