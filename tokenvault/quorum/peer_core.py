@@ -1012,10 +1012,9 @@ class PeerCore:
         """Each heartbeat interval: a joining peer asks to be added; a voter proposes the
         finish of a change whose transfers all committed."""
         membership = self._ring.membership
-        if self._asks_to_join():
-            join = RingJoin(
-                op_id=f"{self.peer_id}-join", id=self.peer_id, address=self._join_address
-            )
+        address = self._join_address
+        if address is not None and self._asks_to_join():
+            join = RingJoin(op_id=f"{self.peer_id}-join", id=self.peer_id, address=address)
             for member in self._bootstrap.members:
                 if member.id != self.peer_id:
                     envelope = Envelope(source=self.peer_id, destination=member.id, message=join)
