@@ -480,3 +480,28 @@ def test_an_operation_refused_by_the_ring_fence_starts_again_under_the_new_ring(
     assert coordinator.membership.version == 2
     if isinstance(answer, ReadDone):
         assert answer.mappings == (written[owner][0],)
+
+
+def test_a_peer_wiped_after_a_change_finished_recovers_under_the_learned_ring() -> None:
+    """Its ring records went with its store: it restarts on the bootstrap ring, learns the
+    finished one from gossip, and recovers from its replicas there, not the bootstrap's.
+    (p4, removed, stays up: a peer that restarts only drains a remove once it heard the
+    removed peer at the finish version.)"""
+    cores = Cores(("p1", "p2", "p3", "p4"))
+    done = cores.change("p1", "rm", RemoveMember(id="p4"))
+    advance_until_stable(cores, done.membership.version + 1)
+    written = tokenize_everywhere(cores, "p2", 5)
+    cores.stores["p1"] = MemoryStore()  # its disk was wiped
+    cores.start("p1")
+    core = cores.cores["p1"]
+    assert core.membership.version == 1 and core.state != "serving"
+    for _ in range(120):
+        cores.advance(0.5)
+        if core.state == "serving":
+            break
+    assert core.membership == cores.cores["p2"].membership
+    assert core.state == "serving", core.recovery_progress()
+    assert core.recovery_progress().owners_total == len(OWNERS)  # every owner on 3 peers
+    for owner, mappings in written.items():
+        for mapping in mappings:
+            assert core.replica.read_mapping(owner, mapping.token) == mapping, owner
