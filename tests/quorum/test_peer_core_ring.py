@@ -27,6 +27,8 @@ from tokenvault.quorum.messages import (
     Mapping,
     Message,
     ReadRequest,
+    RingDecide,
+    RingFetch,
     RingPrepare,
     RingVote,
     TransferPage,
@@ -497,3 +499,68 @@ def test_a_peer_that_joined_by_itself_and_was_removed_stays_out_across_a_restart
         for peer, core in cores.cores.items():
             assert core.membership.member("p4") is None, (peer, restart)
         assert not cores.cores["p4"].is_member()
+
+
+def test_a_peer_wiped_after_a_change_finished_recovers_under_the_learned_ring() -> None:
+    """Its ring records went with its store: it restarts on the bootstrap ring, learns the
+    finished one from gossip, and recovers from its replicas there, not the bootstrap's.
+    (p4, removed, stays up: a peer that restarts only drains a remove once it heard the
+    removed peer at the finish version.)"""
+    cores = Cores(("p1", "p2", "p3", "p4"))
+    done = cores.change("p1", "rm", RemoveMember(id="p4"))
+    advance_until_stable(cores, done.membership.version + 1)
+    written = tokenize_everywhere(cores, "p2", 5)
+    cores.stores["p1"] = MemoryStore()  # its disk was wiped
+    cores.start("p1")
+    core = cores.cores["p1"]
+    assert core.membership.version == 1 and core.state != "serving"
+    for _ in range(120):
+        cores.advance(0.5)
+        if core.state == "serving":
+            break
+    assert core.membership == cores.cores["p2"].membership
+    assert core.state == "serving", core.recovery_progress()
+    assert core.recovery_progress().owners_total == len(OWNERS)  # every owner on 3 peers
+    for owner, mappings in written.items():
+        for mapping in mappings:
+            assert core.replica.read_mapping(owner, mapping.token) == mapping, owner
+
+
+class _LossyQueue(deque[tuple[str, str, Message]]):
+    deaf = ""  # the ring messages to it are lost
+
+    def append(self, item: tuple[str, str, Message]) -> None:
+        if not (item[1] == self.deaf and isinstance(item[2], RingDecide | RingFetch)):
+            super().append(item)
+
+
+class RingDeaf(Cores):
+    """Cores where the ring messages to `queue.deaf` are lost: it hears of later versions
+    from heartbeats, but cannot fetch them."""
+
+    def __init__(self, peers: tuple[str, ...]) -> None:
+        super().__init__(peers)
+        self.lossy = _LossyQueue()
+        self.queue = self.lossy
+
+
+def test_a_wiped_peer_does_not_serve_before_it_learned_the_ring_its_peers_gossip() -> None:
+    """Deaf to ring messages, the wiped p1 stays on the bootstrap ring, where p4 replicates
+    nothing: it must not serve past the proposers' deadline, and recovers once it can fetch
+    the ring its peers gossip."""
+    cores = RingDeaf(("p1", "p2", "p3"))
+    done = cores.change("p1", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    advance_until_stable(cores, done.membership.version + 1)
+    cores.stores["p1"] = MemoryStore()
+    cores.lossy.deaf = "p1"
+    cores.start("p1")
+    core = cores.cores["p1"]
+    cores.advance(15.0)  # past the proposers' deadline: ready under the bootstrap ring
+    assert core.membership.version == 1 and core.state != "serving"
+    cores.lossy.deaf = ""
+    for _ in range(60):
+        cores.advance(0.5)
+        if core.state == "serving":
+            break
+    assert core.membership == cores.cores["p2"].membership and core.state == "serving"

@@ -285,14 +285,13 @@ class PeerCore:
         self._ring_ops = 0  # ring operations this peer started itself (finishes, joins)
         self._ring_clients: set[str] = set()  # ChangeMembership operations in flight
         self._ring = self._placement_of(learned)
-        peers = tuple(sorted(self._ring.peers() | {peer_id}))
         replicas_by_owner = self._replicas_by_owner()
         self.recovery = Recovery(
             peer_id=peer_id,
-            peers=peers,
+            peers=self._ring_peers(),
             storage=storage,
             rng=rng,
-            replicas_by_owner=replicas_by_owner,
+            placements=self._placements(),
             limits=replace(limits.recovery, in_flight_bound_s=limits.epoch.operation_timeout_s),
         )
         self.recovery.resume(now)
@@ -850,6 +849,21 @@ class PeerCore:
             and not self.ring_register.ever_named
         )
 
+    def _placements(self) -> dict[str, OwnerPlacement]:
+        """Every owner's placement at the learned ring: whom recovery learns and refills from."""
+        return {owner: self.placement(owner) for owner in self._owners}
+
+    def _ring_peers(self) -> tuple[str, ...]:
+        """Every peer of the learned ring (both rings while a change is not drained), this one
+        included: the peers recovery waits for."""
+        return tuple(sorted(self._ring.peers() | {self.peer_id}))
+
+    def _ring_behind(self) -> bool:
+        """A peer's heartbeat named a later ring version than the one learned here: the ring
+        is being fetched (ring_register.py), and what this peer replicates may change with it."""
+        learned = self._ring.membership.version
+        return any(version > learned for version in self._ring_versions.values())
+
     def _detector_peers(self) -> tuple[str, ...]:
         """Whom this peer heartbeats: every peer of its ring (both rings while a change is not
         drained); a joining peer that is no member yet, the bootstrap members too."""
@@ -860,8 +874,8 @@ class PeerCore:
         return tuple(sorted(peers))
 
     def _refresh_ring(self, step: Step) -> None:
-        """The learned membership or its drain changed: placements, anti-entropy's partners
-        and the failure detector's peers follow."""
+        """The learned membership or its drain changed: placements, anti-entropy's partners,
+        recovery's owners and partners, and the failure detector's peers follow."""
         learned = self.ring_register.learned
         previous = self._ring
         ring = self._placement_of(learned)
@@ -882,6 +896,7 @@ class PeerCore:
         elif ring.drained:
             step.events.append(Event(name="ring_drained", details=(("version", learned.version),)))
         self.anti_entropy.set_replicas(self._replicas_by_owner())
+        self.recovery.set_placements(self._placements(), self._ring_peers())
         self.failure_detector.set_peers(self._detector_peers(), self._now)
         if ring.membership.version != previous.membership.version:
             self._restart_under(step, ring.membership.version)
@@ -1174,7 +1189,11 @@ class PeerCore:
         return effects
 
     def _check_recovered(self, step: Step, now: float) -> None:
-        if self.recovery.is_ready(now):
+        """Serves once recovery is ready under the current ring: a wiped store restarts on the
+        bootstrap ring (its ring records went with it), so while any peer gossips a later
+        version, what it learned and refilled may be from the wrong replicas: it waits for that
+        ring (fetched, then `_refresh_ring` re-targets recovery)."""
+        if self.recovery.is_ready(now) and not self._ring_behind():
             self._call(step, "recovery", "finish", self.recovery.finish)
             self._on_phase(step, now)
 

@@ -20,13 +20,23 @@ Theory of operation:
 - Recovering: it casts no Paxos vote and counts toward no quorum (`refusal`: an explicit
   UNAVAILABLE answer that the coordinators do not count), coordinates no client operation, but
   takes every repair insert and Decide. For each owner it replicates it asks the other replicas
-  (RecoveryQuery) for their epoch state. With reports from a majority of the OTHER replicas it
+  (RecoveryQuery) for their epoch state. With reports from a majority of the OTHER replicas of
+  EACH quorum set that holds it (two while a ring change moves the owner and it is in both) it
   adopts (acceptor.py `adopt`): every decided value, the highest meta, per open slot the highest
   promise and the accepted value of the highest ballot. Anti-entropy runs back to back meanwhile;
-  an owner is refilled once passes with a majority of the other replicas each found nothing this
-  peer lacks. It is `serving` when every owner is learned and refilled and every other peer
-  echoed its new identity (or the proposers' deadline passed since it started recovering), and
-  the `serving` record is durable.
+  an owner is refilled once passes with a majority of the other replicas of its read set each
+  found nothing this peer lacks (a joint write is on W of each set, the read set among them);
+  an owner of whose joint placement it is only a new replica needs no refill: like any new
+  replica its transfer fills it (transfer.py), before the finish moves reads to it. It is
+  `serving` when every owner is learned and refilled and every other peer echoed its new
+  identity (or the proposers' deadline passed since it started recovering), and the `serving`
+  record is durable.
+- The ring (`set_placements`): owners and partners follow the ring the peer learned. A wiped
+  store restarts on the bootstrap ring (its ring records went with it) and learns the current
+  one from gossip; an owner whose sets changed then starts over with its new partners (reports
+  and passes of the old ones count nowhere), an owner whose sets stayed keeps its progress. The
+  peer core does not let it serve while a peer gossips a later ring version than it learned
+  (peer_core.py `_check_recovered`).
 
 Safety argument. A majority of the others, not of all: the lost state took part only in quorums
 of size majority(N) that included this peer, so each holds at least majority(N) - 1 = N//2 other
@@ -34,7 +44,9 @@ replicas, and N//2 + (N//2 + 1) > N - 1 others: the replicas heard intersect eve
 So the adopted promise is at least every promise the lost store gave that a proposer could have
 counted in a quorum, and the adopted accepted value dominates every value it helped choose.
 The same count refills mappings: an acknowledged mapping is on W replicas, at least W - 1 others,
-and (W - 1) + (N//2 + 1) > N - 1 since W > N/2.
+and (W - 1) + (N//2 + 1) > N - 1 since W > N/2. During a joint placement the argument holds per
+set: an epoch quorum is a majority of each set and a write W of each, so hearing a majority of
+the others of every set that holds this peer meets each quorum it took part in.
 The hole left is a promise in flight: given before the loss, counted by a proposer whose round
 is still open and that none of the replicas heard from holds. Promises and Accepted carry the
 acceptor's identity; a proposer drops those of an identity it learns was replaced
@@ -78,6 +90,7 @@ from tokenvault.quorum.messages import (
     TransferPage,
     TransferPageReply,
 )
+from tokenvault.quorum.placement import OwnerPlacement
 from tokenvault.quorum.quorum_config import majority
 from tokenvault.quorum.records import (
     IDENTITY_KEY,
@@ -119,15 +132,47 @@ class RecoveryProgress:
 
 @dataclass(slots=True)
 class _Owner:
-    others: tuple[str, ...]
-    needed: int  # answers from a majority of the others (all of them when fewer)
+    # The others of each quorum set of the owner that holds this peer (two while a change
+    # moves it and this peer is in both); epochs are learned from a majority of each.
+    learn_from: tuple[tuple[str, ...], ...]
+    # The others of the owner's read set when this peer is in it: the mappings are refilled
+    # from a majority of them. Empty when this peer is only a new replica of a joint owner:
+    # its transfer fills it (transfer.py), as any new replica, and the finish waits for it.
+    refill_from: tuple[str, ...]
     reports: dict[str, RecoveryReport] = field(default_factory=dict)
     learned: bool = False
     in_sync_with: set[str] = field(default_factory=set)
 
     @property
+    def partners(self) -> frozenset[str]:
+        return frozenset(p for others in self.learn_from for p in others)
+
+    def heard_enough(self) -> bool:
+        return all(
+            sum(1 for p in others if p in self.reports) >= needed_from_others(len(others) + 1)
+            for others in self.learn_from
+        )
+
+    @property
     def refilled(self) -> bool:
-        return len(self.in_sync_with) >= self.needed
+        if not self.refill_from:
+            return True
+        needed = needed_from_others(len(self.refill_from) + 1)
+        return sum(1 for p in self.refill_from if p in self.in_sync_with) >= needed
+
+
+def _owner_of(peer_id: str, placement: OwnerPlacement) -> _Owner | None:
+    """What recovering `peer_id` needs of the owner at `placement`; None when no replica."""
+    learn_from = tuple(
+        tuple(p for p in replica_set if p != peer_id)
+        for replica_set in placement.quorum_sets
+        if peer_id in replica_set
+    )
+    if not learn_from:
+        return None
+    read_set = placement.read_set
+    refill_from = tuple(p for p in read_set if p != peer_id) if peer_id in read_set else ()
+    return _Owner(learn_from=learn_from, refill_from=refill_from)
 
 
 def needed_from_others(replica_count: int) -> int:
@@ -144,7 +189,7 @@ class Recovery:
         peers: tuple[str, ...],
         storage: StorageView,
         rng: RandomSource,
-        replicas_by_owner: dict[str, tuple[str, ...]],
+        placements: dict[str, OwnerPlacement],
         limits: RecoveryLimits = RecoveryLimits(),
     ) -> None:
         self._peer_id = peer_id
@@ -168,18 +213,38 @@ class Recovery:
             identity = StoreIdentity(store_id=self.store_id, phase=self.phase.value)
             self.startup_writes.append((IDENTITY_KEY, encode_identity(identity)))
         self._known = read_peer_identities(storage, limits.peers_remembered_max)
-        self._owners = {
-            owner: _Owner(
-                others=tuple(r for r in replicas if r != peer_id),
-                needed=needed_from_others(len(replicas)),
-            )
-            for owner, replicas in sorted(replicas_by_owner.items())
-            if peer_id in replicas
-        }
         self._unknown_to: set[str] = set()  # peers that never saw this store (undecided)
         self._acknowledged: set[str] = set()  # peers that echoed this store's identity
         self._recovering_since: float | None = None
         self._next_query_at = 0.0
+        self._owners: dict[str, _Owner] = {}
+        self.set_placements(placements, peers)
+
+    def set_placements(self, placements: dict[str, OwnerPlacement], peers: tuple[str, ...]) -> None:
+        """The ring the peer learned: the owners it replicates there and with whom, and the
+        other peers that must echo its identity. An owner whose sets changed is learned and
+        refilled again from its new partners (what the old ones answered proves nothing about
+        quorums of the new sets); an owner whose sets did not change keeps its progress."""
+        peer_id = self._peer_id
+        self._others = tuple(p for p in peers if p != peer_id)
+        self._cluster_size = len(peers)
+        owners: dict[str, _Owner] = {}
+        for owner, placement in sorted(placements.items()):
+            fresh = _owner_of(peer_id, placement)
+            if fresh is None:
+                continue
+            kept = self._owners.get(owner)
+            same = kept is not None and (kept.learn_from, kept.refill_from) == (
+                fresh.learn_from,
+                fresh.refill_from,
+            )
+            if same and kept is not None:
+                owners[owner] = kept
+            else:
+                owners[owner] = fresh
+                self._next_query_at = 0.0  # ask the new partners at the next tick
+        self._owners = owners
+        self._acknowledged &= set(self._others)
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -256,7 +321,7 @@ class Recovery:
             if state.learned:
                 continue
             query = RecoveryQuery(op_id=f"rq:{self._peer_id}", owner=owner, store=self.store_id)
-            for replica in state.others:
+            for replica in sorted(state.partners):
                 if replica not in state.reports:
                     effects.messages.append(
                         Envelope(source=self._peer_id, destination=replica, message=query)
@@ -268,10 +333,10 @@ class Recovery:
         state = self._owners.get(report.owner)
         if self.phase is not Phase.RECOVERING or state is None or state.learned:
             return None
-        if source not in state.others:
+        if source not in state.partners:
             return None
         state.reports[source] = report
-        if len(state.reports) < state.needed:
+        if not state.heard_enough():
             return None
         state.learned = True
         return list(state.reports.values())
@@ -281,7 +346,7 @@ class Recovery:
         nothing this peer lacks."""
         state = self._owners.get(owner)
         recovering = self.phase is Phase.RECOVERING and nothing_missing
-        if recovering and state is not None and partner in state.others:
+        if recovering and state is not None and partner in state.refill_from:
             state.in_sync_with.add(partner)
 
     def finish(self) -> Effects:
