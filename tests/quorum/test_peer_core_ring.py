@@ -564,3 +564,19 @@ def test_a_wiped_peer_does_not_serve_before_it_learned_the_ring_its_peers_gossip
         if core.state == "serving":
             break
     assert core.membership == cores.cores["p2"].membership and core.state == "serving"
+
+
+def test_a_peer_restarted_after_a_drained_remove_learns_the_drain_from_the_others() -> None:
+    """The removed peer is stopped, as the operator is told to: a restarted member can no longer
+    hear it report the finish, so it learns the drain from the members that saw it."""
+    cores = Cores(("p1", "p2", "p3", "p4"))
+    done = cores.change("p1", "rm", RemoveMember(id="p4"))
+    advance_until_stable(cores, done.membership.version + 1)
+    cores.advance(2.0)
+    assert cores.cores["p1"]._ring.drained
+    cores.cut.add("p4")  # stopped for good
+    cores.start("p2")  # an ordinary restart
+    cores.advance(3.0)
+    restarted = cores.cores["p2"]
+    assert restarted._ring.drained
+    assert not [o for o in OWNERS if restarted.placement(o).joint]

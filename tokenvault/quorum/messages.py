@@ -423,10 +423,12 @@ class Heartbeat(_Message, frozen=True, kw_only=True, tag="heartbeat"):
     known: _StoreId = ""
     # The ring (docs/membership.md): the sender's learned version and its digest ("" from a
     # peer of an older version), and the highest ring version whose transfers into the sender
-    # are all committed (0: none yet).
+    # are all committed (0: none yet), and the highest version the sender knows drained (0:
+    # none): a fact that never stops holding, so a peer that restarted learns it from anyone.
     ring_version: Annotated[int, msgspec.Meta(ge=1, le=WIRE_INT_MAX)] = 1
     ring_digest: Annotated[str, msgspec.Meta(max_length=16)] = ""
     transfers_done: _Count = 0
+    ring_drained: _Count = 0
 
     @property
     def op_id(self) -> str:

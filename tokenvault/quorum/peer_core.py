@@ -281,6 +281,7 @@ class PeerCore:
         # What each peer's heartbeats said: its learned ring version, and the highest version
         # whose transfers into it are all committed.
         self._ring_versions: dict[str, int] = {}
+        self._drained_version = 0  # the highest ring version known drained (here or gossiped)
         self._transfers_done: dict[str, int] = {}
         self._ring_ops = 0  # ring operations this peer started itself (finishes, joins)
         self._ring_clients: set[str] = set()  # ChangeMembership operations in flight
@@ -823,8 +824,10 @@ class PeerCore:
     # -- the ring (ring_register.py, ring_placement.py; docs/membership.md) --------------------
 
     def _placement_of(self, membership: Membership) -> RingPlacement:
+        # Drained here, or by a peer's word at this very version (a later version drained says
+        # nothing of this one's removed peers: they need not have learned the later one).
         versions = self._ring_versions
-        drained = all(
+        drained = self._drained_version == membership.version or all(
             versions.get(peer, 0) >= membership.version
             for peer in drain_set(membership)
             if peer != self.peer_id
@@ -895,6 +898,8 @@ class PeerCore:
             )
         elif ring.drained:
             step.events.append(Event(name="ring_drained", details=(("version", learned.version),)))
+        if ring.drained:
+            self._drained_version = max(self._drained_version, learned.version)
         self.anti_entropy.set_replicas(self._replicas_by_owner())
         self.recovery.set_placements(self._placements(), self._ring_peers())
         self.failure_detector.set_peers(self._detector_peers(), self._now)
@@ -960,6 +965,7 @@ class PeerCore:
 
     def _note_ring_gossip(self, step: Step, source: str, heartbeat: Heartbeat, now: float) -> None:
         self._ring_versions[source] = heartbeat.ring_version
+        self._drained_version = max(self._drained_version, heartbeat.ring_drained)
         self._transfers_done[source] = heartbeat.transfers_done
         if heartbeat.ring_digest:
             version, digest = heartbeat.ring_version, heartbeat.ring_digest
@@ -1147,6 +1153,7 @@ class PeerCore:
             ring_version=version,
             ring_digest=digest,
             transfers_done=self._own_transfers_done(),
+            ring_drained=self._drained_version,
         )
 
     def _on_phase(self, step: Step, now: float) -> None:
