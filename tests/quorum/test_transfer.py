@@ -518,6 +518,25 @@ def test_the_tick_goes_on_where_a_lost_timer_would_have() -> None:
     assert network.state() == "committed"
 
 
+def test_the_tick_replaces_a_silent_source_whose_deadline_timer_was_lost() -> None:
+    network = Network()
+    for source in OLD:
+        network.fill(source, [mapping(i) for i in range(5)])
+    network.silent.add("s1")  # the first page is lost: the request stays outstanding
+    network.start()
+    network.timers.clear()  # its DEADLINE too (the driver dropped it)
+    transfers = network.peers["t"].transfers
+    network.now += SMALL_PAGES.source_silence_s - 0.5
+    network.apply("t", transfers.tick(network.now))
+    network.run()
+    assert not pages_from(network, "s2"), "not silent yet: the page is still awaited"
+    network.now += 0.5
+    network.apply("t", transfers.tick(network.now))
+    network.run()
+    assert pages_from(network, "s2") and pages_from(network, "s3")
+    assert network.state() == "committed"
+
+
 def test_statistics_count_pages_on_both_sides() -> None:
     network = Network()
     for source in OLD:
