@@ -474,6 +474,33 @@ def test_a_reply_to_another_request_or_from_another_peer_is_ignored() -> None:
     assert (view.state, view.mappings_moved, view.bytes_moved) == ("copying", 0, 0)
 
 
+# When seed 11 of `sim --membership 3` asked its second pass's page (virtual seconds): here
+# `asked + 5.0 - asked` rounds below 5.0.
+ASKED_AT = 14.343827801565434
+
+
+def test_a_lost_page_is_replaced_when_its_deadline_fires_whatever_the_rounding() -> None:
+    assert (ASKED_AT + 5.0) - ASKED_AT < 5.0, "the premise: the difference rounds down"
+    network = Network()
+    everything = [mapping(i) for i in range(5)]
+    for source in OLD:
+        network.fill(source, everything)
+
+    def lose_the_second_pass(source: str, destination: str, message: Message) -> Message:
+        if isinstance(message, TransferPage) and destination == "s2":
+            network.silent.add("s2")  # its reply is lost: the request stays outstanding
+        return message
+
+    network.tamper = lose_the_second_pass
+    network.now = ASKED_AT
+    network.start()  # s1's pass is whole in one page; s2 is asked at once, and never answers
+    assert network.state() == "verifying"
+    assert len(pages_from(network, "s1")) == 1 and not pages_from(network, "s2")
+    network.advance(5.0)  # the DEADLINE fires at its due, exactly: s2 is replaced by s3
+    assert any(m.after is None for m in pages_from(network, "s3"))
+    assert network.state() == "committed"
+
+
 def test_the_tick_goes_on_where_a_lost_timer_would_have() -> None:
     limits = TransferLimits(page_mappings_max=10, rate_bytes_s=2_000.0, burst_bytes=1_000)
     network = Network(limits)
@@ -488,6 +515,25 @@ def test_the_tick_goes_on_where_a_lost_timer_would_have() -> None:
         network.apply("t", network.peers["t"].transfers.tick(network.now))
         network.run()
         network.timers.clear()
+    assert network.state() == "committed"
+
+
+def test_the_tick_replaces_a_silent_source_whose_deadline_timer_was_lost() -> None:
+    network = Network()
+    for source in OLD:
+        network.fill(source, [mapping(i) for i in range(5)])
+    network.silent.add("s1")  # the first page is lost: the request stays outstanding
+    network.start()
+    network.timers.clear()  # its DEADLINE too (the driver dropped it)
+    transfers = network.peers["t"].transfers
+    network.now += SMALL_PAGES.source_silence_s - 0.5
+    network.apply("t", transfers.tick(network.now))
+    network.run()
+    assert not pages_from(network, "s2"), "not silent yet: the page is still awaited"
+    network.now += 0.5
+    network.apply("t", transfers.tick(network.now))
+    network.run()
+    assert pages_from(network, "s2") and pages_from(network, "s3")
     assert network.state() == "committed"
 
 

@@ -159,7 +159,7 @@ class _Transfer:
     reports: dict[str, RecoveryReport] = field(default_factory=dict)
     request: int = 0  # the number of the page request outstanding; 0: none
     asking: str = ""  # whom it was sent to
-    asked_at: float = 0.0
+    silent_due: float = 0.0  # the DEADLINE timer's due: the source is silent from then on
     skipped: set[str] = field(default_factory=set)  # sources that failed this pass
     retry_due: float = 0.0  # when a transfer with no source left tries them all again
     query_due: float = 0.0  # when epoch queries go again to old replicas that did not answer
@@ -336,6 +336,7 @@ class Transfers:
         for transfer in self._transfers.values():
             if transfer.step is TransferStep.EPOCHS and transfer.query_due <= now:
                 self._query_epochs(transfer, now, effects)
+            self._replace_silent(transfer, now)
         if self._throttle_due is not None and self._throttle_due <= now:
             self._throttle_due = None
         self._pump(now, effects)
@@ -391,14 +392,20 @@ class Transfers:
             if transfer.query_due <= now:
                 self._query_epochs(transfer, now, effects)
             return effects
-        silent = now - transfer.asked_at >= self._limits.source_silence_s
-        if transfer.request and silent:
-            transfer.skipped.add(transfer.asking)  # replaced from the same cursor
-            transfer.request = 0
+        self._replace_silent(transfer, now)
         self._pump(now, effects)
         return effects
 
     # -- the target ----------------------------------------------------------------------------
+
+    def _replace_silent(self, transfer: _Transfer, now: float) -> None:
+        """A page asked and unanswered by its DEADLINE: the source is replaced from the same
+        cursor. Compared with the due the timer carries, never recomputed from the ask
+        (`asked + silence - asked` may round below `silence`: the timer would fire early,
+        change nothing and arm nothing, and the transfer would wait for good)."""
+        if transfer.request and now >= transfer.silent_due:
+            transfer.skipped.add(transfer.asking)
+            transfer.request = 0
 
     def _query_epochs(self, transfer: _Transfer, now: float, effects: Effects) -> None:
         record = transfer.record
@@ -459,7 +466,7 @@ class Transfers:
             transfer.record = replace(record, source=source, whole=record.cursor is None)
             self._persist(transfer, effects)
         transfer.request = next(self._requests)
-        transfer.asking, transfer.asked_at = source, now
+        transfer.asking, transfer.silent_due = source, due
         page = TransferPage(
             op_id=transfer.op_id,
             owner=record.owner,
