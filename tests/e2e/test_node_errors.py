@@ -150,7 +150,11 @@ def test_a_disk_too_full_to_open_a_store_is_one_line(tmp_path: Path) -> None:
             "tokenvault: cannot read the secret file {secret}: No such file or directory",
         ),
         ("config", "tokenvault: no cluster configuration at {config}"),
-        ("peer", "tokenvault: no peer with id 'n9' in {config} (from --id)"),
+        (
+            "peer",
+            "tokenvault: no peer with id 'n9' in {config} (from --id);"
+            " a new peer joins with --join",
+        ),
     ],
 )
 def test_a_bad_configuration_is_one_line_and_exit_code_2(
