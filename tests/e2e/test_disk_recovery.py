@@ -44,6 +44,18 @@ def node_view(cluster: Cluster, peer: str) -> dict[str, Any]:
     return admin_get(cluster, peer, "/v1/admin/node")
 
 
+def recovery_story(cluster: Cluster, peer: str) -> str:
+    """What a failed wait shows: the peer's recovery progress and the events that moved its
+    store's phase (a wait's message, so that a failure under load explains itself)."""
+    view = node_view(cluster, peer)
+    moved = [
+        e
+        for e in cluster.log_events(peer)
+        if str(e.get("event", "")).startswith(("store_", "recovery", "ring_", "peer_store"))
+    ]
+    return f"state {view['state']!r}, recovery {view['recovery']!r}, events {moved!r}"
+
+
 def owner_view(cluster: Cluster, peer: str) -> dict[str, Any]:
     return admin_get(cluster, peer, "/v1/admin/owners/alice")
 
@@ -141,7 +153,7 @@ async def test_a_peer_whose_data_dir_was_deleted_recovers_before_it_votes(
         assert ready.status_code == 503 and ready.json()["reason"] in ("starting", "recovering")
         deadline = time.monotonic() + TIMEOUT_S
         while node_view(cluster, "n3")["recovery"]["phase"] != "recovering":
-            assert time.monotonic() < deadline, node_view(cluster, "n3")
+            assert time.monotonic() < deadline, recovery_story(cluster, "n3")
             time.sleep(0.05)
         view = node_view(cluster, "n3")
         assert view["state"] == "recovering"
