@@ -78,6 +78,7 @@ from tokenvault.quorum.client_operations import (
     ClientOperation,
     failed_answer,
 )
+from tokenvault.quorum.dropping import DropView
 from tokenvault.quorum.effects import (
     EpochDone,
     Failure,
@@ -190,11 +191,14 @@ class TransferProgress:
 
 @dataclass(frozen=True, slots=True)
 class MembersView:
-    """The ring as this peer learned it, and the transfers into this peer."""
+    """The ring as this peer learned it, the transfers into this peer, and the owners it
+    hands over and drops."""
 
     version: int
     members: tuple[Member, ...]
     transfers: tuple[TransferProgress, ...]
+    drained: bool  # stable, and every peer of the last change learned it
+    drops: tuple[DropView, ...]  # owners held here that this peer no longer replicates
 
 
 def peer_limits(config: ClusterConfig) -> PeerLimits:
@@ -405,7 +409,11 @@ class Node:
             for view in core.transfer_views()
         )
         return MembersView(
-            version=membership.version, members=membership.members, transfers=transfers
+            version=membership.version,
+            members=membership.members,
+            transfers=transfers,
+            drained=core.ring_drained,
+            drops=tuple(core.drop_views()),
         )
 
     async def change_members(self, change: AddMember | RemoveMember | ReplaceMember) -> RingDone:

@@ -27,6 +27,7 @@ OUTCOMES = ("ok", *(failure.value for failure in Failure))
 CONFLICT_EVENTS = frozenset(
     {
         "anti_entropy_conflict",
+        "drop_conflict",
         "hint_conflict",
         "mapping_conflict",
         "peer_protocol_conflict",

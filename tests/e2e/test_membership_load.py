@@ -9,7 +9,9 @@ decided), bounded.
 
 Afterwards the history must show what test_faults.py's does (every acknowledged token read back
 through every final member, one value per token, epochs never back, only 200 or 503), and every
-owner must have N replicas, all members of the final ring, converged (equal digests and epochs).
+owner must have N replicas, all members of the final ring, converged (equal digests and epochs),
+and no final member may hold a mapping of an owner it does not replicate once the last change
+drained (dropping: read from the stopped peers' stores).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import plyvel
 import pytest
 import trio
 
@@ -35,6 +38,7 @@ from tests.e2e.history import (
     wait_converged,
     write_history,
 )
+from tokenvault.quorum.records import MAPPING_PREFIX
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +47,7 @@ SEED = int(os.environ.get("TOKENVAULT_MEMBERSHIP_SEED", "20261203"))
 CHANGE_BOUND_S = 90.0  # a change, transfers included, on 2 busy cores
 WARMUP_S = 2.0
 BETWEEN_CHANGES_S = 1.0
+DROP_BOUND_S = 30.0  # former replicas hand over and delete, once the last change drained
 
 
 async def members_view(http: httpx.AsyncClient, cluster: Cluster, peer: str) -> dict[str, Any]:
@@ -131,6 +136,43 @@ async def membership_changes(run: Run) -> None:
     run.note("clients stopping")
 
 
+async def wait_dropped(cluster: Cluster, peers: list[str]) -> float:
+    """Until every final member says its ring is drained and it holds no owner it does not
+    replicate (GET /v1/admin/members `drops`); the seconds it took."""
+    started = time.monotonic()
+    views: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False, verify=cluster.verify) as http:
+        while time.monotonic() < started + DROP_BOUND_S:
+            views = {peer: await members_view(http, cluster, peer) for peer in peers}
+            if all(v["drained"] and not v["drops"] for v in views.values()):
+                return time.monotonic() - started
+            await trio.sleep(POLL_INTERVAL_S)
+    shown = {p: (v["version"], v["drained"], v["drops"]) for p, v in views.items()}
+    pytest.fail(f"former replicas did not drop within {DROP_BOUND_S} s: {shown}")
+
+
+def stray_problems(cluster: Cluster, views: dict[str, Any], members: list[str]) -> list[str]:
+    """What a final member's store (read once it is stopped) holds of an owner it does not
+    replicate: nothing, once dropped."""
+    replicas = {
+        key.split("/")[1]: {r["peer"] for r in view["replicas"]} for key, view in views.items()
+    }
+    problems = []
+    for peer in members:
+        db = plyvel.DB(str(cluster.data_dir(peer) / "leveldb"))
+        try:
+            for owner, holders in sorted(replicas.items()):
+                if peer in holders:
+                    continue
+                prefix = MAPPING_PREFIX + owner.encode() + b"\x00"
+                held = sum(1 for _ in db.iterator(prefix=prefix, include_value=False))
+                if held:
+                    problems.append(f"[stray] {peer} still holds {held} mappings of {owner}")
+        finally:
+            db.close()
+    return problems
+
+
 def replica_problems(views: dict[str, Any], members: list[str], replica_count: int) -> list[str]:
     problems = []
     for key, view in sorted(views.items()):
@@ -153,8 +195,11 @@ async def test_grow_remove_and_replace_under_load_lose_nothing(tmp_path: Path) -
         started = time.monotonic()
         converged_s, views = await trio.to_thread.run_sync(wait_converged, cluster, run.peers)
         run.note(f"every owner converged on the final ring {converged_s:.2f} s after the clients")
+        dropped_s = await wait_dropped(cluster, run.peers)
+        run.note(f"former replicas dropped what they no longer replicate {dropped_s:.2f} s later")
         problems = replica_problems(views, run.peers, 3)
-        problems += history_problems(run)
+        problems += history_problems(run)  # stops every peer
+        problems += stray_problems(cluster, views, run.peers)
         run.note(f"history checked in {time.monotonic() - started:.1f} s")
         assert_no_problems(problems)
     finally:

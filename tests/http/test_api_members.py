@@ -30,6 +30,7 @@ from tests.http.test_api_inputs import vault as vault  # the fixture: a running 
 from tokenvault.http.errors import ApiError
 from tokenvault.http.members_api import REFUSAL_ERRORS, change_answer, members_answer
 from tokenvault.node import MembersView, TransferProgress
+from tokenvault.quorum.dropping import DropView
 from tokenvault.quorum.effects import RingDone, RingOutcome
 from tokenvault.quorum.transfer import TransferView
 from tokenvault.ring.membership import bootstrap_membership
@@ -63,6 +64,8 @@ async def test_get_answers_the_learned_membership(vault: Vault) -> None:
         "stable": True,
         "members": [{"id": "n1", "address": "127.0.0.1:7401", "state": "active"}],
         "transfers": [],
+        "drained": True,
+        "drops": [],
     }
     assert (await vault.call("HEAD", MEMBERS, key="admin")).status == 200
 
@@ -145,6 +148,8 @@ async def test_an_add_is_decided_at_the_joint_version_and_idempotent(vault: Vaul
         "stable": False,
         "members": members,
         "transfers": [],
+        "drained": False,
+        "drops": [],
     }
     assert "n2" in vault.node.links  # the links follow the learned ring
     ring = json.loads((await vault.call("GET", "/v1/ring", key="admin")).body)
@@ -236,7 +241,7 @@ async def test_413_for_a_body_over_the_public_limit(vault: Vault) -> None:
     )
 
 
-def test_a_transfer_is_shown_with_its_sets_and_progress() -> None:
+def test_a_transfer_and_a_drop_are_shown_with_their_progress() -> None:
     view = TransferView(
         version=2,
         owner="alice",
@@ -254,9 +259,20 @@ def test_a_transfer_is_shown_with_its_sets_and_progress() -> None:
     )
     membership = bootstrap_membership([("n1", "h:1")], replica_count=1, vnodes_per_peer=1)
     progress = TransferProgress(view=view, new_set=("n4", "n1", "n2"))
+    drop = DropView(owner="bob", state="dropping", mappings_held=700, mappings_dropped=500)
     shown = members_answer(
-        MembersView(version=2, members=membership.members, transfers=(progress,))
+        MembersView(
+            version=2,
+            members=membership.members,
+            transfers=(progress,),
+            drained=False,
+            drops=(drop,),
+        )
     )
+    assert shown["drained"] is False
+    assert shown["drops"] == [
+        {"owner": "bob", "state": "dropping", "mappings_held": 700, "mappings_dropped": 500}
+    ]
     assert shown["transfers"] == [
         {
             "owner": "alice",

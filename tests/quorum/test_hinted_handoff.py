@@ -141,3 +141,21 @@ def test_a_hint_of_an_older_version_with_values_in_clear_is_still_delivered() ->
     (envelope,) = hints.tick(1.0, frozenset()).messages
     assert isinstance(envelope.message, InsertRequest)
     assert envelope.message.mappings == (mapping("a"),)
+
+
+def test_hints_for_a_target_that_no_longer_replicates_their_owner_are_forgotten() -> None:
+    store = MemoryStore()
+    hints = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
+    apply(store, hints.add("n3", "alice", [mapping("a")], "r1"))
+    bob = Mapping(owner="bob", token="b", value="value-b", field="ssn", epoch=1)
+    apply(store, hints.add("n3", "bob", [bob], "r2"))
+    apply(store, hints.add("n4", "alice", [mapping("c")], "r3"))
+    assert hints.last_sequence == 3
+    hints.tick(1.0, frozenset())  # in flight: a forgotten hint's late reply changes nothing
+    placed = {("n3", "bob"), ("n4", "alice")}  # a change moved alice off n3
+    effects = apply(store, hints.forget_unplaced(lambda t, o: (t, o) in placed))
+    assert [e.name for e in effects.events] == ["hints_forgotten"]
+    assert [(s.target, s.hints) for s in hints.statistics()] == [("n3", 1), ("n4", 1)]
+    restarted = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
+    assert [(s.target, s.hints) for s in restarted.statistics()] == [("n3", 1), ("n4", 1)]
+    assert apply(store, hints.forget_unplaced(lambda t, o: True)).writes == []

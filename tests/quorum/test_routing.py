@@ -119,6 +119,7 @@ def test_an_insert_reply_goes_back_by_its_origin_never_by_its_op_id() -> None:
         Origin.HINTS: Destination.HINTS,
         Origin.ANTI_ENTROPY: Destination.ANTI_ENTROPY,
         Origin.TRANSFER: Destination.TRANSFER,
+        Origin.DROP: Destination.DROPPING,
     }
     assert set(expected) == set(Origin)
     for origin, destination in expected.items():

@@ -10,8 +10,9 @@ import os
 
 import pytest
 
+from tests.sim.sweep import run_sweep
 from tokenvault.sim.config import SimConfig
-from tokenvault.sim.runner import SimResult, run_simulation
+from tokenvault.sim.runner import SimResult
 
 SWEEP_SEEDS_DEFAULT = 200
 
@@ -22,5 +23,6 @@ def sweep_seed_count() -> int:
 
 @pytest.fixture(scope="session")
 def sweep() -> list[SimResult]:
-    """One run per seed from 1, with the default configuration (the CLI's defaults)."""
-    return [run_simulation(SimConfig(seed=seed)) for seed in range(1, sweep_seed_count() + 1)]
+    """One run per seed from 1, with the default configuration (the CLI's defaults), on every
+    core."""
+    return list(run_sweep([SimConfig(seed=seed) for seed in range(1, sweep_seed_count() + 1)]))

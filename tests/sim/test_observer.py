@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tokenvault.quorum.hinted_handoff import encode_hint, hint_key
-from tokenvault.quorum.messages import Ballot, EpochValue, Mapping
+from tokenvault.quorum.messages import Accept, Ballot, EpochValue, Mapping
 from tokenvault.quorum.records import (
     AcceptorSlot,
     EpochMeta,
@@ -70,17 +70,36 @@ def test_the_active_epoch_and_the_fence_never_go_back() -> None:
     assert invariants(observer) == ["active-epoch-never-goes-back"]
 
 
+def accept(ballot: Ballot, value: EpochValue) -> Accept:
+    return Accept(op_id=ballot.peer, owner=OWNER, slot=2, ballot=ballot, value=value)
+
+
 def test_paxos_a_chosen_value_is_kept_by_higher_ballots() -> None:
     observer = Observer(replica_count=3)
     observer.on_accept_sent(OWNER, V)
     observer.on_accept_sent(OWNER, W)
-    observer.on_durable("p1", [promise(LOW, V)], 1.0)
-    observer.on_durable("p2", [promise(LOW, V)], 1.0)  # a majority: V is chosen at LOW
+    for peer in ("p1", "p2"):
+        observer.on_accept_delivered(peer, accept(LOW, V))
+        observer.on_durable(peer, [promise(LOW, V)], 1.0)  # a majority: V is chosen at LOW
     assert observer.chosen_value_violations() == []
     observer.on_durable("p3", [promise(HIGH, W)], 2.0)
     (text,) = observer.chosen_value_violations()
     assert "2/aaaaaaaa/c1-1 was chosen at ballot 1.c2-1" in text
     assert "p3 accepted 2/bbbbbbbb/c2-1 at the higher ballot 2.c1-1" in text
+
+
+def test_an_adopted_acceptance_is_no_vote() -> None:
+    """A new replica's transfer (or a recovery) copies the accepted value of the highest ballot
+    from other acceptors: with the one acceptor that voted for it, that is no majority of
+    voters, and a later ballot may choose another value (sim seed 177, --membership 3)."""
+    observer = Observer(replica_count=3)
+    observer.on_accept_sent(OWNER, V)
+    observer.on_accept_sent(OWNER, W)
+    observer.on_accept_delivered("p1", accept(LOW, V))
+    observer.on_durable("p1", [promise(LOW, V)], 1.0)
+    observer.on_durable("p6", [promise(LOW, V)], 1.1)  # adopted: no Accept reached p6
+    observer.on_durable("p3", [promise(HIGH, W)], 2.0)
+    assert observer.chosen_value_violations() == []
 
 
 def test_a_hint_deleted_before_its_target_holds_it() -> None:

@@ -134,6 +134,8 @@ class Members(msgspec.Struct, frozen=True, kw_only=True):
     stable: bool
     members: tuple[Member, ...]
     transfers: tuple[dict[str, Any], ...]
+    drained: bool = True  # stable, and every peer of the last change learned it
+    drops: tuple[dict[str, Any], ...] = ()  # owners this peer holds but no longer replicates
 
 
 class MembersChanged(msgspec.Struct, frozen=True, kw_only=True):

@@ -81,6 +81,16 @@ def members_answer(view: MembersView) -> dict[str, Any]:
         "stable": all(m.state == "active" for m in view.members),
         "members": [_member(m) for m in view.members],
         "transfers": [_transfer(t) for t in view.transfers],
+        "drained": view.drained,
+        "drops": [
+            {
+                "owner": d.owner,
+                "state": d.state,
+                "mappings_held": d.mappings_held,
+                "mappings_dropped": d.mappings_dropped,
+            }
+            for d in view.drops
+        ],
     }
 
 

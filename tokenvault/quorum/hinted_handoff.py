@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,12 @@ class HintedHandoff:
             if t.hints
         )
 
+    @property
+    def last_sequence(self) -> int:
+        """The sequence of the latest hint stored (grows with every hint: a new one since a
+        look shows as a higher value)."""
+        return self._next_sequence - 1
+
     def pending_total(self) -> int:
         return sum(len(t.hints) for t in self._targets.values())
 
@@ -255,6 +261,27 @@ class HintedHandoff:
                     details=(("target", source),),
                 )
             )
+        return effects
+
+    def forget_unplaced(self, placed: Callable[[str, str], bool]) -> Effects:
+        """Deletes the hints whose target no longer replicates their owner (`placed(target,
+        owner)` false: a change moved the owner, or removed the target, and is drained):
+        the write they complete was acknowledged by W replicas of every set it counted, the
+        transfers gave the owner's new replicas the rest, and a target that no longer
+        replicates the owner would only drop it again (`hints_forgotten`, per target)."""
+        effects = Effects()
+        for name, state in sorted(self._targets.items()):
+            unplaced = [k for k, h in state.hints.items() if not placed(name, h.owner)]
+            for key in unplaced:
+                for op_id in [o for o, k in state.in_flight.items() if k == key]:
+                    del state.in_flight[op_id]
+                self._forget(state, key, effects)
+            if unplaced:
+                effects.events.append(
+                    Event(
+                        name="hints_forgotten", details=(("target", name), ("hints", len(unplaced)))
+                    )
+                )
         return effects
 
     @staticmethod

@@ -132,6 +132,7 @@ class Origin(enum.Enum):
     HINTS = "hints"  # hinted handoff delivering what a replica missed
     ANTI_ENTROPY = "anti_entropy"  # anti-entropy copying what a partner lacks
     TRANSFER = "transfer"  # a transfer's page, stored by the new replica itself (transfer.py)
+    DROP = "drop"  # a former replica handing its copy over before it deletes it (dropping.py)
 
 
 class _Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

@@ -67,6 +67,7 @@ from tokenvault.quorum.client_operations import (
     failed_answer,
 )
 from tokenvault.quorum.coordinator import Coordinator, CoordinatorLimits
+from tokenvault.quorum.dropping import DropLimits, Dropping, DropView
 from tokenvault.quorum.effects import (
     ClientReply,
     Effects,
@@ -139,6 +140,7 @@ class PeerLimits:
     recovery: RecoveryLimits = field(default_factory=RecoveryLimits)
     ring: RingLimits = field(default_factory=RingLimits)
     transfer: TransferLimits = field(default_factory=TransferLimits)
+    dropping: DropLimits = field(default_factory=DropLimits)
     anti_entropy_enabled: bool = True
     # The replica's digests built page by page by the driver after start (merkle.py), not at
     # once in the constructor: node.py, so that a large store serves at once.
@@ -211,6 +213,7 @@ class _Core:
     INSPECTION = Destination.INSPECTION.value
     RING = Destination.RING.value
     TRANSFER = Destination.TRANSFER.value
+    DROPPING = Destination.DROPPING.value
 
 
 @dataclass(slots=True)
@@ -337,6 +340,16 @@ class PeerCore:
             limits=limits.anti_entropy,
         )
         self.anti_entropy.urgent = self.recovery.phase is Phase.RECOVERING
+        self.dropping = Dropping(
+            peer_id=peer_id,
+            storage=storage,
+            replica=self.replica,
+            write_quorum=quorum.write_quorum,
+            is_replica=lambda owner: self._replicates(self.peer_id, owner),
+            limits=limits.dropping,
+        )
+        self._dropping_for: tuple[int, bool] = (0, False)  # the ring the owners were named for
+        self._hints_looked_at = -1  # the last hint's sequence when unplaced ones were forgotten
         # The highest epoch this peer knows per owner: what new tokens are computed under.
         # Stale is safe: replicas fence old epochs and the tokenize learns and retries.
         self._epochs: dict[str, EpochValue] = {
@@ -385,6 +398,15 @@ class PeerCore:
     def preference_list(self, owner: str) -> tuple[str, ...]:
         """Every replica of the owner at the learned version (both sets during a change)."""
         return self._ring.placement(owner).replicas
+
+    @property
+    def ring_drained(self) -> bool:
+        """The learned ring is stable and every peer of its last change learned it."""
+        return self._ring.membership.stable and self._ring.drained
+
+    def drop_views(self) -> list[DropView]:
+        """The owners this peer holds but no longer replicates (dropping.py)."""
+        return self.dropping.views()
 
     def is_member(self) -> bool:
         return self._ring.membership.member(self.peer_id) is not None
@@ -654,6 +676,8 @@ class PeerCore:
             return lambda: self.coordinator.on_message(source, message)
         if destination is Destination.TRANSFER:
             return lambda: self.transfers.on_message(source, message, now)
+        if destination is Destination.DROPPING:
+            return lambda: self.dropping.on_message(source, message, now)
         assert destination is Destination.EPOCH_COORDINATOR
         return lambda: self.epoch_coordinator.on_message(source, message, now)
 
@@ -908,6 +932,9 @@ class PeerCore:
         for owner in self._owners:
             if self.peer_id in self.placement(owner).replicas and owner not in self._epochs:
                 self._epochs[owner] = self.acceptor.active_epoch(owner)
+        # At once, not at the next tick: a hand-over reply arriving meanwhile must not delete
+        # an owner the new ring makes this peer a replica of again.
+        self._drop_moved_owners(step, self._now)
 
     def _restart_under(self, step: Step, version: int) -> None:
         """A later ring version is learned: the coordinated reads, writes and epoch learns in
@@ -1043,11 +1070,47 @@ class PeerCore:
             return
         self._refresh_ring(step)
         self._start_transfers(step, now)
+        self._drop_moved_owners(step, now)
         if membership.stable or self.peer_id not in membership.voters:
             return
         if self._change_transferred() and not self.ring_register.operations_in_flight():
             self._ring_ops += 1
             self._propose(step, FinishChange(), f"{self.peer_id}-finish-{self._ring_ops}", now)
+
+    def _replicates(self, peer: str, owner: str) -> bool:
+        """`peer` is in a quorum set of the owner on the learned ring (either, mid-change)."""
+        return peer in self.placement(owner).replicas
+
+    def _drop_moved_owners(self, step: Step, now: float) -> None:
+        """Under a stable, drained ring, a serving member deletes the owners it no longer
+        replicates, each handed to its read set first (dropping.py); while a change is
+        pending, or before the store serves, nothing is dropped. Hints for a peer that no
+        longer replicates their owner in any set are forgotten."""
+        ring = self._ring
+        version = ring.membership.version
+        settled = (
+            self.state == "serving" and ring.membership.stable and ring.drained and self.is_member()
+        )
+        dropping = self.dropping
+        if (version, settled) != self._dropping_for:
+            self._dropping_for = (version, settled)
+            owners = {
+                owner: placement.read_set
+                for owner in self._owners
+                if self.peer_id not in (placement := self.placement(owner)).replicas
+            }
+            call = functools.partial(dropping.set_owners, owners if settled else {}, now)
+            self._call(step, _Core.DROPPING, "set_owners", call)
+            self._hints_looked_at = -1
+        hints = self.hints
+        if self.state == "serving" and hints.last_sequence != self._hints_looked_at:
+            # A new ring, or hints stored since (a write started under an older placement).
+            self._hints_looked_at = hints.last_sequence
+            forget = functools.partial(hints.forget_unplaced, self._replicates)
+            self._call(step, "hints", "forget_unplaced", forget)
+        if settled:
+            dropping.set_down(self.down_peers())
+            self._call(step, _Core.DROPPING, "tick", lambda: dropping.tick(now))
 
     def _start_transfers(self, step: Step, now: float) -> None:
         """Transfers into this peer of the pending change, each once its owner is fenced

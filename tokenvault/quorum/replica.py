@@ -111,15 +111,42 @@ class Replica:
 
     def forget_unstaged(self, writes: Sequence[Write]) -> None:
         """The driver could not stage these writes (the store refused them): the digests
-        forget the new mappings among them, so they count only what the store holds."""
-        by_owner: dict[str, list[tuple[str, bytes, bytes]]] = {}
+        forget the new mappings among them and count again the dropped ones (`drop`), so they
+        count only what the store holds."""
+        added: dict[str, list[tuple[str, bytes, bytes]]] = {}
+        kept: dict[str, list[tuple[str, bytes, bytes]]] = {}
         for key, record in writes:
-            if record is None or not key.startswith(MAPPING_PREFIX):
+            if not key.startswith(MAPPING_PREFIX):
                 continue
             owner_raw, _, token_raw = key[len(MAPPING_PREFIX) :].partition(b"\x00")
-            by_owner.setdefault(owner_raw.decode(), []).append((token_raw.decode(), key, record))
-        for owner, mappings in by_owner.items():
+            owner, token = owner_raw.decode(), token_raw.decode()
+            if record is not None:
+                added.setdefault(owner, []).append((token, key, record))
+                continue
+            held = self._storage.get(key)  # a drop the store refused: the record stays
+            if held is not None and key not in self._uncounted and self.digests.covers(key):
+                kept.setdefault(owner, []).append((token, key, held))
+        for owner, mappings in added.items():
             self.digests.remove_many(owner, mappings)
+        for owner, mappings in kept.items():
+            self.digests.add_many(owner, mappings)
+
+    def drop(self, owner: str, tokens: Sequence[str]) -> Effects:
+        """Deletes the records held under these tokens of an owner this peer no longer
+        replicates (dropping.py decides when), and leaves them out of the digests: the only
+        delete of a mapping record."""
+        effects = Effects()
+        removed: list[tuple[str, bytes, bytes]] = []
+        for token in tokens:
+            key = mapping_key(owner, token)
+            raw = self._storage.get(key)
+            if raw is None:
+                continue
+            effects.writes.append((key, None))
+            if key not in self._uncounted and self.digests.covers(key):
+                removed.append((token, key, raw))
+        self.digests.remove_many(owner, removed)
+        return effects
 
     # -- verification --------------------------------------------------------------------------
 

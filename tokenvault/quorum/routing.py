@@ -52,6 +52,7 @@ class Destination(enum.Enum):
     RECOVERY = "recovery"  # a report for a peer recovering a lost store (recovery.py)
     RING = "ring"  # the ring register (ring_register.py); a join request, for the peer core
     TRANSFER = "transfer"  # transfers of moved owners (transfer.py): pages asked and answered
+    DROPPING = "dropping"  # a former replica's hand-over before it deletes (dropping.py)
 
     @property
     def answers_from_storage(self) -> bool:
@@ -72,6 +73,7 @@ _INSERT_REPLY_DESTINATIONS = {
     Origin.HINTS: Destination.HINTS,
     Origin.ANTI_ENTROPY: Destination.ANTI_ENTROPY,
     Origin.TRANSFER: Destination.TRANSFER,
+    Origin.DROP: Destination.DROPPING,
 }
 
 

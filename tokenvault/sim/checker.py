@@ -29,7 +29,8 @@ whole run (observer.py) and at the end, and on what clients were answered:
   every answer, decided record and tokenize of one (owner, epoch) names that same value.
 - values-were-proposed: every value accepted or decided was carried by an Accept a proposer sent,
   and names (requested_by) a rotate some client asked for.
-- chosen-value-kept: once a majority accepted a value at a ballot, every acceptance at a higher
+- chosen-value-kept: once a majority voted for a value at a ballot (accepted it on an Accept
+  that reached them; an adopted acceptor state is no vote), every acceptance at a higher
   ballot of that slot carries the same value.
 - promise-never-decreases: an acceptor's promised (and accepted) ballot of a slot never goes down,
   across restarts too.
@@ -48,6 +49,9 @@ The ring (membership changes; ring_log.py judges the first three as records beco
   is one change (or the finish of the pending one) of the version before it.
 - ring-decided-by-voters: every decided version was accepted by a majority of the voters of the
   version before it.
+- transfer-commits-complete (transfer_log.py, as records become durable): when a transfer's
+  commit is durable on its new replica, it holds every mapping W old replicas held when the
+  transfer started.
 - owners-on-final-ring (only with `require_finish`, once transfers let a change finish): at the
   end every running member learned the final version and it is drained; every acknowledged
   mapping and every decided epoch is on at least W replicas of the final preference lists.
@@ -511,7 +515,7 @@ def _check_full_convergence(state: CheckInput, ops: list[Operation], report: _Re
         strays = [
             (r.peer, key)
             for r in state.replicas
-            if r.peer not in placed
+            if r.judged and r.peer not in placed  # outside the ring: its operator stops it
             for key in r.mappings
             if key[0] == owner
         ]

@@ -31,7 +31,7 @@ from tokenvault.quorum.records import AcceptorSlot
 from tokenvault.quorum.ring_placement import RingPlacement, drain_set
 from tokenvault.ring.membership import Membership, bootstrap_membership
 from tokenvault.sim.client import ClientAnswer, ClientRequest
-from tokenvault.sim.config import MEMBERSHIP_DROP_CHECKED, MEMBERSHIP_FINISH_CHECKED, SimConfig
+from tokenvault.sim.config import MEMBERSHIP_FINISH_CHECKED, SimConfig
 from tokenvault.sim.engine import Engine
 from tokenvault.sim.faults import FaultAction, FaultKind, FaultMix, LinkFaults, StrikeOn
 from tokenvault.sim.membership_faults import spare_link_faults
@@ -39,6 +39,7 @@ from tokenvault.sim.network import Network
 from tokenvault.sim.observer import Observer
 from tokenvault.sim.peer import CoreError, PeerState, SimPeer
 from tokenvault.sim.ring_log import RingLog
+from tokenvault.sim.transfer_log import TransferLog
 
 PeerFactory = Callable[..., SimPeer]
 
@@ -91,6 +92,12 @@ class SimCluster:
         )
         self.ring_log = RingLog(self.bootstrap)
         self.observer.ring = self.ring_log
+        self.transfer_log = TransferLog(
+            write_quorum=config.write_quorum,
+            holdings=self._owner_holdings,
+        )
+        self.observer.transfers = self.transfer_log
+        self.observer.unplaced = self._unplaced_by_a_change
         self._factory = SimPeer if peer_factory is None else peer_factory
         self.peers: dict[str, SimPeer] = {
             peer_id: self._new_peer(peer_id) for peer_id in config.peer_ids
@@ -185,17 +192,13 @@ class SimCluster:
 
     def hints_pending(self, peer: SimPeer) -> int:
         """Hints `peer` holds for a target that may still take them: not one retired (a dead
-        replaced member; its copies are the transfer's to rebuild, not the hints'), nor (until
-        dropping is built: MEMBERSHIP_DROP_CHECKED) one the ring no longer places."""
-        if not self.retired and self.members().version == 1:
+        replaced member; its copies are the transfer's to rebuild, not the hints'). Hints for
+        a target that no longer replicates their owner are forgotten by the peers
+        (hinted_handoff.py `forget_unplaced`): pending until then."""
+        if not self.retired:
             return peer.core.hints.pending_total()
-        placed = self.ring().peers()
         held = peer.core.hints.statistics()
-        return sum(
-            h.hints
-            for h in held
-            if h.target not in self.retired and (MEMBERSHIP_DROP_CHECKED or h.target in placed)
-        )
+        return sum(h.hints for h in held if h.target not in self.retired)
 
     def members(self) -> Membership:
         return self.ring_log.highest()
@@ -206,22 +209,30 @@ class SimCluster:
         return tuple(p for p in read_set if p not in self.retired)
 
     def placed_on(self, owner: str) -> tuple[str, ...]:
-        """Every peer that may hold the owner's data: both sets while a change is pending, and
-        (until dropping is built: MEMBERSHIP_DROP_CHECKED) every former replica."""
+        """Every peer that may hold the owner's data: both sets while a change is pending (a
+        former replica drops it once the change is drained: dropping.py)."""
         replicas = set(self.ring().placement(owner).replicas)
-        if not MEMBERSHIP_DROP_CHECKED:
-            for membership in self.ring_log.memberships():
-                replicas.update(self._placement_at(membership).placement(owner).replicas)
         return tuple(sorted(p for p in replicas if p not in self.retired))
 
-    def _placement_at(self, membership: Membership) -> RingPlacement:
-        """The placements of one decided version, both sets of its change (not drained)."""
-        key = (membership.version, False)
+    def _unplaced_by_a_change(self, target: str, owner: str) -> bool:
+        """Some decided change (not the bootstrap), once drained, places the owner off
+        `target`: a peer may then forget its hints for it (hinted_handoff.py
+        `forget_unplaced`)."""
+        return any(
+            target not in self._placement_at(m, drained=True).placement(owner).replicas
+            for m in self.ring_log.memberships()
+            if m.version > 1
+        )
+
+    def _placement_at(self, membership: Membership, *, drained: bool = False) -> RingPlacement:
+        """The placements of one decided version: both sets of its change (not drained), or
+        the new one only (drained)."""
+        key = (membership.version, drained)
         ring = self._placements.get(key)
         if ring is None or ring.membership != membership:
             limit = self._config.peer_limits.preference_lists_cached_max
             ring = self._placements[key] = RingPlacement(
-                membership, drained=False, cached_max=limit
+                membership, drained=drained, cached_max=limit
             )
         return ring
 
@@ -252,6 +263,11 @@ class SimCluster:
         delays the delete: the target did acknowledge it durably)."""
         peer = self.peers[peer_id]
         return peer.durable.mapping(owner, token) or peer.lost_mappings.get((owner, token))
+
+    def _owner_holdings(self, peer_id: str, owner: str) -> dict[str, Mapping]:
+        """What `peer_id` holds durably of `owner`, by token (nothing when no such peer)."""
+        peer = self.peers.get(peer_id)
+        return {} if peer is None else peer.durable.owner_mappings(owner)
 
     def durable_copies(self, mapping: Mapping) -> int:
         """Replicas that hold `mapping` durably, or held it until a wipe took their store."""
@@ -340,7 +356,8 @@ class SimCluster:
         )
 
     def converged(self) -> bool:
-        """Every peer idle, up and serving, no hint pending, every owner's replicas alike."""
+        """Every peer idle, up and serving, no hint pending, every owner's replicas alike and
+        no other member holding any of it."""
         running = self.judged()
         if not self.quiet() or any(self.hints_pending(p) for p in running):
             return False
@@ -360,6 +377,9 @@ class SimCluster:
             replicas = [self.peers[p] for p in self.preference_list(owner)]
             if len({peer.core.replica.digests.root(owner) for peer in replicas}) != 1:
                 return False
+            placed = self.placed_on(owner)
+            if any(p.core.replica.digests.count(owner) for p in running if p.peer_id not in placed):
+                return False  # a former replica has not dropped it yet (dropping.py)
             if len({peer.core.acceptor.active_epoch(owner) for peer in replicas}) != 1:
                 return False
         return True

@@ -9,8 +9,7 @@ Rules:
 - Membership changes (docs/simulation.md, membership faults) come from generators of their own:
   with `membership_changes = 0` (the default) a run is exactly what it was before they existed.
   `MEMBERSHIP_FINISH_CHECKED` gates what holds a run to a finished ring (`owners-on-final-ring`,
-  `require_finish`); `MEMBERSHIP_DROP_CHECKED` what needs old replicas to drop what they no
-  longer replicate (strays on former replicas, hints for a target that left).
+  `require_finish`).
 - The fault schedule depends only on the seed, the peers and faults_end_s, never on the
   workload: replaying with fewer operations keeps the same faults (that is how a failure is
   shrunk).
@@ -26,11 +25,6 @@ from tokenvault.quorum.quorum_config import QuorumConfig, quorum_problem
 # Flipped to True once transfers are merged: a change then reaches its finish version, and the
 # checks that need it run (owners-on-final-ring; require_finish on by default).
 MEMBERSHIP_FINISH_CHECKED = False
-# Flipped to True once dropping is built (docs/membership.md §3 step 5): an old replica that left
-# an owner's list deletes it once the change is drained, and hints for a target that left the
-# ring are dropped. Until then a former replica may keep the owner (no stray) and such hints are
-# not pending.
-MEMBERSHIP_DROP_CHECKED = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,6 +16,7 @@ from tokenvault.quorum.records import (
     StorageCorrupt,
     decode_mapping,
     mapping_key,
+    owner_mapping_prefix,
     read_acceptor_slot,
     read_decided,
 )
@@ -56,6 +57,17 @@ class DurableView:
             mapping = _opened(owner, token, raw)
             if mapping is not None:
                 held[(owner, token)] = mapping
+        return held
+
+    def owner_mappings(self, owner: str) -> dict[str, Mapping]:
+        """Every mapping of `owner` this peer holds durably, by token."""
+        prefix = owner_mapping_prefix(owner)
+        held: dict[str, Mapping] = {}
+        for key, raw in self._store.durable_items(prefix):
+            token = key[len(prefix) :].decode()
+            mapping = _opened(owner, token, raw)
+            if mapping is not None:
+                held[token] = mapping
         return held
 
     def corrupt(self) -> list[tuple[str, str]]:

@@ -10,7 +10,8 @@ the observer keeps what that takes:
 - The durable stream of every peer: at each sync, the records it made durable, in the order they
   were staged (`on_durable`), for the kinds the invariants watch: acceptor slots (`a`), decided
   values (`d`), epoch metas (`e`) and hints (`h`); ring records (`r`) go to the ring log
-  (`ring`, ring_log.py) the cluster attaches. A crash throws away what was staged, so only
+  (`ring`, ring_log.py) and transfer records (`t`) to the transfer log (`transfers`,
+  transfer_log.py) the cluster attaches. A crash throws away what was staged, so only
   what a peer could have answered from is seen, across restarts too.
 
 Invariants judged as the stream arrives (each becomes an `Observation`; the checker reports it):
@@ -22,10 +23,12 @@ Invariants judged as the stream arrives (each becomes an `Observation`; the chec
   sent (and, judged by the checker, names a rotate a client asked for).
 - hints-kept-until-acknowledged: a peer deletes a hint only once its target durably holds every
   mapping of it, or held it durably until a wipe took its store (or holds another mapping under
-  its token: a conflict the hint cannot fix).
+  its token: a conflict the hint cannot fix), or a decided change placed the owner off the
+  target (removed, or the owner moved: such hints are forgotten).
 And at the end (`chosen_value_violations`), Paxos's own: a ballot carries one value, and once a
-majority accepted a value at a ballot, every acceptance at a higher ballot of that slot carries
-the same value.
+majority voted for a value at a ballot (accepted it on an Accept that reached them: a state a
+transfer or a recovery adopted is no vote), every acceptance at a higher ballot of that slot
+carries the same value.
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ from dataclasses import dataclass, field
 
 from tokenvault.quorum.client_operations import TokenizeAttempt
 from tokenvault.quorum.hinted_handoff import HINT_PREFIX, decode_hint
-from tokenvault.quorum.messages import ZERO_BALLOT, Ballot, EpochValue, Mapping
+from tokenvault.quorum.messages import ZERO_BALLOT, Accept, Ballot, EpochValue, Mapping
 from tokenvault.quorum.quorum_config import majority
 from tokenvault.quorum.records import (
     ACCEPTOR_PREFIX,
     DECIDED_PREFIX,
     EPOCH_META_PREFIX,
     RING_PREFIX,
+    TRANSFER_PREFIX,
     EpochMeta,
     read_acceptor_slot,
     read_decided,
@@ -51,10 +55,11 @@ from tokenvault.sim.durable import SIM_SEALER, OneRecord
 from tokenvault.sim.network import describe_ballot, describe_value, short_token
 from tokenvault.sim.observation import Observation
 from tokenvault.sim.ring_log import RingLog
+from tokenvault.sim.transfer_log import TransferLog
 
 Write = tuple[bytes, bytes | None]
 WATCHED_PREFIXES = frozenset(
-    (ACCEPTOR_PREFIX, DECIDED_PREFIX, EPOCH_META_PREFIX, HINT_PREFIX, RING_PREFIX)
+    (ACCEPTOR_PREFIX, DECIDED_PREFIX, EPOCH_META_PREFIX, HINT_PREFIX, RING_PREFIX, TRANSFER_PREFIX)
 )
 DurableMapping = Callable[[str, str, str], Mapping | None]  # (peer, owner, token)
 
@@ -83,6 +88,10 @@ class _Slot:
     """What happened to one (owner, slot) on every acceptor."""
 
     accepts: dict[Ballot, dict[EpochValue, set[str]]] = field(default_factory=dict)
+    # Of those, the acceptances an Accept of that ballot reached the acceptor for: votes. An
+    # acceptance adopted (a transfer's or a recovery's copy of other acceptors' state) is no
+    # vote: counted, it could make a value look chosen that no quorum voted for.
+    votes: dict[Ballot, dict[EpochValue, set[str]]] = field(default_factory=dict)
     decided: dict[EpochValue, list[str]] = field(default_factory=dict)
     reported_split: bool = False
 
@@ -101,6 +110,7 @@ class Observer:
         self._slots: dict[tuple[str, int], _Slot] = {}
         self._promised: dict[tuple[str, str, int], Ballot] = {}
         self._accepted_ballot: dict[tuple[str, str, int], Ballot] = {}
+        self._delivered: set[tuple[str, str, int, Ballot]] = set()  # (peer, owner, slot, ballot)
         self._meta: dict[tuple[str, str], EpochMeta] = {}
         self._hints: dict[tuple[str, bytes], tuple[str, str, tuple[Mapping, ...]]] = {}
         self.observations: list[Observation] = []
@@ -108,6 +118,9 @@ class Observer:
         self.hints_deleted = 0
         self.promises_seen = 0
         self.ring: RingLog | None = None  # the ring records and decides (cluster.py attaches)
+        self.transfers: TransferLog | None = None  # transfers' records (cluster.py attaches)
+        # Whether a decided change ever placed the owner off the target (cluster.py attaches).
+        self.unplaced: Callable[[str, str], bool] = lambda target, owner: False
 
     def attach(self, durable_mapping: DurableMapping) -> None:
         """How to read a peer's durable mapping (the cluster, once its peers exist)."""
@@ -129,6 +142,11 @@ class Observer:
     def on_accept_sent(self, owner: str, value: EpochValue) -> None:
         self.accept_values.add((owner, value))
 
+    def on_accept_delivered(self, peer: str, accept: Accept) -> None:
+        """An Accept reached `peer`: an acceptance of its ballot there is a vote (one adopted
+        from other acceptors' state, by a transfer or a recovery, is not)."""
+        self._delivered.add((peer, accept.owner, accept.slot, accept.ballot))
+
     # -- the durable stream --------------------------------------------------------------------
 
     def on_wipe(self, peer: str) -> None:
@@ -143,6 +161,8 @@ class Observer:
         self._hints = {k: v for k, v in self._hints.items() if peer not in (k[0], v[0])}
         if self.ring is not None:
             self.ring.on_wipe(peer)
+        if self.transfers is not None:
+            self.transfers.on_wipe(peer)
 
     def on_durable(self, peer: str, writes: Iterable[Write], at_s: float) -> None:
         """Records that just became durable on peer, in the order they were staged."""
@@ -158,6 +178,8 @@ class Observer:
                 self._on_hint(peer, key, raw, at_s)
             elif prefix == RING_PREFIX and self.ring is not None:
                 self.ring.on_durable(peer, key, raw, at_s)
+            elif prefix == TRANSFER_PREFIX and self.transfers is not None:
+                self.transfers.on_durable(peer, raw, at_s)
 
     def _observe(
         self,
@@ -222,7 +244,10 @@ class Observer:
                 op_ids=_proposers(accepted_before, ballot),
             )
         self._accepted_ballot[where] = ballot
-        self._slot(owner, slot).accepts.setdefault(ballot, {}).setdefault(value, set()).add(peer)
+        record = self._slot(owner, slot)
+        record.accepts.setdefault(ballot, {}).setdefault(value, set()).add(peer)
+        if (peer, owner, slot, ballot) in self._delivered:
+            record.votes.setdefault(ballot, {}).setdefault(value, set()).add(peer)
         if (owner, value) not in self.accept_values:
             self._observe(
                 "values-were-proposed",
@@ -295,6 +320,8 @@ class Observer:
             return
         self.hints_deleted += 1
         target, owner, mappings = found
+        if self.unplaced(target, owner):
+            return  # a change took the owner off the target: its hints may be forgotten
         lacking = [m for m in mappings if self._durable_mapping(target, owner, m.token) is None]
         if lacking:
             tokens = ",".join(short_token(m.token) for m in lacking)
@@ -319,8 +346,9 @@ class Observer:
         ]
 
     def chosen_value_violations(self) -> list[str]:
-        """Paxos: once a majority accepted a value at a ballot, every higher ballot of the slot
-        that anyone accepted carries the same value."""
+        """Paxos: once a majority voted for a value at a ballot (acceptances an Accept reached
+        the acceptor for), every higher ballot of the slot that anyone accepted carries the
+        same value."""
         found: list[str] = []
         for (owner, slot), record in sorted(self._slots.items()):
             for ballot, values in sorted(record.accepts.items(), key=lambda item: item[0]):
@@ -336,7 +364,7 @@ class Observer:
             chosen = sorted(
                 [
                     (ballot, value)
-                    for ballot, values in record.accepts.items()
+                    for ballot, values in record.votes.items()
                     for value, peers in values.items()
                     if len(peers) >= self._majority
                 ],

@@ -253,6 +253,9 @@ class SimPeer:
             # the node refuses such a batch (node.py): it never reaches the core
             self._engine.record(f"refuse-batch {source}->{self.peer_id} not-a-ring-peer")
             return
+        for message in messages:
+            if isinstance(message, Accept):
+                self.observer.on_accept_delivered(self.peer_id, message)
         step = self.core.receive(source, messages, self._engine.now_s)
         if step.writes and self._armed is StrikeOn.REPAIR:
             repair = next((m for m in messages if is_repair_insert(m)), None)

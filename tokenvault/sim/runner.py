@@ -308,6 +308,7 @@ def finish_run(
             placed_on={o: cluster.placed_on(o) for o in config.owner_ids},
             ring_observations=(
                 *ring_log.observations,
+                *cluster.transfer_log.observations,
                 *ring_log.final_observations(engine.now_s),
             ),
             require_finish=config.require_finish and MEMBERSHIP_FINISH_CHECKED,
