@@ -35,7 +35,7 @@ from tokenvault.quorum.messages import (
 )
 from tokenvault.quorum.peer_core import PeerCore, PeerLimits, Step
 from tokenvault.quorum.quorum_config import QuorumConfig
-from tokenvault.quorum.records import TRANSFER_PREFIX
+from tokenvault.quorum.records import TRANSFER_PREFIX, owner_mapping_prefix
 from tokenvault.quorum.transfer import TransferLimits
 from tokenvault.quorum.transfer_records import read_transfers
 from tokenvault.ring.membership import JOINING, LEAVING, AddMember, RemoveMember, ReplaceMember
@@ -377,6 +377,27 @@ def test_an_add_finishes_once_the_new_peer_holds_every_mapping_of_the_owners_it_
     cores.advance(1.0)
     assert cores.cores["p4"].transfer_views() == [], "forgotten once the finish is learned"
     assert not cores.stores["p4"].scan(TRANSFER_PREFIX, limit=1)
+
+
+def test_once_drained_former_replicas_hand_over_and_drop_what_they_no_longer_replicate() -> None:
+    cores = Cores()
+    written = tokenize_everywhere(cores, "p1", 5)
+    done = cores.change("p2", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.start("p4", join_address="p4.test:7000")
+    advance_until_stable(cores, done.membership.version + 1)
+    cores.advance(3.0)  # the drain is gossiped, then the hand-over runs
+    dropped = 0
+    for peer, core in cores.cores.items():
+        assert core.ring_drained and core.drop_views() == [], peer
+        for owner in OWNERS:
+            held = cores.stores[peer].scan(owner_mapping_prefix(owner), limit=1000)
+            if peer in core.placement(owner).replicas:
+                assert len(held) == len(written[owner]), (peer, owner)
+            else:
+                assert held == [], (peer, owner)
+        dropped += core.dropping.mappings_dropped
+    assert dropped == 5 * len([o for o in OWNERS if "p4" in cores.cores["p4"].placement(o).new])
+    assert_final_replicas_hold(cores, written)
 
 
 def test_a_remove_finishes_and_the_owners_of_the_removed_peer_are_on_the_others() -> None:
