@@ -159,3 +159,8 @@ def test_hints_for_a_target_that_no_longer_replicates_their_owner_are_forgotten(
     restarted = HintedHandoff(peer_id="n1", storage=store, sealer=SEALER)
     assert [(s.target, s.hints) for s in restarted.statistics()] == [("n3", 1), ("n4", 1)]
     assert apply(store, hints.forget_unplaced(lambda t, o: True)).writes == []
+    # Under an unchanged ring, only hints stored since the last look are looked at.
+    apply(store, hints.add("n4", "alice", [mapping("d")], "r4"))
+    nowhere = apply(store, hints.forget_unplaced(lambda t, o: False, after=3))
+    assert [s.hints for s in hints.statistics()] == [1, 1]  # n3's bob, n4's c: older than 3
+    assert len(nowhere.writes) == 1

@@ -83,7 +83,6 @@ class _Page:
     sent_at: float
     acknowledged: set[str] = field(default_factory=set)
     sent_to: set[str] = field(default_factory=set)  # since the last (re)send
-    refused: bool = False  # a CONFLICT: the page is kept
 
 
 @dataclass(slots=True)

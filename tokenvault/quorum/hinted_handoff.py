@@ -263,15 +263,22 @@ class HintedHandoff:
             )
         return effects
 
-    def forget_unplaced(self, placed: Callable[[str, str], bool]) -> Effects:
+    def forget_unplaced(self, placed: Callable[[str, str], bool], after: int = 0) -> Effects:
         """Deletes the hints whose target no longer replicates their owner (`placed(target,
         owner)` false: a change moved the owner, or removed the target, and is drained):
         the write they complete was acknowledged by W replicas of every set it counted, the
         transfers gave the owner's new replicas the rest, and a target that no longer
-        replicates the owner would only drop it again (`hints_forgotten`, per target)."""
+        replicates the owner would only drop it again (`hints_forgotten`, per target).
+        Only hints of a sequence above `after` are looked at (those stored since a look under
+        the same ring): newest first, each target's hints being in sequence order."""
         effects = Effects()
         for name, state in sorted(self._targets.items()):
-            unplaced = [k for k, h in state.hints.items() if not placed(name, h.owner)]
+            unplaced = []
+            for key in reversed(state.hints):
+                if int.from_bytes(key[-8:], "big") <= after:
+                    break
+                if not placed(name, state.hints[key].owner):
+                    unplaced.append(key)
             for key in unplaced:
                 for op_id in [o for o, k in state.in_flight.items() if k == key]:
                     del state.in_flight[op_id]

@@ -1101,12 +1101,14 @@ class PeerCore:
             }
             call = functools.partial(dropping.set_owners, owners if settled else {}, now)
             self._call(step, _Core.DROPPING, "set_owners", call)
-            self._hints_looked_at = -1
+            self._hints_looked_at = -1  # a new ring: every hint is looked at again
         hints = self.hints
         if self.state == "serving" and hints.last_sequence != self._hints_looked_at:
-            # A new ring, or hints stored since (a write started under an older placement).
+            # A new ring, or hints stored since (a write started under an older placement):
+            # only those, under an unchanged ring.
+            after = max(self._hints_looked_at, 0)
             self._hints_looked_at = hints.last_sequence
-            forget = functools.partial(hints.forget_unplaced, self._replicates)
+            forget = functools.partial(hints.forget_unplaced, self._replicates, after)
             self._call(step, "hints", "forget_unplaced", forget)
         if settled:
             dropping.set_down(self.down_peers())
