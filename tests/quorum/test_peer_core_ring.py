@@ -424,6 +424,51 @@ def test_a_replace_of_a_dead_peer_finishes_filled_from_the_survivors() -> None:
             assert core.replica.read_mapping(owner, mapping.token) == mapping
 
 
+def test_a_member_dead_mid_change_stalls_it_until_replaced_over_it_then_both_finish() -> None:
+    cores = Cores(("p1", "p2", "p3", "p4"))
+    written = tokenize_everywhere(cores, "p1", 5)
+    cores.cut.add("p4")  # dead for good, unnoticed by the operator who adds p5
+    added = cores.change("p2", "add", AddMember(id="p5", address="p5.test:7000"))
+    cores.start("p5", join_address="p5.test:7000")
+    joint = added.membership.version
+    cores.advance(20.0)
+    # The owners that p5 takes from p4's lists are never fenced: p4 never reports the version.
+    assert {c.membership.version for p, c in cores.cores.items() if p != "p4"} == {joint}
+    refused = cores.change("p1", "rm", RemoveMember(id="p4"))
+    assert refused.reason == "change_pending"
+    replaced = cores.change("p3", "rp", ReplaceMember(old="p4", new="p6", address="p6.test:7000"))
+    assert replaced.outcome is RingOutcome.CHANGED and replaced.membership.version == joint + 1
+    cores.start("p6", join_address="p6.test:7000")
+    advance_until_stable(cores, joint + 2)
+    final = cores.cores["p1"].membership
+    assert [m.id for m in final.members] == ["p1", "p2", "p3", "p5", "p6"] and final.stable
+    assert_final_replicas_hold(cores, written)
+
+
+@pytest.mark.parametrize("way", ["replace", "remove"])
+def test_a_joining_peer_dead_before_the_finish_is_replaced_or_its_add_aborted(way: str) -> None:
+    cores = Cores()
+    written = tokenize_everywhere(cores, "p1", 5)
+    added = cores.change("p2", "add", AddMember(id="p4", address="p4.test:7000"))
+    cores.cut.add("p4")  # never comes up
+    cores.advance(5.0)
+    if way == "remove":
+        aborted = cores.change("p1", "rm", RemoveMember(id="p4"))
+        assert aborted.outcome is RingOutcome.CHANGED and aborted.membership.stable
+        advance_until_stable(cores, added.membership.version + 1)
+        expected = ["p1", "p2", "p3"]
+    else:
+        cores.change("p1", "rp", ReplaceMember(old="p4", new="p5", address="p5.test:7000"))
+        cores.start("p5", join_address="p5.test:7000")
+        advance_until_stable(cores, added.membership.version + 2)
+        expected = ["p1", "p2", "p3", "p5"]
+    final = cores.cores["p1"].membership
+    assert final.stable and [m.id for m in final.members] == expected
+    assert_final_replicas_hold(cores, written)
+    more = tokenize_everywhere(cores, "p2", 1, "after")
+    assert_final_replicas_hold(cores, more)
+
+
 def test_writes_during_the_change_are_on_w_of_the_final_replicas_at_the_finish() -> None:
     cores = Cores()
     before = tokenize_everywhere(cores, "p1", 3)

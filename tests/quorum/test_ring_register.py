@@ -154,7 +154,7 @@ def test_a_change_is_chosen_learned_by_every_member_then_finished() -> None:
     for peer in ALL[:4]:
         assert net.cores[peer].learned.version == 2
     assert net.cores["n5"].learned.version == 1  # not a member: not told
-    net.propose("n4", "op-finish", FinishChange())  # the joining peer may propose
+    net.propose("n4", "op-finish", FinishChange(version=2))  # the joining peer may propose
     net.run()
     assert net.replies["op-finish"].outcome is RingOutcome.CHANGED
     final = net.cores["n2"].learned
@@ -198,7 +198,7 @@ def test_an_acceptor_behind_is_sent_the_base_then_votes() -> None:
     net.run()
     net.cut = set()
     assert net.cores["n3"].learned.version == 1
-    net.propose("n4", "op-2", FinishChange())
+    net.propose("n4", "op-2", FinishChange(version=2))
     net.run()
     assert net.replies["op-2"].outcome is RingOutcome.CHANGED
     assert net.cores["n3"].learned.version == 3
@@ -228,7 +228,9 @@ def test_prepare_for_a_version_not_following_the_learned_one_is_not_a_vote() -> 
 
 def test_an_accept_of_a_membership_that_is_no_successor_is_refused() -> None:
     net = Net()
-    two_steps = apply_change(apply_change(BOOT, AddMember(id="n4", address="h4:1")), FinishChange())
+    two_steps = apply_change(
+        apply_change(BOOT, AddMember(id="n4", address="h4:1")), FinishChange(version=2)
+    )
     skipping = Membership(
         version=2,
         replica_count=3,
@@ -336,7 +338,7 @@ def test_a_replace_of_a_dead_peer_is_decided_by_the_survivors() -> None:
     net.propose("n1", "op", ReplaceMember(old="n3", new="n4", address="h4:1"))
     net.run()
     assert net.replies["op"].outcome is RingOutcome.CHANGED
-    net.propose("n2", "finish", FinishChange())  # voters now n1, n2, n4 (n3 leaving)
+    net.propose("n2", "finish", FinishChange(version=2))  # voters now n1, n2, n4 (n3 leaving)
     net.run()
     assert net.replies["finish"].outcome is RingOutcome.CHANGED
     assert [m.id for m in net.cores["n4"].learned.members] == ["n1", "n2", "n4"]
@@ -349,8 +351,7 @@ CHANGES: list[MembershipChange] = [
     AddMember(id="n5", address="h5:1"),
     RemoveMember(id="n2"),
     ReplaceMember(old="n1", new="n5", address="h5:1"),
-    FinishChange(),
-    FinishChange(),
+    *(FinishChange(version=version) for version in range(2, 6)),
 ]
 
 

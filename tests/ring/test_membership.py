@@ -27,6 +27,7 @@ from tokenvault.ring.membership import (
     bootstrap_membership,
     change_satisfied,
     is_successor,
+    replaced_members,
 )
 
 OWNERS = [f"owner-{i}" for i in range(200)]
@@ -40,6 +41,14 @@ def three() -> Membership:
 
 def states(membership: Membership) -> dict[str, str]:
     return {m.id: m.state for m in membership.members}
+
+
+def finish(membership: Membership) -> Membership:
+    return apply_change(membership, FinishChange(version=membership.version))
+
+
+def four() -> Membership:
+    return finish(apply_change(three(), AddMember(id="n4", address="h4:1")))
 
 
 def test_bootstrap_is_version_one_all_active_and_its_ring_is_the_static_ring() -> None:
@@ -59,18 +68,17 @@ def test_add_is_a_joint_version_then_finish_makes_it_active() -> None:
     assert joint.old_ring().peer_ids == ("n1", "n2", "n3")
     assert joint.new_ring().peer_ids == ("n1", "n2", "n3", "n4")
     assert joint.voters == ("n1", "n2", "n3", "n4")
-    final = apply_change(joint, FinishChange())
+    final = finish(joint)
     assert final.version == 3 and final.stable
     assert states(final) == {"n1": ACTIVE, "n2": ACTIVE, "n3": ACTIVE, "n4": ACTIVE}
 
 
 def test_remove_marks_leaving_and_finish_drops_it() -> None:
-    four = apply_change(apply_change(three(), AddMember(id="n4", address="h4:1")), FinishChange())
-    joint = apply_change(four, RemoveMember(id="n2"))
+    joint = apply_change(four(), RemoveMember(id="n2"))
     assert states(joint)["n2"] == LEAVING
     assert "n2" not in joint.voters
     assert "n2" in joint.old_ring().peer_ids and "n2" not in joint.new_ring().peer_ids
-    final = apply_change(joint, FinishChange())
+    final = finish(joint)
     assert [m.id for m in final.members] == ["n1", "n3", "n4"]
 
 
@@ -82,7 +90,7 @@ def test_replace_gives_the_new_member_the_old_ones_points() -> None:
         assert joint.new_ring().preference_list(owner, 3) == tuple(
             "n9" if peer == "n2" else peer for peer in old
         )
-    final = apply_change(joint, FinishChange())
+    final = finish(joint)
     member = final.member("n9")
     assert member is not None and member.vnode_seed == "n2" and member.state == ACTIVE
 
@@ -97,7 +105,7 @@ def test_replace_gives_the_new_member_the_old_ones_points() -> None:
         (RemoveMember(id="n1"), "too_few_peers"),
         (ReplaceMember(old="n7", new="n8", address="x:1"), "unknown_member"),
         (ReplaceMember(old="n1", new="n2", address="x:1"), "already_member"),
-        (FinishChange(), "nothing_pending"),
+        (FinishChange(version=1), "nothing_pending"),
     ],
 )
 def test_refused_changes_name_their_reason(change: MembershipChange, reason: str) -> None:
@@ -106,17 +114,105 @@ def test_refused_changes_name_their_reason(change: MembershipChange, reason: str
     assert refused.value.reason == reason
 
 
-def test_one_change_at_a_time() -> None:
+def test_a_member_dead_mid_change_is_replaced_over_it_keeping_the_old_ring() -> None:
+    joint = apply_change(four(), AddMember(id="n5", address="h5:1"))
+    over = apply_change(joint, ReplaceMember(old="n2", new="n9", address="h9:1"))
+    assert over.version == joint.version + 1 and not over.stable
+    assert states(over) == {
+        "n1": ACTIVE,
+        "n2": LEAVING,
+        "n3": ACTIVE,
+        "n4": ACTIVE,
+        "n5": JOINING,
+        "n9": JOINING,
+    }
+    assert over.old_ring().peer_ids == joint.old_ring().peer_ids
+    assert replaced_members(over.members) == {"n2"}
+    assert "n2" not in over.voters
+    member = over.member("n9")
+    assert member is not None and member.vnode_seed == "n2"
+    replace = ReplaceMember(old="n2", new="n9", address="h9:1")
+    assert is_successor(joint, over) and change_satisfied(over, replace)
+    final = finish(over)
+    assert states(final) == {m: ACTIVE for m in ("n1", "n3", "n4", "n5", "n9")}
+    assert final.previous == over.members
+
+
+def test_a_joining_member_dead_before_the_finish_is_replaced_by_a_peer_on_its_points() -> None:
     joint = apply_change(three(), AddMember(id="n4", address="h4:1"))
+    over = apply_change(joint, ReplaceMember(old="n4", new="n5", address="h5:1"))
+    assert states(over) == {"n1": ACTIVE, "n2": ACTIVE, "n3": ACTIVE, "n5": JOINING}
+    assert replaced_members(over.members) == frozenset()  # n4 was never on the old ring
+    for owner in OWNERS:
+        assert over.new_ring().preference_list(owner, 3) == tuple(
+            "n5" if peer == "n4" else peer for peer in joint.new_ring().preference_list(owner, 3)
+        )
+    assert is_successor(joint, over)
+
+
+def test_a_removed_member_dead_before_the_finish_is_replaced() -> None:
+    joint = apply_change(four(), RemoveMember(id="n2"))
+    over = apply_change(joint, ReplaceMember(old="n2", new="n9", address="h9:1"))
+    assert states(over)["n2"] == LEAVING and states(over)["n9"] == JOINING
+    assert replaced_members(over.members) == {"n2"}
+    assert is_successor(joint, over)
+
+
+def test_removing_a_joining_member_aborts_its_add() -> None:
+    base = three()
+    joint = apply_change(base, AddMember(id="n4", address="h4:1"))
+    aborted = apply_change(joint, RemoveMember(id="n4"))
+    assert aborted.stable and aborted.version == 3 and aborted.members == base.members
+    assert aborted.previous == ()
+    assert is_successor(joint, aborted) and change_satisfied(aborted, RemoveMember(id="n4"))
+
+
+def test_a_second_member_dead_mid_replace_is_replaced_too() -> None:
+    joint = apply_change(four(), ReplaceMember(old="n1", new="n8", address="h8:1"))
+    over = apply_change(joint, ReplaceMember(old="n2", new="n9", address="h9:1"))
+    assert replaced_members(over.members) == {"n1", "n2"}
+    assert over.old_ring().peer_ids == joint.old_ring().peer_ids
+    assert [m.id for m in finish(over).members] == ["n3", "n4", "n8", "n9"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # an add, or the remove of a member, waits for the finish
+        (AddMember(id="n5", address="h5:1"), AddMember(id="n6", address="h6:1")),
+        (AddMember(id="n5", address="h5:1"), RemoveMember(id="n2")),
+        # the replaced member again: its replacement is the one to replace
+        (
+            ReplaceMember(old="n1", new="n8", address="h8:1"),
+            ReplaceMember(old="n1", new="n9", address="h9:1"),
+        ),
+        # a joining member that replaces someone: removing it would leave a dead peer to wait for
+        (ReplaceMember(old="n1", new="n8", address="h8:1"), RemoveMember(id="n8")),
+    ],
+)
+def test_over_a_pending_change_only_a_replace_or_an_abort_applies(
+    first: MembershipChange, second: MembershipChange
+) -> None:
+    joint = apply_change(four(), first)
     with pytest.raises(ChangeRefused) as refused:
-        apply_change(joint, AddMember(id="n5", address="h5:1"))
+        apply_change(joint, second)
     assert refused.value.reason == "change_pending"
 
 
+def test_a_finish_names_the_version_it_ends() -> None:
+    joint = apply_change(four(), AddMember(id="n5", address="h5:1"))
+    over = apply_change(joint, ReplaceMember(old="n2", new="n9", address="h9:1"))
+    stale = FinishChange(version=joint.version)
+    with pytest.raises(ChangeRefused) as refused:
+        apply_change(over, stale)  # its transfers were never seen committed
+    assert refused.value.reason == "superseded"
+    assert change_satisfied(over, stale)  # its proposer is done: the later change is finished
+    assert not change_satisfied(over, FinishChange(version=over.version))
+    assert not is_successor(over, apply_change(joint, stale))
+
+
 def test_an_id_that_is_a_vnode_seed_cannot_join() -> None:
-    replaced = apply_change(
-        apply_change(three(), ReplaceMember(old="n2", new="n9", address="h9:1")), FinishChange()
-    )
+    replaced = finish(apply_change(three(), ReplaceMember(old="n2", new="n9", address="h9:1")))
     with pytest.raises(ChangeRefused) as refused:
         apply_change(replaced, AddMember(id="n2", address="h2:1"))
     assert refused.value.reason == "already_member"
@@ -169,7 +265,7 @@ def change_sequences(draw: st.DrawFn) -> list[MembershipChange]:
         elif kind == "replace":
             changes.append(ReplaceMember(old=other, new=peer, address=f"{peer}:1"))
         else:
-            changes.append(FinishChange())
+            changes.append(FinishChange(version=0))  # of whatever is pending when applied
     return changes
 
 
@@ -183,7 +279,8 @@ def _start() -> Membership:
 @given(change_sequences())
 def test_applied_changes_keep_every_rule(changes: list[MembershipChange]) -> None:
     current = _start()
-    for change in changes:
+    for drawn in changes:
+        change = _bound(drawn, current)
         try:
             after = apply_change(current, change)
         except ChangeRefused:
@@ -192,7 +289,10 @@ def test_applied_changes_keep_every_rule(changes: list[MembershipChange]) -> Non
         assert is_successor(current, after)
         assert change_satisfied(after, change)
         assert not change_satisfied(current, change)
-        assert after.stable == (not current.stable)  # a change, then its finish
+        if current.stable:
+            assert not after.stable  # a change, then its finish
+        elif not isinstance(change, FinishChange):
+            assert after.old_ring().peer_ids == current.old_ring().peer_ids
         for ring in (after.old_ring(), after.new_ring()):
             for owner in OWNERS[:20]:
                 preference = ring.preference_list(owner, after.replica_count)
@@ -209,8 +309,15 @@ def test_only_one_step_is_a_successor(
     reached = [base]
     for change in [*first, *second]:
         with contextlib.suppress(ChangeRefused):
-            reached.append(apply_change(reached[-1], change))
+            reached.append(apply_change(reached[-1], _bound(change, reached[-1])))
     for i, earlier in enumerate(reached):
         for later in reached[i + 2 :]:
             assert not is_successor(earlier, later)
         assert not is_successor(earlier, earlier)
+
+
+def _bound(change: MembershipChange, current: Membership) -> MembershipChange:
+    """A drawn finish ends whatever is pending when it is applied."""
+    if isinstance(change, FinishChange):
+        return FinishChange(version=current.version)
+    return change

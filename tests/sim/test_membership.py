@@ -21,7 +21,7 @@ from tests.sim.sweep import run_sweep
 from tokenvault.quorum import ring_register
 from tokenvault.quorum.client_operations import ChangeMembership
 from tokenvault.quorum.effects import RingDone, RingOutcome
-from tokenvault.quorum.messages import Ballot, Envelope
+from tokenvault.quorum.messages import Ballot, Envelope, EpochValue
 from tokenvault.quorum.ring_records import (
     LEARNED_KEY,
     RingSlot,
@@ -40,7 +40,8 @@ from tokenvault.ring.membership import (
 from tokenvault.sim.checker import CheckInput, check
 from tokenvault.sim.cli import main
 from tokenvault.sim.client import RequestKind
-from tokenvault.sim.config import MEMBERSHIP_FINISH_CHECKED, SimConfig
+from tokenvault.sim.cluster import ReplicaState
+from tokenvault.sim.config import SimConfig
 from tokenvault.sim.history import History
 from tokenvault.sim.membership_faults import ChangeKind, MembershipAction, plan_membership
 from tokenvault.sim.peer import AdminAnswer
@@ -93,6 +94,7 @@ def test_the_membership_sweep_changes_the_ring(membership_sweep: list[SimResult]
         assert any(f" {kind.value} " in c and "-> changed" in c for c in changes), kind
     assert sum(r.stats.peers_retired for r in membership_sweep) > 0
     assert sum(1 for r in membership_sweep if r.stats.ring_version > 2) > 0
+    assert sum(r.stats.ring_changes_over_pending for r in membership_sweep) > 0
     joined = [r for r in membership_sweep if any("join" in c and "asked" in c for c in r.changes)]
     assert joined
     for result in membership_sweep:
@@ -193,7 +195,7 @@ def test_a_version_that_is_no_change_of_the_one_before_is_reported() -> None:
     assert "ring-never-goes-back" in found
     right = _bootstrap_log()
     right.on_decided_sent("p1", v2, 1.0)
-    right.on_decided_sent("p1", apply_change(v2, FinishChange()), 2.0)
+    right.on_decided_sent("p1", apply_change(v2, FinishChange(version=2)), 2.0)
     found = {o.invariant for o in right.final_observations(3.0)}
     assert "ring-never-goes-back" not in found  # (no acceptances were fed: voters aside)
 
@@ -333,7 +335,7 @@ def test_a_ring_acceptor_that_forgets_its_votes_is_caught(monkeypatch: pytest.Mo
 
 
 def test_owners_on_final_ring_holds_a_run_to_the_finished_ring() -> None:
-    """Behind MEMBERSHIP_FINISH_CHECKED in a run; here on a hand-made final state: a final ring
+    """Held in every run (require_finish); here on a hand-made final state: a final ring
     still joint, a member behind it, and an acknowledged write on one replica of the final
     list are each reported."""
     bootstrap = Scenario(SCENARIO).cluster.bootstrap
@@ -351,12 +353,65 @@ def test_owners_on_final_ring_holds_a_run_to_the_finished_ring() -> None:
     found = [v for v in check(state) if v.invariant == "owners-on-final-ring"]
     assert len(found) == 2
     assert "not finished" in found[0].summary and "p2:v1" in found[1].summary
-    finished = apply_change(joint, FinishChange())
+    finished = apply_change(joint, FinishChange(version=joint.version))
     fine = dataclasses.replace(
         state, final_ring=finished, ring_drained=True, ring_learned={"p1": 3, "p2": 3}
     )
     assert [v for v in check(fine) if v.invariant == "owners-on-final-ring"] == []
-    assert not MEMBERSHIP_FINISH_CHECKED or SimConfig(seed=1).require_finish
+    assert SimConfig(seed=1).require_finish
+
+
+def test_owners_on_final_ring_takes_a_later_decided_epoch_for_an_earlier_one() -> None:
+    """A replica may learn epoch 4 of an owner without epoch 3 (a Decide lost, the next one
+    delivered): it moved past 3. Epoch 3 decided on one replica of three, epoch 4 on all, is
+    fine; epoch 4 on one replica alone is not."""
+    bootstrap = Scenario(SCENARIO).cluster.bootstrap
+    listed = bootstrap.new_ring().preference_list("owner-0", 3)
+    three, four = (
+        EpochValue(epoch=e, salt=f"{e:032x}", requested_by="c1-1", requested_at_s=0.0)
+        for e in (3, 4)
+    )
+
+    def replica(peer: str, decided: dict[tuple[str, int], EpochValue]) -> ReplicaState:
+        return ReplicaState(
+            peer=peer,
+            up=True,
+            mappings={},
+            operations_in_flight=0,
+            unsynced=False,
+            held_effects=0,
+            decided=decided,
+        )
+
+    def found(decided_on: dict[str, dict[tuple[str, int], EpochValue]]) -> list[str]:
+        state = CheckInput(
+            history=History(),
+            replicas=tuple(replica(p, decided_on.get(p, {})) for p in listed),
+            preference_lists={"owner-0": listed},
+            write_quorum=2,
+            require_finish=True,
+            final_ring=bootstrap,
+            ring_drained=True,
+            ring_learned={p: 1 for p in listed},
+            decided_over_run=(
+                ("owner-0", 3, three, (listed[0],)),
+                ("owner-0", 4, four, tuple(listed)),
+            ),
+        )
+        return [v.summary for v in check(state) if v.invariant == "owners-on-final-ring"]
+
+    first, second, third = listed
+    moved_past = {
+        first: {("owner-0", 3): three, ("owner-0", 4): four},
+        second: {("owner-0", 4): four},
+        third: {("owner-0", 4): four},
+    }
+    assert found(moved_past) == []
+    alone = {first: {("owner-0", 3): three, ("owner-0", 4): four}}
+    assert [summary.split(" (")[0] for summary in found(alone)] == [
+        "epoch 3 of owner-0",
+        "epoch 4 of owner-0",
+    ]
 
 
 def test_a_peer_whose_store_is_lost_after_a_change_recovers() -> None:

@@ -139,7 +139,10 @@ class UnknownMember(ApiError):
 class ChangePending(ApiError):
     status = 409
     code = "change_pending"
-    default_message = "A membership change is pending: wait for it to finish first."
+    default_message = (
+        "A membership change is pending: wait for it to finish first (only a replace, or the"
+        " remove of a joining member, applies over it)."
+    )
 
 
 class AlreadyMember(ApiError):

@@ -117,7 +117,7 @@ from tokenvault.quorum.recovery import (
     refusal,
 )
 from tokenvault.quorum.replica import Replica
-from tokenvault.quorum.ring_placement import RingPlacement, drain_set
+from tokenvault.quorum.ring_placement import RingPlacement, is_drained
 from tokenvault.quorum.ring_register import RingLimits, RingRegister
 from tokenvault.quorum.routing import Destination, route
 from tokenvault.quorum.sealing import Sealer
@@ -851,10 +851,9 @@ class PeerCore:
         # Drained here, or by a peer's word at this very version (a later version drained says
         # nothing of this one's removed peers: they need not have learned the later one).
         versions = self._ring_versions
-        drained = self._drained_version == membership.version or all(
-            versions.get(peer, 0) >= membership.version
-            for peer in drain_set(membership)
-            if peer != self.peer_id
+        drained = self._drained_version == membership.version or is_drained(
+            membership,
+            lambda peer: peer == self.peer_id or versions.get(peer, 0) >= membership.version,
         )
         return RingPlacement(
             membership, drained=drained, cached_max=self.limits.preference_lists_cached_max
@@ -1075,7 +1074,8 @@ class PeerCore:
             return
         if self._change_transferred() and not self.ring_register.operations_in_flight():
             self._ring_ops += 1
-            self._propose(step, FinishChange(), f"{self.peer_id}-finish-{self._ring_ops}", now)
+            finish = FinishChange(version=membership.version)
+            self._propose(step, finish, f"{self.peer_id}-finish-{self._ring_ops}", now)
 
     def _replicates(self, peer: str, owner: str) -> bool:
         """`peer` is in a quorum set of the owner on the learned ring (either, mid-change)."""

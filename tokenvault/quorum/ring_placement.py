@@ -8,51 +8,67 @@ Theory of operation:
   the change it ended (`Membership.previous`) and its own ring; reads go to the new set. Drained,
   one set again.
 - Drained: every peer that could still read the old set at an older version has learned the
-  finish: every member, and every member the change removed but did not replace (a replaced
-  member is gone for good: the operator said so by replacing it). From then on a coordinator
-  at an older version is refused by every replica it asks (the ring fence, peer_core.py), so
-  writes to the new set alone meet every read.
-- Fenced (a joint version): every replica of a moved owner's old and new sets but a replaced
-  one learned the version, so every write acknowledged from then on is a dual write; what a
-  transfer must copy is what the old set held before.
+  finish: every member, and every member the change removed, but at most one *replaced* member
+  (leaving, its points taken by a joining one: the operator said it is gone for good). From
+  then on a coordinator at an older version is answered by at most that one replica (every
+  other refuses it: the ring fence, peer_core.py), fewer than a read quorum (R >= 2), so writes
+  to the new set alone meet every read.
+- Fenced (a joint version): every replica of a moved owner's old and new sets learned the
+  version, but at most one replaced member among them, so every write acknowledged from then on
+  is a dual write (a write quorum W >= 2 of replicas still at an older version cannot form);
+  what a transfer must copy is what the old set held before. Allowing one silent replaced
+  member, not every replaced one, keeps this true when a replace runs over a pending change
+  (two replaced members, one of them alive and behind). With W = 1 or R = 1 even one is too
+  many for a replaced member that is alive: replace only dead peers there (operations.md).
 
 Rules: pure and deterministic; placements cached per version, at most `cached_max` owners.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from tokenvault.quorum.placement import OwnerPlacement
-from tokenvault.ring.membership import JOINING, LEAVING, Member, MemberRing, Membership
+from tokenvault.ring.membership import LEAVING, MemberRing, Membership, replaced_members
 
-__all__ = ["RingPlacement", "drain_set", "replaced_members"]
-
-
-def replaced_members(members: Iterable[Member]) -> frozenset[str]:
-    """The leaving members whose vnode seed a joining member took: replaced, gone for good."""
-    members = tuple(members)
-    taken = {m.seed for m in members if m.state == JOINING and m.seed}
-    return frozenset(m.id for m in members if m.state == LEAVING and m.vnode_seed in taken)
+__all__ = ["RingPlacement", "is_drained"]
 
 
-def drain_set(membership: Membership) -> frozenset[str]:
-    """Who must have learned `membership` before writes leave the old set of its change."""
+def is_drained(membership: Membership, reported: Callable[[str], bool]) -> bool:
+    """Every peer that could read the old set of the change `membership` ended reported it
+    (`reported(peer)`), at most one replaced member aside."""
     removed = {m.id for m in membership.previous if m.state == LEAVING}
-    kept_removed = removed - replaced_members(membership.previous)
-    return frozenset(m.id for m in membership.members) | kept_removed
+    waited = sorted({m.id for m in membership.members} | removed)
+    return _at_most_one_silent_replaced(
+        (peer for peer in waited if not reported(peer)), replaced_members(membership.previous)
+    )
+
+
+def _at_most_one_silent_replaced(silent: Iterable[str], replaced: Collection[str]) -> bool:
+    silent = tuple(silent)
+    return len(silent) <= 1 and all(peer in replaced for peer in silent)
 
 
 class RingPlacement:
     """The placements of one learned membership."""
 
-    __slots__ = ("_cache", "_cached_max", "_new", "_old", "_reads_new", "drained", "membership")
+    __slots__ = (
+        "_cache",
+        "_cached_max",
+        "_new",
+        "_old",
+        "_reads_new",
+        "_replaced",
+        "drained",
+        "membership",
+    )
 
     def __init__(self, membership: Membership, *, drained: bool, cached_max: int) -> None:
         self.membership = membership
         self.drained = drained
         self._cached_max = cached_max
         self._cache: dict[str, OwnerPlacement] = {}
+        self._replaced = replaced_members(membership.members)
         self._old: MemberRing | None
         self._new: MemberRing
         if not membership.stable:
@@ -92,11 +108,8 @@ class RingPlacement:
         return frozenset(ids)
 
     def fenced(self, owner: str, versions: Mapping[str, int]) -> bool:
-        """Every replica of the owner's sets but a replaced one reports this version."""
+        """Every replica of the owner's sets reports this version, at most one replaced member
+        aside."""
         version = self.membership.version
-        replaced = replaced_members(self.membership.members)
-        return all(
-            versions.get(peer, 0) >= version
-            for peer in self.placement(owner).replicas
-            if peer not in replaced
-        )
+        silent = (p for p in self.placement(owner).replicas if versions.get(p, 0) < version)
+        return _at_most_one_silent_replaced(silent, self._replaced)

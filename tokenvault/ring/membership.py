@@ -15,6 +15,10 @@ Rules:
   msgspec runs `__post_init__` of a dataclass): sorted unique ids, unique seeds on each ring (a
   replaced member and its replacement share one, on the old and the new ring), both rings at
   least N peers, at most RING_MEMBERS_MAX members.
+- A *replaced* member (leaving, its vnode seed taken by a joining member) is gone for good,
+  the operator said so by replacing it: the fence and the drain wait for all but one of them
+  (ring_placement.py). A member being replaced is not replaced again (its replacement is).
+- A change over a pending one never changes the old ring (asserted).
 - A refused change is a `ChangeRefused` with a stable reason code (for the HTTP layer), raised
   before anything is built: a refused change changes nothing.
 """
@@ -49,6 +53,7 @@ __all__ = [
     "bootstrap_membership",
     "change_satisfied",
     "is_successor",
+    "replaced_members",
 ]
 
 ACTIVE = "active"
@@ -214,7 +219,11 @@ class ReplaceMember:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FinishChange:
-    """Ends a pending change: joining members become active, leaving ones are dropped."""
+    """Ends the change pending at `version`: joining members become active, leaving ones are
+    dropped. Naming the version keeps a finish proposed for one joint version from ending a
+    later one (a replace over the pending change) whose transfers nobody saw committed."""
+
+    version: int
 
 
 MembershipChange = AddMember | RemoveMember | ReplaceMember | FinishChange
@@ -233,10 +242,12 @@ def apply_change(base: Membership, change: MembershipChange) -> Membership:
     if isinstance(change, FinishChange):
         if base.stable:
             raise ChangeRefused("nothing_pending", "no change is pending")
+        if change.version != base.version:
+            raise ChangeRefused("superseded", "the pending change was changed since")
         members = [_with(m, ACTIVE) for m in base.members if m.state != LEAVING]
         return _next(base, members, previous=base.members)
     if not base.stable:
-        raise ChangeRefused("change_pending", "a membership change is pending: finish it first")
+        return _apply_over_pending(base, change)
     if isinstance(change, AddMember):
         _require_new(base, change.id)
         joining = _new_member(change.id, change.address, seed="")
@@ -256,11 +267,54 @@ def apply_change(base: Membership, change: MembershipChange) -> Membership:
     return _next(base, [*members, joining])
 
 
+def _apply_over_pending(base: Membership, change: MembershipChange) -> Membership:
+    """A change while another is pending: only the new ring may change. A member is replaced
+    (an active one leaves, a joining one is dropped, a leaving one that nobody replaces yet gets
+    a replacement) or a joining member that replaces nobody is removed (its add aborted); an add
+    or any other remove waits for the finish."""
+    if isinstance(change, RemoveMember):
+        removed = base.member(change.id)
+        if removed is None or removed.state != JOINING or removed.seed:
+            raise ChangeRefused(
+                "change_pending",
+                "a membership change is pending: only a joining member that replaces nobody"
+                " may be removed before it finishes",
+            )
+        after = _next(base, [m for m in base.members if m.id != change.id])
+    elif isinstance(change, ReplaceMember):
+        _require_member(base, change.old)
+        _require_new(base, change.new)
+        old = base.member(change.old)
+        assert old is not None
+        if old.id in replaced_members(base.members):
+            raise ChangeRefused(
+                "change_pending", "that member is being replaced: replace its replacement"
+            )
+        joining = _new_member(change.new, change.address, seed=old.vnode_seed)
+        members = [
+            _with(m, LEAVING) if m.id == old.id and m.state == ACTIVE else m
+            for m in base.members
+            if m.id != old.id or m.state != JOINING
+        ]
+        after = _next(base, [*members, joining])
+    else:
+        raise ChangeRefused("change_pending", "a membership change is pending: finish it first")
+    assert after.old_ring().peer_ids == base.old_ring().peer_ids, "the old ring changed"
+    return after
+
+
+def replaced_members(members: Iterable[Member]) -> frozenset[str]:
+    """The leaving members whose vnode seed a joining member took: replaced, gone for good."""
+    members = tuple(members)
+    taken = {m.seed for m in members if m.state == JOINING and m.seed}
+    return frozenset(m.id for m in members if m.state == LEAVING and m.vnode_seed in taken)
+
+
 def change_satisfied(membership: Membership, change: MembershipChange) -> bool:
     """The change is already in `membership` (pending or finished): proposing it again is
     not needed. What makes an operator's command idempotent by intent."""
     if isinstance(change, FinishChange):
-        return membership.stable
+        return membership.stable or membership.version > change.version
     if isinstance(change, AddMember):
         added = membership.member(change.id)
         return added is not None and added.address == change.address and added.state != LEAVING
@@ -317,23 +371,29 @@ def _require_member(base: Membership, peer_id: str) -> None:
 
 def is_successor(base: Membership, value: Membership) -> bool:
     """`value` is what one change (or the finish of the pending one) makes of `base`: what an
-    acceptor checks before it accepts a proposed membership."""
-    change: MembershipChange
-    if not base.stable:
-        change = FinishChange()
-    else:
-        base_ids = {m.id for m in base.members}
-        added = [m for m in value.members if m.id not in base_ids]
-        leaving = [m for m in value.members if m.state == LEAVING]
-        if len(added) == 1 and not leaving:
-            change = AddMember(id=added[0].id, address=added[0].address)
-        elif not added and len(leaving) == 1:
-            change = RemoveMember(id=leaving[0].id)
-        elif len(added) == 1 and len(leaving) == 1:
-            change = ReplaceMember(old=leaving[0].id, new=added[0].id, address=added[0].address)
-        else:
-            return False
-    try:
-        return apply_change(base, change) == value
-    except ChangeRefused:
+    acceptor checks before it accepts a proposed membership. Tries every change the difference
+    could be: at most a handful."""
+    if value.version != base.version + 1:
         return False
+    candidates: list[MembershipChange] = []
+    if not base.stable:
+        candidates.append(FinishChange(version=base.version))
+    for member in value.members:
+        if base.member(member.id) is None:
+            candidates.append(AddMember(id=member.id, address=member.address))
+            candidates.extend(
+                ReplaceMember(old=old.id, new=member.id, address=member.address)
+                for old in base.members
+                if old.vnode_seed == member.vnode_seed
+            )
+    for member in base.members:
+        now = value.member(member.id)
+        if now is None or (now.state == LEAVING and member.state != LEAVING):
+            candidates.append(RemoveMember(id=member.id))
+    for change in candidates:
+        try:
+            if apply_change(base, change) == value:
+                return True
+        except ChangeRefused:
+            continue
+    return False

@@ -7,7 +7,8 @@ the old list (a *target*) is filled by one transfer from the old list's replicas
 change is drained. With vnodes, an add inserts the new peer into some lists (each loses its
 last replica), a remove takes the peer out of its lists (each gains the next peer clockwise),
 and a replace puts the new peer in the old one's place: at most one target and one leaver per
-owner, and the moves spread over every peer's vnodes.
+owner for one change, and the moves spread over every peer's vnodes. A replace over a pending
+change (membership.py) changes only the new ring: an owner may then have two targets.
 
 Rules: pure (no I/O, clock or randomness), deterministic: equal memberships and owners give equal
 plans on every peer, in owner order. A stable membership moves nothing.

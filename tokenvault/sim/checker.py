@@ -52,9 +52,10 @@ The ring (membership changes; ring_log.py judges the first three as records beco
 - transfer-commits-complete (transfer_log.py, as records become durable): when a transfer's
   commit is durable on its new replica, it holds every mapping W old replicas held when the
   transfer started.
-- owners-on-final-ring (only with `require_finish`, once transfers let a change finish): at the
+- owners-on-final-ring (with `require_finish`, as SimConfig has it by default): at the
   end every running member learned the final version and it is drained; every acknowledged
-  mapping and every decided epoch is on at least W replicas of the final preference lists.
+  mapping is on at least W replicas of the final preference lists, every decided epoch on a
+  majority of them (or a later epoch of its owner is decided there).
 The preference lists the checker is given are those of the ring the peers learned (the read
 set of each owner), and `placed_on` where an owner's data may be (both sets of a pending change).
 Each violation names its operations with their virtual times, and the log lines that show it.
@@ -836,10 +837,22 @@ def _check_final_ring(
     decided: dict[tuple[str, int], EpochValue] = {
         (owner, slot): value for owner, slot, value, _ in state.decided_over_run
     }
+    # A replica that decided a later slot of the owner moved past this one: an acceptor keeps
+    # the decided values it learned, not every slot before (a peer may learn slot 4 without 3).
+    latest: dict[tuple[str, str], int] = {}
+    for replica in state.replicas:
+        for owner, slot in replica.decided:
+            key = (replica.peer, owner)
+            latest[key] = max(latest.get(key, 0), slot)
     for (owner, slot), value in sorted(decided.items()):
         listed = state.preference_lists.get(owner, ())
         holding = [
-            p for p in listed if p in replicas and replicas[p].decided.get((owner, slot)) == value
+            p
+            for p in listed
+            if p in replicas
+            and (
+                replicas[p].decided.get((owner, slot)) == value or latest.get((p, owner), 0) > slot
+            )
         ]
         if len(holding) < majority(len(listed) or 1):
             report.add(

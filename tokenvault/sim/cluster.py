@@ -11,8 +11,8 @@ Rules:
   unsynced writes and held outputs.
 - `converged()` is the liveness phase's goal: every peer up and serving (a wiped peer has
   recovered) with nothing in flight, unsynced or held, no hint pending anywhere, every member
-  of the highest ring version durably learned it (and, with `require_finish` once transfers
-  let changes finish, that version is stable and drained), and every owner's replicas with one
+  of the highest ring version durably learned it (and, with `require_finish`, on by default,
+  that version is stable and drained), and every owner's replicas with one
   merkle root and one decided active epoch.
 - The ring is the one the peers learned (ring_log.py: the highest version any peer made
   durable or sent as decided), not a static one: an owner's replicas are its placement's read
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 from tokenvault.quorum.messages import Envelope, EpochValue, Mapping
 from tokenvault.quorum.records import AcceptorSlot
-from tokenvault.quorum.ring_placement import RingPlacement, drain_set
+from tokenvault.quorum.ring_placement import RingPlacement, is_drained
 from tokenvault.ring.membership import Membership, bootstrap_membership
 from tokenvault.sim.client import ClientAnswer, ClientRequest
-from tokenvault.sim.config import MEMBERSHIP_FINISH_CHECKED, SimConfig
+from tokenvault.sim.config import SimConfig
 from tokenvault.sim.engine import Engine
 from tokenvault.sim.faults import FaultAction, FaultKind, FaultMix, LinkFaults, StrikeOn
 from tokenvault.sim.membership_faults import spare_link_faults
@@ -174,10 +174,11 @@ class SimCluster:
     def ring(self) -> RingPlacement:
         """The placements of the highest ring version any peer learned."""
         membership = self.ring_log.highest()
-        drained = all(
-            self.ring_log.learned_version(peer) >= membership.version
-            for peer in sorted(drain_set(membership))
-            if peer not in self.retired
+        drained = is_drained(
+            membership,
+            lambda peer: (
+                peer in self.retired or self.ring_log.learned_version(peer) >= membership.version
+            ),
         )
         key = (membership.version, drained)
         ring = self._placements.get(key)
@@ -370,8 +371,7 @@ class SimCluster:
             if members.member(p.peer_id) is not None
         ):
             return False  # a member still behind the ring
-        finish = self._config.require_finish and MEMBERSHIP_FINISH_CHECKED
-        if finish and not (members.stable and self.ring().drained):
+        if self._config.require_finish and not (members.stable and self.ring().drained):
             return False  # a change not finished, or not drained
         for owner in self._config.owner_ids:
             replicas = [self.peers[p] for p in self.preference_list(owner)]

@@ -8,8 +8,7 @@ Rules:
   those flags reproduces the run exactly.
 - Membership changes (docs/simulation.md, membership faults) come from generators of their own:
   with `membership_changes = 0` (the default) a run is exactly what it was before they existed.
-  `MEMBERSHIP_FINISH_CHECKED` gates what holds a run to a finished ring (`owners-on-final-ring`,
-  `require_finish`).
+  `require_finish` (on) holds a run to a finished, drained ring (`owners-on-final-ring`).
 - The fault schedule depends only on the seed, the peers and faults_end_s, never on the
   workload: replaying with fewer operations keeps the same faults (that is how a failure is
   shrunk).
@@ -21,10 +20,6 @@ from dataclasses import dataclass, field
 
 from tokenvault.quorum.peer_core import PeerLimits
 from tokenvault.quorum.quorum_config import QuorumConfig, quorum_problem
-
-# Flipped to True once transfers are merged: a change then reaches its finish version, and the
-# checks that need it run (owners-on-final-ring; require_finish on by default).
-MEMBERSHIP_FINISH_CHECKED = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,7 +49,7 @@ class SimConfig:
     membership_changes: int = 0
     spare_count: int = 2
     # Every change reached its finish version and was drained by the end (owners-on-final-ring).
-    require_finish: bool = MEMBERSHIP_FINISH_CHECKED
+    require_finish: bool = True
 
     def __post_init__(self) -> None:
         problem = quorum_problem(self.replica_count, self.write_quorum, self.read_quorum)

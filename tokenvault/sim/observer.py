@@ -26,9 +26,12 @@ Invariants judged as the stream arrives (each becomes an `Observation`; the chec
   its token: a conflict the hint cannot fix), or a decided change placed the owner off the
   target (removed, or the owner moved: such hints are forgotten).
 And at the end (`chosen_value_violations`), Paxos's own: a ballot carries one value, and once a
-majority voted for a value at a ballot (accepted it on an Accept that reached them: a state a
+quorum voted for a value at a ballot (accepted it on an Accept that reached them: a state a
 transfer or a recovery adopted is no vote), every acceptance at a higher ballot of that slot
-carries the same value.
+carries the same value. The quorum is the one of the ring version the Accept ran under (its
+`ring`): a majority of each set of the owner at that version, the new set alone at a finish
+version (what a proposer counts once the change is drained; every later round has a majority of
+that set), any majority when no ring version is known.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class _Slot:
     # acceptance adopted (a transfer's or a recovery's copy of other acceptors' state) is no
     # vote: counted, it could make a value look chosen that no quorum voted for.
     votes: dict[Ballot, dict[EpochValue, set[str]]] = field(default_factory=dict)
+    vote_rings: dict[Ballot, set[int]] = field(default_factory=dict)  # the Accepts' ring versions
     decided: dict[EpochValue, list[str]] = field(default_factory=dict)
     reported_split: bool = False
 
@@ -102,6 +106,7 @@ def _owner_and_slot(key: bytes) -> tuple[str, int]:
 
 class Observer:
     def __init__(self, *, replica_count: int) -> None:
+        self._replica_count = replica_count
         self._majority = majority(replica_count)
         self._durable_mapping: DurableMapping = lambda peer, owner, token: None
         self.write_attempts: list[WriteAttempt] = []
@@ -110,7 +115,8 @@ class Observer:
         self._slots: dict[tuple[str, int], _Slot] = {}
         self._promised: dict[tuple[str, str, int], Ballot] = {}
         self._accepted_ballot: dict[tuple[str, str, int], Ballot] = {}
-        self._delivered: set[tuple[str, str, int, Ballot]] = set()  # (peer, owner, slot, ballot)
+        # (peer, owner, slot, ballot) -> the ring version of the Accept that reached the peer
+        self._delivered: dict[tuple[str, str, int, Ballot], int] = {}
         self._meta: dict[tuple[str, str], EpochMeta] = {}
         self._hints: dict[tuple[str, bytes], tuple[str, str, tuple[Mapping, ...]]] = {}
         self.observations: list[Observation] = []
@@ -145,7 +151,7 @@ class Observer:
     def on_accept_delivered(self, peer: str, accept: Accept) -> None:
         """An Accept reached `peer`: an acceptance of its ballot there is a vote (one adopted
         from other acceptors' state, by a transfer or a recovery, is not)."""
-        self._delivered.add((peer, accept.owner, accept.slot, accept.ballot))
+        self._delivered[(peer, accept.owner, accept.slot, accept.ballot)] = accept.ring
 
     # -- the durable stream --------------------------------------------------------------------
 
@@ -246,8 +252,10 @@ class Observer:
         self._accepted_ballot[where] = ballot
         record = self._slot(owner, slot)
         record.accepts.setdefault(ballot, {}).setdefault(value, set()).add(peer)
-        if (peer, owner, slot, ballot) in self._delivered:
+        ring = self._delivered.get((peer, owner, slot, ballot))
+        if ring is not None:
             record.votes.setdefault(ballot, {}).setdefault(value, set()).add(peer)
+            record.vote_rings.setdefault(ballot, set()).add(ring)
         if (owner, value) not in self.accept_values:
             self._observe(
                 "values-were-proposed",
@@ -346,7 +354,7 @@ class Observer:
         ]
 
     def chosen_value_violations(self) -> list[str]:
-        """Paxos: once a majority voted for a value at a ballot (acceptances an Accept reached
+        """Paxos: once a quorum voted for a value at a ballot (acceptances an Accept reached
         the acceptor for), every higher ballot of the slot that anyone accepted carries the
         same value."""
         found: list[str] = []
@@ -366,7 +374,7 @@ class Observer:
                     (ballot, value)
                     for ballot, values in record.votes.items()
                     for value, peers in values.items()
-                    if len(peers) >= self._majority
+                    if self._quorum_voted(owner, peers, record.vote_rings.get(ballot, set()))
                 ],
                 key=lambda item: item[0],
             )
@@ -385,6 +393,20 @@ class Observer:
                             f" {describe_ballot(later)}"
                         )
         return found
+
+    def _quorum_voted(self, owner: str, voters: set[str], rings: set[int]) -> bool:
+        """`voters` make a value chosen under one of the ring versions its Accepts ran under."""
+        for version in sorted(rings):
+            membership = None if self.ring is None else self.ring.decided(version)
+            if membership is None:
+                return len(voters) >= self._majority
+            count = self._replica_count
+            sets = [membership.new_ring().preference_list(owner, count)]
+            if not membership.stable:
+                sets.append(membership.old_ring().preference_list(owner, count))
+            if all(len(voters & set(s)) >= majority(len(s)) for s in sets):
+                return True
+        return False
 
     def accept_count(self) -> int:
         return sum(

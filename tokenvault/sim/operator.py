@@ -9,14 +9,17 @@ Rules:
   picked by the change's draw among the active members. A replace starts its spare first
   (without a join address: the change names it).
 - `replace-dead` kills the replaced member and wipes its disk first, for good (`retire`), only
-  when that loses nothing beyond the model: the ring is stable (the replace can apply) and no
-  other peer lost copies it has not got back; else the member is replaced alive
-  (`replace-dead-as-live`).
+  when that loses nothing beyond the model: no member dead for good before it is still a member
+  (one machine lost at a time) and no other peer lost copies it has not got back; else the
+  member is replaced alive (`replace-dead-as-live`). A change may be pending: the replace then
+  applies over it (docs/membership.md §4).
 - An answer that is not final (refused `change_pending`, `timeout`, `contended`, a peer down
   or reset, or no answer within ANSWER_TIMEOUT_S) is asked again after RETRY_S through another
-  voter, until the fault window ends; then the change is given up (`abandoned`). Changes are
-  indeterminate like any ring change: the ring records (ring_log.py) say what was decided, not
-  the answers.
+  voter, until the fault window ends; then the change is given up (`abandoned`), except the
+  replace of a member retired for good: a dead machine is replaced, whatever it takes (a change
+  can neither finish nor drain while a member it waits for is dead), so it is asked until
+  decided. Changes are indeterminate like any ring change: the ring records (ring_log.py) say
+  what was decided, not the answers.
 - Every step is a log line (`ring-change`, `ring-answer`), so it is in the digest.
 """
 
@@ -40,7 +43,9 @@ RETRY_S = 1.0  # a change not answered for good is asked again after this
 # The operator's own deadline for an answer (the CLI's): beyond the register's 5 s operation
 # timeout, so it is reached only when an answer is lost (see docs/simulation.md, bugs found).
 ANSWER_TIMEOUT_S = 10.0
-RETRIED_REASONS = frozenset({"change_pending", "recovering", "overloaded"})
+# Not final: another change to finish first, or a peer that cannot propose yet (recovering,
+# overloaded, or behind the ring: not_a_member at the version it learned).
+RETRIED_REASONS = frozenset({"change_pending", "recovering", "overloaded", "not_a_member"})
 
 
 @dataclass(slots=True, kw_only=True)
@@ -113,8 +118,9 @@ class Operator:
     def _kill_for_good(self, record: ChangeRecord) -> None:
         cluster = self._cluster
         peer = cluster.peers[record.target]
+        members = cluster.members()
         if (
-            cluster.members().stable
+            not any(members.member(retired) for retired in sorted(cluster.retired))
             and peer.state is not PeerState.DOWN
             and not cluster.copy_lost_elsewhere(peer)
         ):
@@ -128,7 +134,8 @@ class Operator:
         return ReplaceMember(old=record.target, new=record.spare, address=address_of(record.spare))
 
     def _ask(self, record: ChangeRecord) -> None:
-        if self._engine.now_s >= self._config.faults_end_s:
+        dead = record.kind is ChangeKind.REPLACE_DEAD and record.target in self._cluster.retired
+        if self._engine.now_s >= self._config.faults_end_s and not dead:
             self._note(record, "abandoned")
             return
         voters = [

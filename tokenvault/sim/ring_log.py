@@ -12,7 +12,8 @@ Invariants (each an `Observation`):
 - one-membership-per-version: every membership claimed decided for one version is the same.
 - ring-never-goes-back: per peer the durable learned version only grows (across restarts);
   and every decided version is what one change (or the finish of a pending one) makes of the
-  version before it, so a change is applied only to a stable membership.
+  version before it (`is_successor`): an add or remove only to a stable membership, a replace
+  over a pending change only to its new ring.
 - ring-decided-by-voters (at the end, `final_observations`): every decided version v + 1 was
   durably accepted by a majority of the voters of version v, when version v is known.
 
@@ -21,6 +22,7 @@ Rules: observation only; never reaches into a core. Deterministic: nothing itera
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from tokenvault.quorum.quorum_config import majority
@@ -159,6 +161,16 @@ class RingLog:
         found = [self.decided(v) for v in sorted(self._versions)]
         return [self.bootstrap, *(m for m in found if m is not None and m.version > 1)]
 
+    def changes_over_pending(self) -> int:
+        """Decided versions that changed a pending change (a replace, an abort) rather than
+        finishing it: a finish carries the members it ended, those do not."""
+        found = self.memberships()
+        return sum(
+            1
+            for before, after in itertools.pairwise(found)
+            if after.version == before.version + 1 and not before.stable and not after.previous
+        )
+
     def versions_decided(self) -> int:
         return sum(1 for record in self._versions.values() if record.claims)
 
@@ -176,8 +188,9 @@ class RingLog:
                     Observation(
                         invariant="ring-never-goes-back",
                         summary=f"ring version {version} {describe_membership(decided)} is no"
-                        f" change of version {version - 1} {describe_membership(before)} (a"
-                        " change applies to a stable membership only, one at a time)",
+                        f" change of version {version - 1} {describe_membership(before)} (an"
+                        " add or remove applies to a stable membership only, a replace over a"
+                        " pending change to its new ring only)",
                         at_s=at_s,
                     )
                 )

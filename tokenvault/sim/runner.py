@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from tokenvault.sim.checker import CheckInput, ContextQuery, Violation, check
 from tokenvault.sim.cluster import PeerFactory, SimCluster
-from tokenvault.sim.config import MEMBERSHIP_FINISH_CHECKED, SimConfig
+from tokenvault.sim.config import SimConfig
 from tokenvault.sim.engine import Engine, LogLine
 from tokenvault.sim.faults import (
     FaultAction,
@@ -138,6 +138,7 @@ class SimStats:
     ring_changes: int = 0  # membership changes drawn (membership_faults.py)
     ring_changes_done: int = 0  # answered changed or already
     ring_version: int = 1  # the highest ring version any peer learned
+    ring_changes_over_pending: int = 0  # versions that replaced a member mid-change (or aborted)
     spares_started: int = 0
     peers_retired: int = 0  # replaced dead: killed, disk wiped, never restarted
     peers_not_serving: int = 0  # judged peers still recovering at the end
@@ -311,7 +312,7 @@ def finish_run(
                 *cluster.transfer_log.observations,
                 *ring_log.final_observations(engine.now_s),
             ),
-            require_finish=config.require_finish and MEMBERSHIP_FINISH_CHECKED,
+            require_finish=config.require_finish,
             final_ring=cluster.members(),
             ring_drained=cluster.ring().drained,
             ring_learned={
@@ -486,6 +487,7 @@ def _stats(
         if operator is None
         else sum(1 for r in operator.records if r.outcome in ("changed", "already")),
         ring_version=cluster.members().version,
+        ring_changes_over_pending=cluster.ring_log.changes_over_pending(),
         spares_started=len(cluster.peers) - config.peer_count,
         peers_retired=len(cluster.retired),
         peers_not_serving=sum(
